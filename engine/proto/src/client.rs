@@ -1,0 +1,753 @@
+//! The OpenVPN client as a sans-I/O state machine.
+//!
+//! Drive it like quinn-proto's `Connection`:
+//!
+//! * inputs: [`Client::handle_control`] for control packets from the link, [`Client::handle_timeout`]
+//!   when [`Client::poll_timeout`] passes, [`Client::set_data_activity`] with what the data path saw,
+//!   [`Client::close`] on shutdown;
+//! * outputs: [`Client::poll_transmit`] (control packets, keepalive pings, exit notifications),
+//!   [`Client::poll_event`], and [`Client::data_plane`], the keys the data path seals and opens
+//!   with (re-read it whenever [`Client::data_plane_generation`] changes).
+//!
+//! Data packets themselves never pass through here; the data path opens and seals them with the
+//! [`DataPlane`] so that the control state is not on the hot path.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::consts::{PACKET_ID_WRAP_TRIGGER, PING_MAGIC, PUSH_REQUEST_INTERVAL};
+use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
+use crate::data::{Cipher, DataKeys, Framing, occ_exit_payload};
+use crate::key_method::{KeyMethod2, client_peer_info, options_string};
+use crate::options::client::{ClientConfig, Transport};
+use crate::options::push::{PushedOptions, split_push_reply};
+use crate::stage::DropReason;
+use crate::wire::DataHeader;
+use crate::wrap::{TlsWrap, WrapConfig};
+
+/// Everything the client needs, with key material already loaded.
+#[derive(Clone)]
+pub struct ClientSetup {
+    /// rustls client config (CA, our identity, OpenVPN peer checks).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Control-channel wrap.
+    pub wrap: WrapConfig,
+    /// Link transport.
+    pub transport: Transport,
+    /// True when the link is IPv6 (control packet size budget).
+    pub ipv6_link: bool,
+    /// Data ciphers offered.
+    pub ciphers: Vec<Cipher>,
+    /// `auth-user-pass` credentials.
+    pub credentials: Option<(String, String)>,
+    /// Our tun MTU.
+    pub tun_mtu: u16,
+    /// `reneg-sec` (zero = never initiate).
+    pub reneg_sec: Duration,
+    /// `hand-window`.
+    pub hand_window: Duration,
+    /// `tls-timeout`.
+    pub tls_timeout: Duration,
+    /// `tran-window`.
+    pub tran_window: Duration,
+    /// `ping` from the config (a pushed value wins).
+    pub ping: Option<Duration>,
+    /// `ping-restart` from the config (a pushed value wins).
+    pub ping_restart: Option<Duration>,
+    /// `ping-exit`.
+    pub ping_exit: Option<Duration>,
+    /// `explicit-exit-notify N`.
+    pub explicit_exit_notify: u32,
+    /// Compression stub framing from the config (a pushed value wins).
+    pub framing: Framing,
+    /// Whether a tls-auth wrap is configured (for the options string).
+    pub tls_auth: bool,
+    /// `replay-window`.
+    pub replay_window: Option<u32>,
+}
+
+impl ClientSetup {
+    /// Builds the setup from a parsed config plus loaded material.
+    pub fn new(
+        cfg: &ClientConfig,
+        tls: Arc<rustls::ClientConfig>,
+        wrap: WrapConfig,
+        credentials: Option<(String, String)>,
+        transport: Transport,
+        ipv6_link: bool,
+    ) -> ClientSetup {
+        let tls_auth = matches!(wrap, WrapConfig::Auth { .. });
+        ClientSetup {
+            tls,
+            wrap,
+            transport,
+            ipv6_link,
+            ciphers: cfg.data_ciphers.clone(),
+            credentials,
+            tun_mtu: cfg.tun_mtu,
+            reneg_sec: cfg.reneg_sec,
+            hand_window: cfg.hand_window,
+            tls_timeout: cfg.tls_timeout,
+            tran_window: cfg.tran_window,
+            ping: cfg.ping,
+            ping_restart: cfg.ping_restart,
+            ping_exit: cfg.ping_exit,
+            explicit_exit_notify: cfg.explicit_exit_notify,
+            framing: cfg.framing,
+            tls_auth,
+            replay_window: cfg.replay_window,
+        }
+    }
+
+    fn max_payload(&self, wrap_overhead: usize) -> usize {
+        let link = match (self.transport, self.ipv6_link) {
+            (Transport::Udp, false) => 28,
+            (Transport::Udp, true) => 48,
+            (Transport::Tcp, false) => 40 + 2,
+            (Transport::Tcp, true) => 60 + 2,
+        };
+        // opcode + session id + 4 piggy-backed ACKs + remote session id + message id
+        let header = 1 + 8 + 1 + 4 * 4 + 8 + 4;
+        crate::consts::MAX_PACKET_SIZE_DEFAULT - link - header - wrap_overhead
+    }
+}
+
+/// What the tunnel looks like once connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// The pushed options.
+    pub pushed: PushedOptions,
+    /// Negotiated data cipher.
+    pub cipher: Cipher,
+    /// TLS version and suite, for logs.
+    pub tls: String,
+}
+
+/// Something the shell must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The tunnel is up: configure the tun device and start moving data.
+    Connected(Box<Connected>),
+    /// New data keys after a renegotiation (the data plane generation changed).
+    KeysChanged {
+        /// The new key-id.
+        key_id: u8,
+    },
+    /// Something worth logging that does not stop the client.
+    Warning(String),
+    /// Informational message (e.g. `INFO` from the server).
+    Info(String),
+    /// The connection must be restarted from scratch (new session), for this reason.
+    Restart(String),
+    /// The client must stop, for this reason (authentication failed, HALT, bad push).
+    Fatal(String),
+    /// [`Client::close`] finished (exit notification sent).
+    Closed,
+}
+
+/// Which kind of packet [`Client::poll_transmit`] produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransmitKind {
+    /// A control-channel packet.
+    Control,
+    /// A data-channel packet made by the client itself (ping, OCC exit).
+    Data,
+}
+
+/// The keys and header settings the data path uses.
+#[derive(Clone, Debug, Default)]
+pub struct DataPlane {
+    /// Changes whenever anything below changes.
+    pub generation: u64,
+    /// Key to seal with (None until connected).
+    pub send: Option<Arc<DataKeys>>,
+    /// Keys to open with (current and lame duck).
+    pub recv: Vec<Arc<DataKeys>>,
+    /// Peer-id for P_DATA_V2 (None = P_DATA_V1).
+    pub peer_id: Option<u32>,
+    /// Compression stub framing.
+    pub framing: Framing,
+    /// Replay window size (`replay-window`).
+    pub replay_window: Option<u32>,
+}
+
+impl DataPlane {
+    /// The header for sealing with `keys`.
+    pub fn header(&self, keys: &DataKeys) -> DataHeader {
+        DataHeader {
+            key_id: keys.key_id(),
+            peer_id: self.peer_id,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Handshake,
+    Push,
+    Connected,
+    Exiting {
+        deadline: Instant,
+        occ_left: u32,
+        next_occ: Instant,
+    },
+    Done,
+}
+
+/// The client.
+pub struct Client {
+    setup: Arc<ClientSetup>,
+    session: ControlSession,
+    state: State,
+    push: PushedOptions,
+    pushed: Option<PushedOptions>,
+    next_push_request: Option<Instant>,
+    cipher: Option<Cipher>,
+    data: DataPlane,
+    /// Newest first; at most two (current, lame duck).
+    keys: Vec<Arc<DataKeys>>,
+    switch_send_at: Option<Instant>,
+    lame_expires_at: Option<Instant>,
+    key_started: Instant,
+    reneg_pending: bool,
+    data_rx: Option<Instant>,
+    data_tx: Option<Instant>,
+    events: VecDeque<ClientEvent>,
+    started: Instant,
+}
+
+/// Send the first packet on new keys this long after they are established, so that a stock
+/// peer has derived them too (it does so when our ACK of its key-method-2 arrives).
+const SEND_KEY_SWITCH_DELAY: Duration = Duration::from_secs(1);
+/// How long an EXIT over the control channel may take to be acknowledged.
+const CC_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+impl Client {
+    /// Starts a new session at `now`. `unix_time` seeds the wrap's replay timestamps.
+    pub fn new(setup: Arc<ClientSetup>, now: Instant, unix_time: u32) -> Client {
+        let wrap = TlsWrap::new(&setup.wrap, false, unix_time);
+        let params = SessionParams {
+            tls_timeout: setup.tls_timeout,
+            hand_window: setup.hand_window,
+            max_payload: setup.max_payload(wrap.overhead()),
+        };
+        let session = ControlSession::new_client(setup.tls.clone(), wrap, params, now);
+        let data = DataPlane {
+            framing: setup.framing,
+            ..DataPlane::default()
+        };
+        Client {
+            setup,
+            session,
+            state: State::Handshake,
+            push: PushedOptions::default(),
+            pushed: None,
+            next_push_request: None,
+            cipher: None,
+            data,
+            keys: Vec::new(),
+            switch_send_at: None,
+            lame_expires_at: None,
+            key_started: now,
+            reneg_pending: false,
+            data_rx: None,
+            data_tx: None,
+            events: VecDeque::new(),
+            started: now,
+        }
+    }
+
+    /// True once the tunnel is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected | State::Exiting { .. })
+    }
+
+    /// The options pushed by the server, once connected.
+    pub fn pushed(&self) -> Option<&PushedOptions> {
+        self.pushed.as_ref()
+    }
+
+    /// The data path's keys.
+    pub fn data_plane(&self) -> DataPlane {
+        self.data.clone()
+    }
+
+    /// Generation of [`Client::data_plane`].
+    pub fn data_plane_generation(&self) -> u64 {
+        self.data.generation
+    }
+
+    /// Control-plane retransmissions so far.
+    pub fn control_retransmits(&self) -> u64 {
+        self.session.stats().retransmits
+    }
+
+    /// Tells the client when the data path last received an authenticated packet and last
+    /// sent one (keepalive and ping-restart need both).
+    pub fn set_data_activity(&mut self, last_rx: Option<Instant>, last_tx: Option<Instant>) {
+        self.data_rx = last_rx.max(self.data_rx);
+        self.data_tx = last_tx.max(self.data_tx);
+    }
+
+    /// Next event for the shell.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Handles a control packet from the link.
+    pub fn handle_control(&mut self, now: Instant, wire: &[u8]) -> Result<(), DropReason> {
+        if self.state == State::Done {
+            return Err(DropReason::WrongSession);
+        }
+        let r = self.session.handle_packet(now, wire);
+        self.process_session_events(now);
+        r
+    }
+
+    /// Fires timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        self.process_session_events(now);
+        match self.state {
+            State::Push => {
+                if self.next_push_request.is_some_and(|t| now >= t) {
+                    self.send_push_request(now);
+                }
+                if now >= self.key_started + self.setup.hand_window {
+                    self.restart(format!(
+                        "no PUSH_REPLY within {} s (hand-window)",
+                        self.setup.hand_window.as_secs()
+                    ));
+                }
+            }
+            State::Connected => self.connected_timers(now),
+            State::Exiting { deadline, .. } => {
+                if now >= deadline || (self.cc_exit() && self.session.poll_timeout().is_none()) {
+                    self.state = State::Done;
+                    self.events.push_back(ClientEvent::Closed);
+                }
+            }
+            State::Handshake | State::Done => {}
+        }
+    }
+
+    fn connected_timers(&mut self, now: Instant) {
+        if let Some(t) = self.switch_send_at {
+            if now >= t {
+                self.switch_send_at = None;
+                if let Some(k) = self.keys.first() {
+                    self.data.send = Some(k.clone());
+                    self.data.generation += 1;
+                }
+            }
+        }
+        if let Some(t) = self.lame_expires_at {
+            if now >= t {
+                self.lame_expires_at = None;
+                self.keys.truncate(1);
+                self.data.recv = self.keys.clone();
+                self.data.generation += 1;
+            }
+        }
+        let last_rx = self.last_rx();
+        if let Some(limit) = self.ping_exit() {
+            if now >= last_rx + limit {
+                self.fail(format!(
+                    "ping-exit: nothing received from the server for {} s",
+                    limit.as_secs()
+                ));
+                return;
+            }
+        }
+        if let Some(limit) = self.ping_restart() {
+            if now >= last_rx + limit {
+                self.restart(format!(
+                    "ping-restart: nothing received from the server for {} s",
+                    limit.as_secs()
+                ));
+                return;
+            }
+        }
+        let exhausted = self
+            .data
+            .send
+            .as_ref()
+            .is_some_and(|k| k.packets_sent() >= u64::from(PACKET_ID_WRAP_TRIGGER));
+        let due = !self.setup.reneg_sec.is_zero() && now >= self.key_started + self.setup.reneg_sec;
+        if (due || exhausted) && !self.reneg_pending {
+            if let Some(id) = self.session.renegotiate(now) {
+                self.reneg_pending = true;
+                self.events
+                    .push_back(ClientEvent::Info(format!("renegotiating: new key-id {id}")));
+            }
+        }
+    }
+
+    fn cc_exit(&self) -> bool {
+        self.pushed.as_ref().is_some_and(|p| p.protocol_flags.cc_exit)
+    }
+
+    fn ping_interval(&self) -> Option<Duration> {
+        let pushed = self.pushed.as_ref().and_then(|p| p.ping).map(|s| Duration::from_secs(u64::from(s)));
+        pushed.or(self.setup.ping).filter(|d| !d.is_zero())
+    }
+
+    fn ping_restart(&self) -> Option<Duration> {
+        let pushed = self
+            .pushed
+            .as_ref()
+            .and_then(|p| p.ping_restart)
+            .map(|s| Duration::from_secs(u64::from(s)));
+        pushed.or(self.setup.ping_restart).filter(|d| !d.is_zero())
+    }
+
+    fn ping_exit(&self) -> Option<Duration> {
+        let pushed = self
+            .pushed
+            .as_ref()
+            .and_then(|p| p.ping_exit)
+            .map(|s| Duration::from_secs(u64::from(s)));
+        pushed.or(self.setup.ping_exit).filter(|d| !d.is_zero())
+    }
+
+    fn last_rx(&self) -> Instant {
+        self.session.last_rx().max(self.data_rx.unwrap_or(self.started))
+    }
+
+    fn last_tx(&self) -> Instant {
+        self.session
+            .last_tx()
+            .max(self.data_tx)
+            .unwrap_or(self.started)
+    }
+
+    /// Earliest time [`Client::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.session.poll_timeout();
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        match self.state {
+            State::Push => {
+                if let Some(p) = self.next_push_request {
+                    min(p);
+                }
+                min(self.key_started + self.setup.hand_window);
+            }
+            State::Connected => {
+                if let Some(x) = self.switch_send_at {
+                    min(x);
+                }
+                if let Some(x) = self.lame_expires_at {
+                    min(x);
+                }
+                if let Some(p) = self.ping_interval() {
+                    min(self.last_tx() + p);
+                }
+                if let Some(p) = self.ping_restart() {
+                    min(self.last_rx() + p);
+                }
+                if let Some(p) = self.ping_exit() {
+                    min(self.last_rx() + p);
+                }
+                if !self.setup.reneg_sec.is_zero() && !self.reneg_pending {
+                    min(self.key_started + self.setup.reneg_sec);
+                }
+            }
+            State::Exiting {
+                deadline, next_occ, ..
+            } => {
+                min(deadline);
+                min(next_occ);
+            }
+            State::Handshake | State::Done => {}
+        }
+        t
+    }
+
+    /// The next packet to send, appended to `out`.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<TransmitKind> {
+        if self.state == State::Done {
+            return None;
+        }
+        if self.session.poll_transmit(now, out) {
+            return Some(TransmitKind::Control);
+        }
+        match self.state {
+            State::Connected => {
+                let ping = self.ping_interval()?;
+                if now >= self.last_tx() + ping {
+                    if self.seal_into(&PING_MAGIC, out).is_ok() {
+                        self.data_tx = Some(now);
+                        return Some(TransmitKind::Data);
+                    }
+                }
+                None
+            }
+            State::Exiting {
+                deadline,
+                occ_left,
+                next_occ,
+            } if occ_left > 0 && now >= next_occ => {
+                let left = occ_left - 1;
+                self.state = State::Exiting {
+                    deadline: if left == 0 { now.min(deadline) } else { deadline },
+                    occ_left: left,
+                    next_occ: now + Duration::from_secs(1),
+                };
+                self.seal_into(&occ_exit_payload(), out).ok()?;
+                Some(TransmitKind::Data)
+            }
+            _ => None,
+        }
+    }
+
+    /// Seals a data-channel payload with the current send key (pings, tests).
+    pub fn seal_into(&self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DropReason> {
+        let keys = self.data.send.as_ref().ok_or(DropReason::NoKey)?;
+        let start = out.len();
+        out.resize(start + plain.len() + crate::data::overhead(true, self.data.framing), 0);
+        let n = keys.seal(self.data.header(keys), self.data.framing, plain, &mut out[start..])?;
+        out.truncate(start + n);
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown: tells the server (explicit-exit-notify over UDP) and emits
+    /// [`ClientEvent::Closed`] when done.
+    pub fn close(&mut self, now: Instant) {
+        if matches!(self.state, State::Exiting { .. } | State::Done) {
+            return;
+        }
+        let notify = self.setup.transport == Transport::Udp
+            && self.setup.explicit_exit_notify > 0
+            && self.state == State::Connected;
+        if !notify {
+            self.state = State::Done;
+            self.events.push_back(ClientEvent::Closed);
+            return;
+        }
+        if self.cc_exit() {
+            if self.session.send_text("EXIT").is_ok() {
+                self.state = State::Exiting {
+                    deadline: now + CC_EXIT_WAIT,
+                    occ_left: 0,
+                    next_occ: now + CC_EXIT_WAIT,
+                };
+                return;
+            }
+        }
+        let n = self.setup.explicit_exit_notify;
+        self.state = State::Exiting {
+            deadline: now + Duration::from_secs(u64::from(n)),
+            occ_left: n,
+            next_occ: now,
+        };
+    }
+
+    fn restart(&mut self, reason: String) {
+        if self.state != State::Done {
+            self.state = State::Done;
+            self.events.push_back(ClientEvent::Restart(reason));
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.state != State::Done {
+            self.state = State::Done;
+            self.events.push_back(ClientEvent::Fatal(reason));
+        }
+    }
+
+    fn key_method_message(&self) -> KeyMethod2 {
+        let cipher = self.setup.ciphers.first().copied().unwrap_or(Cipher::Aes256Gcm);
+        let (username, password) = match &self.setup.credentials {
+            Some((u, p)) => {
+                // After a pushed auth-token, renegotiations authenticate with the token.
+                let token = self.pushed.as_ref().and_then(|p| p.auth_token.clone());
+                (Some(u.clone()), Some(token.unwrap_or_else(|| p.clone())))
+            }
+            None => (None, None),
+        };
+        KeyMethod2 {
+            pre_master: Some(random_bytes::<48>()),
+            random1: random_bytes::<32>(),
+            random2: random_bytes::<32>(),
+            options: options_string(
+                false,
+                self.setup.transport == Transport::Tcp,
+                self.setup.tun_mtu,
+                cipher,
+                self.setup.tls_auth,
+            ),
+            username,
+            password,
+            peer_info: Some(client_peer_info(&self.setup.ciphers, self.setup.tun_mtu.max(1600))),
+        }
+    }
+
+    fn send_push_request(&mut self, now: Instant) {
+        if self.session.send_text("PUSH_REQUEST").is_ok() {
+            self.next_push_request = Some(now + PUSH_REQUEST_INTERVAL);
+        }
+    }
+
+    fn process_session_events(&mut self, now: Instant) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                SessionEvent::TlsStarted { key_id } => {
+                    let msg = self.key_method_message();
+                    if let Err(e) = self.session.send_key_method(key_id, &msg) {
+                        self.restart(format!("cannot send key-method-2 message: {e}"));
+                    }
+                }
+                SessionEvent::PeerKeyMethod { .. } => {}
+                SessionEvent::Renegotiating { key_id } => {
+                    self.reneg_pending = true;
+                    self.events.push_back(ClientEvent::Info(format!(
+                        "server started renegotiation of key-id {key_id}"
+                    )));
+                }
+                SessionEvent::KeyActive { key_id } => self.on_key_active(now, key_id),
+                SessionEvent::KeyFailed { key_id, reason } => {
+                    if self.state == State::Connected && self.session.current_key_id() == Some(key_id) && key_id != 0 {
+                        self.session.remove_key_state(key_id);
+                        self.reneg_pending = false;
+                        self.key_started = now;
+                        self.events.push_back(ClientEvent::Warning(format!(
+                            "renegotiation of key-id {key_id} failed: {reason}; keeping the old key"
+                        )));
+                    } else if self.session.current_key_id() == Some(key_id) {
+                        self.restart(reason);
+                    }
+                }
+                SessionEvent::Text { text, .. } => self.on_text(now, &text),
+            }
+        }
+    }
+
+    fn on_key_active(&mut self, now: Instant, key_id: u8) {
+        match self.state {
+            State::Handshake => {
+                self.state = State::Push;
+                self.key_started = now;
+                self.send_push_request(now);
+            }
+            State::Connected => {
+                let Some(cipher) = self.cipher else { return };
+                match self.session.export_key_material(key_id) {
+                    Some(km) => {
+                        let keys = Arc::new(DataKeys::new(cipher, &km, key_id, false));
+                        self.keys.insert(0, keys);
+                        self.keys.truncate(2);
+                        self.data.recv = self.keys.clone();
+                        self.data.generation += 1;
+                        self.switch_send_at = Some(now + SEND_KEY_SWITCH_DELAY);
+                        self.lame_expires_at = Some(now + self.setup.tran_window);
+                        self.key_started = now;
+                        self.reneg_pending = false;
+                        self.session.retire_old_key_states();
+                        self.events.push_back(ClientEvent::KeysChanged { key_id });
+                    }
+                    None => self.restart(format!("key export failed for key-id {key_id}")),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_text(&mut self, now: Instant, text: &str) {
+        if text.starts_with("PUSH_REPLY") {
+            self.on_push_reply(now, text);
+        } else if let Some(reason) = text.strip_prefix("AUTH_FAILED") {
+            let reason = reason.trim_start_matches(',');
+            self.fail(if reason.is_empty() {
+                "AUTH_FAILED: the server refused our credentials".to_owned()
+            } else {
+                format!("AUTH_FAILED: {reason}")
+            });
+        } else if text.starts_with("RESTART") {
+            self.restart(format!("server requested restart ({text})"));
+        } else if text.starts_with("HALT") {
+            self.fail(format!("server requested halt ({text})"));
+        } else if text.starts_with("INFO") || text.starts_with("AUTH_PENDING") {
+            self.events.push_back(ClientEvent::Info(text.to_owned()));
+        } else {
+            self.events.push_back(ClientEvent::Warning(format!(
+                "unknown control message from server: {text}"
+            )));
+        }
+    }
+
+    fn on_push_reply(&mut self, now: Instant, text: &str) {
+        let Some(msg) = split_push_reply(text) else {
+            return;
+        };
+        if self.state == State::Connected {
+            // Later PUSH_REPLYs (2.6 sends one with a renewed auth-token) only update tokens.
+            for o in &msg.options {
+                if o.starts_with("auth-token") {
+                    if let Some(p) = self.pushed.as_mut() {
+                        let _ = p.apply(o, &self.setup.ciphers);
+                    }
+                }
+            }
+            return;
+        }
+        if self.state != State::Push {
+            return;
+        }
+        for o in &msg.options {
+            if let Err(e) = self.push.apply(o, &self.setup.ciphers) {
+                self.fail(e.to_string());
+                return;
+            }
+        }
+        if msg.more {
+            return;
+        }
+        self.finish_push(now);
+    }
+
+    fn finish_push(&mut self, now: Instant) {
+        let pushed = std::mem::take(&mut self.push);
+        for u in &pushed.unsupported {
+            self.events
+                .push_back(ClientEvent::Warning(format!("pushed option not supported, ignored: {u}")));
+        }
+        let Some(cipher) = pushed.cipher else {
+            self.fail("the server did not push a data cipher (cipher negotiation needs OpenVPN 2.4+)".into());
+            return;
+        };
+        if !pushed.uses_ekm() {
+            self.fail("the server did not enable TLS-EKM key derivation (needs OpenVPN 2.6+); the legacy PRF is not implemented".into());
+            return;
+        }
+        let Some(key_id) = self.session.current_key_id() else {
+            return;
+        };
+        let Some(km) = self.session.export_key_material(key_id) else {
+            self.restart("key export failed".into());
+            return;
+        };
+        let keys = Arc::new(DataKeys::new(cipher, &km, key_id, false));
+        self.keys = vec![keys.clone()];
+        self.data = DataPlane {
+            generation: self.data.generation + 1,
+            send: Some(keys),
+            recv: self.keys.clone(),
+            peer_id: pushed.peer_id,
+            framing: pushed.framing.unwrap_or(self.setup.framing),
+            replay_window: self.setup.replay_window,
+        };
+        self.cipher = Some(cipher);
+        self.key_started = now;
+        self.next_push_request = None;
+        self.state = State::Connected;
+        let tls = self.session.tls_description(key_id).unwrap_or_default();
+        self.pushed = Some(pushed.clone());
+        self.events.push_back(ClientEvent::Connected(Box::new(Connected {
+            pushed,
+            cipher,
+            tls,
+        })));
+    }
+}

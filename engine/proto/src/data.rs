@@ -1,0 +1,619 @@
+//! The data channel: AEAD keys, packet sealing and opening, replay checks, compression stub
+//! framing, keepalive pings and OCC messages.
+//!
+//! Wire layout of an AEAD data packet (OpenVPN 2.6):
+//!
+//! ```text
+//! P_DATA_V2: op/key-id (1) | peer-id (3) | packet-id (4) | tag (16) | ciphertext
+//! P_DATA_V1: op/key-id (1) |               packet-id (4) | tag (16) | ciphertext
+//! nonce = packet-id ‖ implicit IV (8);  AAD = header ‖ packet-id (V2) or packet-id (V1)
+//! ```
+//!
+//! This is the hot path: nothing here allocates per packet. Sealing writes into a caller's
+//! buffer; opening works in place and returns the plaintext range.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use aws_lc_rs::aead::{
+    AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey,
+};
+
+use crate::consts::{
+    AEAD_TAG_LEN, COMP_V2_ESCAPE, IMPLICIT_IV_LEN, KEY2_LEN, NO_COMPRESS_BYTE,
+    NO_COMPRESS_BYTE_SWAP, OCC_MAGIC, PING_MAGIC, REPLAY_TIME_WINDOW_DEFAULT,
+    REPLAY_WINDOW_DEFAULT,
+};
+use crate::packet_id::ReplayWindow;
+use crate::stage::DropReason;
+use crate::wire::DataHeader;
+
+/// A data-channel AEAD cipher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cipher {
+    /// AES-128-GCM.
+    Aes128Gcm,
+    /// AES-256-GCM.
+    Aes256Gcm,
+    /// ChaCha20-Poly1305.
+    Chacha20Poly1305,
+}
+
+impl Cipher {
+    /// All supported ciphers, in our default preference order.
+    pub const ALL: [Cipher; 3] = [Cipher::Aes256Gcm, Cipher::Aes128Gcm, Cipher::Chacha20Poly1305];
+
+    /// Parses an OpenVPN cipher name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Cipher> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "AES-128-GCM" => Cipher::Aes128Gcm,
+            "AES-256-GCM" => Cipher::Aes256Gcm,
+            "CHACHA20-POLY1305" => Cipher::Chacha20Poly1305,
+            _ => return None,
+        })
+    }
+
+    /// The OpenVPN name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes128Gcm => "AES-128-GCM",
+            Cipher::Aes256Gcm => "AES-256-GCM",
+            Cipher::Chacha20Poly1305 => "CHACHA20-POLY1305",
+        }
+    }
+
+    /// Key length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            Cipher::Aes128Gcm => 16,
+            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
+        }
+    }
+
+    fn algorithm(self) -> &'static aws_lc_rs::aead::Algorithm {
+        match self {
+            Cipher::Aes128Gcm => &AES_128_GCM,
+            Cipher::Aes256Gcm => &AES_256_GCM,
+            Cipher::Chacha20Poly1305 => &CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// Compression framing inside the encrypted payload. Only the "no compression" stubs exist;
+/// real compression is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// No framing byte (2.6 default).
+    #[default]
+    None,
+    /// `comp-lzo no`: a 0xFA byte before each packet.
+    LzoStub,
+    /// `compress` / `compress stub`: first byte moved to the end, 0xFB in front.
+    StubSwap,
+    /// `compress stub-v2`: only a leading 0x50 is escaped as 0x50 0x00.
+    StubV2,
+}
+
+impl Framing {
+    /// Worst-case bytes the framing adds.
+    pub fn overhead(self) -> usize {
+        match self {
+            Framing::None => 0,
+            Framing::LzoStub | Framing::StubSwap => 1,
+            Framing::StubV2 => 2,
+        }
+    }
+
+    /// Writes `plain` with framing into `out`; returns the written length.
+    fn encode(self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+        match self {
+            Framing::None => {
+                out.get_mut(..plain.len())?.copy_from_slice(plain);
+                Some(plain.len())
+            }
+            Framing::LzoStub => {
+                *out.first_mut()? = NO_COMPRESS_BYTE;
+                out.get_mut(1..=plain.len())?.copy_from_slice(plain);
+                Some(plain.len() + 1)
+            }
+            Framing::StubSwap => {
+                let Some((&first, rest)) = plain.split_first() else {
+                    *out.first_mut()? = NO_COMPRESS_BYTE_SWAP;
+                    return Some(1);
+                };
+                *out.first_mut()? = NO_COMPRESS_BYTE_SWAP;
+                out.get_mut(1..=rest.len())?.copy_from_slice(rest);
+                *out.get_mut(plain.len())? = first;
+                Some(plain.len() + 1)
+            }
+            Framing::StubV2 => {
+                if plain.first() == Some(&COMP_V2_ESCAPE) {
+                    out.get_mut(..2)?.copy_from_slice(&[COMP_V2_ESCAPE, 0x00]);
+                    out.get_mut(2..2 + plain.len())?.copy_from_slice(plain);
+                    Some(plain.len() + 2)
+                } else {
+                    out.get_mut(..plain.len())?.copy_from_slice(plain);
+                    Some(plain.len())
+                }
+            }
+        }
+    }
+
+    /// Removes framing in place from `buf[range]`; returns the plaintext range.
+    fn decode(self, buf: &mut [u8], range: Range<usize>) -> Result<Range<usize>, DropReason> {
+        let first = buf.get(range.start).copied();
+        match self {
+            Framing::None => Ok(range),
+            Framing::LzoStub => match first {
+                Some(NO_COMPRESS_BYTE) => Ok(range.start + 1..range.end),
+                Some(_) => Err(DropReason::Compressed),
+                None => Err(DropReason::Malformed),
+            },
+            Framing::StubSwap => match first {
+                Some(NO_COMPRESS_BYTE_SWAP) => {
+                    if range.len() == 1 {
+                        return Ok(range.end..range.end);
+                    }
+                    buf[range.start] = buf[range.end - 1];
+                    Ok(range.start..range.end - 1)
+                }
+                Some(_) => Err(DropReason::Compressed),
+                None => Err(DropReason::Malformed),
+            },
+            Framing::StubV2 => match first {
+                Some(COMP_V2_ESCAPE) => match buf.get(range.start + 1) {
+                    Some(0x00) => Ok(range.start + 2..range.end),
+                    Some(_) => Err(DropReason::Compressed),
+                    None => Err(DropReason::Malformed),
+                },
+                _ => Ok(range),
+            },
+        }
+    }
+}
+
+/// One direction's AEAD key and implicit IV.
+struct DirectionKey {
+    aead: LessSafeKey,
+    implicit_iv: [u8; IMPLICIT_IV_LEN],
+}
+
+impl DirectionKey {
+    fn new(cipher: Cipher, key: &[u8], iv: &[u8]) -> DirectionKey {
+        // The key length matches the algorithm by construction (sliced with key_len()).
+        #[allow(clippy::expect_used)]
+        let unbound = UnboundKey::new(cipher.algorithm(), &key[..cipher.key_len()])
+            .expect("key length matches cipher");
+        let mut implicit_iv = [0u8; IMPLICIT_IV_LEN];
+        implicit_iv.copy_from_slice(&iv[..IMPLICIT_IV_LEN]);
+        DirectionKey {
+            aead: LessSafeKey::new(unbound),
+            implicit_iv,
+        }
+    }
+
+    fn nonce(&self, packet_id: u32) -> Nonce {
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&packet_id.to_be_bytes());
+        n[4..].copy_from_slice(&self.implicit_iv);
+        Nonce::assume_unique_for_key(n)
+    }
+}
+
+/// The data keys of one key-id, both directions.
+///
+/// Shared between the threads of the data path: sealing takes `&self` and reserves packet-ids
+/// with one atomic add per batch.
+pub struct DataKeys {
+    key_id: u8,
+    cipher: Cipher,
+    seal: DirectionKey,
+    open: DirectionKey,
+    /// Next packet-id to send (starts at 1; u64 so exhaustion is detectable without wrap).
+    next_packet_id: AtomicU64,
+}
+
+impl std::fmt::Debug for DataKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKeys")
+            .field("key_id", &self.key_id)
+            .field("cipher", &self.cipher)
+            .field("sent", &self.packets_sent())
+            .finish()
+    }
+}
+
+/// Bytes between the start of a data packet's packet-id and its ciphertext.
+const PID_TAG_LEN: usize = 4 + AEAD_TAG_LEN;
+
+impl DataKeys {
+    /// Derives the keys of `key_id` from a 256-byte key2 block (TLS-EKM output).
+    /// The client sends with key 0 and receives with key 1; the server the reverse.
+    pub fn new(cipher: Cipher, key2: &[u8; KEY2_LEN], key_id: u8, is_server: bool) -> DataKeys {
+        let slot = |i: usize| (&key2[i * 128..i * 128 + 64], &key2[i * 128 + 64..i * 128 + 128]);
+        let (tx, rx) = if is_server { (1, 0) } else { (0, 1) };
+        let (tx_key, tx_iv) = slot(tx);
+        let (rx_key, rx_iv) = slot(rx);
+        DataKeys {
+            key_id,
+            cipher,
+            seal: DirectionKey::new(cipher, tx_key, tx_iv),
+            open: DirectionKey::new(cipher, rx_key, rx_iv),
+            next_packet_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The key-id.
+    pub fn key_id(&self) -> u8 {
+        self.key_id
+    }
+
+    /// The cipher.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    /// Packets sealed so far.
+    pub fn packets_sent(&self) -> u64 {
+        self.next_packet_id.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Reserves `n` consecutive packet-ids; `None` when the 32-bit space is exhausted.
+    pub fn reserve_packet_ids(&self, n: u32) -> Option<u32> {
+        let first = self.next_packet_id.fetch_add(u64::from(n), Ordering::Relaxed);
+        let last = first + u64::from(n.max(1)) - 1;
+        if last > u64::from(u32::MAX) {
+            return None;
+        }
+        u32::try_from(first).ok()
+    }
+
+    /// Seals `plain` as a data packet with an explicit `packet_id` into `out`.
+    /// Returns the packet length.
+    pub fn seal_with_id(
+        &self,
+        header: DataHeader,
+        framing: Framing,
+        packet_id: u32,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let hl = header.len();
+        let ct_start = hl + PID_TAG_LEN;
+        if out.len() < ct_start {
+            return Err(DropReason::TooBig);
+        }
+        header.write(out);
+        out[hl..hl + 4].copy_from_slice(&packet_id.to_be_bytes());
+        let body_len = framing
+            .encode(plain, &mut out[ct_start..])
+            .ok_or(DropReason::TooBig)?;
+        let (head, body) = out.split_at_mut(ct_start);
+        let aad: &[u8] = if header.peer_id.is_some() {
+            &head[..8]
+        } else {
+            &head[1..5]
+        };
+        let tag = self
+            .seal
+            .aead
+            .seal_in_place_separate_tag(
+                self.seal.nonce(packet_id),
+                Aad::from(aad),
+                &mut body[..body_len],
+            )
+            .map_err(|_| DropReason::TooBig)?;
+        head[hl + 4..ct_start].copy_from_slice(tag.as_ref());
+        Ok(ct_start + body_len)
+    }
+
+    /// Seals `plain` with the next packet-id.
+    pub fn seal(
+        &self,
+        header: DataHeader,
+        framing: Framing,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let pid = self
+            .reserve_packet_ids(1)
+            .ok_or(DropReason::PacketIdExhausted)?;
+        self.seal_with_id(header, framing, pid, plain, out)
+    }
+
+    /// Authenticates and decrypts a data packet in place. Returns the packet-id and the
+    /// ciphertext (now plaintext, still framed) range. The replay check is the caller's.
+    pub fn open_in_place(
+        &self,
+        header: DataHeader,
+        packet: &mut [u8],
+    ) -> Result<(u32, Range<usize>), DropReason> {
+        let hl = header.len();
+        let ct_start = hl + PID_TAG_LEN;
+        // At least one byte of ciphertext (OpenVPN's minimum).
+        if packet.len() <= ct_start {
+            return Err(DropReason::Malformed);
+        }
+        let (head, body) = packet.split_at_mut(ct_start);
+        let pid = u32::from_be_bytes([head[hl], head[hl + 1], head[hl + 2], head[hl + 3]]);
+        let aad: &[u8] = if header.peer_id.is_some() {
+            &head[..8]
+        } else {
+            &head[1..5]
+        };
+        self.open
+            .aead
+            .open_in_place_separate_tag(
+                self.open.nonce(pid),
+                Aad::from(aad),
+                &head[hl + 4..ct_start],
+                body,
+            )
+            .map_err(|_| DropReason::BadTag)?;
+        Ok((pid, ct_start..packet.len()))
+    }
+}
+
+/// Per-packet overhead of the data channel (header, packet-id, tag, framing).
+pub fn overhead(v2: bool, framing: Framing) -> usize {
+    let header = if v2 { 4 } else { 1 };
+    header + PID_TAG_LEN + framing.overhead()
+}
+
+/// What a successfully opened data packet contained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A tunnel packet at this range of the buffer.
+    Packet(Range<usize>),
+    /// A keepalive ping.
+    Ping,
+    /// An OCC message with this opcode (e.g. [`crate::consts::OCC_EXIT`]).
+    Occ(u8),
+}
+
+/// Classifies a decrypted, unframed payload.
+pub fn classify(buf: &[u8], range: Range<usize>) -> Payload {
+    let p = &buf[range.clone()];
+    if p == PING_MAGIC {
+        return Payload::Ping;
+    }
+    if p.len() > OCC_MAGIC.len() && p[..OCC_MAGIC.len()] == OCC_MAGIC {
+        return Payload::Occ(p[OCC_MAGIC.len()]);
+    }
+    Payload::Packet(range)
+}
+
+/// The receive side of the data channel for one peer: keys by key-id and their replay
+/// windows. Owned by the thread that decrypts.
+#[derive(Default)]
+pub struct Receiver {
+    slots: [Option<(std::sync::Arc<DataKeys>, ReplayWindow)>; 8],
+    replay_window: Option<u32>,
+}
+
+impl Receiver {
+    /// A receiver with the default replay window.
+    pub fn new() -> Receiver {
+        Receiver::default()
+    }
+
+    /// Uses a replay window of `size` packets (`--replay-window`).
+    pub fn with_replay_window(size: u32) -> Receiver {
+        Receiver {
+            replay_window: Some(size),
+            ..Receiver::default()
+        }
+    }
+
+    /// Installs (or keeps) the keys for their key-id. Replacing a key resets its window.
+    pub fn install(&mut self, keys: &std::sync::Arc<DataKeys>) {
+        let slot = &mut self.slots[usize::from(keys.key_id() & 7)];
+        if let Some((k, _)) = slot {
+            if std::sync::Arc::ptr_eq(k, keys) {
+                return;
+            }
+        }
+        let window = ReplayWindow::new(
+            self.replay_window.unwrap_or(REPLAY_WINDOW_DEFAULT),
+            REPLAY_TIME_WINDOW_DEFAULT,
+        );
+        *slot = Some((keys.clone(), window));
+    }
+
+    /// Removes keys whose key-id is not in `keep`.
+    pub fn retain(&mut self, keep: &[std::sync::Arc<DataKeys>]) {
+        for slot in self.slots.iter_mut() {
+            if let Some((k, _)) = slot {
+                if !keep.iter().any(|x| std::sync::Arc::ptr_eq(x, k)) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+
+    /// Opens a data packet in place: key lookup, authentication, replay check, framing.
+    /// Returns the key-id, packet-id and what the packet carried.
+    pub fn open(
+        &mut self,
+        packet: &mut [u8],
+        framing: Framing,
+        now: Instant,
+    ) -> Result<Opened, DropReason> {
+        let header = DataHeader::parse(packet)?;
+        let (keys, window) = self.slots[usize::from(header.key_id)]
+            .as_mut()
+            .ok_or(DropReason::NoKey)?;
+        let (pid, range) = keys.open_in_place(header, packet)?;
+        window.check(pid, now)?;
+        window.update(pid, now);
+        let range = framing.decode(packet, range)?;
+        Ok(Opened {
+            key_id: header.key_id,
+            packet_id: pid,
+            payload: classify(packet, range),
+        })
+    }
+}
+
+/// Result of [`Receiver::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// Key-id the packet was sealed with.
+    pub key_id: u8,
+    /// Its packet-id.
+    pub packet_id: u32,
+    /// What it carried.
+    pub payload: Payload,
+}
+
+/// Builds the 17-byte OCC EXIT payload.
+pub fn occ_exit_payload() -> [u8; 17] {
+    let mut p = [0u8; 17];
+    p[..16].copy_from_slice(&OCC_MAGIC);
+    p[16] = crate::consts::OCC_EXIT;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn key2() -> [u8; KEY2_LEN] {
+        let mut k = [0u8; KEY2_LEN];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(13).wrapping_add(1);
+        }
+        k
+    }
+
+    fn pair(cipher: Cipher) -> (Arc<DataKeys>, Arc<DataKeys>) {
+        (
+            Arc::new(DataKeys::new(cipher, &key2(), 1, false)),
+            Arc::new(DataKeys::new(cipher, &key2(), 1, true)),
+        )
+    }
+
+    const V2: DataHeader = DataHeader {
+        key_id: 1,
+        peer_id: Some(7),
+    };
+
+    #[test]
+    fn round_trip_every_cipher_and_framing() {
+        let now = Instant::now();
+        for cipher in Cipher::ALL {
+            for framing in [Framing::None, Framing::LzoStub, Framing::StubSwap, Framing::StubV2] {
+                for header in [V2, DataHeader { key_id: 1, peer_id: None }] {
+                    let (client, server) = pair(cipher);
+                    let mut rx = Receiver::new();
+                    rx.install(&server);
+                    for plain in [&b"\x45hello ip packet"[..], b"\x50escaped", b"x"] {
+                        let mut buf = [0u8; 128];
+                        let n = client.seal(header, framing, plain, &mut buf).expect("seal");
+                        assert_eq!(n, header.len() + 20 + plain.len() + {
+                            match framing {
+                                Framing::None => 0,
+                                Framing::LzoStub | Framing::StubSwap => 1,
+                                Framing::StubV2 => usize::from(plain[0] == 0x50) * 2,
+                            }
+                        });
+                        let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+                        let Payload::Packet(r) = opened.payload else {
+                            panic!("not a packet");
+                        };
+                        assert_eq!(&buf[r], plain, "{cipher:?} {framing:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layout_matches_openvpn() {
+        let (client, _) = pair(Cipher::Aes256Gcm);
+        let mut buf = [0u8; 64];
+        let n = client.seal(V2, Framing::None, b"abc", &mut buf).expect("seal");
+        assert_eq!(n, 4 + 4 + 16 + 3);
+        assert_eq!(&buf[..4], &[0x49, 0, 0, 7], "P_DATA_V2 key-id 1 peer-id 7");
+        assert_eq!(&buf[4..8], &[0, 0, 0, 1], "first packet-id is 1");
+    }
+
+    #[test]
+    fn tampering_replay_and_wrong_key_are_counted_drops() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Chacha20Poly1305);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let mut buf = [0u8; 64];
+        let n = client.seal(V2, Framing::None, b"payload", &mut buf).expect("seal");
+        for i in 0..n {
+            let mut bad = buf;
+            bad[i] ^= 0x80;
+            let r = rx.open(&mut bad[..n], Framing::None, now);
+            assert!(r.is_err(), "flip at {i} accepted");
+        }
+        let mut good = buf;
+        rx.open(&mut good[..n], Framing::None, now).expect("original opens");
+        let mut again = buf;
+        assert_eq!(
+            rx.open(&mut again[..n], Framing::None, now),
+            Err(DropReason::Replay)
+        );
+        // Same key-id but another key (e.g. both sides disagree on EKM): bad tag.
+        let other = Arc::new(DataKeys::new(Cipher::Chacha20Poly1305, &[9; KEY2_LEN], 1, true));
+        let mut rx2 = Receiver::new();
+        rx2.install(&other);
+        let mut copy = buf;
+        assert_eq!(rx2.open(&mut copy[..n], Framing::None, now), Err(DropReason::BadTag));
+        // Unknown key-id.
+        let mut rx3 = Receiver::new();
+        let mut copy = buf;
+        assert_eq!(rx3.open(&mut copy[..n], Framing::None, now), Err(DropReason::NoKey));
+        // Truncated and garbage.
+        let mut copy = buf;
+        assert_eq!(rx.open(&mut copy[..24], Framing::None, now), Err(DropReason::Malformed));
+        assert_eq!(rx.open(&mut [], Framing::None, now), Err(DropReason::Malformed));
+        assert_eq!(rx.open(&mut [0xff; 40], Framing::None, now), Err(DropReason::BadOpcode));
+    }
+
+    #[test]
+    fn ping_and_occ_are_recognised() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes128Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let mut buf = [0u8; 64];
+        let n = client.seal(V2, Framing::StubSwap, &PING_MAGIC, &mut buf).expect("seal");
+        assert_eq!(rx.open(&mut buf[..n], Framing::StubSwap, now).expect("ping").payload, Payload::Ping);
+        let n = client.seal(V2, Framing::None, &occ_exit_payload(), &mut buf).expect("seal");
+        assert_eq!(rx.open(&mut buf[..n], Framing::None, now).expect("occ").payload, Payload::Occ(6));
+    }
+
+    #[test]
+    fn real_compression_is_refused() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let mut buf = [0u8; 64];
+        // An LZ4-v2 compressed packet: 0x50 0x01 ...
+        let n = client.seal(V2, Framing::None, b"\x50\x01data", &mut buf).expect("seal");
+        assert_eq!(rx.open(&mut buf[..n], Framing::StubV2, now), Err(DropReason::Compressed));
+        let n = client.seal(V2, Framing::None, b"\x66lzo", &mut buf).expect("seal");
+        assert_eq!(rx.open(&mut buf[..n], Framing::LzoStub, now), Err(DropReason::Compressed));
+    }
+
+    #[test]
+    fn packet_id_exhaustion_is_detected() {
+        let (client, _) = pair(Cipher::Aes256Gcm);
+        client.next_packet_id.store(u64::from(u32::MAX), Ordering::Relaxed);
+        let mut buf = [0u8; 64];
+        client.seal(V2, Framing::None, b"last", &mut buf).expect("id u32::MAX is valid");
+        assert_eq!(
+            client.seal(V2, Framing::None, b"over", &mut buf),
+            Err(DropReason::PacketIdExhausted)
+        );
+    }
+}

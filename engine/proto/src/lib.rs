@@ -1,0 +1,40 @@
+//! # tunscope-proto: the OpenVPN 2.6 wire protocol, sans I/O
+//!
+//! Everything here is a pure state machine: bytes and `now` go in, bytes, deadlines and
+//! events come out. There are no sockets, no tun devices and no clock reads in this crate
+//! (an architecture invariant checked by `cargo xtask tidy`). That is what makes the
+//! deterministic tests, the fuzz targets, the in-process test tier and the micro-benchmarks
+//! possible; the I/O shell lives in `tunscope-engine`.
+//!
+//! Map of the crate, bottom-up:
+//!
+//! * [`consts`] — protocol constants, with their OpenVPN names.
+//! * [`wire`] — opcodes, control packets, data headers, TCP framing.
+//! * [`packet_id`] — packet-ids and the replay window.
+//! * [`static_key`], [`wrap`] — `tls-auth` / `tls-crypt` wrapping of control packets.
+//! * [`reliable`] — the control channel's ACK/retransmit layer.
+//! * [`tls`] — rustls configs with OpenVPN's certificate checks.
+//! * [`key_method`] — the key-method-2 message, peer-info and options string.
+//! * [`data`] — data-channel AEAD, replay checks, compression stubs, pings.
+//! * [`mss`] — TCP MSS clamping (`mssfix`).
+//! * [`options`] — config files and PUSH_REPLY.
+//! * [`control`] — one session's control channel: key states, TLS, renegotiation.
+//! * [`client`] — the client state machine (push, keepalive, exit notification).
+//! * [`stage`] — names of data-path stages and drop reasons, shared with the observatory.
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod client;
+pub mod consts;
+pub mod control;
+pub mod data;
+pub mod key_method;
+pub mod mss;
+pub mod options;
+pub mod packet_id;
+pub mod reliable;
+pub mod stage;
+pub mod static_key;
+pub mod tls;
+pub mod wire;
+pub mod wrap;

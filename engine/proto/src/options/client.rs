@@ -1,0 +1,754 @@
+//! The client config model: what `tunscope client --config FILE` understands.
+//!
+//! Unknown options are errors naming `file:line` and the option, unless listed in
+//! `ignore-unknown-option` or in [`IGNORED`] (harmless options, ignored with a warning).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
+use crate::data::{Cipher, Framing};
+use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
+use crate::static_key::KeyDirection;
+use crate::wrap::Digest;
+
+/// Harmless options ignored with a warning, and why.
+pub const IGNORED: &[(&str, &str)] = &[
+    ("resolv-retry", "name resolution is retried with every connection attempt"),
+    ("persist-key", "keys are always kept in memory"),
+    ("persist-tun", "the tun device is always kept across reconnects"),
+    ("mute-replay-warnings", "replays are counted, not logged one by one"),
+    ("mute", "log rate limiting is not implemented"),
+    ("user", "privileges are not dropped"),
+    ("group", "privileges are not dropped"),
+    ("auth-nocache", "credentials are only kept in memory"),
+    ("auth-retry", "authentication failures end the client"),
+    ("float", "the server address is fixed per connection"),
+    ("suppress-timestamps", "log format is fixed"),
+    ("sndbuf", "socket buffers are sized by tunscope"),
+    ("rcvbuf", "socket buffers are sized by tunscope"),
+    ("txqueuelen", "kernel default"),
+    ("fast-io", "I/O is always batched"),
+    ("block-outside-dns", "Windows only"),
+    ("route-delay", "routes are applied immediately"),
+    ("server-poll-timeout", "connect timeout is fixed"),
+    ("connect-timeout", "connect timeout is fixed"),
+    ("setenv", "environment for scripts is not used"),
+    ("tun-mtu-extra", "tap only"),
+    ("machine-readable-output", "log format is fixed"),
+    ("ncp-disable", "cipher negotiation is always on"),
+    ("pull", "implied: tunscope is always a pulling TLS client"),
+    ("tls-client", "implied: tunscope is always a pulling TLS client"),
+    ("remote-cert-eku", "covered by remote-cert-tls"),
+];
+
+/// Transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP (client side).
+    Tcp,
+}
+
+impl Transport {
+    fn parse(s: &str) -> Option<Transport> {
+        Some(match s {
+            "udp" | "udp4" | "udp6" => Transport::Udp,
+            "tcp" | "tcp-client" | "tcp4" | "tcp4-client" | "tcp6" | "tcp6-client" => Transport::Tcp,
+            _ => return None,
+        })
+    }
+}
+
+/// A `remote HOST [PORT [PROTO]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Transport.
+    pub transport: Transport,
+}
+
+/// `remote-cert-tls client|server`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertType {
+    /// The peer must be a server certificate (EKU serverAuth).
+    Server,
+    /// The peer must be a client certificate (EKU clientAuth).
+    Client,
+}
+
+/// How `verify-x509-name` compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X509NameKind {
+    /// Full subject in OpenSSL's RFC 2253-like one-line form (`C=.., CN=..`).
+    Subject,
+    /// Exact common name.
+    Name,
+    /// Common name prefix.
+    NamePrefix,
+}
+
+/// `verify-x509-name NAME [subject|name|name-prefix]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyX509Name {
+    /// What to compare against.
+    pub name: String,
+    /// How.
+    pub kind: X509NameKind,
+}
+
+/// TLS protocol versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Parses `1.2`, `1.3` (and refuses older versions, which rustls does not implement).
+    pub fn parse(s: &str) -> Result<TlsVersion, String> {
+        match s {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            "1.0" | "1.1" => Err(format!("TLS {s} is not supported (minimum is 1.2)")),
+            _ => Err(format!("unknown TLS version '{s}'")),
+        }
+    }
+}
+
+/// Control-channel wrap as configured (key material not yet read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WrapSource {
+    /// No wrap.
+    None,
+    /// `tls-auth`.
+    Auth {
+        /// Key file or inline block.
+        key: Source,
+        /// Direction (from the second argument or `key-direction`).
+        direction: KeyDirection,
+    },
+    /// `tls-crypt`.
+    Crypt(Source),
+}
+
+/// How the `mssfix` value is meant (OpenVPN 2.6 semantics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MssMode {
+    /// `mssfix N`: N bounds the encapsulated packet's link payload (UDP/TCP payload).
+    Payload,
+    /// `mssfix N mtu`: N bounds the whole outer IP packet.
+    Mtu,
+    /// `mssfix N fixed`: N bounds the inner IP packet (MSS = N − 40).
+    Fixed,
+}
+
+/// `mssfix` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mssfix {
+    /// The number given.
+    pub value: u16,
+    /// How to read it.
+    pub mode: MssMode,
+}
+
+impl Mssfix {
+    /// OpenVPN's default: `mssfix 1492 mtu`.
+    pub const DEFAULT: Mssfix = Mssfix {
+        value: 1492,
+        mode: MssMode::Mtu,
+    };
+
+    /// The TCP MSS for IPv4 inner packets, given the outer IP+transport header size and the
+    /// data channel overhead. `None` when clamping is off.
+    pub fn mss_v4(&self, outer_headers: u16, data_overhead: u16) -> Option<u16> {
+        if self.value == 0 {
+            return None;
+        }
+        let inner_max = match self.mode {
+            MssMode::Fixed => self.value,
+            MssMode::Payload => self.value.saturating_sub(data_overhead),
+            MssMode::Mtu => self.value.saturating_sub(outer_headers + data_overhead),
+        };
+        Some(inner_max.saturating_sub(40).max(536))
+    }
+}
+
+/// Parsed client config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Remotes in the order they are tried.
+    pub remotes: Vec<Remote>,
+    /// Local UDP port (`lport`); `None` = ephemeral (`nobind`).
+    pub lport: Option<u16>,
+    /// tun device name (`dev tun` = kernel picks `tunN`).
+    pub dev: String,
+    /// CA certificates.
+    pub ca: Source,
+    /// Client certificate.
+    pub cert: Option<Source>,
+    /// Client private key.
+    pub key: Option<Source>,
+    /// Control-channel wrap.
+    pub wrap: WrapSource,
+    /// `auth` digest (tls-auth HMAC).
+    pub auth_digest: Digest,
+    /// `auth-user-pass FILE` or inline block.
+    pub auth_user_pass: Option<Source>,
+    /// `remote-cert-tls`.
+    pub remote_cert_tls: Option<CertType>,
+    /// `verify-x509-name`.
+    pub verify_x509_name: Option<VerifyX509Name>,
+    /// Data ciphers offered, in preference order.
+    pub data_ciphers: Vec<Cipher>,
+    /// `tls-version-min`.
+    pub tls_version_min: TlsVersion,
+    /// `tls-version-max`.
+    pub tls_version_max: TlsVersion,
+    /// `reneg-sec` (0 = never from our side).
+    pub reneg_sec: Duration,
+    /// `hand-window`.
+    pub hand_window: Duration,
+    /// `tls-timeout`.
+    pub tls_timeout: Duration,
+    /// `tran-window`.
+    pub tran_window: Duration,
+    /// `ping` (overridden by a pushed value).
+    pub ping: Option<Duration>,
+    /// `ping-restart` (overridden by a pushed value).
+    pub ping_restart: Option<Duration>,
+    /// `ping-exit`.
+    pub ping_exit: Option<Duration>,
+    /// `explicit-exit-notify N` (0 = off).
+    pub explicit_exit_notify: u32,
+    /// `tun-mtu`.
+    pub tun_mtu: u16,
+    /// `mssfix` (None = OpenVPN's default of 1492 incl. encapsulation; value 0 = off).
+    pub mssfix: Option<Mssfix>,
+    /// Compression stub framing from `comp-lzo no` / `compress stub[-v2]`.
+    pub framing: Framing,
+    /// Seconds between connection attempts (`connect-retry`).
+    pub connect_retry: Duration,
+    /// `connect-retry-max` (None = forever).
+    pub connect_retry_max: Option<u32>,
+    /// `replay-window`.
+    pub replay_window: Option<u32>,
+    /// `verb`.
+    pub verb: u8,
+    /// `route-nopull`.
+    pub route_nopull: bool,
+    /// Ignored options.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl ClientConfig {
+    /// Parses config text. `file` names the config in messages; relative paths resolve
+    /// against its directory.
+    pub fn parse(text: &str, file: &Path) -> Result<ClientConfig, ConfigError> {
+        let fname = file.display().to_string();
+        let mut ctx = Ctx {
+            file: &fname,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            warnings: vec![],
+        };
+        let directives = parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
+        let mut b = Builder::default();
+        for d in &directives {
+            b.apply(&mut ctx, d)?;
+        }
+        b.finish(ctx)
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    client_mode: bool,
+    remotes: Vec<(String, Option<u16>, Option<Transport>)>,
+    proto: Option<Transport>,
+    port: Option<u16>,
+    lport: Option<u16>,
+    dev: Option<String>,
+    ca: Option<Source>,
+    cert: Option<Source>,
+    key: Option<Source>,
+    tls_auth: Option<(Source, Option<KeyDirection>)>,
+    tls_crypt: Option<Source>,
+    key_direction: Option<KeyDirection>,
+    auth_digest: Option<Digest>,
+    auth_user_pass: Option<(usize, Option<Source>)>,
+    remote_cert_tls: Option<CertType>,
+    verify_x509_name: Option<VerifyX509Name>,
+    data_ciphers: Option<Vec<Cipher>>,
+    cipher: Option<Cipher>,
+    tls_min: Option<TlsVersion>,
+    tls_max: Option<TlsVersion>,
+    reneg_sec: Option<u64>,
+    hand_window: Option<u64>,
+    tls_timeout: Option<u64>,
+    tran_window: Option<u64>,
+    ping: Option<u64>,
+    ping_restart: Option<u64>,
+    ping_exit: Option<u64>,
+    explicit_exit_notify: u32,
+    tun_mtu: Option<u16>,
+    mssfix: Option<Mssfix>,
+    framing: Framing,
+    allow_compression: Option<String>,
+    connect_retry: Option<u64>,
+    connect_retry_max: Option<u32>,
+    replay_window: Option<u32>,
+    verb: Option<u8>,
+    route_nopull: bool,
+    ignore_unknown: Vec<String>,
+}
+
+impl Builder {
+    fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        let line = d.line;
+        match d.name.as_str() {
+            "client" => self.client_mode = true,
+            "remote" => {
+                let host = ctx.arg(d, 0)?.to_owned();
+                let port = if d.arg(1).is_some() { Some(ctx.num(d, 1)?) } else { None };
+                let proto = match d.arg(2) {
+                    Some(p) => Some(
+                        Transport::parse(p)
+                            .ok_or_else(|| ctx.error(line, format!("option 'remote': unknown protocol '{p}'")))?,
+                    ),
+                    None => None,
+                };
+                self.remotes.push((host, port, proto));
+            }
+            "proto" => {
+                let p = ctx.arg(d, 0)?;
+                self.proto = Some(Transport::parse(p).ok_or_else(|| {
+                    ctx.error(
+                        line,
+                        format!("option 'proto': '{p}' is not supported by a client (use udp or tcp-client)"),
+                    )
+                })?);
+            }
+            "port" | "rport" => self.port = Some(ctx.num(d, 0)?),
+            "lport" => self.lport = Some(ctx.num(d, 0)?),
+            "nobind" => self.lport = None,
+            "remote-random" => ctx.warn(line, "remote-random: remotes are tried in order"),
+            "dev" => {
+                let dev = ctx.arg(d, 0)?;
+                if dev.starts_with("tap") {
+                    return Err(ctx.error(line, "option 'dev': tap devices are not supported (use dev tun)"));
+                }
+                if dev.len() > 15 {
+                    return Err(ctx.error(line, "option 'dev': interface names are at most 15 characters"));
+                }
+                self.dev = Some(dev.to_owned());
+            }
+            "dev-type" => {
+                if ctx.arg(d, 0)? != "tun" {
+                    return Err(ctx.error(line, "option 'dev-type': only tun is supported"));
+                }
+            }
+            "ca" => self.ca = Some(ctx.source(d)?),
+            "cert" => self.cert = Some(ctx.source(d)?),
+            "key" => self.key = Some(ctx.source(d)?),
+            "tls-auth" => {
+                let dir = match (d.inline.is_some(), d.arg(1)) {
+                    (false, Some(x)) => Some(parse_direction(ctx, line, x)?),
+                    _ => None,
+                };
+                self.tls_auth = Some((ctx.source(d)?, dir));
+            }
+            "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
+            "tls-crypt-v2" => {
+                return Err(ctx.error(line, "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)"));
+            }
+            "key-direction" => self.key_direction = Some(parse_direction(ctx, line, ctx.arg(d, 0)?)?),
+            "auth" => {
+                let a = ctx.arg(d, 0)?;
+                self.auth_digest = Some(Digest::from_name(a).ok_or_else(|| {
+                    ctx.error(line, format!("option 'auth': digest '{a}' is not supported"))
+                })?);
+            }
+            "cipher" => {
+                let c = ctx.arg(d, 0)?;
+                match Cipher::from_name(c) {
+                    Some(c) => self.cipher = Some(c),
+                    None => ctx.warn(
+                        line,
+                        format!("cipher '{c}' is not an AEAD cipher; it is only a fallback and not used (negotiated data-ciphers are)"),
+                    ),
+                }
+            }
+            "data-ciphers" | "ncp-ciphers" => {
+                let list = ctx.arg(d, 0)?;
+                let mut v = vec![];
+                for name in list.split(':') {
+                    match Cipher::from_name(name) {
+                        Some(c) if !v.contains(&c) => v.push(c),
+                        Some(_) => {}
+                        None => ctx.warn(line, format!("data-ciphers: unsupported cipher '{name}' ignored")),
+                    }
+                }
+                if v.is_empty() {
+                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)"));
+                }
+                self.data_ciphers = Some(v);
+            }
+            "data-ciphers-fallback" => ctx.warn(line, "data-ciphers-fallback: only negotiated AEAD ciphers are used"),
+            "auth-user-pass" => {
+                let src = if d.inline.is_some() || d.arg(0).is_some() {
+                    Some(ctx.source(d)?)
+                } else {
+                    None
+                };
+                self.auth_user_pass = Some((line, src));
+            }
+            "remote-cert-tls" => {
+                self.remote_cert_tls = Some(match ctx.arg(d, 0)? {
+                    "server" => CertType::Server,
+                    "client" => CertType::Client,
+                    o => return Err(ctx.error(line, format!("option 'remote-cert-tls': unknown type '{o}'"))),
+                });
+            }
+            "verify-x509-name" => {
+                let name = ctx.arg(d, 0)?.to_owned();
+                let kind = match d.arg(1).unwrap_or("subject") {
+                    "subject" => X509NameKind::Subject,
+                    "name" => X509NameKind::Name,
+                    "name-prefix" => X509NameKind::NamePrefix,
+                    o => return Err(ctx.error(line, format!("option 'verify-x509-name': unknown type '{o}'"))),
+                };
+                self.verify_x509_name = Some(VerifyX509Name { name, kind });
+            }
+            "tls-version-min" => {
+                self.tls_min = Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+            }
+            "tls-version-max" => {
+                self.tls_max = Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+            }
+            "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
+            "reneg-bytes" | "reneg-pkts" => {
+                return Err(ctx.error(line, format!("option '{}' is not supported (use reneg-sec)", d.name)));
+            }
+            "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
+            "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
+            "tran-window" => self.tran_window = Some(ctx.num(d, 0)?),
+            "ping" => self.ping = Some(ctx.num(d, 0)?),
+            "ping-restart" => self.ping_restart = Some(ctx.num(d, 0)?),
+            "ping-exit" => self.ping_exit = Some(ctx.num(d, 0)?),
+            "keepalive" => {
+                self.ping = Some(ctx.num(d, 0)?);
+                self.ping_restart = Some(ctx.num(d, 1)?);
+            }
+            "explicit-exit-notify" => {
+                self.explicit_exit_notify = if d.arg(0).is_some() { ctx.num(d, 0)? } else { 1 }
+            }
+            "tun-mtu" => {
+                let m: u16 = ctx.num(d, 0)?;
+                if !(576..=9000).contains(&m) {
+                    return Err(ctx.error(line, "option 'tun-mtu': must be between 576 and 9000"));
+                }
+                self.tun_mtu = Some(m);
+            }
+            "mssfix" => {
+                let value = if d.arg(0).is_some() { ctx.num(d, 0)? } else { 1492 };
+                let mode = match d.arg(1) {
+                    None => MssMode::Payload,
+                    Some("mtu") => MssMode::Mtu,
+                    Some("fixed") => MssMode::Fixed,
+                    Some(o) => return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'"))),
+                };
+                self.mssfix = Some(Mssfix { value, mode });
+            }
+            "comp-lzo" => match d.arg(0) {
+                Some("no") => {
+                    self.framing = Framing::LzoStub;
+                }
+                _ => return Err(ctx.error(line, "option 'comp-lzo': compression is not supported (only 'comp-lzo no')")),
+            },
+            "compress" => match d.arg(0) {
+                None | Some("stub") => {
+                    self.framing = Framing::StubSwap;
+                }
+                Some("stub-v2") => {
+                    self.framing = Framing::StubV2;
+                }
+                Some(a) => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option 'compress {a}': compression is not supported (only 'stub' and 'stub-v2')"),
+                    ));
+                }
+            },
+            "allow-compression" => self.allow_compression = Some(ctx.arg(d, 0)?.to_owned()),
+            "connect-retry" => self.connect_retry = Some(ctx.num(d, 0)?),
+            "connect-retry-max" => self.connect_retry_max = Some(ctx.num(d, 0)?),
+            "replay-window" => {
+                let n: u32 = ctx.num(d, 0)?;
+                if n > 65536 {
+                    return Err(ctx.error(line, "option 'replay-window': at most 65536"));
+                }
+                self.replay_window = Some(n);
+            }
+            "verb" => self.verb = Some(ctx.num(d, 0)?),
+            "route-nopull" => self.route_nopull = true,
+            "cd" => {
+                let p = ctx.path(ctx.arg(d, 0)?);
+                ctx.base = p;
+            }
+            "ignore-unknown-option" => self.ignore_unknown.extend(d.args.iter().cloned()),
+            name => {
+                if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
+                    ctx.warn(line, format!("option '{name}' ignored: {why}"));
+                } else if self.ignore_unknown.iter().any(|n| n == name) {
+                    ctx.warn(line, format!("option '{name}' ignored (ignore-unknown-option)"));
+                } else {
+                    return Err(ctx.error(line, format!("unsupported option '{name}'")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
+        if !self.client_mode {
+            return Err(ctx.error(0, "missing 'client': only client mode (client, or pull + tls-client) is supported"));
+        }
+        if self.remotes.is_empty() {
+            return Err(ctx.error(0, "missing 'remote': no server to connect to"));
+        }
+        let ca = self
+            .ca
+            .clone()
+            .ok_or_else(|| ctx.error(0, "missing 'ca': the server certificate cannot be verified"))?;
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ctx.error(0, "'cert' and 'key' must be given together"));
+        }
+        if self.cert.is_none() && self.auth_user_pass.is_none() {
+            return Err(ctx.error(0, "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)"));
+        }
+        let auth_user_pass = match self.auth_user_pass {
+            Some((line, None)) => {
+                return Err(ctx.error(line, "option 'auth-user-pass' needs a file (interactive prompts are not supported)"));
+            }
+            Some((_, Some(src))) => Some(src),
+            None => None,
+        };
+        // Stub framing is not compression, so 2.6 accepts it even with `allow-compression no`;
+        // only `allow-compression` values other than yes/no/asym are errors.
+        if let Some(a) = self.allow_compression.as_deref() {
+            if !matches!(a, "yes" | "no" | "asym") {
+                return Err(ctx.error(0, format!("allow-compression: unknown value '{a}'")));
+            }
+        }
+        let wrap = match (self.tls_auth, self.tls_crypt) {
+            (Some(_), Some(_)) => return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together")),
+            (Some((key, dir)), None) => WrapSource::Auth {
+                key,
+                direction: dir.or(self.key_direction).unwrap_or(KeyDirection::Bidirectional),
+            },
+            (None, Some(src)) => WrapSource::Crypt(src),
+            (None, None) => WrapSource::None,
+        };
+        let mut data_ciphers = self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec());
+        if let Some(c) = self.cipher {
+            if !data_ciphers.contains(&c) {
+                data_ciphers.push(c);
+            }
+        }
+        let default_port = self.port.unwrap_or(1194);
+        let default_proto = self.proto.unwrap_or(Transport::Udp);
+        let remotes = self
+            .remotes
+            .into_iter()
+            .map(|(host, port, proto)| Remote {
+                host,
+                port: port.unwrap_or(default_port),
+                transport: proto.unwrap_or(default_proto),
+            })
+            .collect();
+        let tls_version_min = self.tls_min.unwrap_or(TlsVersion::Tls12);
+        let tls_version_max = self.tls_max.unwrap_or(TlsVersion::Tls13);
+        if tls_version_min > tls_version_max {
+            return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
+        }
+        let secs = Duration::from_secs;
+        Ok(ClientConfig {
+            remotes,
+            lport: self.lport,
+            dev: self.dev.unwrap_or_else(|| "tun".into()),
+            ca,
+            cert: self.cert,
+            key: self.key,
+            wrap,
+            auth_digest: self.auth_digest.unwrap_or(Digest::Sha1),
+            auth_user_pass,
+            remote_cert_tls: self.remote_cert_tls,
+            verify_x509_name: self.verify_x509_name,
+            data_ciphers,
+            tls_version_min,
+            tls_version_max,
+            reneg_sec: secs(self.reneg_sec.unwrap_or(3600)),
+            hand_window: self.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
+            tls_timeout: self.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
+            tran_window: secs(self.tran_window.unwrap_or(3600)),
+            ping: self.ping.map(secs),
+            ping_restart: self.ping_restart.map(secs),
+            ping_exit: self.ping_exit.map(secs),
+            explicit_exit_notify: self.explicit_exit_notify,
+            tun_mtu: self.tun_mtu.unwrap_or(1500),
+            mssfix: self.mssfix,
+            framing: self.framing,
+            connect_retry: secs(self.connect_retry.unwrap_or(1).max(1)),
+            connect_retry_max: self.connect_retry_max,
+            replay_window: self.replay_window,
+            verb: self.verb.unwrap_or(1),
+            route_nopull: self.route_nopull,
+            warnings: ctx.warnings,
+        })
+    }
+}
+
+fn parse_direction(ctx: &Ctx<'_>, line: usize, s: &str) -> Result<KeyDirection, ConfigError> {
+    match s {
+        "0" => Ok(KeyDirection::Normal),
+        "1" => Ok(KeyDirection::Inverse),
+        "bidirectional" => Ok(KeyDirection::Bidirectional),
+        _ => Err(ctx.error(line, format!("key direction must be 0 or 1, not '{s}'"))),
+    }
+}
+
+/// Reads an `auth-user-pass` file: username on the first line, password on the second.
+pub fn parse_credentials(text: &str) -> Result<(String, String), String> {
+    let mut lines = text.lines();
+    let user = lines.next().map(str::trim_end).unwrap_or_default();
+    let pass = lines.next().map(str::trim_end).unwrap_or_default();
+    if user.is_empty() {
+        return Err("auth-user-pass: the first line (username) is empty".into());
+    }
+    if pass.is_empty() {
+        return Err("auth-user-pass: the second line (password) is missing".into());
+    }
+    if user.len() >= crate::consts::USER_PASS_LEN || pass.len() >= crate::consts::USER_PASS_LEN {
+        return Err("auth-user-pass: username and password must be shorter than 128 bytes".into());
+    }
+    Ok((user.to_owned(), pass.to_owned()))
+}
+
+/// Resolves a [`Source`] path for reading; returns the path for files.
+pub fn source_path(s: &Source) -> Option<&PathBuf> {
+    match s {
+        Source::File(p) => Some(p),
+        Source::Inline(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::parse(text, Path::new("/etc/tunscope/client.conf"))
+    }
+
+    const BASE: &str = "client\ndev tun\nproto udp\nremote 198.18.2.2 1194\nca ca.crt\ncert c.crt\nkey c.key\n";
+
+    #[test]
+    fn typical_client_config() {
+        let c = parse(&format!(
+            "{BASE}remote-cert-tls server\ntls-crypt ta.key\ndata-ciphers AES-128-GCM:CHACHA20-POLY1305\nresolv-retry infinite\nnobind\npersist-key\nverb 3\n<auth-user-pass>\nalice\npw\n</auth-user-pass>\n"
+        ))
+        .expect("parses");
+        assert_eq!(c.remotes, vec![Remote {
+            host: "198.18.2.2".into(),
+            port: 1194,
+            transport: Transport::Udp
+        }]);
+        assert_eq!(c.ca, Source::File("/etc/tunscope/ca.crt".into()));
+        assert_eq!(c.wrap, WrapSource::Crypt(Source::File("/etc/tunscope/ta.key".into())));
+        assert_eq!(c.data_ciphers, vec![Cipher::Aes128Gcm, Cipher::Chacha20Poly1305]);
+        assert_eq!(c.remote_cert_tls, Some(CertType::Server));
+        assert_eq!(c.auth_user_pass, Some(Source::Inline("alice\npw\n".into())));
+        assert_eq!(c.verb, 3);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].line, 11);
+    }
+
+    #[test]
+    fn unsupported_option_names_file_line_and_option() {
+        let e = parse(&format!("{BASE}\n\nfragment 1300\n")).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/tunscope/client.conf:10: unsupported option 'fragment'");
+        let c = parse(&format!("ignore-unknown-option fragment\n{BASE}fragment 1300\n")).expect("ignored");
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let e = parse(&format!("{BASE}tun-mtu lots\n")).unwrap_err();
+        assert_eq!(e.line, 8);
+        assert!(e.message.contains("'lots' is not a valid number"), "{e}");
+        let e = parse(&format!("{BASE}compress lz4\n")).unwrap_err();
+        assert!(e.message.contains("compression is not supported"), "{e}");
+        let e = parse(&format!("{BASE}dev tap0\n")).unwrap_err();
+        assert!(e.message.contains("tap"), "{e}");
+        let e = parse(&format!("{BASE}<key>\nabc\n")).unwrap_err();
+        assert_eq!(e.line, 8);
+        let e = parse(&format!("{BASE}remote x 1194 sctp\n")).unwrap_err();
+        assert!(e.message.contains("sctp"));
+        let e = parse(&format!("{BASE}tls-auth ta.key 2\n")).unwrap_err();
+        assert!(e.message.contains("key direction"));
+        let e = parse(&format!("{BASE}auth-user-pass\n")).unwrap_err();
+        assert!(e.message.contains("interactive"), "{e}");
+        let e = parse(&format!("{BASE}data-ciphers BF-CBC\n")).unwrap_err();
+        assert!(e.message.contains("none of the ciphers"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_options() {
+        assert!(parse("dev tun\nremote x\nca ca\ncert c\nkey k\n").unwrap_err().message.contains("client"));
+        assert!(parse("client\nca ca\ncert c\nkey k\n").unwrap_err().message.contains("remote"));
+        assert!(parse("client\nremote x\ncert c\nkey k\n").unwrap_err().message.contains("'ca'"));
+        assert_eq!(parse("client\nremote x\nca ca\ncert c\n").unwrap_err().line, 0);
+    }
+
+    #[test]
+    fn tcp_remote_defaults_and_tls_auth_direction() {
+        let c = parse(
+            "client\nproto tcp-client\nport 443\nremote a\nremote b 1195 udp\nca ca\ncert c\nkey k\nkey-direction 1\ntls-auth ta.key\nauth SHA256\nkeepalive 10 60\n",
+        )
+        .expect("parses");
+        assert_eq!(c.remotes[0].port, 443);
+        assert_eq!(c.remotes[0].transport, Transport::Tcp);
+        assert_eq!(c.remotes[1].transport, Transport::Udp);
+        assert!(matches!(c.wrap, WrapSource::Auth { direction: KeyDirection::Inverse, .. }));
+        assert_eq!(c.auth_digest, Digest::Sha256);
+        assert_eq!(c.ping, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn credentials_file() {
+        assert_eq!(parse_credentials("u\np\n"), Ok(("u".into(), "p".into())));
+        assert!(parse_credentials("u\n").is_err());
+        assert!(parse_credentials("").is_err());
+    }
+}
+
+#[cfg(test)]
+mod mss_tests {
+    use super::*;
+
+    #[test]
+    fn openvpn_default_mss_values() {
+        // AES-GCM + P_DATA_V2 = 24 bytes; UDP/IPv4 outer = 28 → 1400 (see notes §9.3).
+        assert_eq!(Mssfix::DEFAULT.mss_v4(28, 24), Some(1400));
+        // TCP/IPv4 outer: 40 bytes of headers plus 2 of framing in the overhead → 1386.
+        assert_eq!(Mssfix::DEFAULT.mss_v4(40, 26), Some(1386));
+        assert_eq!(Mssfix { value: 0, mode: MssMode::Mtu }.mss_v4(28, 24), None);
+        assert_eq!(Mssfix { value: 1400, mode: MssMode::Fixed }.mss_v4(28, 24), Some(1360));
+    }
+}

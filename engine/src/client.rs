@@ -1,0 +1,404 @@
+//! `tunscope client`: runs the protocol core's [`Client`] against a real link and tun device.
+//!
+//! One connection attempt at a time:
+//!
+//! 1. open the link (UDP socket or TCP stream) to the next `remote`;
+//! 2. handshake phase: the control thread alone reads the link until the server's PUSH_REPLY;
+//! 3. connected phase: the tun device is configured with the pushed address and MTU (created
+//!    once, kept across reconnects), the tx and rx data-path threads start, and the control
+//!    thread serves control packets, timers and signals;
+//! 4. on `Restart` the link is dropped and the next attempt starts after `connect-retry`
+//!    (doubling up to 5 minutes); on SIGINT/SIGTERM the client sends explicit-exit-notify
+//!    (UDP) and exits 0; on a fatal error it exits with the reason.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use tunscope_proto::client::{Client, ClientEvent, Connected};
+use tunscope_proto::consts::PEER_ID_UNDEF;
+use tunscope_proto::data;
+use tunscope_proto::options::client::{ClientConfig, Mssfix, Remote, Transport};
+use tunscope_proto::options::push::{PushedOptions, Topology};
+use tunscope_proto::stage::{DropReason, Stage};
+use tunscope_proto::wire::{Opcode, peek_opcode};
+
+use crate::datapath::{self, ControlInput, Shared};
+use crate::link::{Link, Received, RxBatch};
+use crate::stats::{BatchCounts, EngineStats};
+use crate::tun::{Tun, TunAddresses};
+
+/// Command-line options of `tunscope client`.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The OpenVPN-style config file.
+    pub config: PathBuf,
+    /// Disable tun offload (TSO/GRO).
+    pub no_offload: bool,
+}
+
+/// How one connection attempt ended.
+enum Outcome {
+    Closed,
+    Restart(String),
+    Fatal(String),
+}
+
+/// Loads and checks a client config (used by `run` and by `tunscope check-config`).
+pub fn load_config(path: &Path) -> Result<ClientConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let cfg = ClientConfig::parse(&text, path)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
+    }
+    Ok(cfg)
+}
+
+/// Runs the client until it is told to stop or fails for good.
+pub fn run(opts: &ClientOptions) -> Result<()> {
+    let cfg = load_config(&opts.config)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).context("installing signal handlers")?;
+    }
+    let stats = Arc::new(EngineStats::default());
+    let mut tun: Option<Tun> = None;
+    let mut attempt: u32 = 0;
+    let mut remote_idx = 0;
+    loop {
+        let remote = &cfg.remotes[remote_idx % cfg.remotes.len()];
+        let outcome = match connect_once(&cfg, opts, remote, &mut tun, &stats, &term) {
+            Ok(o) => o,
+            Err(e) => Outcome::Restart(format!("{e:#}")),
+        };
+        match outcome {
+            Outcome::Closed => {
+                tracing::info!("exiting\n{}", stats.table());
+                return Ok(());
+            }
+            Outcome::Fatal(reason) => {
+                tracing::info!("stage counters\n{}", stats.table());
+                bail!("{reason}");
+            }
+            Outcome::Restart(reason) => {
+                attempt += 1;
+                tracing::warn!("connection to {}:{} ended: {reason}", remote.host, remote.port);
+                if term.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                if cfg.connect_retry_max.is_some_and(|m| attempt >= m * cfg.remotes.len() as u32) {
+                    bail!("giving up after {attempt} attempts (connect-retry-max): {reason}");
+                }
+                remote_idx += 1;
+                let backoff = cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
+                let wait = backoff.min(Duration::from_secs(300));
+                tracing::info!("restarting in {} s", wait.as_secs());
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if term.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn resolve(remote: &Remote) -> Result<SocketAddr> {
+    (remote.host.as_str(), remote.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve remote {}", remote.host))?
+        .next()
+        .with_context(|| format!("remote {} has no address", remote.host))
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+fn mss_for(cfg: &ClientConfig, transport: Transport, ipv6_link: bool, framing: data::Framing, v2: bool) -> Option<u16> {
+    let outer = match (transport, ipv6_link) {
+        (Transport::Udp, false) => 28,
+        (Transport::Udp, true) => 48,
+        (Transport::Tcp, false) => 40,
+        (Transport::Tcp, true) => 60,
+    };
+    let framing_extra = if transport == Transport::Tcp { 2 } else { 0 };
+    let overhead = data::overhead(v2, framing) as u16 + framing_extra;
+    cfg.mssfix.unwrap_or(Mssfix::DEFAULT).mss_v4(outer, overhead)
+}
+
+fn connect_once(
+    cfg: &ClientConfig,
+    opts: &ClientOptions,
+    remote: &Remote,
+    tun: &mut Option<Tun>,
+    stats: &Arc<EngineStats>,
+    term: &AtomicBool,
+) -> Result<Outcome> {
+    let peer = resolve(remote)?;
+    let setup = Arc::new(crate::setup::client_setup(cfg, remote.transport, peer.is_ipv6())?);
+    tracing::info!(
+        "connecting to {peer} over {}",
+        if remote.transport == Transport::Udp { "UDP" } else { "TCP" }
+    );
+    let link = match remote.transport {
+        Transport::Udp => Link::udp(peer, cfg.lport.unwrap_or(0)),
+        Transport::Tcp => Link::tcp(peer, Duration::from_secs(10)),
+    }
+    .with_context(|| format!("cannot open link to {peer}"))?;
+    let mut client = Client::new(Arc::clone(&setup), Instant::now(), unix_now());
+    let mut rx = RxBatch::new();
+
+    // Handshake phase: this thread alone until the tunnel is up.
+    let connected = match handshake(&mut client, &link, &mut rx, stats, term)? {
+        Ok(c) => c,
+        Err(o) => return Ok(o),
+    };
+    tracing::info!(
+        "connected: cipher {}, peer-id {}, {}",
+        connected.cipher.name(),
+        connected.pushed.peer_id.map_or("none".into(), |p| p.to_string()),
+        connected.tls
+    );
+    let plane = client.data_plane();
+    let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
+    let addrs = tun_addresses(&connected.pushed)?;
+    if tun.is_none() {
+        let t = Tun::create(Some(&cfg.dev), mtu, !opts.no_offload).context("cannot create tun device")?;
+        t.set_nonblocking()?;
+        *tun = Some(t);
+    }
+    let Some(tun) = tun.as_ref() else { bail!("tun device missing") };
+    tun.configure(&addrs, mtu)
+        .with_context(|| format!("cannot configure {}", tun.name()))?;
+    tracing::info!(
+        "{}: {}{} mtu {mtu}, offload {}",
+        tun.name(),
+        addrs.ipv4.map_or(String::new(), |(a, p, _)| format!("{a}/{p} ")),
+        addrs.ipv6.map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
+        tun.offload()
+    );
+    for o in &connected.pushed.ignored {
+        tracing::debug!("pushed option ignored: {o}");
+    }
+    let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
+    let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), plane.framing, v2);
+    let shared = Shared::new(Arc::clone(stats), mss, cfg.replay_window);
+    shared.publish(plane);
+    let mut published = client.data_plane_generation();
+    // The line OpenVPN prints at this point; scripts and tests wait for it.
+    tracing::info!("Initialization Sequence Completed");
+
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+    std::thread::scope(|s| -> Result<Outcome> {
+        let (shared, link, ctl) = (&shared, &link, ctl_tx.clone());
+        let rx_thread = std::thread::Builder::new()
+            .name("rx".into())
+            .spawn_scoped(s, move || datapath::rx_loop(shared, tun, link, rx, &ctl))?;
+        let tx_thread = std::thread::Builder::new()
+            .name("tx".into())
+            .spawn_scoped(s, move || datapath::tx_loop(shared, tun, link, mtu))?;
+        let mut buf = Vec::with_capacity(2048);
+        let mut closing = false;
+        let outcome = loop {
+            if term.load(Ordering::Relaxed) && !closing {
+                closing = true;
+                tracing::info!("signal received, closing");
+                client.close(Instant::now());
+            }
+            let (lrx, ltx) = shared.activity();
+            client.set_data_activity(lrx, ltx);
+            let now = Instant::now();
+            let wait = client
+                .poll_timeout()
+                .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+                .min(Duration::from_millis(200));
+            match ctl_rx.recv_timeout(wait) {
+                Ok(ControlInput::Packet(p)) => control_packet(&mut client, stats, &p),
+                Ok(ControlInput::LinkDown(why)) => break Outcome::Restart(why),
+                Ok(ControlInput::Signal(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Outcome::Restart("data path stopped".into()),
+            }
+            let now = Instant::now();
+            client.handle_timeout(now);
+            transmit(&mut client, &link, &mut buf, now);
+            if client.data_plane_generation() != published {
+                published = client.data_plane_generation();
+                shared.publish(client.data_plane());
+            }
+            if let Some(o) = drain_events(&mut client) {
+                break o;
+            }
+        };
+        shared.stop.store(true, Ordering::Relaxed);
+        link.shutdown();
+        let _ = rx_thread.join();
+        let _ = tx_thread.join();
+        Ok(outcome)
+    })
+}
+
+/// Runs the control plane on this thread until the server's PUSH_REPLY (Ok(Ok)) or the end
+/// of the attempt (Ok(Err(outcome))).
+fn handshake(
+    client: &mut Client,
+    link: &Link,
+    rx: &mut RxBatch,
+    stats: &EngineStats,
+    term: &AtomicBool,
+) -> Result<Result<Connected, Outcome>> {
+    let mut buf = Vec::with_capacity(2048);
+    let peer = link.peer();
+    loop {
+        if term.load(Ordering::Relaxed) {
+            return Ok(Err(Outcome::Closed));
+        }
+        let now = Instant::now();
+        client.handle_timeout(now);
+        transmit(client, link, &mut buf, now);
+        if let Some(ev) = client.poll_event() {
+            match ev {
+                ClientEvent::Connected(c) => {
+                    // Flush what the connect produced (ACKs) before the data path starts.
+                    transmit(client, link, &mut buf, Instant::now());
+                    return Ok(Ok(*c));
+                }
+                other => {
+                    if let Some(o) = event_outcome(other) {
+                        return Ok(Err(o));
+                    }
+                }
+            }
+            continue;
+        }
+        let wait = client
+            .poll_timeout()
+            .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+            .min(Duration::from_millis(200));
+        match rx.recv(link, wait) {
+            Received::Packets => {}
+            Received::Idle => continue,
+            Received::Closed(why) => return Ok(Err(Outcome::Restart(why))),
+        }
+        let mut socket_rx = BatchCounts::default();
+        let mut decrypt = BatchCounts::default();
+        let mut packets = Vec::new();
+        let r = rx.for_each(link, |p, from| {
+            socket_rx.input(p.len());
+            if from != peer {
+                socket_rx.drop(DropReason::UnknownPeer);
+                return;
+            }
+            match peek_opcode(p) {
+                Err(r) => socket_rx.drop(r),
+                Ok((Opcode::DataV1 | Opcode::DataV2, _)) => {
+                    socket_rx.pass();
+                    decrypt.input(p.len());
+                    decrypt.drop(DropReason::NoKey);
+                }
+                Ok(_) => {
+                    socket_rx.pass();
+                    packets.push(p.to_vec());
+                }
+            }
+        });
+        stats.stage(Stage::SocketRx).add(&socket_rx);
+        stats.stage(Stage::Decrypt).add(&decrypt);
+        if let Err(r) = r {
+            return Ok(Err(Outcome::Restart(format!("TCP stream: {r}"))));
+        }
+        for p in packets {
+            control_packet(client, stats, &p);
+        }
+    }
+}
+
+fn control_packet(client: &mut Client, stats: &EngineStats, p: &[u8]) {
+    let mut c = BatchCounts::default();
+    c.input(p.len());
+    match client.handle_control(Instant::now(), p) {
+        Ok(()) => c.pass(),
+        Err(r) => {
+            tracing::debug!("control packet dropped: {r}");
+            c.drop(r);
+        }
+    }
+    stats.stage(Stage::Control).add(&c);
+}
+
+fn transmit(client: &mut Client, link: &Link, buf: &mut Vec<u8>, now: Instant) {
+    loop {
+        buf.clear();
+        if client.poll_transmit(now, buf).is_none() {
+            break;
+        }
+        if let Err(e) = link.send_one(buf) {
+            tracing::debug!("send failed: {e}");
+        }
+    }
+}
+
+fn drain_events(client: &mut Client) -> Option<Outcome> {
+    while let Some(ev) = client.poll_event() {
+        if let Some(o) = event_outcome(ev) {
+            return Some(o);
+        }
+    }
+    None
+}
+
+fn event_outcome(ev: ClientEvent) -> Option<Outcome> {
+    match ev {
+        ClientEvent::Connected(_) => None,
+        ClientEvent::KeysChanged { key_id } => {
+            tracing::info!("new data keys, key-id {key_id}");
+            None
+        }
+        ClientEvent::Warning(w) => {
+            tracing::warn!("{w}");
+            None
+        }
+        ClientEvent::Info(i) => {
+            tracing::info!("{i}");
+            None
+        }
+        ClientEvent::Restart(r) => Some(Outcome::Restart(r)),
+        ClientEvent::Fatal(r) => Some(Outcome::Fatal(r)),
+        ClientEvent::Closed => Some(Outcome::Closed),
+    }
+}
+
+fn prefix_len(mask: std::net::Ipv4Addr) -> Option<u8> {
+    let m = u32::from(mask);
+    let n = m.leading_ones();
+    (m.checked_shl(n).unwrap_or(0) == 0).then_some(n as u8)
+}
+
+/// Interface addresses from the pushed `ifconfig`/`ifconfig-ipv6` and topology.
+pub fn tun_addresses(p: &PushedOptions) -> Result<TunAddresses> {
+    let ipv4 = match p.ifconfig {
+        None => None,
+        Some((local, second)) => match p.topology {
+            Topology::Subnet => {
+                let prefix = prefix_len(second)
+                    .with_context(|| format!("pushed ifconfig netmask {second} is not contiguous"))?;
+                Some((local, prefix, None))
+            }
+            Topology::Net30 | Topology::P2p => Some((local, 32, Some(second))),
+        },
+    };
+    Ok(TunAddresses {
+        ipv4,
+        ipv6: p.ifconfig_ipv6.map(|(a, bits, _)| (a, bits)),
+    })
+}

@@ -1,0 +1,22 @@
+//! # tunscope-engine: the I/O shell of the tunscope VPN engine
+//!
+//! The protocol lives in `tunscope-proto` (sans I/O). This crate gives it real I/O: the tun
+//! device ([`tun`]), the UDP/TCP link ([`link`]), the data-path threads with their stages
+//! ([`datapath`]), stage counters ([`stats`]) and the client runner ([`client`]).
+//!
+//! Threads of a connected client:
+//!
+//! ```text
+//!   tx thread     read_tun → encrypt → socket_tx
+//!   rx thread     socket_rx → decrypt → write_tun      (control packets → channel)
+//!   control       Client state machine: control packets, timers, signals, key updates
+//! ```
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod datapath;
+pub mod link;
+pub mod poll;
+pub mod setup;
+pub mod stats;
+pub mod tun;

@@ -1,0 +1,440 @@
+//! The link to the peer: a UDP socket (batched with GSO/GRO through quinn-udp) or a TCP stream
+//! carrying length-prefixed OpenVPN packets.
+//!
+//! The link is shared by three threads: the control thread sends single control packets
+//! ([`Link::send_one`]); the tx thread sends batches ([`TxBatch`]); the rx thread receives
+//! ([`RxBatch`]). UDP sends are independent datagrams, so no lock is needed; TCP writes of
+//! whole frames are serialised by a mutex so that records never interleave.
+
+use std::io::{self, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tunscope_proto::stage::DropReason;
+use tunscope_proto::wire::{TcpFramer, tcp_frame};
+
+/// Socket buffer size we ask for (with the FORCE variants when running as root). Small
+/// default buffers are the main source of loss for a userspace tunnel on a busy box.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// Datagrams per `recvmmsg`.
+const RX_BATCH: usize = 32;
+/// Largest buffer one GRO receive can fill.
+const GRO_BUFFER: usize = 65535;
+
+/// Which transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+enum Sock {
+    Udp {
+        socket: UdpSocket,
+        state: UdpSocketState,
+    },
+    Tcp {
+        read: Mutex<TcpStream>,
+        write: Mutex<TcpStream>,
+        fd: RawFd,
+    },
+}
+
+/// A connected link.
+pub struct Link {
+    sock: Sock,
+    peer: SocketAddr,
+}
+
+fn force_buffers(fd: RawFd) {
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        let v = SOCKET_BUFFER as libc::c_int;
+        let set = |opt| {
+            // SAFETY: fd is a valid socket owned by the caller; the option value is a c_int.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+}
+
+fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
+    // SAFETY: as in force_buffers.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+impl Link {
+    /// Opens a UDP link to `peer`, bound to `lport` (0 = ephemeral).
+    pub fn udp(peer: SocketAddr, lport: u16) -> io::Result<Link> {
+        let bind: SocketAddr = if peer.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, lport).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, lport).into()
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(peer)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let fd = socket.as_raw_fd();
+        // quinn-udp forbids fragmentation (QUIC does its own PMTU discovery). OpenVPN leaves
+        // it to the kernel, and a full-size tun packet plus 24 bytes of overhead must still get
+        // through a 1500-byte link, so allow fragmentation again.
+        if peer.is_ipv4() {
+            set_int_opt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT);
+        } else {
+            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT);
+            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
+        }
+        force_buffers(fd);
+        Ok(Link {
+            sock: Sock::Udp { socket, state },
+            peer,
+        })
+    }
+
+    /// Opens a TCP link to `peer` within `timeout`.
+    pub fn tcp(peer: SocketAddr, timeout: Duration) -> io::Result<Link> {
+        let stream = TcpStream::connect_timeout(&peer, timeout)?;
+        stream.set_nodelay(true)?;
+        // The rx thread wakes up regularly to notice shutdown.
+        stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let fd = stream.as_raw_fd();
+        force_buffers(fd);
+        let write = stream.try_clone()?;
+        Ok(Link {
+            sock: Sock::Tcp {
+                read: Mutex::new(stream),
+                write: Mutex::new(write),
+                fd,
+            },
+            peer,
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.sock {
+            Sock::Udp { socket, .. } => socket.local_addr(),
+            Sock::Tcp { write, .. } => lock(write).local_addr(),
+        }
+    }
+
+    /// The transport.
+    pub fn kind(&self) -> LinkKind {
+        match self.sock {
+            Sock::Udp { .. } => LinkKind::Udp,
+            Sock::Tcp { .. } => LinkKind::Tcp,
+        }
+    }
+
+    /// The fd to poll for reading.
+    pub fn raw_fd(&self) -> RawFd {
+        match &self.sock {
+            Sock::Udp { socket, .. } => socket.as_raw_fd(),
+            Sock::Tcp { fd, .. } => *fd,
+        }
+    }
+
+    /// Sends one packet (control packets, pings).
+    pub fn send_one(&self, packet: &[u8]) -> io::Result<()> {
+        match &self.sock {
+            Sock::Udp { socket, .. } => socket.send(packet).map(|_| ()),
+            Sock::Tcp { write, .. } => {
+                let mut frame = Vec::with_capacity(packet.len() + 2);
+                tcp_frame(packet, &mut frame).map_err(|_| io::Error::other("packet too big"))?;
+                lock(write).write_all(&frame)
+            }
+        }
+    }
+
+    /// Closes the link (wakes a blocked TCP reader).
+    pub fn shutdown(&self) {
+        if let Sock::Tcp { write, .. } = &self.sock {
+            let _ = lock(write).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-write; the stream is still usable
+    // for what we do with it (the peer sees a truncated record and resets the connection).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sealed packets waiting to go out, stored back to back for GSO.
+pub struct TxBatch {
+    buf: Vec<u8>,
+    /// Bytes of `buf` holding committed packets (the rest is the open reservation).
+    committed: usize,
+    lens: Vec<usize>,
+    frames: Vec<u8>,
+}
+
+impl Default for TxBatch {
+    fn default() -> Self {
+        TxBatch::new()
+    }
+}
+
+impl TxBatch {
+    /// An empty batch.
+    pub fn new() -> TxBatch {
+        TxBatch {
+            buf: Vec::with_capacity(256 * 1024),
+            committed: 0,
+            lens: Vec::with_capacity(256),
+            frames: Vec::with_capacity(256 * 1024),
+        }
+    }
+
+    /// Room for the next packet: returns a zeroed slice of `max` bytes to seal into; call
+    /// [`TxBatch::commit`] with the length actually used.
+    pub fn reserve(&mut self, max: usize) -> &mut [u8] {
+        self.buf.resize(self.committed + max, 0);
+        &mut self.buf[self.committed..]
+    }
+
+    /// Keeps `len` bytes of the last reservation as a packet.
+    pub fn commit(&mut self, len: usize) {
+        self.committed += len;
+        self.buf.truncate(self.committed);
+        self.lens.push(len);
+    }
+
+    /// Discards the last reservation.
+    pub fn abort(&mut self) {
+        self.buf.truncate(self.committed);
+    }
+
+    /// Packets in the batch.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Sends everything; returns (sent, failed) packet counts.
+    pub fn flush(&mut self, link: &Link) -> (u64, u64) {
+        let r = match &link.sock {
+            Sock::Udp { socket, state } => self.flush_udp(socket, state, link.peer),
+            Sock::Tcp { write, .. } => {
+                self.frames.clear();
+                let mut off = 0;
+                for &l in &self.lens {
+                    // Packets are far below 64 KiB, framing cannot fail.
+                    let _ = tcp_frame(&self.buf[off..off + l], &mut self.frames);
+                    off += l;
+                }
+                let n = self.lens.len() as u64;
+                match lock(write).write_all(&self.frames) {
+                    Ok(()) => (n, 0),
+                    Err(_) => (0, n),
+                }
+            }
+        };
+        self.buf.clear();
+        self.committed = 0;
+        self.lens.clear();
+        r
+    }
+
+    fn flush_udp(&self, socket: &UdpSocket, state: &UdpSocketState, peer: SocketAddr) -> (u64, u64) {
+        let max_segs = state.max_gso_segments().max(1);
+        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut i = 0;
+        let mut off = 0;
+        while i < self.lens.len() {
+            // A GSO group: equal-sized packets, optionally ending with one smaller packet.
+            let seg = self.lens[i];
+            let mut j = i + 1;
+            let mut bytes = seg;
+            while j < self.lens.len() && j - i < max_segs {
+                let l = self.lens[j];
+                if l > seg {
+                    break;
+                }
+                bytes += l;
+                j += 1;
+                if l < seg {
+                    break;
+                }
+            }
+            let count = (j - i) as u64;
+            let t = Transmit {
+                destination: peer,
+                ecn: None,
+                contents: &self.buf[off..off + bytes],
+                segment_size: (count > 1).then_some(seg),
+                src_ip: None,
+            };
+            match state.try_send(socket.into(), &t) {
+                Ok(()) => sent += count,
+                Err(_) if count > 1 => {
+                    // GSO refused (e.g. segment above the path MTU): one by one.
+                    let mut o = off;
+                    for &l in &self.lens[i..j] {
+                        match socket.send(&self.buf[o..o + l]) {
+                            Ok(_) => sent += 1,
+                            Err(_) => failed += 1,
+                        }
+                        o += l;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Socket buffer full: wait for room once, then try again.
+                    let _ = crate::poll::wait_writable(socket.as_raw_fd(), Duration::from_millis(50));
+                    match socket.send(&self.buf[off..off + bytes]) {
+                        Ok(_) => sent += count,
+                        Err(_) => failed += count,
+                    }
+                }
+                Err(_) => failed += count,
+            }
+            off += bytes;
+            i = j;
+        }
+        (sent, failed)
+    }
+}
+
+/// Buffers for receiving a batch of packets.
+pub struct RxBatch {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    n: usize,
+    framer: TcpFramer,
+    tcp_buf: Vec<u8>,
+}
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch::new()
+    }
+}
+
+/// Result of a receive.
+pub enum Received {
+    /// Packets are ready (iterate with [`RxBatch::for_each`]).
+    Packets,
+    /// Nothing arrived within the wait.
+    Idle,
+    /// The link is gone (TCP closed or a fatal socket error).
+    Closed(String),
+}
+
+impl RxBatch {
+    /// Empty buffers.
+    pub fn new() -> RxBatch {
+        RxBatch {
+            bufs: (0..RX_BATCH).map(|_| vec![0; GRO_BUFFER]).collect(),
+            meta: vec![RecvMeta::default(); RX_BATCH],
+            n: 0,
+            framer: TcpFramer::new(),
+            tcp_buf: vec![0; 256 * 1024],
+        }
+    }
+
+    /// Receives what is available, waiting up to `wait` for the first bytes.
+    pub fn recv(&mut self, link: &Link, wait: Duration) -> Received {
+        self.n = 0;
+        match &link.sock {
+            Sock::Udp { socket, state } => {
+                let mut slices: Vec<IoSliceMut<'_>> =
+                    self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                match state.recv(socket.into(), &mut slices, &mut self.meta) {
+                    Ok(n) => {
+                        self.n = n;
+                        Received::Packets
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let _ = crate::poll::wait_readable(socket.as_raw_fd(), wait);
+                        Received::Idle
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Received::Idle,
+                    // ICMP errors (port unreachable) surface here on a connected socket.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Received::Idle,
+                    Err(e) => Received::Closed(format!("UDP receive: {e}")),
+                }
+            }
+            Sock::Tcp { read, .. } => {
+                let mut s = lock(read);
+                match s.read(&mut self.tcp_buf) {
+                    Ok(0) => Received::Closed("TCP connection closed by the server".into()),
+                    Ok(n) => {
+                        self.framer.push(&self.tcp_buf[..n]);
+                        Received::Packets
+                    }
+                    Err(e)
+                        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
+                    {
+                        Received::Idle
+                    }
+                    Err(e) => Received::Closed(format!("TCP receive: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Calls `f` with every received packet (mutable, for in-place decryption) and its
+    /// source address. Stops the TCP stream on a framing error and reports it.
+    pub fn for_each(
+        &mut self,
+        link: &Link,
+        mut f: impl FnMut(&mut [u8], SocketAddr),
+    ) -> Result<(), DropReason> {
+        match &link.sock {
+            Sock::Udp { .. } => {
+                for i in 0..self.n {
+                    let m = self.meta[i];
+                    let stride = if m.stride == 0 { m.len } else { m.stride };
+                    let mut off = 0;
+                    while off < m.len {
+                        let end = (off + stride).min(m.len);
+                        f(&mut self.bufs[i][off..end], m.addr);
+                        off = end;
+                    }
+                }
+                Ok(())
+            }
+            Sock::Tcp { .. } => {
+                let peer = link.peer;
+                while let Some(p) = self.framer.next_packet()? {
+                    f(p, peer);
+                }
+                Ok(())
+            }
+        }
+    }
+}
