@@ -13,9 +13,9 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -64,7 +64,8 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
     let cfg = load_config(&opts.config)?;
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&term)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .context("installing signal handlers")?;
     }
     let stats = Arc::new(EngineStats::default());
     let mut tun: Option<Tun> = None;
@@ -87,15 +88,23 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
             }
             Outcome::Restart(reason) => {
                 attempt += 1;
-                tracing::warn!("connection to {}:{} ended: {reason}", remote.host, remote.port);
+                tracing::warn!(
+                    "connection to {}:{} ended: {reason}",
+                    remote.host,
+                    remote.port
+                );
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                if cfg.connect_retry_max.is_some_and(|m| attempt >= m * cfg.remotes.len() as u32) {
+                if cfg
+                    .connect_retry_max
+                    .is_some_and(|m| attempt >= m * cfg.remotes.len() as u32)
+                {
                     bail!("giving up after {attempt} attempts (connect-retry-max): {reason}");
                 }
                 remote_idx += 1;
-                let backoff = cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
+                let backoff =
+                    cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
                 let wait = backoff.min(Duration::from_secs(300));
                 tracing::info!("restarting in {} s", wait.as_secs());
                 let until = Instant::now() + wait;
@@ -125,7 +134,13 @@ fn unix_now() -> u32 {
         .unwrap_or(1)
 }
 
-fn mss_for(cfg: &ClientConfig, transport: Transport, ipv6_link: bool, framing: data::Framing, v2: bool) -> Option<u16> {
+fn mss_for(
+    cfg: &ClientConfig,
+    transport: Transport,
+    ipv6_link: bool,
+    framing: data::Framing,
+    v2: bool,
+) -> Option<u16> {
     let outer = match (transport, ipv6_link) {
         (Transport::Udp, false) => 28,
         (Transport::Udp, true) => 48,
@@ -134,7 +149,9 @@ fn mss_for(cfg: &ClientConfig, transport: Transport, ipv6_link: bool, framing: d
     };
     let framing_extra = if transport == Transport::Tcp { 2 } else { 0 };
     let overhead = data::overhead(v2, framing) as u16 + framing_extra;
-    cfg.mssfix.unwrap_or(Mssfix::DEFAULT).mss_v4(outer, overhead)
+    cfg.mssfix
+        .unwrap_or(Mssfix::DEFAULT)
+        .mss_v4(outer, overhead)
 }
 
 fn connect_once(
@@ -146,10 +163,18 @@ fn connect_once(
     term: &AtomicBool,
 ) -> Result<Outcome> {
     let peer = resolve(remote)?;
-    let setup = Arc::new(crate::setup::client_setup(cfg, remote.transport, peer.is_ipv6())?);
+    let setup = Arc::new(crate::setup::client_setup(
+        cfg,
+        remote.transport,
+        peer.is_ipv6(),
+    )?);
     tracing::info!(
         "connecting to {peer} over {}",
-        if remote.transport == Transport::Udp { "UDP" } else { "TCP" }
+        if remote.transport == Transport::Udp {
+            "UDP"
+        } else {
+            "TCP"
+        }
     );
     let link = match remote.transport {
         Transport::Udp => Link::udp(peer, cfg.lport.unwrap_or(0)),
@@ -167,25 +192,35 @@ fn connect_once(
     tracing::info!(
         "connected: cipher {}, peer-id {}, {}",
         connected.cipher.name(),
-        connected.pushed.peer_id.map_or("none".into(), |p| p.to_string()),
+        connected
+            .pushed
+            .peer_id
+            .map_or("none".into(), |p| p.to_string()),
         connected.tls
     );
     let plane = client.data_plane();
     let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
     let addrs = tun_addresses(&connected.pushed)?;
     if tun.is_none() {
-        let t = Tun::create(Some(&cfg.dev), mtu, !opts.no_offload).context("cannot create tun device")?;
+        let t = Tun::create(Some(&cfg.dev), mtu, !opts.no_offload)
+            .context("cannot create tun device")?;
         t.set_nonblocking()?;
         *tun = Some(t);
     }
-    let Some(tun) = tun.as_ref() else { bail!("tun device missing") };
+    let Some(tun) = tun.as_ref() else {
+        bail!("tun device missing")
+    };
     tun.configure(&addrs, mtu)
         .with_context(|| format!("cannot configure {}", tun.name()))?;
     tracing::info!(
         "{}: {}{} mtu {mtu}, offload {}",
         tun.name(),
-        addrs.ipv4.map_or(String::new(), |(a, p, _)| format!("{a}/{p} ")),
-        addrs.ipv6.map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
+        addrs
+            .ipv4
+            .map_or(String::new(), |(a, p, _)| format!("{a}/{p} ")),
+        addrs
+            .ipv6
+            .map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
         tun.offload()
     );
     for o in &connected.pushed.ignored {
@@ -221,17 +256,21 @@ fn connect_once(
             let now = Instant::now();
             let wait = client
                 .poll_timeout()
-                .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+                .map_or(Duration::from_millis(200), |t| {
+                    t.saturating_duration_since(now)
+                })
                 .min(Duration::from_millis(200));
             match ctl_rx.recv_timeout(wait) {
                 Ok(ControlInput::Packet(p)) => control_packet(&mut client, stats, &p),
                 Ok(ControlInput::LinkDown(why)) => break Outcome::Restart(why),
                 Ok(ControlInput::Signal(_)) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break Outcome::Restart("data path stopped".into()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Outcome::Restart("data path stopped".into());
+                }
             }
             let now = Instant::now();
             client.handle_timeout(now);
-            transmit(&mut client, &link, &mut buf, now);
+            transmit(&mut client, link, &mut buf, now);
             if client.data_plane_generation() != published {
                 published = client.data_plane_generation();
                 shared.publish(client.data_plane());
@@ -283,7 +322,9 @@ fn handshake(
         }
         let wait = client
             .poll_timeout()
-            .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(200));
         match rx.recv(link, wait) {
             Received::Packets => {}
@@ -390,8 +431,9 @@ pub fn tun_addresses(p: &PushedOptions) -> Result<TunAddresses> {
         None => None,
         Some((local, second)) => match p.topology {
             Topology::Subnet => {
-                let prefix = prefix_len(second)
-                    .with_context(|| format!("pushed ifconfig netmask {second} is not contiguous"))?;
+                let prefix = prefix_len(second).with_context(|| {
+                    format!("pushed ifconfig netmask {second} is not contiguous")
+                })?;
                 Some((local, prefix, None))
             }
             Topology::Net30 | Topology::P2p => Some((local, 32, Some(second))),

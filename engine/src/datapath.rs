@@ -211,7 +211,13 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
 /// link → tun: `socket_rx → decrypt → write_tun`, control packets to `control`, until
 /// `shared.stop`. `batch` carries over from the handshake (a TCP stream may hold a partial
 /// record).
-pub fn rx_loop(shared: &Shared, tun: &Tun, link: &Link, mut batch: RxBatch, control: &Sender<ControlInput>) {
+pub fn rx_loop(
+    shared: &Shared,
+    tun: &Tun,
+    link: &Link,
+    mut batch: RxBatch,
+    control: &Sender<ControlInput>,
+) {
     let mut writer = TunWriter::new(tun);
     let mut cache = PlaneCache::new();
     let mut receiver = Receiver::with_replay_window(shared.replay_window);

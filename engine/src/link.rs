@@ -104,9 +104,19 @@ impl Link {
         // it to the kernel, and a full-size tun packet plus 24 bytes of overhead must still get
         // through a 1500-byte link, so allow fragmentation again.
         if peer.is_ipv4() {
-            set_int_opt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DONT);
+            set_int_opt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            );
         } else {
-            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DONT);
+            set_int_opt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DONT,
+            );
             set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
         }
         force_buffers(fd);
@@ -270,7 +280,12 @@ impl TxBatch {
         r
     }
 
-    fn flush_udp(&self, socket: &UdpSocket, state: &UdpSocketState, peer: SocketAddr) -> (u64, u64) {
+    fn flush_udp(
+        &self,
+        socket: &UdpSocket,
+        state: &UdpSocketState,
+        peer: SocketAddr,
+    ) -> (u64, u64) {
         let max_segs = state.max_gso_segments().max(1);
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut i = 0;
@@ -314,7 +329,8 @@ impl TxBatch {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Socket buffer full: wait for room once, then try again.
-                    let _ = crate::poll::wait_writable(socket.as_raw_fd(), Duration::from_millis(50));
+                    let _ =
+                        crate::poll::wait_writable(socket.as_raw_fd(), Duration::from_millis(50));
                     match socket.send(&self.buf[off..off + bytes]) {
                         Ok(_) => sent += count,
                         Err(_) => failed += count,
@@ -397,7 +413,12 @@ impl RxBatch {
                         Received::Packets
                     }
                     Err(e)
-                        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) =>
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
                     {
                         Received::Idle
                     }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tunscope", version, about = "Packet-flow observatory and OpenVPN-compatible VPN engine")]
+#[command(
+    name = "tunscope",
+    version,
+    about = "Packet-flow observatory and OpenVPN-compatible VPN engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,10 +45,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Client { config, no_offload } => {
-            tunscope_engine::client::run(&tunscope_engine::client::ClientOptions { config, no_offload })
+            tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
+                config,
+                no_offload,
+            })
         }
         Command::CheckConfig { config } => tunscope_engine::client::load_config(&config).map(|c| {
-            println!("{}: OK ({} remote(s), {} warning(s))", config.display(), c.remotes.len(), c.warnings.len());
+            println!(
+                "{}: OK ({} remote(s), {} warning(s))",
+                config.display(),
+                c.remotes.len(),
+                c.warnings.len()
+            );
         }),
     };
     match result {

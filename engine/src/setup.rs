@@ -38,7 +38,11 @@ pub fn load_wrap(wrap: &WrapSource, digest: Digest) -> Result<WrapConfig> {
 }
 
 /// Loads everything a client needs for `transport`.
-pub fn client_setup(cfg: &ClientConfig, transport: Transport, ipv6_link: bool) -> Result<ClientSetup> {
+pub fn client_setup(
+    cfg: &ClientConfig,
+    transport: Transport,
+    ipv6_link: bool,
+) -> Result<ClientSetup> {
     let ca_text = read_source(&cfg.ca, "ca")?;
     let ca = tls::certs_from_pem(&format!("option 'ca' ({})", cfg.ca.describe()), &ca_text)?;
     let identity = match (&cfg.cert, &cfg.key) {
@@ -47,7 +51,10 @@ pub fn client_setup(cfg: &ClientConfig, transport: Transport, ipv6_link: bool) -
                 &format!("option 'cert' ({})", c.describe()),
                 &read_source(c, "cert")?,
             )?,
-            key: tls::key_from_pem(&format!("option 'key' ({})", k.describe()), &read_source(k, "key")?)?,
+            key: tls::key_from_pem(
+                &format!("option 'key' ({})", k.describe()),
+                &read_source(k, "key")?,
+            )?,
         }),
         _ => None,
     };
@@ -55,8 +62,14 @@ pub fn client_setup(cfg: &ClientConfig, transport: Transport, ipv6_link: bool) -
         remote_cert_tls: cfg.remote_cert_tls,
         verify_x509_name: cfg.verify_x509_name.clone(),
     };
-    let tls_cfg = tls::client_config(&ca, identity, check, cfg.tls_version_min, cfg.tls_version_max)
-        .context("TLS setup (does the key match the certificate?)")?;
+    let tls_cfg = tls::client_config(
+        &ca,
+        identity,
+        check,
+        cfg.tls_version_min,
+        cfg.tls_version_max,
+    )
+    .context("TLS setup (does the key match the certificate?)")?;
     let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
     let credentials = match &cfg.auth_user_pass {
         Some(src) => Some(
@@ -65,5 +78,12 @@ pub fn client_setup(cfg: &ClientConfig, transport: Transport, ipv6_link: bool) -
         ),
         None => None,
     };
-    Ok(ClientSetup::new(cfg, Arc::clone(&tls_cfg), wrap, credentials, transport, ipv6_link))
+    Ok(ClientSetup::new(
+        cfg,
+        Arc::clone(&tls_cfg),
+        wrap,
+        credentials,
+        transport,
+        ipv6_link,
+    ))
 }

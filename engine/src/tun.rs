@@ -105,7 +105,9 @@ impl TunReader {
     pub fn new(mtu: u16) -> TunReader {
         TunReader {
             raw: vec![0; SUPER_PACKET],
-            bufs: (0..IDEAL_BATCH_SIZE).map(|_| vec![0; usize::from(mtu).max(1500) + 64]).collect(),
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|_| vec![0; usize::from(mtu).max(1500) + 64])
+                .collect(),
             sizes: vec![0; IDEAL_BATCH_SIZE],
             len: 0,
         }
@@ -160,7 +162,9 @@ impl TunWriter {
     pub fn new(tun: &Tun) -> TunWriter {
         TunWriter {
             gro: GROTable::new(),
-            bufs: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(2048)).collect(),
+            bufs: (0..IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(2048))
+                .collect(),
             len: 0,
             offset: if tun.offload { VIRTIO_NET_HDR_LEN } else { 0 },
         }

@@ -1,1 +1,21 @@
+//! # tunscope-harness
+//!
+//! Builds throw-away networks from Linux network namespaces and runs VPN subjects in them:
+//! ours (`tunscope`) or stock OpenVPN 2.6. Only 198.18.0.0/15 and 2001:db8::/32 are used,
+//! nothing in the root namespace is touched, and every namespace is named `ts-<pid>-…` and
+//! removed at the end (stale ones from crashed runs at the next start).
+//!
+//! * [`netns`] — namespaces, veth, the setns thread discipline, stale cleanup.
+//! * [`process`] — child processes with logs, stopped by pid.
+//! * [`pki`] — a per-run test PKI and static key.
+//! * [`subjects`] — tunnel variants and OpenVPN-syntax configs for both implementations.
+//! * [`traffic`] — ping and verified TCP transfers.
+//! * [`topo`] — small fixed topologies for engine tests.
+#![warn(missing_docs)]
 
+pub mod netns;
+pub mod pki;
+pub mod process;
+pub mod subjects;
+pub mod topo;
+pub mod traffic;

@@ -1,1 +1,91 @@
-fn main() {}
+//! `cargo xtask` — project automation (alias in `.cargo/config.toml`).
+//!
+//! * `cargo xtask test` — installs missing system packages, checks formatting, clippy and the
+//!   architecture rules (`tidy`), then runs every test (needs root: namespaces and tun).
+//! * `cargo xtask deps` — only installs the system packages the tests and scenarios use.
+//! * `cargo xtask tidy` — formatting, clippy, architecture invariants.
+//! * `cargo xtask bench tunnel` — end-to-end TCP throughput: plain veth, stock OpenVPN
+//!   client ↔ stock server, our client ↔ stock server, side by side in one run.
+
+mod bench;
+mod deps;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&rest),
+        Some("deps") => deps::ensure(),
+        Some("tidy") => tidy::run(),
+        Some("bench") => bench::run(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references"
+            );
+            bail!("unknown command");
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, failing when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn test(filters: &[&str]) -> Result<()> {
+    deps::ensure()?;
+    tidy::run()?;
+    // Integration tests outside the engine package find the binary through TUNSCOPE_BIN.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let bin = project_root().join("target/debug/tunscope");
+    let mut cmd = cargo();
+    if has_nextest() {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(filters);
+    cmd.env("TUNSCOPE_BIN", &bin).env("INSTA_UPDATE", "no");
+    run(&mut cmd)
+}

@@ -333,41 +333,41 @@ impl Client {
     }
 
     fn connected_timers(&mut self, now: Instant) {
-        if let Some(t) = self.switch_send_at {
-            if now >= t {
-                self.switch_send_at = None;
-                if let Some(k) = self.keys.first() {
-                    self.data.send = Some(k.clone());
-                    self.data.generation += 1;
-                }
-            }
-        }
-        if let Some(t) = self.lame_expires_at {
-            if now >= t {
-                self.lame_expires_at = None;
-                self.keys.truncate(1);
-                self.data.recv = self.keys.clone();
+        if let Some(t) = self.switch_send_at
+            && now >= t
+        {
+            self.switch_send_at = None;
+            if let Some(k) = self.keys.first() {
+                self.data.send = Some(k.clone());
                 self.data.generation += 1;
             }
         }
-        let last_rx = self.last_rx();
-        if let Some(limit) = self.ping_exit() {
-            if now >= last_rx + limit {
-                self.fail(format!(
-                    "ping-exit: nothing received from the server for {} s",
-                    limit.as_secs()
-                ));
-                return;
-            }
+        if let Some(t) = self.lame_expires_at
+            && now >= t
+        {
+            self.lame_expires_at = None;
+            self.keys.truncate(1);
+            self.data.recv = self.keys.clone();
+            self.data.generation += 1;
         }
-        if let Some(limit) = self.ping_restart() {
-            if now >= last_rx + limit {
-                self.restart(format!(
-                    "ping-restart: nothing received from the server for {} s",
-                    limit.as_secs()
-                ));
-                return;
-            }
+        let last_rx = self.last_rx();
+        if let Some(limit) = self.ping_exit()
+            && now >= last_rx + limit
+        {
+            self.fail(format!(
+                "ping-exit: nothing received from the server for {} s",
+                limit.as_secs()
+            ));
+            return;
+        }
+        if let Some(limit) = self.ping_restart()
+            && now >= last_rx + limit
+        {
+            self.restart(format!(
+                "ping-restart: nothing received from the server for {} s",
+                limit.as_secs()
+            ));
+            return;
         }
         let exhausted = self
             .data
@@ -375,21 +375,28 @@ impl Client {
             .as_ref()
             .is_some_and(|k| k.packets_sent() >= u64::from(PACKET_ID_WRAP_TRIGGER));
         let due = !self.setup.reneg_sec.is_zero() && now >= self.key_started + self.setup.reneg_sec;
-        if (due || exhausted) && !self.reneg_pending {
-            if let Some(id) = self.session.renegotiate(now) {
-                self.reneg_pending = true;
-                self.events
-                    .push_back(ClientEvent::Info(format!("renegotiating: new key-id {id}")));
-            }
+        if (due || exhausted)
+            && !self.reneg_pending
+            && let Some(id) = self.session.renegotiate(now)
+        {
+            self.reneg_pending = true;
+            self.events
+                .push_back(ClientEvent::Info(format!("renegotiating: new key-id {id}")));
         }
     }
 
     fn cc_exit(&self) -> bool {
-        self.pushed.as_ref().is_some_and(|p| p.protocol_flags.cc_exit)
+        self.pushed
+            .as_ref()
+            .is_some_and(|p| p.protocol_flags.cc_exit)
     }
 
     fn ping_interval(&self) -> Option<Duration> {
-        let pushed = self.pushed.as_ref().and_then(|p| p.ping).map(|s| Duration::from_secs(u64::from(s)));
+        let pushed = self
+            .pushed
+            .as_ref()
+            .and_then(|p| p.ping)
+            .map(|s| Duration::from_secs(u64::from(s)));
         pushed.or(self.setup.ping).filter(|d| !d.is_zero())
     }
 
@@ -412,7 +419,9 @@ impl Client {
     }
 
     fn last_rx(&self) -> Instant {
-        self.session.last_rx().max(self.data_rx.unwrap_or(self.started))
+        self.session
+            .last_rx()
+            .max(self.data_rx.unwrap_or(self.started))
     }
 
     fn last_tx(&self) -> Instant {
@@ -475,11 +484,9 @@ impl Client {
         match self.state {
             State::Connected => {
                 let ping = self.ping_interval()?;
-                if now >= self.last_tx() + ping {
-                    if self.seal_into(&PING_MAGIC, out).is_ok() {
-                        self.data_tx = Some(now);
-                        return Some(TransmitKind::Data);
-                    }
+                if now >= self.last_tx() + ping && self.seal_into(&PING_MAGIC, out).is_ok() {
+                    self.data_tx = Some(now);
+                    return Some(TransmitKind::Data);
                 }
                 None
             }
@@ -490,7 +497,11 @@ impl Client {
             } if occ_left > 0 && now >= next_occ => {
                 let left = occ_left - 1;
                 self.state = State::Exiting {
-                    deadline: if left == 0 { now.min(deadline) } else { deadline },
+                    deadline: if left == 0 {
+                        now.min(deadline)
+                    } else {
+                        deadline
+                    },
                     occ_left: left,
                     next_occ: now + Duration::from_secs(1),
                 };
@@ -505,8 +516,16 @@ impl Client {
     pub fn seal_into(&self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DropReason> {
         let keys = self.data.send.as_ref().ok_or(DropReason::NoKey)?;
         let start = out.len();
-        out.resize(start + plain.len() + crate::data::overhead(true, self.data.framing), 0);
-        let n = keys.seal(self.data.header(keys), self.data.framing, plain, &mut out[start..])?;
+        out.resize(
+            start + plain.len() + crate::data::overhead(true, self.data.framing),
+            0,
+        );
+        let n = keys.seal(
+            self.data.header(keys),
+            self.data.framing,
+            plain,
+            &mut out[start..],
+        )?;
         out.truncate(start + n);
         Ok(())
     }
@@ -525,15 +544,13 @@ impl Client {
             self.events.push_back(ClientEvent::Closed);
             return;
         }
-        if self.cc_exit() {
-            if self.session.send_text("EXIT").is_ok() {
-                self.state = State::Exiting {
-                    deadline: now + CC_EXIT_WAIT,
-                    occ_left: 0,
-                    next_occ: now + CC_EXIT_WAIT,
-                };
-                return;
-            }
+        if self.cc_exit() && self.session.send_text("EXIT").is_ok() {
+            self.state = State::Exiting {
+                deadline: now + CC_EXIT_WAIT,
+                occ_left: 0,
+                next_occ: now + CC_EXIT_WAIT,
+            };
+            return;
         }
         let n = self.setup.explicit_exit_notify;
         self.state = State::Exiting {
@@ -558,7 +575,12 @@ impl Client {
     }
 
     fn key_method_message(&self) -> KeyMethod2 {
-        let cipher = self.setup.ciphers.first().copied().unwrap_or(Cipher::Aes256Gcm);
+        let cipher = self
+            .setup
+            .ciphers
+            .first()
+            .copied()
+            .unwrap_or(Cipher::Aes256Gcm);
         let (username, password) = match &self.setup.credentials {
             Some((u, p)) => {
                 // After a pushed auth-token, renegotiations authenticate with the token.
@@ -580,7 +602,10 @@ impl Client {
             ),
             username,
             password,
-            peer_info: Some(client_peer_info(&self.setup.ciphers, self.setup.tun_mtu.max(1600))),
+            peer_info: Some(client_peer_info(
+                &self.setup.ciphers,
+                self.setup.tun_mtu.max(1600),
+            )),
         }
     }
 
@@ -608,7 +633,10 @@ impl Client {
                 }
                 SessionEvent::KeyActive { key_id } => self.on_key_active(now, key_id),
                 SessionEvent::KeyFailed { key_id, reason } => {
-                    if self.state == State::Connected && self.session.current_key_id() == Some(key_id) && key_id != 0 {
+                    if self.state == State::Connected
+                        && self.session.current_key_id() == Some(key_id)
+                        && key_id != 0
+                    {
                         self.session.remove_key_state(key_id);
                         self.reneg_pending = false;
                         self.key_started = now;
@@ -684,10 +712,10 @@ impl Client {
         if self.state == State::Connected {
             // Later PUSH_REPLYs (2.6 sends one with a renewed auth-token) only update tokens.
             for o in &msg.options {
-                if o.starts_with("auth-token") {
-                    if let Some(p) = self.pushed.as_mut() {
-                        let _ = p.apply(o, &self.setup.ciphers);
-                    }
+                if o.starts_with("auth-token")
+                    && let Some(p) = self.pushed.as_mut()
+                {
+                    let _ = p.apply(o, &self.setup.ciphers);
                 }
             }
             return;
@@ -710,11 +738,15 @@ impl Client {
     fn finish_push(&mut self, now: Instant) {
         let pushed = std::mem::take(&mut self.push);
         for u in &pushed.unsupported {
-            self.events
-                .push_back(ClientEvent::Warning(format!("pushed option not supported, ignored: {u}")));
+            self.events.push_back(ClientEvent::Warning(format!(
+                "pushed option not supported, ignored: {u}"
+            )));
         }
         let Some(cipher) = pushed.cipher else {
-            self.fail("the server did not push a data cipher (cipher negotiation needs OpenVPN 2.4+)".into());
+            self.fail(
+                "the server did not push a data cipher (cipher negotiation needs OpenVPN 2.4+)"
+                    .into(),
+            );
             return;
         };
         if !pushed.uses_ekm() {
@@ -744,10 +776,11 @@ impl Client {
         self.state = State::Connected;
         let tls = self.session.tls_description(key_id).unwrap_or_default();
         self.pushed = Some(pushed.clone());
-        self.events.push_back(ClientEvent::Connected(Box::new(Connected {
-            pushed,
-            cipher,
-            tls,
-        })));
+        self.events
+            .push_back(ClientEvent::Connected(Box::new(Connected {
+                pushed,
+                cipher,
+                tls,
+            })));
     }
 }

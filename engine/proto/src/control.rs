@@ -181,7 +181,10 @@ impl KeyState {
             // TLS bytes before our reset was acknowledged (the ACK was lost or reordered):
             // keep them for when TLS starts, they will not be retransmitted.
             if self.tls_in_early.len() + payload.len() > 64 * 1024 {
-                self.fail("too much TLS data before the reset exchange finished".into(), events);
+                self.fail(
+                    "too much TLS data before the reset exchange finished".into(),
+                    events,
+                );
                 return;
             }
             self.tls_in_early.extend_from_slice(payload);
@@ -205,7 +208,7 @@ impl KeyState {
                         break;
                     }
                 }
-                let reason = format!("TLS error: {e}");
+                let reason = format!("TLS error: {}", describe_tls_error(&e));
                 self.fail(reason, events);
                 return;
             }
@@ -256,7 +259,10 @@ impl KeyState {
                     }
                 }
                 if self.text_in.len() > TLS_CHANNEL_BUF_SIZE {
-                    self.fail("control message without NUL terminator exceeds 2048 bytes".into(), events);
+                    self.fail(
+                        "control message without NUL terminator exceeds 2048 bytes".into(),
+                        events,
+                    );
                     return;
                 }
             }
@@ -312,31 +318,43 @@ impl ControlSession {
         params: SessionParams,
         now: Instant,
     ) -> ControlSession {
-        let mut s = ControlSession::new(TlsRole::Client(tls), wrap, params, random_session_id(), now);
+        let mut s =
+            ControlSession::new(TlsRole::Client(tls), wrap, params, random_session_id(), now);
         let ks = KeyState::new(0, Opcode::ControlHardResetClientV2, now, &s.params);
         s.keys.push(ks);
         s
     }
 
-    /// A server session answering a client's hard reset (message 0 of key-id 0).
-    /// `local_sid` is random or the cookie-derived id of a stateless UDP server.
+    /// A server session answering a client's hard reset. `reset` is the client's
+    /// P_CONTROL_HARD_RESET_CLIENT_V2 as received (wrapped); `local_sid` is random or the
+    /// cookie-derived id of a stateless UDP server.
     pub fn new_server(
         tls: Arc<rustls::ServerConfig>,
         wrap: TlsWrap,
         params: SessionParams,
         local_sid: SessionId,
-        client_sid: SessionId,
+        reset: &[u8],
         now: Instant,
-    ) -> ControlSession {
+    ) -> Result<ControlSession, DropReason> {
         let mut s = ControlSession::new(TlsRole::Server(tls), wrap, params, local_sid, now);
-        s.remote_sid = Some(client_sid);
+        let mut plain = Vec::new();
+        let pid = s.wrap.unwrap(reset, &mut plain)?;
+        let pkt = ControlPacket::parse(&plain)?;
+        if pkt.opcode != Opcode::ControlHardResetClientV2 || pkt.key_id != 0 {
+            return Err(DropReason::BadOpcode);
+        }
+        // 2.6 ignores a hard reset whose message id is not 0.
+        if pkt.message_id != Some(0) || !pkt.session_id.is_defined() {
+            return Err(DropReason::Malformed);
+        }
+        s.wrap.check_replay(pid, now)?;
+        s.remote_sid = Some(pkt.session_id);
         let mut ks = KeyState::new(0, Opcode::ControlHardResetServerV2, now, &s.params);
-        // The client's reset (message 0) has been received.
         ks.recv.skip_to(1);
         ks.acks.owe(0);
         ks.peer_reset_seen = true;
         s.keys.push(ks);
-        s
+        Ok(s)
     }
 
     fn new(
@@ -449,10 +467,10 @@ impl ControlSession {
                 }
             }
         }
-        if let Some(rsid) = pkt.remote_session_id {
-            if rsid != self.local_sid {
-                return Err(DropReason::WrongSession);
-            }
+        if let Some(rsid) = pkt.remote_session_id
+            && rsid != self.local_sid
+        {
+            return Err(DropReason::WrongSession);
         }
         self.wrap.check_replay(pid, now)?;
         if self.remote_sid.is_none() {
@@ -469,7 +487,8 @@ impl ControlSession {
                     return Err(DropReason::WrongSession);
                 }
                 self.start_key_state(pkt.key_id, now);
-                self.events.push_back(SessionEvent::Renegotiating { key_id: pkt.key_id });
+                self.events
+                    .push_back(SessionEvent::Renegotiating { key_id: pkt.key_id });
                 0
             }
             None => return Err(DropReason::NoKey),
@@ -721,7 +740,9 @@ impl ControlSession {
     pub fn wants_transmit(&self) -> bool {
         self.keys.iter().any(|ks| {
             ks.phase != Phase::Failed
-                && (ks.acks.has_owed() || ks.send.has_unsent() || (!ks.tls_out.is_empty() && ks.send.has_room()))
+                && (ks.acks.has_owed()
+                    || ks.send.has_unsent()
+                    || (!ks.tls_out.is_empty() && ks.send.has_room()))
         })
     }
 
@@ -738,8 +759,40 @@ impl ControlSession {
             }
         }
         for ks in &mut self.keys {
-            Self::advance(ks, &self.tls_role, self.params.max_payload, &mut self.events);
+            Self::advance(
+                ks,
+                &self.tls_role,
+                self.params.max_payload,
+                &mut self.events,
+            );
         }
+    }
+}
+
+/// Words for the TLS failures users meet most: certificate trouble and peer alerts.
+fn describe_tls_error(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => {
+            let what = match c {
+                C::UnknownIssuer => {
+                    "it is not issued by the configured 'ca' (unknown issuer)".to_owned()
+                }
+                C::BadSignature => {
+                    "its signature does not verify against the configured 'ca'".to_owned()
+                }
+                C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
+                C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".to_owned(),
+                C::Other(o) => o.to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("peer certificate rejected: {what}")
+        }
+        E::AlertReceived(a) => {
+            format!("the peer sent TLS alert {a:?} (it rejected our certificate or parameters)")
+        }
+        E::NoCertificatesPresented => "the peer presented no certificate".to_owned(),
+        other => other.to_string(),
     }
 }
 

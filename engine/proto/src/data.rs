@@ -42,7 +42,11 @@ pub enum Cipher {
 
 impl Cipher {
     /// All supported ciphers, in our default preference order.
-    pub const ALL: [Cipher; 3] = [Cipher::Aes256Gcm, Cipher::Aes128Gcm, Cipher::Chacha20Poly1305];
+    pub const ALL: [Cipher; 3] = [
+        Cipher::Aes256Gcm,
+        Cipher::Aes128Gcm,
+        Cipher::Chacha20Poly1305,
+    ];
 
     /// Parses an OpenVPN cipher name (case-insensitive).
     pub fn from_name(name: &str) -> Option<Cipher> {
@@ -231,7 +235,12 @@ impl DataKeys {
     /// Derives the keys of `key_id` from a 256-byte key2 block (TLS-EKM output).
     /// The client sends with key 0 and receives with key 1; the server the reverse.
     pub fn new(cipher: Cipher, key2: &[u8; KEY2_LEN], key_id: u8, is_server: bool) -> DataKeys {
-        let slot = |i: usize| (&key2[i * 128..i * 128 + 64], &key2[i * 128 + 64..i * 128 + 128]);
+        let slot = |i: usize| {
+            (
+                &key2[i * 128..i * 128 + 64],
+                &key2[i * 128 + 64..i * 128 + 128],
+            )
+        };
         let (tx, rx) = if is_server { (1, 0) } else { (0, 1) };
         let (tx_key, tx_iv) = slot(tx);
         let (rx_key, rx_iv) = slot(rx);
@@ -256,12 +265,16 @@ impl DataKeys {
 
     /// Packets sealed so far.
     pub fn packets_sent(&self) -> u64 {
-        self.next_packet_id.load(Ordering::Relaxed).saturating_sub(1)
+        self.next_packet_id
+            .load(Ordering::Relaxed)
+            .saturating_sub(1)
     }
 
     /// Reserves `n` consecutive packet-ids; `None` when the 32-bit space is exhausted.
     pub fn reserve_packet_ids(&self, n: u32) -> Option<u32> {
-        let first = self.next_packet_id.fetch_add(u64::from(n), Ordering::Relaxed);
+        let first = self
+            .next_packet_id
+            .fetch_add(u64::from(n), Ordering::Relaxed);
         let last = first + u64::from(n.max(1)) - 1;
         if last > u64::from(u32::MAX) {
             return None;
@@ -409,10 +422,10 @@ impl Receiver {
     /// Installs (or keeps) the keys for their key-id. Replacing a key resets its window.
     pub fn install(&mut self, keys: &std::sync::Arc<DataKeys>) {
         let slot = &mut self.slots[usize::from(keys.key_id() & 7)];
-        if let Some((k, _)) = slot {
-            if std::sync::Arc::ptr_eq(k, keys) {
-                return;
-            }
+        if let Some((k, _)) = slot
+            && std::sync::Arc::ptr_eq(k, keys)
+        {
+            return;
         }
         let window = ReplayWindow::new(
             self.replay_window.unwrap_or(REPLAY_WINDOW_DEFAULT),
@@ -424,10 +437,10 @@ impl Receiver {
     /// Removes keys whose key-id is not in `keep`.
     pub fn retain(&mut self, keep: &[std::sync::Arc<DataKeys>]) {
         for slot in self.slots.iter_mut() {
-            if let Some((k, _)) = slot {
-                if !keep.iter().any(|x| std::sync::Arc::ptr_eq(x, k)) {
-                    *slot = None;
-                }
+            if let Some((k, _)) = slot
+                && !keep.iter().any(|x| std::sync::Arc::ptr_eq(x, k))
+            {
+                *slot = None;
             }
         }
     }
@@ -504,21 +517,35 @@ mod tests {
     fn round_trip_every_cipher_and_framing() {
         let now = Instant::now();
         for cipher in Cipher::ALL {
-            for framing in [Framing::None, Framing::LzoStub, Framing::StubSwap, Framing::StubV2] {
-                for header in [V2, DataHeader { key_id: 1, peer_id: None }] {
+            for framing in [
+                Framing::None,
+                Framing::LzoStub,
+                Framing::StubSwap,
+                Framing::StubV2,
+            ] {
+                for header in [
+                    V2,
+                    DataHeader {
+                        key_id: 1,
+                        peer_id: None,
+                    },
+                ] {
                     let (client, server) = pair(cipher);
                     let mut rx = Receiver::new();
                     rx.install(&server);
                     for plain in [&b"\x45hello ip packet"[..], b"\x50escaped", b"x"] {
                         let mut buf = [0u8; 128];
                         let n = client.seal(header, framing, plain, &mut buf).expect("seal");
-                        assert_eq!(n, header.len() + 20 + plain.len() + {
-                            match framing {
-                                Framing::None => 0,
-                                Framing::LzoStub | Framing::StubSwap => 1,
-                                Framing::StubV2 => usize::from(plain[0] == 0x50) * 2,
+                        assert_eq!(
+                            n,
+                            header.len() + 20 + plain.len() + {
+                                match framing {
+                                    Framing::None => 0,
+                                    Framing::LzoStub | Framing::StubSwap => 1,
+                                    Framing::StubV2 => usize::from(plain[0] == 0x50) * 2,
+                                }
                             }
-                        });
+                        );
                         let opened = rx.open(&mut buf[..n], framing, now).expect("open");
                         let Payload::Packet(r) = opened.payload else {
                             panic!("not a packet");
@@ -534,7 +561,9 @@ mod tests {
     fn layout_matches_openvpn() {
         let (client, _) = pair(Cipher::Aes256Gcm);
         let mut buf = [0u8; 64];
-        let n = client.seal(V2, Framing::None, b"abc", &mut buf).expect("seal");
+        let n = client
+            .seal(V2, Framing::None, b"abc", &mut buf)
+            .expect("seal");
         assert_eq!(n, 4 + 4 + 16 + 3);
         assert_eq!(&buf[..4], &[0x49, 0, 0, 7], "P_DATA_V2 key-id 1 peer-id 7");
         assert_eq!(&buf[4..8], &[0, 0, 0, 1], "first packet-id is 1");
@@ -547,7 +576,9 @@ mod tests {
         let mut rx = Receiver::new();
         rx.install(&server);
         let mut buf = [0u8; 64];
-        let n = client.seal(V2, Framing::None, b"payload", &mut buf).expect("seal");
+        let n = client
+            .seal(V2, Framing::None, b"payload", &mut buf)
+            .expect("seal");
         for i in 0..n {
             let mut bad = buf;
             bad[i] ^= 0x80;
@@ -555,27 +586,48 @@ mod tests {
             assert!(r.is_err(), "flip at {i} accepted");
         }
         let mut good = buf;
-        rx.open(&mut good[..n], Framing::None, now).expect("original opens");
+        rx.open(&mut good[..n], Framing::None, now)
+            .expect("original opens");
         let mut again = buf;
         assert_eq!(
             rx.open(&mut again[..n], Framing::None, now),
             Err(DropReason::Replay)
         );
         // Same key-id but another key (e.g. both sides disagree on EKM): bad tag.
-        let other = Arc::new(DataKeys::new(Cipher::Chacha20Poly1305, &[9; KEY2_LEN], 1, true));
+        let other = Arc::new(DataKeys::new(
+            Cipher::Chacha20Poly1305,
+            &[9; KEY2_LEN],
+            1,
+            true,
+        ));
         let mut rx2 = Receiver::new();
         rx2.install(&other);
         let mut copy = buf;
-        assert_eq!(rx2.open(&mut copy[..n], Framing::None, now), Err(DropReason::BadTag));
+        assert_eq!(
+            rx2.open(&mut copy[..n], Framing::None, now),
+            Err(DropReason::BadTag)
+        );
         // Unknown key-id.
         let mut rx3 = Receiver::new();
         let mut copy = buf;
-        assert_eq!(rx3.open(&mut copy[..n], Framing::None, now), Err(DropReason::NoKey));
+        assert_eq!(
+            rx3.open(&mut copy[..n], Framing::None, now),
+            Err(DropReason::NoKey)
+        );
         // Truncated and garbage.
         let mut copy = buf;
-        assert_eq!(rx.open(&mut copy[..24], Framing::None, now), Err(DropReason::Malformed));
-        assert_eq!(rx.open(&mut [], Framing::None, now), Err(DropReason::Malformed));
-        assert_eq!(rx.open(&mut [0xff; 40], Framing::None, now), Err(DropReason::BadOpcode));
+        assert_eq!(
+            rx.open(&mut copy[..24], Framing::None, now),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            rx.open(&mut [], Framing::None, now),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            rx.open(&mut [0xff; 40], Framing::None, now),
+            Err(DropReason::BadOpcode)
+        );
     }
 
     #[test]
@@ -585,10 +637,24 @@ mod tests {
         let mut rx = Receiver::new();
         rx.install(&server);
         let mut buf = [0u8; 64];
-        let n = client.seal(V2, Framing::StubSwap, &PING_MAGIC, &mut buf).expect("seal");
-        assert_eq!(rx.open(&mut buf[..n], Framing::StubSwap, now).expect("ping").payload, Payload::Ping);
-        let n = client.seal(V2, Framing::None, &occ_exit_payload(), &mut buf).expect("seal");
-        assert_eq!(rx.open(&mut buf[..n], Framing::None, now).expect("occ").payload, Payload::Occ(6));
+        let n = client
+            .seal(V2, Framing::StubSwap, &PING_MAGIC, &mut buf)
+            .expect("seal");
+        assert_eq!(
+            rx.open(&mut buf[..n], Framing::StubSwap, now)
+                .expect("ping")
+                .payload,
+            Payload::Ping
+        );
+        let n = client
+            .seal(V2, Framing::None, &occ_exit_payload(), &mut buf)
+            .expect("seal");
+        assert_eq!(
+            rx.open(&mut buf[..n], Framing::None, now)
+                .expect("occ")
+                .payload,
+            Payload::Occ(6)
+        );
     }
 
     #[test]
@@ -599,18 +665,32 @@ mod tests {
         rx.install(&server);
         let mut buf = [0u8; 64];
         // An LZ4-v2 compressed packet: 0x50 0x01 ...
-        let n = client.seal(V2, Framing::None, b"\x50\x01data", &mut buf).expect("seal");
-        assert_eq!(rx.open(&mut buf[..n], Framing::StubV2, now), Err(DropReason::Compressed));
-        let n = client.seal(V2, Framing::None, b"\x66lzo", &mut buf).expect("seal");
-        assert_eq!(rx.open(&mut buf[..n], Framing::LzoStub, now), Err(DropReason::Compressed));
+        let n = client
+            .seal(V2, Framing::None, b"\x50\x01data", &mut buf)
+            .expect("seal");
+        assert_eq!(
+            rx.open(&mut buf[..n], Framing::StubV2, now),
+            Err(DropReason::Compressed)
+        );
+        let n = client
+            .seal(V2, Framing::None, b"\x66lzo", &mut buf)
+            .expect("seal");
+        assert_eq!(
+            rx.open(&mut buf[..n], Framing::LzoStub, now),
+            Err(DropReason::Compressed)
+        );
     }
 
     #[test]
     fn packet_id_exhaustion_is_detected() {
         let (client, _) = pair(Cipher::Aes256Gcm);
-        client.next_packet_id.store(u64::from(u32::MAX), Ordering::Relaxed);
+        client
+            .next_packet_id
+            .store(u64::from(u32::MAX), Ordering::Relaxed);
         let mut buf = [0u8; 64];
-        client.seal(V2, Framing::None, b"last", &mut buf).expect("id u32::MAX is valid");
+        client
+            .seal(V2, Framing::None, b"last", &mut buf)
+            .expect("id u32::MAX is valid");
         assert_eq!(
             client.seal(V2, Framing::None, b"over", &mut buf),
             Err(DropReason::PacketIdExhausted)

@@ -108,7 +108,8 @@ impl KeyMethod2 {
         };
         let random1 = take32(&mut pos)?;
         let random2 = take32(&mut pos)?;
-        let options = read_string(b, &mut pos, "options", TLS_OPTIONS_LEN, false)?.unwrap_or_default();
+        let options =
+            read_string(b, &mut pos, "options", TLS_OPTIONS_LEN, false)?.unwrap_or_default();
         let username = read_string(b, &mut pos, "username", USER_PASS_LEN, true)?;
         let password = read_string(b, &mut pos, "password", USER_PASS_LEN, true)?;
         let peer_info = read_string(b, &mut pos, "peer-info", usize::from(u16::MAX), true)?;
@@ -191,7 +192,9 @@ impl PeerInfo {
 
     /// The IV_PROTO bit field (0 when absent or malformed).
     pub fn iv_proto(&self) -> u32 {
-        self.get("IV_PROTO").and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.get("IV_PROTO")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The ciphers the peer offers: IV_CIPHERS, else IV_NCP=2 implies the two AES-GCM ciphers.
@@ -226,7 +229,11 @@ pub fn client_peer_info(ciphers: &[crate::data::Cipher], tun_mtu_max: u16) -> St
     if ciphers.contains(&Cipher::Aes128Gcm) && ciphers.contains(&Cipher::Aes256Gcm) {
         s.push_str("IV_NCP=2\n");
     }
-    s.push_str(&format!("IV_CIPHERS={}\nIV_PROTO={}\n", names.join(":"), CLIENT_IV_PROTO));
+    s.push_str(&format!(
+        "IV_CIPHERS={}\nIV_PROTO={}\n",
+        names.join(":"),
+        CLIENT_IV_PROTO
+    ));
     s
 }
 
@@ -253,7 +260,11 @@ pub fn options_string(
         s.push_str(",tls-auth");
     }
     s.push_str(",key-method 2,");
-    s.push_str(if is_server { "tls-server" } else { "tls-client" });
+    s.push_str(if is_server {
+        "tls-server"
+    } else {
+        "tls-client"
+    });
     s
 }
 
@@ -312,7 +323,10 @@ mod tests {
         }
         let mut bad = b.clone();
         bad[4] = 1;
-        assert_eq!(KeyMethod2::parse(&bad, true), Err(KeyMethodError::Method(1)));
+        assert_eq!(
+            KeyMethod2::parse(&bad, true),
+            Err(KeyMethodError::Method(1))
+        );
         // Username length beyond the 128-byte limit.
         let user_len_pos = 5 + 48 + 64 + 2 + 16;
         let mut bad = b.clone();
@@ -324,7 +338,10 @@ mod tests {
         // A string without its NUL.
         let mut bad = b.clone();
         bad[user_len_pos + 2 + 5] = b'x';
-        assert_eq!(KeyMethod2::parse(&bad, true), Err(KeyMethodError::BadString("username")));
+        assert_eq!(
+            KeyMethod2::parse(&bad, true),
+            Err(KeyMethodError::BadString("username"))
+        );
     }
 
     #[test]
@@ -332,7 +349,10 @@ mod tests {
         let pi = PeerInfo::parse(&client_peer_info(&Cipher::ALL, 1600));
         assert_eq!(pi.iv_proto(), 2 + 4 + 8 + 64 + 128);
         assert_eq!(pi.get("IV_NCP"), Some("2"));
-        assert_eq!(pi.ciphers(), vec!["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]);
+        assert_eq!(
+            pi.ciphers(),
+            vec!["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305"]
+        );
         let old = PeerInfo::parse("IV_NCP=2\n");
         assert_eq!(old.ciphers(), vec!["AES-256-GCM", "AES-128-GCM"]);
     }

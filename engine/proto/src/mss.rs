@@ -14,7 +14,12 @@ pub fn clamp(packet: &mut [u8], mss_v4: u16) -> bool {
         4 => {
             let ihl = usize::from(v & 0x0f) * 4;
             // Protocol TCP, not a fragment.
-            if packet.len() < ihl + 20 || ihl < 20 || packet[9] != 6 || packet[6] & 0x1f != 0 || packet[7] != 0 {
+            if packet.len() < ihl + 20
+                || ihl < 20
+                || packet[9] != 6
+                || packet[6] & 0x1f != 0
+                || packet[7] != 0
+            {
                 return false;
             }
             (ihl, mss_v4)
@@ -84,7 +89,11 @@ mod tests {
         let mut sum: u32 = 0;
         let mut add = |b: &[u8]| {
             for c in b.chunks(2) {
-                let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+                let w = if c.len() == 2 {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from(c[0]) << 8
+                };
                 sum += u32::from(w);
             }
         };
@@ -101,7 +110,8 @@ mod tests {
     fn syn(mss: u16) -> Vec<u8> {
         let mut p = vec![
             0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 19, 0, 2, 198, 19, 0, 1, // IPv4
-            0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP, doff 6
+            0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0,
+            0, // TCP, doff 6
             2, 4, 0, 0, // MSS option
         ];
         p[42..44].copy_from_slice(&mss.to_be_bytes());

@@ -68,10 +68,10 @@ impl ReplayWindow {
         if self.highest - id >= self.size {
             return Err(DropReason::Replay);
         }
-        if let Some(at) = self.highest_at {
-            if now.saturating_duration_since(at) > self.time_window {
-                return Err(DropReason::Replay);
-            }
+        if let Some(at) = self.highest_at
+            && now.saturating_duration_since(at) > self.time_window
+        {
+            return Err(DropReason::Replay);
         }
         let (w, m) = self.slot(id);
         if self.bits[w] & m != 0 {
@@ -166,7 +166,7 @@ impl LongPacketIdSend {
     }
 
     /// The next `(id, time)`; `None` once the id space is exhausted.
-    pub fn next(&mut self) -> Option<(u32, u32)> {
+    pub fn next_id(&mut self) -> Option<(u32, u32)> {
         self.id = self.id.checked_add(1)?;
         Some((self.id, self.time))
     }
@@ -193,7 +193,11 @@ mod tests {
             assert_eq!(w.accept(id, now), Err(DropReason::Replay), "id {id}");
         }
         w.accept(100, now).expect("jump ahead");
-        assert_eq!(w.check(36, now), Err(DropReason::Replay), "64 below highest");
+        assert_eq!(
+            w.check(36, now),
+            Err(DropReason::Replay),
+            "64 below highest"
+        );
         assert_eq!(w.check(37, now), Ok(()), "63 below highest, never seen");
         assert_eq!(w.check(99, now), Ok(()));
         assert_eq!(w.check(100, now), Err(DropReason::Replay));
@@ -216,7 +220,10 @@ mod tests {
         let mut w = ReplayWindow::new(64, Duration::from_secs(15));
         w.accept(10, t0).expect("first");
         assert_eq!(w.check(9, t0 + Duration::from_secs(14)), Ok(()));
-        assert_eq!(w.check(9, t0 + Duration::from_secs(16)), Err(DropReason::Replay));
+        assert_eq!(
+            w.check(9, t0 + Duration::from_secs(16)),
+            Err(DropReason::Replay)
+        );
         assert_eq!(w.check(11, t0 + Duration::from_secs(16)), Ok(()));
     }
 
@@ -245,9 +252,9 @@ mod tests {
     #[test]
     fn sender_starts_at_one() {
         let mut s = LongPacketIdSend::new(42);
-        assert_eq!(s.next(), Some((1, 42)));
-        assert_eq!(s.next(), Some((2, 42)));
+        assert_eq!(s.next_id(), Some((1, 42)));
+        assert_eq!(s.next_id(), Some((2, 42)));
         s.set_last(u32::MAX);
-        assert_eq!(s.next(), None);
+        assert_eq!(s.next_id(), None);
     }
 }

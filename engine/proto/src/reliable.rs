@@ -299,7 +299,10 @@ mod tests {
         assert_eq!(d.id, 0);
         // Timeout doubled: next attempt 4 s after the retransmission.
         assert_eq!(s.next_deadline(), Some(t0 + T + 2 * T));
-        assert!(s.poll_due(t0 + T + 2 * T - Duration::from_millis(1)).is_none());
+        assert!(
+            s.poll_due(t0 + T + 2 * T - Duration::from_millis(1))
+                .is_none()
+        );
         assert!(s.poll_due(t0 + 3 * T).is_some());
         s.ack(0);
         assert!(s.is_idle());
@@ -318,7 +321,9 @@ mod tests {
         for id in 1..=3 {
             s.ack(id);
         }
-        let d = s.poll_due(t0 + Duration::from_millis(10)).expect("early resend");
+        let d = s
+            .poll_due(t0 + Duration::from_millis(10))
+            .expect("early resend");
         assert_eq!(d.id, 0);
         assert!(d.retransmit);
     }
@@ -334,7 +339,10 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| r.pop()).map(|(_, _, p)| p).collect();
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(r.offer(1, Opcode::ControlV1, b"b"), RecvVerdict::Duplicate);
-        assert_eq!(r.offer(3 + 12, Opcode::ControlV1, b"x"), RecvVerdict::OutOfWindow);
+        assert_eq!(
+            r.offer(3 + 12, Opcode::ControlV1, b"x"),
+            RecvVerdict::OutOfWindow
+        );
         assert_eq!(r.offer(3 + 11, Opcode::ControlV1, b"x"), RecvVerdict::New);
     }
 
@@ -383,7 +391,7 @@ mod tests {
             // Deterministic impairments: drop every 3rd, duplicate every 5th, reverse order.
             let mut arrived = vec![];
             for (i, m) in link.drain(..).enumerate() {
-                if (step as usize + i) % 3 == 0 {
+                if (step as usize + i).is_multiple_of(3) {
                     continue;
                 }
                 if i % 5 == 0 {
@@ -403,7 +411,7 @@ mod tests {
             }
             // Every other ACK packet is lost; repetition covers for it.
             let list = acks.take(8, true);
-            if step % 2 == 0 {
+            if step.is_multiple_of(2) {
                 for id in list.as_slice() {
                     tx.ack(*id);
                 }

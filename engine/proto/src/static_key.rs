@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(Key2::parse("nothing"), Err(StaticKeyError::NoHeader));
-        assert_eq!(Key2::parse(&format!("{HEAD}\nab")), Err(StaticKeyError::NoFooter));
+        assert_eq!(
+            Key2::parse(&format!("{HEAD}\nab")),
+            Err(StaticKeyError::NoFooter)
+        );
         assert_eq!(
             Key2::parse(&format!("{HEAD}\nzz\n{FOOT}")),
             Err(StaticKeyError::BadChar('z'))

@@ -41,7 +41,10 @@ pub enum TlsSetupError {
 }
 
 /// Reads all certificates of a PEM text.
-pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+pub fn certs_from_pem(
+    what: &str,
+    pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     let certs = certs.map_err(|e| TlsSetupError::BadPem {
         what: what.to_owned(),
@@ -114,7 +117,8 @@ pub struct PeerIdentity {
 
 /// Reads the CN and subject of a certificate.
 pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PeerCertError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PeerCertError::Parse(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| PeerCertError::Parse(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -132,13 +136,16 @@ impl PeerCheck {
     /// Applies the OpenVPN checks to a (chain-validated) leaf certificate.
     pub fn check(&self, der: &[u8]) -> Result<PeerIdentity, PeerCertError> {
         let id = peer_identity(der)?;
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| PeerCertError::Parse(e.to_string()))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| PeerCertError::Parse(e.to_string()))?;
         if let Some(t) = self.remote_cert_tls {
             let role = match t {
                 CertType::Server => "server",
                 CertType::Client => "client",
             };
-            let ku = cert.key_usage().map_err(|e| PeerCertError::Parse(e.to_string()))?;
+            let ku = cert
+                .key_usage()
+                .map_err(|e| PeerCertError::Parse(e.to_string()))?;
             if ku.is_none() {
                 return Err(PeerCertError::NoKeyUsage(role));
             }
@@ -160,8 +167,13 @@ impl PeerCheck {
         if let Some(v) = &self.verify_x509_name {
             let (found, ok) = match v.kind {
                 X509NameKind::Name => (id.common_name.clone(), id.common_name == v.name),
-                X509NameKind::NamePrefix => (id.common_name.clone(), id.common_name.starts_with(&v.name)),
-                X509NameKind::Subject => (id.subject.clone(), normalize_dn(&id.subject) == normalize_dn(&v.name)),
+                X509NameKind::NamePrefix => {
+                    (id.common_name.clone(), id.common_name.starts_with(&v.name))
+                }
+                X509NameKind::Subject => (
+                    id.subject.clone(),
+                    normalize_dn(&id.subject) == normalize_dn(&v.name),
+                ),
             };
             if !ok {
                 return Err(PeerCertError::NameMismatch {
@@ -285,7 +297,9 @@ impl ServerCertVerifier for ServerVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -373,7 +387,9 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -437,7 +453,7 @@ pub fn server_config(
 
 /// The server name handed to rustls: an IP address, for which no SNI is sent.
 pub fn dummy_server_name() -> ServerName<'static> {
-    ServerName::IpAddress(rustls::pki_types::IpAddr::V4(rustls::pki_types::Ipv4Addr::from([
-        0, 0, 0, 0,
-    ])))
+    ServerName::IpAddress(rustls::pki_types::IpAddr::V4(
+        rustls::pki_types::Ipv4Addr::from([0, 0, 0, 0]),
+    ))
 }

@@ -282,7 +282,10 @@ impl<'a> ControlPacket<'a> {
         } else {
             1 + 4 * self.acks.len() + SESSION_ID_LEN
         };
-        CONTROL_HEADER_LEN + acks + if self.message_id.is_some() { 4 } else { 0 } + self.payload.len()
+        CONTROL_HEADER_LEN
+            + acks
+            + if self.message_id.is_some() { 4 } else { 0 }
+            + self.payload.len()
     }
 
     /// Appends the encoded packet to `out`.
@@ -502,8 +505,15 @@ mod tests {
         let (mut bytes, _) = sample();
         bytes[9] = 9;
         assert_eq!(ControlPacket::parse(&bytes), Err(DropReason::Malformed));
-        assert_eq!(ControlPacket::parse(&[0xf8; 20]), Err(DropReason::BadOpcode));
-        assert_eq!(ControlPacket::parse(&[0x30; 20]), Err(DropReason::BadOpcode), "data opcode");
+        assert_eq!(
+            ControlPacket::parse(&[0xf8; 20]),
+            Err(DropReason::BadOpcode)
+        );
+        assert_eq!(
+            ControlPacket::parse(&[0x30; 20]),
+            Err(DropReason::BadOpcode),
+            "data opcode"
+        );
         assert_eq!(
             ControlPacket::parse(&[0x08; 20]),
             Err(DropReason::BadOpcode),

@@ -100,6 +100,8 @@ pub enum WrapConfig {
     },
 }
 
+// Both keyed variants are large; one per session, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     None,
     Auth {
@@ -194,7 +196,10 @@ impl TlsWrap {
         match &self.inner {
             Inner::None => out.extend_from_slice(plain),
             Inner::Auth { send, len, .. } => {
-                let (id, time) = self.send_pid.next().ok_or(DropReason::PacketIdExhausted)?;
+                let (id, time) = self
+                    .send_pid
+                    .next_id()
+                    .ok_or(DropReason::PacketIdExhausted)?;
                 let mut pid = [0u8; PID_LEN];
                 pid[..4].copy_from_slice(&id.to_be_bytes());
                 pid[4..].copy_from_slice(&time.to_be_bytes());
@@ -213,7 +218,10 @@ impl TlsWrap {
                 send_auth,
                 ..
             } => {
-                let (id, time) = self.send_pid.next().ok_or(DropReason::PacketIdExhausted)?;
+                let (id, time) = self
+                    .send_pid
+                    .next_id()
+                    .ok_or(DropReason::PacketIdExhausted)?;
                 let start = out.len();
                 out.extend_from_slice(hdr);
                 out.extend_from_slice(&id.to_be_bytes());
@@ -306,7 +314,11 @@ impl TlsWrap {
     }
 
     /// Replay check of an unwrapped packet's `(id, time)`; records it when accepted.
-    pub fn check_replay(&mut self, pid: Option<(u32, u32)>, now: Instant) -> Result<(), DropReason> {
+    pub fn check_replay(
+        &mut self,
+        pid: Option<(u32, u32)>,
+        now: Instant,
+    ) -> Result<(), DropReason> {
         if let Some((id, time)) = pid {
             self.replay.check(id, time, now)?;
             self.replay.update(id, time, now);
@@ -398,7 +410,10 @@ mod tests {
                     digest: Digest::Sha512,
                 },
             ),
-            (WrapConfig::Crypt { key: key() }, WrapConfig::Crypt { key: key() }),
+            (
+                WrapConfig::Crypt { key: key() },
+                WrapConfig::Crypt { key: key() },
+            ),
         ]
     }
 

@@ -14,10 +14,19 @@ use crate::wrap::Digest;
 
 /// Harmless options ignored with a warning, and why.
 pub const IGNORED: &[(&str, &str)] = &[
-    ("resolv-retry", "name resolution is retried with every connection attempt"),
+    (
+        "resolv-retry",
+        "name resolution is retried with every connection attempt",
+    ),
     ("persist-key", "keys are always kept in memory"),
-    ("persist-tun", "the tun device is always kept across reconnects"),
-    ("mute-replay-warnings", "replays are counted, not logged one by one"),
+    (
+        "persist-tun",
+        "the tun device is always kept across reconnects",
+    ),
+    (
+        "mute-replay-warnings",
+        "replays are counted, not logged one by one",
+    ),
     ("mute", "log rate limiting is not implemented"),
     ("user", "privileges are not dropped"),
     ("group", "privileges are not dropped"),
@@ -38,7 +47,10 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("machine-readable-output", "log format is fixed"),
     ("ncp-disable", "cipher negotiation is always on"),
     ("pull", "implied: tunscope is always a pulling TLS client"),
-    ("tls-client", "implied: tunscope is always a pulling TLS client"),
+    (
+        "tls-client",
+        "implied: tunscope is always a pulling TLS client",
+    ),
     ("remote-cert-eku", "covered by remote-cert-tls"),
 ];
 
@@ -55,7 +67,9 @@ impl Transport {
     fn parse(s: &str) -> Option<Transport> {
         Some(match s {
             "udp" | "udp4" | "udp6" => Transport::Udp,
-            "tcp" | "tcp-client" | "tcp4" | "tcp4-client" | "tcp6" | "tcp6-client" => Transport::Tcp,
+            "tcp" | "tcp-client" | "tcp4" | "tcp4-client" | "tcp6" | "tcp6-client" => {
+                Transport::Tcp
+            }
             _ => return None,
         })
     }
@@ -225,7 +239,7 @@ pub struct ClientConfig {
     pub ping_restart: Option<Duration>,
     /// `ping-exit`.
     pub ping_exit: Option<Duration>,
-    /// `explicit-exit-notify N` (0 = off).
+    /// `explicit-exit-notify N` (0 = off; default 1 over UDP, unlike OpenVPN's 0).
     pub explicit_exit_notify: u32,
     /// `tun-mtu`.
     pub tun_mtu: u16,
@@ -257,7 +271,8 @@ impl ClientConfig {
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
             warnings: vec![],
         };
-        let directives = parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
+        let directives =
+            parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
         let mut b = Builder::default();
         for d in &directives {
             b.apply(&mut ctx, d)?;
@@ -295,7 +310,7 @@ struct Builder {
     ping: Option<u64>,
     ping_restart: Option<u64>,
     ping_exit: Option<u64>,
-    explicit_exit_notify: u32,
+    explicit_exit_notify: Option<u32>,
     tun_mtu: Option<u16>,
     mssfix: Option<Mssfix>,
     framing: Framing,
@@ -315,12 +330,15 @@ impl Builder {
             "client" => self.client_mode = true,
             "remote" => {
                 let host = ctx.arg(d, 0)?.to_owned();
-                let port = if d.arg(1).is_some() { Some(ctx.num(d, 1)?) } else { None };
+                let port = if d.arg(1).is_some() {
+                    Some(ctx.num(d, 1)?)
+                } else {
+                    None
+                };
                 let proto = match d.arg(2) {
-                    Some(p) => Some(
-                        Transport::parse(p)
-                            .ok_or_else(|| ctx.error(line, format!("option 'remote': unknown protocol '{p}'")))?,
-                    ),
+                    Some(p) => Some(Transport::parse(p).ok_or_else(|| {
+                        ctx.error(line, format!("option 'remote': unknown protocol '{p}'"))
+                    })?),
                     None => None,
                 };
                 self.remotes.push((host, port, proto));
@@ -341,10 +359,16 @@ impl Builder {
             "dev" => {
                 let dev = ctx.arg(d, 0)?;
                 if dev.starts_with("tap") {
-                    return Err(ctx.error(line, "option 'dev': tap devices are not supported (use dev tun)"));
+                    return Err(ctx.error(
+                        line,
+                        "option 'dev': tap devices are not supported (use dev tun)",
+                    ));
                 }
                 if dev.len() > 15 {
-                    return Err(ctx.error(line, "option 'dev': interface names are at most 15 characters"));
+                    return Err(ctx.error(
+                        line,
+                        "option 'dev': interface names are at most 15 characters",
+                    ));
                 }
                 self.dev = Some(dev.to_owned());
             }
@@ -365,13 +389,21 @@ impl Builder {
             }
             "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
             "tls-crypt-v2" => {
-                return Err(ctx.error(line, "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)"));
+                return Err(ctx.error(
+                    line,
+                    "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)",
+                ));
             }
-            "key-direction" => self.key_direction = Some(parse_direction(ctx, line, ctx.arg(d, 0)?)?),
+            "key-direction" => {
+                self.key_direction = Some(parse_direction(ctx, line, ctx.arg(d, 0)?)?)
+            }
             "auth" => {
                 let a = ctx.arg(d, 0)?;
                 self.auth_digest = Some(Digest::from_name(a).ok_or_else(|| {
-                    ctx.error(line, format!("option 'auth': digest '{a}' is not supported"))
+                    ctx.error(
+                        line,
+                        format!("option 'auth': digest '{a}' is not supported"),
+                    )
                 })?);
             }
             "cipher" => {
@@ -391,7 +423,10 @@ impl Builder {
                     match Cipher::from_name(name) {
                         Some(c) if !v.contains(&c) => v.push(c),
                         Some(_) => {}
-                        None => ctx.warn(line, format!("data-ciphers: unsupported cipher '{name}' ignored")),
+                        None => ctx.warn(
+                            line,
+                            format!("data-ciphers: unsupported cipher '{name}' ignored"),
+                        ),
                     }
                 }
                 if v.is_empty() {
@@ -399,7 +434,10 @@ impl Builder {
                 }
                 self.data_ciphers = Some(v);
             }
-            "data-ciphers-fallback" => ctx.warn(line, "data-ciphers-fallback: only negotiated AEAD ciphers are used"),
+            "data-ciphers-fallback" => ctx.warn(
+                line,
+                "data-ciphers-fallback: only negotiated AEAD ciphers are used",
+            ),
             "auth-user-pass" => {
                 let src = if d.inline.is_some() || d.arg(0).is_some() {
                     Some(ctx.source(d)?)
@@ -412,7 +450,12 @@ impl Builder {
                 self.remote_cert_tls = Some(match ctx.arg(d, 0)? {
                     "server" => CertType::Server,
                     "client" => CertType::Client,
-                    o => return Err(ctx.error(line, format!("option 'remote-cert-tls': unknown type '{o}'"))),
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'remote-cert-tls': unknown type '{o}'"),
+                        ));
+                    }
                 });
             }
             "verify-x509-name" => {
@@ -421,19 +464,29 @@ impl Builder {
                     "subject" => X509NameKind::Subject,
                     "name" => X509NameKind::Name,
                     "name-prefix" => X509NameKind::NamePrefix,
-                    o => return Err(ctx.error(line, format!("option 'verify-x509-name': unknown type '{o}'"))),
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'verify-x509-name': unknown type '{o}'"),
+                        ));
+                    }
                 };
                 self.verify_x509_name = Some(VerifyX509Name { name, kind });
             }
             "tls-version-min" => {
-                self.tls_min = Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+                self.tls_min =
+                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
             }
             "tls-version-max" => {
-                self.tls_max = Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+                self.tls_max =
+                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
             }
             "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
             "reneg-bytes" | "reneg-pkts" => {
-                return Err(ctx.error(line, format!("option '{}' is not supported (use reneg-sec)", d.name)));
+                return Err(ctx.error(
+                    line,
+                    format!("option '{}' is not supported (use reneg-sec)", d.name),
+                ));
             }
             "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
             "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
@@ -446,7 +499,11 @@ impl Builder {
                 self.ping_restart = Some(ctx.num(d, 1)?);
             }
             "explicit-exit-notify" => {
-                self.explicit_exit_notify = if d.arg(0).is_some() { ctx.num(d, 0)? } else { 1 }
+                self.explicit_exit_notify = Some(if d.arg(0).is_some() {
+                    ctx.num(d, 0)?
+                } else {
+                    1
+                })
             }
             "tun-mtu" => {
                 let m: u16 = ctx.num(d, 0)?;
@@ -456,12 +513,18 @@ impl Builder {
                 self.tun_mtu = Some(m);
             }
             "mssfix" => {
-                let value = if d.arg(0).is_some() { ctx.num(d, 0)? } else { 1492 };
+                let value = if d.arg(0).is_some() {
+                    ctx.num(d, 0)?
+                } else {
+                    1492
+                };
                 let mode = match d.arg(1) {
                     None => MssMode::Payload,
                     Some("mtu") => MssMode::Mtu,
                     Some("fixed") => MssMode::Fixed,
-                    Some(o) => return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'"))),
+                    Some(o) => {
+                        return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'")));
+                    }
                 };
                 self.mssfix = Some(Mssfix { value, mode });
             }
@@ -469,7 +532,12 @@ impl Builder {
                 Some("no") => {
                     self.framing = Framing::LzoStub;
                 }
-                _ => return Err(ctx.error(line, "option 'comp-lzo': compression is not supported (only 'comp-lzo no')")),
+                _ => {
+                    return Err(ctx.error(
+                        line,
+                        "option 'comp-lzo': compression is not supported (only 'comp-lzo no')",
+                    ));
+                }
             },
             "compress" => match d.arg(0) {
                 None | Some("stub") => {
@@ -506,7 +574,10 @@ impl Builder {
                 if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
                     ctx.warn(line, format!("option '{name}' ignored: {why}"));
                 } else if self.ignore_unknown.iter().any(|n| n == name) {
-                    ctx.warn(line, format!("option '{name}' ignored (ignore-unknown-option)"));
+                    ctx.warn(
+                        line,
+                        format!("option '{name}' ignored (ignore-unknown-option)"),
+                    );
                 } else {
                     return Err(ctx.error(line, format!("unsupported option '{name}'")));
                 }
@@ -517,49 +588,61 @@ impl Builder {
 
     fn finish(self, ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
         if !self.client_mode {
-            return Err(ctx.error(0, "missing 'client': only client mode (client, or pull + tls-client) is supported"));
+            return Err(ctx.error(
+                0,
+                "missing 'client': only client mode (client, or pull + tls-client) is supported",
+            ));
         }
         if self.remotes.is_empty() {
             return Err(ctx.error(0, "missing 'remote': no server to connect to"));
         }
-        let ca = self
-            .ca
-            .clone()
-            .ok_or_else(|| ctx.error(0, "missing 'ca': the server certificate cannot be verified"))?;
+        let ca = self.ca.clone().ok_or_else(|| {
+            ctx.error(0, "missing 'ca': the server certificate cannot be verified")
+        })?;
         if self.cert.is_some() != self.key.is_some() {
             return Err(ctx.error(0, "'cert' and 'key' must be given together"));
         }
         if self.cert.is_none() && self.auth_user_pass.is_none() {
-            return Err(ctx.error(0, "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)"));
+            return Err(ctx.error(
+                0,
+                "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)",
+            ));
         }
         let auth_user_pass = match self.auth_user_pass {
             Some((line, None)) => {
-                return Err(ctx.error(line, "option 'auth-user-pass' needs a file (interactive prompts are not supported)"));
+                return Err(ctx.error(
+                    line,
+                    "option 'auth-user-pass' needs a file (interactive prompts are not supported)",
+                ));
             }
             Some((_, Some(src))) => Some(src),
             None => None,
         };
         // Stub framing is not compression, so 2.6 accepts it even with `allow-compression no`;
         // only `allow-compression` values other than yes/no/asym are errors.
-        if let Some(a) = self.allow_compression.as_deref() {
-            if !matches!(a, "yes" | "no" | "asym") {
-                return Err(ctx.error(0, format!("allow-compression: unknown value '{a}'")));
-            }
+        if let Some(a) = self.allow_compression.as_deref()
+            && !matches!(a, "yes" | "no" | "asym")
+        {
+            return Err(ctx.error(0, format!("allow-compression: unknown value '{a}'")));
         }
         let wrap = match (self.tls_auth, self.tls_crypt) {
-            (Some(_), Some(_)) => return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together")),
+            (Some(_), Some(_)) => {
+                return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
+            }
             (Some((key, dir)), None) => WrapSource::Auth {
                 key,
-                direction: dir.or(self.key_direction).unwrap_or(KeyDirection::Bidirectional),
+                direction: dir
+                    .or(self.key_direction)
+                    .unwrap_or(KeyDirection::Bidirectional),
             },
             (None, Some(src)) => WrapSource::Crypt(src),
             (None, None) => WrapSource::None,
         };
         let mut data_ciphers = self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec());
-        if let Some(c) = self.cipher {
-            if !data_ciphers.contains(&c) {
-                data_ciphers.push(c);
-            }
+        if let Some(c) = self.cipher
+            && !data_ciphers.contains(&c)
+        {
+            data_ciphers.push(c);
         }
         let default_port = self.port.unwrap_or(1194);
         let default_proto = self.proto.unwrap_or(Transport::Udp);
@@ -600,7 +683,9 @@ impl Builder {
             ping: self.ping.map(secs),
             ping_restart: self.ping_restart.map(secs),
             ping_exit: self.ping_exit.map(secs),
-            explicit_exit_notify: self.explicit_exit_notify,
+            // Unlike OpenVPN (default 0) we notify once by default: a server should free the
+            // client's state at once when it leaves. `explicit-exit-notify 0` turns it off.
+            explicit_exit_notify: self.explicit_exit_notify.unwrap_or(1),
             tun_mtu: self.tun_mtu.unwrap_or(1500),
             mssfix: self.mssfix,
             framing: self.framing,
@@ -656,7 +741,8 @@ mod tests {
         ClientConfig::parse(text, Path::new("/etc/tunscope/client.conf"))
     }
 
-    const BASE: &str = "client\ndev tun\nproto udp\nremote 198.18.2.2 1194\nca ca.crt\ncert c.crt\nkey c.key\n";
+    const BASE: &str =
+        "client\ndev tun\nproto udp\nremote 198.18.2.2 1194\nca ca.crt\ncert c.crt\nkey c.key\n";
 
     #[test]
     fn typical_client_config() {
@@ -664,14 +750,23 @@ mod tests {
             "{BASE}remote-cert-tls server\ntls-crypt ta.key\ndata-ciphers AES-128-GCM:CHACHA20-POLY1305\nresolv-retry infinite\nnobind\npersist-key\nverb 3\n<auth-user-pass>\nalice\npw\n</auth-user-pass>\n"
         ))
         .expect("parses");
-        assert_eq!(c.remotes, vec![Remote {
-            host: "198.18.2.2".into(),
-            port: 1194,
-            transport: Transport::Udp
-        }]);
+        assert_eq!(
+            c.remotes,
+            vec![Remote {
+                host: "198.18.2.2".into(),
+                port: 1194,
+                transport: Transport::Udp
+            }]
+        );
         assert_eq!(c.ca, Source::File("/etc/tunscope/ca.crt".into()));
-        assert_eq!(c.wrap, WrapSource::Crypt(Source::File("/etc/tunscope/ta.key".into())));
-        assert_eq!(c.data_ciphers, vec![Cipher::Aes128Gcm, Cipher::Chacha20Poly1305]);
+        assert_eq!(
+            c.wrap,
+            WrapSource::Crypt(Source::File("/etc/tunscope/ta.key".into()))
+        );
+        assert_eq!(
+            c.data_ciphers,
+            vec![Cipher::Aes128Gcm, Cipher::Chacha20Poly1305]
+        );
         assert_eq!(c.remote_cert_tls, Some(CertType::Server));
         assert_eq!(c.auth_user_pass, Some(Source::Inline("alice\npw\n".into())));
         assert_eq!(c.verb, 3);
@@ -682,8 +777,14 @@ mod tests {
     #[test]
     fn unsupported_option_names_file_line_and_option() {
         let e = parse(&format!("{BASE}\n\nfragment 1300\n")).unwrap_err();
-        assert_eq!(e.to_string(), "/etc/tunscope/client.conf:10: unsupported option 'fragment'");
-        let c = parse(&format!("ignore-unknown-option fragment\n{BASE}fragment 1300\n")).expect("ignored");
+        assert_eq!(
+            e.to_string(),
+            "/etc/tunscope/client.conf:10: unsupported option 'fragment'"
+        );
+        let c = parse(&format!(
+            "ignore-unknown-option fragment\n{BASE}fragment 1300\n"
+        ))
+        .expect("ignored");
         assert_eq!(c.warnings.len(), 1);
     }
 
@@ -710,10 +811,28 @@ mod tests {
 
     #[test]
     fn missing_required_options() {
-        assert!(parse("dev tun\nremote x\nca ca\ncert c\nkey k\n").unwrap_err().message.contains("client"));
-        assert!(parse("client\nca ca\ncert c\nkey k\n").unwrap_err().message.contains("remote"));
-        assert!(parse("client\nremote x\ncert c\nkey k\n").unwrap_err().message.contains("'ca'"));
-        assert_eq!(parse("client\nremote x\nca ca\ncert c\n").unwrap_err().line, 0);
+        assert!(
+            parse("dev tun\nremote x\nca ca\ncert c\nkey k\n")
+                .unwrap_err()
+                .message
+                .contains("client")
+        );
+        assert!(
+            parse("client\nca ca\ncert c\nkey k\n")
+                .unwrap_err()
+                .message
+                .contains("remote")
+        );
+        assert!(
+            parse("client\nremote x\ncert c\nkey k\n")
+                .unwrap_err()
+                .message
+                .contains("'ca'")
+        );
+        assert_eq!(
+            parse("client\nremote x\nca ca\ncert c\n").unwrap_err().line,
+            0
+        );
     }
 
     #[test]
@@ -725,7 +844,13 @@ mod tests {
         assert_eq!(c.remotes[0].port, 443);
         assert_eq!(c.remotes[0].transport, Transport::Tcp);
         assert_eq!(c.remotes[1].transport, Transport::Udp);
-        assert!(matches!(c.wrap, WrapSource::Auth { direction: KeyDirection::Inverse, .. }));
+        assert!(matches!(
+            c.wrap,
+            WrapSource::Auth {
+                direction: KeyDirection::Inverse,
+                ..
+            }
+        ));
         assert_eq!(c.auth_digest, Digest::Sha256);
         assert_eq!(c.ping, Some(Duration::from_secs(10)));
     }
@@ -748,7 +873,21 @@ mod mss_tests {
         assert_eq!(Mssfix::DEFAULT.mss_v4(28, 24), Some(1400));
         // TCP/IPv4 outer: 40 bytes of headers plus 2 of framing in the overhead → 1386.
         assert_eq!(Mssfix::DEFAULT.mss_v4(40, 26), Some(1386));
-        assert_eq!(Mssfix { value: 0, mode: MssMode::Mtu }.mss_v4(28, 24), None);
-        assert_eq!(Mssfix { value: 1400, mode: MssMode::Fixed }.mss_v4(28, 24), Some(1360));
+        assert_eq!(
+            Mssfix {
+                value: 0,
+                mode: MssMode::Mtu
+            }
+            .mss_v4(28, 24),
+            None
+        );
+        assert_eq!(
+            Mssfix {
+                value: 1400,
+                mode: MssMode::Fixed
+            }
+            .mss_v4(28, 24),
+            Some(1360)
+        );
     }
 }

@@ -196,19 +196,18 @@ mod tests {
 
     #[test]
     fn quoting_and_comments() {
-        assert_eq!(split_line("remote vpn.example 1194 udp # main").unwrap(), vec![
-            "remote",
-            "vpn.example",
-            "1194",
-            "udp"
-        ]);
-        assert_eq!(split_line(r#"push "route 10.0.0.0 255.0.0.0""#).unwrap(), vec![
-            "push",
-            "route 10.0.0.0 255.0.0.0"
-        ]);
-        assert_eq!(split_line(r#"x "a \"b\"" 'c \d' e\ f"#).unwrap(), vec![
-            "x", r#"a "b""#, r"c \d", "e f"
-        ]);
+        assert_eq!(
+            split_line("remote vpn.example 1194 udp # main").unwrap(),
+            vec!["remote", "vpn.example", "1194", "udp"]
+        );
+        assert_eq!(
+            split_line(r#"push "route 10.0.0.0 255.0.0.0""#).unwrap(),
+            vec!["push", "route 10.0.0.0 255.0.0.0"]
+        );
+        assert_eq!(
+            split_line(r#"x "a \"b\"" 'c \d' e\ f"#).unwrap(),
+            vec!["x", r#"a "b""#, r"c \d", "e f"]
+        );
         assert_eq!(split_line("  ; comment").unwrap(), Vec::<String>::new());
         assert_eq!(split_line("a#b").unwrap(), vec!["a#b"]);
         assert_eq!(split_line("x \"open"), Err(LexError::UnterminatedQuote));

@@ -91,9 +91,9 @@ impl Ctx<'_> {
         if let Some(text) = &d.inline {
             return Ok(Source::Inline(text.clone()));
         }
-        let p = d
-            .arg(0)
-            .ok_or_else(|| self.error(d.line, format!("option '{}' needs a file argument", d.name)))?;
+        let p = d.arg(0).ok_or_else(|| {
+            self.error(d.line, format!("option '{}' needs a file argument", d.name))
+        })?;
         Ok(Source::File(self.path(p)))
     }
 
@@ -108,16 +108,25 @@ impl Ctx<'_> {
 
     pub fn num<T: std::str::FromStr>(&self, d: &Directive, i: usize) -> Result<T, ConfigError> {
         let s = d.arg(i).ok_or_else(|| {
-            self.error(d.line, format!("option '{}' is missing argument {}", d.name, i + 1))
+            self.error(
+                d.line,
+                format!("option '{}' is missing argument {}", d.name, i + 1),
+            )
         })?;
         s.parse().map_err(|_| {
-            self.error(d.line, format!("option '{}': '{}' is not a valid number", d.name, s))
+            self.error(
+                d.line,
+                format!("option '{}': '{}' is not a valid number", d.name, s),
+            )
         })
     }
 
     pub fn arg<'d>(&self, d: &'d Directive, i: usize) -> Result<&'d str, ConfigError> {
         d.arg(i).ok_or_else(|| {
-            self.error(d.line, format!("option '{}' is missing argument {}", d.name, i + 1))
+            self.error(
+                d.line,
+                format!("option '{}' is missing argument {}", d.name, i + 1),
+            )
         })
     }
 }

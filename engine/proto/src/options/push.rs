@@ -219,7 +219,8 @@ impl PushedOptions {
             }
             "ifconfig" => self.ifconfig = Some((ip4(need(0)?)?, ip4(need(1)?)?)),
             "ifconfig-ipv6" => {
-                let (addr, bits) = parse_v6_prefix(need(0)?).ok_or_else(|| err("bad IPv6 prefix"))?;
+                let (addr, bits) =
+                    parse_v6_prefix(need(0)?).ok_or_else(|| err("bad IPv6 prefix"))?;
                 let remote = match arg(1) {
                     Some(r) => Some(r.parse().map_err(|_| err("bad IPv6 address"))?),
                     None => None,
@@ -297,7 +298,9 @@ impl PushedOptions {
                             .parse()
                             .map_err(|_| err("bad DNS server address"))?,
                     ),
-                    "DOMAIN" | "ADAPTER_DOMAIN_SUFFIX" => self.dhcp_domains.push(need(1)?.to_owned()),
+                    "DOMAIN" | "ADAPTER_DOMAIN_SUFFIX" => {
+                        self.dhcp_domains.push(need(1)?.to_owned())
+                    }
                     "DOMAIN-SEARCH" => self.dhcp_search.push(need(1)?.to_owned()),
                     _ => self.ignored.push(line.to_owned()),
                 }
@@ -348,7 +351,9 @@ impl PushedOptions {
             "ping-exit" => self.ping_exit = Some(num(need(0)?)?),
             "auth-token" => self.auth_token = Some(need(0)?.to_owned()),
             "auth-token-user" => self.auth_token_user = Some(need(0)?.to_owned()),
-            "explicit-exit-notify" => self.explicit_exit_notify = Some(arg(0).map(num).transpose()?.unwrap_or(1)),
+            "explicit-exit-notify" => {
+                self.explicit_exit_notify = Some(arg(0).map(num).transpose()?.unwrap_or(1))
+            }
             "comp-lzo" => match arg(0) {
                 Some("no") => self.framing = Some(Framing::LzoStub),
                 _ => return Err(err("compression is not supported (only 'comp-lzo no')")),
@@ -363,8 +368,8 @@ impl PushedOptions {
                 }
             },
             "block-outside-dns" | "register-dns" | "inactive" | "session-timeout"
-            | "socket-flags" | "tun-ipv6" | "route-delay" | "setenv" | "setenv-safe"
-            | "echo" | "dhcp-renew" | "dhcp-release" | "ip-win32" | "persist-key" | "persist-tun"
+            | "socket-flags" | "tun-ipv6" | "route-delay" | "setenv" | "setenv-safe" | "echo"
+            | "dhcp-renew" | "dhcp-release" | "ip-win32" | "persist-key" | "persist-tun"
             | "redirect-dns" | "sndbuf" | "rcvbuf" | "auth-nocache" | "tun-mtu-extra" => {
                 self.ignored.push(line.to_owned())
             }
@@ -389,13 +394,17 @@ impl PushedOptions {
                     .and_then(|p| p.parse().ok())
                     .ok_or_else(|| err("bad dns server priority"))?;
                 let srv = self.dns_servers.entry(prio).or_default();
-                let key = args.get(2).map(String::as_str).ok_or_else(|| err("missing dns server key"))?;
+                let key = args
+                    .get(2)
+                    .map(String::as_str)
+                    .ok_or_else(|| err("missing dns server key"))?;
                 let vals = &args[3..];
                 match key {
                     "address" => {
                         for v in vals {
-                            srv.addresses
-                                .push(parse_addr_port(v).ok_or_else(|| err("bad dns server address"))?);
+                            srv.addresses.push(
+                                parse_addr_port(v).ok_or_else(|| err("bad dns server address"))?,
+                            );
                         }
                         if srv.addresses.len() > 8 {
                             return Err(err("more than 8 addresses"));
@@ -459,7 +468,10 @@ mod tests {
         assert_eq!(p.topology, Topology::Subnet);
         assert_eq!(
             p.ifconfig,
-            Some(("198.19.0.2".parse().unwrap(), "255.255.255.0".parse().unwrap()))
+            Some((
+                "198.19.0.2".parse().unwrap(),
+                "255.255.255.0".parse().unwrap()
+            ))
         );
         assert_eq!(p.peer_id, Some(0));
         assert_eq!(p.cipher, Some(Cipher::Aes256Gcm));
@@ -474,7 +486,8 @@ mod tests {
 
     #[test]
     fn continuation() {
-        let m = split_push_reply("PUSH_REPLY,route 198.19.10.0 255.255.255.0,push-continuation 2").unwrap();
+        let m = split_push_reply("PUSH_REPLY,route 198.19.10.0 255.255.255.0,push-continuation 2")
+            .unwrap();
         assert!(m.more);
         assert_eq!(m.options, vec!["route 198.19.10.0 255.255.255.0"]);
         let m = split_push_reply("PUSH_REPLY,ping 10,push-continuation 1").unwrap();
@@ -510,8 +523,14 @@ mod tests {
         let mut p = PushedOptions::default();
         assert!(p.apply("cipher AES-128-GCM", &[Cipher::Aes256Gcm]).is_err());
         assert!(p.apply("cipher BF-CBC", &Cipher::ALL).is_err());
-        assert!(p.apply("ifconfig 198.19.0.300 255.255.255.0", &Cipher::ALL).is_err());
-        assert!(p.apply("route 198.19.10.1 255.255.255.0", &Cipher::ALL).is_err());
+        assert!(
+            p.apply("ifconfig 198.19.0.300 255.255.255.0", &Cipher::ALL)
+                .is_err()
+        );
+        assert!(
+            p.apply("route 198.19.10.1 255.255.255.0", &Cipher::ALL)
+                .is_err()
+        );
         assert!(p.apply("peer-id 16777215", &Cipher::ALL).is_err());
         p.apply("frobnicate 1", &Cipher::ALL).unwrap();
         p.apply("block-outside-dns", &Cipher::ALL).unwrap();

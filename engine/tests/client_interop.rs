@@ -1,0 +1,371 @@
+//! Our client against stock OpenVPN 2.6 (the distribution's `openvpn`) as server, in network
+//! namespaces made for each test. Every variant pings through the tunnel and moves data over
+//! TCP whose content is verified byte for byte in both directions.
+//!
+//! Needs root (namespaces, tun); `.ci/run` runs it as root with openvpn and tshark installed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sys::signal::Signal;
+use tunscope_harness::process::Proc;
+use tunscope_harness::subjects::{self, Proto, TunnelSpec, Wrap};
+use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
+use tunscope_harness::traffic::{self, EchoServer};
+
+/// A running pair: stock server, our client.
+struct Pair {
+    hosts: TwoHosts,
+    server: Proc,
+    client: Proc,
+    spec: TunnelSpec,
+}
+
+fn ciphers(c: &str) -> Vec<String> {
+    vec![c.to_owned()]
+}
+
+fn bring_up(spec: TunnelSpec) -> Result<Pair> {
+    bring_up_with(spec, |_| Ok(()))
+}
+
+/// Starts the stock server, runs `before_client` (e.g. start a capture), then our client.
+fn bring_up_with(
+    spec: TunnelSpec,
+    before_client: impl FnOnce(&TwoHosts) -> Result<()>,
+) -> Result<Pair> {
+    let hosts = TwoHosts::new()?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15)).context("stock openvpn server")?;
+    before_client(&hosts)?;
+    let client = subjects::start_tunscope_client(
+        &hosts.client,
+        &client_conf,
+        &hosts.dir.join("client.log"),
+        &[],
+    )?;
+    Ok(Pair {
+        hosts,
+        server,
+        client,
+        spec,
+    })
+}
+
+impl Pair {
+    fn wait_connected(&mut self) -> Result<()> {
+        subjects::wait_ready(&mut self.client, Duration::from_secs(20)).with_context(|| {
+            format!(
+                "server log:\n{}",
+                tunscope_harness::process::tail(&self.server.log(), 30)
+            )
+        })
+    }
+
+    /// Pings the server's tunnel address and moves `bytes` through an echo server there.
+    fn traffic(&self, bytes: usize, spread: Option<Duration>) -> Result<traffic::Transfer> {
+        let dst = self.spec.server_tun_ip();
+        let p = traffic::ping(&self.hosts.client, &dst.to_string(), 3, 56, false)?;
+        ensure!(p.received == 3, "ping through the tunnel: {}", p.output);
+        let echo = EchoServer::start(&self.hosts.server, SocketAddr::from((dst, 5001)))?;
+        let t = traffic::echo_transfer(&self.hosts.client, echo.addr, bytes, spread).with_context(
+            || {
+                format!(
+                    "client log:\n{}",
+                    tunscope_harness::process::tail(&self.client.log(), 20)
+                )
+            },
+        )?;
+        Ok(t)
+    }
+}
+
+fn run_variant(spec: TunnelSpec) -> Result<()> {
+    let label = spec.label();
+    let mut pair = bring_up(spec)?;
+    pair.wait_connected()?;
+    let t = pair.traffic(4 << 20, None)?;
+    eprintln!(
+        "{label}: 4 MiB echoed in {:?} ({:.0} Mbit/s)",
+        t.elapsed,
+        t.mbit_per_s()
+    );
+    // Clean exit on SIGTERM.
+    pair.client.signal(Signal::SIGTERM)?;
+    let code = pair.client.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        code == Some(0),
+        "client exit code {code:?}; log:\n{}",
+        pair.client.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_aes256gcm_no_wrap() -> Result<()> {
+    run_variant(TunnelSpec {
+        server_ciphers: ciphers("AES-256-GCM"),
+        ..TunnelSpec::default()
+    })
+}
+
+#[test]
+fn udp_aes128gcm_tls_auth() -> Result<()> {
+    run_variant(TunnelSpec {
+        server_ciphers: ciphers("AES-128-GCM"),
+        wrap: Wrap::TlsAuth,
+        ..TunnelSpec::default()
+    })
+}
+
+#[test]
+fn udp_chacha20_tls_crypt_password() -> Result<()> {
+    run_variant(TunnelSpec {
+        server_ciphers: ciphers("CHACHA20-POLY1305"),
+        wrap: Wrap::TlsCrypt,
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    })
+}
+
+#[test]
+fn tcp_aes256gcm_tls_crypt() -> Result<()> {
+    run_variant(TunnelSpec {
+        proto: Proto::Tcp,
+        server_ciphers: ciphers("AES-256-GCM"),
+        wrap: Wrap::TlsCrypt,
+        ..TunnelSpec::default()
+    })
+}
+
+#[test]
+fn tcp_chacha20_tls_auth_password() -> Result<()> {
+    run_variant(TunnelSpec {
+        proto: Proto::Tcp,
+        server_ciphers: ciphers("CHACHA20-POLY1305"),
+        wrap: Wrap::TlsAuth,
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    })
+}
+
+#[test]
+fn tcp_aes128gcm_no_wrap_password() -> Result<()> {
+    run_variant(TunnelSpec {
+        proto: Proto::Tcp,
+        server_ciphers: ciphers("AES-128-GCM"),
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    })
+}
+
+/// Counts the distinct data key-ids our client installed after the first.
+fn key_changes(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split("new data keys, ").nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// The stock server renegotiates every ~3 s while a transfer runs; no byte may be lost or
+/// corrupted, and the client must have moved to new key-ids.
+#[test]
+fn server_initiated_renegotiation_mid_transfer() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        server_reneg_sec: Some(3),
+        wrap: Wrap::TlsCrypt,
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    let t = pair.traffic(6 << 20, Some(Duration::from_secs(8)))?;
+    let changes = key_changes(&pair.client.log());
+    ensure!(
+        changes.len() >= 2,
+        "expected ≥2 renegotiations during {:?}, saw {changes:?}",
+        t.elapsed
+    );
+    Ok(())
+}
+
+/// Our client renegotiates (reneg-sec 3) over TCP while a transfer runs.
+#[test]
+fn client_initiated_renegotiation_mid_transfer() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        proto: Proto::Tcp,
+        client_reneg_sec: Some(3),
+        wrap: Wrap::TlsAuth,
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    let t = pair.traffic(6 << 20, Some(Duration::from_secs(8)))?;
+    let changes = key_changes(&pair.client.log());
+    ensure!(
+        changes.len() >= 2,
+        "expected ≥2 renegotiations during {:?}, saw {changes:?}",
+        t.elapsed
+    );
+    ensure!(
+        pair.client.log().contains("renegotiating: new key-id"),
+        "renegotiation was not started by the client"
+    );
+    Ok(())
+}
+
+/// A wrong password ends the client with AUTH_FAILED instead of a retry loop or a hang.
+#[test]
+fn wrong_password_is_a_clear_fatal_error() -> Result<()> {
+    let spec = TunnelSpec {
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    };
+    let mut pair = bring_up(spec)?;
+    // Overwrite the credentials after the config was written.
+    std::fs::write(pair.hosts.dir.join("credentials.txt"), "alice\nwrong\n")?;
+    // Restart the client so it reads the wrong password.
+    pair.client.stop(Duration::from_secs(2));
+    let conf = pair.hosts.dir.join("client.conf");
+    pair.client = subjects::start_tunscope_client(
+        &pair.hosts.client,
+        &conf,
+        &pair.hosts.dir.join("client2.log"),
+        &[],
+    )?;
+    let code = pair.client.wait_exit(Duration::from_secs(30))?;
+    let log = pair.client.log();
+    ensure!(code == Some(1), "exit code {code:?}, log:\n{log}");
+    ensure!(
+        log.contains("AUTH_FAILED"),
+        "log does not name AUTH_FAILED:\n{log}"
+    );
+    Ok(())
+}
+
+/// A server whose certificate does not chain to our CA is refused at the TLS layer.
+#[test]
+fn server_from_foreign_ca_is_refused() -> Result<()> {
+    let hosts = TwoHosts::new()?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let other =
+        tunscope_harness::pki::Pki::generate_named(&hosts.dir.join("other"), "unrelated CA")?;
+    let (cert, key) = pki.client("client1")?;
+    let spec = TunnelSpec::default();
+    // The server presents a certificate from `other`, trusting both CAs for client certs.
+    let mut server_pki = other.clone();
+    server_pki.ca = pki.ca.clone();
+    let conf = hosts.dir.join("server.conf");
+    std::fs::write(&conf, spec.server_config(&server_pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server = subjects::start_openvpn(&hosts.server, &conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let mut client = subjects::start_tunscope_client(
+        &hosts.client,
+        &client_conf,
+        &hosts.dir.join("client.log"),
+        &[],
+    )?;
+    client
+        .wait_for_log(
+            "peer certificate rejected: it is not issued by the configured 'ca'",
+            Duration::from_secs(20),
+        )
+        .context("client should reject the server certificate")?;
+    ensure!(
+        !client.log().contains(subjects::READY_LINE),
+        "tunnel came up with an untrusted server"
+    );
+    Ok(())
+}
+
+/// tshark decodes a capture of our client's traffic as OpenVPN without malformed packets.
+#[test]
+fn tshark_decodes_our_traffic() -> Result<()> {
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let pcap_dir =
+            std::env::temp_dir().join(format!("tunscope-tshark-{}-{proto:?}", std::process::id()));
+        std::fs::create_dir_all(&pcap_dir)?;
+        let pcap = pcap_dir.join("wire.pcap");
+        let mut tshark_proc = None;
+        let mut pair = bring_up_with(
+            TunnelSpec {
+                proto,
+                ..TunnelSpec::default()
+            },
+            |hosts| {
+                let mut cap = hosts.server.command("tshark");
+                cap.args(["-q", "-i", "eth0", "-w"]).arg(&pcap);
+                let mut p = Proc::spawn("tshark", cap, &pcap_dir.join("tshark.log"))?;
+                p.wait_for_log("Capturing on", Duration::from_secs(15))?;
+                tshark_proc = Some(p);
+                Ok(())
+            },
+        )?;
+        let mut tshark = tshark_proc.context("capture not started")?;
+        pair.wait_connected()?;
+        pair.traffic(256 << 10, None)?;
+        std::thread::sleep(Duration::from_millis(300));
+        tshark.signal(Signal::SIGINT)?;
+        tshark.wait_exit(Duration::from_secs(10))?;
+        let port = match proto {
+            Proto::Udp => "udp.port==1194,openvpn",
+            Proto::Tcp => "tcp.port==1194,openvpn",
+        };
+        let out = std::process::Command::new("tshark")
+            .args(["-r"])
+            .arg(&pcap)
+            .args([
+                "-d",
+                port,
+                "-T",
+                "fields",
+                "-e",
+                "openvpn.opcode",
+                "-e",
+                "_ws.malformed",
+                "-e",
+                "_ws.expert.message",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let _ = std::fs::remove_dir_all(&pcap_dir);
+        let mut opcodes = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.get(1).is_some_and(|m| !m.is_empty())
+                || f.get(2).is_some_and(|m| m.contains("alformed"))
+            {
+                bail!("{proto:?}: malformed packet in tshark output: {line}");
+            }
+            for op in f
+                .first()
+                .unwrap_or(&"")
+                .split(',')
+                .filter(|s| !s.is_empty())
+            {
+                *opcodes.entry(op.to_owned()).or_insert(0) += 1;
+            }
+        }
+        // 0x07 client reset, 0x08 server reset, 0x04 control, 0x05 ack, 0x09 data v2.
+        for op in ["0x07", "0x08", "0x04", "0x09"] {
+            ensure!(
+                opcodes.contains_key(op),
+                "{proto:?}: opcode {op} not decoded; saw {opcodes:?}"
+            );
+        }
+    }
+    Ok(())
+}

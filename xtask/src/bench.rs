@@ -1,0 +1,239 @@
+//! `cargo xtask bench tunnel`: end-to-end TCP throughput through a tunnel, side by side with
+//! the references in the same run on the same machine:
+//!
+//! * `veth` — plain veth between the namespaces (no tunnel; the machine's ceiling);
+//! * `openvpn↔openvpn` — stock OpenVPN 2.6 client and server (the reference to beat);
+//! * `tunscope↔openvpn` — our client against the stock server.
+//!
+//! iperf3 single stream, client → server, `--seconds` per repetition, median of `--reps`.
+//! CPU is the tunnel processes' user+system time over the run, in % of one core.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tunscope_harness::pki::Pki;
+use tunscope_harness::process::Proc;
+use tunscope_harness::subjects::{self, Proto, TunnelSpec};
+use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
+
+use crate::{cargo, project_root, run as run_cmd};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Anchor {
+    Veth,
+    Stock,
+    Ours,
+}
+
+impl Anchor {
+    fn label(self) -> &'static str {
+        match self {
+            Anchor::Veth => "veth (no tunnel)",
+            Anchor::Stock => "openvpn client ↔ openvpn server",
+            Anchor::Ours => "tunscope client ↔ openvpn server",
+        }
+    }
+}
+
+struct Sample {
+    gbps: f64,
+    retransmits: u64,
+    cpu_client: f64,
+    cpu_server: f64,
+}
+
+/// Entry point: `bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]`.
+pub fn run(args: &[&str]) -> Result<()> {
+    match args.first().copied() {
+        Some("tunnel") => tunnel(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]"
+        ),
+    }
+}
+
+fn flag<'a>(args: &'a [&'a str], name: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1])
+}
+
+fn tunnel(args: &[&str]) -> Result<()> {
+    let secs: u64 = flag(args, "--seconds")
+        .map_or(Ok(10), str::parse)
+        .context("--seconds")?;
+    let reps: usize = flag(args, "--reps")
+        .map_or(Ok(3), str::parse)
+        .context("--reps")?;
+    let proto = match flag(args, "--proto").unwrap_or("udp") {
+        "udp" => Proto::Udp,
+        "tcp" => Proto::Tcp,
+        p => bail!("unknown --proto {p}"),
+    };
+    let cipher = flag(args, "--cipher").unwrap_or("AES-256-GCM").to_owned();
+    crate::deps::ensure()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tunscope-engine",
+        "--bin",
+        "tunscope",
+    ]))?;
+    // SAFETY: single-threaded at this point; the variable is read by the harness later.
+    unsafe {
+        std::env::set_var(
+            "TUNSCOPE_BIN",
+            project_root().join("target/release/tunscope"),
+        )
+    };
+
+    let spec = TunnelSpec {
+        proto,
+        server_ciphers: vec![cipher.clone()],
+        ..TunnelSpec::default()
+    };
+    let mut rows = vec![];
+    for anchor in [Anchor::Veth, Anchor::Stock, Anchor::Ours] {
+        let mut samples = vec![];
+        for rep in 0..reps {
+            let s = measure(anchor, &spec, secs)
+                .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
+            eprintln!(
+                "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%",
+                anchor.label(),
+                rep + 1,
+                s.gbps,
+                s.retransmits,
+                s.cpu_client,
+                s.cpu_server
+            );
+            samples.push(s);
+        }
+        rows.push((anchor, samples));
+    }
+    let median = |v: &[Sample]| {
+        let mut g: Vec<f64> = v.iter().map(|s| s.gbps).collect();
+        g.sort_by(f64::total_cmp);
+        g[g.len() / 2]
+    };
+    let stock = rows
+        .iter()
+        .find(|(a, _)| *a == Anchor::Stock)
+        .map(|(_, s)| median(s))
+        .unwrap_or(f64::NAN);
+    println!(
+        "\nTCP throughput, {proto:?} tunnel, {cipher}, iperf3 single stream {secs} s × {reps} (median)\n"
+    );
+    println!("| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) |");
+    println!("|---|---|---|---|---|");
+    for (anchor, s) in &rows {
+        let m = median(s);
+        let reps: Vec<String> = s.iter().map(|x| format!("{:.3}", x.gbps)).collect();
+        let cpu = if *anchor == Anchor::Veth {
+            "n/a".to_owned()
+        } else {
+            let mut c: Vec<f64> = s.iter().map(|x| x.cpu_client).collect();
+            let mut d: Vec<f64> = s.iter().map(|x| x.cpu_server).collect();
+            c.sort_by(f64::total_cmp);
+            d.sort_by(f64::total_cmp);
+            format!("{:.0} / {:.0}", c[c.len() / 2], d[d.len() / 2])
+        };
+        println!(
+            "| {} | **{m:.3}** | {} | {:.2}× | {cpu} |",
+            anchor.label(),
+            reps.join(", "),
+            m / stock
+        );
+    }
+    Ok(())
+}
+
+/// utime + stime of a process in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
+    let hosts = TwoHosts::new()?;
+    let mut procs: Vec<Proc> = vec![];
+    let target: Ipv4Addr = if anchor == Anchor::Veth {
+        SERVER_WAN
+    } else {
+        let pki = Pki::generate(&hosts.dir.join("pki"))?;
+        let (cert, key) = pki.client("client1")?;
+        let sconf = hosts.dir.join("server.conf");
+        std::fs::write(&sconf, spec.server_config(&pki, &hosts.dir)?)?;
+        let cconf = hosts.dir.join("client.conf");
+        std::fs::write(
+            &cconf,
+            spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+        )?;
+        let mut server =
+            subjects::start_openvpn(&hosts.server, &sconf, &hosts.dir.join("server.log"))?;
+        subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+        let mut client = match anchor {
+            Anchor::Stock => {
+                subjects::start_openvpn(&hosts.client, &cconf, &hosts.dir.join("client.log"))?
+            }
+            _ => subjects::start_tunscope_client(
+                &hosts.client,
+                &cconf,
+                &hosts.dir.join("client.log"),
+                &[],
+            )?,
+        };
+        subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+        // The stock server installs the data keys on its next 1 s housekeeping tick.
+        std::thread::sleep(Duration::from_millis(1500));
+        procs.push(client);
+        procs.push(server);
+        spec.server_tun_ip()
+    };
+    let mut iperf_s = hosts.server.command("iperf3");
+    iperf_s.args(["-s", "-1", "-B", &target.to_string()]);
+    let mut srv = Proc::spawn(
+        "iperf3 server",
+        iperf_s,
+        &hosts.dir.join("iperf3-server.log"),
+    )?;
+    srv.wait_for_log("Server listening", Duration::from_secs(10))?;
+    let ticks0: Vec<u64> = procs.iter().map(|p| p.pid().map_or(0, cpu_ticks)).collect();
+    let start = Instant::now();
+    let out = hosts
+        .client
+        .command("iperf3")
+        .args(["-c", &target.to_string(), "-t", &secs.to_string(), "-J"])
+        .output()?;
+    let wall = start.elapsed().as_secs_f64();
+    let ticks1: Vec<u64> = procs.iter().map(|p| p.pid().map_or(0, cpu_ticks)).collect();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = json.get("error") {
+        bail!("iperf3: {e}");
+    }
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON: no sum_received")?;
+    let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = |i: usize| -> f64 {
+        match (ticks0.get(i), ticks1.get(i)) {
+            (Some(a), Some(b)) => (b - a) as f64 / hz / wall * 100.0,
+            _ => 0.0,
+        }
+    };
+    Ok(Sample {
+        gbps: bps / 1e9,
+        retransmits,
+        cpu_client: cpu(0),
+        cpu_server: cpu(1),
+    })
+}

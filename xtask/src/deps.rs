@@ -1,0 +1,70 @@
+//! System packages the tests, scenarios and benchmarks use, installed on demand (Debian).
+//!
+//! Nothing is installed by hand on CI machines: `cargo xtask test` calls [`ensure`] first.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// (command that must exist, Debian package providing it).
+const NEEDED: &[(&str, &str)] = &[
+    ("openvpn", "openvpn"),
+    ("ip", "iproute2"),
+    ("tshark", "tshark"),
+    ("openssl", "openssl"),
+    ("ping", "iputils-ping"),
+    ("nft", "nftables"),
+    ("iperf3", "iperf3"),
+    ("tcpdump", "tcpdump"),
+    ("dig", "dnsutils"),
+];
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+        || ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(&format!("{d}/{cmd}")).exists())
+}
+
+/// Installs whatever is missing.
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing packages {missing:?}; run as root so they can be installed with apt-get");
+    }
+    eprintln!("installing {missing:?}");
+    // tshark asks whether non-root users may capture; answer once, non-interactively.
+    let _ = Command::new("sh")
+        .args(["-c", "echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections"])
+        .status();
+    let install = |update: bool| -> bool {
+        if update {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install(false) && !install(true) {
+        bail!("apt-get install {missing:?} failed");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
