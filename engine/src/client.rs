@@ -223,9 +223,7 @@ fn connect_once(
             .map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
         tun.offload()
     );
-    for o in &connected.pushed.ignored {
-        tracing::debug!("pushed option ignored: {o}");
-    }
+    log_pushed(&connected.pushed);
     let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
     let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), plane.framing, v2);
     let shared = Shared::new(Arc::clone(stats), mss, cfg.replay_window);
@@ -416,6 +414,35 @@ fn event_outcome(ev: ClientEvent) -> Option<Outcome> {
         ClientEvent::Restart(r) => Some(Outcome::Restart(r)),
         ClientEvent::Fatal(r) => Some(Outcome::Fatal(r)),
         ClientEvent::Closed => Some(Outcome::Closed),
+    }
+}
+
+fn log_pushed(p: &PushedOptions) {
+    let dns: Vec<String> = p
+        .dhcp_dns
+        .iter()
+        .map(ToString::to_string)
+        .chain(
+            p.dns_servers
+                .values()
+                .flat_map(|s| s.addresses.iter().map(|(a, _)| a.to_string())),
+        )
+        .collect();
+    tracing::info!(
+        "pushed: {} routes, {} IPv6 routes, redirect-gateway {}, DNS [{}], domains [{}] (applied by the network configuration, not yet in this build)",
+        p.routes.len(),
+        p.routes_ipv6.len(),
+        p.redirect_gateway.is_some(),
+        dns.join(", "),
+        p.dhcp_domains
+            .iter()
+            .chain(p.dns_search_domains.iter())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for o in &p.ignored {
+        tracing::debug!("pushed option ignored: {o}");
     }
 }
 

@@ -92,6 +92,11 @@ impl Pair {
 }
 
 fn run_variant(spec: TunnelSpec) -> Result<()> {
+    run_variant_checked(spec, |_| Ok(()))
+}
+
+/// Like [`run_variant`], with an extra check on the client's log.
+fn run_variant_checked(spec: TunnelSpec, check_log: impl FnOnce(&str) -> Result<()>) -> Result<()> {
     let label = spec.label();
     let mut pair = bring_up(spec)?;
     pair.wait_connected()?;
@@ -101,6 +106,7 @@ fn run_variant(spec: TunnelSpec) -> Result<()> {
         t.elapsed,
         t.mbit_per_s()
     );
+    check_log(&pair.client.log())?;
     // Clean exit on SIGTERM.
     pair.client.signal(Signal::SIGTERM)?;
     let code = pair.client.wait_exit(Duration::from_secs(10))?;
@@ -168,6 +174,129 @@ fn tcp_aes128gcm_no_wrap_password() -> Result<()> {
         auth_user_pass: true,
         ..TunnelSpec::default()
     })
+}
+
+/// TLS 1.2 on the control channel: EKM key export must match OpenSSL's TLS 1.2 exporter.
+#[test]
+fn udp_tls12_control_channel() -> Result<()> {
+    run_variant_checked(
+        TunnelSpec {
+            client_extra: vec!["tls-version-max 1.2".into()],
+            wrap: Wrap::TlsAuth,
+            ..TunnelSpec::default()
+        },
+        |log| {
+            ensure!(
+                log.contains("TLSv1_2"),
+                "TLS 1.2 was not negotiated:\n{log}"
+            );
+            Ok(())
+        },
+    )
+}
+
+/// A PUSH_REPLY too long for one message arrives in parts (push-continuation); 60 pushed
+/// routes and DNS options must all be received.
+#[test]
+fn long_push_reply_in_parts() -> Result<()> {
+    let mut extra: Vec<String> = (0..60)
+        .map(|i| format!("push \"route 198.19.{}.0 255.255.255.0\"", 100 + i))
+        .collect();
+    extra.push("push \"dhcp-option DNS 198.19.10.53\"".into());
+    extra.push("push \"dhcp-option DOMAIN corp.example\"".into());
+    let mut pair = bring_up(TunnelSpec {
+        server_extra: extra,
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    pair.traffic(1 << 20, None)?;
+    let server_log = pair.server.log();
+    ensure!(
+        server_log.contains("push-continuation 2"),
+        "server did not split the reply:\n{server_log}"
+    );
+    let routes = pair
+        .client
+        .log()
+        .lines()
+        .find(|l| l.contains("pushed:"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    ensure!(
+        routes.contains("60 routes"),
+        "client did not report all routes: {routes:?}"
+    );
+    Ok(())
+}
+
+/// Compression stubs as stock 2.6 sends them when compression is off.
+#[test]
+fn compression_stubs_interoperate() -> Result<()> {
+    for (server_line, push_line) in [
+        ("compress stub-v2", "push \"compress stub-v2\""),
+        ("comp-lzo no", "push \"comp-lzo no\""),
+        ("compress", "push \"compress\""),
+    ] {
+        let mut pair = bring_up(TunnelSpec {
+            server_extra: vec![server_line.into(), push_line.into()],
+            ..TunnelSpec::default()
+        })?;
+        pair.wait_connected()
+            .with_context(|| server_line.to_owned())?;
+        pair.traffic(1 << 20, None)
+            .with_context(|| server_line.to_owned())?;
+    }
+    Ok(())
+}
+
+/// Real compression pushed by the server is refused with a clear error, not a broken tunnel.
+#[test]
+fn pushed_real_compression_is_refused() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        server_extra: vec![
+            "allow-compression yes".into(),
+            "compress lz4-v2".into(),
+            "push \"compress lz4-v2\"".into(),
+        ],
+        ..TunnelSpec::default()
+    })?;
+    let code = pair.client.wait_exit(Duration::from_secs(20))?;
+    let log = pair.client.log();
+    ensure!(code == Some(1), "exit code {code:?}; log:\n{log}");
+    ensure!(
+        log.contains("compression is not supported"),
+        "unclear error:\n{log}"
+    );
+    Ok(())
+}
+
+/// The server dies: the client notices through ping-restart, keeps its tun device, and
+/// reconnects by itself when the server is back.
+#[test]
+fn ping_restart_then_reconnect() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        keepalive: (1, 4),
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    pair.traffic(256 << 10, None)?;
+    pair.server.signal(Signal::SIGKILL)?;
+    pair.server.wait_exit(Duration::from_secs(5))?;
+    pair.client
+        .wait_for_log("ping-restart", Duration::from_secs(15))
+        .context("client should notice the dead server")?;
+    let conf = pair.hosts.dir.join("server.conf");
+    pair.server = subjects::start_openvpn(
+        &pair.hosts.server,
+        &conf,
+        &pair.hosts.dir.join("server2.log"),
+    )?;
+    subjects::wait_ready(&mut pair.server, Duration::from_secs(15))?;
+    pair.client
+        .wait_for_log_count(subjects::READY_LINE, 2, Duration::from_secs(30))
+        .context("client should reconnect")?;
+    pair.traffic(256 << 10, None)?;
+    Ok(())
 }
 
 /// Counts the distinct data key-ids our client installed after the first.

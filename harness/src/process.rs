@@ -52,9 +52,19 @@ impl Proc {
 
     /// Waits until the log contains `needle`; fails early if the process exits.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_for_log_count(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.log().contains(needle) {
+            if self.log().matches(needle).count() >= count {
                 return Ok(());
             }
             if let Some(status) = self

@@ -197,7 +197,7 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         spec.server_tun_ip()
     };
     let mut iperf_s = hosts.server.command("iperf3");
-    iperf_s.args(["-s", "-1", "-B", &target.to_string()]);
+    iperf_s.args(["-s", "-1", "--forceflush", "-B", &target.to_string()]);
     let mut srv = Proc::spawn(
         "iperf3 server",
         iperf_s,

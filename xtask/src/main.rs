@@ -4,6 +4,7 @@
 //!   architecture rules (`tidy`), then runs every test (needs root: namespaces and tun).
 //! * `cargo xtask deps` — only installs the system packages the tests and scenarios use.
 //! * `cargo xtask tidy` — formatting, clippy, architecture invariants.
+//! * `cargo xtask fuzz [SECONDS]` — runs every cargo-fuzz target for SECONDS (default 60).
 //! * `cargo xtask bench tunnel` — end-to-end TCP throughput: plain veth, stock OpenVPN
 //!   client ↔ stock server, our client ↔ stock server, side by side in one run.
 
@@ -26,9 +27,10 @@ fn main() -> Result<()> {
         Some("deps") => deps::ensure(),
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&rest),
+        Some("fuzz") => fuzz(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references"
+                "usage: cargo xtask <command>\n\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
             );
             bail!("unknown command");
         }
@@ -88,4 +90,33 @@ fn test(filters: &[&str]) -> Result<()> {
     cmd.args(filters);
     cmd.env("TUNSCOPE_BIN", &bin).env("INSTA_UPDATE", "no");
     run(&mut cmd)
+}
+
+/// Runs each fuzz target for `seconds`. cargo-fuzz needs nightly flags; the stable toolchain
+/// accepts them with RUSTC_BOOTSTRAP=1.
+fn fuzz(args: &[&str]) -> Result<()> {
+    let secs = args
+        .first()
+        .map_or(Ok(60), |s| s.parse::<u64>())
+        .context("SECONDS")?;
+    if !cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in ["packets", "config", "push"] {
+        run(cargo()
+            .current_dir(project_root().join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={secs}"),
+            ]))?;
+    }
+    Ok(())
 }
