@@ -314,9 +314,9 @@ impl TxBatch {
                 segment_size: (count > 1).then_some(seg),
                 src_ip: None,
             };
-            match state.try_send(socket.into(), &t) {
+            match send_retrying(socket, state, &t) {
                 Ok(()) => sent += count,
-                Err(_) if count > 1 => {
+                Err(e) if count > 1 && e.kind() != io::ErrorKind::WouldBlock => {
                     // GSO refused (e.g. segment above the path MTU): one by one.
                     let mut o = off;
                     for &l in &self.lens[i..j] {
@@ -327,21 +327,27 @@ impl TxBatch {
                         o += l;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Socket buffer full: wait for room once, then try again.
-                    let _ =
-                        crate::poll::wait_writable(socket.as_raw_fd(), Duration::from_millis(50));
-                    match socket.send(&self.buf[off..off + bytes]) {
-                        Ok(_) => sent += count,
-                        Err(_) => failed += count,
-                    }
-                }
                 Err(_) => failed += count,
             }
             off += bytes;
             i = j;
         }
         (sent, failed)
+    }
+}
+
+/// Sends one (possibly GSO) transmit; when the socket buffer is full, waits for room a few
+/// times before giving up (the packets are then counted as send failures).
+fn send_retrying(socket: &UdpSocket, state: &UdpSocketState, t: &Transmit<'_>) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match state.try_send(socket.into(), t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 20 => {
+                tries += 1;
+                let _ = crate::poll::wait_writable(socket.as_raw_fd(), Duration::from_millis(50));
+            }
+            r => return r,
+        }
     }
 }
 

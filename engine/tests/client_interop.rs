@@ -195,6 +195,32 @@ fn udp_tls12_control_channel() -> Result<()> {
     )
 }
 
+/// IPv6 inside the tunnel: the pushed `ifconfig-ipv6` is applied and IPv6 flows.
+#[test]
+fn ipv6_inside_the_tunnel() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        server_extra: vec!["server-ipv6 2001:db8:0:1::/64".into()],
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    let p = traffic::ping(&pair.hosts.client, "2001:db8:0:1::1", 3, 1200, false)?;
+    ensure!(
+        p.received == 3,
+        "IPv6 ping through the tunnel: {}",
+        p.output
+    );
+    let addrs = pair
+        .hosts
+        .client
+        .ip(&["-6", "addr", "show", "dev", "tun0"])?;
+    ensure!(
+        addrs.contains("2001:db8:0:1::1000"),
+        "pushed IPv6 address missing:\n{addrs}"
+    );
+    pair.traffic(1 << 20, None)?;
+    Ok(())
+}
+
 /// A PUSH_REPLY too long for one message arrives in parts (push-continuation); 60 pushed
 /// routes and DNS options must all be received.
 #[test]
