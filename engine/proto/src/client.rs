@@ -631,6 +631,7 @@ impl Client {
                         "server started renegotiation of key-id {key_id}"
                     )));
                 }
+                SessionEvent::KeyMaterialReady { key_id } => self.on_key_material(key_id),
                 SessionEvent::KeyActive { key_id } => self.on_key_active(now, key_id),
                 SessionEvent::KeyFailed { key_id, reason } => {
                     if self.state == State::Connected
@@ -652,6 +653,23 @@ impl Client {
         }
     }
 
+    /// A renegotiated key can decrypt as soon as its material exists: the peer may start
+    /// sending with it before our last ACK reaches it.
+    fn on_key_material(&mut self, key_id: u8) {
+        if self.state != State::Connected || self.keys.iter().any(|k| k.key_id() == key_id) {
+            return;
+        }
+        let Some(cipher) = self.cipher else { return };
+        let Some(km) = self.session.export_key_material(key_id) else {
+            return;
+        };
+        self.keys
+            .insert(0, Arc::new(DataKeys::new(cipher, &km, key_id, false)));
+        self.keys.truncate(2);
+        self.data.recv = self.keys.clone();
+        self.data.generation += 1;
+    }
+
     fn on_key_active(&mut self, now: Instant, key_id: u8) {
         match self.state {
             State::Handshake => {
@@ -660,23 +678,18 @@ impl Client {
                 self.send_push_request(now);
             }
             State::Connected => {
-                let Some(cipher) = self.cipher else { return };
-                match self.session.export_key_material(key_id) {
-                    Some(km) => {
-                        let keys = Arc::new(DataKeys::new(cipher, &km, key_id, false));
-                        self.keys.insert(0, keys);
-                        self.keys.truncate(2);
-                        self.data.recv = self.keys.clone();
-                        self.data.generation += 1;
-                        self.switch_send_at = Some(now + SEND_KEY_SWITCH_DELAY);
-                        self.lame_expires_at = Some(now + self.setup.tran_window);
-                        self.key_started = now;
-                        self.reneg_pending = false;
-                        self.session.retire_old_key_states();
-                        self.events.push_back(ClientEvent::KeysChanged { key_id });
-                    }
-                    None => self.restart(format!("key export failed for key-id {key_id}")),
+                self.on_key_material(key_id);
+                if self.keys.first().map(|k| k.key_id()) != Some(key_id) {
+                    self.restart(format!("key export failed for key-id {key_id}"));
+                    return;
                 }
+                // Send on the new key a moment later, when the peer has surely derived it.
+                self.switch_send_at = Some(now + SEND_KEY_SWITCH_DELAY);
+                self.lame_expires_at = Some(now + self.setup.tran_window);
+                self.key_started = now;
+                self.reneg_pending = false;
+                self.session.retire_old_key_states();
+                self.events.push_back(ClientEvent::KeysChanged { key_id });
             }
             _ => {}
         }

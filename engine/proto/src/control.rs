@@ -69,6 +69,12 @@ pub enum SessionEvent {
         /// The message.
         message: Box<KeyMethod2>,
     },
+    /// TLS is up and key-method-2 went both ways: the data keys of this key state can be
+    /// exported ([`ControlSession::export_key_material`]), before the last ACKs settle.
+    KeyMaterialReady {
+        /// Key-id.
+        key_id: u8,
+    },
     /// The key state is active: keys can be exported.
     KeyActive {
         /// Key-id.
@@ -126,6 +132,8 @@ struct KeyState {
     started: Instant,
     /// Set once the peer's reset has been seen (learned through the reliability layer).
     peer_reset_seen: bool,
+    /// KeyMaterialReady was emitted.
+    material_ready: bool,
 }
 
 impl KeyState {
@@ -146,6 +154,7 @@ impl KeyState {
             own_km2_written: false,
             started: now,
             peer_reset_seen: false,
+            material_ready: false,
         }
     }
 
@@ -269,7 +278,22 @@ impl KeyState {
         }
     }
 
+    fn keys_exchanged(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
+            && self.peer_km2_seen
+            && self.own_km2_written
+    }
+
     fn update_phase(&mut self, events: &mut VecDeque<SessionEvent>) {
+        if matches!(self.phase, Phase::Tls | Phase::Active)
+            && !self.material_ready
+            && self.keys_exchanged()
+        {
+            self.material_ready = true;
+            events.push_back(SessionEvent::KeyMaterialReady {
+                key_id: self.key_id,
+            });
+        }
         if self.phase == Phase::Tls {
             let tls_done = self.tls.as_ref().is_some_and(|t| !t.is_handshaking());
             if tls_done
@@ -357,6 +381,54 @@ impl ControlSession {
         Ok(s)
     }
 
+    /// A server session created after the client echoed our stateless cookie: our reset
+    /// (message 0, wrap replay id 1) was sent without state and is acknowledged, the client's
+    /// reset (message 0) was acknowledged in it. The packet that echoed the cookie is handled
+    /// next with [`ControlSession::handle_packet`].
+    pub fn new_server_cookie(
+        tls: Arc<rustls::ServerConfig>,
+        mut wrap: TlsWrap,
+        params: SessionParams,
+        local_sid: SessionId,
+        client_sid: SessionId,
+        now: Instant,
+    ) -> ControlSession {
+        wrap.set_send_pid(1);
+        let mut s = ControlSession::new(TlsRole::Server(tls), wrap, params, local_sid, now);
+        s.remote_sid = Some(client_sid);
+        let mut ks = KeyState::new(0, Opcode::ControlHardResetServerV2, now, &s.params);
+        ks.send = ReliableSend::new(s.params.tls_timeout);
+        ks.send.skip_to(1);
+        ks.recv.skip_to(1);
+        ks.peer_reset_seen = true;
+        s.keys.push(ks);
+        s
+    }
+
+    /// The stateless server reset answering a client reset: session id `cookie`, ACK of the
+    /// client's message 0, message id 0, wrap replay id 1. Appended to `out`.
+    pub fn stateless_reset(
+        wrap: &TlsWrap,
+        cookie: SessionId,
+        client_sid: SessionId,
+        out: &mut Vec<u8>,
+    ) -> Result<(), DropReason> {
+        let mut acks = AckList::new();
+        acks.push(0);
+        let pkt = ControlPacket {
+            opcode: Opcode::ControlHardResetServerV2,
+            key_id: 0,
+            session_id: cookie,
+            acks,
+            remote_session_id: Some(client_sid),
+            message_id: Some(0),
+            payload: &[],
+        };
+        let mut plain = Vec::with_capacity(32);
+        pkt.emit(&mut plain);
+        wrap.wrap_with_pid(&plain, out, 1, wrap.send_time())
+    }
+
     fn new(
         tls_role: TlsRole,
         wrap: TlsWrap,
@@ -387,18 +459,6 @@ impl ControlSession {
     /// The peer's session id, once known.
     pub fn remote_session_id(&self) -> Option<SessionId> {
         self.remote_sid
-    }
-
-    /// Continue a stateless-cookie handshake: our reset was already sent (message 0, wrap
-    /// replay id 1) and the client's packet that acknowledged it is being handled next.
-    pub fn skip_cookie_reset(&mut self) {
-        self.wrap.set_send_pid(1);
-        if let Some(ks) = self.keys.first_mut() {
-            ks.send = ReliableSend::new(self.params.tls_timeout);
-            ks.send.skip_to(1);
-            ks.acks = AckTracker::new();
-            ks.phase = Phase::Reset;
-        }
     }
 
     /// Time the last authenticated control packet arrived.
@@ -578,6 +638,7 @@ impl ControlSession {
         self.write_plaintext(key_id, &buf)?;
         if let Some(ks) = self.keys.iter_mut().find(|k| k.key_id == key_id) {
             ks.own_km2_written = true;
+            ks.update_phase(&mut self.events);
         }
         Ok(())
     }
@@ -621,7 +682,7 @@ impl ControlSession {
         let ks = self
             .keys
             .iter()
-            .find(|k| k.key_id == key_id && k.phase == Phase::Active)?;
+            .find(|k| k.key_id == key_id && k.phase != Phase::Failed && k.keys_exchanged())?;
         let tls = ks.tls.as_ref()?;
         tls.export_keying_material([0u8; KEY2_LEN], EKM_LABEL_DATAKEYS, None)
             .ok()

@@ -20,6 +20,7 @@
 //! * [`options`] — config files and PUSH_REPLY.
 //! * [`control`] — one session's control channel: key states, TLS, renegotiation.
 //! * [`client`] — the client state machine (push, keepalive, exit notification).
+//! * [`server`] — the server state machine: peers, cookies, pools, routes, push.
 //! * [`stage`] — names of data-path stages and drop reasons, shared with the observatory.
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -33,6 +34,7 @@ pub mod mss;
 pub mod options;
 pub mod packet_id;
 pub mod reliable;
+pub mod server;
 pub mod stage;
 pub mod static_key;
 pub mod tls;

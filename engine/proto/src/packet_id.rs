@@ -165,6 +165,11 @@ impl LongPacketIdSend {
         self.id = id;
     }
 
+    /// The time field.
+    pub fn time(&self) -> u32 {
+        self.time
+    }
+
     /// The next `(id, time)`; `None` once the id space is exhausted.
     pub fn next_id(&mut self) -> Option<(u32, u32)> {
         self.id = self.id.checked_add(1)?;

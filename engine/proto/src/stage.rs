@@ -105,11 +105,17 @@ pub enum DropReason {
     Occ,
     /// No route to a peer for the inner destination (server side).
     NoRoute,
+    /// The inner source address does not belong to the sending client (spoofing).
+    BadSource,
+    /// Too many handshake attempts; stateless replies are rate limited.
+    RateLimited,
+    /// The server refused the client (full, disabled, or authentication failed).
+    Refused,
 }
 
 impl DropReason {
     /// All reasons, for tables.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Malformed,
         DropReason::BadOpcode,
         DropReason::BadTag,
@@ -129,6 +135,9 @@ impl DropReason {
         DropReason::Keepalive,
         DropReason::Occ,
         DropReason::NoRoute,
+        DropReason::BadSource,
+        DropReason::RateLimited,
+        DropReason::Refused,
     ];
 
     /// The reason's name as used in reports.
@@ -153,6 +162,9 @@ impl DropReason {
             DropReason::Keepalive => "keepalive",
             DropReason::Occ => "occ",
             DropReason::NoRoute => "no_route",
+            DropReason::BadSource => "bad_source",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Refused => "refused",
         }
     }
 

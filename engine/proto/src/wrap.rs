@@ -187,8 +187,32 @@ impl TlsWrap {
         self.send_pid.set_last(id);
     }
 
+    /// The time field of our outgoing replay ids.
+    pub fn send_time(&self) -> u32 {
+        self.send_pid.time()
+    }
+
     /// Wraps a plain control packet, appending the wire form to `out`.
     pub fn wrap(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DropReason> {
+        let (id, time) = if self.is_wrapped() {
+            self.send_pid
+                .next_id()
+                .ok_or(DropReason::PacketIdExhausted)?
+        } else {
+            (0, 0)
+        };
+        self.wrap_with_pid(plain, out, id, time)
+    }
+
+    /// Wraps with an explicit replay id and time, leaving the counter alone (the stateless
+    /// reset of a cookie server always uses id 1).
+    pub fn wrap_with_pid(
+        &self,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+        id: u32,
+        time: u32,
+    ) -> Result<(), DropReason> {
         if plain.len() < CONTROL_HEADER_LEN {
             return Err(DropReason::Malformed);
         }
@@ -196,10 +220,6 @@ impl TlsWrap {
         match &self.inner {
             Inner::None => out.extend_from_slice(plain),
             Inner::Auth { send, len, .. } => {
-                let (id, time) = self
-                    .send_pid
-                    .next_id()
-                    .ok_or(DropReason::PacketIdExhausted)?;
                 let mut pid = [0u8; PID_LEN];
                 pid[..4].copy_from_slice(&id.to_be_bytes());
                 pid[4..].copy_from_slice(&time.to_be_bytes());
@@ -218,10 +238,6 @@ impl TlsWrap {
                 send_auth,
                 ..
             } => {
-                let (id, time) = self
-                    .send_pid
-                    .next_id()
-                    .ok_or(DropReason::PacketIdExhausted)?;
                 let start = out.len();
                 out.extend_from_slice(hdr);
                 out.extend_from_slice(&id.to_be_bytes());

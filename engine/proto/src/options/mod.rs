@@ -8,6 +8,7 @@
 pub mod client;
 pub mod lexer;
 pub mod push;
+pub mod server;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

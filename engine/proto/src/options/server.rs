@@ -1,0 +1,934 @@
+//! The server config model: what `tunscope server --config FILE` understands.
+//!
+//! OpenVPN server configs as people write them: `server NET MASK`, `topology subnet`,
+//! `push "…"` lines, `keepalive`, `client-config-dir`, `auth-user-pass-verify` and so on.
+//! Unknown options are errors naming `file:line`; a short list of harmless ones is ignored
+//! with a warning ([`IGNORED`]).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
+use crate::data::{Cipher, Framing};
+use crate::options::client::{
+    CertType, MssMode, Mssfix, TlsVersion, VerifyX509Name, WrapSource, X509NameKind,
+};
+use crate::options::lexer::split_line;
+use crate::options::push::parse_v6_prefix;
+use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
+use crate::static_key::KeyDirection;
+use crate::tls::ClientCertMode;
+use crate::wrap::Digest;
+
+/// Harmless server options ignored with a warning, and why.
+pub const IGNORED: &[(&str, &str)] = &[
+    ("persist-key", "keys are always kept in memory"),
+    ("persist-tun", "the tun device lives as long as the server"),
+    (
+        "ifconfig-pool-persist",
+        "leases are kept per common name in memory only",
+    ),
+    ("status", "use the control socket / stats instead"),
+    ("status-version", "use the control socket / stats instead"),
+    ("log", "logs go to stderr"),
+    ("log-append", "logs go to stderr"),
+    ("user", "privileges are not dropped"),
+    ("group", "privileges are not dropped"),
+    ("mute", "log rate limiting is not implemented"),
+    (
+        "mute-replay-warnings",
+        "replays are counted, not logged one by one",
+    ),
+    (
+        "block-outside-dns",
+        "Windows clients only; push it if needed",
+    ),
+    ("sndbuf", "socket buffers are sized by tunscope"),
+    ("rcvbuf", "socket buffers are sized by tunscope"),
+    ("txqueuelen", "kernel default"),
+    ("fast-io", "I/O is always batched"),
+    ("ecdh-curve", "rustls negotiates its own groups"),
+    ("tls-server", "implied by mode server"),
+    ("suppress-timestamps", "log format is fixed"),
+    ("ncp-disable", "cipher negotiation is always on"),
+    (
+        "data-ciphers-fallback",
+        "clients must negotiate an AEAD cipher",
+    ),
+    ("opt-verify", "options strings are informational in 2.6"),
+    ("float", "authenticated UDP clients always float"),
+];
+
+/// Server transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerTransport {
+    /// UDP.
+    Udp,
+    /// TCP (`tcp-server`).
+    Tcp,
+}
+
+/// `auth-user-pass-verify SCRIPT via-env|via-file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptMethod {
+    /// Credentials in the environment (`username`, `password`).
+    ViaEnv,
+    /// Credentials in a temporary file, its path as the last argument.
+    ViaFile,
+}
+
+/// The verify script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthScript {
+    /// Command line (program and arguments, split like the shell would).
+    pub command: Vec<String>,
+    /// How credentials are passed.
+    pub method: ScriptMethod,
+}
+
+/// A kernel route the server adds through its tun device (`route NET MASK`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerRoute {
+    /// Network.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// Parsed server config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Listen port.
+    pub port: u16,
+    /// Listen address (`local`); None = all.
+    pub local: Option<std::net::IpAddr>,
+    /// Transport.
+    pub transport: ServerTransport,
+    /// Listen on IPv6 (`proto udp6`/`tcp6-server`).
+    pub ipv6_listen: bool,
+    /// tun device name.
+    pub dev: String,
+    /// CA certificates.
+    pub ca: Source,
+    /// Server certificate.
+    pub cert: Source,
+    /// Server key.
+    pub key: Source,
+    /// Control-channel wrap.
+    pub wrap: WrapSource,
+    /// `auth` digest.
+    pub auth_digest: Digest,
+    /// Ciphers offered to clients, in the server's preference order.
+    pub data_ciphers: Vec<Cipher>,
+    /// Tunnel network and prefix (`server NET MASK`).
+    pub network: (Ipv4Addr, u8),
+    /// Client address pool (`ifconfig-pool START END`), default: .2 to the end of the subnet.
+    pub pool: (Ipv4Addr, Ipv4Addr),
+    /// IPv6 tunnel network (`server-ipv6`).
+    pub network6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 pool base and prefix (`ifconfig-ipv6-pool`).
+    pub pool6: Option<(Ipv6Addr, u8)>,
+    /// `push` option lines in order.
+    pub pushes: Vec<String>,
+    /// 2.6-style `dns …` lines (pushed as `dns` or as `dhcp-option` depending on the client).
+    pub dns: Vec<String>,
+    /// `ping` interval (from `keepalive` or `ping`).
+    pub ping: Option<Duration>,
+    /// `ping-restart` as pushed to clients; the server itself waits twice as long.
+    pub ping_restart: Option<Duration>,
+    /// tun MTU.
+    pub tun_mtu: u16,
+    /// `mssfix`.
+    pub mssfix: Option<Mssfix>,
+    /// `client-to-client`.
+    pub client_to_client: bool,
+    /// `duplicate-cn`.
+    pub duplicate_cn: bool,
+    /// `max-clients`.
+    pub max_clients: u32,
+    /// `verify-client-cert`.
+    pub verify_client_cert: ClientCertMode,
+    /// `auth-user-pass-verify`.
+    pub auth_script: Option<AuthScript>,
+    /// `script-security`.
+    pub script_security: u8,
+    /// `username-as-common-name`.
+    pub username_as_common_name: bool,
+    /// `client-config-dir`.
+    pub client_config_dir: Option<PathBuf>,
+    /// `ccd-exclusive`.
+    pub ccd_exclusive: bool,
+    /// Kernel routes into the tun device (`route`).
+    pub routes: Vec<ServerRoute>,
+    /// `remote-cert-tls client`.
+    pub remote_cert_tls: Option<CertType>,
+    /// `verify-x509-name`.
+    pub verify_x509_name: Option<VerifyX509Name>,
+    /// TLS versions.
+    pub tls_version_min: TlsVersion,
+    /// TLS versions.
+    pub tls_version_max: TlsVersion,
+    /// `reneg-sec` (randomised per client to 90–100 %, like 2.6).
+    pub reneg_sec: Duration,
+    /// `hand-window`.
+    pub hand_window: Duration,
+    /// `tls-timeout`.
+    pub tls_timeout: Duration,
+    /// `tran-window`.
+    pub tran_window: Duration,
+    /// Compression stub framing the server uses (`comp-lzo no`, `compress stub[-v2]`).
+    pub framing: Framing,
+    /// `replay-window`.
+    pub replay_window: Option<u32>,
+    /// `explicit-exit-notify`: tell clients to reconnect when the server stops.
+    pub explicit_exit_notify: u32,
+    /// `verb`.
+    pub verb: u8,
+    /// Ignored options.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+fn prefix_of(ctx: &Ctx<'_>, d: &Directive, mask: &str) -> Result<u8, ConfigError> {
+    let m: Ipv4Addr = mask.parse().map_err(|_| {
+        ctx.error(
+            d.line,
+            format!("option '{}': '{mask}' is not a netmask", d.name),
+        )
+    })?;
+    let bits = u32::from(m);
+    let n = bits.leading_ones();
+    if bits.checked_shl(n).unwrap_or(0) != 0 {
+        return Err(ctx.error(
+            d.line,
+            format!("option '{}': netmask {mask} is not contiguous", d.name),
+        ));
+    }
+    Ok(n as u8)
+}
+
+fn ip4(ctx: &Ctx<'_>, d: &Directive, i: usize) -> Result<Ipv4Addr, ConfigError> {
+    let s = ctx.arg(d, i)?;
+    s.parse().map_err(|_| {
+        ctx.error(
+            d.line,
+            format!("option '{}': '{s}' is not an IPv4 address", d.name),
+        )
+    })
+}
+
+impl ServerConfig {
+    /// Parses config text; relative paths resolve against the file's directory.
+    pub fn parse(text: &str, file: &Path) -> Result<ServerConfig, ConfigError> {
+        let fname = file.display().to_string();
+        let mut ctx = Ctx {
+            file: &fname,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            warnings: vec![],
+        };
+        let directives =
+            parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
+        let mut b = Builder::default();
+        for d in &directives {
+            b.apply(&mut ctx, d)?;
+        }
+        b.finish(ctx)
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    server_mode: bool,
+    port: Option<u16>,
+    local: Option<std::net::IpAddr>,
+    transport: Option<(ServerTransport, bool)>,
+    dev: Option<String>,
+    ca: Option<Source>,
+    cert: Option<Source>,
+    key: Option<Source>,
+    dh_seen: bool,
+    tls_auth: Option<(Source, Option<KeyDirection>)>,
+    tls_crypt: Option<Source>,
+    key_direction: Option<KeyDirection>,
+    auth_digest: Option<Digest>,
+    data_ciphers: Option<Vec<Cipher>>,
+    network: Option<(Ipv4Addr, u8, usize)>,
+    pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    network6: Option<(Ipv6Addr, u8)>,
+    pool6: Option<(Ipv6Addr, u8)>,
+    topology_line: Option<usize>,
+    pushes: Vec<String>,
+    dns: Vec<String>,
+    ping: Option<u64>,
+    ping_restart: Option<u64>,
+    tun_mtu: Option<u16>,
+    mssfix: Option<Mssfix>,
+    client_to_client: bool,
+    duplicate_cn: bool,
+    max_clients: Option<u32>,
+    verify_client_cert: Option<ClientCertMode>,
+    auth_script: Option<(usize, AuthScript)>,
+    script_security: u8,
+    username_as_common_name: bool,
+    client_config_dir: Option<PathBuf>,
+    ccd_exclusive: bool,
+    routes: Vec<ServerRoute>,
+    remote_cert_tls: Option<CertType>,
+    verify_x509_name: Option<VerifyX509Name>,
+    tls_min: Option<TlsVersion>,
+    tls_max: Option<TlsVersion>,
+    reneg_sec: Option<u64>,
+    hand_window: Option<u64>,
+    tls_timeout: Option<u64>,
+    tran_window: Option<u64>,
+    framing: Framing,
+    replay_window: Option<u32>,
+    explicit_exit_notify: u32,
+    verb: Option<u8>,
+}
+
+impl Builder {
+    fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        let line = d.line;
+        match d.name.as_str() {
+            "mode" => {
+                if ctx.arg(d, 0)? != "server" {
+                    return Err(ctx.error(line, "option 'mode': only 'mode server' is supported"));
+                }
+                self.server_mode = true;
+            }
+            "server" => {
+                let net = ip4(ctx, d, 0)?;
+                let prefix = prefix_of(ctx, d, ctx.arg(d, 1)?)?;
+                if prefix > 29 {
+                    return Err(
+                        ctx.error(line, "option 'server': the network must be /29 or larger")
+                    );
+                }
+                if d.arg(2) == Some("nopool") {
+                    return Err(ctx.error(line, "option 'server … nopool' is not supported"));
+                }
+                self.network = Some((net, prefix, line));
+                self.server_mode = true;
+            }
+            "server-ipv6" => {
+                let a = ctx.arg(d, 0)?;
+                let (net, bits) = parse_v6_prefix(a).ok_or_else(|| {
+                    ctx.error(
+                        line,
+                        format!("option 'server-ipv6': '{a}' is not ADDR/BITS"),
+                    )
+                })?;
+                if bits > 112 {
+                    return Err(ctx.error(
+                        line,
+                        "option 'server-ipv6': the prefix must be /112 or larger",
+                    ));
+                }
+                self.network6 = Some((net, bits));
+            }
+            "ifconfig-pool" => self.pool = Some((ip4(ctx, d, 0)?, ip4(ctx, d, 1)?)),
+            "ifconfig-ipv6-pool" => {
+                let a = ctx.arg(d, 0)?;
+                self.pool6 = Some(parse_v6_prefix(a).ok_or_else(|| {
+                    ctx.error(
+                        line,
+                        format!("option 'ifconfig-ipv6-pool': '{a}' is not ADDR/BITS"),
+                    )
+                })?);
+            }
+            "topology" => match ctx.arg(d, 0)? {
+                "subnet" => self.topology_line = Some(line),
+                t @ ("net30" | "p2p") => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option 'topology {t}' is not supported; use 'topology subnet'"),
+                    ));
+                }
+                t => return Err(ctx.error(line, format!("option 'topology': unknown '{t}'"))),
+            },
+            "port" | "lport" => self.port = Some(ctx.num(d, 0)?),
+            "local" => {
+                let a = ctx.arg(d, 0)?;
+                self.local = Some(a.parse().map_err(|_| {
+                    ctx.error(line, format!("option 'local': '{a}' is not an address"))
+                })?);
+            }
+            "proto" => {
+                self.transport = Some(match ctx.arg(d, 0)? {
+                    "udp" | "udp4" => (ServerTransport::Udp, false),
+                    "udp6" => (ServerTransport::Udp, true),
+                    "tcp-server" | "tcp" | "tcp4-server" | "tcp4" => (ServerTransport::Tcp, false),
+                    "tcp6-server" | "tcp6" => (ServerTransport::Tcp, true),
+                    p => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'proto': '{p}' is not a server protocol"),
+                        ));
+                    }
+                })
+            }
+            "dev" => {
+                let dev = ctx.arg(d, 0)?;
+                if dev.starts_with("tap") {
+                    return Err(ctx.error(
+                        line,
+                        "option 'dev': tap devices are not supported (use dev tun)",
+                    ));
+                }
+                if dev.len() > 15 {
+                    return Err(ctx.error(
+                        line,
+                        "option 'dev': interface names are at most 15 characters",
+                    ));
+                }
+                self.dev = Some(dev.to_owned());
+            }
+            "dev-type" => {
+                if ctx.arg(d, 0)? != "tun" {
+                    return Err(ctx.error(line, "option 'dev-type': only tun is supported"));
+                }
+            }
+            "ca" => self.ca = Some(ctx.source(d)?),
+            "cert" => self.cert = Some(ctx.source(d)?),
+            "key" => self.key = Some(ctx.source(d)?),
+            "dh" => {
+                self.dh_seen = true;
+                if ctx.arg(d, 0)? != "none" && d.inline.is_none() {
+                    ctx.warn(line, "dh parameters ignored: only ECDHE key exchange is used (as with 'dh none')");
+                }
+            }
+            "tls-auth" => {
+                let dir = match (d.inline.is_some(), d.arg(1)) {
+                    (false, Some(x)) => Some(direction(ctx, line, x)?),
+                    _ => None,
+                };
+                self.tls_auth = Some((ctx.source(d)?, dir));
+            }
+            "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
+            "tls-crypt-v2" => {
+                return Err(ctx.error(
+                    line,
+                    "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)",
+                ));
+            }
+            "key-direction" => self.key_direction = Some(direction(ctx, line, ctx.arg(d, 0)?)?),
+            "auth" => {
+                let a = ctx.arg(d, 0)?;
+                self.auth_digest = Some(Digest::from_name(a).ok_or_else(|| {
+                    ctx.error(
+                        line,
+                        format!("option 'auth': digest '{a}' is not supported"),
+                    )
+                })?);
+            }
+            "cipher" => {
+                let c = ctx.arg(d, 0)?;
+                if Cipher::from_name(c).is_none() {
+                    ctx.warn(line, format!("cipher '{c}' is not an AEAD cipher; clients must negotiate one of data-ciphers"));
+                }
+            }
+            "data-ciphers" | "ncp-ciphers" => {
+                let mut v = vec![];
+                for name in ctx.arg(d, 0)?.split(':') {
+                    match Cipher::from_name(name) {
+                        Some(c) if !v.contains(&c) => v.push(c),
+                        Some(_) => {}
+                        None => ctx.warn(
+                            line,
+                            format!("data-ciphers: unsupported cipher '{name}' ignored"),
+                        ),
+                    }
+                }
+                if v.is_empty() {
+                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)"));
+                }
+                self.data_ciphers = Some(v);
+            }
+            "push" => {
+                let opt = ctx.arg(d, 0)?;
+                // Validate the pushed line's quoting now so a broken push is a config error.
+                split_line(opt).map_err(|e| ctx.error(line, format!("option 'push': {e}")))?;
+                if opt.contains(',') {
+                    return Err(ctx.error(line, "option 'push': pushed options cannot contain ','"));
+                }
+                self.pushes.push(opt.to_owned());
+            }
+            "dns" => {
+                let l = std::iter::once("dns".to_owned())
+                    .chain(d.args.iter().map(|a| quote_if_needed(a)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // Validate with the push parser.
+                let mut p = crate::options::push::PushedOptions::default();
+                p.apply(&l, &[])
+                    .map_err(|e| ctx.error(line, e.to_string()))?;
+                self.dns.push(l);
+            }
+            "keepalive" => {
+                self.ping = Some(ctx.num(d, 0)?);
+                self.ping_restart = Some(ctx.num(d, 1)?);
+            }
+            "ping" => self.ping = Some(ctx.num(d, 0)?),
+            "ping-restart" => self.ping_restart = Some(ctx.num(d, 0)?),
+            "tun-mtu" => {
+                let m: u16 = ctx.num(d, 0)?;
+                if !(576..=9000).contains(&m) {
+                    return Err(ctx.error(line, "option 'tun-mtu': must be between 576 and 9000"));
+                }
+                self.tun_mtu = Some(m);
+            }
+            "mssfix" => {
+                let value = if d.arg(0).is_some() {
+                    ctx.num(d, 0)?
+                } else {
+                    1492
+                };
+                let mode = match d.arg(1) {
+                    None => MssMode::Payload,
+                    Some("mtu") => MssMode::Mtu,
+                    Some("fixed") => MssMode::Fixed,
+                    Some(o) => {
+                        return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'")));
+                    }
+                };
+                self.mssfix = Some(Mssfix { value, mode });
+            }
+            "client-to-client" => self.client_to_client = true,
+            "duplicate-cn" => self.duplicate_cn = true,
+            "max-clients" => self.max_clients = Some(ctx.num(d, 0)?),
+            "verify-client-cert" => {
+                self.verify_client_cert = Some(match ctx.arg(d, 0)? {
+                    "none" => ClientCertMode::None,
+                    "optional" => ClientCertMode::Optional,
+                    "require" => ClientCertMode::Require,
+                    o => {
+                        return Err(
+                            ctx.error(line, format!("option 'verify-client-cert': unknown '{o}'"))
+                        );
+                    }
+                })
+            }
+            "auth-user-pass-verify" => {
+                let cmd = ctx.arg(d, 0)?;
+                let method = match d.arg(1) {
+                    Some("via-env") => ScriptMethod::ViaEnv,
+                    Some("via-file") => ScriptMethod::ViaFile,
+                    Some(o) => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'auth-user-pass-verify': unknown method '{o}'"),
+                        ));
+                    }
+                    None => {
+                        return Err(ctx.error(
+                            line,
+                            "option 'auth-user-pass-verify' needs via-env or via-file",
+                        ));
+                    }
+                };
+                let mut command = split_line(cmd).map_err(|e| ctx.error(line, e.to_string()))?;
+                if let Some(first) = command.first_mut() {
+                    *first = ctx.path(first).display().to_string();
+                } else {
+                    return Err(ctx.error(line, "option 'auth-user-pass-verify': empty command"));
+                }
+                self.auth_script = Some((line, AuthScript { command, method }));
+            }
+            "script-security" => self.script_security = ctx.num(d, 0)?,
+            "username-as-common-name" => self.username_as_common_name = true,
+            "client-config-dir" => self.client_config_dir = Some(ctx.path(ctx.arg(d, 0)?)),
+            "ccd-exclusive" => self.ccd_exclusive = true,
+            "route" => {
+                let network = ip4(ctx, d, 0)?;
+                let prefix = match d.arg(1) {
+                    Some(m) => prefix_of(ctx, d, m)?,
+                    None => 32,
+                };
+                if d.arg(2).is_some() {
+                    return Err(ctx.error(line, "option 'route': a gateway is not supported on the server (routes go into the tun device)"));
+                }
+                self.routes.push(ServerRoute { network, prefix });
+            }
+            "remote-cert-tls" => {
+                self.remote_cert_tls = Some(match ctx.arg(d, 0)? {
+                    "client" => CertType::Client,
+                    "server" => CertType::Server,
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'remote-cert-tls': unknown type '{o}'"),
+                        ));
+                    }
+                })
+            }
+            "verify-x509-name" => {
+                let name = ctx.arg(d, 0)?.to_owned();
+                let kind = match d.arg(1).unwrap_or("subject") {
+                    "subject" => X509NameKind::Subject,
+                    "name" => X509NameKind::Name,
+                    "name-prefix" => X509NameKind::NamePrefix,
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'verify-x509-name': unknown type '{o}'"),
+                        ));
+                    }
+                };
+                self.verify_x509_name = Some(VerifyX509Name { name, kind });
+            }
+            "tls-version-min" => {
+                self.tls_min =
+                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+            }
+            "tls-version-max" => {
+                self.tls_max =
+                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
+            }
+            "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
+            "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
+            "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
+            "tran-window" => self.tran_window = Some(ctx.num(d, 0)?),
+            "comp-lzo" => match d.arg(0) {
+                Some("no") => self.framing = Framing::LzoStub,
+                _ => {
+                    return Err(ctx.error(
+                        line,
+                        "option 'comp-lzo': compression is not supported (only 'comp-lzo no')",
+                    ));
+                }
+            },
+            "compress" => match d.arg(0) {
+                None | Some("stub") => self.framing = Framing::StubSwap,
+                Some("stub-v2") => self.framing = Framing::StubV2,
+                Some(a) => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option 'compress {a}': compression is not supported (only 'stub' and 'stub-v2')"),
+                    ));
+                }
+            },
+            "allow-compression" => {}
+            "replay-window" => self.replay_window = Some(ctx.num(d, 0)?),
+            "explicit-exit-notify" => {
+                self.explicit_exit_notify = if d.arg(0).is_some() {
+                    ctx.num(d, 0)?
+                } else {
+                    1
+                }
+            }
+            "verb" => self.verb = Some(ctx.num(d, 0)?),
+            "cd" => {
+                let p = ctx.path(ctx.arg(d, 0)?);
+                ctx.base = p;
+            }
+            name => {
+                if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
+                    ctx.warn(line, format!("option '{name}' ignored: {why}"));
+                } else {
+                    return Err(ctx.error(line, format!("unsupported option '{name}'")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, mut ctx: Ctx<'_>) -> Result<ServerConfig, ConfigError> {
+        if !self.server_mode {
+            return Err(ctx.error(0, "missing 'server NETWORK NETMASK' (or 'mode server'): only server mode is supported"));
+        }
+        let Some((net, prefix, server_line)) = self.network else {
+            return Err(ctx.error(0, "missing 'server NETWORK NETMASK': the tunnel network is needed for the address pool"));
+        };
+        if self.topology_line.is_none() {
+            ctx.warn(
+                server_line,
+                "no 'topology' given: OpenVPN 2.6 would use net30, tunscope uses subnet (add 'topology subnet' to silence this)",
+            );
+        }
+        let ca = self
+            .ca
+            .ok_or_else(|| ctx.error(0, "missing 'ca': client certificates cannot be verified"))?;
+        let cert = self.cert.ok_or_else(|| ctx.error(0, "missing 'cert'"))?;
+        let key = self.key.ok_or_else(|| ctx.error(0, "missing 'key'"))?;
+        if !self.dh_seen {
+            return Err(ctx.error(0, "missing 'dh' (use 'dh none', as OpenVPN 2.6 requires)"));
+        }
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        let netu = u32::from(net);
+        if netu & !mask != 0 {
+            return Err(ctx.error(
+                server_line,
+                format!("option 'server': {net} has bits outside the netmask"),
+            ));
+        }
+        let broadcast = netu | !mask;
+        let pool = self
+            .pool
+            .unwrap_or((Ipv4Addr::from(netu + 2), Ipv4Addr::from(broadcast - 1)));
+        if u32::from(pool.0) > u32::from(pool.1) {
+            return Err(ctx.error(0, "ifconfig-pool: start is above end"));
+        }
+        let verify_client_cert = self.verify_client_cert.unwrap_or(ClientCertMode::Require);
+        if verify_client_cert != ClientCertMode::Require && self.auth_script.is_none() {
+            return Err(ctx.error(
+                0,
+                "verify-client-cert none|optional needs auth-user-pass-verify (clients without a certificate must log in)",
+            ));
+        }
+        if let Some((line, _)) = &self.auth_script {
+            if self.script_security < 2 {
+                return Err(ctx.error(
+                    *line,
+                    "auth-user-pass-verify needs 'script-security 2' to run the script",
+                ));
+            }
+        }
+        let wrap = match (self.tls_auth, self.tls_crypt) {
+            (Some(_), Some(_)) => {
+                return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
+            }
+            (Some((key, dir)), None) => WrapSource::Auth {
+                key,
+                direction: dir
+                    .or(self.key_direction)
+                    .unwrap_or(KeyDirection::Bidirectional),
+            },
+            (None, Some(s)) => WrapSource::Crypt(s),
+            (None, None) => WrapSource::None,
+        };
+        let pool6 = self.pool6.or(self.network6.map(|(n, bits)| {
+            // 2.6 starts the IPv6 pool at base + 0x1000.
+            (Ipv6Addr::from(u128::from(n) + 0x1000), bits)
+        }));
+        let tls_version_min = self.tls_min.unwrap_or(TlsVersion::Tls12);
+        let tls_version_max = self.tls_max.unwrap_or(TlsVersion::Tls13);
+        if tls_version_min > tls_version_max {
+            return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
+        }
+        let secs = Duration::from_secs;
+        let default_port = self.port.unwrap_or(1194);
+        let (transport, ipv6_listen) = self.transport.unwrap_or((ServerTransport::Udp, false));
+        Ok(ServerConfig {
+            port: default_port,
+            local: self.local,
+            transport,
+            ipv6_listen,
+            dev: self.dev.unwrap_or_else(|| "tun".into()),
+            ca,
+            cert,
+            key,
+            wrap,
+            auth_digest: self.auth_digest.unwrap_or(Digest::Sha1),
+            data_ciphers: self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec()),
+            network: (net, prefix),
+            pool,
+            network6: self.network6,
+            pool6,
+            pushes: self.pushes,
+            dns: self.dns,
+            ping: self.ping.map(secs),
+            ping_restart: self.ping_restart.map(secs),
+            tun_mtu: self.tun_mtu.unwrap_or(1500),
+            mssfix: self.mssfix,
+            client_to_client: self.client_to_client,
+            duplicate_cn: self.duplicate_cn,
+            max_clients: self.max_clients.unwrap_or(1024),
+            verify_client_cert,
+            auth_script: self.auth_script.map(|(_, s)| s),
+            script_security: self.script_security,
+            username_as_common_name: self.username_as_common_name,
+            client_config_dir: self.client_config_dir,
+            ccd_exclusive: self.ccd_exclusive,
+            routes: self.routes,
+            remote_cert_tls: self.remote_cert_tls,
+            verify_x509_name: self.verify_x509_name,
+            tls_version_min,
+            tls_version_max,
+            reneg_sec: secs(self.reneg_sec.unwrap_or(3600)),
+            hand_window: self.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
+            tls_timeout: self.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
+            tran_window: secs(self.tran_window.unwrap_or(3600)),
+            framing: self.framing,
+            replay_window: self.replay_window,
+            explicit_exit_notify: self.explicit_exit_notify,
+            verb: self.verb.unwrap_or(1),
+            warnings: ctx.warnings,
+        })
+    }
+}
+
+fn direction(ctx: &Ctx<'_>, line: usize, s: &str) -> Result<KeyDirection, ConfigError> {
+    match s {
+        "0" => Ok(KeyDirection::Normal),
+        "1" => Ok(KeyDirection::Inverse),
+        _ => Err(ctx.error(line, format!("key direction must be 0 or 1, not '{s}'"))),
+    }
+}
+
+fn quote_if_needed(a: &str) -> String {
+    if a.chars().any(char::is_whitespace) {
+        format!("\"{}\"", a.replace('"', "\\\""))
+    } else {
+        a.to_owned()
+    }
+}
+
+/// A client-config-dir file: per-client overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientOverrides {
+    /// `ifconfig-push ADDR NETMASK`.
+    pub ifconfig_push: Option<Ipv4Addr>,
+    /// `ifconfig-ipv6-push ADDR/BITS`.
+    pub ifconfig_ipv6_push: Option<Ipv6Addr>,
+    /// `iroute NET MASK`: networks behind this client.
+    pub iroutes: Vec<(Ipv4Addr, u8)>,
+    /// `iroute-ipv6 NET/BITS`.
+    pub iroutes6: Vec<(Ipv6Addr, u8)>,
+    /// Extra `push` lines.
+    pub pushes: Vec<String>,
+    /// `push-reset`: do not send the global pushes.
+    pub push_reset: bool,
+    /// `disable`: refuse this client.
+    pub disable: bool,
+}
+
+impl ClientOverrides {
+    /// Parses a ccd file.
+    pub fn parse(text: &str, file: &Path) -> Result<ClientOverrides, ConfigError> {
+        let fname = file.display().to_string();
+        let ctx = Ctx {
+            file: &fname,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            warnings: vec![],
+        };
+        let mut o = ClientOverrides::default();
+        for d in parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))? {
+            match d.name.as_str() {
+                "ifconfig-push" => {
+                    o.ifconfig_push = Some(ip4(&ctx, &d, 0)?);
+                    ip4(&ctx, &d, 1)?;
+                }
+                "ifconfig-ipv6-push" => {
+                    let a = ctx.arg(&d, 0)?;
+                    o.ifconfig_ipv6_push = Some(
+                        parse_v6_prefix(a)
+                            .ok_or_else(|| ctx.error(d.line, format!("'{a}' is not ADDR/BITS")))?
+                            .0,
+                    );
+                }
+                "iroute" => {
+                    let net = ip4(&ctx, &d, 0)?;
+                    let prefix = match d.arg(1) {
+                        Some(m) => prefix_of(&ctx, &d, m)?,
+                        None => 32,
+                    };
+                    o.iroutes.push((net, prefix));
+                }
+                "iroute-ipv6" => {
+                    let a = ctx.arg(&d, 0)?;
+                    o.iroutes6.push(
+                        parse_v6_prefix(a)
+                            .ok_or_else(|| ctx.error(d.line, format!("'{a}' is not ADDR/BITS")))?,
+                    );
+                }
+                "push" => o.pushes.push(ctx.arg(&d, 0)?.to_owned()),
+                "push-reset" => o.push_reset = true,
+                "disable" => o.disable = true,
+                n => {
+                    return Err(ctx.error(
+                        d.line,
+                        format!("unsupported option '{n}' in client-config-dir file"),
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse(text, Path::new("/etc/tunscope/server.conf"))
+    }
+
+    const BASE: &str = "port 1194\nproto udp\ndev tun\nca ca.crt\ncert s.crt\nkey s.key\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\n";
+
+    #[test]
+    fn typical_server_config() {
+        let c = parse(&format!(
+            "{BASE}keepalive 10 120\npush \"route 198.19.10.0 255.255.255.0\"\npush \"dhcp-option DNS 198.19.10.53\"\nclient-to-client\nserver-ipv6 2001:db8:100::/64\ntls-crypt ta.key\ndns server 0 address 198.19.10.53\ndns server 0 resolve-domains corp.example\npersist-key\nclient-config-dir ccd\n"
+        ))
+        .unwrap();
+        assert_eq!(c.network, ("198.19.0.0".parse().unwrap(), 24));
+        assert_eq!(
+            c.pool,
+            (
+                "198.19.0.2".parse().unwrap(),
+                "198.19.0.254".parse().unwrap()
+            )
+        );
+        assert_eq!(
+            c.pushes,
+            vec![
+                "route 198.19.10.0 255.255.255.0",
+                "dhcp-option DNS 198.19.10.53"
+            ]
+        );
+        assert_eq!(c.ping, Some(Duration::from_secs(10)));
+        assert!(c.client_to_client);
+        assert_eq!(c.pool6, Some(("2001:db8:100::1000".parse().unwrap(), 64)));
+        assert_eq!(c.dns.len(), 2);
+        assert_eq!(
+            c.client_config_dir,
+            Some(PathBuf::from("/etc/tunscope/ccd"))
+        );
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = parse(&format!("{BASE}topology net30\n")).unwrap_err();
+        assert_eq!(e.line, 10);
+        assert!(e.message.contains("net30"));
+        let e = parse(&format!("{BASE}plugin /x.so\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/tunscope/server.conf:10: unsupported option 'plugin'"
+        );
+        let e = parse(&format!("{BASE}push \"route 1.2.3.0,x\"\n")).unwrap_err();
+        assert!(e.message.contains("','"));
+        let e = parse(&format!("{BASE}verify-client-cert none\n")).unwrap_err();
+        assert!(e.message.contains("auth-user-pass-verify"));
+        let e = parse(&format!(
+            "{BASE}auth-user-pass-verify ./check.sh via-file\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("script-security"));
+        assert!(parse("dev tun\n").unwrap_err().message.contains("server"));
+        let e = parse(&BASE.replace("dh none\n", "")).unwrap_err();
+        assert!(e.message.contains("dh"));
+        let e = parse(&format!("{BASE}dns server x address 1.2.3.4\n")).unwrap_err();
+        assert_eq!(e.line, 10);
+    }
+
+    #[test]
+    fn ccd_file() {
+        let o = ClientOverrides::parse(
+            "ifconfig-push 198.19.0.50 255.255.255.0\niroute 198.19.50.0 255.255.255.0\npush \"route 198.19.60.0 255.255.255.0\"\n",
+            Path::new("/ccd/client1"),
+        )
+        .unwrap();
+        assert_eq!(o.ifconfig_push, Some("198.19.0.50".parse().unwrap()));
+        assert_eq!(o.iroutes, vec![("198.19.50.0".parse().unwrap(), 24)]);
+        assert_eq!(o.pushes.len(), 1);
+        assert!(ClientOverrides::parse("frob 1\n", Path::new("/ccd/x")).is_err());
+    }
+}

@@ -1,0 +1,1333 @@
+//! The OpenVPN server as a sans-I/O state machine: many peers, each with its own control
+//! session, addresses, keys and timers.
+//!
+//! Drive it like the client:
+//!
+//! * inputs: [`Server::handle_control`] (control packets, tagged with the transport address),
+//!   [`Server::handle_auth_result`] (after the shell ran the verify script / read the ccd file
+//!   for an [`ServerEvent::AuthRequest`]), [`Server::handle_transport_closed`] (TCP),
+//!   [`Server::handle_float`], [`Server::handle_exit_notification`] and
+//!   [`Server::set_peer_activity`] (from the data path), [`Server::handle_timeout`];
+//! * outputs: [`Server::poll_transmit`] (control packets and pings with their destination),
+//!   [`Server::poll_event`], [`Server::poll_timeout`], and [`Server::snapshot`]: the peers'
+//!   keys, addresses and the route table the data path works with (re-read whenever
+//!   [`Server::generation`] changes).
+//!
+//! Admission: over UDP the first reply is a stateless HMAC-cookie reset ([`cookie`]); a peer
+//! is created only when the client echoes the cookie. Over TCP the connection itself is the
+//! proof of address and the peer is created at the first reset.
+
+pub mod cookie;
+pub mod pool;
+pub mod routes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::DataPlane;
+use crate::consts::{PING_MAGIC, iv_proto};
+use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
+use crate::data::{Cipher, DataKeys, overhead};
+use crate::key_method::{KeyMethod2, PeerInfo, options_string};
+use crate::options::push::PushedOptions;
+use crate::options::server::{ClientOverrides, ServerConfig, ServerTransport};
+use crate::stage::DropReason;
+use crate::wire::{ControlPacket, Opcode, SessionId, peek_opcode};
+use crate::wrap::{TlsWrap, WrapConfig};
+
+use self::cookie::{CookieJar, RateLimit};
+use self::pool::{Pool4, Pool6};
+pub use self::routes::{PeerId, RouteTable};
+
+/// Where a peer is reached: a UDP address or a TCP connection (numbered by the shell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerAddr {
+    /// UDP source address.
+    Udp(SocketAddr),
+    /// TCP connection id.
+    Tcp(u64),
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Udp(a) => write!(f, "{a}"),
+            PeerAddr::Tcp(c) => write!(f, "tcp#{c}"),
+        }
+    }
+}
+
+/// Everything the server needs, with key material loaded.
+pub struct ServerSetup {
+    /// rustls server config.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Control-channel wrap.
+    pub wrap: WrapConfig,
+    /// The parsed config.
+    pub config: ServerConfig,
+    /// The listen socket is IPv6 (control packet size budget).
+    pub ipv6_link: bool,
+}
+
+/// What the shell decided about a client's credentials.
+#[derive(Clone, Debug, Default)]
+pub struct AuthResult {
+    /// Accepted.
+    pub ok: bool,
+    /// Why not (sent to the client as `AUTH_FAILED,<reason>` only in the log, like 2.6).
+    pub reason: Option<String>,
+    /// The client's `client-config-dir` file, if any.
+    pub overrides: Option<ClientOverrides>,
+}
+
+/// Things the shell must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// Verify a client (run `auth-user-pass-verify`, read its ccd file), then call
+    /// [`Server::handle_auth_result`].
+    AuthRequest {
+        /// The peer.
+        peer: PeerId,
+        /// Key-id being authenticated (0 at connect, >0 on renegotiation).
+        key_id: u8,
+        /// Certificate common name (or username with `username-as-common-name`).
+        common_name: Option<String>,
+        /// `auth-user-pass` username.
+        username: Option<String>,
+        /// `auth-user-pass` password.
+        password: Option<String>,
+        /// Transport address.
+        addr: PeerAddr,
+    },
+    /// A peer's tunnel is up (addresses assigned, keys installed).
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer has new data keys after a renegotiation.
+    PeerKeysChanged {
+        /// The peer.
+        peer: PeerId,
+        /// New key-id.
+        key_id: u8,
+    },
+    /// A peer is gone (its state freed).
+    PeerGone {
+        /// The peer.
+        peer: PeerId,
+        /// Where it was.
+        addr: PeerAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Close this TCP connection.
+    CloseTransport(PeerAddr),
+    /// Something to log.
+    Log(String),
+}
+
+/// A peer as the data path sees it.
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    /// Peer-id.
+    pub id: PeerId,
+    /// Transport address.
+    pub addr: PeerAddr,
+    /// Keys and header settings.
+    pub plane: DataPlane,
+    /// Tunnel IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Tunnel IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Networks behind the client (`iroute`).
+    pub iroutes: Vec<(IpAddr, u8)>,
+    /// Common name.
+    pub common_name: String,
+}
+
+impl PeerView {
+    /// True when `src` may appear as the inner source address of this peer's packets.
+    pub fn owns_source(&self, src: IpAddr) -> bool {
+        match src {
+            IpAddr::V4(a) => {
+                self.ipv4 == Some(a)
+                    || self.iroutes.iter().any(|(n, p)| match n {
+                        IpAddr::V4(n) => {
+                            let m = if *p == 0 {
+                                0
+                            } else {
+                                u32::MAX << (32 - u32::from(*p))
+                            };
+                            u32::from(a) & m == u32::from(*n) & m
+                        }
+                        IpAddr::V6(_) => false,
+                    })
+            }
+            IpAddr::V6(a) => {
+                // Link-local sources (router solicitations) are the client's own too.
+                self.ipv6 == Some(a)
+                    || a.segments()[0] & 0xffc0 == 0xfe80
+                    || self.iroutes.iter().any(|(n, p)| match n {
+                        IpAddr::V6(n) => {
+                            let m = if *p == 0 {
+                                0
+                            } else {
+                                u128::MAX << (128 - u32::from(*p))
+                            };
+                            u128::from(a) & m == u128::from(*n) & m
+                        }
+                        IpAddr::V4(_) => false,
+                    })
+            }
+        }
+    }
+}
+
+/// The data path's view of the server at one generation.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSnapshot {
+    /// Generation.
+    pub generation: u64,
+    /// Connected peers by id.
+    pub peers: HashMap<PeerId, Arc<PeerView>>,
+    /// Transport address → peer (for P_DATA_V1 and float detection).
+    pub by_addr: HashMap<PeerAddr, PeerId>,
+    /// Inner destination → peer.
+    pub routes: RouteTable,
+    /// `client-to-client`.
+    pub client_to_client: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerState {
+    /// TLS / key-method-2 in progress.
+    Handshake,
+    /// Waiting for the shell's verdict.
+    Authenticating,
+    /// Accepted; waiting for the key state to become active.
+    Authenticated,
+    /// Accepted but refused: AUTH_FAILED will be sent once TLS is active.
+    Refused,
+    /// Tunnel up.
+    Connected,
+}
+
+struct Peer {
+    id: PeerId,
+    addr: PeerAddr,
+    session: ControlSession,
+    state: PeerState,
+    common_name: Option<String>,
+    username: Option<String>,
+    peer_info: PeerInfo,
+    cipher: Option<Cipher>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    overrides: ClientOverrides,
+    refusal: Option<String>,
+    keys: Vec<Arc<DataKeys>>,
+    plane: DataPlane,
+    push_sent: bool,
+    key_started: Instant,
+    reneg_after: Duration,
+    reneg_pending: bool,
+    lame_expires_at: Option<Instant>,
+    data_rx: Option<Instant>,
+    data_tx: Option<Instant>,
+    ping_due: bool,
+    close_at: Option<(Instant, String)>,
+    created: Instant,
+}
+
+impl Peer {
+    fn last_rx(&self) -> Instant {
+        self.session
+            .last_rx()
+            .max(self.data_rx.unwrap_or(self.created))
+    }
+
+    fn last_tx(&self) -> Instant {
+        self.session
+            .last_tx()
+            .max(self.data_tx)
+            .unwrap_or(self.created)
+    }
+
+    fn iv_proto(&self) -> u32 {
+        self.peer_info.iv_proto()
+    }
+}
+
+/// The server.
+pub struct Server {
+    setup: Arc<ServerSetup>,
+    params: SessionParams,
+    server_ip: Ipv4Addr,
+    netmask: Ipv4Addr,
+    server_ip6: Option<(Ipv6Addr, u8)>,
+    peers: BTreeMap<PeerId, Peer>,
+    by_addr: HashMap<PeerAddr, PeerId>,
+    pool4: Pool4,
+    pool6: Option<Pool6>,
+    cookies: CookieJar,
+    rate: RateLimit,
+    verifier: TlsWrap,
+    unix_time: u32,
+    generation: u64,
+    events: VecDeque<ServerEvent>,
+    stateless_out: VecDeque<(PeerAddr, Vec<u8>)>,
+    touched: BTreeSet<PeerId>,
+    scratch: Vec<u8>,
+    shutting_down: bool,
+}
+
+/// Counts of what a server did, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounts {
+    /// Peers currently known (any state).
+    pub peers: usize,
+    /// Peers with the tunnel up.
+    pub connected: usize,
+}
+
+impl Server {
+    /// A server at `now`; `unix_time` seeds the wrap's replay timestamps.
+    pub fn new(setup: Arc<ServerSetup>, now: Instant, unix_time: u32) -> Server {
+        let cfg = &setup.config;
+        let (net, prefix) = cfg.network;
+        let server_ip = Ipv4Addr::from(u32::from(net) + 1);
+        let netmask = Ipv4Addr::from(if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        });
+        let server_ip6 = cfg
+            .network6
+            .map(|(n, bits)| (Ipv6Addr::from(u128::from(n) + 1), bits));
+        let pool4 = Pool4::new(cfg.pool.0, cfg.pool.1, cfg.network, server_ip);
+        let pool6 = cfg.pool6.map(|(base, bits)| {
+            Pool6::new(
+                base,
+                bits,
+                server_ip6.map_or(Ipv6Addr::UNSPECIFIED, |s| s.0),
+            )
+        });
+        let wrap_overhead = TlsWrap::new(&setup.wrap, true, unix_time).overhead();
+        let link = match (cfg.transport, setup.ipv6_link) {
+            (ServerTransport::Udp, false) => 28,
+            (ServerTransport::Udp, true) => 48,
+            (ServerTransport::Tcp, false) => 42,
+            (ServerTransport::Tcp, true) => 62,
+        };
+        let params = SessionParams {
+            tls_timeout: cfg.tls_timeout,
+            hand_window: cfg.hand_window,
+            max_payload: crate::consts::MAX_PACKET_SIZE_DEFAULT - link - 38 - wrap_overhead,
+        };
+        Server {
+            verifier: TlsWrap::new(&setup.wrap, true, unix_time),
+            cookies: CookieJar::new(random_bytes::<32>(), now, cfg.hand_window),
+            rate: RateLimit::new(100, Duration::from_secs(10), now),
+            params,
+            server_ip,
+            netmask,
+            server_ip6,
+            peers: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            pool4,
+            pool6,
+            unix_time,
+            generation: 1,
+            events: VecDeque::new(),
+            stateless_out: VecDeque::new(),
+            touched: BTreeSet::new(),
+            scratch: Vec::with_capacity(2048),
+            shutting_down: false,
+            setup,
+        }
+    }
+
+    /// The server's own tunnel address and netmask.
+    pub fn tunnel_address(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (self.server_ip, self.netmask)
+    }
+
+    /// The server's tunnel IPv6 address and prefix, if configured.
+    pub fn tunnel_address6(&self) -> Option<(Ipv6Addr, u8)> {
+        self.server_ip6
+    }
+
+    /// Changes whenever the data path's view changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Peer counts.
+    pub fn counts(&self) -> ServerCounts {
+        ServerCounts {
+            peers: self.peers.len(),
+            connected: self
+                .peers
+                .values()
+                .filter(|p| p.state == PeerState::Connected)
+                .count(),
+        }
+    }
+
+    /// The data path's view.
+    pub fn snapshot(&self) -> ServerSnapshot {
+        let mut snap = ServerSnapshot {
+            generation: self.generation,
+            client_to_client: self.setup.config.client_to_client,
+            ..ServerSnapshot::default()
+        };
+        for p in self.peers.values() {
+            if p.plane.recv.is_empty() {
+                continue;
+            }
+            let mut iroutes: Vec<(IpAddr, u8)> = p
+                .overrides
+                .iroutes
+                .iter()
+                .map(|(n, b)| (IpAddr::V4(*n), *b))
+                .collect();
+            iroutes.extend(
+                p.overrides
+                    .iroutes6
+                    .iter()
+                    .map(|(n, b)| (IpAddr::V6(*n), *b)),
+            );
+            if let Some(a) = p.ipv4 {
+                snap.routes.add(IpAddr::V4(a), 32, p.id);
+            }
+            if let Some(a) = p.ipv6 {
+                snap.routes.add(IpAddr::V6(a), 128, p.id);
+            }
+            for (n, b) in &iroutes {
+                snap.routes.add(*n, *b, p.id);
+            }
+            snap.by_addr.insert(p.addr, p.id);
+            snap.peers.insert(
+                p.id,
+                Arc::new(PeerView {
+                    id: p.id,
+                    addr: p.addr,
+                    plane: p.plane.clone(),
+                    ipv4: p.ipv4,
+                    ipv6: p.ipv6,
+                    iroutes,
+                    common_name: p.common_name.clone().unwrap_or_else(|| "UNDEF".into()),
+                }),
+            );
+        }
+        snap
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    fn log(&mut self, msg: String) {
+        self.events.push_back(ServerEvent::Log(msg));
+    }
+
+    fn bump(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Handles a control packet from `from`.
+    pub fn handle_control(
+        &mut self,
+        now: Instant,
+        from: PeerAddr,
+        wire: &[u8],
+    ) -> Result<(), DropReason> {
+        let (op, key_id) = peek_opcode(wire)?;
+        if let Some(&id) = self.by_addr.get(&from) {
+            // A new hard reset from a known UDP address is a restarted client: answer it
+            // statelessly; the old peer is replaced when the cookie comes back.
+            let restarted = op == Opcode::ControlHardResetClientV2
+                && matches!(from, PeerAddr::Udp(_))
+                && self.peers.get(&id).is_some_and(|p| {
+                    crate::wire::SessionId::read(wire.get(1..).unwrap_or(&[]))
+                        != p.session.remote_session_id()
+                });
+            if !restarted {
+                let r = self.with_peer(now, id, |p, now| p.session.handle_packet(now, wire));
+                return r.unwrap_or(Err(DropReason::UnknownPeer));
+            }
+        }
+        if self.shutting_down {
+            return Err(DropReason::Refused);
+        }
+        match from {
+            PeerAddr::Tcp(_) => self.admit_tcp(now, from, wire),
+            PeerAddr::Udp(addr) => match op {
+                Opcode::ControlHardResetClientV2 if key_id == 0 => {
+                    self.stateless_reply(now, addr, wire)
+                }
+                Opcode::AckV1 | Opcode::ControlV1 if key_id == 0 => {
+                    self.admit_cookie(now, addr, wire)
+                }
+                _ => Err(DropReason::UnknownPeer),
+            },
+        }
+    }
+
+    /// Runs `f` on a peer and processes what it produced.
+    fn with_peer<T>(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        f: impl FnOnce(&mut Peer, Instant) -> T,
+    ) -> Option<T> {
+        let peer = self.peers.get_mut(&id)?;
+        let r = f(peer, now);
+        self.touched.insert(id);
+        self.process_peer_events(now, id);
+        Some(r)
+    }
+
+    fn unwrap_reset(&mut self, wire: &[u8]) -> Result<(SessionId, Vec<u8>), DropReason> {
+        let mut plain = std::mem::take(&mut self.scratch);
+        let r = (|| {
+            self.verifier.unwrap(wire, &mut plain)?;
+            let pkt = ControlPacket::parse(&plain)?;
+            if pkt.message_id != Some(0) || !pkt.session_id.is_defined() {
+                return Err(DropReason::Malformed);
+            }
+            Ok(pkt.session_id)
+        })();
+        let out = plain.clone();
+        self.scratch = plain;
+        r.map(|sid| (sid, out))
+    }
+
+    fn stateless_reply(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        wire: &[u8],
+    ) -> Result<(), DropReason> {
+        let (client_sid, _) = self.unwrap_reset(wire)?;
+        if !self.rate.allow(now) {
+            return Err(DropReason::RateLimited);
+        }
+        let cookie = self.cookies.session_id(now, &addr, client_sid);
+        let mut out = Vec::with_capacity(128);
+        ControlSession::stateless_reset(&self.verifier, cookie, client_sid, &mut out)?;
+        self.stateless_out.push_back((PeerAddr::Udp(addr), out));
+        Ok(())
+    }
+
+    fn admit_cookie(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        wire: &[u8],
+    ) -> Result<(), DropReason> {
+        let mut plain = Vec::with_capacity(wire.len());
+        self.verifier.unwrap(wire, &mut plain)?;
+        let pkt = ControlPacket::parse(&plain)?;
+        let cookie = pkt.remote_session_id.ok_or(DropReason::UnknownPeer)?;
+        // 2.6 rules: only the first packet after the reset may create state.
+        if pkt.acks.as_slice().iter().any(|a| *a > 1) || pkt.message_id.is_some_and(|m| m > 1) {
+            return Err(DropReason::UnknownPeer);
+        }
+        if !self.cookies.verify(now, &addr, pkt.session_id, cookie) {
+            return Err(DropReason::UnknownPeer);
+        }
+        let from = PeerAddr::Udp(addr);
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            self.remove_peer(
+                now,
+                old,
+                "replaced by a new session from the same address".into(),
+            );
+        }
+        self.check_capacity()?;
+        let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
+        let session = ControlSession::new_server_cookie(
+            self.setup.tls.clone(),
+            wrap,
+            self.params.clone(),
+            cookie,
+            pkt.session_id,
+            now,
+        );
+        let id = self.insert_peer(now, from, session);
+        self.with_peer(now, id, |p, now| p.session.handle_packet(now, wire))
+            .unwrap_or(Err(DropReason::UnknownPeer))
+    }
+
+    fn admit_tcp(&mut self, now: Instant, from: PeerAddr, wire: &[u8]) -> Result<(), DropReason> {
+        self.check_capacity()?;
+        let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
+        let sid = SessionId(random_bytes::<8>());
+        let session = ControlSession::new_server(
+            self.setup.tls.clone(),
+            wrap,
+            self.params.clone(),
+            sid,
+            wire,
+            now,
+        )?;
+        let id = self.insert_peer(now, from, session);
+        self.touched.insert(id);
+        Ok(())
+    }
+
+    fn check_capacity(&self) -> Result<(), DropReason> {
+        if self.peers.len() >= self.setup.config.max_clients as usize {
+            return Err(DropReason::Refused);
+        }
+        Ok(())
+    }
+
+    fn insert_peer(&mut self, now: Instant, addr: PeerAddr, session: ControlSession) -> PeerId {
+        // Lowest free peer-id (2.6 uses array slots the same way).
+        let id = (0..).find(|i| !self.peers.contains_key(i)).unwrap_or(0);
+        // 2.6 randomises reneg-sec to 90–100 % per client so renegotiations do not align.
+        let jitter = f64::from(random_bytes::<1>()[0]) / 255.0 * 0.1;
+        let reneg_after = self.setup.config.reneg_sec.mul_f64(1.0 - jitter);
+        let plane = DataPlane {
+            framing: self.setup.config.framing,
+            replay_window: self.setup.config.replay_window,
+            ..DataPlane::default()
+        };
+        self.peers.insert(
+            id,
+            Peer {
+                id,
+                addr,
+                session,
+                state: PeerState::Handshake,
+                common_name: None,
+                username: None,
+                peer_info: PeerInfo::default(),
+                cipher: None,
+                ipv4: None,
+                ipv6: None,
+                overrides: ClientOverrides::default(),
+                refusal: None,
+                keys: Vec::new(),
+                plane,
+                push_sent: false,
+                key_started: now,
+                reneg_after,
+                reneg_pending: false,
+                lame_expires_at: None,
+                data_rx: None,
+                data_tx: None,
+                ping_due: false,
+                close_at: None,
+                created: now,
+            },
+        );
+        self.by_addr.insert(addr, id);
+        self.log(format!("peer {id} from {addr}: new session"));
+        id
+    }
+
+    fn remove_peer(&mut self, _now: Instant, id: PeerId, reason: String) {
+        let Some(p) = self.peers.remove(&id) else {
+            return;
+        };
+        if self.by_addr.get(&p.addr) == Some(&id) {
+            self.by_addr.remove(&p.addr);
+        }
+        if let Some(a) = p.ipv4 {
+            self.pool4.release(a);
+        }
+        if let (Some(a), Some(pool)) = (p.ipv6, self.pool6.as_mut()) {
+            pool.release(a);
+        }
+        self.touched.remove(&id);
+        if !p.plane.recv.is_empty() {
+            self.bump();
+        }
+        if matches!(p.addr, PeerAddr::Tcp(_)) {
+            self.events.push_back(ServerEvent::CloseTransport(p.addr));
+        }
+        self.events.push_back(ServerEvent::PeerGone {
+            peer: id,
+            addr: p.addr,
+            reason,
+        });
+    }
+
+    /// The TCP connection of a peer closed.
+    pub fn handle_transport_closed(&mut self, now: Instant, addr: PeerAddr) {
+        if let Some(id) = self.by_addr.get(&addr).copied() {
+            self.remove_peer(now, id, "connection closed".into());
+        }
+    }
+
+    /// An authenticated data packet of `peer` arrived from a new UDP address.
+    pub fn handle_float(&mut self, peer: PeerId, addr: PeerAddr) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.addr == addr {
+            return;
+        }
+        let old = p.addr;
+        p.addr = addr;
+        if self.by_addr.get(&old) == Some(&peer) {
+            self.by_addr.remove(&old);
+        }
+        if let Some(other) = self.by_addr.insert(addr, peer) {
+            if other != peer {
+                // Another peer claimed this address before; it is stale now.
+                self.by_addr.insert(addr, peer);
+            }
+        }
+        self.bump();
+        self.log(format!("peer {peer} floated from {old} to {addr}"));
+    }
+
+    /// The data path saw an OCC EXIT from `peer`.
+    pub fn handle_exit_notification(&mut self, now: Instant, peer: PeerId) {
+        self.remove_peer(now, peer, "client exited (explicit-exit-notify)".into());
+    }
+
+    /// Tells the server when the data path last received from / sent to `peer`.
+    pub fn set_peer_activity(
+        &mut self,
+        peer: PeerId,
+        last_rx: Option<Instant>,
+        last_tx: Option<Instant>,
+    ) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.data_rx = last_rx.max(p.data_rx);
+            p.data_tx = last_tx.max(p.data_tx);
+        }
+    }
+
+    /// Ids of all peers.
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// The verdict for an [`ServerEvent::AuthRequest`].
+    pub fn handle_auth_result(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        key_id: u8,
+        result: AuthResult,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let initial = p.state == PeerState::Authenticating;
+        if initial {
+            let verdict = if result.ok {
+                self.admit_client(now, peer, result.overrides.unwrap_or_default())
+            } else {
+                Err(result
+                    .reason
+                    .unwrap_or_else(|| "authentication failed".into()))
+            };
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return;
+            };
+            match verdict {
+                Ok(()) => p.state = PeerState::Authenticated,
+                Err(why) => {
+                    p.state = PeerState::Refused;
+                    p.refusal = Some(why.clone());
+                    self.log(format!("peer {peer}: refused: {why}"));
+                }
+            }
+        } else if !result.ok {
+            let why = result
+                .reason
+                .unwrap_or_else(|| "re-authentication failed".into());
+            self.with_peer(now, peer, |p, _| {
+                let _ = p.session.send_text("AUTH_FAILED");
+            });
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.close_at = Some((
+                    now + Duration::from_secs(1),
+                    format!("renegotiation refused: {why}"),
+                ));
+            }
+            return;
+        }
+        let msg = self.server_key_method();
+        self.with_peer(now, peer, |p, _| {
+            let _ = p.session.send_key_method(key_id, &msg);
+        });
+    }
+
+    /// Accepts an authenticated client: cipher, key derivation, addresses, duplicate CN.
+    fn admit_client(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        overrides: ClientOverrides,
+    ) -> Result<(), String> {
+        if overrides.disable {
+            return Err("client disabled in client-config-dir".into());
+        }
+        let setup = Arc::clone(&self.setup);
+        let cfg = &setup.config;
+        let Some(p) = self.peers.get(&peer) else {
+            return Err("peer gone".into());
+        };
+        let offered = p.peer_info.ciphers();
+        let cipher = cfg
+            .data_ciphers
+            .iter()
+            .find(|c| offered.iter().any(|o| o.eq_ignore_ascii_case(c.name())))
+            .copied()
+            .ok_or_else(|| {
+                "Data channel cipher negotiation failed (no shared cipher)".to_owned()
+            })?;
+        if p.iv_proto() & iv_proto::TLS_KEY_EXPORT == 0 {
+            return Err(
+                "client does not support TLS-EKM key derivation (needs OpenVPN 2.6+)".into(),
+            );
+        }
+        let cn = p.common_name.clone();
+        if !cfg.duplicate_cn {
+            if let Some(cn) = &cn {
+                let dups: Vec<PeerId> = self
+                    .peers
+                    .values()
+                    .filter(|o| {
+                        o.id != peer
+                            && o.common_name.as_ref() == Some(cn)
+                            && o.state == PeerState::Connected
+                    })
+                    .map(|o| o.id)
+                    .collect();
+                for d in dups {
+                    self.remove_peer(
+                        now,
+                        d,
+                        format!("replaced by a new connection with common name '{cn}'"),
+                    );
+                }
+            }
+        }
+        let lease = cn.as_deref().filter(|_| !cfg.duplicate_cn);
+        let ipv4 = self
+            .pool4
+            .acquire(lease, overrides.ifconfig_push)
+            .map_err(|e| e.to_string())?;
+        let ipv6 = match self.pool6.as_mut() {
+            Some(pool) => match pool.acquire(lease, overrides.ifconfig_ipv6_push) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.pool4.release(ipv4);
+                    return Err(e.to_string());
+                }
+            },
+            None => None,
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err("peer gone".into());
+        };
+        p.cipher = Some(cipher);
+        p.ipv4 = Some(ipv4);
+        p.ipv6 = ipv6;
+        p.overrides = overrides;
+        Ok(())
+    }
+
+    fn server_key_method(&self) -> KeyMethod2 {
+        let cfg = &self.setup.config;
+        KeyMethod2 {
+            pre_master: None,
+            random1: random_bytes::<32>(),
+            random2: random_bytes::<32>(),
+            options: options_string(
+                true,
+                cfg.transport == ServerTransport::Tcp,
+                cfg.tun_mtu,
+                cfg.data_ciphers
+                    .first()
+                    .copied()
+                    .unwrap_or(Cipher::Aes256Gcm),
+                matches!(self.setup.wrap, WrapConfig::Auth { .. }),
+            ),
+            username: None,
+            password: None,
+            peer_info: None,
+        }
+    }
+
+    fn process_peer_events(&mut self, now: Instant, id: PeerId) {
+        loop {
+            let Some(p) = self.peers.get_mut(&id) else {
+                return;
+            };
+            let Some(ev) = p.session.poll_event() else {
+                return;
+            };
+            match ev {
+                SessionEvent::TlsStarted { .. } => {}
+                SessionEvent::Renegotiating { key_id } => {
+                    p.reneg_pending = true;
+                    self.log(format!(
+                        "peer {id}: client started renegotiation of key-id {key_id}"
+                    ));
+                }
+                SessionEvent::PeerKeyMethod { key_id, message } => {
+                    self.on_peer_key_method(id, key_id, *message)
+                }
+                SessionEvent::KeyMaterialReady { key_id } => self.on_key_material(id, key_id),
+                SessionEvent::KeyActive { key_id } => self.on_key_active(now, id, key_id),
+                SessionEvent::KeyFailed { key_id, reason } => {
+                    let initial = p.state != PeerState::Connected;
+                    if initial {
+                        self.remove_peer(now, id, format!("handshake failed: {reason}"));
+                        return;
+                    }
+                    if p.session.current_key_id() == Some(key_id) {
+                        p.session.remove_key_state(key_id);
+                        p.reneg_pending = false;
+                        p.key_started = now;
+                    }
+                    self.log(format!(
+                        "peer {id}: renegotiation of key-id {key_id} failed: {reason}"
+                    ));
+                }
+                SessionEvent::Text { text, .. } => self.on_text(now, id, &text),
+            }
+        }
+    }
+
+    fn on_peer_key_method(&mut self, id: PeerId, key_id: u8, msg: KeyMethod2) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if key_id == 0 || p.state != PeerState::Connected {
+            p.peer_info = PeerInfo::parse(msg.peer_info.as_deref().unwrap_or(""));
+            let cert_cn = p
+                .session
+                .peer_certificates(key_id)
+                .and_then(|c| {
+                    c.first()
+                        .and_then(|der| crate::tls::peer_identity(der).ok())
+                })
+                .map(|i| i.common_name);
+            p.username = msg.username.clone();
+            p.common_name = if self.setup.config.username_as_common_name {
+                msg.username.clone().or(cert_cn)
+            } else {
+                cert_cn
+            };
+            p.state = PeerState::Authenticating;
+        }
+        let ev = ServerEvent::AuthRequest {
+            peer: id,
+            key_id,
+            common_name: p.common_name.clone(),
+            username: msg.username,
+            password: msg.password,
+            addr: p.addr,
+        };
+        self.events.push_back(ev);
+    }
+
+    fn derive(&self, p: &Peer, key_id: u8) -> Option<Arc<DataKeys>> {
+        let km = p.session.export_key_material(key_id)?;
+        Some(Arc::new(DataKeys::new(p.cipher?, &km, key_id, true)))
+    }
+
+    fn on_key_material(&mut self, id: PeerId, key_id: u8) {
+        let Some(p) = self.peers.get(&id) else { return };
+        if p.state != PeerState::Connected || p.keys.iter().any(|k| k.key_id() == key_id) {
+            return;
+        }
+        let Some(k) = self.derive(p, key_id) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.keys.insert(0, k);
+        p.keys.truncate(2);
+        p.plane.recv = p.keys.clone();
+        p.plane.generation += 1;
+        self.bump();
+    }
+
+    fn on_key_active(&mut self, now: Instant, id: PeerId, key_id: u8) {
+        let Some(p) = self.peers.get(&id) else { return };
+        match p.state {
+            PeerState::Authenticated => {
+                let Some(k) = self.derive(p, key_id) else {
+                    self.remove_peer(now, id, "key export failed".into());
+                    return;
+                };
+                let v2 = p.iv_proto() & iv_proto::DATA_V2 != 0;
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                p.keys = vec![k.clone()];
+                p.plane.send = Some(k);
+                p.plane.recv = p.keys.clone();
+                p.plane.peer_id = v2.then_some(id);
+                p.plane.generation += 1;
+                p.state = PeerState::Connected;
+                p.key_started = now;
+                let push_now = p.iv_proto() & iv_proto::REQUEST_PUSH != 0;
+                self.bump();
+                if push_now {
+                    self.send_push_reply(now, id);
+                }
+                self.events
+                    .push_back(ServerEvent::PeerConnected { peer: id });
+            }
+            PeerState::Refused => {
+                let why = p.refusal.clone().unwrap_or_default();
+                self.with_peer(now, id, |p, _| {
+                    let _ = p.session.send_text("AUTH_FAILED");
+                });
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.close_at = Some((now + Duration::from_secs(2), format!("refused: {why}")));
+                }
+            }
+            PeerState::Connected => {
+                self.on_key_material(id, key_id);
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                if let Some(k) = p.keys.first().filter(|k| k.key_id() == key_id) {
+                    // The client derived these keys before we became active (it is active
+                    // once our key-method-2 arrives), so sending on them is safe now.
+                    p.plane.send = Some(k.clone());
+                    p.plane.generation += 1;
+                }
+                p.lame_expires_at = Some(now + self.setup.config.tran_window);
+                p.key_started = now;
+                p.reneg_pending = false;
+                p.session.retire_old_key_states();
+                self.bump();
+                self.events
+                    .push_back(ServerEvent::PeerKeysChanged { peer: id, key_id });
+            }
+            PeerState::Handshake | PeerState::Authenticating => {}
+        }
+    }
+
+    fn on_text(&mut self, now: Instant, id: PeerId, text: &str) {
+        let Some(p) = self.peers.get(&id) else { return };
+        if text == "PUSH_REQUEST" {
+            match p.state {
+                PeerState::Connected if !p.push_sent => self.send_push_reply(now, id),
+                PeerState::Refused => {
+                    self.with_peer(now, id, |p, _| {
+                        let _ = p.session.send_text("AUTH_FAILED");
+                    });
+                }
+                _ => {}
+            }
+        } else if text == "EXIT" {
+            if let Some(p) = self.peers.get_mut(&id) {
+                // Let the ACK of the EXIT go out first.
+                p.close_at = Some((
+                    now + Duration::from_millis(500),
+                    "client exited (EXIT)".into(),
+                ));
+            }
+        } else {
+            self.log(format!("peer {id}: control message ignored: {text}"));
+        }
+    }
+
+    /// The PUSH_REPLY options for a peer, in 2.6's order.
+    fn push_options(&self, p: &Peer) -> Vec<String> {
+        let cfg = &self.setup.config;
+        let mut o: Vec<String> = vec![];
+        if !p.overrides.push_reset {
+            o.extend(cfg.pushes.iter().cloned());
+        }
+        o.extend(p.overrides.pushes.iter().cloned());
+        let iv = p.iv_proto();
+        if iv & iv_proto::DNS_OPTION != 0 {
+            o.extend(cfg.dns.iter().cloned());
+        } else if !cfg.dns.is_empty() {
+            // Older clients get the equivalent dhcp-options.
+            let mut d = PushedOptions::default();
+            for l in &cfg.dns {
+                let _ = d.apply(l, &[]);
+            }
+            for s in d.dns_servers.values() {
+                for (a, _) in &s.addresses {
+                    o.push(format!(
+                        "dhcp-option DNS{} {a}",
+                        if a.is_ipv6() { "6" } else { "" }
+                    ));
+                }
+                for dom in &s.resolve_domains {
+                    o.push(format!("dhcp-option DOMAIN {dom}"));
+                }
+            }
+            for dom in &d.dns_search_domains {
+                o.push(format!("dhcp-option DOMAIN-SEARCH {dom}"));
+            }
+        }
+        o.push(format!("route-gateway {}", self.server_ip));
+        o.push("topology subnet".into());
+        if let (Some(ping), Some(restart)) = (cfg.ping, cfg.ping_restart) {
+            o.push(format!("ping {}", ping.as_secs()));
+            o.push(format!("ping-restart {}", restart.as_secs()));
+        }
+        if let (Some(a), Some((srv, bits))) = (p.ipv6, self.server_ip6) {
+            o.push(format!("ifconfig-ipv6 {a}/{bits} {srv}"));
+        }
+        if let Some(a) = p.ipv4 {
+            o.push(format!("ifconfig {a} {}", self.netmask));
+        }
+        if iv & iv_proto::DATA_V2 != 0 {
+            o.push(format!("peer-id {}", p.id));
+        }
+        if let Some(c) = p.cipher {
+            o.push(format!("cipher {}", c.name()));
+        }
+        if iv & iv_proto::CC_EXIT_NOTIFY != 0 {
+            o.push("protocol-flags cc-exit tls-ekm".into());
+        } else {
+            o.push("key-derivation tls-ekm".into());
+        }
+        if p.peer_info.get("IV_MTU").is_some() {
+            o.push(format!("tun-mtu {}", cfg.tun_mtu));
+        }
+        o
+    }
+
+    fn send_push_reply(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let messages = split_push_reply(&self.push_options(p));
+        self.with_peer(now, id, |p, _| {
+            for m in &messages {
+                let _ = p.session.send_text(m);
+            }
+            p.push_sent = true;
+        });
+    }
+
+    /// Starts a graceful shutdown: connected clients are told to reconnect (`RESTART`) when
+    /// `explicit-exit-notify` is configured; no new clients are admitted.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        if self.setup.config.explicit_exit_notify == 0 {
+            return;
+        }
+        let ids: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.state == PeerState::Connected)
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.with_peer(now, id, |p, _| {
+                let _ = p.session.send_text("RESTART");
+            });
+        }
+    }
+
+    /// Fires timers of all peers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.peer_timeout(now, id);
+        }
+    }
+
+    fn peer_timeout(&mut self, now: Instant, id: PeerId) {
+        let cfg_ping = self.setup.config.ping;
+        let cfg_restart = self.setup.config.ping_restart;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.session.handle_timeout(now);
+        self.touched.insert(id);
+        self.process_peer_events(now, id);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some((at, why)) = &p.close_at {
+            if now >= *at {
+                let why = why.clone();
+                self.remove_peer(now, id, why);
+                return;
+            }
+        }
+        if p.state != PeerState::Connected {
+            // A client that never finished (or never asked for its push) is dropped at the
+            // hand-window like in 2.6.
+            if now >= p.created + self.setup.config.hand_window && p.state != PeerState::Refused {
+                self.remove_peer(
+                    now,
+                    id,
+                    "handshake did not complete within hand-window".into(),
+                );
+            }
+            return;
+        }
+        // The server waits twice the pushed ping-restart (2.6 semantics).
+        if let Some(r) = cfg_restart {
+            if now >= p.last_rx() + r * 2 {
+                self.remove_peer(
+                    now,
+                    id,
+                    format!("inactivity timeout ({} s, ping-restart)", (r * 2).as_secs()),
+                );
+                return;
+            }
+        }
+        if let Some(ping) = cfg_ping {
+            if now >= p.last_tx() + ping {
+                p.ping_due = true;
+            }
+        }
+        if let Some(t) = p.lame_expires_at {
+            if now >= t {
+                p.lame_expires_at = None;
+                p.keys.truncate(1);
+                p.plane.recv = p.keys.clone();
+                p.plane.generation += 1;
+                self.generation += 1;
+            }
+        }
+        if !p.reneg_pending
+            && !self.setup.config.reneg_sec.is_zero()
+            && now >= p.key_started + p.reneg_after
+        {
+            if let Some(k) = p.session.renegotiate(now) {
+                p.reneg_pending = true;
+                self.log(format!("peer {id}: renegotiating, new key-id {k}"));
+            }
+        }
+    }
+
+    /// Earliest time [`Server::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        for p in self.peers.values() {
+            if let Some(x) = p.session.poll_timeout() {
+                min(x);
+            }
+            if let Some((at, _)) = &p.close_at {
+                min(*at);
+            }
+            if p.state != PeerState::Connected {
+                min(p.created + self.setup.config.hand_window);
+                continue;
+            }
+            if let Some(r) = self.setup.config.ping_restart {
+                min(p.last_rx() + r * 2);
+            }
+            if let Some(ping) = self.setup.config.ping {
+                min(p.last_tx() + ping);
+            }
+            if let Some(x) = p.lame_expires_at {
+                min(x);
+            }
+            if !p.reneg_pending && !self.setup.config.reneg_sec.is_zero() {
+                min(p.key_started + p.reneg_after);
+            }
+        }
+        t
+    }
+
+    /// The next packet to send and where; appended to `out`.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<PeerAddr> {
+        if let Some((to, pkt)) = self.stateless_out.pop_front() {
+            out.extend_from_slice(&pkt);
+            return Some(to);
+        }
+        while let Some(&id) = self.touched.iter().next() {
+            if let Some(p) = self.peers.get_mut(&id) {
+                if p.session.poll_transmit(now, out) {
+                    return Some(p.addr);
+                }
+                if p.ping_due {
+                    p.ping_due = false;
+                    if let Some(keys) = p.plane.send.clone() {
+                        let start = out.len();
+                        out.resize(
+                            start + PING_MAGIC.len() + overhead(true, p.plane.framing),
+                            0,
+                        );
+                        match keys.seal(
+                            p.plane.header(&keys),
+                            p.plane.framing,
+                            &PING_MAGIC,
+                            &mut out[start..],
+                        ) {
+                            Ok(n) => {
+                                out.truncate(start + n);
+                                p.data_tx = Some(now);
+                                return Some(p.addr);
+                            }
+                            Err(_) => out.truncate(start),
+                        }
+                    }
+                }
+                // Anything produced by events handled during transmit goes out next round.
+                if p.session.wants_transmit() {
+                    continue;
+                }
+            }
+            self.touched.remove(&id);
+        }
+        None
+    }
+}
+
+/// Splits push options into PUSH_REPLY messages of at most ~1 KB (2.6's `PUSH_BUNDLE_SIZE`
+/// minus its reserve), marking parts with `push-continuation 2` and the last one with `1`.
+pub fn split_push_reply(options: &[String]) -> Vec<String> {
+    const LIMIT: usize = 1024 - 84;
+    let mut msgs = vec![];
+    let mut cur = String::from("PUSH_REPLY");
+    for o in options {
+        if cur.len() + 1 + o.len() > LIMIT && cur != "PUSH_REPLY" {
+            cur.push_str(",push-continuation 2");
+            msgs.push(std::mem::replace(&mut cur, String::from("PUSH_REPLY")));
+        }
+        cur.push(',');
+        cur.push_str(o);
+    }
+    if !msgs.is_empty() {
+        cur.push_str(",push-continuation 1");
+    }
+    msgs.push(cur);
+    msgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_reply_split_marks_continuation() {
+        let opts: Vec<String> = (0..80)
+            .map(|i| format!("route 198.19.{i}.0 255.255.255.0"))
+            .collect();
+        let msgs = split_push_reply(&opts);
+        assert!(msgs.len() >= 3);
+        for m in &msgs[..msgs.len() - 1] {
+            assert!(m.ends_with(",push-continuation 2"), "{m}");
+            assert!(m.len() <= 1024);
+        }
+        assert!(msgs.last().unwrap().ends_with(",push-continuation 1"));
+        let total: usize = msgs.iter().map(|m| m.matches("route ").count()).sum();
+        assert_eq!(total, 80);
+        assert_eq!(
+            split_push_reply(&["ping 10".into()]),
+            vec!["PUSH_REPLY,ping 10"]
+        );
+    }
+}

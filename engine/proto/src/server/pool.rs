@@ -1,0 +1,281 @@
+//! Tunnel address pools (IPv4 and IPv6) with sticky leases per common name.
+//!
+//! A client that reconnects gets its previous address back when it is still free (like 2.6
+//! with `ifconfig-pool-persist`, kept in memory). Fixed addresses from `ifconfig-push` are
+//! reserved for the client that owns them. An empty pool is a clear refusal, not a panic.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Why no address could be handed out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// Every address is leased.
+    #[error("address pool exhausted ({0} addresses in use)")]
+    Exhausted(usize),
+    /// A fixed address (ifconfig-push) is already used by another client.
+    #[error("address {0} is already in use by another client")]
+    InUse(String),
+    /// A fixed address outside the tunnel network.
+    #[error("address {0} is outside the tunnel network")]
+    OutOfRange(String),
+}
+
+/// A pool over a contiguous range of addresses, as u128 so it serves both families.
+#[derive(Clone, Debug)]
+struct Range {
+    start: u128,
+    end: u128,
+    /// Addresses that may be handed out only explicitly (e.g. the server's own).
+    excluded: HashSet<u128>,
+    used: HashSet<u128>,
+    last_by_cn: HashMap<String, u128>,
+    next: u128,
+}
+
+impl Range {
+    fn new(start: u128, end: u128, excluded: &[u128]) -> Range {
+        Range {
+            start,
+            end,
+            excluded: excluded.iter().copied().collect(),
+            used: HashSet::new(),
+            last_by_cn: HashMap::new(),
+            next: start,
+        }
+    }
+
+    fn size(&self) -> u128 {
+        self.end - self.start + 1
+    }
+
+    fn free(&self, a: u128) -> bool {
+        a >= self.start && a <= self.end && !self.used.contains(&a) && !self.excluded.contains(&a)
+    }
+
+    fn acquire(&mut self, cn: Option<&str>) -> Option<u128> {
+        if let Some(prev) = cn.and_then(|c| self.last_by_cn.get(c)).copied() {
+            if self.free(prev) {
+                return self.take(prev, cn);
+            }
+        }
+        // Scan from the rotating cursor so released addresses are not reused at once.
+        let size = self.size();
+        for i in 0..size.min(1 << 20) {
+            let a = self.start + (self.next - self.start + i) % size;
+            if self.free(a) {
+                self.next = if a == self.end { self.start } else { a + 1 };
+                return self.take(a, cn);
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, a: u128, cn: Option<&str>) -> Option<u128> {
+        self.used.insert(a);
+        if let Some(c) = cn {
+            self.last_by_cn.insert(c.to_owned(), a);
+        }
+        Some(a)
+    }
+}
+
+/// IPv4 pool.
+#[derive(Clone, Debug)]
+pub struct Pool4 {
+    range: Range,
+    network: (u32, u8),
+    fixed: HashSet<u32>,
+}
+
+impl Pool4 {
+    /// A pool from `start` to `end` inside `network`, never handing out `server`.
+    pub fn new(start: Ipv4Addr, end: Ipv4Addr, network: (Ipv4Addr, u8), server: Ipv4Addr) -> Pool4 {
+        Pool4 {
+            range: Range::new(
+                u128::from(u32::from(start)),
+                u128::from(u32::from(end)),
+                &[u128::from(u32::from(server))],
+            ),
+            network: (u32::from(network.0), network.1),
+            fixed: HashSet::new(),
+        }
+    }
+
+    fn in_network(&self, a: u32) -> bool {
+        let (net, prefix) = self.network;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        a & mask == net && a != net && a != net | !mask
+    }
+
+    /// Leases an address: `fixed` (ifconfig-push) or one from the pool.
+    pub fn acquire(
+        &mut self,
+        cn: Option<&str>,
+        fixed: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, PoolError> {
+        if let Some(f) = fixed {
+            let a = u32::from(f);
+            if !self.in_network(a) {
+                return Err(PoolError::OutOfRange(f.to_string()));
+            }
+            if self.fixed.contains(&a)
+                || self.range.used.contains(&u128::from(a))
+                || self.range.excluded.contains(&u128::from(a))
+            {
+                return Err(PoolError::InUse(f.to_string()));
+            }
+            self.fixed.insert(a);
+            return Ok(f);
+        }
+        self.range
+            .acquire(cn)
+            .map(|a| Ipv4Addr::from(a as u32))
+            .ok_or(PoolError::Exhausted(self.range.used.len()))
+    }
+
+    /// Returns an address.
+    pub fn release(&mut self, a: Ipv4Addr) {
+        let a = u32::from(a);
+        if !self.fixed.remove(&a) {
+            self.range.used.remove(&u128::from(a));
+        }
+    }
+
+    /// Addresses in use.
+    pub fn in_use(&self) -> usize {
+        self.range.used.len() + self.fixed.len()
+    }
+}
+
+/// IPv6 pool: base address and the tunnel prefix length.
+#[derive(Clone, Debug)]
+pub struct Pool6 {
+    range: Range,
+    fixed: HashSet<u128>,
+}
+
+impl Pool6 {
+    /// Hands out addresses from `base` to the end of its /`prefix` (at most 65536).
+    pub fn new(base: Ipv6Addr, prefix: u8, server: Ipv6Addr) -> Pool6 {
+        let b = u128::from(base);
+        let host_bits = 128 - u32::from(prefix);
+        let last = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            b | ((1u128 << host_bits) - 1)
+        };
+        let end = last.min(b + 0xffff);
+        Pool6 {
+            range: Range::new(b, end, &[u128::from(server)]),
+            fixed: HashSet::new(),
+        }
+    }
+
+    /// Leases an address.
+    pub fn acquire(
+        &mut self,
+        cn: Option<&str>,
+        fixed: Option<Ipv6Addr>,
+    ) -> Result<Ipv6Addr, PoolError> {
+        if let Some(f) = fixed {
+            let a = u128::from(f);
+            if self.fixed.contains(&a) || self.range.used.contains(&a) {
+                return Err(PoolError::InUse(f.to_string()));
+            }
+            self.fixed.insert(a);
+            return Ok(f);
+        }
+        self.range
+            .acquire(cn)
+            .map(Ipv6Addr::from)
+            .ok_or(PoolError::Exhausted(self.range.used.len()))
+    }
+
+    /// Returns an address.
+    pub fn release(&mut self, a: Ipv6Addr) {
+        let a = u128::from(a);
+        if !self.fixed.remove(&a) {
+            self.range.used.remove(&a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool4 {
+        Pool4::new(
+            "198.19.0.2".parse().unwrap(),
+            "198.19.0.5".parse().unwrap(),
+            ("198.19.0.0".parse().unwrap(), 24),
+            "198.19.0.1".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn hands_out_distinct_addresses_until_exhausted() {
+        let mut p = pool();
+        let got: Vec<Ipv4Addr> = (0..4)
+            .map(|i| p.acquire(Some(&format!("c{i}")), None).unwrap())
+            .collect();
+        let set: HashSet<_> = got.iter().collect();
+        assert_eq!(set.len(), 4);
+        assert_eq!(p.acquire(Some("c4"), None), Err(PoolError::Exhausted(4)));
+        p.release(got[1]);
+        assert_eq!(p.acquire(Some("c5"), None), Ok(got[1]));
+    }
+
+    #[test]
+    fn sticky_leases_per_common_name() {
+        let mut p = pool();
+        let a = p.acquire(Some("alice"), None).unwrap();
+        let b = p.acquire(Some("bob"), None).unwrap();
+        p.release(a);
+        p.release(b);
+        assert_eq!(p.acquire(Some("bob"), None), Ok(b));
+        assert_eq!(p.acquire(Some("alice"), None), Ok(a));
+    }
+
+    #[test]
+    fn fixed_addresses() {
+        let mut p = pool();
+        let f: Ipv4Addr = "198.19.0.50".parse().unwrap();
+        assert_eq!(p.acquire(Some("x"), Some(f)), Ok(f));
+        assert_eq!(
+            p.acquire(Some("y"), Some(f)),
+            Err(PoolError::InUse(f.to_string()))
+        );
+        assert!(matches!(
+            p.acquire(None, Some("10.0.0.1".parse().unwrap())),
+            Err(PoolError::OutOfRange(_))
+        ));
+        assert!(
+            matches!(
+                p.acquire(None, Some("198.19.0.1".parse().unwrap())),
+                Err(PoolError::InUse(_))
+            ),
+            "server address"
+        );
+        p.release(f);
+        assert_eq!(p.acquire(Some("y"), Some(f)), Ok(f));
+    }
+
+    #[test]
+    fn ipv6_pool() {
+        let mut p = Pool6::new(
+            "2001:db8::1000".parse().unwrap(),
+            64,
+            "2001:db8::1".parse().unwrap(),
+        );
+        let a = p.acquire(Some("a"), None).unwrap();
+        let b = p.acquire(Some("b"), None).unwrap();
+        assert_eq!(a, "2001:db8::1000".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(b, "2001:db8::1001".parse::<Ipv6Addr>().unwrap());
+    }
+}

@@ -1,0 +1,527 @@
+//! In-process tier: our `Client` state machines against our `Server` over simulated UDP links
+//! with a virtual clock. Covers the stateless cookie handshake, authentication hand-off,
+//! PUSH_REPLY contents, the data channel both ways with the keys each side derived,
+//! renegotiation, EXIT, inactivity timeouts, refusals, and that unauthenticated packets leave
+//! no state behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use tunscope_proto::client::{Client, ClientEvent, ClientSetup};
+use tunscope_proto::data::{Payload, Receiver};
+use tunscope_proto::options::client::{ClientConfig, Transport};
+use tunscope_proto::options::server::{ClientOverrides, ServerConfig};
+use tunscope_proto::server::{AuthResult, PeerAddr, Server, ServerEvent, ServerSetup};
+use tunscope_proto::stage::DropReason;
+use tunscope_proto::tls::{self, Identity, PeerCheck};
+use tunscope_proto::wrap::WrapConfig;
+
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    clients: Vec<(String, String)>,
+}
+
+fn pki(n_clients: usize) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "test CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(p, ca_key);
+    let leaf = |cn: &str, server: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let c = p.signed_by(&key, &issuer).unwrap();
+        (c.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf("server", true),
+        clients: (0..n_clients)
+            .map(|i| leaf(&format!("client{i}"), false))
+            .collect(),
+    }
+}
+
+fn identity(cert: &str, key: &str) -> Identity {
+    Identity {
+        chain: tls::certs_from_pem("cert", cert).unwrap(),
+        key: tls::key_from_pem("key", key).unwrap(),
+    }
+}
+
+fn server(pki: &Pki, extra: &str) -> Server {
+    let text = format!(
+        "port 1194\nproto udp\ndev tun\nca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\nkeepalive 10 60\npush \"route 198.19.10.0 255.255.255.0\"\ndns server 0 address 198.19.10.53\ndns server 0 resolve-domains corp.example\n{extra}"
+    );
+    let config = ServerConfig::parse(&text, Path::new("/t/server.conf")).unwrap();
+    let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
+    let tls = tls::server_config(
+        &ca,
+        identity(&pki.server.0, &pki.server.1),
+        config.verify_client_cert,
+        PeerCheck::default(),
+        config.tls_version_min,
+        config.tls_version_max,
+    )
+    .unwrap();
+    let setup = ServerSetup {
+        tls,
+        wrap: WrapConfig::None,
+        config,
+        ipv6_link: false,
+    };
+    Server::new(Arc::new(setup), Instant::now(), 1_000)
+}
+
+fn client(pki: &Pki, i: usize, extra: &str) -> Client {
+    let text = format!("client\nremote 198.18.1.1 1194\nca ca\ncert c\nkey k\n{extra}");
+    let cfg = ClientConfig::parse(&text, Path::new("/t/client.conf")).unwrap();
+    let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
+    let tls = tls::client_config(
+        &ca,
+        Some(identity(&pki.clients[i].0, &pki.clients[i].1)),
+        PeerCheck::default(),
+        cfg.tls_version_min,
+        cfg.tls_version_max,
+    )
+    .unwrap();
+    let setup = ClientSetup::new(&cfg, tls, WrapConfig::None, None, Transport::Udp, false);
+    Client::new(Arc::new(setup), Instant::now(), 2_000)
+}
+
+/// Several clients and one server on a loss-free simulated network.
+struct Net {
+    now: Instant,
+    server: Server,
+    clients: Vec<(SocketAddr, Client, Vec<ClientEvent>)>,
+    server_events: Vec<ServerEvent>,
+    auth: Box<dyn FnMut(&ServerEvent) -> AuthResult>,
+    drops: Vec<DropReason>,
+}
+
+impl Net {
+    fn new(server: Server, clients: Vec<Client>) -> Net {
+        Net {
+            now: Instant::now(),
+            server,
+            clients: clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        SocketAddr::from(([198, 18, 1, 2], 40000 + i as u16)),
+                        c,
+                        vec![],
+                    )
+                })
+                .collect(),
+            server_events: vec![],
+            auth: Box::new(|_| AuthResult {
+                ok: true,
+                ..AuthResult::default()
+            }),
+            drops: vec![],
+        }
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        for (addr, c, evs) in self.clients.iter_mut() {
+            loop {
+                let mut b = vec![];
+                if c.poll_transmit(now, &mut b).is_none() {
+                    break;
+                }
+                moved = true;
+                // Data packets (pings, OCC exit) are the data path's; only control goes here.
+                if matches!(b[0] >> 3, 6 | 9) {
+                    continue;
+                }
+                if let Err(r) = self.server.handle_control(now, PeerAddr::Udp(*addr), &b) {
+                    self.drops.push(r);
+                }
+            }
+            while let Some(e) = c.poll_event() {
+                evs.push(e);
+            }
+        }
+        loop {
+            let mut b = vec![];
+            let Some(to) = self.server.poll_transmit(now, &mut b) else {
+                break;
+            };
+            moved = true;
+            if matches!(b[0] >> 3, 6 | 9) {
+                continue;
+            }
+            if let Some((_, c, evs)) = self
+                .clients
+                .iter_mut()
+                .find(|(a, _, _)| PeerAddr::Udp(*a) == to)
+            {
+                let _ = c.handle_control(now, &b);
+                while let Some(e) = c.poll_event() {
+                    evs.push(e);
+                }
+            }
+        }
+        while let Some(e) = self.server.poll_event() {
+            moved = true;
+            if let ServerEvent::AuthRequest { peer, key_id, .. } = &e {
+                let r = (self.auth)(&e);
+                self.server.handle_auth_result(now, *peer, *key_id, r);
+            }
+            self.server_events.push(e);
+        }
+        moved
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for (_, c, _) in self.clients.iter_mut() {
+            c.handle_timeout(self.now);
+        }
+        self.server.handle_timeout(self.now);
+    }
+
+    fn run(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) {
+        let end = self.now + limit;
+        while !done(self) {
+            assert!(
+                self.now < end,
+                "condition not reached; server events {:?}",
+                self.server_events
+            );
+            if !self.step() {
+                self.advance(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn connected(&self, i: usize) -> bool {
+        self.clients[i]
+            .2
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Connected(_)))
+    }
+}
+
+/// Seals on one side and opens on the other with the keys each side derived itself.
+fn assert_data_both_ways(net: &Net, i: usize) {
+    let client = &net.clients[i].1;
+    let snap = net.server.snapshot();
+    let cplane = client.data_plane();
+    let peer_id = cplane.peer_id.expect("peer-id pushed");
+    let view = snap.peers.get(&peer_id).expect("server knows the peer");
+    // Client → server.
+    let ck = cplane.send.clone().unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = ck
+        .seal(cplane.header(&ck), cplane.framing, b"\x45up", &mut buf)
+        .unwrap();
+    let mut rx = Receiver::new();
+    for k in &view.plane.recv {
+        rx.install(k);
+    }
+    let o = rx.open(&mut buf[..n], view.plane.framing, net.now).unwrap();
+    let Payload::Packet(r) = o.payload else {
+        panic!()
+    };
+    assert_eq!(&buf[r], b"\x45up");
+    // Server → client.
+    let sk = view.plane.send.clone().unwrap();
+    let n = sk
+        .seal(
+            view.plane.header(&sk),
+            view.plane.framing,
+            b"\x45down",
+            &mut buf,
+        )
+        .unwrap();
+    let mut rx = Receiver::new();
+    for k in &cplane.recv {
+        rx.install(k);
+    }
+    let o = rx.open(&mut buf[..n], cplane.framing, net.now).unwrap();
+    let Payload::Packet(r) = o.payload else {
+        panic!()
+    };
+    assert_eq!(&buf[r], b"\x45down");
+}
+
+#[test]
+fn cookie_handshake_push_and_data() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let pushed = net.clients[0].1.pushed().unwrap().clone();
+    assert_eq!(
+        pushed.ifconfig,
+        Some((
+            "198.19.0.2".parse().unwrap(),
+            "255.255.255.0".parse().unwrap()
+        ))
+    );
+    assert_eq!(pushed.routes.len(), 1);
+    assert_eq!(pushed.ping, Some(10));
+    assert_eq!(pushed.ping_restart, Some(60));
+    assert!(pushed.protocol_flags.cc_exit && pushed.protocol_flags.tls_ekm);
+    // Our client announces the dns option, so it gets `dns` rather than dhcp-option.
+    assert_eq!(pushed.dns_servers[&0].resolve_domains, vec!["corp.example"]);
+    assert!(
+        net.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::PeerConnected { peer: 0 }))
+    );
+    assert_data_both_ways(&net, 0);
+    // Only the cookie echo created state: no drops on the way.
+    assert!(net.drops.is_empty(), "{:?}", net.drops);
+}
+
+#[test]
+fn many_clients_get_distinct_addresses_and_peer_ids() {
+    let pki = pki(8);
+    let clients = (0..8).map(|i| client(&pki, i, "")).collect();
+    let mut net = Net::new(server(&pki, "client-to-client\n"), clients);
+    net.run(Duration::from_secs(20), |n| (0..8).all(|i| n.connected(i)));
+    let snap = net.server.snapshot();
+    assert_eq!(snap.peers.len(), 8);
+    let mut ips: Vec<_> = net
+        .clients
+        .iter()
+        .map(|c| c.1.pushed().unwrap().ifconfig.unwrap().0)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 8);
+    for (i, c) in net.clients.iter().enumerate() {
+        let ip = c.1.pushed().unwrap().ifconfig.unwrap().0;
+        let pid = c.1.data_plane().peer_id.unwrap();
+        assert_eq!(snap.routes.lookup4(ip), Some(pid), "route to client {i}");
+        assert_data_both_ways(&net, i);
+    }
+}
+
+#[test]
+fn pool_exhaustion_is_a_clear_refusal() {
+    let pki = pki(3);
+    let clients = (0..3).map(|i| client(&pki, i, "")).collect();
+    let mut net = Net::new(
+        server(&pki, "ifconfig-pool 198.19.0.2 198.19.0.3\n"),
+        clients,
+    );
+    net.run(Duration::from_secs(20), |n| {
+        n.clients
+            .iter()
+            .filter(|c| {
+                c.2.iter()
+                    .any(|e| matches!(e, ClientEvent::Connected(_) | ClientEvent::Fatal(_)))
+            })
+            .count()
+            == 3
+    });
+    let fatal: Vec<String> = net
+        .clients
+        .iter()
+        .flat_map(|c| c.2.iter())
+        .filter_map(|e| match e {
+            ClientEvent::Fatal(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fatal.len(), 1, "exactly one client refused");
+    assert!(fatal[0].contains("AUTH_FAILED"), "{fatal:?}");
+    assert!(
+        net.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Log(l) if l.contains("address pool exhausted")))
+    );
+    net.run(Duration::from_secs(5), |n| n.server.counts().peers == 2);
+}
+
+#[test]
+fn failed_authentication_and_disabled_client() {
+    let pki = pki(2);
+    let mut net = Net::new(
+        server(&pki, ""),
+        vec![client(&pki, 0, ""), client(&pki, 1, "")],
+    );
+    net.auth = Box::new(|e| match e {
+        ServerEvent::AuthRequest { common_name, .. }
+            if common_name.as_deref() == Some("client0") =>
+        {
+            AuthResult {
+                ok: false,
+                reason: Some("bad password".into()),
+                overrides: None,
+            }
+        }
+        _ => AuthResult {
+            ok: true,
+            reason: None,
+            overrides: Some(ClientOverrides {
+                disable: true,
+                ..ClientOverrides::default()
+            }),
+        },
+    });
+    net.run(Duration::from_secs(20), |n| {
+        (0..2).all(|i| {
+            n.clients[i]
+                .2
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Fatal(_)))
+        })
+    });
+    net.run(Duration::from_secs(5), |n| n.server.counts().peers == 0);
+    assert!(net.server.snapshot().peers.is_empty());
+}
+
+#[test]
+fn ccd_fixed_address_and_iroute() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "")]);
+    net.auth = Box::new(|_| {
+        AuthResult {
+        ok: true,
+        reason: None,
+        overrides: Some(
+            ClientOverrides::parse(
+                "ifconfig-push 198.19.0.77 255.255.255.0\niroute 198.19.77.0 255.255.255.0\npush \"route 198.19.88.0 255.255.255.0\"\n",
+                Path::new("/ccd/client0"),
+            )
+            .unwrap(),
+        ),
+    }
+    });
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let pushed = net.clients[0].1.pushed().unwrap();
+    assert_eq!(
+        pushed.ifconfig.unwrap().0,
+        "198.19.0.77".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(pushed.routes.len(), 2);
+    let snap = net.server.snapshot();
+    assert_eq!(snap.routes.lookup4("198.19.77.9".parse().unwrap()), Some(0));
+    let view = &snap.peers[&0];
+    assert!(view.owns_source("198.19.77.9".parse().unwrap()));
+    assert!(!view.owns_source("198.19.0.2".parse().unwrap()));
+}
+
+#[test]
+fn server_renegotiation_installs_new_keys() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, "reneg-sec 20\n"), vec![client(&pki, 0, "")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    net.run(Duration::from_secs(30), |n| {
+        n.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::PeerKeysChanged { key_id: 1, .. }))
+            && n.clients[0]
+                .2
+                .iter()
+                .any(|e| matches!(e, ClientEvent::KeysChanged { key_id: 1 }))
+    });
+    // After the client switched its send key, data on key-id 1 flows both ways.
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.clients[0].1.data_plane().send.unwrap().key_id(), 1);
+    assert_data_both_ways(&net, 0);
+}
+
+#[test]
+fn exit_and_inactivity_remove_peers() {
+    let pki = pki(2);
+    let mut net = Net::new(
+        server(&pki, ""),
+        vec![client(&pki, 0, ""), client(&pki, 1, "")],
+    );
+    net.run(Duration::from_secs(10), |n| {
+        n.connected(0) && n.connected(1)
+    });
+    let t = net.now;
+    net.clients[0].1.close(t);
+    net.run(Duration::from_secs(5), |n| {
+        n.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::PeerGone { reason, .. } if reason.contains("EXIT")))
+    });
+    // Client 1 goes silent (its data path is not simulated): the server times it out after
+    // twice ping-restart (2 × 60 s).
+    net.clients.truncate(1);
+    net.run(Duration::from_secs(130), |n| n.server.counts().peers == 0);
+    net.step();
+    let gone: Vec<_> = net
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::PeerGone { .. }))
+        .collect();
+    assert!(
+        gone.iter().any(
+            |e| matches!(e, ServerEvent::PeerGone { reason, .. } if reason.contains("inactivity"))
+        ),
+        "{gone:?}"
+    );
+}
+
+#[test]
+fn unauthenticated_packets_leave_no_state() {
+    let pki = pki(1);
+    let mut s = server(&pki, "");
+    let now = Instant::now();
+    let from = PeerAddr::Udp("198.18.9.9:5555".parse().unwrap());
+    // A valid client reset gets a stateless answer, no peer.
+    let mut c = client(&pki, 0, "");
+    let mut reset = vec![];
+    c.poll_transmit(now, &mut reset).unwrap();
+    s.handle_control(now, from, &reset).unwrap();
+    assert_eq!(s.counts().peers, 0);
+    let mut out = vec![];
+    assert_eq!(s.poll_transmit(now, &mut out), Some(from));
+    // A forged "cookie echo": ACK with a made-up server session id.
+    let mut forged = vec![0x28];
+    forged.extend_from_slice(&[1; 8]);
+    forged.push(1);
+    forged.extend_from_slice(&0u32.to_be_bytes());
+    forged.extend_from_slice(&[0xee; 8]);
+    assert_eq!(
+        s.handle_control(now, from, &forged),
+        Err(DropReason::UnknownPeer)
+    );
+    assert_eq!(s.counts().peers, 0);
+    // Garbage, data packets from strangers, truncated packets.
+    assert!(s.handle_control(now, from, &[]).is_err());
+    assert!(s.handle_control(now, from, &[0x48, 0, 0, 1, 2, 3]).is_err());
+    assert!(s.handle_control(now, from, &reset[..5]).is_err());
+    assert_eq!(s.counts().peers, 0);
+    // A reset flood is rate limited (100 per 10 s), still without state.
+    let mut limited = 0;
+    for _ in 0..150 {
+        if s.handle_control(now, from, &reset) == Err(DropReason::RateLimited) {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 50, "{limited}");
+    assert_eq!(s.counts().peers, 0);
+}
