@@ -2,7 +2,8 @@
 //!
 //! The protocol lives in `tunscope-proto` (sans I/O). This crate gives it real I/O: the tun
 //! device ([`tun`]), the UDP/TCP link ([`link`]), the data-path threads with their stages
-//! ([`datapath`]), stage counters ([`stats`]) and the client runner ([`client`]).
+//! ([`datapath`]), stage counters ([`stats`]), kernel routes ([`netlink`]), the client
+//! runner ([`client`]) and the server ([`server`]).
 //!
 //! Threads of a connected client:
 //!
@@ -16,7 +17,9 @@
 pub mod client;
 pub mod datapath;
 pub mod link;
+pub mod netlink;
 pub mod poll;
+pub mod server;
 pub mod setup;
 pub mod stats;
 pub mod tun;

@@ -33,11 +33,53 @@ pub enum LinkKind {
     Tcp,
 }
 
+/// A UDP socket with quinn-udp's batching state (GSO send, GRO + `recvmmsg` receive).
+pub struct UdpEndpoint {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl UdpEndpoint {
+    /// Binds `addr` and prepares it for batching. Fragmentation is allowed again (quinn-udp
+    /// forbids it because QUIC does its own PMTU discovery; OpenVPN leaves it to the kernel,
+    /// and a full-size tun packet plus 24 bytes of overhead must get through a 1500-byte link).
+    pub fn bind(addr: SocketAddr) -> io::Result<UdpEndpoint> {
+        let socket = UdpSocket::bind(addr)?;
+        let state = UdpSocketState::new((&socket).into())?;
+        let fd = socket.as_raw_fd();
+        if addr.is_ipv4() {
+            set_int_opt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            );
+        } else {
+            set_int_opt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DONT,
+            );
+            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
+        }
+        force_buffers(fd);
+        Ok(UdpEndpoint { socket, state })
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Sends one datagram to `dest`.
+    pub fn send_to(&self, packet: &[u8], dest: SocketAddr) -> io::Result<()> {
+        self.socket.send_to(packet, dest).map(|_| ())
+    }
+}
+
 enum Sock {
-    Udp {
-        socket: UdpSocket,
-        state: UdpSocketState,
-    },
+    Udp(UdpEndpoint),
     Tcp {
         read: Mutex<TcpStream>,
         write: Mutex<TcpStream>,
@@ -96,32 +138,10 @@ impl Link {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, lport).into()
         };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(peer)?;
-        let state = UdpSocketState::new((&socket).into())?;
-        let fd = socket.as_raw_fd();
-        // quinn-udp forbids fragmentation (QUIC does its own PMTU discovery). OpenVPN leaves
-        // it to the kernel, and a full-size tun packet plus 24 bytes of overhead must still get
-        // through a 1500-byte link, so allow fragmentation again.
-        if peer.is_ipv4() {
-            set_int_opt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DONT,
-            );
-        } else {
-            set_int_opt(
-                fd,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_DONT,
-            );
-            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0);
-        }
-        force_buffers(fd);
+        let ep = UdpEndpoint::bind(bind)?;
+        ep.socket.connect(peer)?;
         Ok(Link {
-            sock: Sock::Udp { socket, state },
+            sock: Sock::Udp(ep),
             peer,
         })
     }
@@ -153,7 +173,7 @@ impl Link {
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.sock {
-            Sock::Udp { socket, .. } => socket.local_addr(),
+            Sock::Udp(ep) => ep.socket.local_addr(),
             Sock::Tcp { write, .. } => lock(write).local_addr(),
         }
     }
@@ -161,7 +181,7 @@ impl Link {
     /// The transport.
     pub fn kind(&self) -> LinkKind {
         match self.sock {
-            Sock::Udp { .. } => LinkKind::Udp,
+            Sock::Udp(_) => LinkKind::Udp,
             Sock::Tcp { .. } => LinkKind::Tcp,
         }
     }
@@ -169,7 +189,7 @@ impl Link {
     /// The fd to poll for reading.
     pub fn raw_fd(&self) -> RawFd {
         match &self.sock {
-            Sock::Udp { socket, .. } => socket.as_raw_fd(),
+            Sock::Udp(ep) => ep.socket.as_raw_fd(),
             Sock::Tcp { fd, .. } => *fd,
         }
     }
@@ -177,7 +197,7 @@ impl Link {
     /// Sends one packet (control packets, pings).
     pub fn send_one(&self, packet: &[u8]) -> io::Result<()> {
         match &self.sock {
-            Sock::Udp { socket, .. } => socket.send(packet).map(|_| ()),
+            Sock::Udp(ep) => ep.socket.send(packet).map(|_| ()),
             Sock::Tcp { write, .. } => {
                 let mut frame = Vec::with_capacity(packet.len() + 2);
                 tcp_frame(packet, &mut frame).map_err(|_| io::Error::other("packet too big"))?;
@@ -258,7 +278,7 @@ impl TxBatch {
     /// Sends everything; returns (sent, failed) packet counts.
     pub fn flush(&mut self, link: &Link) -> (u64, u64) {
         let r = match &link.sock {
-            Sock::Udp { socket, state } => self.flush_udp(socket, state, link.peer),
+            Sock::Udp(ep) => self.flush_udp(ep, link.peer),
             Sock::Tcp { write, .. } => {
                 self.frames.clear();
                 let mut off = 0;
@@ -280,12 +300,33 @@ impl TxBatch {
         r
     }
 
-    fn flush_udp(
-        &self,
-        socket: &UdpSocket,
-        state: &UdpSocketState,
-        peer: SocketAddr,
-    ) -> (u64, u64) {
+    /// Sends everything to `dest` over a UDP endpoint (GSO where sizes allow); returns
+    /// (sent, failed) packet counts and empties the batch.
+    pub fn flush_to(&mut self, ep: &UdpEndpoint, dest: SocketAddr) -> (u64, u64) {
+        let r = self.flush_udp(ep, dest);
+        self.buf.clear();
+        self.committed = 0;
+        self.lens.clear();
+        r
+    }
+
+    /// The committed packets as TCP records (length-prefixed), for a TCP sender; empties the
+    /// batch. Returns the number of packets.
+    pub fn take_frames(&mut self, out: &mut Vec<u8>) -> u64 {
+        let mut off = 0;
+        for &l in &self.lens {
+            let _ = tcp_frame(&self.buf[off..off + l], out);
+            off += l;
+        }
+        let n = self.lens.len() as u64;
+        self.buf.clear();
+        self.committed = 0;
+        self.lens.clear();
+        n
+    }
+
+    fn flush_udp(&self, ep: &UdpEndpoint, peer: SocketAddr) -> (u64, u64) {
+        let (socket, state) = (&ep.socket, &ep.state);
         let max_segs = state.max_gso_segments().max(1);
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut i = 0;
@@ -388,28 +429,51 @@ impl RxBatch {
         }
     }
 
+    /// Receives a batch of datagrams from a UDP endpoint, waiting up to `wait` when none is
+    /// ready.
+    pub fn recv_udp(&mut self, ep: &UdpEndpoint, wait: Duration) -> Received {
+        self.n = 0;
+        let mut slices: Vec<IoSliceMut<'_>> =
+            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        match ep
+            .state
+            .recv((&ep.socket).into(), &mut slices, &mut self.meta)
+        {
+            Ok(n) => {
+                self.n = n;
+                Received::Packets
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = crate::poll::wait_readable(ep.socket.as_raw_fd(), wait);
+                Received::Idle
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Received::Idle,
+            // ICMP errors (port unreachable) surface here on a connected socket.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Received::Idle,
+            Err(e) => Received::Closed(format!("UDP receive: {e}")),
+        }
+    }
+
+    /// Calls `f` with every datagram of the last [`RxBatch::recv_udp`] (GRO buffers split by
+    /// their stride) and its source.
+    pub fn for_each_datagram(&mut self, mut f: impl FnMut(&mut [u8], SocketAddr)) {
+        for i in 0..self.n {
+            let m = self.meta[i];
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let mut off = 0;
+            while off < m.len {
+                let end = (off + stride).min(m.len);
+                f(&mut self.bufs[i][off..end], m.addr);
+                off = end;
+            }
+        }
+    }
+
     /// Receives what is available, waiting up to `wait` for the first bytes.
     pub fn recv(&mut self, link: &Link, wait: Duration) -> Received {
         self.n = 0;
         match &link.sock {
-            Sock::Udp { socket, state } => {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                match state.recv(socket.into(), &mut slices, &mut self.meta) {
-                    Ok(n) => {
-                        self.n = n;
-                        Received::Packets
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let _ = crate::poll::wait_readable(socket.as_raw_fd(), wait);
-                        Received::Idle
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Received::Idle,
-                    // ICMP errors (port unreachable) surface here on a connected socket.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Received::Idle,
-                    Err(e) => Received::Closed(format!("UDP receive: {e}")),
-                }
-            }
+            Sock::Udp(ep) => self.recv_udp(ep, wait),
             Sock::Tcp { read, .. } => {
                 let mut s = lock(read);
                 match s.read(&mut self.tcp_buf) {
@@ -442,17 +506,8 @@ impl RxBatch {
         mut f: impl FnMut(&mut [u8], SocketAddr),
     ) -> Result<(), DropReason> {
         match &link.sock {
-            Sock::Udp { .. } => {
-                for i in 0..self.n {
-                    let m = self.meta[i];
-                    let stride = if m.stride == 0 { m.len } else { m.stride };
-                    let mut off = 0;
-                    while off < m.len {
-                        let end = (off + stride).min(m.len);
-                        f(&mut self.bufs[i][off..end], m.addr);
-                        off = end;
-                    }
-                }
+            Sock::Udp(_) => {
+                self.for_each_datagram(f);
                 Ok(())
             }
             Sock::Tcp { .. } => {

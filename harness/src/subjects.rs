@@ -288,6 +288,34 @@ pub fn start_tunscope_client(
     Proc::spawn("tunscope client", cmd, log)
 }
 
+/// Starts `tunscope server --config FILE` in `ns`.
+pub fn start_tunscope_server(ns: &Netns, config: &Path, log: &Path) -> Result<Proc> {
+    let bin = tunscope_bin()?;
+    let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
+    cmd.arg("server").arg("--config").arg(config);
+    cmd.env(
+        "TUNSCOPE_LOG",
+        std::env::var("TUNSCOPE_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    Proc::spawn("tunscope server", cmd, log)
+}
+
+/// Starts a server of either implementation.
+pub fn start_server(which: Implementation, ns: &Netns, config: &Path, log: &Path) -> Result<Proc> {
+    match which {
+        Implementation::Ours => start_tunscope_server(ns, config, log),
+        Implementation::OpenVpn => start_openvpn(ns, config, log),
+    }
+}
+
+/// Starts a client of either implementation.
+pub fn start_client(which: Implementation, ns: &Netns, config: &Path, log: &Path) -> Result<Proc> {
+    match which {
+        Implementation::Ours => start_tunscope_client(ns, config, log, &[]),
+        Implementation::OpenVpn => start_openvpn(ns, config, log),
+    }
+}
+
 /// Both implementations print this when the tunnel is up.
 pub const READY_LINE: &str = "Initialization Sequence Completed";
 

@@ -56,3 +56,68 @@ impl Drop for TwoHosts {
         }
     }
 }
+
+/// A server namespace and `n` client namespaces on one L2 segment (a bridge in the server
+/// namespace): server 198.18.1.1/24 on `br0`, client `i` 198.18.1.(10+i)/24 on its `eth0`.
+pub struct Star {
+    /// Run prefix.
+    pub prefix: String,
+    /// The server namespace.
+    pub server: Netns,
+    /// Client namespaces.
+    pub clients: Vec<Netns>,
+    /// Scratch directory.
+    pub dir: PathBuf,
+}
+
+impl Star {
+    /// Builds the topology with `n` clients (at most 240).
+    pub fn new(n: usize) -> Result<Star> {
+        anyhow::ensure!(n <= 240, "at most 240 clients");
+        netns::require_root()?;
+        netns::cleanup_stale();
+        let prefix = netns::run_prefix();
+        let server = Netns::create(&prefix, "s")?;
+        server.ip(&["link", "add", "br0", "type", "bridge"])?;
+        server.ip(&["addr", "add", &format!("{SERVER_WAN}/24"), "dev", "br0"])?;
+        server.ip(&["link", "set", "br0", "up"])?;
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = Netns::create(&prefix, &format!("c{i}"))?;
+            let port = format!("p{i}");
+            netns::veth(&c, "eth0", &server, &port)?;
+            server.ip(&["link", "set", &port, "master", "br0"])?;
+            c.ip(&[
+                "addr",
+                "add",
+                &format!("198.18.1.{}/24", 10 + i),
+                "dev",
+                "eth0",
+            ])?;
+            clients.push(c);
+        }
+        let dir = std::env::temp_dir().join("tunscope-tests").join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Star {
+            prefix,
+            server,
+            clients,
+            dir,
+        })
+    }
+
+    /// Underlay address of client `i`.
+    pub fn client_wan(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 1, 10 + i as u8)
+    }
+}
+
+impl Drop for Star {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

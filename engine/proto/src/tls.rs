@@ -433,7 +433,7 @@ pub fn server_config(
     let roots = anchors(ca)?;
     let subjects = roots
         .iter()
-        .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+        .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
         .collect();
     let verifier = ClientVerifier {
         roots,

@@ -349,6 +349,11 @@ impl Server {
         }
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.setup.config
+    }
+
     /// The server's own tunnel address and netmask.
     pub fn tunnel_address(&self) -> (Ipv4Addr, Ipv4Addr) {
         (self.server_ip, self.netmask)

@@ -1,0 +1,171 @@
+//! Client verification for the server: the `auth-user-pass-verify` script and the
+//! `client-config-dir` file, run off the control thread (a script may take its time).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tunscope_proto::options::server::{ClientOverrides, ScriptMethod, ServerConfig};
+use tunscope_proto::server::{AuthResult, PeerAddr};
+
+/// What the verifier needs to know about a client.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    /// Certificate CN (or username).
+    pub common_name: Option<String>,
+    /// Username.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Transport address.
+    pub addr: PeerAddr,
+    /// Real remote address of a TCP connection (for the script environment).
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// A script may run this long before it counts as a refusal.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Verifies a client: ccd file first (a `disable`d client needs no password check), then the
+/// script. Never panics; every failure is a refusal with a reason.
+pub fn verify(cfg: &ServerConfig, dev: &str, req: &AuthRequest) -> AuthResult {
+    let overrides = match read_ccd(cfg, req.common_name.as_deref()) {
+        Ok(o) => o,
+        Err(reason) => {
+            return AuthResult {
+                ok: false,
+                reason: Some(reason),
+                overrides: None,
+            };
+        }
+    };
+    if let Some(script) = &cfg.auth_script {
+        let (Some(user), Some(pass)) = (&req.username, &req.password) else {
+            return refuse("no username/password sent (auth-user-pass-verify is configured)");
+        };
+        if let Err(reason) = run_script(&script.command, script.method, dev, user, pass, req) {
+            return refuse(&reason);
+        }
+    }
+    AuthResult {
+        ok: true,
+        reason: None,
+        overrides,
+    }
+}
+
+fn refuse(why: &str) -> AuthResult {
+    AuthResult {
+        ok: false,
+        reason: Some(why.to_owned()),
+        overrides: None,
+    }
+}
+
+fn read_ccd(cfg: &ServerConfig, cn: Option<&str>) -> Result<Option<ClientOverrides>, String> {
+    let Some(dir) = &cfg.client_config_dir else {
+        return Ok(None);
+    };
+    let Some(cn) = cn.filter(|c| !c.contains('/') && !c.starts_with('.')) else {
+        return if cfg.ccd_exclusive {
+            Err("ccd-exclusive: client has no usable common name".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let path = dir.join(cn);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => ClientOverrides::parse(&text, &path)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if cfg.ccd_exclusive {
+                Err(format!("ccd-exclusive: no file {}", path.display()))
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn run_script(
+    command: &[String],
+    method: ScriptMethod,
+    dev: &str,
+    user: &str,
+    pass: &str,
+    req: &AuthRequest,
+) -> Result<(), String> {
+    let Some((prog, args)) = command.split_first() else {
+        return Err("empty auth-user-pass-verify command".into());
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("script_type", "user-pass-verify")
+        .env("dev", dev)
+        .env("common_name", req.common_name.as_deref().unwrap_or("UNDEF"));
+    if let Some(r) = req.remote.or(match req.addr {
+        PeerAddr::Udp(a) => Some(a),
+        PeerAddr::Tcp(_) => None,
+    }) {
+        cmd.env("untrusted_ip", r.ip().to_string())
+            .env("untrusted_port", r.port().to_string());
+    }
+    let mut tmp = None;
+    match method {
+        ScriptMethod::ViaEnv => {
+            cmd.env("username", user).env("password", pass);
+        }
+        ScriptMethod::ViaFile => {
+            let path = std::env::temp_dir().join(format!(
+                "tunscope-auth-{}-{}",
+                std::process::id(),
+                aws_unique()
+            ));
+            write_private(&path, &format!("{user}\n{pass}\n"))
+                .map_err(|e| format!("auth file: {e}"))?;
+            cmd.arg(&path);
+            tmp = Some(path);
+        }
+    }
+    let result = (|| {
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+        let deadline = Instant::now() + SCRIPT_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("auth-user-pass-verify refused ({st})")),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("auth-user-pass-verify timed out".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(format!("auth-user-pass-verify: {e}")),
+            }
+        }
+    })();
+    if let Some(p) = tmp {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+fn aws_unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}

@@ -1,0 +1,599 @@
+//! The server's data path: the same stages as the client, with a peer lookup on the way in
+//! and a route lookup on the way out, counted globally and per peer.
+//!
+//! ```text
+//! rx thread:  socket_rx ─▶ (peer by peer-id / address) ─▶ decrypt ─▶ write_tun
+//!                                                              └──▶ client-to-client: encrypt ─▶ socket_tx
+//! tx thread:  read_tun ─▶ (peer by inner destination) ─▶ encrypt ─▶ socket_tx
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tunscope_proto::consts::{OCC_EXIT, PEER_ID_UNDEF};
+use tunscope_proto::data::{self, Payload, Receiver};
+use tunscope_proto::server::routes::packet_src;
+use tunscope_proto::server::{AuthResult, PeerAddr, PeerId, PeerView, RouteTable};
+use tunscope_proto::stage::{DropReason, Stage};
+use tunscope_proto::wire::{DataHeader, Opcode, TcpFramer, peek_opcode, tcp_frame};
+
+use crate::link::{Received, RxBatch, TxBatch, UdpEndpoint};
+use crate::server::tcp::{TcpConns, TcpEvent};
+use crate::stats::{BatchCounts, EngineStats};
+use crate::tun::{Tun, TunReader, TunWriter};
+
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+const N_STAGES: usize = Stage::ALL.len();
+
+/// Per-peer state shared between the data path and the control thread.
+#[derive(Default)]
+pub struct PeerRuntime {
+    /// This peer's stage counters.
+    pub stats: EngineStats,
+    /// Nanoseconds after the epoch of the last authenticated data packet received.
+    pub last_rx_ns: AtomicU64,
+    /// Nanoseconds after the epoch of the last data packet sent.
+    pub last_tx_ns: AtomicU64,
+}
+
+/// A peer as the data threads see it.
+#[derive(Clone)]
+pub struct DataPeer {
+    /// Keys, addresses, routes of the peer.
+    pub view: Arc<PeerView>,
+    /// Counters and activity.
+    pub rt: Arc<PeerRuntime>,
+}
+
+/// The data path's view of all peers at one generation.
+#[derive(Default)]
+pub struct PeerTable {
+    /// Generation it was built from.
+    pub generation: u64,
+    /// Connected peers.
+    pub peers: HashMap<PeerId, DataPeer>,
+    /// Transport address → peer.
+    pub by_addr: HashMap<PeerAddr, PeerId>,
+    /// Inner destination → peer.
+    pub routes: RouteTable,
+    /// `client-to-client`.
+    pub client_to_client: bool,
+}
+
+/// The server's link.
+pub enum Transport {
+    /// One UDP socket for all clients.
+    Udp(UdpEndpoint),
+    /// A listener and one connection per client.
+    Tcp(TcpConns),
+}
+
+impl Transport {
+    /// Sends one packet (control, ping, forwarded data) to a peer.
+    pub fn send_one(&self, to: PeerAddr, packet: &[u8]) -> Result<(), DropReason> {
+        match (self, to) {
+            (Transport::Udp(ep), PeerAddr::Udp(a)) => {
+                ep.send_to(packet, a).map_err(|_| DropReason::SocketError)
+            }
+            (Transport::Tcp(c), PeerAddr::Tcp(id)) => {
+                let mut f = Vec::with_capacity(packet.len() + 2);
+                tcp_frame(packet, &mut f)?;
+                c.send(id, &f)
+            }
+            _ => Err(DropReason::UnknownPeer),
+        }
+    }
+}
+
+/// Input for the server's control thread.
+#[derive(Debug)]
+pub enum ServerInput {
+    /// A control packet.
+    Control {
+        /// From where.
+        from: PeerAddr,
+        /// The packet.
+        packet: Vec<u8>,
+    },
+    /// An authenticated data packet of `peer` came from a new UDP address.
+    Float {
+        /// The peer.
+        peer: PeerId,
+        /// Its new address.
+        addr: PeerAddr,
+    },
+    /// OCC EXIT from a peer.
+    Exit {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A verification finished.
+    AuthDone {
+        /// The peer.
+        peer: PeerId,
+        /// Key-id.
+        key_id: u8,
+        /// Verdict.
+        result: AuthResult,
+    },
+    /// A TCP connection closed.
+    Closed {
+        /// Which.
+        addr: PeerAddr,
+        /// Why.
+        why: String,
+    },
+}
+
+/// State shared by the server's threads.
+pub struct Shared {
+    /// Set to stop the data threads.
+    pub stop: AtomicBool,
+    /// Current peer table.
+    pub table: RwLock<Arc<PeerTable>>,
+    /// Bumped after `table` changes.
+    pub generation: AtomicU64,
+    /// Counters summed over all peers (plus packets from unknown senders).
+    pub stats: Arc<EngineStats>,
+    /// Reference point of activity stamps.
+    pub epoch: Instant,
+    /// TCP MSS clamp (0 = off).
+    pub mss: u16,
+    /// Replay window size.
+    pub replay_window: u32,
+    /// The link.
+    pub transport: Transport,
+    /// Channel to the control thread.
+    pub control: Sender<ServerInput>,
+}
+
+impl Shared {
+    /// Installs a new table.
+    pub fn publish(&self, t: PeerTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn current(&self) -> Arc<PeerTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn stamp(&self, at: &AtomicU64, now: Instant) {
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        at.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    /// Reads an activity stamp.
+    pub fn instant(&self, at: &AtomicU64) -> Option<Instant> {
+        let v = at.load(Ordering::Relaxed);
+        (v != 0).then(|| self.epoch + Duration::from_nanos(v))
+    }
+}
+
+/// Batch counters, global and per peer.
+#[derive(Default)]
+struct Counts {
+    global: [BatchCounts; N_STAGES],
+    peers: HashMap<PeerId, [BatchCounts; N_STAGES]>,
+}
+
+impl Counts {
+    fn input(&mut self, s: Stage, peer: Option<PeerId>, bytes: usize) {
+        self.global[s.index()].input(bytes);
+        if let Some(p) = peer {
+            self.peers.entry(p).or_default()[s.index()].input(bytes);
+        }
+    }
+
+    fn pass(&mut self, s: Stage, peer: Option<PeerId>) {
+        self.global[s.index()].pass();
+        if let Some(p) = peer {
+            self.peers.entry(p).or_default()[s.index()].pass();
+        }
+    }
+
+    fn drop(&mut self, s: Stage, peer: Option<PeerId>, r: DropReason) {
+        self.global[s.index()].drop(r);
+        if let Some(p) = peer {
+            self.peers.entry(p).or_default()[s.index()].drop(r);
+        }
+    }
+
+    /// Counts `passed + dropped` packets entering `s`, `dropped` of them for `r`.
+    fn bulk(&mut self, s: Stage, peer: Option<PeerId>, passed: u64, dropped: u64, r: DropReason) {
+        let apply = |c: &mut BatchCounts| {
+            c.packets_in += passed + dropped;
+            c.packets_out += passed;
+            c.drops[r.index()] += dropped;
+        };
+        apply(&mut self.global[s.index()]);
+        if let Some(p) = peer {
+            apply(&mut self.peers.entry(p).or_default()[s.index()]);
+        }
+    }
+
+    fn publish(&mut self, shared: &Shared, table: &PeerTable) {
+        for s in Stage::ALL {
+            shared.stats.stage(s).add(&self.global[s.index()]);
+        }
+        for (p, c) in self.peers.drain() {
+            if let Some(dp) = table.peers.get(&p) {
+                for s in Stage::ALL {
+                    dp.rt.stats.stage(s).add(&c[s.index()]);
+                }
+            }
+        }
+        self.global = Default::default();
+    }
+}
+
+fn is_ip(p: &[u8]) -> bool {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => p.len() >= 20,
+        Some(6) => p.len() >= 40,
+        _ => false,
+    }
+}
+
+/// What the rx thread carries from packet to packet.
+struct Rx<'a> {
+    shared: &'a Shared,
+    tun: &'a Tun,
+    table: Arc<PeerTable>,
+    generation: u64,
+    receivers: HashMap<PeerId, Receiver>,
+    writer: TunWriter,
+    counts: Counts,
+    floated: HashSet<PeerId>,
+    active: HashSet<PeerId>,
+    fwd: Vec<u8>,
+}
+
+impl<'a> Rx<'a> {
+    fn new(shared: &'a Shared, tun: &'a Tun) -> Rx<'a> {
+        Rx {
+            shared,
+            tun,
+            table: Arc::new(PeerTable::default()),
+            generation: u64::MAX,
+            receivers: HashMap::new(),
+            writer: TunWriter::new(tun),
+            counts: Counts::default(),
+            floated: HashSet::new(),
+            active: HashSet::new(),
+            fwd: vec![0; 2048],
+        }
+    }
+
+    fn refresh(&mut self) {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g == self.generation {
+            return;
+        }
+        self.generation = g;
+        self.table = self.shared.current();
+        let table = &self.table;
+        self.receivers.retain(|id, _| table.peers.contains_key(id));
+        for (id, dp) in &table.peers {
+            let r = self
+                .receivers
+                .entry(*id)
+                .or_insert_with(|| Receiver::with_replay_window(self.shared.replay_window));
+            r.retain(&dp.view.plane.recv);
+            for k in &dp.view.plane.recv {
+                r.install(k);
+            }
+        }
+    }
+
+    fn packet(&mut self, pkt: &mut [u8], from: PeerAddr, now: Instant) {
+        self.counts.input(Stage::SocketRx, None, pkt.len());
+        let op = match peek_opcode(pkt) {
+            Ok((op, _)) => op,
+            Err(r) => return self.counts.drop(Stage::SocketRx, None, r),
+        };
+        if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+            self.counts.pass(Stage::SocketRx, None);
+            let _ = self.shared.control.send(ServerInput::Control {
+                from,
+                packet: pkt.to_vec(),
+            });
+            return;
+        }
+        let id = match DataHeader::parse(pkt) {
+            Ok(DataHeader {
+                peer_id: Some(p), ..
+            }) if p != PEER_ID_UNDEF => Some(p),
+            Ok(_) => self.table.by_addr.get(&from).copied(),
+            Err(r) => return self.counts.drop(Stage::SocketRx, None, r),
+        };
+        let Some((id, dp)) = id.and_then(|i| self.table.peers.get(&i).map(|d| (i, d.clone())))
+        else {
+            return self
+                .counts
+                .drop(Stage::SocketRx, None, DropReason::UnknownPeer);
+        };
+        // A TCP connection speaks only for its own peer.
+        if matches!(from, PeerAddr::Tcp(_)) && from != dp.view.addr {
+            return self
+                .counts
+                .drop(Stage::SocketRx, None, DropReason::UnknownPeer);
+        }
+        self.counts.pass(Stage::SocketRx, None);
+        let peer = Some(id);
+        self.counts.input(Stage::Decrypt, peer, pkt.len());
+        let Some(rx) = self.receivers.get_mut(&id) else {
+            return self.counts.drop(Stage::Decrypt, peer, DropReason::NoKey);
+        };
+        let opened = match rx.open(pkt, dp.view.plane.framing, now) {
+            Ok(o) => o,
+            Err(r) => return self.counts.drop(Stage::Decrypt, peer, r),
+        };
+        self.active.insert(id);
+        if from != dp.view.addr && self.floated.insert(id) {
+            let _ = self.shared.control.send(ServerInput::Float {
+                peer: id,
+                addr: from,
+            });
+        }
+        let range = match opened.payload {
+            Payload::Packet(r) => r,
+            Payload::Ping => {
+                return self
+                    .counts
+                    .drop(Stage::Decrypt, peer, DropReason::Keepalive);
+            }
+            Payload::Occ(code) => {
+                if code == OCC_EXIT {
+                    let _ = self.shared.control.send(ServerInput::Exit { peer: id });
+                }
+                return self.counts.drop(Stage::Decrypt, peer, DropReason::Occ);
+            }
+        };
+        self.counts.pass(Stage::Decrypt, peer);
+        let p = &mut pkt[range];
+        self.counts.input(Stage::WriteTun, peer, p.len());
+        if !is_ip(p) {
+            return self.counts.drop(Stage::WriteTun, peer, DropReason::NotIp);
+        }
+        if !packet_src(p).is_some_and(|s| dp.view.owns_source(s)) {
+            return self
+                .counts
+                .drop(Stage::WriteTun, peer, DropReason::BadSource);
+        }
+        if self.shared.mss != 0 {
+            tunscope_proto::mss::clamp(p, self.shared.mss);
+        }
+        if self.table.client_to_client {
+            if let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id) {
+                self.counts.pass(Stage::WriteTun, peer);
+                return self.forward(target, p, now);
+            }
+        }
+        if self.writer.is_full() {
+            self.flush_tun();
+        }
+        self.writer.push(p);
+        self.counts.pass(Stage::WriteTun, peer);
+    }
+
+    /// client-to-client: straight back out to the other client, without the kernel.
+    fn forward(&mut self, target: PeerId, p: &[u8], now: Instant) {
+        let t = Some(target);
+        self.counts.input(Stage::Encrypt, t, p.len());
+        let Some(dp) = self.table.peers.get(&target).cloned() else {
+            return self.counts.drop(Stage::Encrypt, t, DropReason::NoRoute);
+        };
+        let Some(keys) = dp.view.plane.send.as_ref() else {
+            return self.counts.drop(Stage::Encrypt, t, DropReason::NoKey);
+        };
+        let need = p.len() + data::overhead(true, data::Framing::StubV2);
+        if self.fwd.len() < need {
+            self.fwd.resize(need, 0);
+        }
+        let n = match keys.seal(
+            dp.view.plane.header(keys),
+            dp.view.plane.framing,
+            p,
+            &mut self.fwd,
+        ) {
+            Ok(n) => n,
+            Err(r) => return self.counts.drop(Stage::Encrypt, t, r),
+        };
+        self.counts.pass(Stage::Encrypt, t);
+        self.counts.input(Stage::SocketTx, t, n);
+        match self.shared.transport.send_one(dp.view.addr, &self.fwd[..n]) {
+            Ok(()) => {
+                self.counts.pass(Stage::SocketTx, t);
+                self.shared.stamp(&dp.rt.last_tx_ns, now);
+            }
+            Err(r) => self.counts.drop(Stage::SocketTx, t, r),
+        }
+    }
+
+    fn flush_tun(&mut self) {
+        let n = self.writer.pending() as u64;
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = self.writer.flush(self.tun) {
+            // The packets were counted as passed to write_tun; account the failure globally.
+            tracing::debug!("tun write: {e}");
+            self.counts.global[Stage::WriteTun.index()].packets_out -= n;
+            self.counts.global[Stage::WriteTun.index()].drops[DropReason::TunWriteError.index()] +=
+                n;
+        }
+    }
+
+    fn finish(&mut self, now: Instant) {
+        self.flush_tun();
+        let table = self.table.clone();
+        self.counts.publish(self.shared, &table);
+        for id in self.active.drain() {
+            if let Some(dp) = table.peers.get(&id) {
+                self.shared.stamp(&dp.rt.last_rx_ns, now);
+            }
+        }
+        self.floated.clear();
+    }
+}
+
+/// UDP: `socket_rx → decrypt → write_tun` for all peers, until `stop`.
+pub fn rx_loop_udp(shared: &Shared, tun: &Tun, ep: &UdpEndpoint) {
+    let mut batch = RxBatch::new();
+    let mut rx = Rx::new(shared, tun);
+    while !shared.stop.load(Ordering::Relaxed) {
+        match batch.recv_udp(ep, IDLE_WAIT) {
+            Received::Packets => {}
+            Received::Idle => continue,
+            Received::Closed(why) => {
+                tracing::warn!("{why}");
+                std::thread::sleep(IDLE_WAIT);
+                continue;
+            }
+        }
+        let now = Instant::now();
+        rx.refresh();
+        batch.for_each_datagram(|pkt, from| rx.packet(pkt, PeerAddr::Udp(from), now));
+        rx.finish(now);
+    }
+}
+
+/// TCP: accept, read and frame all connections, then the same stages, until `stop`.
+pub fn rx_loop_tcp(shared: &Shared, tun: &Tun, conns: &TcpConns) {
+    let mut rx = Rx::new(shared, tun);
+    let mut framers: HashMap<u64, TcpFramer> = HashMap::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        rx.refresh();
+        let mut closed: Vec<(u64, String)> = vec![];
+        conns.poll_once(IDLE_WAIT.as_millis() as i32, &mut buf, |ev| match ev {
+            TcpEvent::Data(c, bytes) => {
+                let f = framers.entry(c.id).or_default();
+                f.push(bytes);
+                loop {
+                    match f.next_packet() {
+                        Ok(Some(p)) => rx.packet(p, PeerAddr::Tcp(c.id), now),
+                        Ok(None) => break,
+                        Err(_) => {
+                            closed.push((c.id, "TCP framing error".into()));
+                            break;
+                        }
+                    }
+                }
+            }
+            TcpEvent::Closed(id, why) => closed.push((id, why)),
+        });
+        for (id, why) in closed {
+            framers.remove(&id);
+            conns.close(id);
+            let _ = shared.control.send(ServerInput::Closed {
+                addr: PeerAddr::Tcp(id),
+                why,
+            });
+        }
+        rx.finish(now);
+    }
+}
+
+/// tun → peers: `read_tun → encrypt → socket_tx`, until `stop`.
+pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
+    let mut reader = TunReader::new(mtu);
+    let mut batches: HashMap<PeerId, TxBatch> = HashMap::new();
+    let mut frames = Vec::with_capacity(256 * 1024);
+    let mut table = Arc::new(PeerTable::default());
+    let mut generation = u64::MAX;
+    let mut counts = Counts::default();
+    let overhead = data::overhead(true, data::Framing::StubV2);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = match reader.read_batch(tun, 128) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(tun), IDLE_WAIT);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("tun read: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let g = shared.generation.load(Ordering::Acquire);
+        if g != generation {
+            generation = g;
+            table = shared.current();
+            batches.retain(|id, _| table.peers.contains_key(id));
+        }
+        for i in 0..n {
+            let len = reader.packet(i).len();
+            counts.input(Stage::ReadTun, None, len);
+            if !is_ip(reader.packet(i)) {
+                counts.drop(Stage::ReadTun, None, DropReason::NotIp);
+                continue;
+            }
+            counts.pass(Stage::ReadTun, None);
+            let target = table.routes.lookup_packet(reader.packet(i));
+            counts.input(Stage::Encrypt, target, len);
+            let Some(dp) = target.and_then(|t| table.peers.get(&t)) else {
+                counts.drop(Stage::Encrypt, target, DropReason::NoRoute);
+                continue;
+            };
+            let Some(keys) = dp.view.plane.send.as_ref() else {
+                counts.drop(Stage::Encrypt, target, DropReason::NoKey);
+                continue;
+            };
+            if shared.mss != 0 {
+                tunscope_proto::mss::clamp(reader.packet_mut(i), shared.mss);
+            }
+            let p = reader.packet(i);
+            let batch = batches.entry(dp.view.id).or_default();
+            let out = batch.reserve(p.len() + overhead);
+            match keys.seal(dp.view.plane.header(keys), dp.view.plane.framing, p, out) {
+                Ok(l) => {
+                    batch.commit(l);
+                    counts.pass(Stage::Encrypt, target);
+                }
+                Err(r) => {
+                    batch.abort();
+                    counts.drop(Stage::Encrypt, target, r);
+                }
+            }
+        }
+        for (id, batch) in batches.iter_mut().filter(|(_, b)| !b.is_empty()) {
+            let Some(dp) = table.peers.get(id) else {
+                continue;
+            };
+            let peer = Some(*id);
+            let count = batch.len() as u64;
+            let (sent, failed, why) = match (&shared.transport, dp.view.addr) {
+                (Transport::Udp(ep), PeerAddr::Udp(a)) => {
+                    let (s, f) = batch.flush_to(ep, a);
+                    (s, f, DropReason::SocketError)
+                }
+                (Transport::Tcp(c), PeerAddr::Tcp(cid)) => {
+                    frames.clear();
+                    batch.take_frames(&mut frames);
+                    match c.send(cid, &frames) {
+                        Ok(()) => (count, 0, DropReason::SocketError),
+                        Err(r) => (0, count, r),
+                    }
+                }
+                _ => {
+                    let mut sink = Vec::new();
+                    batch.take_frames(&mut sink);
+                    (0, count, DropReason::UnknownPeer)
+                }
+            };
+            counts.bulk(Stage::SocketTx, peer, sent, failed, why);
+            if sent > 0 {
+                shared.stamp(&dp.rt.last_tx_ns, now);
+            }
+        }
+        counts.publish(shared, &table);
+    }
+}

@@ -1,0 +1,443 @@
+//! `tunscope server`: runs the protocol core's [`Server`] with a tun device and a UDP socket or
+//! a TCP listener.
+//!
+//! Threads:
+//!
+//! ```text
+//!   rx        UDP socket or TCP poll loop → socket_rx → decrypt → write_tun / client-to-client
+//!   tx        read_tun → route by destination → encrypt → socket_tx
+//!   control   Server state machine: control packets, auth results, timers, signals,
+//!             publishing the peer table to the data threads
+//!   auth-N    one short-lived thread per verification (script, ccd file)
+//! ```
+
+pub mod auth;
+pub mod datapath;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tunscope_proto::options::client::Mssfix;
+use tunscope_proto::options::server::{ServerConfig, ServerTransport};
+use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup};
+use tunscope_proto::stage::Stage;
+use tunscope_proto::tls::{self, Identity, PeerCheck};
+
+use crate::netlink;
+use crate::setup::{load_wrap, read_source};
+use crate::stats::{BatchCounts, EngineStats};
+use crate::tun::{Tun, TunAddresses};
+
+use self::datapath::{DataPeer, PeerRuntime, PeerTable, ServerInput, Shared, Transport};
+
+/// Command-line options of `tunscope server`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The OpenVPN-style server config.
+    pub config: PathBuf,
+    /// Disable tun offload.
+    pub no_offload: bool,
+}
+
+/// Loads and checks a server config.
+pub fn load_config(path: &Path) -> Result<ServerConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let cfg = ServerConfig::parse(&text, path)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
+    }
+    Ok(cfg)
+}
+
+fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
+    let ca = tls::certs_from_pem(
+        &format!("option 'ca' ({})", cfg.ca.describe()),
+        &read_source(&cfg.ca, "ca")?,
+    )?;
+    let identity = Identity {
+        chain: tls::certs_from_pem(
+            &format!("option 'cert' ({})", cfg.cert.describe()),
+            &read_source(&cfg.cert, "cert")?,
+        )?,
+        key: tls::key_from_pem(
+            &format!("option 'key' ({})", cfg.key.describe()),
+            &read_source(&cfg.key, "key")?,
+        )?,
+    };
+    let check = PeerCheck {
+        remote_cert_tls: cfg.remote_cert_tls,
+        verify_x509_name: cfg.verify_x509_name.clone(),
+    };
+    let tls = tls::server_config(
+        &ca,
+        identity,
+        cfg.verify_client_cert,
+        check,
+        cfg.tls_version_min,
+        cfg.tls_version_max,
+    )
+    .context("TLS setup (does the key match the certificate?)")?;
+    let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
+    Ok(ServerSetup {
+        tls,
+        wrap,
+        ipv6_link: cfg.ipv6_listen,
+        config: cfg,
+    })
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(opts: &ServerOptions) -> Result<()> {
+    let cfg = load_config(&opts.config)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .context("installing signal handlers")?;
+    }
+    let setup = Arc::new(setup(cfg)?);
+    let cfg = &setup.config;
+    let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
+
+    // The tun device with the server's own tunnel addresses, and kernel routes into it.
+    let (ip, mask) = server.tunnel_address();
+    let prefix = u32::from(mask).leading_ones() as u8;
+    let tun = Tun::create(Some(&cfg.dev), cfg.tun_mtu, !opts.no_offload)
+        .context("cannot create tun device")?;
+    tun.set_nonblocking()?;
+    let addrs = TunAddresses {
+        ipv4: Some((ip, prefix, None)),
+        ipv6: server.tunnel_address6(),
+    };
+    tun.configure(&addrs, cfg.tun_mtu)
+        .with_context(|| format!("cannot configure {}", tun.name()))?;
+    let oif = netlink::ifindex(tun.name())?;
+    for r in &cfg.routes {
+        netlink::add_route(&netlink::Route {
+            dst: IpAddr::V4(r.network),
+            prefix: r.prefix,
+            gateway: None,
+            oif: Some(oif),
+            metric: None,
+        })
+        .or_else(|e| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .with_context(|| {
+            format!(
+                "cannot add route {}/{} via {}",
+                r.network,
+                r.prefix,
+                tun.name()
+            )
+        })?;
+    }
+
+    let listen: SocketAddr = match (cfg.local, cfg.ipv6_listen) {
+        (Some(a), _) => SocketAddr::new(a, cfg.port),
+        (None, false) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), cfg.port),
+        (None, true) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port),
+    };
+    let transport = match cfg.transport {
+        ServerTransport::Udp => Transport::Udp(
+            crate::link::UdpEndpoint::bind(listen)
+                .with_context(|| format!("cannot bind UDP {listen}"))?,
+        ),
+        ServerTransport::Tcp => Transport::Tcp(
+            tcp::TcpConns::listen(listen)
+                .with_context(|| format!("cannot listen on TCP {listen}"))?,
+        ),
+    };
+    let overhead = tunscope_proto::data::overhead(true, cfg.framing) as u16
+        + if cfg.transport == ServerTransport::Tcp {
+            2
+        } else {
+            0
+        };
+    let outer = match (cfg.transport, cfg.ipv6_listen) {
+        (ServerTransport::Udp, false) => 28,
+        (ServerTransport::Udp, true) => 48,
+        (ServerTransport::Tcp, false) => 40,
+        (ServerTransport::Tcp, true) => 60,
+    };
+    let mss = cfg
+        .mssfix
+        .unwrap_or(Mssfix::DEFAULT)
+        .mss_v4(outer, overhead);
+    let stats = Arc::new(EngineStats::default());
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ServerInput>();
+    let shared = Shared {
+        stop: AtomicBool::new(false),
+        table: RwLock::new(Arc::new(PeerTable::default())),
+        generation: AtomicU64::new(0),
+        stats: Arc::clone(&stats),
+        epoch: Instant::now(),
+        mss: mss.unwrap_or(0),
+        replay_window: cfg
+            .replay_window
+            .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+        transport,
+        control: ctl_tx.clone(),
+    };
+    tracing::info!(
+        "server {}: listening on {listen} ({:?}), tunnel {ip}/{prefix}{}, ciphers {}",
+        tun.name(),
+        cfg.transport,
+        server
+            .tunnel_address6()
+            .map_or(String::new(), |(a, b)| format!(" {a}/{b}")),
+        cfg.data_ciphers
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    tracing::info!("Initialization Sequence Completed");
+
+    let mtu = cfg.tun_mtu;
+    std::thread::scope(|s| -> Result<()> {
+        let (shared, tun) = (&shared, &tun);
+        let rx = std::thread::Builder::new()
+            .name("rx".into())
+            .spawn_scoped(s, move || match &shared.transport {
+                Transport::Udp(ep) => datapath::rx_loop_udp(shared, tun, ep),
+                Transport::Tcp(c) => datapath::rx_loop_tcp(shared, tun, c),
+            })?;
+        let tx = std::thread::Builder::new()
+            .name("tx".into())
+            .spawn_scoped(s, move || datapath::tx_loop(shared, tun, mtu))?;
+        let r = control_loop(&mut server, shared, &ctl_rx, &ctl_tx, &term, tun.name());
+        shared.stop.store(true, Ordering::Relaxed);
+        if let Transport::Tcp(c) = &shared.transport {
+            c.close_all();
+        }
+        let _ = rx.join();
+        let _ = tx.join();
+        r
+    })?;
+    for r in &cfg.routes {
+        let _ = netlink::del_route(&netlink::Route {
+            dst: IpAddr::V4(r.network),
+            prefix: r.prefix,
+            gateway: None,
+            oif: Some(oif),
+            metric: None,
+        });
+    }
+    tracing::info!("exiting\n{}", stats.table());
+    Ok(())
+}
+
+fn control_loop(
+    server: &mut Server,
+    shared: &Shared,
+    inputs: &mpsc::Receiver<ServerInput>,
+    ctl_tx: &mpsc::Sender<ServerInput>,
+    term: &AtomicBool,
+    dev: &str,
+) -> Result<()> {
+    let mut runtimes: HashMap<PeerId, Arc<PeerRuntime>> = HashMap::new();
+    let mut published = 0u64;
+    let mut buf = Vec::with_capacity(2048);
+    let mut shutdown_at: Option<Instant> = None;
+    let setup_cfg = Arc::new(server_config_for_auth(server));
+    loop {
+        let now = Instant::now();
+        if term.load(Ordering::Relaxed) && shutdown_at.is_none() {
+            tracing::info!("signal received, shutting down");
+            server.shutdown(now);
+            // Give RESTART notifications a moment to be sent and acknowledged.
+            shutdown_at = Some(
+                now + Duration::from_millis(if server.counts().connected > 0 {
+                    1000
+                } else {
+                    0
+                }),
+            );
+        }
+        if shutdown_at.is_some_and(|t| now >= t) {
+            return Ok(());
+        }
+        // Activity from the data path feeds keepalive and timeouts.
+        for (id, rt) in &runtimes {
+            server.set_peer_activity(
+                *id,
+                shared.instant(&rt.last_rx_ns),
+                shared.instant(&rt.last_tx_ns),
+            );
+        }
+        let wait = server
+            .poll_timeout()
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(200));
+        match inputs.recv_timeout(wait) {
+            Ok(input) => handle_input(server, shared, input),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        // Drain whatever else is queued before the timers.
+        while let Ok(input) = inputs.try_recv() {
+            handle_input(server, shared, input);
+        }
+        let now = Instant::now();
+        server.handle_timeout(now);
+        loop {
+            buf.clear();
+            let Some(to) = server.poll_transmit(now, &mut buf) else {
+                break;
+            };
+            if let Err(r) = shared.transport.send_one(to, &buf) {
+                tracing::debug!("send to {to}: {r}");
+            }
+        }
+        while let Some(ev) = server.poll_event() {
+            handle_event(server, shared, ev, &mut runtimes, ctl_tx, &setup_cfg, dev);
+        }
+        if server.generation() != published {
+            published = server.generation();
+            shared.publish(build_table(server, &mut runtimes));
+        }
+    }
+}
+
+fn server_config_for_auth(server: &Server) -> ServerConfig {
+    server.config().clone()
+}
+
+fn handle_input(server: &mut Server, shared: &Shared, input: ServerInput) {
+    let now = Instant::now();
+    match input {
+        ServerInput::Control { from, packet } => {
+            let mut c = BatchCounts::default();
+            c.input(packet.len());
+            match server.handle_control(now, from, &packet) {
+                Ok(()) => c.pass(),
+                Err(r) => {
+                    tracing::debug!("control packet from {from} dropped: {r}");
+                    c.drop(r);
+                }
+            }
+            shared.stats.stage(Stage::Control).add(&c);
+        }
+        ServerInput::Float { peer, addr } => server.handle_float(peer, addr),
+        ServerInput::Exit { peer } => server.handle_exit_notification(now, peer),
+        ServerInput::AuthDone {
+            peer,
+            key_id,
+            result,
+        } => server.handle_auth_result(now, peer, key_id, result),
+        ServerInput::Closed { addr, why } => {
+            tracing::debug!("{addr}: {why}");
+            server.handle_transport_closed(now, addr);
+        }
+    }
+}
+
+fn handle_event(
+    server: &Server,
+    shared: &Shared,
+    ev: ServerEvent,
+    runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
+    ctl_tx: &mpsc::Sender<ServerInput>,
+    cfg: &Arc<ServerConfig>,
+    dev: &str,
+) {
+    match ev {
+        ServerEvent::AuthRequest {
+            peer,
+            key_id,
+            common_name,
+            username,
+            password,
+            addr,
+        } => {
+            let remote = match (&shared.transport, addr) {
+                (Transport::Tcp(c), PeerAddr::Tcp(id)) => c.get(id).map(|c| c.remote),
+                _ => None,
+            };
+            let req = auth::AuthRequest {
+                common_name,
+                username,
+                password,
+                addr,
+                remote,
+            };
+            let (tx, cfg, dev) = (ctl_tx.clone(), Arc::clone(cfg), dev.to_owned());
+            let spawned = std::thread::Builder::new()
+                .name(format!("auth-{peer}"))
+                .spawn(move || {
+                    let result = auth::verify(&cfg, &dev, &req);
+                    let _ = tx.send(ServerInput::AuthDone {
+                        peer,
+                        key_id,
+                        result,
+                    });
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start verification for peer {peer}: {e}");
+            }
+        }
+        ServerEvent::PeerConnected { peer } => {
+            runtimes.entry(peer).or_default();
+            if let Some(v) = server.snapshot().peers.get(&peer) {
+                tracing::info!(
+                    "peer {peer} '{}' from {}: {}{} connected",
+                    v.common_name,
+                    v.addr,
+                    v.ipv4.map_or(String::new(), |a| a.to_string()),
+                    v.ipv6.map_or(String::new(), |a| format!(" {a}")),
+                );
+            }
+        }
+        ServerEvent::PeerKeysChanged { peer, key_id } => {
+            tracing::info!("peer {peer}: new data keys, key-id {key_id}")
+        }
+        ServerEvent::PeerGone { peer, addr, reason } => {
+            runtimes.remove(&peer);
+            tracing::info!("peer {peer} at {addr} gone: {reason}");
+        }
+        ServerEvent::CloseTransport(PeerAddr::Tcp(id)) => {
+            if let Transport::Tcp(c) = &shared.transport {
+                c.close(id);
+            }
+        }
+        ServerEvent::CloseTransport(_) => {}
+        ServerEvent::Log(l) => tracing::info!("{l}"),
+    }
+}
+
+fn build_table(server: &Server, runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>) -> PeerTable {
+    let snap = server.snapshot();
+    let mut peers = HashMap::with_capacity(snap.peers.len());
+    for (id, view) in snap.peers {
+        let rt = runtimes.entry(id).or_default().clone();
+        peers.insert(id, DataPeer { view, rt });
+    }
+    PeerTable {
+        generation: snap.generation,
+        peers,
+        by_addr: snap.by_addr,
+        routes: snap.routes,
+        client_to_client: snap.client_to_client,
+    }
+}

@@ -1,0 +1,518 @@
+//! Our server with stock OpenVPN 2.6 clients and with our own clients, in namespaces made for
+//! each test (a star: server namespace with a bridge, one namespace per client).
+//!
+//! Needs root; `.ci/run` provides it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use nix::sys::signal::Signal;
+use tunscope_harness::pki::Pki;
+use tunscope_harness::process::{Proc, tail};
+use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
+use tunscope_harness::topo::{SERVER_WAN, Star};
+use tunscope_harness::traffic::{self, EchoServer};
+
+use Implementation::{OpenVpn as Stock, Ours};
+
+struct Net {
+    star: Star,
+    pki: Pki,
+    server: Proc,
+    clients: Vec<Proc>,
+    spec: TunnelSpec,
+}
+
+fn start(spec: TunnelSpec, clients: &[Implementation]) -> Result<Net> {
+    let star = Star::new(clients.len())?;
+    let pki = Pki::generate(&star.dir.join("pki"))?;
+    let conf = star.dir.join("server.conf");
+    std::fs::write(&conf, spec.server_config(&pki, &star.dir)?)?;
+    let mut server =
+        subjects::start_server(Ours, &star.server, &conf, &star.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15)).context("tunscope server")?;
+    let mut net = Net {
+        star,
+        pki,
+        server,
+        clients: vec![],
+        spec,
+    };
+    for (i, which) in clients.iter().enumerate() {
+        let p = net.start_client(i, *which, &format!("client{i}"))?;
+        net.clients.push(p);
+    }
+    Ok(net)
+}
+
+impl Net {
+    fn start_client(&self, i: usize, which: Implementation, cn: &str) -> Result<Proc> {
+        let dir = self.star.dir.join(format!("c{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key) = self.pki.client(cn)?;
+        let conf = dir.join("client.conf");
+        std::fs::write(
+            &conf,
+            self.spec
+                .client_config(&self.pki, &cert, &key, SERVER_WAN, &dir)?,
+        )?;
+        subjects::start_client(which, &self.star.clients[i], &conf, &dir.join("client.log"))
+    }
+
+    fn wait_all(&mut self) -> Result<()> {
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            subjects::wait_ready(c, Duration::from_secs(30)).with_context(|| {
+                format!("client {i}; server log:\n{}", tail(&self.server.log(), 30))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn server_tun(&self) -> Ipv4Addr {
+        self.spec.server_tun_ip()
+    }
+
+    /// Pings the server through client `i`'s tunnel and echoes `bytes` through it.
+    fn traffic(&self, i: usize, bytes: usize) -> Result<()> {
+        let dst = self.server_tun();
+        let p = traffic::ping(&self.star.clients[i], &dst.to_string(), 3, 56, false)?;
+        ensure!(
+            p.received == 3,
+            "client {i} ping through the tunnel: {}",
+            p.output
+        );
+        let echo = EchoServer::start(&self.star.server, SocketAddr::from((dst, 5001)))?;
+        traffic::echo_transfer(&self.star.clients[i], echo.addr, bytes, None)
+            .with_context(|| format!("client {i} log:\n{}", tail(&self.clients[i].log(), 20)))?;
+        Ok(())
+    }
+
+    /// The tunnel address client `i` was given (from its tun device).
+    fn client_tun_ip(&self, i: usize) -> Result<Ipv4Addr> {
+        let out = self.star.clients[i].ip(&["-4", "-o", "addr", "show", "dev", "tun0"])?;
+        let cidr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .context("no IPv4 address on tun0")?;
+        Ok(cidr.split('/').next().unwrap_or("").parse()?)
+    }
+}
+
+fn base(proto: Proto, cipher: &str, wrap: Wrap, password: bool) -> TunnelSpec {
+    TunnelSpec {
+        proto,
+        server_ciphers: vec![cipher.into()],
+        wrap,
+        auth_user_pass: password,
+        server_extra: vec![
+            "push \"route 198.19.10.0 255.255.255.0\"".into(),
+            "push \"dhcp-option DNS 198.19.10.53\"".into(),
+            "push \"dhcp-option DOMAIN corp.example\"".into(),
+        ],
+        ..TunnelSpec::default()
+    }
+}
+
+/// What a stock client logs and installs: the PUSH_REPLY with our options, the pushed route
+/// in its kernel routing table, and an address from our pool.
+fn check_stock_client(net: &Net, i: usize) -> Result<()> {
+    let log = net.clients[i].log();
+    let reply = log
+        .lines()
+        .find(|l| l.contains("PUSH_REPLY"))
+        .context("stock client did not log the PUSH_REPLY")?;
+    for opt in [
+        "route 198.19.10.0 255.255.255.0",
+        "dhcp-option DNS 198.19.10.53",
+        "dhcp-option DOMAIN corp.example",
+        "topology subnet",
+        "peer-id",
+        "cipher",
+    ] {
+        ensure!(reply.contains(opt), "PUSH_REPLY lacks '{opt}': {reply}");
+    }
+    let routes = net.star.clients[i].ip(&["route", "show", "dev", "tun0"])?;
+    ensure!(
+        routes.contains("198.19.10.0/24"),
+        "pushed route not installed:\n{routes}"
+    );
+    let ip = net.client_tun_ip(i)?;
+    ensure!(
+        ip.octets()[..3] == [198, 19, 0] && ip.octets()[3] >= 2,
+        "tunnel address {ip}"
+    );
+    Ok(())
+}
+
+#[test]
+fn stock_clients_udp_aes256_tls_crypt_password() -> Result<()> {
+    let mut net = start(
+        base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, true),
+        &[Stock],
+    )?;
+    net.wait_all()?;
+    check_stock_client(&net, 0)?;
+    net.traffic(0, 4 << 20)
+}
+
+#[test]
+fn stock_clients_udp_chacha20_cert_only() -> Result<()> {
+    let mut net = start(
+        base(Proto::Udp, "CHACHA20-POLY1305", Wrap::None, false),
+        &[Stock],
+    )?;
+    net.wait_all()?;
+    check_stock_client(&net, 0)?;
+    net.traffic(0, 4 << 20)
+}
+
+#[test]
+fn stock_clients_tcp_chacha20_tls_crypt_password() -> Result<()> {
+    let mut net = start(
+        base(Proto::Tcp, "CHACHA20-POLY1305", Wrap::TlsCrypt, true),
+        &[Stock],
+    )?;
+    net.wait_all()?;
+    check_stock_client(&net, 0)?;
+    net.traffic(0, 4 << 20)
+}
+
+#[test]
+fn stock_clients_tcp_aes256_tls_auth() -> Result<()> {
+    let mut net = start(
+        base(Proto::Tcp, "AES-256-GCM", Wrap::TlsAuth, false),
+        &[Stock],
+    )?;
+    net.wait_all()?;
+    check_stock_client(&net, 0)?;
+    net.traffic(0, 4 << 20)
+}
+
+#[test]
+fn our_clients_udp_and_tcp_variants() -> Result<()> {
+    for spec in [
+        base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, true),
+        base(Proto::Udp, "CHACHA20-POLY1305", Wrap::TlsAuth, false),
+        base(Proto::Tcp, "AES-256-GCM", Wrap::None, true),
+        base(Proto::Tcp, "CHACHA20-POLY1305", Wrap::TlsCrypt, false),
+    ] {
+        let label = spec.label();
+        let mut net = start(spec, &[Ours])?;
+        net.wait_all().with_context(|| label.clone())?;
+        net.traffic(0, 4 << 20).with_context(|| label.clone())?;
+        let log = net.clients[0].log();
+        ensure!(
+            log.contains("pushed: 1 routes"),
+            "{label}: pushed route not received:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+/// Two stock clients and one of ours reach each other through the server
+/// (`client-to-client`), and each gets its own address.
+#[test]
+fn client_to_client_mixed_implementations() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, false);
+    spec.server_extra.push("client-to-client".into());
+    let mut net = start(spec, &[Stock, Ours, Stock])?;
+    net.wait_all()?;
+    let ips: Vec<Ipv4Addr> = (0..3)
+        .map(|i| net.client_tun_ip(i))
+        .collect::<Result<_>>()?;
+    ensure!(
+        ips[0] != ips[1] && ips[1] != ips[2] && ips[0] != ips[2],
+        "addresses {ips:?}"
+    );
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        let p = traffic::ping(&net.star.clients[a], &ips[b].to_string(), 3, 56, false)?;
+        ensure!(
+            p.received == 3,
+            "client {a} → client {b} ({}): {}",
+            ips[b],
+            p.output
+        );
+    }
+    // And data with verified content between two clients.
+    let echo = EchoServer::start(&net.star.clients[2], SocketAddr::from((ips[2], 5002)))?;
+    traffic::echo_transfer(&net.star.clients[1], echo.addr, 2 << 20, None)?;
+    Ok(())
+}
+
+/// IPv6 inside the tunnel: server-ipv6 pool, pushed route-ipv6, stock client and ours.
+#[test]
+fn ipv6_pool_and_routes() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
+    spec.server_extra
+        .push("server-ipv6 2001:db8:100::/64".into());
+    spec.server_extra
+        .push("push \"route-ipv6 2001:db8:200::/48\"".into());
+    let mut net = start(spec, &[Stock, Ours])?;
+    net.wait_all()?;
+    for i in 0..2 {
+        let p = traffic::ping(&net.star.clients[i], "2001:db8:100::1", 3, 1000, false)?;
+        ensure!(p.received == 3, "client {i} IPv6 ping: {}", p.output);
+    }
+    let routes = net.star.clients[0].ip(&["-6", "route", "show", "dev", "tun0"])?;
+    ensure!(
+        routes.contains("2001:db8:200::/48"),
+        "stock client lacks pushed IPv6 route:\n{routes}"
+    );
+    Ok(())
+}
+
+/// A wrong password is refused: the stock client logs AUTH_FAILED, others are unaffected.
+#[test]
+fn wrong_password_refused_others_unaffected() -> Result<()> {
+    let mut net = start(
+        base(Proto::Udp, "AES-256-GCM", Wrap::None, true),
+        &[Stock, Stock],
+    )?;
+    net.wait_all()?;
+    // Restart client 1 with a wrong password.
+    net.clients[1].stop(Duration::from_secs(3));
+    let dir = net.star.dir.join("c1");
+    std::fs::write(dir.join("credentials.txt"), "alice\nnot the password\n")?;
+    let conf = dir.join("client.conf");
+    net.clients[1] =
+        subjects::start_client(Stock, &net.star.clients[1], &conf, &dir.join("client2.log"))?;
+    net.clients[1]
+        .wait_for_log("AUTH_FAILED", Duration::from_secs(20))
+        .context("stock client should be told AUTH_FAILED")?;
+    net.traffic(0, 1 << 20)?;
+    Ok(())
+}
+
+/// client-config-dir: a fixed address (ifconfig-push) and a network behind the client
+/// (iroute + server route) that the server reaches through the tunnel.
+#[test]
+fn client_config_dir_fixed_address_and_iroute() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
+    let ccd = std::env::temp_dir().join(format!("tunscope-ccd-{}", std::process::id()));
+    std::fs::create_dir_all(&ccd)?;
+    std::fs::write(
+        ccd.join("client0"),
+        "ifconfig-push 198.19.0.77 255.255.255.0\niroute 198.19.77.0 255.255.255.0\n",
+    )?;
+    spec.server_extra
+        .push(format!("client-config-dir {}", ccd.display()));
+    spec.server_extra
+        .push("route 198.19.77.0 255.255.255.0".into());
+    let r = (|| -> Result<()> {
+        let mut net = start(spec, &[Stock])?;
+        net.wait_all()?;
+        ensure!(
+            net.client_tun_ip(0)? == Ipv4Addr::new(198, 19, 0, 77),
+            "ifconfig-push not applied"
+        );
+        // The network behind the client: an address on its loopback.
+        net.star.clients[0].ip(&["addr", "add", "198.19.77.1/32", "dev", "lo"])?;
+        let p = traffic::ping(&net.star.server, "198.19.77.1", 3, 56, false)?;
+        ensure!(p.received == 3, "server → iroute network: {}", p.output);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&ccd);
+    r
+}
+
+/// Renegotiation per client (server reneg-sec) while data flows, with a stock client.
+#[test]
+fn renegotiation_with_stock_client_mid_transfer() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, true);
+    spec.server_reneg_sec = Some(3);
+    let mut net = start(spec, &[Stock])?;
+    net.wait_all()?;
+    let dst = net.server_tun();
+    let echo = EchoServer::start(&net.star.server, SocketAddr::from((dst, 5001)))?;
+    traffic::echo_transfer(
+        &net.star.clients[0],
+        echo.addr,
+        6 << 20,
+        Some(Duration::from_secs(8)),
+    )?;
+    let renegs = net.server.log().matches("new data keys").count();
+    ensure!(
+        renegs >= 2,
+        "expected ≥2 renegotiations, server log:\n{}",
+        tail(&net.server.log(), 30)
+    );
+    Ok(())
+}
+
+/// Garbage, forged data packets and a flood of handshake attempts from an attacker do not
+/// disturb a client's transfer; the server counts and drops them.
+#[test]
+fn hostile_peer_does_not_disturb_clients() -> Result<()> {
+    let mut net = start(
+        base(Proto::Udp, "AES-256-GCM", Wrap::None, false),
+        &[Ours, Ours],
+    )?;
+    net.wait_all()?;
+    // Client 1's namespace plays the attacker: it sends junk to the server port from a
+    // second socket while client 0 transfers.
+    let target = SocketAddr::from((SERVER_WAN, 1194));
+    let attacker = net.star.clients[1].spawn(move || -> Result<u64> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut n = 0u64;
+        let mut x: u64 = 0x1234_5678;
+        while Instant::now() < deadline {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut pkt = x.to_le_bytes().repeat(12);
+            match n % 4 {
+                // P_DATA_V2 for peer-id 0 with a bad tag.
+                0 => pkt[..4].copy_from_slice(&[0x48, 0, 0, 0]),
+                // A client hard reset (needs a stateless reply, rate limited).
+                1 => {
+                    pkt.truncate(14);
+                    pkt[0] = 0x38;
+                    pkt[9] = 0;
+                    pkt[10..14].copy_from_slice(&[0; 4]);
+                }
+                // Undefined opcode.
+                2 => pkt[0] = 0xf8,
+                _ => pkt.truncate(3),
+            }
+            let _ = s.send_to(&pkt, target);
+            n += 1;
+            if n % 64 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(n)
+    })?;
+    net.traffic(0, 4 << 20)?;
+    let sent = attacker
+        .join()
+        .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
+    ensure!(sent > 1000, "attacker sent only {sent}");
+    net.traffic(1, 256 << 10)
+        .context("the attacker's own tunnel still works too")?;
+    net.server.signal(Signal::SIGTERM)?;
+    net.server.wait_exit(Duration::from_secs(10))?;
+    let log = net.server.log();
+    for reason in ["bad_tag", "bad_opcode", "malformed"] {
+        ensure!(
+            log.contains(reason),
+            "server did not count '{reason}' drops:\n{}",
+            tail(&log, 12)
+        );
+    }
+    Ok(())
+}
+
+/// 50 clients at once (25 stock, 25 ours): all connect, all ping through the tunnel, all
+/// leave; the server ends with no peers and the threads and file descriptors it started with.
+#[test]
+fn fifty_concurrent_clients() -> Result<()> {
+    let n = 50;
+    let kinds: Vec<Implementation> = (0..n)
+        .map(|i| if i % 2 == 0 { Stock } else { Ours })
+        .collect();
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, false);
+    spec.explicit_exit_notify = Some(1);
+    let star = Star::new(n)?;
+    let pki = Pki::generate(&star.dir.join("pki"))?;
+    let conf = star.dir.join("server.conf");
+    std::fs::write(&conf, spec.server_config(&pki, &star.dir)?)?;
+    let mut server =
+        subjects::start_server(Ours, &star.server, &conf, &star.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let pid = server.pid().context("server pid")?;
+    let before = proc_counts(pid)?;
+    let mut net = Net {
+        star,
+        pki,
+        server,
+        clients: vec![],
+        spec,
+    };
+    let t0 = Instant::now();
+    for (i, k) in kinds.iter().enumerate() {
+        let p = net.start_client(i, *k, &format!("client{i}"))?;
+        net.clients.push(p);
+    }
+    net.wait_all()?;
+    let connect_time = t0.elapsed();
+    let during = proc_counts(pid)?;
+    for i in 0..n {
+        let p = traffic::ping(
+            &net.star.clients[i],
+            &net.server_tun().to_string(),
+            2,
+            56,
+            false,
+        )?;
+        ensure!(p.received == 2, "client {i} ({:?}): {}", kinds[i], p.output);
+    }
+    for c in net.clients.iter_mut() {
+        c.signal(Signal::SIGTERM)?;
+    }
+    for c in net.clients.iter_mut() {
+        c.wait_exit(Duration::from_secs(15))?;
+    }
+    // Every peer must be gone (explicit exit, or the inactivity timeout at worst).
+    net.server
+        .wait_for_log_count("gone:", n, Duration::from_secs(30))
+        .with_context(|| format!("server log:\n{}", tail(&net.server.log(), 20)))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = proc_counts(pid)?;
+    eprintln!(
+        "50 clients: connected in {:.1} s; server RSS {} KiB idle, {} KiB with 50 clients ({} KiB per client); threads {}→{}→{}, fds {}→{}→{}",
+        connect_time.as_secs_f64(),
+        before.rss_kib,
+        during.rss_kib,
+        during.rss_kib.saturating_sub(before.rss_kib) / n as u64,
+        before.threads,
+        during.threads,
+        after.threads,
+        before.fds,
+        during.fds,
+        after.fds
+    );
+    ensure!(
+        after.threads == before.threads,
+        "leaked threads: {} → {}",
+        before.threads,
+        after.threads
+    );
+    ensure!(
+        after.fds == before.fds,
+        "leaked fds: {} → {}",
+        before.fds,
+        after.fds
+    );
+    let log = net.server.log();
+    ensure!(
+        log.matches(" connected").count() >= n,
+        "not all peers connected"
+    );
+    Ok(())
+}
+
+struct ProcCounts {
+    rss_kib: u64,
+    threads: usize,
+    fds: usize,
+}
+
+fn proc_counts(pid: u32) -> Result<ProcCounts> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(ProcCounts {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:") as usize,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+    })
+}
