@@ -139,6 +139,37 @@ impl EngineStats {
         std::array::from_fn(|i| (Stage::ALL[i], self.stages[i].snapshot()))
     }
 
+    /// One line: `stage in/out` for stages that saw packets, then drops by reason.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![];
+        let mut drops = vec![];
+        for (stage, snap) in self.snapshot() {
+            if snap.packets_in == 0 {
+                continue;
+            }
+            parts.push(format!(
+                "{} {}/{}",
+                stage.name(),
+                snap.packets_in,
+                snap.packets_out
+            ));
+            for r in DropReason::ALL {
+                let n = snap.drops_for(r);
+                if n > 0 {
+                    drops.push(format!("{}:{}={n}", stage.name(), r.name()));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return "no data packets".into();
+        }
+        if drops.is_empty() {
+            parts.join(", ")
+        } else {
+            format!("{}; drops {}", parts.join(", "), drops.join(" "))
+        }
+    }
+
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut s = format!(

@@ -157,14 +157,38 @@ fn stock_clients_udp_aes256_tls_crypt_password() -> Result<()> {
     net.traffic(0, 4 << 20)
 }
 
+/// Also: 2.6-style `dns` options and a pushed `tun-mtu` as the stock client sees them.
 #[test]
 fn stock_clients_udp_chacha20_cert_only() -> Result<()> {
-    let mut net = start(
-        base(Proto::Udp, "CHACHA20-POLY1305", Wrap::None, false),
-        &[Stock],
-    )?;
+    let mut spec = base(Proto::Udp, "CHACHA20-POLY1305", Wrap::None, false);
+    spec.server_extra.extend([
+        "dns server 0 address 198.19.10.53".into(),
+        "dns server 0 resolve-domains corp.example".into(),
+        "tun-mtu 1400".into(),
+        "block-outside-dns".into(),
+    ]);
+    let mut net = start(spec, &[Stock])?;
     net.wait_all()?;
     check_stock_client(&net, 0)?;
+    let log = net.clients[0].log();
+    let reply = log
+        .lines()
+        .find(|l| l.contains("PUSH_REPLY"))
+        .unwrap_or_default();
+    ensure!(
+        reply.contains("dns server 0 address 198.19.10.53"),
+        "no 2.6 dns option: {reply}"
+    );
+    ensure!(reply.contains("tun-mtu 1400"), "no tun-mtu: {reply}");
+    let link = net.star.clients[0].ip(&["link", "show", "dev", "tun0"])?;
+    ensure!(
+        link.contains("mtu 1400"),
+        "stock client did not apply the pushed MTU: {link}"
+    );
+    ensure!(
+        net.server.log().contains("block-outside-dns"),
+        "block-outside-dns should be ignored with a warning"
+    );
     net.traffic(0, 4 << 20)
 }
 
@@ -379,7 +403,7 @@ fn hostile_peer_does_not_disturb_clients() -> Result<()> {
             }
             let _ = s.send_to(&pkt, target);
             n += 1;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -439,7 +463,7 @@ fn fifty_concurrent_clients() -> Result<()> {
     net.wait_all()?;
     let connect_time = t0.elapsed();
     let during = proc_counts(pid)?;
-    for i in 0..n {
+    for (i, kind) in kinds.iter().enumerate() {
         let p = traffic::ping(
             &net.star.clients[i],
             &net.server_tun().to_string(),
@@ -447,7 +471,7 @@ fn fifty_concurrent_clients() -> Result<()> {
             56,
             false,
         )?;
-        ensure!(p.received == 2, "client {i} ({:?}): {}", kinds[i], p.output);
+        ensure!(p.received == 2, "client {i} ({kind:?}): {}", p.output);
     }
     for c in net.clients.iter_mut() {
         c.signal(Signal::SIGTERM)?;

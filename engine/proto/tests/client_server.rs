@@ -211,8 +211,9 @@ impl Net {
         while !done(self) {
             assert!(
                 self.now < end,
-                "condition not reached; server events {:?}",
-                self.server_events
+                "condition not reached; server events {:?}; client events {:?}",
+                self.server_events,
+                self.clients.iter().map(|c| &c.2).collect::<Vec<_>>()
             );
             if !self.step() {
                 self.advance(Duration::from_millis(50));
@@ -524,4 +525,122 @@ fn unauthenticated_packets_leave_no_state() {
     }
     assert!(limited >= 50, "{limited}");
     assert_eq!(s.counts().peers, 0);
+}
+
+#[test]
+fn duplicate_common_name_replaces_the_old_session() {
+    let pki = pki(1);
+    // Both clients present client0's certificate.
+    let mut net = Net::new(
+        server(&pki, ""),
+        vec![client(&pki, 0, ""), client(&pki, 0, "")],
+    );
+    net.run(Duration::from_secs(10), |n| n.connected(1));
+    net.step();
+    assert!(
+        net.server_events.iter().any(
+            |e| matches!(e, ServerEvent::PeerGone { reason, .. } if reason.contains("replaced"))
+        )
+    );
+    assert_eq!(net.server.snapshot().peers.len(), 1);
+    // With duplicate-cn both stay.
+    let mut net = Net::new(
+        server(&pki, "duplicate-cn\n"),
+        vec![client(&pki, 0, ""), client(&pki, 0, "")],
+    );
+    net.run(Duration::from_secs(10), |n| {
+        n.connected(0) && n.connected(1)
+    });
+    assert_eq!(net.server.snapshot().peers.len(), 2);
+}
+
+#[test]
+fn max_clients_refuses_without_state() {
+    let pki = pki(3);
+    let clients = (0..3).map(|i| client(&pki, i, "")).collect();
+    let mut net = Net::new(server(&pki, "max-clients 2\n"), clients);
+    net.run(Duration::from_secs(10), |n| {
+        n.connected(0) && n.connected(1)
+    });
+    for _ in 0..50 {
+        net.step();
+        net.advance(Duration::from_millis(100));
+    }
+    assert!(!net.connected(2));
+    assert_eq!(net.server.counts().peers, 2);
+    assert!(net.drops.contains(&DropReason::Refused));
+}
+
+#[test]
+fn certificate_less_client_with_username_as_common_name() {
+    let pki = pki(1);
+    let s = server(
+        &pki,
+        "verify-client-cert none\nusername-as-common-name\nscript-security 2\nauth-user-pass-verify /bin/true via-env\n",
+    );
+    // A client without certificate, with credentials.
+    let text = "client\nremote 198.18.1.1 1194\nca ca\nauth-user-pass creds\n";
+    let cfg = ClientConfig::parse(text, Path::new("/t/client.conf")).unwrap();
+    let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
+    let tls = tls::client_config(
+        &ca,
+        None,
+        PeerCheck::default(),
+        cfg.tls_version_min,
+        cfg.tls_version_max,
+    )
+    .unwrap();
+    let setup = ClientSetup::new(
+        &cfg,
+        tls,
+        WrapConfig::None,
+        Some(("carol".into(), "pw".into())),
+        Transport::Udp,
+        false,
+    );
+    let c = Client::new(Arc::new(setup), Instant::now(), 3);
+    let mut net = Net::new(s, vec![c]);
+    net.auth = Box::new(|e| {
+        let ServerEvent::AuthRequest {
+            common_name,
+            username,
+            password,
+            ..
+        } = e
+        else {
+            panic!()
+        };
+        assert_eq!(common_name.as_deref(), Some("carol"));
+        assert_eq!(
+            (username.as_deref(), password.as_deref()),
+            (Some("carol"), Some("pw"))
+        );
+        AuthResult {
+            ok: true,
+            ..AuthResult::default()
+        }
+    });
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    assert_eq!(net.server.snapshot().peers[&0].common_name, "carol");
+}
+
+#[test]
+fn float_moves_a_peer_to_its_new_address() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let old = PeerAddr::Udp(net.clients[0].0);
+    let new = PeerAddr::Udp("198.18.1.99:41000".parse().unwrap());
+    let g = net.server.generation();
+    net.server.handle_float(0, new);
+    assert!(net.server.generation() > g, "data path must see the change");
+    let snap = net.server.snapshot();
+    assert_eq!(snap.by_addr.get(&new), Some(&0));
+    assert_eq!(snap.by_addr.get(&old), None);
+    assert_eq!(snap.peers[&0].addr, new);
+    // Control replies now go to the new address.
+    net.clients[0].0 = "198.18.1.99:41000".parse().unwrap();
+    let t = net.now;
+    net.clients[0].1.close(t);
+    net.run(Duration::from_secs(5), |n| n.server.counts().peers == 0);
 }

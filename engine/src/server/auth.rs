@@ -169,3 +169,99 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config(script: &Path, method: &str, ccd: Option<&Path>) -> ServerConfig {
+        let mut text = format!(
+            "ca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\nscript-security 2\nauth-user-pass-verify {} {method}\n",
+            script.display()
+        );
+        if let Some(d) = ccd {
+            text.push_str(&format!(
+                "client-config-dir {}\nccd-exclusive\n",
+                d.display()
+            ));
+        }
+        ServerConfig::parse(&text, Path::new("/t/s.conf")).expect("config")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("tunscope-auth-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("check.sh");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    }
+
+    fn req(user: &str, pass: &str, cn: &str) -> AuthRequest {
+        AuthRequest {
+            common_name: Some(cn.into()),
+            username: Some(user.into()),
+            password: Some(pass.into()),
+            addr: PeerAddr::Udp("198.18.1.2:5000".parse().expect("addr")),
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn via_env_and_via_file() {
+        let d = scratch("methods");
+        let s = script(
+            &d,
+            "[ \"$username\" = bob ] && [ \"$password\" = pw ] && [ \"$common_name\" = c1 ] && [ \"$untrusted_ip\" = 198.18.1.2 ]",
+        );
+        let cfg = config(&s, "via-env", None);
+        assert!(verify(&cfg, "tun0", &req("bob", "pw", "c1")).ok);
+        assert!(!verify(&cfg, "tun0", &req("bob", "nope", "c1")).ok);
+        let s = script(
+            &d,
+            "[ \"$(sed -n 1p \"$1\")\" = bob ] && [ \"$(sed -n 2p \"$1\")\" = pw ]",
+        );
+        let cfg = config(&s, "via-file", None);
+        assert!(verify(&cfg, "tun0", &req("bob", "pw", "c1")).ok);
+        let r = verify(&cfg, "tun0", &req("eve", "pw", "c1"));
+        assert!(
+            !r.ok && r.reason.as_deref().is_some_and(|w| w.contains("refused")),
+            "{r:?}"
+        );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn ccd_exclusive_and_bad_ccd_files() {
+        let d = scratch("ccd");
+        let ccd = d.join("ccd");
+        std::fs::create_dir_all(&ccd).expect("dir");
+        std::fs::write(ccd.join("c1"), "ifconfig-push 198.19.0.9 255.255.255.0\n").expect("write");
+        std::fs::write(ccd.join("c2"), "frobnicate\n").expect("write");
+        let s = script(&d, "exit 0");
+        let cfg = config(&s, "via-env", Some(&ccd));
+        let ok = verify(&cfg, "tun0", &req("u", "p", "c1"));
+        assert!(ok.ok);
+        assert_eq!(
+            ok.overrides.and_then(|o| o.ifconfig_push),
+            Some("198.19.0.9".parse().expect("ip"))
+        );
+        let bad = verify(&cfg, "tun0", &req("u", "p", "c2"));
+        assert!(
+            !bad.ok && bad.reason.as_deref().is_some_and(|r| r.contains("c2:1")),
+            "{bad:?}"
+        );
+        let missing = verify(&cfg, "tun0", &req("u", "p", "c3"));
+        assert!(!missing.ok, "ccd-exclusive refuses clients without a file");
+        let sneaky = verify(&cfg, "tun0", &req("u", "p", "../c1"));
+        assert!(!sneaky.ok, "path traversal in a common name");
+        std::fs::remove_dir_all(&d).ok();
+    }
+}

@@ -367,11 +367,11 @@ impl<'a> Rx<'a> {
         if self.shared.mss != 0 {
             tunscope_proto::mss::clamp(p, self.shared.mss);
         }
-        if self.table.client_to_client {
-            if let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id) {
-                self.counts.pass(Stage::WriteTun, peer);
-                return self.forward(target, p, now);
-            }
+        if self.table.client_to_client
+            && let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id)
+        {
+            self.counts.pass(Stage::WriteTun, peer);
+            return self.forward(target, p, now);
         }
         if self.writer.is_full() {
             self.flush_tun();

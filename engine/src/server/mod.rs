@@ -413,8 +413,11 @@ fn handle_event(
             tracing::info!("peer {peer}: new data keys, key-id {key_id}")
         }
         ServerEvent::PeerGone { peer, addr, reason } => {
-            runtimes.remove(&peer);
-            tracing::info!("peer {peer} at {addr} gone: {reason}");
+            let summary = runtimes
+                .remove(&peer)
+                .map(|rt| rt.stats.summary())
+                .unwrap_or_default();
+            tracing::info!("peer {peer} at {addr} gone: {reason} [{summary}]");
         }
         ServerEvent::CloseTransport(PeerAddr::Tcp(id)) => {
             if let Transport::Tcp(c) = &shared.transport {

@@ -227,12 +227,12 @@ impl TcpConns {
             self.accept_all();
         }
         for (c, p) in conns.iter().zip(&fds[2..]) {
-            if p.revents & libc::POLLOUT != 0 {
-                if let Err(e) = c.flush() {
-                    self.close(c.id);
-                    f(TcpEvent::Closed(c.id, format!("write: {e}")));
-                    continue;
-                }
+            if p.revents & libc::POLLOUT != 0
+                && let Err(e) = c.flush()
+            {
+                self.close(c.id);
+                f(TcpEvent::Closed(c.id, format!("write: {e}")));
+                continue;
             }
             if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 // Read what is there, bounded so one busy client cannot starve the others.

@@ -680,13 +680,13 @@ impl Builder {
                 "verify-client-cert none|optional needs auth-user-pass-verify (clients without a certificate must log in)",
             ));
         }
-        if let Some((line, _)) = &self.auth_script {
-            if self.script_security < 2 {
-                return Err(ctx.error(
-                    *line,
-                    "auth-user-pass-verify needs 'script-security 2' to run the script",
-                ));
-            }
+        if let Some((line, _)) = &self.auth_script
+            && self.script_security < 2
+        {
+            return Err(ctx.error(
+                *line,
+                "auth-user-pass-verify needs 'script-security 2' to run the script",
+            ));
         }
         let wrap = match (self.tls_auth, self.tls_crypt) {
             (Some(_), Some(_)) => {

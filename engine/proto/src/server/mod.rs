@@ -684,12 +684,9 @@ impl Server {
         if self.by_addr.get(&old) == Some(&peer) {
             self.by_addr.remove(&old);
         }
-        if let Some(other) = self.by_addr.insert(addr, peer) {
-            if other != peer {
-                // Another peer claimed this address before; it is stale now.
-                self.by_addr.insert(addr, peer);
-            }
-        }
+        // If another peer was known at this address, that mapping is stale now: the packet
+        // that floated this peer authenticated with this peer's keys.
+        self.by_addr.insert(addr, peer);
         self.bump();
         self.log(format!("peer {peer} floated from {old} to {addr}"));
     }
@@ -799,25 +796,25 @@ impl Server {
             );
         }
         let cn = p.common_name.clone();
-        if !cfg.duplicate_cn {
-            if let Some(cn) = &cn {
-                let dups: Vec<PeerId> = self
-                    .peers
-                    .values()
-                    .filter(|o| {
-                        o.id != peer
-                            && o.common_name.as_ref() == Some(cn)
-                            && o.state == PeerState::Connected
-                    })
-                    .map(|o| o.id)
-                    .collect();
-                for d in dups {
-                    self.remove_peer(
-                        now,
-                        d,
-                        format!("replaced by a new connection with common name '{cn}'"),
-                    );
-                }
+        if !cfg.duplicate_cn
+            && let Some(cn) = &cn
+        {
+            let dups: Vec<PeerId> = self
+                .peers
+                .values()
+                .filter(|o| {
+                    o.id != peer
+                        && o.common_name.as_ref() == Some(cn)
+                        && matches!(o.state, PeerState::Authenticated | PeerState::Connected)
+                })
+                .map(|o| o.id)
+                .collect();
+            for d in dups {
+                self.remove_peer(
+                    now,
+                    d,
+                    format!("replaced by a new connection with common name '{cn}'"),
+                );
             }
         }
         let lease = cn.as_deref().filter(|_| !cfg.duplicate_cn);
@@ -1160,12 +1157,12 @@ impl Server {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some((at, why)) = &p.close_at {
-            if now >= *at {
-                let why = why.clone();
-                self.remove_peer(now, id, why);
-                return;
-            }
+        if let Some((at, why)) = &p.close_at
+            && now >= *at
+        {
+            let why = why.clone();
+            self.remove_peer(now, id, why);
+            return;
         }
         if p.state != PeerState::Connected {
             // A client that never finished (or never asked for its push) is dropped at the
@@ -1180,38 +1177,37 @@ impl Server {
             return;
         }
         // The server waits twice the pushed ping-restart (2.6 semantics).
-        if let Some(r) = cfg_restart {
-            if now >= p.last_rx() + r * 2 {
-                self.remove_peer(
-                    now,
-                    id,
-                    format!("inactivity timeout ({} s, ping-restart)", (r * 2).as_secs()),
-                );
-                return;
-            }
+        if let Some(r) = cfg_restart
+            && now >= p.last_rx() + r * 2
+        {
+            self.remove_peer(
+                now,
+                id,
+                format!("inactivity timeout ({} s, ping-restart)", (r * 2).as_secs()),
+            );
+            return;
         }
-        if let Some(ping) = cfg_ping {
-            if now >= p.last_tx() + ping {
-                p.ping_due = true;
-            }
+        if let Some(ping) = cfg_ping
+            && now >= p.last_tx() + ping
+        {
+            p.ping_due = true;
         }
-        if let Some(t) = p.lame_expires_at {
-            if now >= t {
-                p.lame_expires_at = None;
-                p.keys.truncate(1);
-                p.plane.recv = p.keys.clone();
-                p.plane.generation += 1;
-                self.generation += 1;
-            }
+        if let Some(t) = p.lame_expires_at
+            && now >= t
+        {
+            p.lame_expires_at = None;
+            p.keys.truncate(1);
+            p.plane.recv = p.keys.clone();
+            p.plane.generation += 1;
+            self.generation += 1;
         }
         if !p.reneg_pending
             && !self.setup.config.reneg_sec.is_zero()
             && now >= p.key_started + p.reneg_after
+            && let Some(k) = p.session.renegotiate(now)
         {
-            if let Some(k) = p.session.renegotiate(now) {
-                p.reneg_pending = true;
-                self.log(format!("peer {id}: renegotiating, new key-id {k}"));
-            }
+            p.reneg_pending = true;
+            self.log(format!("peer {id}: renegotiating, new key-id {k}"));
         }
     }
 

@@ -54,10 +54,10 @@ impl Range {
     }
 
     fn acquire(&mut self, cn: Option<&str>) -> Option<u128> {
-        if let Some(prev) = cn.and_then(|c| self.last_by_cn.get(c)).copied() {
-            if self.free(prev) {
-                return self.take(prev, cn);
-            }
+        if let Some(prev) = cn.and_then(|c| self.last_by_cn.get(c)).copied()
+            && self.free(prev)
+        {
+            return self.take(prev, cn);
         }
         // Scan from the rotating cursor so released addresses are not reused at once.
         let size = self.size();

@@ -53,12 +53,12 @@ impl RouteTable {
             IpAddr::V4(a) => {
                 self.nets4
                     .push((u32::from(a) & mask4(prefix), prefix, peer));
-                self.nets4.sort_by(|x, y| y.1.cmp(&x.1));
+                self.nets4.sort_by_key(|e| std::cmp::Reverse(e.1));
             }
             IpAddr::V6(a) => {
                 self.nets6
                     .push((u128::from(a) & mask6(prefix), prefix, peer));
-                self.nets6.sort_by(|x, y| y.1.cmp(&x.1));
+                self.nets6.sort_by_key(|e| std::cmp::Reverse(e.1));
             }
         }
     }
