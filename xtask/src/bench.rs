@@ -3,7 +3,8 @@
 //!
 //! * `veth` — plain veth between the namespaces (no tunnel; the machine's ceiling);
 //! * `openvpn↔openvpn` — stock OpenVPN 2.6 client and server (the reference to beat);
-//! * `tunscope↔openvpn` — our client against the stock server.
+//! * `tunscope↔openvpn` — our client against the stock server;
+//! * `openvpn↔tunscope`, `tunscope↔tunscope` — stock and our client against our server.
 //!
 //! iperf3 single stream, client → server, `--seconds` per repetition, median of `--reps`.
 //! CPU is the tunnel processes' user+system time over the run, in % of one core.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
-use tunscope_harness::subjects::{self, Proto, TunnelSpec};
+use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
 
 use crate::{cargo, project_root, run as run_cmd};
@@ -24,6 +25,8 @@ enum Anchor {
     Veth,
     Stock,
     Ours,
+    OursServer,
+    OursBoth,
 }
 
 impl Anchor {
@@ -32,6 +35,22 @@ impl Anchor {
             Anchor::Veth => "veth (no tunnel)",
             Anchor::Stock => "openvpn client ↔ openvpn server",
             Anchor::Ours => "tunscope client ↔ openvpn server",
+            Anchor::OursServer => "openvpn client ↔ tunscope server",
+            Anchor::OursBoth => "tunscope client ↔ tunscope server",
+        }
+    }
+
+    fn client(self) -> Implementation {
+        match self {
+            Anchor::Ours | Anchor::OursBoth => Implementation::Ours,
+            _ => Implementation::OpenVpn,
+        }
+    }
+
+    fn server(self) -> Implementation {
+        match self {
+            Anchor::OursServer | Anchor::OursBoth => Implementation::Ours,
+            _ => Implementation::OpenVpn,
         }
     }
 }
@@ -93,7 +112,13 @@ fn tunnel(args: &[&str]) -> Result<()> {
         ..TunnelSpec::default()
     };
     let mut rows = vec![];
-    for anchor in [Anchor::Veth, Anchor::Stock, Anchor::Ours] {
+    for anchor in [
+        Anchor::Veth,
+        Anchor::Stock,
+        Anchor::Ours,
+        Anchor::OursServer,
+        Anchor::OursBoth,
+    ] {
         let mut samples = vec![];
         for rep in 0..reps {
             let s = measure(anchor, &spec, secs)
@@ -175,20 +200,19 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
             &cconf,
             spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
         )?;
-        let mut server =
-            subjects::start_openvpn(&hosts.server, &sconf, &hosts.dir.join("server.log"))?;
+        let mut server = subjects::start_server(
+            anchor.server(),
+            &hosts.server,
+            &sconf,
+            &hosts.dir.join("server.log"),
+        )?;
         subjects::wait_ready(&mut server, Duration::from_secs(15))?;
-        let mut client = match anchor {
-            Anchor::Stock => {
-                subjects::start_openvpn(&hosts.client, &cconf, &hosts.dir.join("client.log"))?
-            }
-            _ => subjects::start_tunscope_client(
-                &hosts.client,
-                &cconf,
-                &hosts.dir.join("client.log"),
-                &[],
-            )?,
-        };
+        let mut client = subjects::start_client(
+            anchor.client(),
+            &hosts.client,
+            &cconf,
+            &hosts.dir.join("client.log"),
+        )?;
         subjects::wait_ready(&mut client, Duration::from_secs(20))?;
         // The stock server installs the data keys on its next 1 s housekeeping tick.
         std::thread::sleep(Duration::from_millis(1500));
