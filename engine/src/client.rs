@@ -10,6 +10,9 @@
 //! 4. on `Restart` the link is dropped and the next attempt starts after `connect-retry`
 //!    (doubling up to 5 minutes); on SIGINT/SIGTERM the client sends explicit-exit-notify
 //!    (UDP) and exits 0; on a fatal error it exits with the reason.
+//!
+//! The observatory spans the whole run: stage counters and histograms, the capture tap, and
+//! the control socket / Prometheus endpoint survive reconnects.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use tunscope_proto::client::{Client, ClientEvent, Connected};
+use tunscope_proto::client::{Client, ClientEvent, Connected, TransmitKind};
 use tunscope_proto::consts::PEER_ID_UNDEF;
 use tunscope_proto::data;
 use tunscope_proto::options::client::{ClientConfig, Mssfix, Remote, Transport};
@@ -27,10 +30,48 @@ use tunscope_proto::options::push::{PushedOptions, Topology};
 use tunscope_proto::stage::{DropReason, Stage};
 use tunscope_proto::wire::{Opcode, peek_opcode};
 
+use crate::capture::{Capture, CaptureConfig, Tap, TapMeta, TapRecord, data_ids};
 use crate::datapath::{self, ControlInput, Shared};
 use crate::link::{Link, Received, RxBatch};
+use crate::report::{Observer, PeerReport};
 use crate::stats::{BatchCounts, EngineStats};
 use crate::tun::{Tun, TunAddresses};
+
+/// Options shared by `tunscope client` and `tunscope server`: the observatory.
+#[derive(Clone, Debug, Default)]
+pub struct ObserveOptions {
+    /// Write stage taps to this pcapng file.
+    pub capture: Option<PathBuf>,
+    /// Keep 1 packet in N in the capture.
+    pub capture_sample: u32,
+    /// Stop capturing after this many MiB.
+    pub capture_max_mb: u64,
+    /// Host name used in the capture's interface names.
+    pub capture_name: Option<String>,
+    /// Unix control socket for `tunscope stats`.
+    pub control: Option<PathBuf>,
+    /// Address for the Prometheus endpoint.
+    pub prometheus: Option<SocketAddr>,
+}
+
+impl ObserveOptions {
+    /// The capture configuration, if a capture was asked for.
+    pub fn capture_config(&self, default_host: &str) -> Option<CaptureConfig> {
+        self.capture.as_ref().map(|p| CaptureConfig {
+            path: p.clone(),
+            sample: self.capture_sample.max(1),
+            max_bytes: if self.capture_max_mb == 0 {
+                u64::MAX
+            } else {
+                self.capture_max_mb << 20
+            },
+            host: self
+                .capture_name
+                .clone()
+                .unwrap_or_else(|| default_host.to_owned()),
+        })
+    }
+}
 
 /// Command-line options of `tunscope client`.
 #[derive(Clone, Debug)]
@@ -39,6 +80,8 @@ pub struct ClientOptions {
     pub config: PathBuf,
     /// Disable tun offload (TSO/GRO).
     pub no_offload: bool,
+    /// Observatory options.
+    pub observe: ObserveOptions,
 }
 
 /// How one connection attempt ended.
@@ -59,6 +102,17 @@ pub fn load_config(path: &Path) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
+/// Everything that lives across connection attempts.
+struct Run<'a> {
+    cfg: &'a ClientConfig,
+    opts: &'a ClientOptions,
+    term: &'a AtomicBool,
+    stats: Arc<EngineStats>,
+    observer: Arc<Observer>,
+    tap: Option<Arc<Tap>>,
+    tun: Option<Tun>,
+}
+
 /// Runs the client until it is told to stop or fails for good.
 pub fn run(opts: &ClientOptions) -> Result<()> {
     let cfg = load_config(&opts.config)?;
@@ -68,54 +122,242 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
             .context("installing signal handlers")?;
     }
     let stats = Arc::new(EngineStats::default());
-    let mut tun: Option<Tun> = None;
-    let mut attempt: u32 = 0;
-    let mut remote_idx = 0;
-    loop {
-        let remote = &cfg.remotes[remote_idx % cfg.remotes.len()];
-        let outcome = match connect_once(&cfg, opts, remote, &mut tun, &stats, &term) {
-            Ok(o) => o,
-            Err(e) => Outcome::Restart(format!("{e:#}")),
-        };
-        match outcome {
-            Outcome::Closed => {
-                tracing::info!("exiting\n{}", stats.table());
-                return Ok(());
-            }
-            Outcome::Fatal(reason) => {
-                tracing::info!("stage counters\n{}", stats.table());
-                bail!("{reason}");
-            }
-            Outcome::Restart(reason) => {
-                attempt += 1;
-                tracing::warn!(
-                    "connection to {}:{} ended: {reason}",
-                    remote.host,
-                    remote.port
-                );
-                if term.load(Ordering::Relaxed) {
+    let observer = Arc::new(Observer::new("client", Arc::clone(&stats)));
+    let capture = match opts.observe.capture_config("client") {
+        Some(c) => {
+            let cap = Capture::start(&c)?;
+            observer.set_capture(c.path.display().to_string(), &cap.tap);
+            Some(cap)
+        }
+        None => None,
+    };
+    let endpoints = crate::control_socket::Endpoints::start(
+        Arc::clone(&observer),
+        opts.observe.control.as_deref(),
+        opts.observe.prometheus,
+    )?;
+    let mut run = Run {
+        cfg: &cfg,
+        opts,
+        term: &term,
+        stats: Arc::clone(&stats),
+        observer,
+        tap: capture.as_ref().map(|c| Arc::clone(&c.tap)),
+        tun: None,
+    };
+    let result = run.attempts();
+    drop(endpoints);
+    run.tap = None;
+    if let Some(c) = capture {
+        c.finish()?;
+    }
+    tracing::info!("stage counters\n{}", stats.table());
+    result
+}
+
+impl Run<'_> {
+    fn attempts(&mut self) -> Result<()> {
+        let mut attempt: u32 = 0;
+        let mut remote_idx = 0;
+        let cfg = self.cfg;
+        loop {
+            let remote = &cfg.remotes[remote_idx % cfg.remotes.len()];
+            let outcome = match self.connect_once(remote) {
+                Ok(o) => o,
+                Err(e) => Outcome::Restart(format!("{e:#}")),
+            };
+            match outcome {
+                Outcome::Closed => {
+                    tracing::info!("exiting");
                     return Ok(());
                 }
-                if cfg
-                    .connect_retry_max
-                    .is_some_and(|m| attempt >= m * cfg.remotes.len() as u32)
-                {
-                    bail!("giving up after {attempt} attempts (connect-retry-max): {reason}");
-                }
-                remote_idx += 1;
-                let backoff =
-                    cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
-                let wait = backoff.min(Duration::from_secs(300));
-                tracing::info!("restarting in {} s", wait.as_secs());
-                let until = Instant::now() + wait;
-                while Instant::now() < until {
-                    if term.load(Ordering::Relaxed) {
+                Outcome::Fatal(reason) => bail!("{reason}"),
+                Outcome::Restart(reason) => {
+                    attempt += 1;
+                    tracing::warn!(
+                        "connection to {}:{} ended: {reason}",
+                        remote.host,
+                        remote.port
+                    );
+                    if self.term.load(Ordering::Relaxed) {
                         return Ok(());
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    if cfg
+                        .connect_retry_max
+                        .is_some_and(|m| attempt >= m * cfg.remotes.len() as u32)
+                    {
+                        bail!("giving up after {attempt} attempts (connect-retry-max): {reason}");
+                    }
+                    remote_idx += 1;
+                    let backoff =
+                        cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
+                    let wait = backoff.min(Duration::from_secs(300));
+                    tracing::info!("restarting in {} s", wait.as_secs());
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if self.term.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         }
+    }
+
+    fn connect_once(&mut self, remote: &Remote) -> Result<Outcome> {
+        let cfg = self.cfg;
+        let peer = resolve(remote)?;
+        let setup = Arc::new(crate::setup::client_setup(
+            cfg,
+            remote.transport,
+            peer.is_ipv6(),
+        )?);
+        tracing::info!(
+            "connecting to {peer} over {}",
+            if remote.transport == Transport::Udp {
+                "UDP"
+            } else {
+                "TCP"
+            }
+        );
+        let link = match remote.transport {
+            Transport::Udp => Link::udp(peer, cfg.lport.unwrap_or(0)),
+            Transport::Tcp => Link::tcp(peer, Duration::from_secs(10)),
+        }
+        .with_context(|| format!("cannot open link to {peer}"))?;
+        self.observer.set_socket(link.udp_fd());
+        let mut client = Client::new(Arc::clone(&setup), Instant::now(), unix_now());
+        let mut rx = RxBatch::new();
+        let mut ctx = ControlCtx {
+            stats: &self.stats,
+            tap: self.tap.as_deref(),
+            out_wire: datapath::wire_of(&link, true),
+            in_wire: datapath::wire_of(&link, false),
+        };
+
+        // Handshake phase: this thread alone until the tunnel is up.
+        let connected = match handshake(&mut client, &link, &mut rx, &mut ctx, self.term)? {
+            Ok(c) => c,
+            Err(o) => return Ok(o),
+        };
+        self.stats
+            .control()
+            .handshake(connected.handshake, Some(connected.push));
+        tracing::info!(
+            "connected in {} ms: cipher {}, peer-id {}, {}",
+            connected.handshake.as_millis(),
+            connected.cipher.name(),
+            connected
+                .pushed
+                .peer_id
+                .map_or("none".into(), |p| p.to_string()),
+            connected.tls
+        );
+        let plane = client.data_plane();
+        let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
+        let addrs = tun_addresses(&connected.pushed)?;
+        if self.tun.is_none() {
+            let t = Tun::create(Some(&cfg.dev), mtu, !self.opts.no_offload)
+                .context("cannot create tun device")?;
+            t.set_nonblocking()?;
+            self.tun = Some(t);
+        }
+        let Some(tun) = self.tun.as_ref() else {
+            bail!("tun device missing")
+        };
+        tun.configure(&addrs, mtu)
+            .with_context(|| format!("cannot configure {}", tun.name()))?;
+        tracing::info!(
+            "{}: {}{} mtu {mtu}, offload {}",
+            tun.name(),
+            addrs
+                .ipv4
+                .map_or(String::new(), |(a, p, _)| format!("{a}/{p} ")),
+            addrs
+                .ipv6
+                .map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
+            tun.offload()
+        );
+        log_pushed(&connected.pushed);
+        self.observer.set_peers(vec![(
+            PeerReport {
+                id: connected.pushed.peer_id.unwrap_or(0),
+                name: "server".into(),
+                addr: peer.to_string(),
+                tunnel: addrs.ipv4.map(|(a, p, _)| format!("{a}/{p}")),
+                cipher: Some(connected.cipher.name().into()),
+                stats: None,
+            },
+            None,
+        )]);
+        let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
+        let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), plane.framing, v2);
+        let shared = Shared::new(
+            Arc::clone(&self.stats),
+            mss,
+            cfg.replay_window,
+            self.tap.clone(),
+        );
+        shared.publish(plane);
+        let mut published = client.data_plane_generation();
+        // The line OpenVPN prints at this point; scripts and tests wait for it.
+        tracing::info!("Initialization Sequence Completed");
+
+        let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+        let term = self.term;
+        let outcome = std::thread::scope(|s| -> Result<Outcome> {
+            let (shared, link, ctl) = (&shared, &link, ctl_tx.clone());
+            let rx_thread = std::thread::Builder::new()
+                .name("rx".into())
+                .spawn_scoped(s, move || datapath::rx_loop(shared, tun, link, rx, &ctl))?;
+            let tx_thread = std::thread::Builder::new()
+                .name("tx".into())
+                .spawn_scoped(s, move || datapath::tx_loop(shared, tun, link, mtu))?;
+            let mut buf = Vec::with_capacity(2048);
+            let mut closing = false;
+            let outcome = loop {
+                if term.load(Ordering::Relaxed) && !closing {
+                    closing = true;
+                    tracing::info!("signal received, closing");
+                    client.close(Instant::now());
+                }
+                let (lrx, ltx) = shared.activity();
+                client.set_data_activity(lrx, ltx);
+                let now = Instant::now();
+                let wait = client
+                    .poll_timeout()
+                    .map_or(Duration::from_millis(200), |t| {
+                        t.saturating_duration_since(now)
+                    })
+                    .min(Duration::from_millis(200));
+                match ctl_rx.recv_timeout(wait) {
+                    Ok(ControlInput::Packet(p)) => control_packet(&mut client, &ctx, &p),
+                    Ok(ControlInput::LinkDown(why)) => break Outcome::Restart(why),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break Outcome::Restart("data path stopped".into());
+                    }
+                }
+                let now = Instant::now();
+                client.handle_timeout(now);
+                transmit(&mut client, link, &mut buf, now, &mut ctx);
+                if client.data_plane_generation() != published {
+                    published = client.data_plane_generation();
+                    shared.publish(client.data_plane());
+                }
+                if let Some(o) = drain_events(&mut client, &self.stats) {
+                    break o;
+                }
+            };
+            shared.stop.store(true, Ordering::Relaxed);
+            link.shutdown();
+            let _ = rx_thread.join();
+            let _ = tx_thread.join();
+            Ok(outcome)
+        })?;
+        self.observer.set_peers(vec![]);
+        Ok(outcome)
     }
 }
 
@@ -154,135 +396,12 @@ fn mss_for(
         .mss_v4(outer, overhead)
 }
 
-fn connect_once(
-    cfg: &ClientConfig,
-    opts: &ClientOptions,
-    remote: &Remote,
-    tun: &mut Option<Tun>,
-    stats: &Arc<EngineStats>,
-    term: &AtomicBool,
-) -> Result<Outcome> {
-    let peer = resolve(remote)?;
-    let setup = Arc::new(crate::setup::client_setup(
-        cfg,
-        remote.transport,
-        peer.is_ipv6(),
-    )?);
-    tracing::info!(
-        "connecting to {peer} over {}",
-        if remote.transport == Transport::Udp {
-            "UDP"
-        } else {
-            "TCP"
-        }
-    );
-    let link = match remote.transport {
-        Transport::Udp => Link::udp(peer, cfg.lport.unwrap_or(0)),
-        Transport::Tcp => Link::tcp(peer, Duration::from_secs(10)),
-    }
-    .with_context(|| format!("cannot open link to {peer}"))?;
-    let mut client = Client::new(Arc::clone(&setup), Instant::now(), unix_now());
-    let mut rx = RxBatch::new();
-
-    // Handshake phase: this thread alone until the tunnel is up.
-    let connected = match handshake(&mut client, &link, &mut rx, stats, term)? {
-        Ok(c) => c,
-        Err(o) => return Ok(o),
-    };
-    tracing::info!(
-        "connected: cipher {}, peer-id {}, {}",
-        connected.cipher.name(),
-        connected
-            .pushed
-            .peer_id
-            .map_or("none".into(), |p| p.to_string()),
-        connected.tls
-    );
-    let plane = client.data_plane();
-    let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
-    let addrs = tun_addresses(&connected.pushed)?;
-    if tun.is_none() {
-        let t = Tun::create(Some(&cfg.dev), mtu, !opts.no_offload)
-            .context("cannot create tun device")?;
-        t.set_nonblocking()?;
-        *tun = Some(t);
-    }
-    let Some(tun) = tun.as_ref() else {
-        bail!("tun device missing")
-    };
-    tun.configure(&addrs, mtu)
-        .with_context(|| format!("cannot configure {}", tun.name()))?;
-    tracing::info!(
-        "{}: {}{} mtu {mtu}, offload {}",
-        tun.name(),
-        addrs
-            .ipv4
-            .map_or(String::new(), |(a, p, _)| format!("{a}/{p} ")),
-        addrs
-            .ipv6
-            .map_or(String::new(), |(a, p)| format!("{a}/{p} ")),
-        tun.offload()
-    );
-    log_pushed(&connected.pushed);
-    let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
-    let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), plane.framing, v2);
-    let shared = Shared::new(Arc::clone(stats), mss, cfg.replay_window);
-    shared.publish(plane);
-    let mut published = client.data_plane_generation();
-    // The line OpenVPN prints at this point; scripts and tests wait for it.
-    tracing::info!("Initialization Sequence Completed");
-
-    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
-    std::thread::scope(|s| -> Result<Outcome> {
-        let (shared, link, ctl) = (&shared, &link, ctl_tx.clone());
-        let rx_thread = std::thread::Builder::new()
-            .name("rx".into())
-            .spawn_scoped(s, move || datapath::rx_loop(shared, tun, link, rx, &ctl))?;
-        let tx_thread = std::thread::Builder::new()
-            .name("tx".into())
-            .spawn_scoped(s, move || datapath::tx_loop(shared, tun, link, mtu))?;
-        let mut buf = Vec::with_capacity(2048);
-        let mut closing = false;
-        let outcome = loop {
-            if term.load(Ordering::Relaxed) && !closing {
-                closing = true;
-                tracing::info!("signal received, closing");
-                client.close(Instant::now());
-            }
-            let (lrx, ltx) = shared.activity();
-            client.set_data_activity(lrx, ltx);
-            let now = Instant::now();
-            let wait = client
-                .poll_timeout()
-                .map_or(Duration::from_millis(200), |t| {
-                    t.saturating_duration_since(now)
-                })
-                .min(Duration::from_millis(200));
-            match ctl_rx.recv_timeout(wait) {
-                Ok(ControlInput::Packet(p)) => control_packet(&mut client, stats, &p),
-                Ok(ControlInput::LinkDown(why)) => break Outcome::Restart(why),
-                Ok(ControlInput::Signal(_)) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    break Outcome::Restart("data path stopped".into());
-                }
-            }
-            let now = Instant::now();
-            client.handle_timeout(now);
-            transmit(&mut client, link, &mut buf, now);
-            if client.data_plane_generation() != published {
-                published = client.data_plane_generation();
-                shared.publish(client.data_plane());
-            }
-            if let Some(o) = drain_events(&mut client) {
-                break o;
-            }
-        };
-        shared.stop.store(true, Ordering::Relaxed);
-        link.shutdown();
-        let _ = rx_thread.join();
-        let _ = tx_thread.join();
-        Ok(outcome)
-    })
+/// What the control thread needs to count and tap the packets it handles itself.
+struct ControlCtx<'a> {
+    stats: &'a EngineStats,
+    tap: Option<&'a Tap>,
+    out_wire: Option<crate::capture::Wire>,
+    in_wire: Option<crate::capture::Wire>,
 }
 
 /// Runs the control plane on this thread until the server's PUSH_REPLY (Ok(Ok)) or the end
@@ -291,7 +410,7 @@ fn handshake(
     client: &mut Client,
     link: &Link,
     rx: &mut RxBatch,
-    stats: &EngineStats,
+    ctx: &mut ControlCtx<'_>,
     term: &AtomicBool,
 ) -> Result<Result<Connected, Outcome>> {
     let mut buf = Vec::with_capacity(2048);
@@ -302,16 +421,16 @@ fn handshake(
         }
         let now = Instant::now();
         client.handle_timeout(now);
-        transmit(client, link, &mut buf, now);
+        transmit(client, link, &mut buf, now, ctx);
         if let Some(ev) = client.poll_event() {
             match ev {
                 ClientEvent::Connected(c) => {
                     // Flush what the connect produced (ACKs) before the data path starts.
-                    transmit(client, link, &mut buf, Instant::now());
+                    transmit(client, link, &mut buf, Instant::now(), ctx);
                     return Ok(Ok(*c));
                 }
                 other => {
-                    if let Some(o) = event_outcome(other) {
+                    if let Some(o) = event_outcome(other, ctx.stats) {
                         return Ok(Err(o));
                     }
                 }
@@ -351,18 +470,30 @@ fn handshake(
                 }
             }
         });
-        stats.stage(Stage::SocketRx).add(&socket_rx);
-        stats.stage(Stage::Decrypt).add(&decrypt);
+        ctx.stats.stage(Stage::SocketRx).add(&socket_rx);
+        ctx.stats.stage(Stage::Decrypt).add(&decrypt);
         if let Err(r) = r {
             return Ok(Err(Outcome::Restart(format!("TCP stream: {r}"))));
         }
         for p in packets {
-            control_packet(client, stats, &p);
+            if let Some(tap) = ctx.tap {
+                tap.emit(TapRecord {
+                    stage: Stage::SocketRx,
+                    at: Instant::now(),
+                    data: p.clone(),
+                    wire: ctx.in_wire,
+                    meta: TapMeta {
+                        trace: tap.trace_id(),
+                        ..TapMeta::default()
+                    },
+                });
+            }
+            control_packet(client, ctx, &p);
         }
     }
 }
 
-fn control_packet(client: &mut Client, stats: &EngineStats, p: &[u8]) {
+fn control_packet(client: &mut Client, ctx: &ControlCtx<'_>, p: &[u8]) {
     let mut c = BatchCounts::default();
     c.input(p.len());
     match client.handle_control(Instant::now(), p) {
@@ -372,35 +503,80 @@ fn control_packet(client: &mut Client, stats: &EngineStats, p: &[u8]) {
             c.drop(r);
         }
     }
-    stats.stage(Stage::Control).add(&c);
+    ctx.stats.stage(Stage::Control).add(&c);
 }
 
-fn transmit(client: &mut Client, link: &Link, buf: &mut Vec<u8>, now: Instant) {
+/// Sends what the state machine produced. Control packets count at socket_tx; pings and exit
+/// notifications are data packets, so they count at encrypt too.
+fn transmit(
+    client: &mut Client,
+    link: &Link,
+    buf: &mut Vec<u8>,
+    now: Instant,
+    ctx: &mut ControlCtx<'_>,
+) {
+    let mut encrypt = BatchCounts::default();
+    let mut socket_tx = BatchCounts::default();
     loop {
         buf.clear();
-        if client.poll_transmit(now, buf).is_none() {
+        let Some(kind) = client.poll_transmit(now, buf) else {
             break;
+        };
+        if kind == TransmitKind::Data {
+            encrypt.input(buf.len());
+            encrypt.pass();
         }
-        if let Err(e) = link.send_one(buf) {
-            tracing::debug!("send failed: {e}");
+        socket_tx.input(buf.len());
+        let sent = link.send_one(buf);
+        match &sent {
+            Ok(()) => socket_tx.pass(),
+            Err(e) => {
+                tracing::debug!("send failed: {e}");
+                socket_tx.drop(DropReason::SocketError);
+            }
+        }
+        if let Some(tap) = ctx.tap {
+            let ids = data_ids(buf);
+            tap.emit(TapRecord {
+                stage: Stage::SocketTx,
+                at: Instant::now(),
+                data: buf.clone(),
+                wire: ctx.out_wire,
+                meta: TapMeta {
+                    trace: tap.trace_id(),
+                    peer: ids.and_then(|i| i.0),
+                    key_id: ids.map(|i| i.1),
+                    packet_id: ids.map(|i| i.2),
+                    drop: sent.is_err().then_some(DropReason::SocketError),
+                    ..TapMeta::default()
+                },
+            });
         }
     }
+    ctx.stats.stage(Stage::Encrypt).add(&encrypt);
+    ctx.stats.stage(Stage::SocketTx).add(&socket_tx);
 }
 
-fn drain_events(client: &mut Client) -> Option<Outcome> {
+fn drain_events(client: &mut Client, stats: &EngineStats) -> Option<Outcome> {
     while let Some(ev) = client.poll_event() {
-        if let Some(o) = event_outcome(ev) {
+        if let Some(o) = event_outcome(ev, stats) {
             return Some(o);
         }
     }
     None
 }
 
-fn event_outcome(ev: ClientEvent) -> Option<Outcome> {
+fn event_outcome(ev: ClientEvent, stats: &EngineStats) -> Option<Outcome> {
     match ev {
         ClientEvent::Connected(_) => None,
-        ClientEvent::KeysChanged { key_id } => {
-            tracing::info!("new data keys, key-id {key_id}");
+        ClientEvent::KeysChanged { key_id, took } => {
+            stats.control().renegotiation(took);
+            tracing::info!("new data keys, key-id {key_id} ({} ms)", took.as_millis());
+            None
+        }
+        ClientEvent::RenegotiationFailed(w) => {
+            stats.control().failures += 1;
+            tracing::warn!("{w}");
             None
         }
         ClientEvent::Warning(w) => {
@@ -411,7 +587,10 @@ fn event_outcome(ev: ClientEvent) -> Option<Outcome> {
             tracing::info!("{i}");
             None
         }
-        ClientEvent::Restart(r) => Some(Outcome::Restart(r)),
+        ClientEvent::Restart(r) => {
+            stats.control().failures += 1;
+            Some(Outcome::Restart(r))
+        }
         ClientEvent::Fatal(r) => Some(Outcome::Fatal(r)),
         ClientEvent::Closed => Some(Outcome::Closed),
     }

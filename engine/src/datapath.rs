@@ -1,5 +1,5 @@
-//! The data path: two threads that move batches of packets between the tun device and the
-//! link, with every stage explicit.
+//! The client's data path: two threads that move batches of packets between the tun device
+//! and the link, with every stage explicit.
 //!
 //! ```text
 //! tx thread:  read_tun ─▶ encrypt ─▶ socket_tx
@@ -7,9 +7,10 @@
 //!                  └──── control packets ─▶ control thread (channel)
 //! ```
 //!
-//! Each stage counts a whole batch locally and publishes once ([`crate::stats`]). Keys come
-//! from the control thread through [`Shared::plane`]; a thread re-reads them only when the
-//! generation counter changed, one relaxed load per batch.
+//! Each stage counts a whole batch locally and publishes once ([`crate::stats`]); the clock is
+//! read once per stage boundary. Keys come from the control thread through [`Shared::plane`];
+//! a thread re-reads them only when the generation counter changed (one relaxed load per
+//! batch). Sampled packets are copied to the capture tap ([`crate::capture`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -21,8 +22,9 @@ use tunscope_proto::data::{self, Payload, Receiver};
 use tunscope_proto::stage::{DropReason, Stage};
 use tunscope_proto::wire::{Opcode, peek_opcode};
 
-use crate::link::{Link, Received, RxBatch, TxBatch};
-use crate::stats::{BatchCounts, EngineStats};
+use crate::capture::{Tap, TapMeta, TapRecord, Wire, data_ids};
+use crate::link::{Link, LinkKind, Received, RxBatch, TxBatch};
+use crate::stats::{BatchCounts, EngineStats, LocalHist, PROBES};
 use crate::tun::{Tun, TunReader, TunWriter};
 
 /// How long a blocked thread waits before checking for shutdown.
@@ -35,8 +37,6 @@ pub enum ControlInput {
     Packet(Vec<u8>),
     /// The link failed or closed.
     LinkDown(String),
-    /// A signal arrived (SIGINT, SIGTERM).
-    Signal(i32),
 }
 
 /// State shared by the data-path threads and the control thread of one connection.
@@ -59,11 +59,18 @@ pub struct Shared {
     pub mss: u16,
     /// Replay window size in packets.
     pub replay_window: u32,
+    /// Capture tap, when `--capture` is on.
+    pub tap: Option<Arc<Tap>>,
 }
 
 impl Shared {
     /// New shared state.
-    pub fn new(stats: Arc<EngineStats>, mss: Option<u16>, replay_window: Option<u32>) -> Shared {
+    pub fn new(
+        stats: Arc<EngineStats>,
+        mss: Option<u16>,
+        replay_window: Option<u32>,
+        tap: Option<Arc<Tap>>,
+    ) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             plane: Mutex::new(DataPlane::default()),
@@ -74,6 +81,7 @@ impl Shared {
             last_tx_ns: AtomicU64::new(0),
             mss: mss.unwrap_or(0),
             replay_window: replay_window.unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+            tap,
         }
     }
 
@@ -128,11 +136,78 @@ impl PlaneCache {
     }
 }
 
-fn is_ip(p: &[u8]) -> bool {
+/// Stage boundary times of one batch: real clock reads when probes or the tap need them, the
+/// batch's single `now` otherwise.
+pub struct Clock {
+    on: bool,
+}
+
+impl Clock {
+    /// Reads the clock per stage when probes are compiled in or a tap is active.
+    pub fn new(tap: bool) -> Clock {
+        Clock { on: PROBES || tap }
+    }
+
+    /// The time now, or `fallback` when timing is off.
+    #[inline]
+    pub fn mark(&self, fallback: Instant) -> Instant {
+        if self.on { Instant::now() } else { fallback }
+    }
+}
+
+fn ns(a: Instant, b: Instant) -> u64 {
+    b.saturating_duration_since(a).as_nanos() as u64
+}
+
+/// Whether a tun packet is IP, and of a plausible length.
+pub fn is_ip(p: &[u8]) -> bool {
     match p.first().map(|b| b >> 4) {
         Some(4) => p.len() >= 20,
         Some(6) => p.len() >= 40,
         _ => false,
+    }
+}
+
+/// A sampled packet of a tx batch, waiting for its socket_tx time.
+struct TxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+fn link_wire(link: &Link, outbound: bool) -> Option<Wire> {
+    let local = link.local_addr().ok()?;
+    let peer = link.peer();
+    let tcp = link.kind() == LinkKind::Tcp;
+    Some(if outbound {
+        Wire {
+            src: local,
+            dst: peer,
+            tcp,
+        }
+    } else {
+        Wire {
+            src: peer,
+            dst: local,
+            tcp,
+        }
+    })
+}
+
+fn meta(
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    stage_ns: u64,
+    drop: Option<DropReason>,
+) -> TapMeta {
+    TapMeta {
+        trace,
+        peer: ids.0,
+        key_id: Some(ids.1),
+        packet_id: Some(ids.2),
+        stage_ns,
+        drop,
     }
 }
 
@@ -141,9 +216,15 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
     let mut reader = TunReader::new(mtu);
     let mut batch = TxBatch::new();
     let mut cache = PlaneCache::new();
+    let mut hist = LocalHist::new(2);
+    let mut samples: Vec<TxSample> = Vec::new();
+    let tap = shared.tap.as_deref();
+    let clock = Clock::new(tap.is_some());
+    let wire = link_wire(link, true);
     let v2_overhead = data::overhead(true, data::Framing::StubV2);
     let stats = &shared.stats;
     while !shared.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
         let n = match reader.read_batch(tun, 128) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -156,7 +237,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
                 continue;
             }
         };
-        let now = Instant::now();
+        let t1 = clock.mark(now);
         cache.refresh(shared);
         let plane = &cache.plane;
         let mut read_tun = BatchCounts::default();
@@ -181,6 +262,16 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
             let out = batch.reserve(p.len() + v2_overhead);
             match keys.seal(plane.header(keys), plane.framing, p, out) {
                 Ok(len) => {
+                    if let Some(tap) = tap
+                        && let Some(ids) = data_ids(&out[..len]).filter(|ids| tap.sampled(ids.2))
+                    {
+                        samples.push(TxSample {
+                            trace: tap.trace_id(),
+                            ids,
+                            plain: p.to_vec(),
+                            sealed: out[..len].to_vec(),
+                        });
+                    }
                     batch.commit(len);
                     encrypt.pass();
                 }
@@ -190,22 +281,66 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
                 }
             }
         }
+        let t2 = clock.mark(now);
         stats.stage(Stage::ReadTun).add(&read_tun);
         stats.stage(Stage::Encrypt).add(&encrypt);
-        if batch.is_empty() {
-            continue;
-        }
+        hist.record(Stage::ReadTun, read_tun.packets_in, ns(now, t1));
+        hist.record(Stage::Encrypt, encrypt.packets_in, ns(t1, t2));
         let mut socket_tx = BatchCounts::default();
-        let count = batch.len() as u64;
-        socket_tx.packets_in = count;
-        let (sent, failed) = batch.flush(link);
-        socket_tx.packets_out = sent;
-        socket_tx.drops[DropReason::SocketError.index()] = failed;
-        stats.stage(Stage::SocketTx).add(&socket_tx);
-        if sent > 0 {
-            shared.stamp(&shared.last_tx_ns, now);
+        if !batch.is_empty() {
+            let count = batch.len() as u64;
+            socket_tx.packets_in = count;
+            let (sent, failed) = batch.flush(link);
+            socket_tx.packets_out = sent;
+            socket_tx.drops[DropReason::SocketError.index()] = failed;
+            stats.stage(Stage::SocketTx).add(&socket_tx);
+            if sent > 0 {
+                shared.stamp(&shared.last_tx_ns, now);
+            }
         }
+        let t3 = clock.mark(now);
+        hist.record(Stage::SocketTx, socket_tx.packets_in, ns(t2, t3));
+        if let Some(tap) = tap {
+            let failed = socket_tx.packets_out == 0 && socket_tx.packets_in > 0;
+            for s in samples.drain(..) {
+                tap.emit(TapRecord {
+                    stage: Stage::ReadTun,
+                    at: now,
+                    data: s.plain,
+                    wire: None,
+                    meta: meta(s.trace, s.ids, ns(now, t1), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::Encrypt,
+                    at: t1,
+                    data: s.sealed.clone(),
+                    wire,
+                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::SocketTx,
+                    at: t2,
+                    data: s.sealed,
+                    wire,
+                    meta: meta(
+                        s.trace,
+                        s.ids,
+                        ns(t2, t3),
+                        failed.then_some(DropReason::SocketError),
+                    ),
+                });
+            }
+        }
+        stats.publish_hist(&mut hist, t3, false);
     }
+    stats.publish_hist(&mut hist, Instant::now(), true);
+}
+
+/// A sampled received packet waiting for its write_tun time.
+struct RxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    plain: Vec<u8>,
 }
 
 /// link → tun: `socket_rx → decrypt → write_tun`, control packets to `control`, until
@@ -221,20 +356,38 @@ pub fn rx_loop(
     let mut writer = TunWriter::new(tun);
     let mut cache = PlaneCache::new();
     let mut receiver = Receiver::with_replay_window(shared.replay_window);
+    let mut hist = LocalHist::new(2);
+    let mut samples: Vec<RxSample> = Vec::new();
+    let tap = shared.tap.as_deref();
+    let clock = Clock::new(tap.is_some());
+    let wire = link_wire(link, false);
     let stats = &shared.stats;
     let peer = link.peer();
+    // A TCP stream may already hold records from the handshake phase.
+    let mut pending = link.kind() == LinkKind::Tcp;
     while !shared.stop.load(Ordering::Relaxed) {
-        match batch.recv(link, IDLE_WAIT) {
-            Received::Packets => {}
-            Received::Idle => continue,
-            Received::Closed(why) => {
-                if !shared.stop.load(Ordering::Relaxed) {
-                    let _ = control.send(ControlInput::LinkDown(why));
-                }
-                return;
+        let t0 = if pending {
+            // Drain records left in the framer by the handshake phase first.
+            pending = false;
+            Instant::now()
+        } else {
+            if !batch.wait(link, IDLE_WAIT) {
+                continue;
             }
-        }
-        let now = Instant::now();
+            let t0 = Instant::now();
+            match batch.recv(link, Duration::ZERO) {
+                Received::Packets => {}
+                Received::Idle => continue,
+                Received::Closed(why) => {
+                    if !shared.stop.load(Ordering::Relaxed) {
+                        let _ = control.send(ControlInput::LinkDown(why));
+                    }
+                    return;
+                }
+            }
+            t0
+        };
+        let t1 = clock.mark(t0);
         if cache.refresh(shared) {
             // Keys that stay keep their replay windows; new ones start fresh.
             receiver.retain(&cache.plane.recv);
@@ -263,11 +416,48 @@ pub fn rx_loop(
             };
             socket_rx.pass();
             if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+                if let Some(tap) = tap {
+                    tap.emit(TapRecord {
+                        stage: Stage::SocketRx,
+                        at: t0,
+                        data: pkt.to_vec(),
+                        wire,
+                        meta: TapMeta {
+                            trace: tap.trace_id(),
+                            stage_ns: ns(t0, t1),
+                            ..TapMeta::default()
+                        },
+                    });
+                }
                 let _ = control.send(ControlInput::Packet(pkt.to_vec()));
                 return;
             }
+            let sample = tap.and_then(|tap| {
+                let ids = data_ids(pkt).filter(|ids| tap.sampled(ids.2))?;
+                let trace = tap.trace_id();
+                tap.emit(TapRecord {
+                    stage: Stage::SocketRx,
+                    at: t0,
+                    data: pkt.to_vec(),
+                    wire,
+                    meta: meta(trace, ids, ns(t0, t1), None),
+                });
+                Some((trace, ids, pkt.to_vec()))
+            });
             decrypt.input(pkt.len());
-            match receiver.open(pkt, framing, now) {
+            let outcome = receiver.open(pkt, framing, t0);
+            let drop_here = |r: DropReason| {
+                if let (Some(tap), Some((trace, ids, cipher))) = (tap, &sample) {
+                    tap.emit(TapRecord {
+                        stage: Stage::Decrypt,
+                        at: t1,
+                        data: cipher.clone(),
+                        wire,
+                        meta: meta(*trace, *ids, 0, Some(r)),
+                    });
+                }
+            };
+            match outcome {
                 Ok(opened) => {
                     got_data = true;
                     match opened.payload {
@@ -286,15 +476,33 @@ pub fn rx_loop(
                                 flush_tun(&mut writer, tun, &mut write_tun);
                             }
                             writer.push(p);
+                            if let Some((trace, ids, _)) = sample {
+                                samples.push(RxSample {
+                                    trace,
+                                    ids,
+                                    plain: p.to_vec(),
+                                });
+                            }
                         }
-                        Payload::Ping => decrypt.drop(DropReason::Keepalive),
-                        Payload::Occ(_) => decrypt.drop(DropReason::Occ),
+                        Payload::Ping => {
+                            decrypt.drop(DropReason::Keepalive);
+                            drop_here(DropReason::Keepalive);
+                        }
+                        Payload::Occ(_) => {
+                            decrypt.drop(DropReason::Occ);
+                            drop_here(DropReason::Occ);
+                        }
                     }
                 }
-                Err(r) => decrypt.drop(r),
+                Err(r) => {
+                    decrypt.drop(r);
+                    drop_here(r);
+                }
             }
         });
+        let t2 = clock.mark(t0);
         flush_tun(&mut writer, tun, &mut write_tun);
+        let t3 = clock.mark(t0);
         if let Err(r) = result {
             let _ = control.send(ControlInput::LinkDown(format!("TCP stream: {r}")));
             shared.stop.store(true, Ordering::Relaxed);
@@ -302,10 +510,39 @@ pub fn rx_loop(
         stats.stage(Stage::SocketRx).add(&socket_rx);
         stats.stage(Stage::Decrypt).add(&decrypt);
         stats.stage(Stage::WriteTun).add(&write_tun);
-        if got_data {
-            shared.stamp(&shared.last_rx_ns, now);
+        hist.record(Stage::SocketRx, socket_rx.packets_in, ns(t0, t1));
+        hist.record(Stage::Decrypt, decrypt.packets_in, ns(t1, t2));
+        hist.record(Stage::WriteTun, write_tun.packets_in, ns(t2, t3));
+        if let Some(tap) = tap {
+            let failed = write_tun.drops[DropReason::TunWriteError.index()] > 0;
+            for s in samples.drain(..) {
+                tap.emit(TapRecord {
+                    stage: Stage::Decrypt,
+                    at: t1,
+                    data: s.plain.clone(),
+                    wire: None,
+                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::WriteTun,
+                    at: t2,
+                    data: s.plain,
+                    wire: None,
+                    meta: meta(
+                        s.trace,
+                        s.ids,
+                        ns(t2, t3),
+                        failed.then_some(DropReason::TunWriteError),
+                    ),
+                });
+            }
         }
+        if got_data {
+            shared.stamp(&shared.last_rx_ns, t0);
+        }
+        stats.publish_hist(&mut hist, t3, false);
     }
+    stats.publish_hist(&mut hist, Instant::now(), true);
 }
 
 fn flush_tun(writer: &mut TunWriter, tun: &Tun, counts: &mut BatchCounts) {
@@ -320,4 +557,9 @@ fn flush_tun(writer: &mut TunWriter, tun: &Tun, counts: &mut BatchCounts) {
             counts.drops[DropReason::TunWriteError.index()] += n;
         }
     }
+}
+
+/// The wire description of a link, for taps written by the control thread.
+pub fn wire_of(link: &Link, outbound: bool) -> Option<Wire> {
+    link_wire(link, outbound)
 }

@@ -13,13 +13,18 @@
 //!   control       Client state machine: control packets, timers, signals, key updates
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod capture;
 pub mod client;
+pub mod control_socket;
 pub mod datapath;
 pub mod link;
 pub mod netlink;
 pub mod poll;
+pub mod report;
 pub mod server;
 pub mod setup;
 pub mod stats;
+pub mod trace;
 pub mod tun;

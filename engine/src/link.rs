@@ -19,6 +19,8 @@ use tunscope_proto::wire::{TcpFramer, tcp_frame};
 /// Socket buffer size we ask for (with the FORCE variants when running as root). Small
 /// default buffers are the main source of loss for a userspace tunnel on a busy box.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// Largest payload of one GSO send (a UDP datagram's limit, minus headers).
+const MAX_GSO_BYTES: usize = 65_000;
 /// Datagrams per `recvmmsg`.
 const RX_BATCH: usize = 32;
 /// Largest buffer one GRO receive can fill.
@@ -113,6 +115,35 @@ fn force_buffers(fd: RawFd) {
         };
         if set(force) != 0 {
             set(plain);
+        }
+    }
+}
+
+/// Datagrams the kernel dropped at this socket (receive buffer full), from `SO_MEMINFO`.
+pub fn socket_drops(fd: RawFd) -> Option<u64> {
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut v = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+    // SAFETY: valid fd; the buffer and its length describe `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            v.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(u64::from(v[SK_MEMINFO_DROPS]))
+}
+
+impl Link {
+    /// A duplicate of the UDP socket's fd (for reading its kernel counters), if UDP.
+    pub fn udp_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        match &self.sock {
+            Sock::Udp(ep) => ep.socket.try_clone().ok().map(std::os::fd::OwnedFd::from),
+            Sock::Tcp { .. } => None,
         }
     }
 }
@@ -338,7 +369,8 @@ impl TxBatch {
             let mut bytes = seg;
             while j < self.lens.len() && j - i < max_segs {
                 let l = self.lens[j];
-                if l > seg {
+                // One GSO send is one UDP datagram to the kernel: at most 64 KiB in total.
+                if l > seg || bytes + l > MAX_GSO_BYTES {
                     break;
                 }
                 bytes += l;
@@ -361,7 +393,7 @@ impl TxBatch {
                     // GSO refused (e.g. segment above the path MTU): one by one.
                     let mut o = off;
                     for &l in &self.lens[i..j] {
-                        match socket.send(&self.buf[o..o + l]) {
+                        match socket.send_to(&self.buf[o..o + l], peer) {
                             Ok(_) => sent += 1,
                             Err(_) => failed += 1,
                         }
@@ -467,6 +499,11 @@ impl RxBatch {
                 off = end;
             }
         }
+    }
+
+    /// Waits up to `wait` until the link has something to read. Returns true when it has.
+    pub fn wait(&self, link: &Link, wait: Duration) -> bool {
+        crate::poll::wait_readable(link.raw_fd(), wait).unwrap_or(false)
     }
 
     /// Receives what is available, waiting up to `wait` for the first bytes.

@@ -1,9 +1,11 @@
 //! The `tunscope` command.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use tunscope_engine::client::ObserveOptions;
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +18,51 @@ struct Cli {
     command: Command,
 }
 
+/// The observatory's options, shared by client and server.
+#[derive(Args, Clone, Debug, Default)]
+struct Observe {
+    /// Write stage taps (one interface per stage) to this pcapng file.
+    #[arg(long, value_name = "FILE.pcapng")]
+    capture: Option<PathBuf>,
+    /// Keep one data packet in N in the capture (`1/N` or `N`; chosen by packet-id, so both
+    /// ends keep the same packets). Control packets are always kept.
+    #[arg(long, value_name = "1/N", default_value = "1", value_parser = parse_sample)]
+    capture_sample: u32,
+    /// Stop writing the capture after this many MiB (0 = no limit).
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    capture_max_mb: u64,
+    /// Host name in the capture's interface names (default: client / server).
+    #[arg(long, value_name = "NAME")]
+    capture_name: Option<String>,
+    /// Serve live statistics on this Unix socket (read with `tunscope stats PATH`).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<SocketAddr>,
+}
+
+fn parse_sample(s: &str) -> Result<u32, String> {
+    let n = s.strip_prefix("1/").unwrap_or(s);
+    match n.parse::<u32>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("'{s}' is not 1/N with N ≥ 1")),
+    }
+}
+
+impl From<Observe> for ObserveOptions {
+    fn from(o: Observe) -> ObserveOptions {
+        ObserveOptions {
+            capture: o.capture,
+            capture_sample: o.capture_sample,
+            capture_max_mb: o.capture_max_mb,
+            capture_name: o.capture_name,
+            control: o.control,
+            prometheus: o.prometheus,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Connect to an OpenVPN 2.6 server using an OpenVPN client config file.
@@ -26,6 +73,8 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        #[command(flatten)]
+        observe: Observe,
     },
     /// Serve OpenVPN 2.6 clients using an OpenVPN server config file.
     Server {
@@ -35,6 +84,31 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        #[command(flatten)]
+        observe: Observe,
+    },
+    /// Show the live statistics of a running engine (its `--control` socket).
+    Stats {
+        /// The control socket.
+        path: PathBuf,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+        /// Print Prometheus text.
+        #[arg(long, conflicts_with = "json")]
+        prometheus: bool,
+    },
+    /// Print packet journeys and the per-stage latency breakdown from stage captures.
+    Trace {
+        /// pcapng files written with `--capture` (one per host, or merged).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// How many journeys to print in detail.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Print all journeys as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Parse a client or server config and report errors (file:line) and ignored options.
     CheckConfig {
@@ -82,18 +156,39 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Client { config, no_offload } => {
-            tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
-                config,
-                no_offload,
-            })
-        }
-        Command::Server { config, no_offload } => {
-            tunscope_engine::server::run(&tunscope_engine::server::ServerOptions {
-                config,
-                no_offload,
-            })
-        }
+        Command::Client {
+            config,
+            no_offload,
+            observe,
+        } => tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
+            config,
+            no_offload,
+            observe: observe.into(),
+        }),
+        Command::Server {
+            config,
+            no_offload,
+            observe,
+        } => tunscope_engine::server::run(&tunscope_engine::server::ServerOptions {
+            config,
+            no_offload,
+            observe: observe.into(),
+        }),
+        Command::Stats {
+            path,
+            json,
+            prometheus,
+        } => tunscope_engine::control_socket::query(&path).and_then(|r| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if prometheus {
+                print!("{}", r.prometheus());
+            } else {
+                print!("{}", r.table());
+            }
+            Ok(())
+        }),
+        Command::Trace { files, limit, json } => tunscope_engine::trace::run(&files, limit, json),
         Command::CheckConfig { config } => check_config(&config),
     };
     match result {

@@ -1,16 +1,31 @@
-//! Per-stage counters of the data path.
+//! Stage probes: counters, latency and batch-size histograms per stage, and control-plane
+//! timings, for the whole engine and (on a server) per peer.
 //!
-//! Each stage records packets in, packets out, bytes and drops by reason. Threads accumulate
-//! a whole batch locally ([`BatchCounts`]) and publish it with one relaxed atomic add per
-//! counter, so the cost is per batch, not per packet. Conservation holds by construction of the
-//! call sites: every packet that enters a stage is either passed on or dropped with a reason.
+//! Cost model (VPP's per-node counters): a data-path thread measures a whole batch at once.
+//! It reads the clock once per stage boundary, keeps counts in a [`BatchCounts`] on its stack
+//! and histograms in a thread-local [`LocalHist`]; counts are published once per batch with
+//! relaxed atomic adds, histograms are merged into the shared ones every 100 ms. Nothing is
+//! done per packet beyond incrementing plain integers.
+//!
+//! Conservation: every packet entering a stage leaves it or is dropped with a reason, so for
+//! every stage `packets_in == packets_out + drops` ([`StageSnapshot::conserved`]).
+//!
+//! With the `probes` feature off all of this compiles to nothing (see `cargo xtask bench
+//! probes` for the measured difference).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use serde::Serialize;
 use tunscope_proto::stage::{DropReason, Stage};
 
 const N_REASONS: usize = DropReason::ALL.len();
 const N_STAGES: usize = Stage::ALL.len();
+
+/// True when probes are compiled in.
+pub const PROBES: bool = cfg!(feature = "probes");
 
 /// Counters of one stage.
 #[derive(Default)]
@@ -63,8 +78,9 @@ impl BatchCounts {
 
 impl StageCounters {
     /// Publishes a batch.
+    #[inline]
     pub fn add(&self, b: &BatchCounts) {
-        if b.is_empty() {
+        if !PROBES || b.is_empty() {
             return;
         }
         self.packets_in.fetch_add(b.packets_in, Ordering::Relaxed);
@@ -122,21 +138,185 @@ impl StageSnapshot {
     }
 }
 
-/// All stages of one engine.
-#[derive(Default)]
+fn new_hist(sigfig: u8) -> Histogram<u64> {
+    // 1 ns .. 60 s covers every stage and control-plane duration.
+    #[allow(clippy::expect_used)] // constant, valid bounds
+    Histogram::new_with_bounds(1, 60_000_000_000, sigfig).expect("valid histogram bounds")
+}
+
+/// Latency (ns per packet) and batch-size histograms per stage.
+pub struct LocalHist {
+    latency: [Histogram<u64>; N_STAGES],
+    batch: [Histogram<u64>; N_STAGES],
+    dirty: bool,
+    published: Instant,
+}
+
+/// How often thread-local histograms are merged into the shared ones.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+impl LocalHist {
+    /// Histograms with `sigfig` significant figures (2 for engine totals, 1 per peer).
+    pub fn new(sigfig: u8) -> LocalHist {
+        LocalHist {
+            latency: std::array::from_fn(|_| new_hist(sigfig)),
+            batch: std::array::from_fn(|_| new_hist(1)),
+            dirty: false,
+            published: Instant::now(),
+        }
+    }
+
+    /// Records that `packets` packets spent `ns` in `stage` (one batch).
+    #[inline]
+    pub fn record(&mut self, stage: Stage, packets: u64, ns: u64) {
+        if !PROBES || packets == 0 {
+            return;
+        }
+        let i = stage.index();
+        let _ = self.latency[i].record_n(ns.max(1), packets);
+        let _ = self.batch[i].record(packets);
+        self.dirty = true;
+    }
+
+    fn merge_into(&mut self, target: &mut LocalHist) {
+        for i in 0..N_STAGES {
+            let _ = target.latency[i].add(&self.latency[i]);
+            let _ = target.batch[i].add(&self.batch[i]);
+            self.latency[i].reset();
+            self.batch[i].reset();
+        }
+        self.dirty = false;
+    }
+}
+
+/// Control-plane timings: handshakes, renegotiations, push replies.
+pub struct ControlMetrics {
+    /// Completed handshakes (until the tunnel was up).
+    pub handshakes: u64,
+    /// Completed renegotiations.
+    pub renegotiations: u64,
+    /// Failed key negotiations.
+    pub failures: u64,
+    handshake_ns: Histogram<u64>,
+    reneg_ns: Histogram<u64>,
+    push_ns: Histogram<u64>,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        ControlMetrics {
+            handshakes: 0,
+            renegotiations: 0,
+            failures: 0,
+            handshake_ns: new_hist(2),
+            reneg_ns: new_hist(2),
+            push_ns: new_hist(2),
+        }
+    }
+}
+
+impl ControlMetrics {
+    /// A handshake took `d` from the first packet to the tunnel being up, `push` of it
+    /// waiting for/sending the PUSH_REPLY.
+    pub fn handshake(&mut self, d: Duration, push: Option<Duration>) {
+        self.handshakes += 1;
+        let _ = self.handshake_ns.record((d.as_nanos() as u64).max(1));
+        if let Some(p) = push {
+            let _ = self.push_ns.record((p.as_nanos() as u64).max(1));
+        }
+    }
+
+    /// A renegotiation took `d`.
+    pub fn renegotiation(&mut self, d: Duration) {
+        self.renegotiations += 1;
+        let _ = self.reneg_ns.record((d.as_nanos() as u64).max(1));
+    }
+}
+
+/// All probes of one scope: the engine as a whole, or one peer of a server.
 pub struct EngineStats {
     stages: [StageCounters; N_STAGES],
+    hist: Mutex<LocalHist>,
+    control: Mutex<ControlMetrics>,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        EngineStats::new(2)
+    }
 }
 
 impl EngineStats {
+    /// Probes whose histograms keep `sigfig` significant figures.
+    pub fn new(sigfig: u8) -> EngineStats {
+        EngineStats {
+            stages: Default::default(),
+            hist: Mutex::new(LocalHist::new(sigfig)),
+            control: Mutex::new(ControlMetrics::default()),
+        }
+    }
+
     /// The counters of a stage.
     pub fn stage(&self, s: Stage) -> &StageCounters {
         &self.stages[s.index()]
     }
 
-    /// All stages at one moment.
+    /// Merges a thread's histograms if they are due (or `force`).
+    pub fn publish_hist(&self, local: &mut LocalHist, now: Instant, force: bool) {
+        if !local.dirty
+            || (!force && now.saturating_duration_since(local.published) < PUBLISH_EVERY)
+        {
+            return;
+        }
+        local.published = now;
+        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        local.merge_into(&mut h);
+    }
+
+    /// Control-plane metrics.
+    pub fn control(&self) -> std::sync::MutexGuard<'_, ControlMetrics> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// All stages' counters at one moment.
     pub fn snapshot(&self) -> [(Stage, StageSnapshot); N_STAGES] {
         std::array::from_fn(|i| (Stage::ALL[i], self.stages[i].snapshot()))
+    }
+
+    /// A serializable report of this scope.
+    pub fn report(&self) -> ScopeReport {
+        let h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        let stages = self
+            .snapshot()
+            .iter()
+            .map(|(stage, s)| StageReport {
+                stage: stage.name().to_owned(),
+                packets_in: s.packets_in,
+                packets_out: s.packets_out,
+                bytes_in: s.bytes_in,
+                batches: s.batches,
+                drops: DropReason::ALL
+                    .iter()
+                    .filter(|r| s.drops_for(**r) > 0)
+                    .map(|r| (r.name().to_owned(), s.drops_for(*r)))
+                    .collect(),
+                latency_ns: Quantiles::of(&h.latency[stage.index()]),
+                batch_size: Quantiles::of(&h.batch[stage.index()]),
+                conserved: s.conserved(),
+            })
+            .collect();
+        let c = self.control();
+        ScopeReport {
+            stages,
+            control: ControlReport {
+                handshakes: c.handshakes,
+                renegotiations: c.renegotiations,
+                failures: c.failures,
+                handshake_ms: Quantiles::of(&c.handshake_ns).scaled(1e-6),
+                renegotiation_ms: Quantiles::of(&c.reneg_ns).scaled(1e-6),
+                push_ms: Quantiles::of(&c.push_ns).scaled(1e-6),
+            },
+        }
     }
 
     /// One line: `stage in/out` for stages that saw packets, then drops by reason.
@@ -161,7 +341,7 @@ impl EngineStats {
             }
         }
         if parts.is_empty() {
-            return "no data packets".into();
+            return "no packets".into();
         }
         if drops.is_empty() {
             parts.join(", ")
@@ -172,26 +352,194 @@ impl EngineStats {
 
     /// A human-readable table.
     pub fn table(&self) -> String {
+        self.report().table()
+    }
+}
+
+/// p50/p90/p99/max of a histogram (0 when empty).
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Quantiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Quantiles {
+    fn of(h: &Histogram<u64>) -> Quantiles {
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        Quantiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5) as f64,
+            p90: h.value_at_quantile(0.9) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            max: h.max() as f64,
+        }
+    }
+
+    fn scaled(self, f: f64) -> Quantiles {
+        Quantiles {
+            count: self.count,
+            p50: self.p50 * f,
+            p90: self.p90 * f,
+            p99: self.p99 * f,
+            max: self.max * f,
+        }
+    }
+}
+
+/// One stage in a report.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct StageReport {
+    /// Stage name.
+    pub stage: String,
+    /// Packets in.
+    pub packets_in: u64,
+    /// Packets out.
+    pub packets_out: u64,
+    /// Bytes in.
+    pub bytes_in: u64,
+    /// Batches.
+    pub batches: u64,
+    /// Drops by reason name.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Time spent in the stage per packet.
+    pub latency_ns: Quantiles,
+    /// Packets per batch.
+    pub batch_size: Quantiles,
+    /// `in == out + drops`.
+    pub conserved: bool,
+}
+
+/// Control-plane part of a report.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ControlReport {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Renegotiations completed.
+    pub renegotiations: u64,
+    /// Key negotiations that failed.
+    pub failures: u64,
+    /// Handshake durations.
+    pub handshake_ms: Quantiles,
+    /// Renegotiation durations.
+    pub renegotiation_ms: Quantiles,
+    /// PUSH_REQUEST → PUSH_REPLY (client) or key active → PUSH_REPLY sent (server).
+    pub push_ms: Quantiles,
+}
+
+/// The probes of one scope.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ScopeReport {
+    /// Data-path stages.
+    pub stages: Vec<StageReport>,
+    /// Control plane.
+    pub control: ControlReport,
+}
+
+impl ScopeReport {
+    /// A stage by name.
+    pub fn stage(&self, name: &str) -> Option<&StageReport> {
+        self.stages.iter().find(|s| s.stage == name)
+    }
+
+    /// Stages where `in != out + drops`.
+    pub fn conservation_violations(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter(|s| !s.conserved)
+            .map(|s| {
+                format!(
+                    "{}: in {} != out {} + drops {}",
+                    s.stage,
+                    s.packets_in,
+                    s.packets_out,
+                    s.drops.values().sum::<u64>()
+                )
+            })
+            .collect()
+    }
+
+    /// Table: stage × packets, bytes, drops by reason, p50/p99 latency.
+    pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<10} {:>10} {:>10} {:>12} {:>8}  drops\n",
-            "stage", "in", "out", "bytes", "batches"
+            "{:<10} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9}  drops\n",
+            "stage", "in", "out", "bytes", "batch50", "p50 ns", "p99 ns"
         );
-        for (stage, snap) in self.snapshot() {
-            let drops: Vec<String> = DropReason::ALL
-                .iter()
-                .filter(|r| snap.drops_for(**r) > 0)
-                .map(|r| format!("{}={}", r.name(), snap.drops_for(*r)))
-                .collect();
+        for st in &self.stages {
+            let drops: Vec<String> = st.drops.iter().map(|(r, n)| format!("{r}={n}")).collect();
             s.push_str(&format!(
-                "{:<10} {:>10} {:>10} {:>12} {:>8}  {}\n",
-                stage.name(),
-                snap.packets_in,
-                snap.packets_out,
-                snap.bytes_in,
-                snap.batches,
+                "{:<10} {:>10} {:>10} {:>12} {:>8} {:>9} {:>9}  {}\n",
+                st.stage,
+                st.packets_in,
+                st.packets_out,
+                st.bytes_in,
+                st.batch_size.p50,
+                st.latency_ns.p50,
+                st.latency_ns.p99,
                 drops.join(" ")
             ));
         }
+        let c = &self.control;
+        s.push_str(&format!(
+            "control: {} handshake(s) p50 {:.1} ms, {} renegotiation(s) p50 {:.1} ms, push p50 {:.1} ms, {} failure(s)\n",
+            c.handshakes, c.handshake_ms.p50, c.renegotiations, c.renegotiation_ms.p50, c.push_ms.p50, c.failures
+        ));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_publish_counts_and_histograms() {
+        let stats = EngineStats::default();
+        let mut b = BatchCounts::default();
+        for _ in 0..10 {
+            b.input(100);
+        }
+        for _ in 0..8 {
+            b.pass();
+        }
+        b.drop(DropReason::Replay);
+        b.drop(DropReason::BadTag);
+        stats.stage(Stage::Decrypt).add(&b);
+        let mut local = LocalHist::new(2);
+        local.record(Stage::Decrypt, 10, 5_000);
+        stats.publish_hist(&mut local, Instant::now(), true);
+        let r = stats.report();
+        let d = r.stage("decrypt").expect("stage");
+        if PROBES {
+            assert_eq!(
+                (d.packets_in, d.packets_out, d.bytes_in, d.batches),
+                (10, 8, 1000, 1)
+            );
+            assert_eq!(d.drops.get("replay"), Some(&1));
+            assert!(d.conserved);
+            assert_eq!(d.latency_ns.count, 10);
+            assert!(
+                (4_900.0..=5_100.0).contains(&d.latency_ns.p50),
+                "{:?}",
+                d.latency_ns
+            );
+            assert_eq!(d.batch_size.p50, 10.0);
+            assert!(r.conservation_violations().is_empty());
+        }
+        let mut bad = BatchCounts::default();
+        bad.input(1);
+        stats.stage(Stage::WriteTun).add(&bad);
+        if PROBES {
+            assert_eq!(stats.report().conservation_violations().len(), 1);
+        }
     }
 }

@@ -66,8 +66,9 @@ struct Sample {
 pub fn run(args: &[&str]) -> Result<()> {
     match args.first().copied() {
         Some("tunnel") => tunnel(&args[1..]),
+        Some("probes") => probes(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]\n       cargo xtask bench probes [--seconds N] [--reps N]"
         ),
     }
 }
@@ -169,6 +170,86 @@ fn tunnel(args: &[&str]) -> Result<()> {
             reps.join(", "),
             m / stock
         );
+    }
+    Ok(())
+}
+
+/// `bench probes`: tunscope ↔ tunscope throughput with stage probes compiled in (the
+/// default build) and compiled out (`--no-default-features`), repetitions interleaved so
+/// both builds see the same machine conditions.
+fn probes(args: &[&str]) -> Result<()> {
+    let secs: u64 = flag(args, "--seconds")
+        .map_or(Ok(10), str::parse)
+        .context("--seconds")?;
+    let reps: usize = flag(args, "--reps")
+        .map_or(Ok(5), str::parse)
+        .context("--reps")?;
+    crate::deps::ensure()?;
+    let release = project_root().join("target/release");
+    let mut bins = vec![];
+    for (label, extra) in [
+        ("probes on", &[][..]),
+        ("probes off", &["--no-default-features"][..]),
+    ] {
+        run_cmd(
+            cargo()
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "tunscope-engine",
+                    "--bin",
+                    "tunscope",
+                ])
+                .args(extra),
+        )?;
+        let dst = release.join(format!("tunscope-{}", label.replace(' ', "-")));
+        std::fs::copy(release.join("tunscope"), &dst)?;
+        bins.push((label, dst));
+    }
+    let spec = TunnelSpec::default();
+    let mut results: Vec<(&str, Vec<Sample>)> = bins.iter().map(|(l, _)| (*l, vec![])).collect();
+    for rep in 0..reps {
+        for (i, (label, bin)) in bins.iter().enumerate() {
+            // SAFETY: single-threaded here; read by the harness when it starts processes.
+            unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
+            let s = measure(Anchor::OursBoth, &spec, secs)
+                .with_context(|| format!("{label} rep {}", rep + 1))?;
+            eprintln!(
+                "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
+                rep + 1,
+                s.gbps,
+                s.cpu_client,
+                s.cpu_server
+            );
+            results[i].1.push(s);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\ntunscope client ↔ tunscope server, UDP, AES-256-GCM, iperf3 {secs} s × {reps}, interleaved (median)\n"
+    );
+    println!("| build | median Gbit/s | reps | CPU client / server (% core) | CPU per Gbit/s |");
+    println!("|---|---|---|---|---|");
+    let mut base = None;
+    for (label, samples) in &results {
+        let mut g: Vec<f64> = samples.iter().map(|s| s.gbps).collect();
+        let mut c: Vec<f64> = samples.iter().map(|s| s.cpu_client).collect();
+        let mut d: Vec<f64> = samples.iter().map(|s| s.cpu_server).collect();
+        let reps: Vec<String> = samples.iter().map(|s| format!("{:.3}", s.gbps)).collect();
+        let (gm, cm, dm) = (med(&mut g), med(&mut c), med(&mut d));
+        println!(
+            "| {label} | **{gm:.3}** | {} | {cm:.0} / {dm:.0} | {:.0} |",
+            reps.join(", "),
+            (cm + dm) / gm
+        );
+        base.get_or_insert(gm);
+        if let Some(b) = base.filter(|_| *label != "probes on") {
+            println!("\nprobes on / probes off throughput: {:.3}", b / gm);
+        }
     }
     Ok(())
 }

@@ -122,6 +122,10 @@ pub struct Connected {
     pub cipher: Cipher,
     /// TLS version and suite, for logs.
     pub tls: String,
+    /// From the first packet to the tunnel being up.
+    pub handshake: Duration,
+    /// From the key state becoming active (PUSH_REQUEST) to the final PUSH_REPLY.
+    pub push: Duration,
 }
 
 /// Something the shell must act on.
@@ -133,7 +137,11 @@ pub enum ClientEvent {
     KeysChanged {
         /// The new key-id.
         key_id: u8,
+        /// How long the renegotiation took.
+        took: Duration,
     },
+    /// A renegotiation failed; the old key stays in use.
+    RenegotiationFailed(String),
     /// Something worth logging that does not stop the client.
     Warning(String),
     /// Informational message (e.g. `INFO` from the server).
@@ -215,6 +223,8 @@ pub struct Client {
     data_tx: Option<Instant>,
     events: VecDeque<ClientEvent>,
     started: Instant,
+    tls_active_at: Option<Instant>,
+    reneg_started_at: Option<Instant>,
 }
 
 /// Send the first packet on new keys this long after they are established, so that a stock
@@ -255,6 +265,8 @@ impl Client {
             data_tx: None,
             events: VecDeque::new(),
             started: now,
+            tls_active_at: None,
+            reneg_started_at: None,
         }
     }
 
@@ -380,6 +392,7 @@ impl Client {
             && let Some(id) = self.session.renegotiate(now)
         {
             self.reneg_pending = true;
+            self.reneg_started_at = Some(now);
             self.events
                 .push_back(ClientEvent::Info(format!("renegotiating: new key-id {id}")));
         }
@@ -627,6 +640,7 @@ impl Client {
                 SessionEvent::PeerKeyMethod { .. } => {}
                 SessionEvent::Renegotiating { key_id } => {
                     self.reneg_pending = true;
+                    self.reneg_started_at = Some(now);
                     self.events.push_back(ClientEvent::Info(format!(
                         "server started renegotiation of key-id {key_id}"
                     )));
@@ -641,7 +655,7 @@ impl Client {
                         self.session.remove_key_state(key_id);
                         self.reneg_pending = false;
                         self.key_started = now;
-                        self.events.push_back(ClientEvent::Warning(format!(
+                        self.events.push_back(ClientEvent::RenegotiationFailed(format!(
                             "renegotiation of key-id {key_id} failed: {reason}; keeping the old key"
                         )));
                     } else if self.session.current_key_id() == Some(key_id) {
@@ -675,6 +689,7 @@ impl Client {
             State::Handshake => {
                 self.state = State::Push;
                 self.key_started = now;
+                self.tls_active_at = Some(now);
                 self.send_push_request(now);
             }
             State::Connected => {
@@ -689,7 +704,10 @@ impl Client {
                 self.key_started = now;
                 self.reneg_pending = false;
                 self.session.retire_old_key_states();
-                self.events.push_back(ClientEvent::KeysChanged { key_id });
+                let took =
+                    now.saturating_duration_since(self.reneg_started_at.take().unwrap_or(now));
+                self.events
+                    .push_back(ClientEvent::KeysChanged { key_id, took });
             }
             _ => {}
         }
@@ -794,6 +812,8 @@ impl Client {
                 pushed,
                 cipher,
                 tls,
+                handshake: now.saturating_duration_since(self.started),
+                push: now.saturating_duration_since(self.tls_active_at.unwrap_or(now)),
             })));
     }
 }

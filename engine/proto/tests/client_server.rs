@@ -294,7 +294,7 @@ fn cookie_handshake_push_and_data() {
     assert!(
         net.server_events
             .iter()
-            .any(|e| matches!(e, ServerEvent::PeerConnected { peer: 0 }))
+            .any(|e| matches!(e, ServerEvent::PeerConnected { peer: 0, .. }))
     );
     assert_data_both_ways(&net, 0);
     // Only the cookie echo created state: no drops on the way.
@@ -443,7 +443,7 @@ fn server_renegotiation_installs_new_keys() {
             && n.clients[0]
                 .2
                 .iter()
-                .any(|e| matches!(e, ClientEvent::KeysChanged { key_id: 1 }))
+                .any(|e| matches!(e, ClientEvent::KeysChanged { key_id: 1, .. }))
     });
     // After the client switched its send key, data on key-id 1 flows both ways.
     net.advance(Duration::from_secs(2));

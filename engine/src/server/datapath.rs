@@ -1,5 +1,5 @@
 //! The server's data path: the same stages as the client, with a peer lookup on the way in
-//! and a route lookup on the way out, counted globally and per peer.
+//! and a route lookup on the way out, counted and timed globally and per peer.
 //!
 //! ```text
 //! rx thread:  socket_rx ─▶ (peer by peer-id / address) ─▶ decrypt ─▶ write_tun
@@ -8,9 +8,10 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tunscope_proto::consts::{OCC_EXIT, PEER_ID_UNDEF};
@@ -20,23 +21,43 @@ use tunscope_proto::server::{AuthResult, PeerAddr, PeerId, PeerView, RouteTable}
 use tunscope_proto::stage::{DropReason, Stage};
 use tunscope_proto::wire::{DataHeader, Opcode, TcpFramer, peek_opcode, tcp_frame};
 
+use crate::capture::{Tap, TapMeta, TapRecord, Wire, data_ids};
+use crate::datapath::{Clock, is_ip};
 use crate::link::{Received, RxBatch, TxBatch, UdpEndpoint};
 use crate::server::tcp::{TcpConns, TcpEvent};
-use crate::stats::{BatchCounts, EngineStats};
+use crate::stats::{BatchCounts, EngineStats, LocalHist};
 use crate::tun::{Tun, TunReader, TunWriter};
 
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 const N_STAGES: usize = Stage::ALL.len();
 
 /// Per-peer state shared between the data path and the control thread.
-#[derive(Default)]
 pub struct PeerRuntime {
-    /// This peer's stage counters.
+    /// This peer's stage probes (histograms with one significant figure to stay small).
     pub stats: EngineStats,
     /// Nanoseconds after the epoch of the last authenticated data packet received.
     pub last_rx_ns: AtomicU64,
     /// Nanoseconds after the epoch of the last data packet sent.
     pub last_tx_ns: AtomicU64,
+    /// Our address as this peer sees it (for capture headers).
+    pub local: OnceLock<SocketAddr>,
+}
+
+impl Default for PeerRuntime {
+    fn default() -> Self {
+        PeerRuntime {
+            stats: EngineStats::new(1),
+            last_rx_ns: AtomicU64::new(0),
+            last_tx_ns: AtomicU64::new(0),
+            local: OnceLock::new(),
+        }
+    }
+}
+
+impl crate::report::ReportSource for PeerRuntime {
+    fn scope_report(&self) -> crate::stats::ScopeReport {
+        self.stats.report()
+    }
 }
 
 /// A peer as the data threads see it.
@@ -85,6 +106,33 @@ impl Transport {
             }
             _ => Err(DropReason::UnknownPeer),
         }
+    }
+
+    /// The wire description of a packet between us and `peer` (for capture headers).
+    pub fn wire(&self, peer: PeerAddr, local: Option<SocketAddr>, outbound: bool) -> Option<Wire> {
+        let (remote, local, tcp) = match (self, peer) {
+            (Transport::Udp(ep), PeerAddr::Udp(a)) => {
+                (a, local.or(ep.socket().local_addr().ok())?, false)
+            }
+            (Transport::Tcp(c), PeerAddr::Tcp(id)) => {
+                let conn = c.get(id)?;
+                (conn.remote, conn.local, true)
+            }
+            _ => return None,
+        };
+        Some(if outbound {
+            Wire {
+                src: local,
+                dst: remote,
+                tcp,
+            }
+        } else {
+            Wire {
+                src: remote,
+                dst: local,
+                tcp,
+            }
+        })
     }
 }
 
@@ -136,7 +184,7 @@ pub struct Shared {
     pub table: RwLock<Arc<PeerTable>>,
     /// Bumped after `table` changes.
     pub generation: AtomicU64,
-    /// Counters summed over all peers (plus packets from unknown senders).
+    /// Probes summed over all peers (plus packets from unknown senders).
     pub stats: Arc<EngineStats>,
     /// Reference point of activity stamps.
     pub epoch: Instant,
@@ -148,6 +196,8 @@ pub struct Shared {
     pub transport: Transport,
     /// Channel to the control thread.
     pub control: Sender<ServerInput>,
+    /// Capture tap, when `--capture` is on.
+    pub tap: Option<Arc<Tap>>,
 }
 
 impl Shared {
@@ -161,7 +211,8 @@ impl Shared {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn stamp(&self, at: &AtomicU64, now: Instant) {
+    /// Records activity.
+    pub fn stamp(&self, at: &AtomicU64, now: Instant) {
         let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         at.store(ns.max(1), Ordering::Relaxed);
     }
@@ -171,13 +222,30 @@ impl Shared {
         let v = at.load(Ordering::Relaxed);
         (v != 0).then(|| self.epoch + Duration::from_nanos(v))
     }
+
+    fn wire_for(&self, dp: &DataPeer, outbound: bool) -> Option<Wire> {
+        self.transport
+            .wire(dp.view.addr, dp.rt.local.get().copied(), outbound)
+    }
 }
 
-/// Batch counters, global and per peer.
-#[derive(Default)]
+/// Batch counters and histograms of one thread, global and per peer.
 struct Counts {
     global: [BatchCounts; N_STAGES],
     peers: HashMap<PeerId, [BatchCounts; N_STAGES]>,
+    hist: LocalHist,
+    peer_hist: HashMap<PeerId, LocalHist>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            global: Default::default(),
+            peers: HashMap::new(),
+            hist: LocalHist::new(2),
+            peer_hist: HashMap::new(),
+        }
+    }
 }
 
 impl Counts {
@@ -215,27 +283,76 @@ impl Counts {
         }
     }
 
-    fn publish(&mut self, shared: &Shared, table: &PeerTable) {
+    /// Publishes counts and records each stage's batch time for its packets.
+    fn publish(
+        &mut self,
+        shared: &Shared,
+        table: &PeerTable,
+        stage_ns: &[(Stage, u64)],
+        now: Instant,
+    ) {
         for s in Stage::ALL {
             shared.stats.stage(s).add(&self.global[s.index()]);
         }
+        for (stage, ns) in stage_ns {
+            self.hist
+                .record(*stage, self.global[stage.index()].packets_in, *ns);
+        }
+        shared.stats.publish_hist(&mut self.hist, now, false);
         for (p, c) in self.peers.drain() {
-            if let Some(dp) = table.peers.get(&p) {
-                for s in Stage::ALL {
-                    dp.rt.stats.stage(s).add(&c[s.index()]);
-                }
+            let Some(dp) = table.peers.get(&p) else {
+                continue;
+            };
+            for s in Stage::ALL {
+                dp.rt.stats.stage(s).add(&c[s.index()]);
+            }
+            let h = self.peer_hist.entry(p).or_insert_with(|| LocalHist::new(1));
+            for (stage, ns) in stage_ns {
+                h.record(*stage, c[stage.index()].packets_in, *ns);
+            }
+            dp.rt.stats.publish_hist(h, now, false);
+        }
+        self.peer_hist.retain(|p, _| table.peers.contains_key(p));
+        self.global = Default::default();
+    }
+
+    fn flush_hist(&mut self, shared: &Shared, table: &PeerTable) {
+        let now = Instant::now();
+        shared.stats.publish_hist(&mut self.hist, now, true);
+        for (p, h) in self.peer_hist.iter_mut() {
+            if let Some(dp) = table.peers.get(p) {
+                dp.rt.stats.publish_hist(h, now, true);
             }
         }
-        self.global = Default::default();
     }
 }
 
-fn is_ip(p: &[u8]) -> bool {
-    match p.first().map(|b| b >> 4) {
-        Some(4) => p.len() >= 20,
-        Some(6) => p.len() >= 40,
-        _ => false,
+fn ns(a: Instant, b: Instant) -> u64 {
+    b.saturating_duration_since(a).as_nanos() as u64
+}
+
+fn meta(
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    stage_ns: u64,
+    drop: Option<DropReason>,
+) -> TapMeta {
+    TapMeta {
+        trace,
+        peer: ids.0,
+        key_id: Some(ids.1),
+        packet_id: Some(ids.2),
+        stage_ns,
+        drop,
     }
+}
+
+/// A sampled received packet waiting for its later stage times.
+struct RxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    plain: Vec<u8>,
+    peer: PeerId,
 }
 
 /// What the rx thread carries from packet to packet.
@@ -250,10 +367,15 @@ struct Rx<'a> {
     floated: HashSet<PeerId>,
     active: HashSet<PeerId>,
     fwd: Vec<u8>,
+    samples: Vec<RxSample>,
+    /// Receive time and the end of socket_rx for the current batch.
+    t0: Instant,
+    t1: Instant,
 }
 
 impl<'a> Rx<'a> {
     fn new(shared: &'a Shared, tun: &'a Tun) -> Rx<'a> {
+        let now = Instant::now();
         Rx {
             shared,
             tun,
@@ -265,6 +387,9 @@ impl<'a> Rx<'a> {
             floated: HashSet::new(),
             active: HashSet::new(),
             fwd: vec![0; 2048],
+            samples: Vec::new(),
+            t0: now,
+            t1: now,
         }
     }
 
@@ -289,7 +414,12 @@ impl<'a> Rx<'a> {
         }
     }
 
-    fn packet(&mut self, pkt: &mut [u8], from: PeerAddr, now: Instant) {
+    fn tap(&self) -> Option<&'a Tap> {
+        self.shared.tap.as_deref()
+    }
+
+    fn packet(&mut self, pkt: &mut [u8], from: PeerAddr) {
+        let now = self.t0;
         self.counts.input(Stage::SocketRx, None, pkt.len());
         let op = match peek_opcode(pkt) {
             Ok((op, _)) => op,
@@ -297,6 +427,19 @@ impl<'a> Rx<'a> {
         };
         if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
             self.counts.pass(Stage::SocketRx, None);
+            if let Some(tap) = self.tap() {
+                tap.emit(TapRecord {
+                    stage: Stage::SocketRx,
+                    at: self.t0,
+                    data: pkt.to_vec(),
+                    wire: self.shared.transport.wire(from, None, false),
+                    meta: TapMeta {
+                        trace: tap.trace_id(),
+                        stage_ns: ns(self.t0, self.t1),
+                        ..TapMeta::default()
+                    },
+                });
+            }
             let _ = self.shared.control.send(ServerInput::Control {
                 from,
                 packet: pkt.to_vec(),
@@ -324,13 +467,48 @@ impl<'a> Rx<'a> {
         }
         self.counts.pass(Stage::SocketRx, None);
         let peer = Some(id);
+        // Sampled packets: socket_rx record now, the rest when their fate is known.
+        let sample = self.tap().and_then(|tap| {
+            let ids = data_ids(pkt).filter(|ids| tap.sampled(ids.2))?;
+            let trace = tap.trace_id();
+            let wire = self.shared.wire_for(&dp, false);
+            tap.emit(TapRecord {
+                stage: Stage::SocketRx,
+                at: self.t0,
+                data: pkt.to_vec(),
+                wire,
+                meta: meta(trace, ids, ns(self.t0, self.t1), None),
+            });
+            Some((trace, ids, pkt.to_vec(), wire))
+        });
+        let tap_drop = |stage: Stage, r: DropReason, data: Vec<u8>, wire: Option<Wire>| {
+            if let (Some(tap), Some((trace, ids, _, _))) = (self.shared.tap.as_deref(), &sample) {
+                tap.emit(TapRecord {
+                    stage,
+                    at: self.t1,
+                    data,
+                    wire,
+                    meta: meta(*trace, *ids, 0, Some(r)),
+                });
+            }
+        };
         self.counts.input(Stage::Decrypt, peer, pkt.len());
         let Some(rx) = self.receivers.get_mut(&id) else {
-            return self.counts.drop(Stage::Decrypt, peer, DropReason::NoKey);
+            self.counts.drop(Stage::Decrypt, peer, DropReason::NoKey);
+            if let Some((_, _, c, w)) = &sample {
+                tap_drop(Stage::Decrypt, DropReason::NoKey, c.clone(), *w);
+            }
+            return;
         };
         let opened = match rx.open(pkt, dp.view.plane.framing, now) {
             Ok(o) => o,
-            Err(r) => return self.counts.drop(Stage::Decrypt, peer, r),
+            Err(r) => {
+                self.counts.drop(Stage::Decrypt, peer, r);
+                if let Some((_, _, c, w)) = &sample {
+                    tap_drop(Stage::Decrypt, r, c.clone(), *w);
+                }
+                return;
+            }
         };
         self.active.insert(id);
         if from != dp.view.addr && self.floated.insert(id) {
@@ -342,30 +520,48 @@ impl<'a> Rx<'a> {
         let range = match opened.payload {
             Payload::Packet(r) => r,
             Payload::Ping => {
-                return self
-                    .counts
+                self.counts
                     .drop(Stage::Decrypt, peer, DropReason::Keepalive);
+                if let Some((_, _, c, w)) = &sample {
+                    tap_drop(Stage::Decrypt, DropReason::Keepalive, c.clone(), *w);
+                }
+                return;
             }
             Payload::Occ(code) => {
                 if code == OCC_EXIT {
                     let _ = self.shared.control.send(ServerInput::Exit { peer: id });
                 }
-                return self.counts.drop(Stage::Decrypt, peer, DropReason::Occ);
+                self.counts.drop(Stage::Decrypt, peer, DropReason::Occ);
+                return;
             }
         };
         self.counts.pass(Stage::Decrypt, peer);
         let p = &mut pkt[range];
         self.counts.input(Stage::WriteTun, peer, p.len());
-        if !is_ip(p) {
-            return self.counts.drop(Stage::WriteTun, peer, DropReason::NotIp);
-        }
-        if !packet_src(p).is_some_and(|s| dp.view.owns_source(s)) {
-            return self
-                .counts
-                .drop(Stage::WriteTun, peer, DropReason::BadSource);
+        let verdict = if !is_ip(p) {
+            Some(DropReason::NotIp)
+        } else if !packet_src(p).is_some_and(|s| dp.view.owns_source(s)) {
+            Some(DropReason::BadSource)
+        } else {
+            None
+        };
+        if let Some(r) = verdict {
+            self.counts.drop(Stage::WriteTun, peer, r);
+            if sample.is_some() {
+                tap_drop(Stage::WriteTun, r, p.to_vec(), None);
+            }
+            return;
         }
         if self.shared.mss != 0 {
             tunscope_proto::mss::clamp(p, self.shared.mss);
+        }
+        if let Some((trace, ids, _, _)) = sample {
+            self.samples.push(RxSample {
+                trace,
+                ids,
+                plain: p.to_vec(),
+                peer: id,
+            });
         }
         if self.table.client_to_client
             && let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id)
@@ -428,13 +624,39 @@ impl<'a> Rx<'a> {
         }
     }
 
-    fn finish(&mut self, now: Instant) {
+    fn finish(&mut self, clock: &Clock) {
+        let t2 = clock.mark(self.t0);
         self.flush_tun();
+        let t3 = clock.mark(self.t0);
         let table = self.table.clone();
-        self.counts.publish(self.shared, &table);
+        if let Some(tap) = self.tap() {
+            for s in self.samples.drain(..) {
+                let _ = s.peer;
+                tap.emit(TapRecord {
+                    stage: Stage::Decrypt,
+                    at: self.t1,
+                    data: s.plain.clone(),
+                    wire: None,
+                    meta: meta(s.trace, s.ids, ns(self.t1, t2), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::WriteTun,
+                    at: t2,
+                    data: s.plain,
+                    wire: None,
+                    meta: meta(s.trace, s.ids, ns(t2, t3), None),
+                });
+            }
+        }
+        let stage_ns = [
+            (Stage::SocketRx, ns(self.t0, self.t1)),
+            (Stage::Decrypt, ns(self.t1, t2)),
+            (Stage::WriteTun, ns(t2, t3)),
+        ];
+        self.counts.publish(self.shared, &table, &stage_ns, t3);
         for id in self.active.drain() {
             if let Some(dp) = table.peers.get(&id) {
-                self.shared.stamp(&dp.rt.last_rx_ns, now);
+                self.shared.stamp(&dp.rt.last_rx_ns, self.t0);
             }
         }
         self.floated.clear();
@@ -445,8 +667,15 @@ impl<'a> Rx<'a> {
 pub fn rx_loop_udp(shared: &Shared, tun: &Tun, ep: &UdpEndpoint) {
     let mut batch = RxBatch::new();
     let mut rx = Rx::new(shared, tun);
+    let clock = Clock::new(shared.tap.is_some());
     while !shared.stop.load(Ordering::Relaxed) {
-        match batch.recv_udp(ep, IDLE_WAIT) {
+        if !crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(ep.socket()), IDLE_WAIT)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        rx.t0 = Instant::now();
+        match batch.recv_udp(ep, Duration::ZERO) {
             Received::Packets => {}
             Received::Idle => continue,
             Received::Closed(why) => {
@@ -455,29 +684,32 @@ pub fn rx_loop_udp(shared: &Shared, tun: &Tun, ep: &UdpEndpoint) {
                 continue;
             }
         }
-        let now = Instant::now();
+        rx.t1 = clock.mark(rx.t0);
         rx.refresh();
-        batch.for_each_datagram(|pkt, from| rx.packet(pkt, PeerAddr::Udp(from), now));
-        rx.finish(now);
+        batch.for_each_datagram(|pkt, from| rx.packet(pkt, PeerAddr::Udp(from)));
+        rx.finish(&clock);
     }
+    let table = rx.table.clone();
+    rx.counts.flush_hist(shared, &table);
 }
 
 /// TCP: accept, read and frame all connections, then the same stages, until `stop`.
 pub fn rx_loop_tcp(shared: &Shared, tun: &Tun, conns: &TcpConns) {
     let mut rx = Rx::new(shared, tun);
+    let clock = Clock::new(shared.tap.is_some());
     let mut framers: HashMap<u64, TcpFramer> = HashMap::new();
     let mut buf = vec![0u8; 256 * 1024];
     while !shared.stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
         rx.refresh();
         let mut closed: Vec<(u64, String)> = vec![];
+        let mut records: Vec<(u64, Vec<u8>)> = vec![];
         conns.poll_once(IDLE_WAIT.as_millis() as i32, &mut buf, |ev| match ev {
             TcpEvent::Data(c, bytes) => {
                 let f = framers.entry(c.id).or_default();
                 f.push(bytes);
                 loop {
                     match f.next_packet() {
-                        Ok(Some(p)) => rx.packet(p, PeerAddr::Tcp(c.id), now),
+                        Ok(Some(p)) => records.push((c.id, p.to_vec())),
                         Ok(None) => break,
                         Err(_) => {
                             closed.push((c.id, "TCP framing error".into()));
@@ -488,6 +720,14 @@ pub fn rx_loop_tcp(shared: &Shared, tun: &Tun, conns: &TcpConns) {
             }
             TcpEvent::Closed(id, why) => closed.push((id, why)),
         });
+        if !records.is_empty() {
+            rx.t0 = Instant::now();
+            rx.t1 = rx.t0;
+            for (id, mut p) in records {
+                rx.packet(&mut p, PeerAddr::Tcp(id));
+            }
+            rx.finish(&clock);
+        }
         for (id, why) in closed {
             framers.remove(&id);
             conns.close(id);
@@ -496,8 +736,18 @@ pub fn rx_loop_tcp(shared: &Shared, tun: &Tun, conns: &TcpConns) {
                 why,
             });
         }
-        rx.finish(now);
     }
+    let table = rx.table.clone();
+    rx.counts.flush_hist(shared, &table);
+}
+
+/// A sampled packet of a tx batch, waiting for its socket_tx time.
+struct TxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    peer: PeerId,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
 }
 
 /// tun → peers: `read_tun → encrypt → socket_tx`, until `stop`.
@@ -508,8 +758,12 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
     let mut table = Arc::new(PeerTable::default());
     let mut generation = u64::MAX;
     let mut counts = Counts::default();
+    let mut samples: Vec<TxSample> = Vec::new();
+    let tap = shared.tap.as_deref();
+    let clock = Clock::new(tap.is_some());
     let overhead = data::overhead(true, data::Framing::StubV2);
     while !shared.stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
         let n = match reader.read_batch(tun, 128) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -522,7 +776,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
                 continue;
             }
         };
-        let now = Instant::now();
+        let t1 = clock.mark(t0);
         let g = shared.generation.load(Ordering::Acquire);
         if g != generation {
             generation = g;
@@ -555,6 +809,17 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
             let out = batch.reserve(p.len() + overhead);
             match keys.seal(dp.view.plane.header(keys), dp.view.plane.framing, p, out) {
                 Ok(l) => {
+                    if let Some(tap) = tap
+                        && let Some(ids) = data_ids(&out[..l]).filter(|ids| tap.sampled(ids.2))
+                    {
+                        samples.push(TxSample {
+                            trace: tap.trace_id(),
+                            ids,
+                            peer: dp.view.id,
+                            plain: p.to_vec(),
+                            sealed: out[..l].to_vec(),
+                        });
+                    }
                     batch.commit(l);
                     counts.pass(Stage::Encrypt, target);
                 }
@@ -564,6 +829,8 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
                 }
             }
         }
+        let t2 = clock.mark(t0);
+        let mut failed_peers: HashSet<PeerId> = HashSet::new();
         for (id, batch) in batches.iter_mut().filter(|(_, b)| !b.is_empty()) {
             let Some(dp) = table.peers.get(id) else {
                 continue;
@@ -590,10 +857,51 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
                 }
             };
             counts.bulk(Stage::SocketTx, peer, sent, failed, why);
-            if sent > 0 {
-                shared.stamp(&dp.rt.last_tx_ns, now);
+            if sent == 0 {
+                failed_peers.insert(*id);
+            } else {
+                shared.stamp(&dp.rt.last_tx_ns, t0);
             }
         }
-        counts.publish(shared, &table);
+        let t3 = clock.mark(t0);
+        if let Some(tap) = tap {
+            for s in samples.drain(..) {
+                let Some(dp) = table.peers.get(&s.peer) else {
+                    continue;
+                };
+                let wire = shared.wire_for(dp, true);
+                tap.emit(TapRecord {
+                    stage: Stage::ReadTun,
+                    at: t0,
+                    data: s.plain,
+                    wire: None,
+                    meta: meta(s.trace, s.ids, ns(t0, t1), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::Encrypt,
+                    at: t1,
+                    data: s.sealed.clone(),
+                    wire,
+                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                });
+                let drop = failed_peers
+                    .contains(&s.peer)
+                    .then_some(DropReason::SocketError);
+                tap.emit(TapRecord {
+                    stage: Stage::SocketTx,
+                    at: t2,
+                    data: s.sealed,
+                    wire,
+                    meta: meta(s.trace, s.ids, ns(t2, t3), drop),
+                });
+            }
+        }
+        let stage_ns = [
+            (Stage::ReadTun, ns(t0, t1)),
+            (Stage::Encrypt, ns(t1, t2)),
+            (Stage::SocketTx, ns(t2, t3)),
+        ];
+        counts.publish(shared, &table, &stage_ns, t3);
     }
+    counts.flush_hist(shared, &table);
 }

@@ -30,7 +30,9 @@ use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup}
 use tunscope_proto::stage::Stage;
 use tunscope_proto::tls::{self, Identity, PeerCheck};
 
+use crate::capture::Capture;
 use crate::netlink;
+use crate::report::{Observer, PeerReport};
 use crate::setup::{load_wrap, read_source};
 use crate::stats::{BatchCounts, EngineStats};
 use crate::tun::{Tun, TunAddresses};
@@ -44,6 +46,8 @@ pub struct ServerOptions {
     pub config: PathBuf,
     /// Disable tun offload.
     pub no_offload: bool,
+    /// Observatory options.
+    pub observe: crate::client::ObserveOptions,
 }
 
 /// Loads and checks a server config.
@@ -183,6 +187,20 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         .unwrap_or(Mssfix::DEFAULT)
         .mss_v4(outer, overhead);
     let stats = Arc::new(EngineStats::default());
+    let observer = Arc::new(Observer::new("server", Arc::clone(&stats)));
+    let capture = match opts.observe.capture_config("server") {
+        Some(c) => {
+            let cap = Capture::start(&c)?;
+            observer.set_capture(c.path.display().to_string(), &cap.tap);
+            Some(cap)
+        }
+        None => None,
+    };
+    let endpoints = crate::control_socket::Endpoints::start(
+        Arc::clone(&observer),
+        opts.observe.control.as_deref(),
+        opts.observe.prometheus,
+    )?;
     let (ctl_tx, ctl_rx) = mpsc::channel::<ServerInput>();
     let shared = Shared {
         stop: AtomicBool::new(false),
@@ -196,6 +214,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
         transport,
         control: ctl_tx.clone(),
+        tap: capture.as_ref().map(|c| Arc::clone(&c.tap)),
     };
     tracing::info!(
         "server {}: listening on {listen} ({:?}), tunnel {ip}/{prefix}{}, ciphers {}",
@@ -210,6 +229,9 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             .collect::<Vec<_>>()
             .join(":")
     );
+    if let Transport::Udp(ep) = &shared.transport {
+        observer.set_socket(ep.socket().try_clone().ok().map(std::os::fd::OwnedFd::from));
+    }
     tracing::info!("Initialization Sequence Completed");
 
     let mtu = cfg.tun_mtu;
@@ -224,7 +246,15 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         let tx = std::thread::Builder::new()
             .name("tx".into())
             .spawn_scoped(s, move || datapath::tx_loop(shared, tun, mtu))?;
-        let r = control_loop(&mut server, shared, &ctl_rx, &ctl_tx, &term, tun.name());
+        let r = control_loop(
+            &mut server,
+            shared,
+            &ctl_rx,
+            &ctl_tx,
+            &term,
+            tun.name(),
+            &observer,
+        );
         shared.stop.store(true, Ordering::Relaxed);
         if let Transport::Tcp(c) = &shared.transport {
             c.close_all();
@@ -242,6 +272,11 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             metric: None,
         });
     }
+    drop(endpoints);
+    drop(shared);
+    if let Some(c) = capture {
+        c.finish()?;
+    }
     tracing::info!("exiting\n{}", stats.table());
     Ok(())
 }
@@ -253,6 +288,7 @@ fn control_loop(
     ctl_tx: &mpsc::Sender<ServerInput>,
     term: &AtomicBool,
     dev: &str,
+    observer: &Observer,
 ) -> Result<()> {
     let mut runtimes: HashMap<PeerId, Arc<PeerRuntime>> = HashMap::new();
     let mut published = 0u64;
@@ -301,21 +337,38 @@ fn control_loop(
         }
         let now = Instant::now();
         server.handle_timeout(now);
-        loop {
-            buf.clear();
-            let Some(to) = server.poll_transmit(now, &mut buf) else {
-                break;
-            };
-            if let Err(r) = shared.transport.send_one(to, &buf) {
-                tracing::debug!("send to {to}: {r}");
-            }
-        }
+        transmit(server, shared, &runtimes, &mut buf, now);
         while let Some(ev) = server.poll_event() {
             handle_event(server, shared, ev, &mut runtimes, ctl_tx, &setup_cfg, dev);
         }
         if server.generation() != published {
             published = server.generation();
-            shared.publish(build_table(server, &mut runtimes));
+            let table = build_table(server, &mut runtimes);
+            observer.set_peers(
+                table
+                    .peers
+                    .values()
+                    .map(|dp| {
+                        (
+                            PeerReport {
+                                id: dp.view.id,
+                                name: dp.view.common_name.clone(),
+                                addr: transport_addr(shared, dp.view.addr),
+                                tunnel: dp.view.ipv4.map(|a| a.to_string()),
+                                cipher: dp
+                                    .view
+                                    .plane
+                                    .send
+                                    .as_ref()
+                                    .map(|k| k.cipher().name().to_owned()),
+                                stats: None,
+                            },
+                            Some(Arc::clone(&dp.rt) as Arc<dyn crate::report::ReportSource>),
+                        )
+                    })
+                    .collect(),
+            );
+            shared.publish(table);
         }
     }
 }
@@ -397,8 +450,24 @@ fn handle_event(
                 tracing::warn!("cannot start verification for peer {peer}: {e}");
             }
         }
-        ServerEvent::PeerConnected { peer } => {
-            runtimes.entry(peer).or_default();
+        ServerEvent::PeerConnected { peer, handshake } => {
+            let rt = runtimes.entry(peer).or_default();
+            rt.stats.control().handshake(handshake, None);
+            shared.stats.control().handshake(handshake, None);
+            if let Some(PeerAddr::Udp(a)) = server.snapshot().peers.get(&peer).map(|v| v.addr) {
+                // Our address as the peer sees it, for capture headers.
+                if let Ok(r) = crate::netlink::route_get(a.ip())
+                    && let Some(src) = r.prefsrc
+                {
+                    let port = match &shared.transport {
+                        Transport::Udp(ep) => {
+                            ep.socket().local_addr().map(|l| l.port()).unwrap_or(0)
+                        }
+                        Transport::Tcp(_) => 0,
+                    };
+                    let _ = rt.local.set(SocketAddr::new(src, port));
+                }
+            }
             if let Some(v) = server.snapshot().peers.get(&peer) {
                 tracing::info!(
                     "peer {peer} '{}' from {}: {}{} connected",
@@ -409,8 +478,22 @@ fn handle_event(
                 );
             }
         }
-        ServerEvent::PeerKeysChanged { peer, key_id } => {
-            tracing::info!("peer {peer}: new data keys, key-id {key_id}")
+        ServerEvent::PeerKeysChanged { peer, key_id, took } => {
+            if let Some(rt) = runtimes.get(&peer) {
+                rt.stats.control().renegotiation(took);
+            }
+            shared.stats.control().renegotiation(took);
+            tracing::info!(
+                "peer {peer}: new data keys, key-id {key_id} ({} ms)",
+                took.as_millis()
+            );
+        }
+        ServerEvent::PeerKeyFailed { peer, reason } => {
+            if let Some(rt) = runtimes.get(&peer) {
+                rt.stats.control().failures += 1;
+            }
+            shared.stats.control().failures += 1;
+            tracing::warn!("peer {peer}: {reason}");
         }
         ServerEvent::PeerGone { peer, addr, reason } => {
             let summary = runtimes
@@ -426,6 +509,84 @@ fn handle_event(
         }
         ServerEvent::CloseTransport(_) => {}
         ServerEvent::Log(l) => tracing::info!("{l}"),
+    }
+}
+
+/// Sends what the state machine produced; counts it at socket_tx (and pings at encrypt),
+/// globally and for the peer it goes to.
+fn transmit(
+    server: &mut Server,
+    shared: &Shared,
+    runtimes: &HashMap<PeerId, Arc<PeerRuntime>>,
+    buf: &mut Vec<u8>,
+    now: Instant,
+) {
+    loop {
+        buf.clear();
+        let Some(to) = server.poll_transmit(now, buf) else {
+            break;
+        };
+        let data = matches!(buf.first().map(|b| b >> 3), Some(6 | 9));
+        let peer = server_peer_at(shared, to).and_then(|id| runtimes.get(&id));
+        let mut encrypt = BatchCounts::default();
+        let mut socket_tx = BatchCounts::default();
+        if data {
+            encrypt.input(buf.len());
+            encrypt.pass();
+        }
+        socket_tx.input(buf.len());
+        let sent = shared.transport.send_one(to, buf);
+        match sent {
+            Ok(()) => socket_tx.pass(),
+            Err(r) => {
+                tracing::debug!("send to {to}: {r}");
+                socket_tx.drop(r);
+            }
+        }
+        if let Some(tap) = shared.tap.as_deref() {
+            let ids = crate::capture::data_ids(buf).filter(|_| data);
+            tap.emit(crate::capture::TapRecord {
+                stage: Stage::SocketTx,
+                at: Instant::now(),
+                data: buf.clone(),
+                wire: shared
+                    .transport
+                    .wire(to, peer.and_then(|rt| rt.local.get().copied()), true),
+                meta: crate::capture::TapMeta {
+                    trace: tap.trace_id(),
+                    peer: ids.and_then(|i| i.0),
+                    key_id: ids.map(|i| i.1),
+                    packet_id: ids.map(|i| i.2),
+                    drop: sent.err(),
+                    ..Default::default()
+                },
+            });
+        }
+        for stats in std::iter::once(&*shared.stats).chain(peer.map(|rt| &rt.stats)) {
+            stats.stage(Stage::Encrypt).add(&encrypt);
+            stats.stage(Stage::SocketTx).add(&socket_tx);
+        }
+    }
+}
+
+/// The peer at a transport address, from the data path's current table.
+fn server_peer_at(shared: &Shared, to: PeerAddr) -> Option<PeerId> {
+    shared
+        .table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .by_addr
+        .get(&to)
+        .copied()
+}
+
+/// A printable transport address (TCP connections by their remote address).
+fn transport_addr(shared: &Shared, a: PeerAddr) -> String {
+    match (a, &shared.transport) {
+        (PeerAddr::Tcp(id), Transport::Tcp(c)) => c
+            .get(id)
+            .map_or(a.to_string(), |c| format!("tcp:{}", c.remote)),
+        _ => a.to_string(),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Conn {
     pub id: u64,
     /// Remote address.
     pub remote: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
     stream: TcpStream,
     out: Mutex<Vec<u8>>,
     closed: AtomicBool,
@@ -269,9 +271,11 @@ impl TcpConns {
                         continue;
                     }
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let local = stream.local_addr().unwrap_or(remote);
                     let c = Arc::new(Conn {
                         id,
                         remote,
+                        local,
                         stream,
                         out: Mutex::new(Vec::new()),
                         closed: AtomicBool::new(false),

@@ -105,6 +105,8 @@ pub enum ServerEvent {
     PeerConnected {
         /// The peer.
         peer: PeerId,
+        /// From the client's first packet to keys installed.
+        handshake: Duration,
     },
     /// A peer has new data keys after a renegotiation.
     PeerKeysChanged {
@@ -112,6 +114,15 @@ pub enum ServerEvent {
         peer: PeerId,
         /// New key-id.
         key_id: u8,
+        /// How long the renegotiation took.
+        took: Duration,
+    },
+    /// A peer's renegotiation failed (its old key stays in use).
+    PeerKeyFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
     },
     /// A peer is gone (its state freed).
     PeerGone {
@@ -233,6 +244,7 @@ struct Peer {
     key_started: Instant,
     reneg_after: Duration,
     reneg_pending: bool,
+    reneg_started_at: Option<Instant>,
     lame_expires_at: Option<Instant>,
     data_rx: Option<Instant>,
     data_tx: Option<Instant>,
@@ -624,6 +636,7 @@ impl Server {
                 key_started: now,
                 reneg_after,
                 reneg_pending: false,
+                reneg_started_at: None,
                 lame_expires_at: None,
                 data_rx: None,
                 data_tx: None,
@@ -876,6 +889,7 @@ impl Server {
                 SessionEvent::TlsStarted { .. } => {}
                 SessionEvent::Renegotiating { key_id } => {
                     p.reneg_pending = true;
+                    p.reneg_started_at = Some(now);
                     self.log(format!(
                         "peer {id}: client started renegotiation of key-id {key_id}"
                     ));
@@ -896,9 +910,10 @@ impl Server {
                         p.reneg_pending = false;
                         p.key_started = now;
                     }
-                    self.log(format!(
-                        "peer {id}: renegotiation of key-id {key_id} failed: {reason}"
-                    ));
+                    self.events.push_back(ServerEvent::PeerKeyFailed {
+                        peer: id,
+                        reason: format!("renegotiation of key-id {key_id} failed: {reason}"),
+                    });
                 }
                 SessionEvent::Text { text, .. } => self.on_text(now, id, &text),
             }
@@ -980,13 +995,16 @@ impl Server {
                 p.plane.generation += 1;
                 p.state = PeerState::Connected;
                 p.key_started = now;
+                let created = p.created;
                 let push_now = p.iv_proto() & iv_proto::REQUEST_PUSH != 0;
                 self.bump();
                 if push_now {
                     self.send_push_reply(now, id);
                 }
-                self.events
-                    .push_back(ServerEvent::PeerConnected { peer: id });
+                self.events.push_back(ServerEvent::PeerConnected {
+                    peer: id,
+                    handshake: now.saturating_duration_since(created),
+                });
             }
             PeerState::Refused => {
                 let why = p.refusal.clone().unwrap_or_default();
@@ -1011,10 +1029,14 @@ impl Server {
                 p.lame_expires_at = Some(now + self.setup.config.tran_window);
                 p.key_started = now;
                 p.reneg_pending = false;
+                let took = now.saturating_duration_since(p.reneg_started_at.take().unwrap_or(now));
                 p.session.retire_old_key_states();
                 self.bump();
-                self.events
-                    .push_back(ServerEvent::PeerKeysChanged { peer: id, key_id });
+                self.events.push_back(ServerEvent::PeerKeysChanged {
+                    peer: id,
+                    key_id,
+                    took,
+                });
             }
             PeerState::Handshake | PeerState::Authenticating => {}
         }
@@ -1207,6 +1229,7 @@ impl Server {
             && let Some(k) = p.session.renegotiate(now)
         {
             p.reneg_pending = true;
+            p.reneg_started_at = Some(now);
             self.log(format!("peer {id}: renegotiating, new key-id {k}"));
         }
     }
