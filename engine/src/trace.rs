@@ -287,14 +287,24 @@ pub fn breakdown(js: &[Journey]) -> Vec<(String, usize, u64, u64)> {
                 .push(b.saturating_sub(a) as u64);
         }
     }
-    by.into_iter()
+    let mut rows: Vec<(String, usize, u64, u64)> = by
+        .into_iter()
         .map(|(k, mut v)| {
             let n = v.len();
             let p50 = pct(&mut v, 0.5);
             let p99 = pct(&mut v, 0.99);
             (k, n, p50, p99)
         })
-        .collect()
+        .collect();
+    // Host by host along the packet's path, then the wire and end to end.
+    rows.sort_by_key(|(k, ..)| match k.split_once('/') {
+        Some((host, stage)) if !k.starts_with("wire") && !k.starts_with("end") => {
+            (0, host.to_owned(), stage_rank(stage))
+        }
+        _ if k.starts_with("wire") => (1, String::new(), 0),
+        _ => (2, String::new(), 0),
+    });
+    rows
 }
 
 /// `tunscope trace`: prints journeys and the latency breakdown.

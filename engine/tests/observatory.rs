@@ -59,7 +59,7 @@ fn start(sample: Option<u32>) -> Result<Pair> {
     let dir = hosts.dir.clone();
     let pki = Pki::generate(&dir.join("pki"))?;
     let (cert, key) = pki.client("client1")?;
-        // The client leaves silently (no EXIT), so the server keeps its peer after we stop the
+    // The client leaves silently (no EXIT), so the server keeps its peer after we stop the
     // client to flush its capture.
     let spec = TunnelSpec {
         keepalive: (60, 300),
