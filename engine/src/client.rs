@@ -33,6 +33,7 @@ use tunscope_proto::wire::{Opcode, peek_opcode};
 use crate::capture::{Capture, CaptureConfig, Tap, TapMeta, TapRecord, data_ids};
 use crate::datapath::{self, ControlInput, Shared};
 use crate::link::{Link, Received, RxBatch};
+use crate::netconfig::{DnsBackend, NetConfig, Settings};
 use crate::report::{Observer, PeerReport};
 use crate::stats::{BatchCounts, EngineStats};
 use crate::tun::{Tun, TunAddresses};
@@ -82,6 +83,10 @@ pub struct ClientOptions {
     pub no_offload: bool,
     /// Observatory options.
     pub observe: ObserveOptions,
+    /// How pushed DNS settings are applied.
+    pub dns: DnsBackend,
+    /// Where applied network changes are recorded (default: per config file, under /run).
+    pub state_file: Option<PathBuf>,
 }
 
 /// How one connection attempt ended.
@@ -111,6 +116,7 @@ struct Run<'a> {
     observer: Arc<Observer>,
     tap: Option<Arc<Tap>>,
     tun: Option<Tun>,
+    state_path: PathBuf,
 }
 
 /// Runs the client until it is told to stop or fails for good.
@@ -136,6 +142,23 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         opts.observe.control.as_deref(),
         opts.observe.prometheus,
     )?;
+    let state_path = opts
+        .state_file
+        .clone()
+        .unwrap_or_else(|| crate::netconfig::default_state_path(&opts.config));
+    // A previous run that crashed left its routes and resolv.conf behind: put them back.
+    if let Some(undone) = crate::netconfig::recover(&state_path)? {
+        tracing::warn!(
+            "undid {} route(s){} left by a previous run ({})",
+            undone.routes.len(),
+            if undone.resolv_conf.is_some() {
+                " and restored resolv.conf"
+            } else {
+                ""
+            },
+            state_path.display()
+        );
+    }
     let mut run = Run {
         cfg: &cfg,
         opts,
@@ -144,6 +167,7 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         observer,
         tap: capture.as_ref().map(|c| Arc::clone(&c.tap)),
         tun: None,
+        state_path,
     };
     let result = run.attempts();
     drop(endpoints);
@@ -280,6 +304,30 @@ impl Run<'_> {
             tun.offload()
         );
         log_pushed(&connected.pushed);
+        let effective = effective_options(cfg, &connected.pushed);
+        let net = NetConfig::apply(
+            &effective,
+            &Settings {
+                dev: tun.name(),
+                mtu,
+                remote: peer,
+                dns: self.opts.dns,
+                route_noexec: cfg.route_noexec,
+                up: cfg.up.as_deref(),
+                down: cfg.down.as_deref(),
+                config: &self.opts.config,
+            },
+            &self.state_path,
+        );
+        let net = match net {
+            Ok(n) => n,
+            // Without its routes the tunnel is not what the user asked for: stop, after
+            // undoing whatever part was applied (the state file lists it).
+            Err(e) => {
+                let _ = crate::netconfig::recover(&self.state_path);
+                return Ok(Outcome::Fatal(format!("{e:#}")));
+            }
+        };
         self.observer.set_peers(vec![(
             PeerReport {
                 id: connected.pushed.peer_id.unwrap_or(0),
@@ -357,6 +405,7 @@ impl Run<'_> {
             Ok(outcome)
         })?;
         self.observer.set_peers(vec![]);
+        net.undo();
         Ok(outcome)
     }
 }
@@ -596,6 +645,24 @@ fn event_outcome(ev: ClientEvent, stats: &EngineStats) -> Option<Outcome> {
     }
 }
 
+/// The pushed options as applied: `route-nopull` drops pushed routes; `route` and
+/// `redirect-gateway` lines of the config file itself are added.
+fn effective_options(cfg: &ClientConfig, pushed: &PushedOptions) -> PushedOptions {
+    let mut p = pushed.clone();
+    if cfg.route_nopull {
+        p.routes.clear();
+        p.routes_ipv6.clear();
+        p.redirect_gateway = None;
+    }
+    for l in &cfg.routes {
+        let _ = p.apply(l, &[]);
+    }
+    if let Some(rg) = &cfg.redirect_gateway {
+        let _ = p.apply(&format!("redirect-gateway {rg}"), &[]);
+    }
+    p
+}
+
 fn log_pushed(p: &PushedOptions) {
     let dns: Vec<String> = p
         .dhcp_dns
@@ -608,7 +675,7 @@ fn log_pushed(p: &PushedOptions) {
         )
         .collect();
     tracing::info!(
-        "pushed: {} routes, {} IPv6 routes, redirect-gateway {}, DNS [{}], domains [{}] (applied by the network configuration, not yet in this build)",
+        "pushed: {} routes, {} IPv6 routes, redirect-gateway {}, DNS [{}], domains [{}]",
         p.routes.len(),
         p.routes_ipv6.len(),
         p.redirect_gateway.is_some(),

@@ -73,6 +73,13 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), or stub
+        /// (split-DNS forwarder on 127.0.0.1:53).
+        #[arg(long, value_name = "BACKEND", default_value = "none")]
+        dns_backend: tunscope_engine::netconfig::DnsBackend,
+        /// Record applied routes/DNS here so a crashed run is undone at the next start.
+        #[arg(long, value_name = "FILE")]
+        state_file: Option<PathBuf>,
         #[command(flatten)]
         observe: Observe,
     },
@@ -159,11 +166,15 @@ fn main() -> ExitCode {
         Command::Client {
             config,
             no_offload,
+            dns_backend,
+            state_file,
             observe,
         } => tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
             config,
             no_offload,
             observe: observe.into(),
+            dns: dns_backend,
+            state_file,
         }),
         Command::Server {
             config,

@@ -343,3 +343,151 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     }
     Ok(i)
 }
+
+/// One entry of a routing table dump.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteEntry {
+    /// Destination (unspecified address for a default route).
+    pub dst: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway.
+    pub gateway: Option<IpAddr>,
+    /// Output interface name.
+    pub dev: Option<String>,
+    /// Metric.
+    pub metric: Option<u32>,
+    /// Routing table id.
+    pub table: u32,
+}
+
+impl std::fmt::Display for RouteEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix == 0 {
+            write!(f, "default")?;
+        } else {
+            write!(f, "{}/{}", self.dst, self.prefix)?;
+        }
+        if let Some(g) = self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if let Some(d) = &self.dev {
+            write!(f, " dev {d}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Name of an interface index.
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
+    let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(c.to_string_lossy().into_owned())
+}
+
+/// The main table's routes of one family (`AF_INET` or `AF_INET6`), like `ip route show`.
+pub fn dump_routes(ipv6: bool) -> io::Result<Vec<RouteEntry>> {
+    const NLM_F_DUMP: u16 = 0x300;
+    const RTA_TABLE_ID: u16 = 15;
+    let fam = if ipv6 {
+        libc::AF_INET6 as u8
+    } else {
+        libc::AF_INET as u8
+    };
+    let msg = route_msg(RTM_GETROUTE, NLM_F_DUMP, 4, fam, 0, 0, &[]);
+    let s = Socket::open()?;
+    s.send(&msg)?;
+    let mut out = vec![];
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = s.recv(&mut buf)?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+            let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+            if len < 16 || off + len > n {
+                return Ok(out);
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes([
+                        buf[off + 16],
+                        buf[off + 17],
+                        buf[off + 18],
+                        buf[off + 19],
+                    ]);
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                RTM_NEWROUTE => {
+                    let rt = &buf[off + 16..off + len];
+                    let (dst_len, table_hdr, rtype) = (rt[1], rt[4], rt[7]);
+                    let mut e = RouteEntry {
+                        dst: if ipv6 {
+                            IpAddr::from([0u8; 16])
+                        } else {
+                            IpAddr::from([0u8; 4])
+                        },
+                        prefix: dst_len,
+                        gateway: None,
+                        dev: None,
+                        metric: None,
+                        table: u32::from(table_hdr),
+                    };
+                    let mut a = 12;
+                    while a + 4 <= rt.len() {
+                        let alen = u16::from_ne_bytes([rt[a], rt[a + 1]]) as usize;
+                        let aty = u16::from_ne_bytes([rt[a + 2], rt[a + 3]]);
+                        if alen < 4 || a + alen > rt.len() {
+                            break;
+                        }
+                        let d = &rt[a + 4..a + alen];
+                        let ip = |d: &[u8]| -> Option<IpAddr> {
+                            match d.len() {
+                                4 => Some(IpAddr::from(<[u8; 4]>::try_from(d).ok()?)),
+                                16 => Some(IpAddr::from(<[u8; 16]>::try_from(d).ok()?)),
+                                _ => None,
+                            }
+                        };
+                        let u32v = |d: &[u8]| <[u8; 4]>::try_from(d).ok().map(u32::from_ne_bytes);
+                        match aty {
+                            RTA_DST => {
+                                if let Some(x) = ip(d) {
+                                    e.dst = x;
+                                }
+                            }
+                            RTA_GATEWAY => e.gateway = ip(d),
+                            RTA_OIF => e.dev = u32v(d).and_then(ifname),
+                            RTA_PRIORITY => e.metric = u32v(d),
+                            RTA_TABLE_ID => {
+                                if let Some(t) = u32v(d) {
+                                    e.table = t;
+                                }
+                            }
+                            _ => {}
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                    // Unicast routes of the main table only (what `ip route show` lists).
+                    if e.table == u32::from(RT_TABLE_MAIN) && rtype == RTN_UNICAST {
+                        out.push(e);
+                    }
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}

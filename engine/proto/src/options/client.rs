@@ -257,6 +257,18 @@ pub struct ClientConfig {
     pub verb: u8,
     /// `route-nopull`.
     pub route_nopull: bool,
+    /// `route-noexec`: routes are left to the `up` script.
+    pub route_noexec: bool,
+    /// `up CMD` (run after the tun device is configured).
+    pub up: Option<Vec<String>>,
+    /// `down CMD` (run after the tunnel closed).
+    pub down: Option<Vec<String>>,
+    /// `script-security` level.
+    pub script_security: u8,
+    /// Routes from the config file itself (`route`), added like pushed ones.
+    pub routes: Vec<String>,
+    /// `redirect-gateway` from the config file itself (its arguments).
+    pub redirect_gateway: Option<String>,
     /// Ignored options.
     pub warnings: Vec<ConfigWarning>,
 }
@@ -320,6 +332,12 @@ struct Builder {
     replay_window: Option<u32>,
     verb: Option<u8>,
     route_nopull: bool,
+    route_noexec: bool,
+    up: Option<(usize, Vec<String>)>,
+    down: Option<(usize, Vec<String>)>,
+    script_security: u8,
+    routes: Vec<String>,
+    redirect_gateway: Option<String>,
     ignore_unknown: Vec<String>,
 }
 
@@ -565,6 +583,37 @@ impl Builder {
             }
             "verb" => self.verb = Some(ctx.num(d, 0)?),
             "route-nopull" => self.route_nopull = true,
+            "route-noexec" => self.route_noexec = true,
+            "up" | "down" => {
+                let cmd = crate::options::lexer::split_line(ctx.arg(d, 0)?)
+                    .map_err(|e| ctx.error(line, format!("option '{}': {e}", d.name)))?;
+                let Some(first) = cmd.first() else {
+                    return Err(ctx.error(line, format!("option '{}': empty command", d.name)));
+                };
+                let mut cmd = cmd.clone();
+                cmd[0] = ctx.path(first).display().to_string();
+                if d.name == "up" {
+                    self.up = Some((line, cmd));
+                } else {
+                    self.down = Some((line, cmd));
+                }
+            }
+            "script-security" => self.script_security = ctx.num(d, 0)?,
+            "route" | "route-ipv6" => {
+                // Validated with the push parser, applied with the pushed routes.
+                let l = format!("{} {}", d.name, d.args.join(" "));
+                let mut p = crate::options::push::PushedOptions::default();
+                p.apply(&l, &[])
+                    .map_err(|e| ctx.error(line, e.to_string()))?;
+                self.routes.push(l);
+            }
+            "redirect-gateway" => {
+                let l = format!("redirect-gateway {}", d.args.join(" "));
+                let mut p = crate::options::push::PushedOptions::default();
+                p.apply(&l, &[])
+                    .map_err(|e| ctx.error(line, e.to_string()))?;
+                self.redirect_gateway = Some(d.args.join(" "));
+            }
             "cd" => {
                 let p = ctx.path(ctx.arg(d, 0)?);
                 ctx.base = p;
@@ -660,6 +709,11 @@ impl Builder {
         if tls_version_min > tls_version_max {
             return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
         }
+        for (line, _) in self.up.iter().chain(self.down.iter()) {
+            if self.script_security < 2 {
+                return Err(ctx.error(*line, "up/down scripts need 'script-security 2'"));
+            }
+        }
         let secs = Duration::from_secs;
         Ok(ClientConfig {
             remotes,
@@ -694,6 +748,12 @@ impl Builder {
             replay_window: self.replay_window,
             verb: self.verb.unwrap_or(1),
             route_nopull: self.route_nopull,
+            route_noexec: self.route_noexec,
+            up: self.up.map(|(_, c)| c),
+            down: self.down.map(|(_, c)| c),
+            script_security: self.script_security,
+            routes: self.routes,
+            redirect_gateway: self.redirect_gateway,
             warnings: ctx.warnings,
         })
     }

@@ -1,0 +1,631 @@
+//! What a VPN client does with what the server pushes: routes, `redirect-gateway`, DNS, and
+//! the `up`/`down` scripts — and how it undoes all of it.
+//!
+//! Everything applied is first written to a state file. A clean exit undoes it and removes
+//! the file; after a crash the next start finds the file, undoes what it lists (routes,
+//! resolv.conf), and only then configures anew. Operates in the calling process's network and
+//! mount namespace (a namespace's own `/etc/resolv.conf` under `ip netns exec`).
+//!
+//! DNS backends:
+//! * `none` — nothing (like OpenVPN 2.6 on Linux without scripts);
+//! * `resolv-conf` — the pushed servers and domains replace `/etc/resolv.conf`;
+//! * `stub` — a split-DNS forwarder on 127.0.0.1:53 ([`crate::dns_stub`]): names under the
+//!   pushed domains go to the pushed servers (through the tunnel by routing), every other name
+//!   to the resolvers configured before — or everything to the pushed servers when the server
+//!   redirects the default gateway (full tunnel).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tunscope_proto::options::push::PushedOptions;
+
+use crate::dns_stub::{Stub, StubConfig};
+use crate::netlink::{self, Route};
+
+/// How DNS is configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsBackend {
+    /// Leave DNS alone.
+    #[default]
+    None,
+    /// Rewrite `/etc/resolv.conf`.
+    ResolvConf,
+    /// Split-DNS forwarder on loopback.
+    Stub,
+}
+
+impl std::str::FromStr for DnsBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(DnsBackend::None),
+            "resolv-conf" | "resolvconf" => Ok(DnsBackend::ResolvConf),
+            "stub" => Ok(DnsBackend::Stub),
+            o => Err(format!(
+                "unknown DNS backend '{o}' (none, resolv-conf, stub)"
+            )),
+        }
+    }
+}
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What has been applied, as recorded in the state file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Applied {
+    /// Routes we added (deleted on undo, in reverse order).
+    pub routes: Vec<RouteRecord>,
+    /// resolv.conf before we changed it.
+    pub resolv_conf: Option<String>,
+    /// The down command and its environment, run on undo.
+    pub down: Option<(Vec<String>, Vec<(String, String)>)>,
+}
+
+/// A serializable route.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// Destination.
+    pub dst: IpAddr,
+    /// Prefix.
+    pub prefix: u8,
+    /// Gateway.
+    pub gateway: Option<IpAddr>,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Metric.
+    pub metric: Option<u32>,
+}
+
+impl From<&RouteRecord> for Route {
+    fn from(r: &RouteRecord) -> Route {
+        Route {
+            dst: r.dst,
+            prefix: r.prefix,
+            gateway: r.gateway,
+            oif: r.oif,
+            metric: r.metric,
+        }
+    }
+}
+
+/// Inputs for configuring the network.
+pub struct Settings<'a> {
+    /// The tun device.
+    pub dev: &'a str,
+    /// Its MTU.
+    pub mtu: u16,
+    /// The server's address on the underlay.
+    pub remote: SocketAddr,
+    /// DNS backend.
+    pub dns: DnsBackend,
+    /// Do not install routes (`route-noexec`), leave them to the `up` script.
+    pub route_noexec: bool,
+    /// `up` command.
+    pub up: Option<&'a [String]>,
+    /// `down` command.
+    pub down: Option<&'a [String]>,
+    /// Config file (for the scripts' `config` variable).
+    pub config: &'a Path,
+}
+
+/// Applied network configuration; undo with [`NetConfig::undo`].
+pub struct NetConfig {
+    state_path: PathBuf,
+    applied: Applied,
+    stub: Option<Stub>,
+}
+
+fn write_state(path: &Path, a: &Applied) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(a)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Undoes what a state file lists (after a crash), then removes it. Returns what was undone.
+pub fn recover(state_path: &Path) -> Result<Option<Applied>> {
+    let Ok(text) = std::fs::read(state_path) else {
+        return Ok(None);
+    };
+    let applied: Applied = serde_json::from_slice(&text)
+        .with_context(|| format!("unreadable state file {}", state_path.display()))?;
+    undo_applied(&applied);
+    let _ = std::fs::remove_file(state_path);
+    Ok(Some(applied))
+}
+
+fn undo_applied(a: &Applied) {
+    for r in a.routes.iter().rev() {
+        if let Err(e) = netlink::del_route(&Route::from(r)) {
+            // The tun device going away removes its routes; that is not an error.
+            if e.raw_os_error() != Some(libc::ESRCH) && e.raw_os_error() != Some(libc::ENODEV) {
+                tracing::debug!("removing route {}/{}: {e}", r.dst, r.prefix);
+            }
+        }
+    }
+    if let Some(orig) = &a.resolv_conf {
+        if let Err(e) = write_in_place(Path::new(RESOLV_CONF), orig) {
+            tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
+        }
+    }
+    if let Some((cmd, env)) = &a.down {
+        run_script(cmd, env, "down");
+    }
+}
+
+/// Writes a file in place (truncate + write) so that a bind mount of it stays intact.
+fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+fn prefix_of(mask: Ipv4Addr) -> u8 {
+    u32::from(mask).leading_ones() as u8
+}
+
+/// Name servers of a pushed configuration: 2.6 `dns server` entries (by priority) win over
+/// `dhcp-option DNS`.
+pub fn pushed_servers(p: &PushedOptions) -> Vec<IpAddr> {
+    if !p.dns_servers.is_empty() {
+        return p
+            .dns_servers
+            .values()
+            .flat_map(|s| s.addresses.iter().map(|(a, _)| *a))
+            .collect();
+    }
+    p.dhcp_dns.clone()
+}
+
+/// Domains routed to the pushed servers (split DNS) and search domains.
+pub fn pushed_domains(p: &PushedOptions) -> (Vec<String>, Vec<String>) {
+    let mut split: Vec<String> = p
+        .dns_servers
+        .values()
+        .flat_map(|s| s.resolve_domains.iter().cloned())
+        .collect();
+    let mut search: Vec<String> = p.dns_search_domains.clone();
+    if p.dns_servers.is_empty() {
+        split.extend(p.dhcp_domains.iter().cloned());
+        split.extend(p.dhcp_search.iter().cloned());
+        search.extend(p.dhcp_domains.iter().cloned());
+        search.extend(p.dhcp_search.iter().cloned());
+    }
+    split.dedup();
+    search.dedup();
+    (split, search)
+}
+
+fn resolv_conf_text(servers: &[IpAddr], search: &[String]) -> String {
+    let mut s =
+        String::from("# written by tunscope; the original is restored when the tunnel closes\n");
+    if !search.is_empty() {
+        s.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for a in servers {
+        s.push_str(&format!("nameserver {a}\n"));
+    }
+    s
+}
+
+/// Name servers listed in resolv.conf text.
+pub fn resolv_nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// OpenVPN's script environment for the pushed options.
+pub fn script_env(p: &PushedOptions, s: &Settings<'_>, script_type: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("script_type".to_owned(), script_type.to_owned()),
+        ("dev".to_owned(), s.dev.to_owned()),
+        ("dev_type".to_owned(), "tun".to_owned()),
+        ("tun_mtu".to_owned(), s.mtu.to_string()),
+        ("trusted_ip".to_owned(), s.remote.ip().to_string()),
+        ("trusted_port".to_owned(), s.remote.port().to_string()),
+        ("config".to_owned(), s.config.display().to_string()),
+        ("script_context".to_owned(), "init".to_owned()),
+    ];
+    if let Some((a, m)) = p.ifconfig {
+        env.push(("ifconfig_local".into(), a.to_string()));
+        env.push(("ifconfig_netmask".into(), m.to_string()));
+    }
+    if let Some((a, bits, _)) = p.ifconfig_ipv6 {
+        env.push(("ifconfig_ipv6_local".into(), a.to_string()));
+        env.push(("ifconfig_ipv6_netbits".into(), bits.to_string()));
+    }
+    if let Some(g) = p.route_gateway {
+        env.push(("route_vpn_gateway".into(), g.to_string()));
+    }
+    for (i, r) in p.routes.iter().enumerate() {
+        let n = i + 1;
+        env.push((format!("route_network_{n}"), r.network.to_string()));
+        env.push((format!("route_netmask_{n}"), r.netmask.to_string()));
+        if let Some(g) = r.gateway.or(p.route_gateway) {
+            env.push((format!("route_gateway_{n}"), g.to_string()));
+        }
+    }
+    for (i, r) in p.routes_ipv6.iter().enumerate() {
+        env.push((
+            format!("route_ipv6_network_{}", i + 1),
+            format!("{}/{}", r.network, r.prefix),
+        ));
+    }
+    let mut n = 0;
+    let mut foreign = |v: String| {
+        n += 1;
+        env.push((format!("foreign_option_{n}"), v));
+    };
+    for a in &p.dhcp_dns {
+        foreign(format!(
+            "dhcp-option DNS{} {a}",
+            if a.is_ipv6() { "6" } else { "" }
+        ));
+    }
+    for d in &p.dhcp_domains {
+        foreign(format!("dhcp-option DOMAIN {d}"));
+    }
+    for d in &p.dhcp_search {
+        foreign(format!("dhcp-option DOMAIN-SEARCH {d}"));
+    }
+    for (prio, srv) in &p.dns_servers {
+        for (i, (a, port)) in srv.addresses.iter().enumerate() {
+            env.push((
+                format!("dns_server_{prio}_address_{}", i + 1),
+                a.to_string(),
+            ));
+            if let Some(port) = port {
+                env.push((
+                    format!("dns_server_{prio}_port_{}", i + 1),
+                    port.to_string(),
+                ));
+            }
+        }
+        for (i, d) in srv.resolve_domains.iter().enumerate() {
+            env.push((
+                format!("dns_server_{prio}_resolve_domain_{}", i + 1),
+                d.clone(),
+            ));
+        }
+    }
+    for (i, d) in p.dns_search_domains.iter().enumerate() {
+        env.push((format!("dns_search_domain_{}", i + 1), d.clone()));
+    }
+    env
+}
+
+fn run_script(cmd: &[String], env: &[(String, String)], what: &str) -> bool {
+    let Some((prog, args)) = cmd.split_first() else {
+        return false;
+    };
+    match Command::new(prog)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+    {
+        Ok(st) if st.success() => true,
+        Ok(st) => {
+            tracing::warn!("{what} script {prog} failed ({st})");
+            false
+        }
+        Err(e) => {
+            tracing::warn!("cannot run {what} script {prog}: {e}");
+            false
+        }
+    }
+}
+
+impl NetConfig {
+    /// Applies routes, DNS and the up script for a pushed configuration.
+    pub fn apply(p: &PushedOptions, s: &Settings<'_>, state_path: &Path) -> Result<NetConfig> {
+        let mut nc = NetConfig {
+            state_path: state_path.to_owned(),
+            applied: Applied::default(),
+            stub: None,
+        };
+        let oif = netlink::ifindex(s.dev).with_context(|| format!("no interface {}", s.dev))?;
+        if !s.route_noexec {
+            nc.apply_routes(p, oif, s)?;
+        }
+        nc.apply_dns(p, s)?;
+        let env = script_env(p, s, "up");
+        if let Some(up) = s.up {
+            // OpenVPN's arguments: dev tun_mtu link_mtu ifconfig_local ifconfig_netmask init.
+            let mut cmd = up.to_vec();
+            cmd.extend([
+                s.dev.to_owned(),
+                s.mtu.to_string(),
+                "0".into(),
+                p.ifconfig.map_or(String::new(), |(a, _)| a.to_string()),
+                p.ifconfig.map_or(String::new(), |(_, m)| m.to_string()),
+                "init".into(),
+            ]);
+            if !run_script(&cmd, &env, "up") {
+                anyhow::bail!("up script {} failed", up[0]);
+            }
+        }
+        if let Some(down) = s.down {
+            let mut cmd = down.to_vec();
+            cmd.extend([
+                s.dev.to_owned(),
+                s.mtu.to_string(),
+                "0".into(),
+                String::new(),
+                String::new(),
+                "init".into(),
+            ]);
+            let mut env = script_env(p, s, "down");
+            env.retain(|(k, _)| k != "script_type");
+            env.push(("script_type".into(), "down".into()));
+            nc.applied.down = Some((cmd, env));
+            nc.save()?;
+        }
+        Ok(nc)
+    }
+
+    fn save(&self) -> Result<()> {
+        write_state(&self.state_path, &self.applied)
+    }
+
+    fn add_route(&mut self, r: RouteRecord) -> Result<()> {
+        // Recorded before it exists, so a crash right after still gets it removed.
+        self.applied.routes.push(r.clone());
+        self.save()?;
+        match netlink::add_route(&Route::from(&r)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // Somebody else's route: not ours to remove later.
+                self.applied.routes.pop();
+                self.save()?;
+                tracing::warn!("route {}/{} exists already; left as it is", r.dst, r.prefix);
+                Ok(())
+            }
+            Err(e) => {
+                self.applied.routes.pop();
+                self.save()?;
+                Err(e).with_context(|| format!("cannot add route {}/{}", r.dst, r.prefix))
+            }
+        }
+    }
+
+    fn apply_routes(&mut self, p: &PushedOptions, oif: u32, s: &Settings<'_>) -> Result<()> {
+        let gw = p.route_gateway.map(IpAddr::V4);
+        let metric = p.route_metric;
+        if let Some(rg) = &p.redirect_gateway {
+            if !rg.no_ipv4 {
+                if !rg.local {
+                    // The tunnel's own packets must keep using the original path.
+                    if let IpAddr::V4(server) = s.remote.ip() {
+                        let orig = netlink::route_get(IpAddr::V4(server))
+                            .context("route to the VPN server")?;
+                        self.add_route(RouteRecord {
+                            dst: IpAddr::V4(server),
+                            prefix: 32,
+                            gateway: orig.gateway,
+                            oif: orig.oif,
+                            metric: None,
+                        })?;
+                    }
+                }
+                if rg.def1 {
+                    for net in [Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(128, 0, 0, 0)] {
+                        self.add_route(RouteRecord {
+                            dst: IpAddr::V4(net),
+                            prefix: 1,
+                            gateway: gw,
+                            oif: Some(oif),
+                            metric,
+                        })?;
+                    }
+                } else {
+                    anyhow::bail!(
+                        "redirect-gateway without def1 (replacing the default route) is not supported; push 'redirect-gateway def1'"
+                    );
+                }
+            }
+            if rg.ipv6 && p.ifconfig_ipv6.is_some() {
+                for net in ["2000::", "3000::"] {
+                    let dst: Ipv6Addr = net.parse().context("constant")?;
+                    self.add_route(RouteRecord {
+                        dst: IpAddr::V6(dst),
+                        prefix: 4,
+                        gateway: None,
+                        oif: Some(oif),
+                        metric,
+                    })?;
+                }
+            }
+        }
+        for r in &p.routes {
+            self.add_route(RouteRecord {
+                dst: IpAddr::V4(r.network),
+                prefix: prefix_of(r.netmask),
+                gateway: r.gateway.map(IpAddr::V4).or(gw),
+                oif: Some(oif),
+                metric: r.metric.or(metric),
+            })?;
+        }
+        for r in &p.routes_ipv6 {
+            self.add_route(RouteRecord {
+                dst: IpAddr::V6(r.network),
+                prefix: r.prefix,
+                gateway: None,
+                oif: Some(oif),
+                metric: r.metric.or(metric),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn apply_dns(&mut self, p: &PushedOptions, s: &Settings<'_>) -> Result<()> {
+        let servers = pushed_servers(p);
+        if s.dns == DnsBackend::None || servers.is_empty() {
+            return Ok(());
+        }
+        let original = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+        let (split, search) = pushed_domains(p);
+        let text = match s.dns {
+            DnsBackend::None => return Ok(()),
+            DnsBackend::ResolvConf => resolv_conf_text(&servers, &search),
+            DnsBackend::Stub => {
+                let full_tunnel = p
+                    .redirect_gateway
+                    .as_ref()
+                    .is_some_and(|r| r.def1 && !r.no_ipv4);
+                let stub = Stub::start(StubConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 53)),
+                    split_domains: if full_tunnel {
+                        vec![String::new()]
+                    } else {
+                        split.clone()
+                    },
+                    tunnel_servers: servers.iter().map(|a| SocketAddr::new(*a, 53)).collect(),
+                    default_servers: resolv_nameservers(&original)
+                        .into_iter()
+                        .filter(|a| !a.is_loopback())
+                        .map(|a| SocketAddr::new(a, 53))
+                        .collect(),
+                })
+                .context("cannot start the DNS stub on 127.0.0.1:53")?;
+                tracing::info!(
+                    "DNS stub on 127.0.0.1:53: {} → {:?}, everything else → the previous resolvers",
+                    if full_tunnel {
+                        "all names".to_owned()
+                    } else {
+                        split.join(", ")
+                    },
+                    servers
+                );
+                self.stub = Some(stub);
+                resolv_conf_text(&[IpAddr::V4(Ipv4Addr::LOCALHOST)], &search)
+            }
+        };
+        self.applied.resolv_conf = Some(original);
+        self.save()?;
+        write_in_place(Path::new(RESOLV_CONF), &text)
+            .with_context(|| format!("cannot write {RESOLV_CONF}"))?;
+        Ok(())
+    }
+
+    /// Undoes everything and removes the state file.
+    pub fn undo(mut self) {
+        if let Some(stub) = self.stub.take() {
+            stub.stop();
+        }
+        undo_applied(&self.applied);
+        let _ = std::fs::remove_file(&self.state_path);
+    }
+
+    /// What was applied.
+    pub fn applied(&self) -> &Applied {
+        &self.applied
+    }
+}
+
+/// The default state file for a config: one per config file path.
+pub fn default_state_path(config: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in abs.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    PathBuf::from(format!("/run/tunscope/client-{h:016x}.state"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunscope_proto::data::Cipher;
+
+    fn pushed(opts: &[&str]) -> PushedOptions {
+        let mut p = PushedOptions::default();
+        for o in opts {
+            p.apply(o, &Cipher::ALL).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn dns_servers_and_domains() {
+        let p = pushed(&[
+            "dhcp-option DNS 198.19.10.53",
+            "dhcp-option DOMAIN corp.example",
+        ]);
+        assert_eq!(
+            pushed_servers(&p),
+            vec!["198.19.10.53".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            pushed_domains(&p),
+            (
+                vec!["corp.example".to_owned()],
+                vec!["corp.example".to_owned()]
+            )
+        );
+        let p = pushed(&[
+            "dhcp-option DNS 1.2.3.4",
+            "dns server 0 address 198.19.10.53",
+            "dns server 0 resolve-domains corp.example lab.example",
+            "dns search-domains corp.example",
+        ]);
+        assert_eq!(
+            pushed_servers(&p),
+            vec!["198.19.10.53".parse::<IpAddr>().unwrap()],
+            "2.6 dns wins"
+        );
+        assert_eq!(pushed_domains(&p).0, vec!["corp.example", "lab.example"]);
+        assert_eq!(
+            resolv_nameservers("# x\nnameserver 198.18.100.53\nsearch a\nnameserver ::1\n").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn script_environment_like_openvpn() {
+        let p = pushed(&[
+            "ifconfig 198.19.0.2 255.255.255.0",
+            "route-gateway 198.19.0.1",
+            "route 198.19.10.0 255.255.255.0",
+            "dhcp-option DNS 198.19.10.53",
+            "dhcp-option DOMAIN corp.example",
+        ]);
+        let s = Settings {
+            dev: "tun0",
+            mtu: 1500,
+            remote: "198.18.2.2:1194".parse().unwrap(),
+            dns: DnsBackend::None,
+            route_noexec: false,
+            up: None,
+            down: None,
+            config: Path::new("/etc/c.conf"),
+        };
+        let env = script_env(&p, &s, "up");
+        let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("dev"), Some("tun0"));
+        assert_eq!(get("ifconfig_local"), Some("198.19.0.2"));
+        assert_eq!(get("route_network_1"), Some("198.19.10.0"));
+        assert_eq!(get("route_gateway_1"), Some("198.19.0.1"));
+        assert_eq!(
+            get("foreign_option_1"),
+            Some("dhcp-option DNS 198.19.10.53")
+        );
+        assert_eq!(
+            get("foreign_option_2"),
+            Some("dhcp-option DOMAIN corp.example")
+        );
+        assert_eq!(get("trusted_ip"), Some("198.18.2.2"));
+    }
+}
