@@ -129,7 +129,7 @@ impl Drop for Stub {
 
 fn run(cfg: &StubConfig, listen: &UdpSocket, upstream: &UdpSocket, stop: &AtomicBool) {
     let mut pending: HashMap<u16, Pending> = HashMap::new();
-    let mut next_id: u16 = (std::process::id() as u16).wrapping_mul(2654);
+
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [
@@ -158,12 +158,12 @@ fn run(cfg: &StubConfig, listen: &UdpSocket, upstream: &UdpSocket, stop: &Atomic
             } else {
                 cfg.default_servers.clone()
             };
-            // Find a free forwarding id.
-            while pending.contains_key(&next_id) {
-                next_id = next_id.wrapping_add(1);
+            // A random forwarding id (not the client's): an off-path attacker must guess
+            // it, and two clients' equal ids cannot collide.
+            let mut id = random_id();
+            while pending.contains_key(&id) {
+                id = random_id();
             }
-            let id = next_id;
-            next_id = next_id.wrapping_add(1);
             let mut p = Pending {
                 client,
                 client_id: u16::from_be_bytes([q[0], q[1]]),
@@ -212,6 +212,18 @@ fn run(cfg: &StubConfig, listen: &UdpSocket, upstream: &UdpSocket, stop: &Atomic
             }
         }
     }
+}
+
+fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: getrandom writes at most 2 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
+    if n != 2 {
+        // Never fails for 2 bytes after boot; fall back to the clock's low bits.
+        let t = Instant::now().elapsed().subsec_nanos();
+        return t as u16;
+    }
+    u16::from_ne_bytes(b)
 }
 
 /// Sends the query to the next server of its group; false when none is left.

@@ -19,6 +19,7 @@ pub mod capture;
 pub mod client;
 pub mod control_socket;
 pub mod datapath;
+pub mod dns_script;
 pub mod dns_stub;
 pub mod link;
 pub mod netconfig;

@@ -117,6 +117,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply pushed DNS as OpenVPN's `up`/`down` script (for stock `openvpn`):
+    /// `up "tunscope dns --backend stub --state-file F"` and the same as `down`.
+    Dns {
+        /// resolv-conf or stub.
+        #[arg(long, value_name = "BACKEND")]
+        backend: tunscope_engine::netconfig::DnsBackend,
+        /// Records what was changed, for `down` and crash recovery.
+        #[arg(long, value_name = "FILE")]
+        state_file: PathBuf,
+        /// Internal: run the stub daemon.
+        #[arg(long, hide = true)]
+        serve: bool,
+        /// Arguments OpenVPN appends (device, MTU, …); ignored, the environment has it all.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        openvpn_args: Vec<String>,
+    },
     /// Parse a client or server config and report errors (file:line) and ignored options.
     CheckConfig {
         /// The config file.
@@ -175,6 +191,16 @@ fn main() -> ExitCode {
             observe: observe.into(),
             dns: dns_backend,
             state_file,
+        }),
+        Command::Dns {
+            backend,
+            state_file,
+            serve,
+            openvpn_args: _,
+        } => tunscope_engine::dns_script::run(&tunscope_engine::dns_script::DnsScriptOptions {
+            backend,
+            state_file,
+            serve,
         }),
         Command::Server {
             config,

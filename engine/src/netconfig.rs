@@ -339,7 +339,7 @@ impl NetConfig {
         if !s.route_noexec {
             nc.apply_routes(p, oif, s)?;
         }
-        nc.apply_dns(p, s)?;
+        nc.apply_dns(p, s.dns)?;
         let env = script_env(p, s, "up");
         if let Some(up) = s.up {
             // OpenVPN's arguments: dev tun_mtu link_mtu ifconfig_local ifconfig_netmask init.
@@ -469,14 +469,29 @@ impl NetConfig {
         Ok(())
     }
 
-    fn apply_dns(&mut self, p: &PushedOptions, s: &Settings<'_>) -> Result<()> {
+    /// Applies only the DNS part (for OpenVPN's `up` script hook, `tunscope dns`).
+    pub fn apply_dns_only(
+        p: &PushedOptions,
+        dns: DnsBackend,
+        state_path: &Path,
+    ) -> Result<NetConfig> {
+        let mut nc = NetConfig {
+            state_path: state_path.to_owned(),
+            applied: Applied::default(),
+            stub: None,
+        };
+        nc.apply_dns(p, dns)?;
+        Ok(nc)
+    }
+
+    fn apply_dns(&mut self, p: &PushedOptions, dns: DnsBackend) -> Result<()> {
         let servers = pushed_servers(p);
-        if s.dns == DnsBackend::None || servers.is_empty() {
+        if dns == DnsBackend::None || servers.is_empty() {
             return Ok(());
         }
         let original = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
         let (split, search) = pushed_domains(p);
-        let text = match s.dns {
+        let text = match dns {
             DnsBackend::None => return Ok(()),
             DnsBackend::ResolvConf => resolv_conf_text(&servers, &search),
             DnsBackend::Stub => {

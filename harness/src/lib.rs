@@ -13,9 +13,16 @@
 //! * [`topo`] — small fixed topologies for engine tests.
 #![warn(missing_docs)]
 
+pub mod capture;
+pub mod filter;
 pub mod netns;
+pub mod netstate;
+pub mod network;
+pub mod packet;
 pub mod pki;
 pub mod process;
+pub mod scenario;
+pub mod services;
 pub mod subjects;
 pub mod topo;
 pub mod traffic;

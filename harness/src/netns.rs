@@ -21,6 +21,12 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Directory where iproute2 keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
 
+/// Per-namespace files that `ip netns exec` bind-mounts over `/etc` (its mount namespace).
+/// Every namespace we create gets its own `resolv.conf` here, so a process inside it that
+/// rewrites `/etc/resolv.conf` (a VPN client's DNS backend) changes only this file, never
+/// the root namespace's.
+const ETC_NETNS_DIR: &str = "/etc/netns";
+
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -67,8 +73,73 @@ impl Netns {
         let name = format!("{prefix}-{role}");
         sh("ip", &["netns", "add", &name])?;
         let ns = Netns { name, keep: false };
+        let etc = ns.etc_dir();
+        std::fs::create_dir_all(&etc)
+            .with_context(|| format!("cannot create {}", etc.display()))?;
+        ns.set_resolv_conf(&format!(
+            "# namespace {}: no resolver configured\n",
+            ns.name
+        ))?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// `/etc/netns/<name>`: files seen at `/etc` by processes started with [`Netns::command`].
+    pub fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(ETC_NETNS_DIR).join(&self.name)
+    }
+
+    /// The namespace's own resolv.conf (what `/etc/resolv.conf` is inside it).
+    pub fn resolv_conf_path(&self) -> std::path::PathBuf {
+        self.etc_dir().join("resolv.conf")
+    }
+
+    /// Replaces the namespace's resolv.conf.
+    pub fn set_resolv_conf(&self, text: &str) -> Result<()> {
+        let p = self.resolv_conf_path();
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    /// The namespace's resolv.conf as it is now.
+    pub fn resolv_conf(&self) -> String {
+        std::fs::read_to_string(self.resolv_conf_path()).unwrap_or_default()
+    }
+
+    /// Sets a sysctl inside the namespace (`net.ipv4.ip_forward` style key).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        // /proc/sys/net resolves to the namespace of the thread that opens it.
+        self.run(move || {
+            std::fs::write(&path, value).with_context(|| format!("cannot write {path}"))
+        })
+    }
+
+    /// Loads an nftables ruleset into the namespace (`nft -f -`).
+    pub fn nft(&self, ruleset: &str) -> Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run nft")?;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(ruleset.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "nft in {} failed: {}\nruleset:\n{ruleset}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// The namespace's name.
@@ -165,6 +236,7 @@ fn delete_namespace(name: &str) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     }
     let _ = sh("ip", &["netns", "del", name]);
+    let _ = std::fs::remove_dir_all(std::path::Path::new(ETC_NETNS_DIR).join(name));
 }
 
 /// Removes `ts-<pid>-…` namespaces whose owning process is gone. Returns their names.
@@ -186,6 +258,15 @@ pub fn cleanup_stale() -> Vec<String> {
         }
         delete_namespace(&name);
         removed.push(name);
+    }
+    // /etc/netns entries whose namespace is gone (e.g. removed by hand).
+    if let Ok(dir) = std::fs::read_dir(ETC_NETNS_DIR) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ts-") && !std::path::Path::new(NETNS_DIR).join(&name).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
     removed
 }
@@ -212,4 +293,19 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
     Ok(())
+}
+
+/// The name of interface `index` in the calling thread's namespace (`if<index>` when it is
+/// gone). Call it on a namespace thread.
+pub fn ifname(index: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("if{index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }

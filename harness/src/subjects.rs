@@ -290,9 +290,19 @@ pub fn start_tunscope_client(
 
 /// Starts `tunscope server --config FILE` in `ns`.
 pub fn start_tunscope_server(ns: &Netns, config: &Path, log: &Path) -> Result<Proc> {
+    start_tunscope_server_with(ns, config, log, &[])
+}
+
+/// Starts `tunscope server --config FILE EXTRA…` in `ns`.
+pub fn start_tunscope_server_with(
+    ns: &Netns,
+    config: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Result<Proc> {
     let bin = tunscope_bin()?;
     let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
-    cmd.arg("server").arg("--config").arg(config);
+    cmd.arg("server").arg("--config").arg(config).args(extra);
     cmd.env(
         "TUNSCOPE_LOG",
         std::env::var("TUNSCOPE_LOG").unwrap_or_else(|_| "info".into()),

@@ -17,6 +17,9 @@ const NEEDED: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),
     ("dig", "dnsutils"),
+    ("curl", "curl"),
+    ("ethtool", "ethtool"),
+    ("getent", "libc-bin"),
 ];
 
 fn have(cmd: &str) -> bool {

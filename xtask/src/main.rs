@@ -2,6 +2,8 @@
 //!
 //! * `cargo xtask test` — installs missing system packages, checks formatting, clippy and the
 //!   architecture rules (`tidy`), then runs every test (needs root: namespaces and tun).
+//! * `cargo xtask scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep]
+//!   [--out DIR]` — plays `scenarios/NAME.toml`; `cargo xtask suite` plays them all (JUnit).
 //! * `cargo xtask deps` — only installs the system packages the tests and scenarios use.
 //! * `cargo xtask tidy` — formatting, clippy, architecture invariants.
 //! * `cargo xtask fuzz [SECONDS]` — runs every cargo-fuzz target for SECONDS (default 60).
@@ -10,6 +12,7 @@
 
 mod bench;
 mod deps;
+mod scenario;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +20,17 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_command() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command() -> Result<()> {
     let root = project_root();
     std::env::set_current_dir(&root)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,9 +41,11 @@ fn main() -> Result<()> {
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&rest),
         Some("fuzz") => fuzz(&rest),
+        Some("scenario") => scenario::scenario(&rest),
+        Some("suite") => scenario::suite(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
+                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
             );
             bail!("unknown command");
         }

@@ -309,7 +309,9 @@ fn control_loop(
                 }),
             );
         }
-        if shutdown_at.is_some_and(|t| now >= t) {
+        // Done when the grace period is over, or earlier once every peer is gone (all
+        // acknowledged the RESTART or said goodbye themselves).
+        if shutdown_at.is_some_and(|t| now >= t || server.counts().connected == 0) {
             return Ok(());
         }
         // Activity from the data path feeds keepalive and timeouts.

@@ -1,0 +1,315 @@
+//! The scenario network: the canonical topology of DESIGN.md, built from namespaces, with
+//! its services.
+//!
+//! ```text
+//!  client            router ("internet")                server                 corp
+//!  eth0 198.18.1.2 ── c0 198.18.1.1 | s0 198.18.2.1 ── eth0 198.18.2.2   lan0 198.19.10.1 ── eth0 198.19.10.53, .80
+//!  tun0 198.19.0.x    lo: 198.18.100.53 public DNS       tun0 198.19.0.1                     corp DNS (corp.example)
+//!                         198.18.100.80 public web       web 198.18.2.2:80                   corp web
+//! ```
+//!
+//! The corporate LAN reaches the internet through the server's NAT (always); tunnel clients
+//! do only when the scenario asks for it (`server_nat`, full tunnel). The router knows no
+//! route to 198.19.0.0/16, as the internet would not. IPv6 is switched off in every namespace
+//! so captures hold only what the scenario caused (no router solicitations or MLD).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::netns::{self, Netns};
+use crate::services::dns::{DnsConfig, DnsServer};
+use crate::services::web::WebServer;
+
+/// Addresses of the canonical topology.
+pub mod addr {
+    use std::net::Ipv4Addr;
+    /// Client's WAN address.
+    pub const CLIENT_WAN: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    /// Router on the client side (client's default gateway).
+    pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+    /// Router on the server side.
+    pub const ROUTER_SERVER_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+    /// The VPN server's public address.
+    pub const SERVER_WAN: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+    /// Public DNS resolver.
+    pub const PUBLIC_DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
+    /// Public web server.
+    pub const PUBLIC_WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 80);
+    /// Server's address on the corporate LAN.
+    pub const CORP_GW: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 1);
+    /// Corporate DNS resolver.
+    pub const CORP_DNS: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 53);
+    /// Corporate web server.
+    pub const CORP_WEB: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 80);
+    /// The tunnel network (server .1, clients from .2).
+    pub const TUNNEL_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
+    /// The corporate LAN.
+    pub const CORP_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 0);
+}
+
+/// Hosts in the order they appear in reports and captures.
+pub const HOSTS: [&str; 4] = ["client", "router", "server", "corp"];
+
+/// Topology options of a scenario.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySpec {
+    /// MTU of the router's interface toward the server (the server itself keeps 1500 and
+    /// is not told): a smaller transit link in the middle of the path.
+    #[serde(default)]
+    pub underlay_mtu: Option<u16>,
+    /// The router drops the ICMP "fragmentation needed" messages it would send (a PMTU
+    /// black hole).
+    #[serde(default)]
+    pub icmp_blackhole: bool,
+    /// The server masquerades tunnel clients to its public address (full tunnel).
+    #[serde(default)]
+    pub server_nat: bool,
+}
+
+/// The namespaces and services of one scenario run.
+pub struct Network {
+    /// Run prefix.
+    pub prefix: String,
+    /// Client namespace.
+    pub client: Netns,
+    /// Router ("internet") namespace.
+    pub router: Netns,
+    /// VPN server namespace.
+    pub server: Netns,
+    /// Corporate LAN namespace.
+    pub corp: Netns,
+    /// DNS servers (public, corp).
+    pub dns: Vec<DnsServer>,
+    /// Web servers (public, corp, on the VPN host).
+    pub web: Vec<WebServer>,
+}
+
+fn ip(ns: &Netns, args: &str) -> Result<()> {
+    let a: Vec<&str> = args.split_whitespace().collect();
+    ns.ip(&a).map(|_| ())
+}
+
+impl Network {
+    /// Builds the namespaces, links, addresses, routes and firewall rules.
+    pub fn build(spec: &TopologySpec) -> Result<Network> {
+        use addr::*;
+        netns::require_root()?;
+        netns::cleanup_stale();
+        let prefix = netns::run_prefix();
+        let client = Netns::create(&prefix, "client")?;
+        let router = Netns::create(&prefix, "router")?;
+        let server = Netns::create(&prefix, "server")?;
+        let corp = Netns::create(&prefix, "corp")?;
+        for ns in [&client, &router, &server, &corp] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
+        netns::veth(&client, "eth0", &router, "c0")?;
+        netns::veth(&router, "s0", &server, "eth0")?;
+        netns::veth(&server, "lan0", &corp, "eth0")?;
+        // Wire-sized packets on every link, as on a real path: without segmentation
+        // offloads the kernel cuts TCP and UDP-GSO super-packets before the capture sees
+        // them, so each captured frame is one datagram (one OpenVPN packet per UDP frame).
+        for (ns, dev) in [
+            (&client, "eth0"),
+            (&router, "c0"),
+            (&router, "s0"),
+            (&server, "eth0"),
+            (&server, "lan0"),
+            (&corp, "eth0"),
+        ] {
+            netns::sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns.name(),
+                    "ethtool",
+                    "-K",
+                    dev,
+                    "tso",
+                    "off",
+                    "gso",
+                    "off",
+                    "gro",
+                    "off",
+                    "tx-udp-segmentation",
+                    "off",
+                ],
+            )?;
+        }
+
+        ip(&client, &format!("addr add {CLIENT_WAN}/24 dev eth0"))?;
+        ip(
+            &client,
+            &format!("route add default via {ROUTER_CLIENT_SIDE}"),
+        )?;
+
+        ip(&router, &format!("addr add {ROUTER_CLIENT_SIDE}/24 dev c0"))?;
+        ip(&router, &format!("addr add {ROUTER_SERVER_SIDE}/24 dev s0"))?;
+        ip(&router, &format!("addr add {PUBLIC_DNS}/32 dev lo"))?;
+        ip(&router, &format!("addr add {PUBLIC_WEB}/32 dev lo"))?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+
+        ip(&server, &format!("addr add {SERVER_WAN}/24 dev eth0"))?;
+        ip(
+            &server,
+            &format!("route add default via {ROUTER_SERVER_SIDE}"),
+        )?;
+        ip(&server, &format!("addr add {CORP_GW}/24 dev lan0"))?;
+        server.sysctl("net.ipv4.ip_forward", "1")?;
+
+        ip(&corp, &format!("addr add {CORP_DNS}/24 dev eth0"))?;
+        ip(&corp, &format!("addr add {CORP_WEB}/24 dev eth0"))?;
+        ip(&corp, &format!("route add default via {CORP_GW}"))?;
+
+        if let Some(mtu) = spec.underlay_mtu {
+            // Only the router's side: the server keeps 1500 and does not know, like two hosts
+            // behind a smaller transit link. Toward the server, larger packets need
+            // fragmenting (or an ICMP "fragmentation needed" when DF is set); from the
+            // server, what exceeds it is dropped silently — a black hole either way.
+            ip(&router, &format!("link set s0 mtu {mtu}"))?;
+            // A veth accepts a few bytes over its MTU (VLAN slack); make the link exact.
+            router.nft(&format!(
+                "table inet ts_link {{\n\tchain from_server {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
+                 \t\tiifname \"s0\" ip length > {mtu} counter drop\n\t}}\n}}\n"
+            ))?;
+        }
+        if spec.icmp_blackhole {
+            // Locally generated ICMP errors pass the output hook; forwarded ones the forward
+            // hook. Counters make the drops visible with `nft list ruleset`.
+            router.nft(
+                "table inet ts_blackhole {\n\
+                 \tchain icmp_out {\n\t\ttype filter hook output priority 0; policy accept;\n\
+                 \t\ticmp type destination-unreachable icmp code frag-needed counter drop\n\t}\n\
+                 \tchain icmp_forward {\n\t\ttype filter hook forward priority 0; policy accept;\n\
+                 \t\ticmp type destination-unreachable icmp code frag-needed counter drop\n\t}\n\
+                 }\n",
+            )?;
+        }
+        let mut nat = format!(
+            "table ip ts_nat {{\n\tchain post {{ type nat hook postrouting priority 100; policy accept;\n\
+             \t\tip saddr {CORP_NET}/24 oifname \"eth0\" masquerade\n"
+        );
+        if spec.server_nat {
+            nat.push_str(&format!(
+                "\t\tip saddr {TUNNEL_NET}/24 oifname \"eth0\" masquerade\n"
+            ));
+        }
+        nat.push_str("\t}\n}\n");
+        server.nft(&nat)?;
+
+        let public_resolver = format!("nameserver {PUBLIC_DNS}\n");
+        client.set_resolv_conf(&public_resolver)?;
+        router.set_resolv_conf(&public_resolver)?;
+        server.set_resolv_conf(&public_resolver)?;
+        corp.set_resolv_conf(&format!("nameserver {CORP_DNS}\nsearch corp.example\n"))?;
+
+        Ok(Network {
+            prefix,
+            client,
+            router,
+            server,
+            corp,
+            dns: vec![],
+            web: vec![],
+        })
+    }
+
+    /// Starts the DNS and web servers.
+    pub fn start_services(&mut self) -> Result<()> {
+        use addr::*;
+        let records = |list: &[(&str, Ipv4Addr)]| -> BTreeMap<String, Vec<IpAddr>> {
+            list.iter()
+                .map(|(n, a)| ((*n).to_owned(), vec![IpAddr::V4(*a)]))
+                .collect()
+        };
+        self.dns.push(
+            DnsServer::start(
+                &self.router,
+                DnsConfig {
+                    label: "public-dns".into(),
+                    listen: IpAddr::V4(PUBLIC_DNS),
+                    records: records(&[
+                        ("www.example.com", PUBLIC_WEB),
+                        ("vpn.example.com", SERVER_WAN),
+                    ]),
+                    upstream: None,
+                },
+            )
+            .context("public DNS")?,
+        );
+        self.dns.push(
+            DnsServer::start(
+                &self.corp,
+                DnsConfig {
+                    label: "corp-dns".into(),
+                    listen: IpAddr::V4(CORP_DNS),
+                    records: records(&[
+                        ("intranet.corp.example", CORP_WEB),
+                        ("dns.corp.example", CORP_DNS),
+                    ]),
+                    upstream: Some(SocketAddr::new(IpAddr::V4(PUBLIC_DNS), 53)),
+                },
+            )
+            .context("corp DNS")?,
+        );
+        self.web.push(WebServer::start(
+            &self.router,
+            "public-web",
+            IpAddr::V4(PUBLIC_WEB),
+        )?);
+        self.web.push(WebServer::start(
+            &self.corp,
+            "corp-web",
+            IpAddr::V4(CORP_WEB),
+        )?);
+        self.web.push(WebServer::start(
+            &self.server,
+            "vpn-host-web",
+            IpAddr::V4(SERVER_WAN),
+        )?);
+        Ok(())
+    }
+
+    /// The namespace of a host name (`client`, `router`, `server`, `corp`).
+    pub fn host(&self, name: &str) -> Option<&Netns> {
+        match name {
+            "client" => Some(&self.client),
+            "router" => Some(&self.router),
+            "server" => Some(&self.server),
+            "corp" => Some(&self.corp),
+            _ => None,
+        }
+    }
+
+    /// All namespaces with their host names.
+    pub fn hosts(&self) -> [(&'static str, &Netns); 4] {
+        [
+            ("client", &self.client),
+            ("router", &self.router),
+            ("server", &self.server),
+            ("corp", &self.corp),
+        ]
+    }
+
+    /// Leaves the namespaces in place when dropped (`--keep`).
+    pub fn keep(&mut self) {
+        self.client.keep();
+        self.router.keep();
+        self.server.keep();
+        self.corp.keep();
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // Services first: their threads live in the namespaces.
+        self.dns.clear();
+        self.web.clear();
+    }
+}

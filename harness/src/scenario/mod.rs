@@ -1,0 +1,310 @@
+//! Scenarios: declarative files in `scenarios/*.toml` — topology, subjects, the tunnel and
+//! what it pushes, and the checks — and the runner that plays them.
+//!
+//! ```toml
+//! description = "corp routes and the corp DNS domain via the tunnel, everything else direct"
+//!
+//! [topology]            # the canonical network (see network.rs), with options
+//! underlay_mtu = 1400
+//!
+//! [subjects]            # who plays which role; `pairings` runs several
+//! client = "ours"
+//! server = "openvpn"
+//!
+//! [tunnel]
+//! push = ["route 198.19.10.0 255.255.255.0", "dhcp-option DNS 198.19.10.53"]
+//! client_dns = "stub"
+//!
+//! [[check]]
+//! name = "corp LAN through the tunnel"
+//! kind = "route"
+//! to = "198.19.10.80"
+//! dev = "tun0"
+//! ```
+//!
+//! Check kinds are documented on [`checks::CheckSpec`]. Every error in a file names
+//! `file:line`.
+
+pub mod checks;
+pub mod report;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::network::TopologySpec;
+use crate::subjects::Implementation;
+
+pub use checks::{Check, CheckSpec};
+
+/// Which implementation plays a role, as written in scenario files.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Subject {
+    /// tunscope.
+    Ours,
+    /// Stock OpenVPN 2.6.
+    Openvpn,
+}
+
+impl Subject {
+    /// The harness's implementation handle.
+    pub fn implementation(self) -> Implementation {
+        match self {
+            Subject::Ours => Implementation::Ours,
+            Subject::Openvpn => Implementation::OpenVpn,
+        }
+    }
+
+    /// `ours` / `openvpn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Ours => "ours",
+            Subject::Openvpn => "openvpn",
+        }
+    }
+}
+
+impl std::str::FromStr for Subject {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ours" | "tunscope" => Ok(Subject::Ours),
+            "openvpn" => Ok(Subject::Openvpn),
+            o => Err(format!("unknown subject '{o}' (ours, openvpn)")),
+        }
+    }
+}
+
+/// A client/server pairing.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pairing {
+    /// Client implementation.
+    pub client: Subject,
+    /// Server implementation.
+    pub server: Subject,
+}
+
+impl Pairing {
+    /// `ours-openvpn` (client first).
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.client.name(), self.server.name())
+    }
+}
+
+/// How the client applies pushed DNS.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientDns {
+    /// Nothing.
+    #[default]
+    None,
+    /// Rewrite resolv.conf (stock openvpn: the `tunscope dns` script hook).
+    ResolvConf,
+    /// Split-DNS stub on 127.0.0.1.
+    Stub,
+}
+
+impl ClientDns {
+    /// The `--dns-backend`/`--backend` argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            ClientDns::None => "none",
+            ClientDns::ResolvConf => "resolv-conf",
+            ClientDns::Stub => "stub",
+        }
+    }
+}
+
+/// Transport.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportName {
+    /// UDP.
+    #[default]
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// Control-channel wrap.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WrapName {
+    /// None.
+    #[default]
+    None,
+    /// tls-auth.
+    TlsAuth,
+    /// tls-crypt.
+    TlsCrypt,
+}
+
+/// The tunnel: transport, ciphers, what the server pushes, how the client applies DNS.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelOpts {
+    /// `udp` (default) or `tcp`.
+    #[serde(default)]
+    pub proto: TransportName,
+    /// Server `data-ciphers` (default: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305).
+    #[serde(default)]
+    pub ciphers: Option<Vec<String>>,
+    /// Control-channel wrap.
+    #[serde(default)]
+    pub wrap: WrapName,
+    /// Options the server pushes (each becomes `push "…"`).
+    #[serde(default)]
+    pub push: Vec<String>,
+    /// How the client applies pushed DNS.
+    #[serde(default)]
+    pub client_dns: ClientDns,
+    /// Extra client config lines.
+    #[serde(default)]
+    pub client_options: Vec<String>,
+    /// Extra server config lines.
+    #[serde(default)]
+    pub server_options: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    client: Option<Subject>,
+    server: Option<Subject>,
+    pairings: Option<Vec<Pairing>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: String,
+    #[serde(default)]
+    topology: TopologySpec,
+    #[serde(default)]
+    subjects: RawSubjects,
+    #[serde(default)]
+    tunnel: TunnelOpts,
+    #[serde(default)]
+    check: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// A loaded scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    /// Name (the file stem).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What it shows.
+    pub description: String,
+    /// Network options.
+    pub topology: TopologySpec,
+    /// Pairings it runs by default.
+    pub pairings: Vec<Pairing>,
+    /// The tunnel.
+    pub tunnel: TunnelOpts,
+    /// The checks, in file order.
+    pub checks: Vec<Check>,
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+impl Scenario {
+    /// Loads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read scenario {}", path.display()))?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Parses scenario text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
+        let file = path.display();
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            anyhow::anyhow!("{file}:{line}: {}", e.message())
+        })?;
+        let pairings = match raw.subjects.pairings {
+            Some(p) if !p.is_empty() => p,
+            Some(_) => bail!("{file}: [subjects] pairings is empty"),
+            None => vec![Pairing {
+                client: raw.subjects.client.unwrap_or(Subject::Ours),
+                server: raw.subjects.server.unwrap_or(Subject::Ours),
+            }],
+        };
+        let mut checks = vec![];
+        for spanned in raw.check {
+            let line = line_of(text, spanned.span().start);
+            let check = Check::from_table(spanned.into_inner(), line)
+                .map_err(|e| anyhow::anyhow!("{file}:{line}: {e}"))?;
+            checks.push(check);
+        }
+        if checks.is_empty() {
+            bail!("{file}: no [[check]] entries; a scenario must assert something");
+        }
+        Ok(Scenario {
+            name: path
+                .file_stem()
+                .map_or_else(|| "scenario".into(), |s| s.to_string_lossy().into_owned()),
+            path: path.to_owned(),
+            description: raw.description,
+            topology: raw.topology,
+            pairings,
+            tunnel: raw.tunnel,
+            checks,
+        })
+    }
+}
+
+/// The `scenarios/` directory of the workspace (`TUNSCOPE_SCENARIOS` overrides).
+pub fn scenarios_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("TUNSCOPE_SCENARIOS") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("scenarios"), |p| p.join("scenarios"))
+}
+
+/// Finds a scenario by name (or path).
+pub fn find(name: &str) -> Result<PathBuf> {
+    let as_path = Path::new(name);
+    if as_path.extension().is_some_and(|e| e == "toml") && as_path.is_file() {
+        return Ok(as_path.to_owned());
+    }
+    let p = scenarios_dir().join(format!("{name}.toml"));
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "no scenario '{name}'; available: {}",
+        list()?
+            .iter()
+            .map(|p| p
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Every scenario file, sorted by name.
+pub fn list() -> Result<Vec<PathBuf>> {
+    let dir = scenarios_dir();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,316 @@
+//! Playing one scenario with one client/server pairing:
+//!
+//! network → captures → services → state "before" → server → client (tunnel up) → state
+//! "during" → live checks → client stops → state "after" → server stops → captures merged
+//! into one pcapng → every check judged → report.
+//!
+//! Everything is torn down on the way out, also on error or panic (the namespaces and
+//! processes are owned values); `--keep` leaves the namespaces in place.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::capture::{self, NsCapture};
+use crate::netstate::NetState;
+use crate::network::{HOSTS, Network, addr};
+use crate::pki::Pki;
+use crate::process::Proc;
+use crate::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
+
+use super::checks::{self, Live, RunData};
+use super::report::{CheckReport, RunFiles, RunReport, States};
+use super::{ClientDns, Pairing, Scenario, TransportName, WrapName};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Who plays client and server.
+    pub pairing: Pairing,
+    /// Leave the namespaces up at the end (and wait for Enter on a terminal first).
+    pub keep: bool,
+    /// Output directory (emptied first).
+    pub out: PathBuf,
+    /// Print progress and verdict lines.
+    pub verbose: bool,
+}
+
+/// The default output directory of a scenario run.
+pub fn default_out(scenario: &str, pairing: &Pairing) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), |p| p.join("target"))
+        .join("scenarios")
+        .join(scenario)
+        .join(pairing.label())
+}
+
+struct Progress {
+    start: Instant,
+    verbose: bool,
+}
+
+impl Progress {
+    fn line(&self, msg: &str) {
+        if self.verbose {
+            println!("[{:6.2}s] {msg}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The tunnel spec both implementations are configured from.
+fn tunnel_spec(s: &Scenario) -> TunnelSpec {
+    let t = &s.tunnel;
+    let mut spec = TunnelSpec {
+        proto: match t.proto {
+            TransportName::Udp => Proto::Udp,
+            TransportName::Tcp => Proto::Tcp,
+        },
+        wrap: match t.wrap {
+            WrapName::None => Wrap::None,
+            WrapName::TlsAuth => Wrap::TlsAuth,
+            WrapName::TlsCrypt => Wrap::TlsCrypt,
+        },
+        tunnel_net: addr::TUNNEL_NET,
+        explicit_exit_notify: Some(1),
+        ..TunnelSpec::default()
+    };
+    if let Some(c) = &t.ciphers {
+        spec.server_ciphers = c.clone();
+    }
+    // `push "…"`: OpenVPN's quoting; the pushed text itself has no double quotes.
+    spec.server_extra = t
+        .push
+        .iter()
+        .map(|p| format!("push \"{}\"", p.replace('"', "")))
+        .chain(t.server_options.iter().cloned())
+        .collect();
+    spec.client_extra = t.client_options.clone();
+    spec
+}
+
+fn log_tail(p: &Path, n: usize) -> String {
+    crate::process::tail(&std::fs::read_to_string(p).unwrap_or_default(), n)
+}
+
+/// Runs a scenario once with one pairing.
+pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
+    let progress = Progress {
+        start: Instant::now(),
+        verbose: opts.verbose,
+    };
+    let out = &opts.out;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot empty {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = std::fs::canonicalize(out)?;
+    progress.line(&format!(
+        "scenario {} [client {}, server {}]: {}",
+        s.name,
+        opts.pairing.client.name(),
+        opts.pairing.server.name(),
+        s.description
+    ));
+
+    // Declared first, dropped last: processes and services go before the namespaces.
+    let mut net = Network::build(&s.topology)?;
+    progress.line(&format!(
+        "network up: {}-{{{}}}",
+        net.prefix,
+        HOSTS.join(",")
+    ));
+    let mut captures = vec![];
+    for (host, ns) in net.hosts() {
+        captures.push(NsCapture::start(ns, host)?);
+    }
+    net.start_services()?;
+    progress.line("capturing every interface; DNS (public 198.18.100.53, corp 198.19.10.53) and web servers up");
+    let before = NetState::record(&net.client)?;
+
+    let pki = Pki::generate(&out.join("pki"))?;
+    let (ccert, ckey) = pki.client("client")?;
+    let spec = tunnel_spec(s);
+    let server_conf = out.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &out)?)?;
+    let mut client_text = spec.client_config(&pki, &ccert, &ckey, addr::SERVER_WAN, &out)?;
+    let bin = subjects::tunscope_bin()?;
+    let client_impl = opts.pairing.client.implementation();
+    if client_impl == Implementation::OpenVpn && s.tunnel.client_dns != ClientDns::None {
+        // Stock openvpn applies no DNS on Linux by itself; the same backends as ours, as its
+        // up/down script hook.
+        let hook = format!(
+            "{} dns --backend {} --state-file {}",
+            bin.display(),
+            s.tunnel.client_dns.arg(),
+            out.join("client-dns.state").display()
+        );
+        client_text.push_str(&format!(
+            "script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n"
+        ));
+    }
+    let client_conf = out.join("client.conf");
+    std::fs::write(&client_conf, client_text)?;
+
+    let server_log = out.join("server.log");
+    let client_log = out.join("client.log");
+    let server_taps = out.join("server-stages.pcapng");
+    let client_taps = out.join("client-stages.pcapng");
+    let mut server: Proc = match opts.pairing.server.implementation() {
+        Implementation::Ours => subjects::start_tunscope_server_with(
+            &net.server,
+            &server_conf,
+            &server_log,
+            &[
+                "--capture",
+                &server_taps.display().to_string(),
+                "--capture-name",
+                "server",
+            ],
+        )?,
+        Implementation::OpenVpn => subjects::start_openvpn(&net.server, &server_conf, &server_log)?,
+    };
+    subjects::wait_ready(&mut server, Duration::from_secs(15))
+        .context("the VPN server did not start")?;
+    let client_started = Instant::now();
+    let mut client: Proc = match client_impl {
+        Implementation::Ours => subjects::start_tunscope_client(
+            &net.client,
+            &client_conf,
+            &client_log,
+            &[
+                "--dns-backend",
+                s.tunnel.client_dns.arg(),
+                "--state-file",
+                &out.join("client.state").display().to_string(),
+                "--capture",
+                &client_taps.display().to_string(),
+                "--capture-name",
+                "client",
+            ],
+        )?,
+        Implementation::OpenVpn => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
+    };
+    subjects::wait_ready(&mut client, Duration::from_secs(20)).with_context(|| {
+        format!(
+            "the tunnel did not come up; server log:\n{}",
+            log_tail(&server_log, 15)
+        )
+    })?;
+    let tunnel_up_s = client_started.elapsed().as_secs_f64();
+    let during = NetState::record(&net.client)?;
+    let tun_addr = during
+        .addresses
+        .iter()
+        .find(|l| l.starts_with("tun"))
+        .cloned()
+        .unwrap_or_else(|| "no tun address".into());
+    progress.line(&format!("tunnel up in {tunnel_up_s:.2} s: {tun_addr}"));
+
+    let mut lives: Vec<Live> = Vec::with_capacity(s.checks.len());
+    for c in &s.checks {
+        if c.is_live() {
+            let live = checks::act(c, &net, &out)?;
+            progress.line(&live.summary);
+            lives.push(live);
+        } else {
+            lives.push(Live::default());
+        }
+    }
+
+    if opts.keep {
+        net.keep();
+        println!(
+            "namespaces kept: {p}-client, {p}-router, {p}-server, {p}-corp\n  enter one: ip netns exec {p}-client bash\n  remove them: for n in client router server corp; do ip netns del {p}-$n; done (or the next run removes them)",
+            p = net.prefix
+        );
+        // SAFETY: isatty on fd 0 has no preconditions.
+        if unsafe { libc::isatty(0) } == 1 {
+            println!("the tunnel is up; press Enter to stop it and finish the run");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+    }
+
+    // Teardown: the client first, so "after" is what it leaves behind.
+    client.stop(Duration::from_secs(5));
+    let after = NetState::record(&net.client)?;
+    server.stop(Duration::from_secs(5));
+    progress.line("client and server stopped");
+
+    let mut frames = vec![];
+    let mut capture_drops = 0u64;
+    for c in captures {
+        let got = c.finish()?;
+        capture_drops += u64::from(got.kernel_drops) + got.over_limit;
+        frames.extend(got.frames);
+    }
+    for taps in [&client_taps, &server_taps] {
+        if taps.exists() {
+            frames.extend(capture::read_pcapng_frames(taps)?);
+        }
+    }
+    let pcapng = out.join(format!("{}.pcapng", s.name));
+    let summary = capture::write_run_pcapng(&pcapng, &mut frames, &HOSTS)?;
+    progress.line(&format!(
+        "{} packets on {} interfaces and stages → {}",
+        summary.packets,
+        summary.interfaces.len(),
+        pcapng.display()
+    ));
+
+    let data = RunData {
+        frames,
+        dns: net.dns.iter().flat_map(|d| d.queries()).collect(),
+        web: net.web.iter().flat_map(|w| w.requests()).collect(),
+        before,
+        during,
+        after,
+    };
+    let mut reports = vec![];
+    for (c, live) in s.checks.iter().zip(&lives) {
+        let v = checks::judge(c, live, &data);
+        reports.push(CheckReport {
+            name: c.name.clone(),
+            kind: c.kind().to_owned(),
+            line: c.line,
+            passed: v.passed,
+            message: v.message,
+            evidence: v.evidence,
+            duration_ms: live.t1_ns.saturating_sub(live.t0_ns) / 1_000_000,
+        });
+    }
+    let mut dns = data.dns;
+    dns.sort_by_key(|q| q.at_ns);
+    let mut web = data.web;
+    web.sort_by_key(|w| w.at_ns);
+    let report = RunReport {
+        scenario: s.name.clone(),
+        description: s.description.clone(),
+        client: opts.pairing.client.name().to_owned(),
+        server: opts.pairing.server.name().to_owned(),
+        passed: reports.iter().all(|r| r.passed),
+        checks: reports,
+        tunnel_up_s,
+        wall_s: progress.start.elapsed().as_secs_f64(),
+        states: States {
+            before: data.before,
+            during: data.during,
+            after: data.after,
+        },
+        dns,
+        web,
+        capture: summary,
+        capture_drops,
+        files: RunFiles {
+            report: out.join("report.json"),
+            dir: out.clone(),
+            pcapng,
+            client_log,
+            server_log,
+        },
+    };
+    report.write_json()?;
+    Ok(report)
+}

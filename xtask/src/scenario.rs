@@ -1,0 +1,200 @@
+//! `cargo xtask scenario NAME` and `cargo xtask suite`: build the engine, then play
+//! scenarios from `scenarios/*.toml` with the harness.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use tunscope_harness::scenario::report::{RunError, RunReport, write_junit};
+use tunscope_harness::scenario::run::{RunOptions, default_out, run};
+use tunscope_harness::scenario::{self, Pairing, Scenario, Subject};
+
+use crate::{cargo, deps, project_root};
+
+struct Args {
+    name: Option<String>,
+    client: Option<Subject>,
+    server: Option<Subject>,
+    keep: bool,
+    out: Option<PathBuf>,
+}
+
+fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
+    let mut a = Args {
+        name: None,
+        client: None,
+        server: None,
+        keep: false,
+        out: None,
+    };
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        match arg {
+            "--client" => {
+                a.client = Some(
+                    it.next()
+                        .context("--client needs ours|openvpn")?
+                        .parse()
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            "--server" => {
+                a.server = Some(
+                    it.next()
+                        .context("--server needs ours|openvpn")?
+                        .parse()
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            "--keep" => a.keep = true,
+            "--out" => a.out = Some(PathBuf::from(it.next().context("--out needs a directory")?)),
+            s if s.starts_with("--") => bail!("unknown option {s}"),
+            s if want_name && a.name.is_none() => a.name = Some(s.to_owned()),
+            s => bail!("unexpected argument {s}"),
+        }
+    }
+    if want_name && a.name.is_none() {
+        let names: Vec<String> = scenario::list()?
+            .iter()
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .collect();
+        bail!(
+            "usage: cargo xtask scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\nscenarios: {}",
+            names.join(", ")
+        );
+    }
+    Ok(a)
+}
+
+/// Builds `tunscope` (debug, shared with the tests) and points the harness at it.
+fn build_engine() -> Result<()> {
+    crate::run(cargo().args(["build", "-p", "tunscope-engine", "--bin", "tunscope"]))?;
+    let bin = project_root().join("target/debug/tunscope");
+    // SAFETY: set before any thread of ours exists.
+    unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
+    Ok(())
+}
+
+fn pairings(s: &Scenario, a: &Args) -> Vec<Pairing> {
+    if a.client.is_none() && a.server.is_none() {
+        return s.pairings.clone();
+    }
+    let first = s.pairings[0];
+    vec![Pairing {
+        client: a.client.unwrap_or(first.client),
+        server: a.server.unwrap_or(first.server),
+    }]
+}
+
+fn print_report(r: &RunReport) {
+    print!("{}", r.verdict_lines());
+    println!("pcapng: {}", r.files.pcapng.display());
+    println!("report: {}", r.files.report.display());
+    println!(
+        "{} {}",
+        if r.passed { "PASSED" } else { "FAILED" },
+        r.summary_line()
+    );
+}
+
+/// `cargo xtask scenario NAME …`.
+pub fn scenario(args: &[&str]) -> Result<()> {
+    let a = parse_args(args, true)?;
+    tunscope_harness::netns::require_root()?;
+    deps::ensure()?;
+    build_engine()?;
+    let s = Scenario::load(&scenario::find(a.name.as_deref().unwrap_or_default())?)?;
+    let ps = pairings(&s, &a);
+    let mut failed = 0;
+    for p in &ps {
+        let out = match &a.out {
+            Some(d) if ps.len() > 1 => d.join(p.label()),
+            Some(d) => d.clone(),
+            None => default_out(&s.name, p),
+        };
+        let r = run(
+            &s,
+            &RunOptions {
+                pairing: *p,
+                keep: a.keep,
+                out,
+                verbose: true,
+            },
+        )
+        .with_context(|| format!("scenario {} [{}]", s.name, p.label()))?;
+        print_report(&r);
+        if !r.passed {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} run(s) of {} failed", ps.len(), s.name);
+    }
+    Ok(())
+}
+
+/// `cargo xtask suite [--out DIR]`: every scenario, every pairing it names; JUnit XML.
+pub fn suite(args: &[&str]) -> Result<()> {
+    let a = parse_args(args, false)?;
+    tunscope_harness::netns::require_root()?;
+    deps::ensure()?;
+    build_engine()?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| project_root().join("target/scenarios"));
+    let started = std::time::Instant::now();
+    let mut runs = vec![];
+    let mut errors = vec![];
+    for path in scenario::list()? {
+        let s = Scenario::load(&path)?;
+        for p in pairings(&s, &a) {
+            println!("── {} [{}]", s.name, p.label());
+            match run(
+                &s,
+                &RunOptions {
+                    pairing: p,
+                    keep: false,
+                    out: out.join(&s.name).join(p.label()),
+                    verbose: true,
+                },
+            ) {
+                Ok(r) => {
+                    print_report(&r);
+                    runs.push(r);
+                }
+                Err(e) => {
+                    println!("ERROR {} [{}]: {e:#}", s.name, p.label());
+                    errors.push(RunError {
+                        scenario: s.name.clone(),
+                        pairing: p.label(),
+                        error: format!("{e:#}"),
+                    });
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(&out)?;
+    let junit = out.join("junit.xml");
+    write_junit(&junit, &runs, &errors)?;
+    let failed_runs = runs.iter().filter(|r| !r.passed).count();
+    println!(
+        "\nsuite: {} runs in {:.1} s",
+        runs.len() + errors.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for r in &runs {
+        println!(
+            "  {} {}",
+            if r.passed { "PASSED" } else { "FAILED" },
+            r.summary_line()
+        );
+    }
+    for e in &errors {
+        println!("  ERROR  {} [{}]", e.scenario, e.pairing);
+    }
+    println!("JUnit XML: {}", junit.display());
+    if failed_runs + errors.len() > 0 {
+        bail!("{failed_runs} failed and {} broken run(s)", errors.len());
+    }
+    Ok(())
+}
