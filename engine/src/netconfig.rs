@@ -61,7 +61,16 @@ pub struct Applied {
     /// resolv.conf before we changed it.
     pub resolv_conf: Option<String>,
     /// The down command and its environment, run on undo.
-    pub down: Option<(Vec<String>, Vec<(String, String)>)>,
+    pub down: Option<DownScript>,
+}
+
+/// The `down` script to run on undo: its command line and OpenVPN environment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DownScript {
+    /// Program and arguments.
+    pub cmd: Vec<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// A serializable route.
@@ -150,12 +159,12 @@ fn undo_applied(a: &Applied) {
             }
         }
     }
-    if let Some(orig) = &a.resolv_conf {
-        if let Err(e) = write_in_place(Path::new(RESOLV_CONF), orig) {
-            tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
-        }
+    if let Some(orig) = &a.resolv_conf
+        && let Err(e) = write_in_place(Path::new(RESOLV_CONF), orig)
+    {
+        tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
     }
-    if let Some((cmd, env)) = &a.down {
+    if let Some(DownScript { cmd, env }) = &a.down {
         run_script(cmd, env, "down");
     }
 }
@@ -369,7 +378,7 @@ impl NetConfig {
             let mut env = script_env(p, s, "down");
             env.retain(|(k, _)| k != "script_type");
             env.push(("script_type".into(), "down".into()));
-            nc.applied.down = Some((cmd, env));
+            nc.applied.down = Some(DownScript { cmd, env });
             nc.save()?;
         }
         Ok(nc)

@@ -524,3 +524,100 @@ fn tshark_decodes_our_traffic() -> Result<()> {
     }
     Ok(())
 }
+
+/// What the server pushes is applied to the client's namespace — routes, redirect-gateway
+/// def1 with the host route to the server, resolv.conf — and undone on exit. After a crash
+/// (SIGKILL) the leftovers stay, and the next start undoes them from the state file first.
+#[test]
+fn pushed_network_config_is_applied_undone_and_recovered_after_a_crash() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    let spec = TunnelSpec {
+        server_extra: [
+            "push \"redirect-gateway def1\"",
+            "push \"route 198.19.20.0 255.255.255.0\"",
+            "push \"dhcp-option DNS 198.19.0.1\"",
+            "push \"dhcp-option DOMAIN corp.example\"",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..TunnelSpec::default()
+    };
+    let hosts = TwoHosts::new()?;
+    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let before = NetState::record(&hosts.client)?;
+    let state = hosts.dir.join("client.state");
+    let args = [
+        "--dns-backend",
+        "resolv-conf",
+        "--state-file",
+        state.to_str().context("path")?,
+    ];
+    let start = |log: &str| {
+        subjects::start_tunscope_client(&hosts.client, &client_conf, &hosts.dir.join(log), &args)
+    };
+
+    let mut client = start("client1.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    let during = NetState::record(&hosts.client)?;
+    for want in [
+        "0.0.0.0/1 via 198.19.0.1 dev tun0",
+        "128.0.0.0/1 via 198.19.0.1 dev tun0",
+        "198.19.20.0/24 via 198.19.0.1 dev tun0",
+        "198.18.1.1 dev eth0",
+    ] {
+        ensure!(
+            during.routes.iter().any(|r| r.starts_with(want)),
+            "no route '{want}' while connected: {:#?}",
+            during.routes
+        );
+    }
+    ensure!(
+        during.resolv_conf.contains("nameserver 198.19.0.1")
+            && during.resolv_conf.contains("search corp.example")
+            && !during.resolv_conf.contains("198.18.1.1"),
+        "resolv.conf while connected:\n{}",
+        during.resolv_conf
+    );
+    ensure!(state.exists(), "no state file while connected");
+
+    // A crash: nothing gets undone by the client itself.
+    client.signal(Signal::SIGKILL)?;
+    client.wait_exit(Duration::from_secs(5))?;
+    let crashed = NetState::record(&hosts.client)?;
+    ensure!(
+        crashed.resolv_conf.contains("198.19.0.1")
+            && crashed
+                .routes
+                .iter()
+                .any(|r| r.starts_with("198.18.1.1 dev eth0")),
+        "expected leftovers after SIGKILL: {crashed:#?}"
+    );
+
+    // The next start restores first, then connects and configures anew.
+    let mut client = start("client2.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    ensure!(
+        client.log().contains("left by a previous run"),
+        "no recovery in the log:\n{}",
+        client.log()
+    );
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    let after = NetState::record(&hosts.client)?;
+    let diff = before.diff(&after);
+    ensure!(diff.is_empty(), "not restored: {diff:#?}");
+    ensure!(!state.exists(), "state file left after a clean exit");
+    Ok(())
+}

@@ -12,6 +12,7 @@
 //! * [`traffic`] — ping and verified TCP transfers.
 //! * [`topo`] — small fixed topologies for engine tests.
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod capture;
 pub mod filter;

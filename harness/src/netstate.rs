@@ -43,10 +43,10 @@ impl NetState {
         for line in ns.ip(&["-o", "addr", "show"])?.lines() {
             // "2: eth0    inet 198.18.1.2/24 brd … scope global eth0\ ..."
             let f: Vec<&str> = line.split_whitespace().collect();
-            if let (Some(dev), Some(fam), Some(a)) = (f.get(1), f.get(2), f.get(3)) {
-                if *fam == "inet" || *fam == "inet6" {
-                    addresses.push(format!("{dev} {a}"));
-                }
+            if let (Some(dev), Some(fam), Some(a)) = (f.get(1), f.get(2), f.get(3))
+                && (*fam == "inet" || *fam == "inet6")
+            {
+                addresses.push(format!("{dev} {a}"));
             }
         }
         addresses.sort();

@@ -264,12 +264,13 @@ impl Check {
                 }
             }
             CheckSpec::Resolve(r) => {
-                if let Some(res) = &r.resolver {
-                    if res != "public-dns" && res != "corp-dns" {
-                        return Err(bad(format!(
-                            "resolver '{res}' is not one of public-dns, corp-dns"
-                        )));
-                    }
+                if let Some(res) = &r.resolver
+                    && res != "public-dns"
+                    && res != "corp-dns"
+                {
+                    return Err(bad(format!(
+                        "resolver '{res}' is not one of public-dns, corp-dns"
+                    )));
                 }
             }
             CheckSpec::Http(h) => {
@@ -592,24 +593,29 @@ fn act_resolve(r: &ResolveCheck, net: &Network, live: &mut Live) -> Result<()> {
     }
     if addrs.is_empty() {
         live.failures.push(format!("{} did not resolve", r.host));
-    } else if let Some(want) = r.answer {
-        if !addrs.contains(&want) {
-            live.failures.push(format!(
-                "{} resolved to {}, expected {want}",
-                r.host,
-                shown.join(" ")
-            ));
-        }
+    } else if let Some(want) = r.answer
+        && !addrs.contains(&want)
+    {
+        live.failures.push(format!(
+            "{} resolved to {}, expected {want}",
+            r.host,
+            shown.join(" ")
+        ));
     }
     Ok(())
 }
 
-/// `curl` in the client namespace; returns (exit code, http code, local ip, body).
-fn curl(
-    net: &Network,
-    args: &[&str],
-    timeout_s: u64,
-) -> Result<(Option<i32>, u16, Option<IpAddr>, String, String)> {
+/// What `curl` reported.
+struct Curl {
+    exit: Option<i32>,
+    code: u16,
+    local: Option<IpAddr>,
+    body: String,
+    stderr: String,
+}
+
+/// `curl` in the client namespace.
+fn curl(net: &Network, args: &[&str], timeout_s: u64) -> Result<Curl> {
     let max = timeout_s.to_string();
     let mut a = vec![
         "-sS",
@@ -622,9 +628,13 @@ fn curl(
     let out = run_in(&net.client, "curl", &a, Duration::from_secs(timeout_s + 5))?;
     let (body, tail) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
     let mut t = tail.split_whitespace();
-    let code = t.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let local = t.next().and_then(|a| a.parse().ok());
-    Ok((out.code, code, local, body.to_owned(), out.stderr))
+    Ok(Curl {
+        exit: out.code,
+        code: t.next().and_then(|c| c.parse().ok()).unwrap_or(0),
+        local: t.next().and_then(|a| a.parse().ok()),
+        body: body.to_owned(),
+        stderr: out.stderr,
+    })
 }
 
 fn check_via(via: Option<&String>, local: Option<IpAddr>, net: &Network, live: &mut Live) {
@@ -646,7 +656,13 @@ fn check_via(via: Option<&String>, local: Option<IpAddr>, net: &Network, live: &
 
 fn act_http(h: &HttpCheck, net: &Network, dir: &Path, live: &mut Live) -> Result<()> {
     let _ = dir;
-    let (exit, code, local, body, err) = curl(net, &[&h.url], 8)?;
+    let Curl {
+        exit,
+        code,
+        local,
+        body,
+        stderr: err,
+    } = curl(net, &[&h.url], 8)?;
     live.evidence.push(format!(
         "curl {}: exit {:?}, HTTP {code}, body {:?}{}",
         h.url,
@@ -681,11 +697,11 @@ fn act_http(h: &HttpCheck, net: &Network, dir: &Path, live: &mut Live) -> Result
         ));
         return Ok(());
     }
-    if let Some(want) = &h.body {
-        if !body.contains(want.as_str()) {
-            live.failures
-                .push(format!("body {:?} does not contain {want:?}", body.trim()));
-        }
+    if let Some(want) = &h.body
+        && !body.contains(want.as_str())
+    {
+        live.failures
+            .push(format!("body {:?} does not contain {want:?}", body.trim()));
     }
     check_via(h.via.as_ref(), local, net, live);
     Ok(())
@@ -694,7 +710,7 @@ fn act_http(h: &HttpCheck, net: &Network, dir: &Path, live: &mut Live) -> Result
 fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -> Result<()> {
     let started = Instant::now();
     let base = t.url.trim_end_matches('/');
-    let (exit, code, local, body, err, what) = if t.upload {
+    let (r, what) = if t.upload {
         let file = dir.join("upload.bin");
         write_bulk(&file, t.bytes)?;
         let data = format!("@{}", file.display());
@@ -714,19 +730,12 @@ fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -
             t.timeout_s,
         )?;
         let _ = std::fs::remove_file(&file);
-        (
-            r.0,
-            r.1,
-            r.2,
-            r.3,
-            r.4,
-            format!("upload {} bytes to {url}", t.bytes),
-        )
+        (r, format!("upload {} bytes to {url}", t.bytes))
     } else {
         let file = dir.join("download.bin");
         let url = format!("{base}/bytes/{}", t.bytes);
         let out = file.display().to_string();
-        let r = curl(net, &["-o", &out, &url], t.timeout_s)?;
+        let mut r = curl(net, &["-o", &out, &url], t.timeout_s)?;
         let data = std::fs::read(&file).unwrap_or_default();
         let _ = std::fs::remove_file(&file);
         let verdict = if data.len() != t.bytes {
@@ -737,15 +746,17 @@ fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -
                 Some(at) => format!("received {} corrupt at {at}", data.len()),
             }
         };
-        (
-            r.0,
-            r.1,
-            r.2,
-            verdict,
-            r.4,
-            format!("download {} bytes from {url}", t.bytes),
-        )
+        // The body went to the file; judge by what arrived there.
+        r.body = verdict;
+        (r, format!("download {} bytes from {url}", t.bytes))
     };
+    let Curl {
+        exit,
+        code,
+        local,
+        body,
+        stderr: err,
+    } = r;
     let secs = started.elapsed().as_secs_f64();
     let ok = exit == Some(0) && code == 200 && body.trim() == format!("received {} ok", t.bytes);
     live.evidence.push(format!(
@@ -913,22 +924,22 @@ pub fn judge(check: &Check, live: &Live, data: &RunData) -> Verdict {
                 .filter(|q| client_addrs.contains(&q.from.ip()))
                 .map(|q| q.server.as_str())
                 .collect();
-            if let Some(want) = &r.resolver {
-                if from_client.iter().copied().collect::<Vec<_>>() != [want.as_str()] {
-                    failures.push(format!(
-                        "{} was asked of {} by the client, expected {want} only",
-                        r.host,
-                        if from_client.is_empty() {
-                            "no scenario resolver".to_owned()
-                        } else {
-                            from_client
-                                .iter()
-                                .copied()
-                                .collect::<Vec<_>>()
-                                .join(" and ")
-                        }
-                    ));
-                }
+            if let Some(want) = &r.resolver
+                && from_client.iter().copied().collect::<Vec<_>>() != [want.as_str()]
+            {
+                failures.push(format!(
+                    "{} was asked of {} by the client, expected {want} only",
+                    r.host,
+                    if from_client.is_empty() {
+                        "no scenario resolver".to_owned()
+                    } else {
+                        from_client
+                            .iter()
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    }
+                ));
             }
             if let Some(via) = &r.via {
                 let mut ifaces: BTreeSet<String> = BTreeSet::new();
@@ -988,12 +999,11 @@ pub fn judge(check: &Check, live: &Live, data: &RunData) -> Verdict {
             let mut seen = vec![];
             for f in data.frames.iter().filter(|f| f.iface == m.on) {
                 let p = packet::parse(f.link, &f.data);
-                if let L4::Tcp { flags, mss, .. } = p.l4 {
-                    if flags & 0x02 != 0
-                        && filter.as_ref().is_none_or(|x| x.matches(&p, f.outgoing))
-                    {
-                        seen.push((mss, p.describe()));
-                    }
+                if let L4::Tcp { flags, mss, .. } = p.l4
+                    && flags & 0x02 != 0
+                    && filter.as_ref().is_none_or(|x| x.matches(&p, f.outgoing))
+                {
+                    seen.push((mss, p.describe()));
                 }
             }
             evidence.extend(seen.iter().take(6).map(|(mss, d)| {

@@ -126,10 +126,10 @@ fn accept_loop(
         let (label, log, stop) = (label.to_owned(), Arc::clone(log), Arc::clone(stop));
         // Connection threads inherit the namespace of this thread.
         std::thread::spawn(move || {
-            if let Some(entry) = handle(s, from, &label, &stop) {
-                if let Ok(mut l) = log.lock() {
-                    l.push(entry);
-                }
+            if let Some(entry) = handle(s, from, &label, &stop)
+                && let Ok(mut l) = log.lock()
+            {
+                l.push(entry);
             }
         });
     }
@@ -156,10 +156,10 @@ fn handle(s: TcpStream, from: SocketAddr, label: &str, stop: &AtomicBool) -> Opt
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse().unwrap_or(0);
         }
     }
     let mut entry = WebRequest {

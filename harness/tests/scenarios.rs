@@ -1,0 +1,277 @@
+//! Scenario files and the scenario runner, end to end (root: namespaces, tun).
+//!
+//! The suite itself (`cargo xtask suite`) plays every scenario; these tests prove the parts a
+//! user relies on: files load or fail with file:line, a passing run produces a pcapng that
+//! tshark reads with every interface and stage named, and wrong expectations FAIL with a
+//! message that says what was wrong (negative controls).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tunscope_harness::scenario::report::RunReport;
+use tunscope_harness::scenario::run::{RunOptions, run};
+use tunscope_harness::scenario::{self, Pairing, Scenario, Subject};
+
+fn out_dir(name: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join("tunscope-tests")
+        .join(format!("{name}-{}", std::process::id()))
+}
+
+fn play(s: &Scenario, name: &str) -> RunReport {
+    let out = out_dir(name);
+    let r = run(
+        s,
+        &RunOptions {
+            pairing: Pairing {
+                client: Subject::Ours,
+                server: Subject::Ours,
+            },
+            keep: false,
+            out: out.clone(),
+            verbose: true,
+        },
+    )
+    .expect("scenario run");
+    print!("{}", r.verdict_lines());
+    r
+}
+
+fn split_tunnel_text() -> String {
+    std::fs::read_to_string(scenario::scenarios_dir().join("split-tunnel.toml")).unwrap()
+}
+
+#[test]
+fn every_scenario_file_loads() {
+    let files = scenario::list().unwrap();
+    for required in ["split-tunnel", "full-tunnel", "split-dns", "mtu", "interop"] {
+        assert!(
+            files
+                .iter()
+                .any(|p| p.file_stem().unwrap().to_string_lossy() == required),
+            "scenarios/{required}.toml is missing"
+        );
+    }
+    for f in files {
+        let s = Scenario::load(&f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+        assert!(!s.checks.is_empty());
+    }
+}
+
+#[test]
+fn broken_scenario_files_name_file_and_line() {
+    let path = Path::new("scenarios/broken.toml");
+    let cases = [
+        (
+            "description = \"x\"\n[tunnel]\nproto = \"sctp\"\n",
+            "broken.toml:3",
+            "sctp",
+        ),
+        (
+            "description = \"x\"\n\n[[check]]\nname = \"a\"\nkind = \"leak\"\non = \"client/eth0\"\nallow = [\"udp and hots 1.2.3.4\"]\n",
+            "broken.toml:3",
+            "unknown word 'hots'",
+        ),
+        (
+            "description = \"x\"\n[[check]]\nname = \"a\"\nkind = \"route\"\nto = \"198.19.10.80\"\ndevice = \"tun0\"\n",
+            "broken.toml:2",
+            "unknown field `device`",
+        ),
+        (
+            "description = \"x\"\n[[check]]\nname = \"a\"\nkind = \"teleport\"\n",
+            "broken.toml:2",
+            "unknown kind 'teleport'",
+        ),
+        (
+            "description = \"x\"\n[[check]]\nkind = \"teardown\"\n",
+            "broken.toml:2",
+            "without a 'name'",
+        ),
+        (
+            "description = \"x\"\n[[check]]\nname = \"a\"\nkind = \"leak\"\non = \"laptop/eth0\"\nforbid = [\"dns\"]\n",
+            "broken.toml:2",
+            "host must be one of",
+        ),
+        ("description = \"x\"\n", "broken.toml", "no [[check]]"),
+    ];
+    for (text, place, what) in cases {
+        let e = format!("{:#}", Scenario::parse(path, text).unwrap_err());
+        assert!(e.contains(place) && e.contains(what), "{text:?} gave: {e}");
+    }
+}
+
+#[test]
+fn split_tunnel_passes_and_its_pcapng_names_every_interface_and_stage() {
+    let s = Scenario::load(&scenario::find("split-tunnel").unwrap()).unwrap();
+    let r = play(&s, "split-tunnel");
+    assert!(r.passed, "split-tunnel failed:\n{}", r.verdict_lines());
+    assert!(r.wall_s < 10.0, "split-tunnel took {:.1} s", r.wall_s);
+    // The client namespace was recorded at all three moments, and the tunnel's changes show.
+    assert!(
+        r.states
+            .during
+            .routes
+            .iter()
+            .any(|l| l.starts_with("198.19.10.0/24") && l.contains("tun0"))
+    );
+    assert!(r.states.during.resolv_conf.contains("127.0.0.1"));
+    assert_eq!(r.states.before, r.states.after);
+    // DNS transcript: the corp name reached the corp resolver from the tunnel address.
+    assert!(r.dns.iter().any(|q| q.server == "corp-dns"
+        && q.name == "intranet.corp.example"
+        && q.from.ip().to_string() == "198.19.0.2"));
+
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(&r.files.pcapng)
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .output()
+        .expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for want in [
+        "client/eth0",
+        "client/tun0",
+        "client/lo",
+        "router/c0",
+        "router/s0",
+        "server/eth0",
+        "server/tun0",
+        "server/lan0",
+        "corp/eth0",
+        "client/read_tun",
+        "client/encrypt",
+        "client/socket_tx",
+        "client/socket_rx",
+        "client/decrypt",
+        "client/write_tun",
+        "server/read_tun",
+        "server/encrypt",
+        "server/socket_tx",
+        "server/socket_rx",
+        "server/decrypt",
+        "server/write_tun",
+    ] {
+        assert!(
+            names.contains(want),
+            "{want} missing from the pcapng: {names:?}"
+        );
+    }
+    // Wireshark decodes the WAN traffic as OpenVPN, one packet per frame.
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(&r.files.pcapng)
+        .args([
+            "-d",
+            "udp.port==1194,openvpn",
+            "-Y",
+            "frame.interface_name == \"client/eth0\" && openvpn.opcode == 9",
+            "-T",
+            "fields",
+            "-e",
+            "openvpn.peerid",
+        ])
+        .output()
+        .unwrap();
+    let data_packets = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(
+        data_packets > 1000,
+        "only {data_packets} P_DATA_V2 packets decoded on client/eth0"
+    );
+    let _ = std::fs::remove_dir_all(&r.files.dir);
+}
+
+/// Deliberately wrong expectations against a working tunnel: each must FAIL and say why,
+/// while the right ones next to them still pass.
+#[test]
+fn negative_controls_fail_with_clear_messages() {
+    let mut text = split_tunnel_text();
+    text.push_str(
+        r#"
+[[check]]
+name = "WRONG: corp route expected absent"
+kind = "route"
+prefix = "198.19.10.0/24"
+present = false
+
+[[check]]
+name = "WRONG: corp name expected from the public resolver over the WAN"
+kind = "resolve"
+host = "intranet.corp.example"
+resolver = "public-dns"
+via = "eth0"
+
+[[check]]
+name = "WRONG: the intranet expected to answer with the public page"
+kind = "http"
+url = "http://intranet.corp.example/"
+body = "public-web"
+
+[[check]]
+name = "WRONG: no DNS at all on the WAN"
+kind = "leak"
+on = "client/eth0"
+forbid = ["dns"]
+
+[[check]]
+name = "WRONG: corp web expected unreachable"
+kind = "ping"
+to = "198.19.10.80"
+fails = true
+"#,
+    );
+    let s = Scenario::parse(&scenario::scenarios_dir().join("negative.toml"), &text).unwrap();
+    let r = play(&s, "negative");
+    assert!(!r.passed);
+    let get = |prefix: &str| {
+        r.checks
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no check {prefix}"))
+    };
+    for (name, says) in [
+        (
+            "WRONG: corp route",
+            "route 198.19.10.0/24 is present, expected absent",
+        ),
+        (
+            "WRONG: corp name",
+            "was asked of corp-dns by the client, expected public-dns only",
+        ),
+        ("WRONG: the intranet", "does not contain \"public-web\""),
+        ("WRONG: no DNS", "break the rules; first:"),
+        ("WRONG: corp web", "answered 3 of 3 pings, expected none"),
+    ] {
+        let c = get(name);
+        assert!(!c.passed, "{name} passed");
+        assert!(c.message.contains(says), "{name}: message {:?}", c.message);
+    }
+    // The WAN DNS leak names the offending packet; the via mismatch is in the evidence.
+    assert!(get("WRONG: no DNS").message.contains("198.18.100.53:53"));
+    assert!(
+        get("WRONG: corp name")
+            .evidence
+            .iter()
+            .any(|e| e.contains("left the client on tun0, expected eth0"))
+    );
+    // The correct checks of the same run are unaffected.
+    let right: Vec<_> = r
+        .checks
+        .iter()
+        .filter(|c| !c.name.starts_with("WRONG"))
+        .collect();
+    assert!(right.iter().all(|c| c.passed), "{}", r.verdict_lines());
+    // The report says so too.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&r.files.report).unwrap()).unwrap();
+    assert_eq!(json["passed"], false);
+    let _ = std::fs::remove_dir_all(&r.files.dir);
+}
