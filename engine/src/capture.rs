@@ -75,6 +75,8 @@ pub struct TapMeta {
     pub stage_ns: u64,
     /// Dropped here, for this reason.
     pub drop: Option<DropReason>,
+    /// Sent (`Some(true)`) or received; written as the packet's direction flag.
+    pub outgoing: Option<bool>,
 }
 
 impl TapMeta {
@@ -251,10 +253,16 @@ fn write_loop(
     let clock = WallClock::new();
     let mut ifaces: HashMap<Stage, u32> = HashMap::new();
     // Every stage gets its interface up front so readers see all of them, even unused ones.
-    for stage in Stage::ALL.iter().filter(|s| **s != Stage::Control) {
+    // The control stage carries plaintext control messages as text (Wireshark's exported-PDU
+    // link type, shown as "Line-based text data").
+    for stage in Stage::ALL.iter() {
         let id = ifaces.len() as u32;
         w.write_pcapng_block(InterfaceDescriptionBlock {
-            linktype: DataLink::RAW,
+            linktype: if *stage == Stage::Control {
+                DataLink::WIRESHARK_UPPER_PDU
+            } else {
+                DataLink::RAW
+            },
             snaplen: 0,
             options: vec![
                 InterfaceDescriptionOption::IfName(format!("{host}/{}", stage.name()).into()),
@@ -279,18 +287,27 @@ fn write_loop(
         };
         buf.clear();
         let data: &[u8] = match rec.wire {
+            None if rec.stage == Stage::Control => {
+                text_pdu(&rec.data, &mut buf);
+                &buf
+            }
             None => &rec.data,
             Some(wire) => {
                 encapsulate(&wire, &rec.data, &mut tcp_seq, &mut buf);
                 &buf
             }
         };
+        let mut options = vec![EnhancedPacketOption::Comment(rec.meta.comment().into())];
+        if let Some(out) = rec.meta.outgoing {
+            // epb_flags direction: 1 inbound, 2 outbound.
+            options.push(EnhancedPacketOption::Flags(if out { 2 } else { 1 }));
+        }
         let n = w.write_pcapng_block(EnhancedPacketBlock {
             interface_id: iface,
             timestamp: clock.at(rec.at),
             original_len: data.len() as u32,
             data: std::borrow::Cow::Borrowed(data),
-            options: vec![EnhancedPacketOption::Comment(rec.meta.comment().into())],
+            options,
         })?;
         bytes += n as u64;
         tap.written.fetch_add(1, Ordering::Relaxed);
@@ -300,6 +317,40 @@ fn write_loop(
         .map_err(|e| e.into_error())?
         .sync_all()?;
     Ok(())
+}
+
+/// An exported-PDU header naming Wireshark's text dissector, then the text.
+fn text_pdu(text: &[u8], out: &mut Vec<u8>) {
+    const DISSECTOR: &[u8] = b"data-text-lines";
+    // Tag 12 (dissector name), value padded to 4 bytes; tag 0 ends the header.
+    let padded = DISSECTOR.len().div_ceil(4) * 4;
+    out.extend_from_slice(&12u16.to_be_bytes());
+    out.extend_from_slice(&(padded as u16).to_be_bytes());
+    out.extend_from_slice(DISSECTOR);
+    out.resize(out.len() + padded - DISSECTOR.len(), 0);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(text);
+}
+
+/// A tap record for a plaintext control message.
+pub fn control_record(
+    tap: &Tap,
+    peer: Option<u32>,
+    m: &tunscope_proto::control::ControlMessage,
+) -> TapRecord {
+    TapRecord {
+        stage: Stage::Control,
+        at: Instant::now(),
+        data: m.text.as_bytes().to_vec(),
+        wire: None,
+        meta: TapMeta {
+            trace: tap.trace_id(),
+            peer,
+            key_id: Some(m.key_id),
+            outgoing: Some(m.outgoing),
+            ..TapMeta::default()
+        },
+    }
 }
 
 /// Puts an OpenVPN packet inside the IP and UDP/TCP headers it travels in.

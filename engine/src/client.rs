@@ -564,6 +564,12 @@ fn transmit(
     now: Instant,
     ctx: &mut ControlCtx<'_>,
 ) {
+    // Plaintext control messages go to the control tap (and are dropped without one).
+    while let Some(m) = client.poll_control_message() {
+        if let Some(tap) = ctx.tap {
+            tap.emit(crate::capture::control_record(tap, None, &m));
+        }
+    }
     let mut encrypt = BatchCounts::default();
     let mut socket_tx = BatchCounts::default();
     loop {

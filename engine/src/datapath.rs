@@ -208,6 +208,7 @@ fn meta(
         packet_id: Some(ids.2),
         stage_ns,
         drop,
+        outgoing: None,
     }
 }
 

@@ -42,6 +42,42 @@ struct Observe {
     prometheus: Option<SocketAddr>,
 }
 
+/// Normalization and tolerance options of `diff` and `normalize`.
+#[derive(Args, Clone, Debug, Default)]
+struct Compare {
+    /// Also mask this field (repeatable), e.g. `size`, `ip.ttl`, `dns.msg`.
+    #[arg(long, value_name = "FIELD")]
+    mask: Vec<String>,
+    /// Compare a field masked by default (repeatable), e.g. `ip.id`, `tcp.seq`, `ovpn.pid`.
+    #[arg(long, value_name = "FIELD")]
+    unmask: Vec<String>,
+    /// Treat this port as a service port, not ephemeral (repeatable).
+    #[arg(long, value_name = "PORT")]
+    service_port: Vec<u16>,
+    /// Every packet is an event (no bulk counting) and counts must match exactly.
+    #[arg(long)]
+    exact: bool,
+    /// Largest shift of a packet's time within its flow, ms (default 1000).
+    #[arg(long, value_name = "MS")]
+    time_tolerance: Option<f64>,
+    /// Largest relative difference of bulk packet/byte counts (default 0.5).
+    #[arg(long, value_name = "FRACTION")]
+    count_tolerance: Option<f64>,
+}
+
+impl From<Compare> for tunscope_engine::capdiff::CompareOptions {
+    fn from(c: Compare) -> Self {
+        tunscope_engine::capdiff::CompareOptions {
+            mask: c.mask,
+            unmask: c.unmask,
+            service_ports: c.service_port,
+            exact: c.exact,
+            time_tolerance_ms: c.time_tolerance,
+            count_tolerance: c.count_tolerance,
+        }
+    }
+}
+
 fn parse_sample(s: &str) -> Result<u32, String> {
     let n = s.strip_prefix("1/").unwrap_or(s);
     match n.parse::<u32>() {
@@ -133,6 +169,35 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         openvpn_args: Vec<String>,
     },
+    /// Compare two captures semantically (flow by flow, packets aligned). Exit status 0 when
+    /// equivalent, 1 when different, 2 on error.
+    Diff {
+        /// First capture (pcap or pcapng).
+        a: PathBuf,
+        /// Second capture.
+        b: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the differing packets of both captures, with comments, to this pcapng.
+        #[arg(long, value_name = "OUT.pcapng")]
+        write_pcapng: Option<PathBuf>,
+        #[command(flatten)]
+        compare: Compare,
+    },
+    /// Print a capture's normalized events (what `diff` compares).
+    Normalize {
+        /// The capture (pcap or pcapng).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print the flow summary instead (what golden snapshots hold).
+        #[arg(long)]
+        summary: bool,
+        #[command(flatten)]
+        compare: Compare,
+    },
     /// Parse a client or server config and report errors (file:line) and ignored options.
     CheckConfig {
         /// The config file.
@@ -179,6 +244,34 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Diff {
+            a,
+            b,
+            json,
+            write_pcapng,
+            compare,
+        } => {
+            return match tunscope_engine::capdiff::run_diff(
+                &a,
+                &b,
+                &compare.into(),
+                json,
+                write_pcapng.as_ref(),
+            ) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("tunscope diff: error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Normalize {
+            file,
+            json,
+            summary,
+            compare,
+        } => tunscope_engine::capdiff::run_normalize(&file, &compare.into(), json, summary),
         Command::Client {
             config,
             no_offload,

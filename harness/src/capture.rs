@@ -21,33 +21,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pcap_file::DataLink;
+use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
-use pcap_file::pcapng::{Block, PcapNgReader, PcapNgWriter};
 use serde::Serialize;
 
+use tunscope_capture::file::LinkType;
+
 use crate::netns::{Netns, ifname};
-
-/// Link layer of a captured frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum Link {
-    /// Ethernet header first (veth, loopback).
-    Ethernet,
-    /// IP header first (tun).
-    Raw,
-}
-
-impl Link {
-    fn datalink(self) -> DataLink {
-        match self {
-            Link::Ethernet => DataLink::ETHERNET,
-            Link::Raw => DataLink::RAW,
-        }
-    }
-}
 
 /// One captured frame.
 #[derive(Clone, Debug)]
@@ -55,7 +38,7 @@ pub struct Frame {
     /// Interface name as `<host>/<ifname>` (`client/eth0`) or `<host>/<stage>`.
     pub iface: String,
     /// Link layer.
-    pub link: Link,
+    pub link: LinkType,
     /// Wall-clock timestamp, ns since the epoch.
     pub ts_ns: u64,
     /// Sent by the namespace (`true`) or received; `None` for engine stage taps.
@@ -146,6 +129,19 @@ fn open_socket() -> Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let on: libc::c_int = 1;
     let rcvbuf: libc::c_int = 16 << 20;
+    // SAFETY: valid fd, an int option.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("PACKET_VNET_HDR");
+    }
     // SAFETY: valid fd, option values of the right size.
     unsafe {
         libc::setsockopt(
@@ -205,22 +201,43 @@ fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool) -> Result<Captured>
             .entry(r.ifindex)
             .or_insert_with(|| ifname(r.ifindex as u32))
             .clone();
-        out.frames.push(Frame {
-            iface: format!("{host}/{name}"),
-            link: if r.hatype == libc::ARPHRD_NONE {
-                Link::Raw
-            } else {
-                Link::Ethernet
-            },
-            ts_ns: r.ts_ns,
-            outgoing: Some(r.pkttype == libc::PACKET_OUTGOING),
-            data: buf[..r.caplen].to_vec(),
-            orig_len: r.len as u32,
-            comment: None,
-        });
+        let link_len = if r.hatype == libc::ARPHRD_NONE { 0 } else { 14 };
+        let data = &buf[VNET_HDR_LEN..VNET_HDR_LEN + r.caplen];
+        // A GSO super-packet (tun offloads, TCP on lo) becomes the packets a NIC would send.
+        let segments = match r.gso {
+            Some(gso) if r.caplen == r.len => segment(data, link_len, gso),
+            _ => None,
+        };
+        let frames = segments.unwrap_or_else(|| vec![data.to_vec()]);
+        let whole = frames.len() == 1;
+        for d in frames {
+            out.frames.push(Frame {
+                iface: format!("{host}/{name}"),
+                link: if r.hatype == libc::ARPHRD_NONE {
+                    LinkType::Raw
+                } else {
+                    LinkType::Ethernet
+                },
+                ts_ns: r.ts_ns,
+                outgoing: Some(r.pkttype == libc::PACKET_OUTGOING),
+                orig_len: if whole { r.len as u32 } else { d.len() as u32 },
+                data: d,
+                comment: None,
+            });
+        }
     }
     out.kernel_drops = packet_drops(fd);
     Ok(out)
+}
+
+/// `struct virtio_net_hdr` in front of every packet (PACKET_VNET_HDR): carries the GSO
+/// type and segment size of super-packets.
+const VNET_HDR_LEN: usize = 10;
+
+#[derive(Clone, Copy)]
+struct Gso {
+    tcp: bool,
+    size: usize,
 }
 
 struct Received {
@@ -230,6 +247,78 @@ struct Received {
     hatype: u16,
     pkttype: u8,
     ts_ns: u64,
+    gso: Option<Gso>,
+}
+
+fn checksum_v4_header(h: &mut [u8]) {
+    h[10] = 0;
+    h[11] = 0;
+    let mut sum = 0u32;
+    for c in h.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// Cuts a TCP or UDP GSO super-packet into wire-sized packets: headers copied, lengths,
+/// IPv4 ids and checksums, TCP sequence numbers and flags adjusted (transport checksums
+/// are left as the sender's offload left them, as in any offloaded capture).
+fn segment(data: &[u8], link_len: usize, gso: Gso) -> Option<Vec<Vec<u8>>> {
+    let ip = data.get(link_len..)?;
+    let v4 = ip.first()? >> 4 == 4;
+    let ip_len = if v4 {
+        usize::from(ip[0] & 0x0f) * 4
+    } else {
+        40
+    };
+    let l4 = ip.get(ip_len..)?;
+    let l4_len = if gso.tcp {
+        usize::from(l4.get(12)? >> 4) * 4
+    } else {
+        8
+    };
+    let hdr = link_len + ip_len + l4_len;
+    let payload = data.get(hdr..)?;
+    if gso.size == 0 || payload.len() <= gso.size {
+        return None;
+    }
+    let chunks: Vec<&[u8]> = payload.chunks(gso.size).collect();
+    let n = chunks.len();
+    let id = u16::from_be_bytes([ip[4], ip[5]]);
+    let seq = u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?);
+    let mut out = Vec::with_capacity(n);
+    for (i, c) in chunks.into_iter().enumerate() {
+        let mut p = Vec::with_capacity(hdr + c.len());
+        p.extend_from_slice(&data[..hdr]);
+        p.extend_from_slice(c);
+        let total = ip_len + l4_len + c.len();
+        let iph = &mut p[link_len..link_len + ip_len];
+        if v4 {
+            iph[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            iph[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+            checksum_v4_header(iph);
+        } else {
+            iph[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+        }
+        let t = &mut p[link_len + ip_len..hdr];
+        if gso.tcp {
+            let s = seq.wrapping_add((i * gso.size) as u32);
+            t[4..8].copy_from_slice(&s.to_be_bytes());
+            if i + 1 < n {
+                t[13] &= !0x09; // FIN and PSH only on the last segment
+            }
+            if i > 0 {
+                t[13] &= !0x80; // CWR only on the first
+            }
+        } else {
+            t[4..6].copy_from_slice(&((8 + c.len()) as u16).to_be_bytes());
+        }
+        out.push(p);
+    }
+    Some(out)
 }
 
 fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<Received> {
@@ -273,6 +362,21 @@ fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<Received> {
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
+    if len < VNET_HDR_LEN {
+        return None;
+    }
+    let v = &buf[..VNET_HDR_LEN];
+    // gso_type: 1 TCPv4, 4 TCPv6, 3 UDP (UFO), 5 UDP_L4 (USO); 0x80 is the ECN bit.
+    let gso = match v[1] & 0x7f {
+        1 | 4 => Some(true),
+        3 | 5 => Some(false),
+        _ => None,
+    }
+    .map(|tcp| Gso {
+        tcp,
+        size: usize::from(u16::from_le_bytes([v[4], v[5]])),
+    });
+    let len = len - VNET_HDR_LEN;
     if ts_ns == 0 {
         ts_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -280,11 +384,12 @@ fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<Received> {
     }
     Some(Received {
         len,
-        caplen: len.min(buf.len()),
+        caplen: len.min(buf.len() - VNET_HDR_LEN),
         ifindex: addr.sll_ifindex,
         hatype: addr.sll_hatype,
         pkttype: addr.sll_pkttype,
         ts_ns,
+        gso,
     })
 }
 
@@ -305,72 +410,25 @@ fn packet_drops(fd: &OwnedFd) -> u32 {
     if r == 0 { st.tp_drops } else { 0 }
 }
 
-/// Reads a pcapng file written by an engine's stage tap (or any pcapng) into frames.
+/// Reads a pcapng file written by an engine's stage tap (or any capture) into frames.
 pub fn read_pcapng_frames(path: &Path) -> Result<Vec<Frame>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut r = PcapNgReader::new(std::io::BufReader::new(file))
-        .with_context(|| format!("{} is not a pcapng file", path.display()))?;
-    let mut ifaces: Vec<(String, Link, u64)> = vec![];
-    let mut frames = vec![];
-    while let Some(block) = r.next_block() {
-        // A file cut short (a crashed engine) still yields what was complete.
-        let Ok(block) = block else { break };
-        match block {
-            Block::InterfaceDescription(idb) => {
-                let mut name = format!("if{}", ifaces.len());
-                let mut tsresol = 1u64; // pcap-file returns ticks; 10^-6 s unless said otherwise
-                let mut per_sec = 1_000_000u64;
-                for o in &idb.options {
-                    match o {
-                        InterfaceDescriptionOption::IfName(n) => name = n.to_string(),
-                        InterfaceDescriptionOption::IfTsResol(res) => {
-                            per_sec = tsresol_per_sec(*res);
-                        }
-                        _ => {}
-                    }
-                }
-                tsresol *= 1_000_000_000 / per_sec.max(1);
-                let link = if idb.linktype == DataLink::ETHERNET {
-                    Link::Ethernet
-                } else {
-                    Link::Raw
-                };
-                ifaces.push((name, link, tsresol.max(1)));
+    let cap = tunscope_capture::file::read(path)?;
+    Ok(cap
+        .records
+        .into_iter()
+        .map(|r| {
+            let iface = cap.ifaces.get(r.iface);
+            Frame {
+                iface: iface.map_or_else(|| format!("if{}", r.iface), |i| i.name.clone()),
+                link: iface.map_or(LinkType::Raw, |i| i.link),
+                ts_ns: r.ts_ns,
+                outgoing: r.outgoing,
+                data: r.data,
+                orig_len: r.orig_len,
+                comment: r.comment,
             }
-            Block::EnhancedPacket(epb) => {
-                let Some((name, link, scale)) = ifaces.get(epb.interface_id as usize) else {
-                    continue;
-                };
-                // pcap-file hands back the raw tick count as nanoseconds; scale by tsresol.
-                let ticks = epb.timestamp.as_nanos() as u64;
-                let comment = epb.options.iter().find_map(|o| match o {
-                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
-                    _ => None,
-                });
-                frames.push(Frame {
-                    iface: name.clone(),
-                    link: *link,
-                    ts_ns: ticks.saturating_mul(*scale),
-                    outgoing: None,
-                    data: epb.data.to_vec(),
-                    orig_len: epb.original_len,
-                    comment,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(frames)
-}
-
-/// Ticks per second for an `if_tsresol` value.
-fn tsresol_per_sec(res: u8) -> u64 {
-    if res & 0x80 == 0 {
-        10u64.saturating_pow(u32::from(res))
-    } else {
-        1u64.checked_shl(u32::from(res & 0x7f)).unwrap_or(u64::MAX)
-    }
+        })
+        .collect())
 }
 
 /// What went into a run's pcapng.
@@ -386,7 +444,7 @@ pub struct PcapngSummary {
 /// then the rest by name; packets by time.
 pub fn write_run_pcapng(out: &Path, frames: &mut [Frame], order: &[&str]) -> Result<PcapngSummary> {
     frames.sort_by_key(|f| f.ts_ns);
-    let mut names: Vec<(String, Link)> = vec![];
+    let mut names: Vec<(String, LinkType)> = vec![];
     for f in frames.iter() {
         if !names.iter().any(|(n, _)| n == &f.iface) {
             names.push((f.iface.clone(), f.link));

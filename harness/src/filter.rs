@@ -16,7 +16,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::packet::{L3, L4, Pkt};
+use tunscope_capture::packet::{L3, L4, Pkt};
 
 /// A parsed filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,8 +319,8 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::Link;
-    use crate::packet::parse;
+    use tunscope_capture::file::LinkType;
+    use tunscope_capture::packet::parse;
 
     fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
@@ -336,8 +336,8 @@ mod tests {
     fn matches_like_tcpdump() {
         let tunnel = udp([198, 18, 1, 2], [198, 18, 2, 2], 40000, 1194);
         let dns = udp([198, 18, 1, 2], [198, 18, 100, 53], 40001, 53);
-        let t = parse(Link::Raw, &tunnel);
-        let d = parse(Link::Raw, &dns);
+        let t = parse(LinkType::Raw, &tunnel);
+        let d = parse(LinkType::Raw, &dns);
         let f = Filter::parse("udp and host 198.18.2.2 and port 1194").unwrap();
         assert!(f.matches(&t, None));
         assert!(!f.matches(&d, None));

@@ -302,6 +302,11 @@ impl Client {
         self.data_tx = last_tx.max(self.data_tx);
     }
 
+    /// The next plaintext control-channel message sent or received (for the control tap).
+    pub fn poll_control_message(&mut self) -> Option<crate::control::ControlMessage> {
+        self.session.poll_message()
+    }
+
     /// Next event for the shell.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()

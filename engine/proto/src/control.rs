@@ -311,6 +311,35 @@ impl KeyState {
     }
 }
 
+/// A control-channel message in plaintext (what TLS carries), for the observatory's control
+/// tap: text messages (`PUSH_REQUEST`, `PUSH_REPLY,…`, `EXIT`, …) and the readable parts of
+/// key-method-2 (options string, user name, peer-info — never key material or passwords).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlMessage {
+    /// Sent by us (`true`) or received.
+    pub outgoing: bool,
+    /// Key-id of the TLS session that carried it.
+    pub key_id: u8,
+    /// The message.
+    pub text: String,
+}
+
+/// Messages kept for [`ControlSession::poll_message`] before older ones are dropped (a shell
+/// that does not read them costs bounded memory).
+const TRANSCRIPT_MAX: usize = 64;
+
+fn key_method_text(m: &KeyMethod2) -> String {
+    let mut t = format!("key-method 2, options '{}'", m.options);
+    if let Some(u) = &m.username {
+        t.push_str(&format!(", username '{u}'"));
+    }
+    if let Some(pi) = &m.peer_info {
+        let lines: Vec<&str> = pi.lines().filter(|l| !l.is_empty()).collect();
+        t.push_str(&format!(", peer-info '{}'", lines.join(";")));
+    }
+    t
+}
+
 /// The control channel of one session.
 pub struct ControlSession {
     tls_role: TlsRole,
@@ -321,6 +350,7 @@ pub struct ControlSession {
     /// Newest key state first; at most two (current and the one it replaces).
     keys: Vec<KeyState>,
     events: VecDeque<SessionEvent>,
+    transcript: VecDeque<ControlMessage>,
     scratch: Vec<u8>,
     plain: Vec<u8>,
     last_rx: Instant,
@@ -444,6 +474,7 @@ impl ControlSession {
             wrap,
             keys: Vec::new(),
             events: VecDeque::new(),
+            transcript: VecDeque::new(),
             scratch: Vec::with_capacity(2048),
             plain: Vec::with_capacity(2048),
             last_rx: now,
@@ -492,7 +523,31 @@ impl ControlSession {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        match &ev {
+            SessionEvent::Text { key_id, text } => self.note(false, *key_id, text.clone()),
+            SessionEvent::PeerKeyMethod { key_id, message } => {
+                self.note(false, *key_id, key_method_text(message));
+            }
+            _ => {}
+        }
+        Some(ev)
+    }
+
+    /// The next control-channel message sent or received, in plaintext (for taps).
+    pub fn poll_message(&mut self) -> Option<ControlMessage> {
+        self.transcript.pop_front()
+    }
+
+    fn note(&mut self, outgoing: bool, key_id: u8, text: String) {
+        if self.transcript.len() >= TRANSCRIPT_MAX {
+            self.transcript.pop_front();
+        }
+        self.transcript.push_back(ControlMessage {
+            outgoing,
+            key_id,
+            text,
+        });
     }
 
     /// Handles a wire control packet. Errors are drop reasons for the observatory.
@@ -636,6 +691,7 @@ impl ControlSession {
         let mut buf = Vec::with_capacity(512);
         msg.encode(&mut buf);
         self.write_plaintext(key_id, &buf)?;
+        self.note(true, key_id, key_method_text(msg));
         if let Some(ks) = self.keys.iter_mut().find(|k| k.key_id == key_id) {
             ks.own_km2_written = true;
             ks.update_phase(&mut self.events);
@@ -658,7 +714,9 @@ impl ControlSession {
         let mut buf = Vec::with_capacity(text.len() + 1);
         buf.extend_from_slice(text.as_bytes());
         buf.push(0);
-        self.write_plaintext(key_id, &buf)
+        self.write_plaintext(key_id, &buf)?;
+        self.note(true, key_id, text.to_owned());
+        Ok(())
     }
 
     fn write_plaintext(&mut self, key_id: u8, bytes: &[u8]) -> Result<(), DropReason> {

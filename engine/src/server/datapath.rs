@@ -112,7 +112,17 @@ impl Transport {
     pub fn wire(&self, peer: PeerAddr, local: Option<SocketAddr>, outbound: bool) -> Option<Wire> {
         let (remote, local, tcp) = match (self, peer) {
             (Transport::Udp(ep), PeerAddr::Udp(a)) => {
-                (a, local.or(ep.socket().local_addr().ok())?, false)
+                let local = local.or_else(|| {
+                    let bound = ep.socket().local_addr().ok()?;
+                    if !bound.ip().is_unspecified() {
+                        return Some(bound);
+                    }
+                    // A wildcard socket: our address toward this peer, as routing picks it
+                    // (control packets before the peer's own address is cached).
+                    let src = crate::netlink::route_get(a.ip()).ok()?.prefsrc?;
+                    Some(SocketAddr::new(src, bound.port()))
+                })?;
+                (a, local, false)
             }
             (Transport::Tcp(c), PeerAddr::Tcp(id)) => {
                 let conn = c.get(id)?;
@@ -344,6 +354,7 @@ fn meta(
         packet_id: Some(ids.2),
         stage_ns,
         drop,
+        outgoing: None,
     }
 }
 

@@ -523,6 +523,11 @@ fn transmit(
     buf: &mut Vec<u8>,
     now: Instant,
 ) {
+    while let Some((peer, m)) = server.poll_control_message() {
+        if let Some(tap) = shared.tap.as_deref() {
+            tap.emit(crate::capture::control_record(tap, Some(peer), &m));
+        }
+    }
     loop {
         buf.clear();
         let Some(to) = server.poll_transmit(now, buf) else {

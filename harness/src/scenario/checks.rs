@@ -18,9 +18,9 @@ use crate::filter::Filter;
 use crate::netns::Netns;
 use crate::netstate::NetState;
 use crate::network::{HOSTS, Network};
-use crate::packet::{self, L4};
 use crate::services::dns::DnsQuery;
 use crate::services::web::{WebRequest, verify_bulk, write_bulk};
+use tunscope_capture::packet::{self, L4};
 
 fn yes() -> bool {
     true

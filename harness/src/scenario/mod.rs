@@ -26,6 +26,7 @@
 //! `file:line`.
 
 pub mod checks;
+pub mod golden;
 pub mod report;
 pub mod run;
 

@@ -51,6 +51,8 @@ pub struct RunFiles {
     pub pcapng: PathBuf,
     /// This report.
     pub report: PathBuf,
+    /// The golden summary (`summary.txt`).
+    pub summary: PathBuf,
     /// Client log.
     pub client_log: PathBuf,
     /// Server log.

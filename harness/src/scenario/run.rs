@@ -305,6 +305,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         capture_drops,
         files: RunFiles {
             report: out.join("report.json"),
+            summary: out.join("summary.txt"),
             dir: out.clone(),
             pcapng,
             client_log,
@@ -312,5 +313,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         },
     };
     report.write_json()?;
+    let cap = tunscope_capture::file::read(&report.files.pcapng)?;
+    std::fs::write(&report.files.summary, super::golden::summary(&report, &cap))
+        .with_context(|| format!("cannot write {}", report.files.summary.display()))?;
     Ok(report)
 }

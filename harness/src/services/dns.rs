@@ -19,6 +19,8 @@ use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType, rdata};
 use serde::Serialize;
 
+use tunscope_capture::packet::addresses;
+
 use crate::netns::{Netns, ifname};
 
 /// What a DNS server knows.
@@ -292,18 +294,6 @@ fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
             return Some(buf[..n].to_vec());
         }
     }
-}
-
-/// A and AAAA addresses in a message's answer section.
-pub fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Parses a name for a record table (lowercase, no trailing dot); rejects invalid names.

@@ -447,6 +447,13 @@ impl Server {
         self.events.pop_front()
     }
 
+    /// The next plaintext control-channel message of any peer (for the control tap).
+    pub fn poll_control_message(&mut self) -> Option<(PeerId, crate::control::ControlMessage)> {
+        self.peers
+            .values_mut()
+            .find_map(|p| p.session.poll_message().map(|m| (p.id, m)))
+    }
+
     fn log(&mut self, msg: String) {
         self.events.push_back(ServerEvent::Log(msg));
     }

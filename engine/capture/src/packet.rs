@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::capture::Link;
+use crate::file::LinkType;
 
 /// Network layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum L3 {
     },
     /// IPv4 or IPv6.
     Ip(IpHdr),
+    /// A plaintext control message from an engine's control tap.
+    Text(String),
     /// Something else (ethertype).
     Other(u16),
 }
@@ -121,6 +123,7 @@ impl Pkt<'_> {
                 if *op == 1 { "who-has" } else { "reply" }
             ),
             L3::Other(t) => format!("ethertype 0x{t:04x}"),
+            L3::Text(t) => format!("control message: {t}"),
             L3::Ip(h) => {
                 let ports = self.ports();
                 let ep = |a: IpAddr, p: Option<u16>| match (a, p) {
@@ -223,8 +226,21 @@ pub fn dns_info(payload: &[u8]) -> Option<DnsInfo> {
             .to_ascii_lowercase(),
         qtype: q.query_type().to_string(),
         rcode: m.response_code().to_string(),
-        answers: crate::services::dns::addresses(&m),
+        answers: addresses(&m),
     })
+}
+
+/// A and AAAA addresses in a message's answer section.
+pub fn addresses(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
+    use hickory_proto::rr::RData;
+    m.answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -235,20 +251,38 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// The text of a Wireshark exported-PDU frame (tags skipped).
+pub fn upper_pdu_payload(data: &[u8]) -> &[u8] {
+    let mut pos = 0;
+    while let (Some(tag), Some(len)) = (be16(data, pos), be16(data, pos + 2)) {
+        pos += 4 + usize::from(len);
+        if tag == 0 {
+            break;
+        }
+    }
+    data.get(pos..).unwrap_or(&[])
+}
+
 /// Decodes a frame of the given link type.
-pub fn parse(link: Link, data: &[u8]) -> Pkt<'_> {
+pub fn parse(link: LinkType, data: &[u8]) -> Pkt<'_> {
     let none = |l3| Pkt {
         l3,
         l4: L4::None,
         payload: &[],
     };
-    let (ethertype, l3) = match link {
-        Link::Raw => match data.first().map(|b| b >> 4) {
-            Some(4) => (0x0800, data),
-            Some(6) => (0x86dd, data),
-            _ => return none(L3::Other(0)),
-        },
-        Link::Ethernet => {
+    let by_version = |d: &[u8]| match d.first().map(|b| b >> 4) {
+        Some(4) => 0x0800,
+        Some(6) => 0x86dd,
+        _ => 0,
+    };
+    let family = |f: u32| match f {
+        2 => 0x0800,
+        10 | 24 | 28 | 30 => 0x86dd,
+        _ => 0,
+    };
+    let (ethertype, l3): (u16, &[u8]) = match link {
+        LinkType::Raw => (by_version(data), data),
+        LinkType::Ethernet => {
             let Some(mut t) = be16(data, 12) else {
                 return none(L3::Other(0));
             };
@@ -260,6 +294,27 @@ pub fn parse(link: Link, data: &[u8]) -> Pkt<'_> {
             }
             (t, data.get(off..).unwrap_or(&[]))
         }
+        LinkType::LinuxSll => (be16(data, 14).unwrap_or(0), data.get(16..).unwrap_or(&[])),
+        LinkType::LinuxSll2 => (be16(data, 0).unwrap_or(0), data.get(20..).unwrap_or(&[])),
+        LinkType::Null | LinkType::Loop => {
+            let Some(b) = data.get(..4) else {
+                return none(L3::Other(0));
+            };
+            let b: [u8; 4] = [b[0], b[1], b[2], b[3]];
+            let f = if link == LinkType::Null {
+                // Host order of the capturing machine; both orders are tried.
+                let le = u32::from_le_bytes(b);
+                if le < 256 { le } else { u32::from_be_bytes(b) }
+            } else {
+                u32::from_be_bytes(b)
+            };
+            (family(f), &data[4..])
+        }
+        LinkType::UpperPdu => {
+            let text = String::from_utf8_lossy(upper_pdu_payload(data)).into_owned();
+            return none(L3::Text(text));
+        }
+        LinkType::Other(_) => return none(L3::Other(0)),
     };
     match ethertype {
         0x0806 => parse_arp(l3).map_or_else(|| none(L3::Other(0x0806)), none),
@@ -460,7 +515,7 @@ mod tests {
             b'm', b'p', b'l', b'e', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1,
         ];
         let p = ipv4_udp([198, 18, 1, 2], [198, 18, 100, 53], 40000, 53, &q);
-        let pkt = parse(Link::Raw, &p);
+        let pkt = parse(LinkType::Raw, &p);
         let ip = pkt.ip().unwrap();
         assert!(ip.df && !ip.fragment);
         assert_eq!(pkt.ports(), Some((40000, 53)));
@@ -480,14 +535,14 @@ mod tests {
     fn truncated_and_garbage_frames_do_not_panic() {
         let p = ipv4_udp([1, 2, 3, 4], [5, 6, 7, 8], 1, 2, b"hello");
         for n in 0..p.len() {
-            let _ = parse(Link::Raw, &p[..n]).describe();
+            let _ = parse(LinkType::Raw, &p[..n]).describe();
             let mut eth = vec![0u8; 12];
             eth.extend_from_slice(&[0x08, 0x00]);
             eth.extend_from_slice(&p[..n]);
-            let _ = parse(Link::Ethernet, &eth).describe();
+            let _ = parse(LinkType::Ethernet, &eth).describe();
         }
-        let _ = parse(Link::Ethernet, &[0xff; 60]).describe();
-        let _ = parse(Link::Raw, &[0x6f; 80]).describe();
+        let _ = parse(LinkType::Ethernet, &[0xff; 60]).describe();
+        let _ = parse(LinkType::Raw, &[0x6f; 80]).describe();
     }
 
     #[test]
@@ -499,7 +554,7 @@ mod tests {
             0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0,
         ]);
         p.extend_from_slice(&[2, 4, 0x05, 0x1c]);
-        let pkt = parse(Link::Raw, &p);
+        let pkt = parse(LinkType::Raw, &p);
         assert!(matches!(
             pkt.l4,
             L4::Tcp {

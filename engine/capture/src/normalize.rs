@@ -1,0 +1,887 @@
+//! Normalization: a capture becomes a list of events whose fields mean the same thing in
+//! every run, grouped into flows.
+//!
+//! Two captures of the same behaviour never match byte for byte. The rules below replace
+//! what changes from run to run by stable placeholders, and hide (mask) what cannot be made
+//! stable, so that what remains differs only when behaviour differs.
+//!
+//! # Fields of an event
+//!
+//! | field | meaning | default |
+//! |---|---|---|
+//! | `iface` | interface or engine stage (`client/eth0`, `server/decrypt`) | kept |
+//! | `dir` | `out` / `in` when the file records it | kept |
+//! | `layers` | `eth/ipv4/udp/openvpn`, `raw/ipv6/tcp`, `text` … | kept |
+//! | `src`, `dst` | addresses and ports; ephemeral ports as `ephN` | kept |
+//! | `size` | IP total length (frame length without IP) | kept |
+//! | `ip.ttl`, `ip.df`, `ip.frag` | TTL, don't-fragment, fragment offset/more | kept |
+//! | `ip.id` | IPv4 identification | masked |
+//! | `tcp.flags`, `tcp.len`, `tcp.mss` | flags (`S`, `S.`, `F.`, `R`, `P.`), payload length (not for FIN/RST segments: what rides on them depends on write timing; the flow's stream length is exact), MSS | kept |
+//! | `tcp.seq`, `tcp.ack` | relative to the flow's ISNs | masked |
+//! | `icmp` | type and code | kept |
+//! | `arp` | request/reply, addresses | kept |
+//! | `ovpn.op`, `ovpn.key`, `ovpn.peer` | opcode name, key-id, peer-id | kept |
+//! | `ovpn.sid`, `ovpn.rsid` | session ids as `S1`, `S2` … by first appearance | kept |
+//! | `ovpn.payload`, `ovpn.wrapped` | TLS records carried; tls-auth/tls-crypt wrap | kept |
+//! | `ovpn.acks` | number of ACKs piggybacked (depends on timing) | masked |
+//! | `ovpn.pid` | control message / data packet-id | masked |
+//! | `ovpn.ctl_size` | a control packet's size instead of `size` (certificates and signatures vary by a byte or two per key) | masked |
+//! | `dns.msg` | `query A name` / `answer A name NOERROR [addresses]` | kept |
+//! | `dns.id` | query id | masked |
+//! | `text` | plaintext control message (engine control taps); version strings in peer-info (`IV_VER`, `IV_SSL`, `IV_PLAT_VER`, `IV_HWADDR`, `IV_GUI_VER`) as `*` | kept |
+//! | `tap.drop`, `tap.key`, `tap.peer` | from an engine tap's comment | kept |
+//! | `tap.trace`, `tap.pid`, `tap.stage_ns` | per-run counters and timings | masked |
+//! | `time` | ms since the first packet of the capture | masked (timing is compared separately, per flow, with a tolerance) |
+//!
+//! Ports below 1024 and the configured service ports (1194) are kept; any other port is
+//! ephemeral and becomes `ephN`, numbered in order of first appearance among connections
+//! between the same host and service. Session ids become `S1`, `S2` … in order of first
+//! appearance. Masks are adjustable ([`Rules::mask`], [`Rules::unmask`]; `tunscope diff
+//! --mask F --unmask F`).
+//!
+//! # Bulk packets
+//!
+//! TCP segments without SYN, FIN or RST, OpenVPN data packets, standalone OpenVPN ACKs and
+//! ARP come and go with timing (delayed ACKs, coalescing, cache expiry). By default they are
+//! not events of their own but counted per flow and direction (packets, bytes, and for TCP
+//! the exact stream length from the sequence numbers); `--exact` makes every packet an event.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::file::{Capture, LinkType};
+use crate::openvpn;
+use crate::packet::{self, L3, L4, Pkt};
+
+/// Fields masked by default.
+pub const DEFAULT_MASKS: &[&str] = &[
+    "time",
+    "ip.id",
+    "tcp.seq",
+    "tcp.ack",
+    "ovpn.acks",
+    "ovpn.pid",
+    "ovpn.ctl_size",
+    "dns.id",
+    "tap.trace",
+    "tap.pid",
+    "tap.stage_ns",
+];
+
+/// Every field name, in output order.
+pub const FIELDS: &[&str] = &[
+    "iface",
+    "dir",
+    "layers",
+    "src",
+    "dst",
+    "size",
+    "ip.ttl",
+    "ip.df",
+    "ip.frag",
+    "ip.id",
+    "tcp.flags",
+    "tcp.len",
+    "tcp.mss",
+    "tcp.seq",
+    "tcp.ack",
+    "icmp",
+    "arp",
+    "ovpn.op",
+    "ovpn.key",
+    "ovpn.peer",
+    "ovpn.sid",
+    "ovpn.rsid",
+    "ovpn.acks",
+    "ovpn.pid",
+    "ovpn.payload",
+    "ovpn.wrapped",
+    "ovpn.ctl_size",
+    "dns.id",
+    "dns.msg",
+    "text",
+    "tap.key",
+    "tap.peer",
+    "tap.drop",
+    "tap.trace",
+    "tap.pid",
+    "tap.stage_ns",
+    "time",
+];
+
+/// Peer-info keys whose values are versions or hardware, not behaviour.
+const VOLATILE_PEER_INFO: &[&str] = &["IV_VER", "IV_SSL", "IV_PLAT_VER", "IV_HWADDR", "IV_GUI_VER"];
+
+/// Normalization rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Masked fields (not compared, not shown).
+    pub masks: BTreeSet<String>,
+    /// Ports ≥ 1024 kept literally (service ports); 1194 by default.
+    pub service_ports: BTreeSet<u16>,
+    /// Ports whose UDP/TCP payload is decoded as OpenVPN.
+    pub openvpn_ports: BTreeSet<u16>,
+    /// Count bulk packets per flow instead of making them events.
+    pub aggregate_bulk: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            masks: DEFAULT_MASKS.iter().map(|s| (*s).to_owned()).collect(),
+            service_ports: [1194].into_iter().collect(),
+            openvpn_ports: [1194].into_iter().collect(),
+            aggregate_bulk: true,
+        }
+    }
+}
+
+/// An unknown field name in a mask rule.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown field '{0}' (fields: {fields})", fields = FIELDS.join(", "))]
+pub struct UnknownField(pub String);
+
+impl Rules {
+    /// Masks a field.
+    pub fn mask(&mut self, field: &str) -> Result<(), UnknownField> {
+        if !FIELDS.contains(&field) {
+            return Err(UnknownField(field.to_owned()));
+        }
+        self.masks.insert(field.to_owned());
+        Ok(())
+    }
+
+    /// Unmasks a field.
+    pub fn unmask(&mut self, field: &str) -> Result<(), UnknownField> {
+        if !FIELDS.contains(&field) {
+            return Err(UnknownField(field.to_owned()));
+        }
+        self.masks.remove(field);
+        Ok(())
+    }
+
+    fn masked(&self, f: &str) -> bool {
+        self.masks.contains(f)
+    }
+}
+
+/// One normalized packet.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Event {
+    /// 1-based record number in the file.
+    pub index: usize,
+    /// Index into [`Normalized::flows`].
+    pub flow: usize,
+    /// Direction within the flow: `true` = from the flow key's first endpoint to the second
+    /// (for flows without endpoints: sent, or unknown).
+    pub forward: bool,
+    /// Time since the capture's first packet, ns.
+    pub t_ns: u64,
+    /// Bulk packet (counted in the flow, not aligned on its own).
+    pub bulk: bool,
+    /// Unmasked fields in [`FIELDS`] order.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Event {
+    /// A field's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// What must be equal for two events to be "the same packet" (every field but `iface`,
+    /// which the flow already fixes).
+    pub fn identity(&self) -> Vec<(&'static str, &str)> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| *n != "iface")
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect()
+    }
+
+    /// A short kind for pairing changed events: layers plus the main message field.
+    pub fn kind(&self) -> String {
+        let mut k = self.get("layers").unwrap_or("").to_owned();
+        for f in ["ovpn.op", "tcp.flags", "icmp"] {
+            if let Some(v) = self.get(f) {
+                k.push(' ');
+                k.push_str(v);
+            }
+        }
+        if let Some(d) = self.get("dns.msg") {
+            // query/answer and type, not the name.
+            k.push(' ');
+            k.push_str(&d.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+        }
+        k
+    }
+
+    /// One line: `out udp 198.18.1.2:eph1 > 198.18.2.2:1194 size 56 ovpn.op=…`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let skip = ["iface", "src", "dst", "dir", "layers"];
+        if let Some(d) = self.get("dir") {
+            let _ = write!(s, "{d} ");
+        }
+        if let Some(l) = self.get("layers") {
+            let _ = write!(s, "{l} ");
+        }
+        match (self.get("src"), self.get("dst")) {
+            (Some(a), Some(b)) => {
+                let _ = write!(s, "{a} > {b}");
+            }
+            _ => s.push('-'),
+        }
+        for (n, v) in &self.fields {
+            if !skip.contains(n) {
+                let _ = write!(s, " {n}={v}");
+            }
+        }
+        s
+    }
+}
+
+/// Counts of one direction of a flow.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DirCounts {
+    /// Packets (events and bulk).
+    pub packets: u64,
+    /// Bytes (`size` of each).
+    pub bytes: u64,
+    /// Bulk packets.
+    pub bulk_packets: u64,
+    /// Bytes of the bulk packets.
+    pub bulk_bytes: u64,
+    /// TCP stream bytes (highest sequence reached minus the ISN), when the SYN was seen.
+    pub tcp_stream: Option<u64>,
+}
+
+/// A flow: one interface, one protocol, two normalized endpoints.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Flow {
+    /// `client/eth0 udp 198.18.1.2:eph1 <-> 198.18.2.2:1194`.
+    pub key: String,
+    /// Interface or stage.
+    pub iface: String,
+    /// Non-bulk events, in file order (indices into [`Normalized::events`]).
+    pub events: Vec<usize>,
+    /// Counts from the key's first endpoint to the second, and back.
+    pub counts: [DirCounts; 2],
+    /// Time of the flow's earliest packet since the capture's earliest, ns.
+    pub start_ns: u64,
+    /// Short kinds seen per direction (for summaries): opcodes, flags, DNS messages.
+    pub kinds: [BTreeSet<String>; 2],
+}
+
+/// A normalized capture.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Normalized {
+    /// Every packet's event, in file order (bulk ones included, marked).
+    pub events: Vec<Event>,
+    /// Flows in order of first appearance.
+    pub flows: Vec<Flow>,
+}
+
+/// Stable names for run-specific values.
+#[derive(Default)]
+struct Placeholders {
+    /// (ephemeral ip, service ip, service port, proto) → ephemeral ports in order.
+    eph: HashMap<(IpAddr, IpAddr, u16, u8), Vec<u16>>,
+    /// Ports of flows with two ephemeral ends, per host pair.
+    eph_pair: HashMap<(IpAddr, IpAddr, u8), Vec<u16>>,
+    sessions: Vec<[u8; 8]>,
+    /// TCP ISN per (src ip, src port, dst ip, dst port).
+    isn: HashMap<(IpAddr, u16, IpAddr, u16), u32>,
+}
+
+impl Placeholders {
+    fn session(&mut self, sid: [u8; 8]) -> String {
+        let n = match self.sessions.iter().position(|s| *s == sid) {
+            Some(i) => i + 1,
+            None => {
+                self.sessions.push(sid);
+                self.sessions.len()
+            }
+        };
+        format!("S{n}")
+    }
+
+    fn numbered(list: &mut Vec<u16>, port: u16) -> usize {
+        match list.iter().position(|p| *p == port) {
+            Some(i) => i + 1,
+            None => {
+                list.push(port);
+                list.len()
+            }
+        }
+    }
+}
+
+fn ep(a: IpAddr, port: Option<String>) -> String {
+    match (a, port) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
+fn icmp_name(v6: bool, t: u8, c: u8) -> String {
+    let n = match (v6, t, c) {
+        (false, 0, _) | (true, 129, _) => "echo-reply",
+        (false, 8, _) | (true, 128, _) => "echo-request",
+        (false, 3, 4) => "frag-needed",
+        (true, 2, _) => "packet-too-big",
+        (false, 3, _) | (true, 1, _) => "unreachable",
+        (false, 11, _) | (true, 3, _) => "time-exceeded",
+        _ => "",
+    };
+    if n.is_empty() {
+        format!("type {t} code {c}")
+    } else {
+        n.to_owned()
+    }
+}
+
+fn clean_text(t: &str) -> String {
+    // `…, peer-info 'IV_VER=2.6.3;IV_SSL=OpenSSL 3.0.20 …;IV_PROTO=990'` → versions as `*`.
+    const MARK: &str = "peer-info '";
+    let Some(at) = t.find(MARK) else {
+        return t.to_owned();
+    };
+    let (head, rest) = t.split_at(at + MARK.len());
+    let (body, tail) = match rest.rfind('\'') {
+        Some(end) => rest.split_at(end),
+        None => (rest, ""),
+    };
+    let parts: Vec<String> = body
+        .split(';')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if VOLATILE_PEER_INFO.contains(&k) => format!("{k}=*"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{head}{}{tail}", parts.join(";"))
+}
+
+/// Parses `tunscope trace=1 peer=0 key=0 pid=5 stage_ns=123 drop=x` comments.
+fn tap_fields(comment: &str) -> Vec<(&'static str, String)> {
+    let mut out = vec![];
+    if !comment.starts_with("tunscope ") {
+        return out;
+    }
+    for kv in comment.split_whitespace().skip(1) {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        let name = match k {
+            "trace" => "tap.trace",
+            "peer" => "tap.peer",
+            "key" => "tap.key",
+            "pid" => "tap.pid",
+            "stage_ns" => "tap.stage_ns",
+            "drop" => "tap.drop",
+            _ => continue,
+        };
+        out.push((name, v.to_owned()));
+    }
+    out
+}
+
+/// Normalizes a capture.
+pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
+    let mut ph = Placeholders::default();
+    let mut out = Normalized::default();
+    let mut flow_ids: HashMap<String, usize> = HashMap::new();
+    let t0 = cap.records.iter().map(|r| r.ts_ns).min().unwrap_or(0);
+    for (i, rec) in cap.records.iter().enumerate() {
+        let iface = cap.ifaces.get(rec.iface);
+        let name = iface.map_or_else(|| format!("if{}", rec.iface), |i| i.name.clone());
+        let link = iface.map_or(LinkType::Raw, |i| i.link);
+        let pkt = packet::parse(link, &rec.data);
+        let mut f: BTreeMap<&'static str, String> = BTreeMap::new();
+        f.insert("iface", name.clone());
+        if let Some(o) = rec.outgoing {
+            f.insert("dir", if o { "out" } else { "in" }.into());
+        }
+        let link_name = match link {
+            LinkType::Ethernet => "eth",
+            LinkType::Raw => "raw",
+            LinkType::LinuxSll | LinkType::LinuxSll2 => "sll",
+            LinkType::Null | LinkType::Loop => "null",
+            LinkType::UpperPdu => "pdu",
+            LinkType::Other(_) => "other",
+        };
+        let mut layers = vec![link_name.to_owned()];
+        let mut bulk = false;
+        let (src, dst, proto_label, sp_dp) = describe_l3(
+            &pkt,
+            &mut f,
+            &mut layers,
+            &mut bulk,
+            &mut ph,
+            rules,
+            rec.orig_len,
+        );
+        if let Some(c) = &rec.comment {
+            for (k, v) in tap_fields(c) {
+                f.insert(k, v);
+            }
+        }
+        f.insert("layers", layers.join("/"));
+        f.insert(
+            "time",
+            format!("{:.3}", (rec.ts_ns.saturating_sub(t0)) as f64 / 1e6),
+        );
+        // The flow: interface, protocol, endpoints (sorted so both directions meet).
+        let (a, b) = (src.clone(), dst.clone());
+        let (lo, hi) = if a <= b {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        let key = match (&lo, &hi) {
+            (Some(lo), Some(hi)) => format!("{name} {proto_label} {lo} <-> {hi}"),
+            _ => format!("{name} {proto_label}"),
+        };
+        let flow = *flow_ids.entry(key.clone()).or_insert_with(|| {
+            out.flows.push(Flow {
+                key: key.clone(),
+                iface: name.clone(),
+                events: vec![],
+                counts: [DirCounts::default(); 2],
+                start_ns: rec.ts_ns.saturating_sub(t0),
+                kinds: [BTreeSet::new(), BTreeSet::new()],
+            });
+            out.flows.len() - 1
+        });
+        let forward = match (&a, &lo) {
+            (Some(a), Some(lo)) => a == lo,
+            _ => rec.outgoing != Some(false),
+        };
+        let size: u64 = f.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let bulk = bulk && rules.aggregate_bulk;
+        {
+            let fl = &mut out.flows[flow];
+            // The earliest packet, whatever the file order.
+            fl.start_ns = fl.start_ns.min(rec.ts_ns.saturating_sub(t0));
+            let c = &mut fl.counts[usize::from(!forward)];
+            c.packets += 1;
+            c.bytes += size;
+            if bulk {
+                c.bulk_packets += 1;
+                c.bulk_bytes += size;
+            }
+            if let (L4::Tcp { seq, flags, .. }, Some((s, d))) = (&pkt.l4, sp_dp) {
+                if let Some(ip) = pkt.ip() {
+                    let k = (ip.src, s, ip.dst, d);
+                    if let Some(isn) = ph.isn.get(&k) {
+                        let syn_fin = u32::from(flags & 0x03 != 0);
+                        let end = seq
+                            .wrapping_add(pkt.payload.len() as u32)
+                            .wrapping_add(syn_fin)
+                            .wrapping_sub(*isn)
+                            .wrapping_sub(1);
+                        // Only forward progress within a sane window counts.
+                        if end < 1 << 30 {
+                            let cur = c.tcp_stream.unwrap_or(0);
+                            c.tcp_stream = Some(cur.max(u64::from(end)));
+                        }
+                    }
+                }
+            }
+            fl.kinds[usize::from(!forward)].insert(short_kind(&f));
+        }
+        let fields: Vec<(&'static str, String)> = FIELDS
+            .iter()
+            .filter(|n| !rules.masked(n))
+            .filter_map(|n| f.get(n).map(|v| (*n, v.clone())))
+            .collect();
+        if !bulk {
+            out.flows[flow].events.push(out.events.len());
+        }
+        out.events.push(Event {
+            index: i + 1,
+            flow,
+            forward,
+            t_ns: rec.ts_ns.saturating_sub(t0),
+            bulk,
+            fields,
+        });
+    }
+    out
+}
+
+/// The kind shown in summaries: opcode, TCP flags, DNS message, ICMP type, text.
+fn short_kind(f: &BTreeMap<&'static str, String>) -> String {
+    if let Some(t) = f.get("text") {
+        return t.clone();
+    }
+    if let Some(d) = f.get("dns.msg") {
+        return format!("dns {d}");
+    }
+    if let Some(op) = f.get("ovpn.op") {
+        return op.clone();
+    }
+    if let Some(fl) = f.get("tcp.flags") {
+        let base = if fl.contains('S') || fl.contains('F') || fl.contains('R') {
+            fl.trim_end_matches('.').replace('P', "")
+        } else {
+            // Data and ACKs are one kind.
+            "data".into()
+        };
+        return format!("tcp {base}");
+    }
+    if let Some(i) = f.get("icmp") {
+        return format!("icmp {i}");
+    }
+    if let Some(a) = f.get("arp") {
+        return format!("arp {}", a.split_whitespace().next().unwrap_or(""));
+    }
+    if let Some(fr) = f.get("ip.frag") {
+        let _ = fr;
+        return "fragment".into();
+    }
+    f.get("layers").cloned().unwrap_or_default()
+}
+
+type L3Out = (Option<String>, Option<String>, String, Option<(u16, u16)>);
+
+#[allow(clippy::too_many_arguments)]
+fn describe_l3(
+    pkt: &Pkt<'_>,
+    f: &mut BTreeMap<&'static str, String>,
+    layers: &mut Vec<String>,
+    bulk: &mut bool,
+    ph: &mut Placeholders,
+    rules: &Rules,
+    orig_len: u32,
+) -> L3Out {
+    match &pkt.l3 {
+        L3::Arp { op, sender, target } => {
+            layers.push("arp".into());
+            f.insert(
+                "arp",
+                format!(
+                    "{} {target} from {sender}",
+                    if *op == 1 { "request" } else { "reply" }
+                ),
+            );
+            f.insert("size", orig_len.to_string());
+            *bulk = true;
+            (None, None, "arp".into(), None)
+        }
+        L3::Text(t) => {
+            layers.push("text".into());
+            f.insert("text", clean_text(t));
+            (None, None, "control".into(), None)
+        }
+        L3::Other(t) => {
+            layers.push(format!("0x{t:04x}"));
+            f.insert("size", orig_len.to_string());
+            (None, None, "other".into(), None)
+        }
+        L3::Ip(h) => {
+            let v6 = h.src.is_ipv6();
+            layers.push(if v6 { "ipv6" } else { "ipv4" }.into());
+            f.insert("size", h.total_len.to_string());
+            f.insert("ip.ttl", h.ttl.to_string());
+            if !v6 {
+                f.insert("ip.df", h.df.to_string());
+                f.insert("ip.id", h.id.to_string());
+            }
+            if h.fragment {
+                f.insert(
+                    "ip.frag",
+                    format!(
+                        "offset {}{}",
+                        h.frag_offset,
+                        if matches!(pkt.l4, L4::None) && h.frag_offset != 0 {
+                            ""
+                        } else {
+                            " first"
+                        }
+                    ),
+                );
+            }
+            let (proto, ports) = match &pkt.l4 {
+                L4::Tcp { sport, dport, .. } => ("tcp", Some((*sport, *dport))),
+                L4::Udp { sport, dport } => ("udp", Some((*sport, *dport))),
+                L4::Icmp { .. } => (if v6 { "icmp6" } else { "icmp" }, None),
+                L4::None if h.fragment => ("frag", None),
+                L4::None => ("ip", None),
+            };
+            if proto != "frag" && proto != "ip" {
+                layers.push(proto.into());
+            }
+            let proto_num = h.proto;
+            let (sp, dp) = match ports {
+                Some((s, d)) => {
+                    let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            let src = ep(h.src, sp);
+            let dst = ep(h.dst, dp);
+            f.insert("src", src.clone());
+            f.insert("dst", dst.clone());
+            match &pkt.l4 {
+                L4::Tcp {
+                    sport,
+                    dport,
+                    seq,
+                    ack,
+                    flags,
+                    mss,
+                } => {
+                    let key = (h.src, *sport, h.dst, *dport);
+                    if flags & 0x02 != 0 {
+                        ph.isn.insert(key, *seq);
+                    }
+                    f.insert("tcp.flags", packet::tcp_flags(*flags));
+                    f.insert("tcp.len", pkt.payload.len().to_string());
+                    if let Some(m) = mss {
+                        f.insert("tcp.mss", m.to_string());
+                    }
+                    if let Some(isn) = ph.isn.get(&key) {
+                        f.insert("tcp.seq", seq.wrapping_sub(*isn).to_string());
+                    }
+                    if let Some(isn) = ph.isn.get(&(h.dst, *dport, h.src, *sport)) {
+                        f.insert("tcp.ack", ack.wrapping_sub(*isn).to_string());
+                    }
+                    if flags & 0x07 == 0 {
+                        *bulk = true;
+                    } else if flags & 0x05 != 0 {
+                        // How much data rides on a FIN or RST depends on the sender's write
+                        // pattern; the stream length (counted per flow) is what is exact.
+                        f.remove("size");
+                        f.remove("tcp.len");
+                    }
+                    // OpenVPN over TCP: the first record of the segment.
+                    if !pkt.payload.is_empty()
+                        && (rules.openvpn_ports.contains(sport)
+                            || rules.openvpn_ports.contains(dport))
+                    {
+                        if let Some(rec) = pkt.payload.get(2..) {
+                            ovpn_fields(rec, f, layers, bulk, ph);
+                        }
+                    }
+                }
+                L4::Udp { sport, dport } => {
+                    if let Some(d) = pkt.dns() {
+                        layers.push("dns".into());
+                        f.insert("dns.id", d.id.to_string());
+                        f.insert("dns.msg", d.describe());
+                    } else if rules.openvpn_ports.contains(sport)
+                        || rules.openvpn_ports.contains(dport)
+                    {
+                        ovpn_fields(pkt.payload, f, layers, bulk, ph);
+                    }
+                }
+                L4::Icmp { typ, code } => {
+                    f.insert("icmp", icmp_name(v6, *typ, *code));
+                }
+                L4::None => {}
+            }
+            (Some(src), Some(dst), proto.to_owned(), ports)
+        }
+    }
+}
+
+fn ovpn_fields(
+    p: &[u8],
+    f: &mut BTreeMap<&'static str, String>,
+    layers: &mut Vec<String>,
+    bulk: &mut bool,
+    ph: &mut Placeholders,
+) {
+    let Some(o) = openvpn::decode(p) else {
+        return;
+    };
+    layers.push("openvpn".into());
+    f.insert("ovpn.op", o.name().to_owned());
+    f.insert("ovpn.key", o.key_id.to_string());
+    if let Some(peer) = o.peer_id {
+        f.insert("ovpn.peer", peer.to_string());
+    }
+    if let Some(s) = o.session {
+        f.insert("ovpn.sid", ph.session(s));
+    }
+    if let Some(s) = o.remote_session {
+        f.insert("ovpn.rsid", ph.session(s));
+    }
+    if let Some(n) = o.acks {
+        f.insert("ovpn.acks", n.to_string());
+    }
+    if let Some(pid) = o.packet_id {
+        f.insert("ovpn.pid", pid.to_string());
+    }
+    if let Some(pl) = &o.payload {
+        f.insert("ovpn.payload", pl.clone());
+    }
+    if o.wrapped {
+        f.insert("ovpn.wrapped", "true".into());
+    }
+    // Data packets and standalone ACKs depend on traffic and timing.
+    if o.is_data() || o.opcode == 5 {
+        *bulk = true;
+    } else {
+        *bulk = false;
+        // Control packets carry certificates and signatures whose DER length varies by a
+        // byte or two from one key to the next: their size is a field of its own.
+        if let Some(size) = f.remove("size") {
+            f.insert("ovpn.ctl_size", size);
+        }
+    }
+}
+
+/// Names both ports: well-known and service ports literally, others `ephN`.
+fn port_names(
+    ph: &mut Placeholders,
+    rules: &Rules,
+    src: IpAddr,
+    sp: u16,
+    dst: IpAddr,
+    dp: u16,
+    proto: u8,
+) -> (String, String) {
+    let service = |p: u16| p < 1024 || rules.service_ports.contains(&p);
+    match (service(sp), service(dp)) {
+        (true, true) => (sp.to_string(), dp.to_string()),
+        (false, true) => {
+            let list = ph.eph.entry((src, dst, dp, proto)).or_default();
+            (
+                format!("eph{}", Placeholders::numbered(list, sp)),
+                dp.to_string(),
+            )
+        }
+        (true, false) => {
+            let list = ph.eph.entry((dst, src, sp, proto)).or_default();
+            (
+                sp.to_string(),
+                format!("eph{}", Placeholders::numbered(list, dp)),
+            )
+        }
+        (false, false) => {
+            let (lo, hi) = if src <= dst { (src, dst) } else { (dst, src) };
+            let list = ph.eph_pair.entry((lo, hi, proto)).or_default();
+            let a = Placeholders::numbered(list, sp);
+            let b = Placeholders::numbered(list, dp);
+            (format!("eph{a}"), format!("eph{b}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::{Iface, Record};
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        let total = (28 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn cap(pkts: Vec<Vec<u8>>) -> Capture {
+        Capture {
+            ifaces: vec![Iface {
+                name: "client/eth0".into(),
+                link: LinkType::Raw,
+            }],
+            records: pkts
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| Record {
+                    iface: 0,
+                    ts_ns: 1_000_000 * i as u64,
+                    orig_len: data.len() as u32,
+                    data,
+                    comment: None,
+                    outgoing: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ephemeral_ports_and_sessions_get_placeholders() {
+        let mut reset_a = vec![7 << 3];
+        reset_a.extend_from_slice(&[0xaa; 8]);
+        reset_a.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let mut reset_b = vec![8 << 3];
+        reset_b.extend_from_slice(&[0xbb; 8]);
+        reset_b.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let n1 = normalize(
+            &cap(vec![
+                udp([198, 18, 1, 2], [198, 18, 2, 2], 40001, 1194, &reset_a),
+                udp([198, 18, 2, 2], [198, 18, 1, 2], 1194, 40001, &reset_b),
+            ]),
+            &Rules::default(),
+        );
+        // Another run: other ports, other session ids, same behaviour.
+        let mut reset_c = reset_a.clone();
+        reset_c[1..9].copy_from_slice(&[0x11; 8]);
+        let mut reset_d = reset_b.clone();
+        reset_d[1..9].copy_from_slice(&[0x22; 8]);
+        let n2 = normalize(
+            &cap(vec![
+                udp([198, 18, 1, 2], [198, 18, 2, 2], 51234, 1194, &reset_c),
+                udp([198, 18, 2, 2], [198, 18, 1, 2], 1194, 51234, &reset_d),
+            ]),
+            &Rules::default(),
+        );
+        assert_eq!(n1.flows.len(), 1);
+        assert_eq!(
+            n1.flows[0].key,
+            "client/eth0 udp 198.18.1.2:eph1 <-> 198.18.2.2:1194"
+        );
+        let ids = |n: &Normalized| {
+            n.events
+                .iter()
+                .map(|e| {
+                    e.identity()
+                        .iter()
+                        .map(|(a, b)| format!("{a}={b}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&n1), ids(&n2));
+        assert_eq!(n1.events[0].get("ovpn.sid"), Some("S1"));
+        assert_eq!(n1.events[1].get("ovpn.sid"), Some("S2"));
+        assert!(!n1.events[1].forward);
+        assert_eq!(n1.events[0].get("ip.id"), None, "masked by default");
+        let mut rules = Rules::default();
+        rules.unmask("ip.id").unwrap();
+        assert!(rules.mask("ip.idd").is_err());
+        let n3 = normalize(
+            &cap(vec![udp([1, 1, 1, 1], [2, 2, 2, 2], 5, 6, b"x")]),
+            &rules,
+        );
+        assert_eq!(n3.events[0].get("ip.id"), Some("4660"));
+    }
+
+    #[test]
+    fn peer_info_versions_are_masked_in_text() {
+        let t = "key-method 2, options 'V4,dev-type tun', peer-info 'IV_VER=2.6.3;IV_PLAT=linux;IV_SSL=OpenSSL 3.0.20 1 Jan;IV_PROTO=990'";
+        assert_eq!(
+            clean_text(t),
+            "key-method 2, options 'V4,dev-type tun', peer-info 'IV_VER=*;IV_PLAT=linux;IV_SSL=*;IV_PROTO=990'"
+        );
+    }
+}
