@@ -47,13 +47,13 @@ impl CompareOptions {
     fn diff_options(&self) -> DiffOptions {
         let mut d = DiffOptions::default();
         if self.exact {
-            d.count_tolerance = 0.0;
+            d.count_tolerance = Some(0.0);
         }
         if let Some(t) = self.time_tolerance_ms {
             d.time_tolerance_ms = t;
         }
         if let Some(c) = self.count_tolerance {
-            d.count_tolerance = c;
+            d.count_tolerance = Some(c);
         }
         d
     }

@@ -409,6 +409,7 @@ mod tests {
             packet_id: Some(42),
             stage_ns: 1500,
             drop: Some(DropReason::Replay),
+            outgoing: None,
         };
         assert_eq!(
             m.comment(),

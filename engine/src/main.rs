@@ -60,7 +60,8 @@ struct Compare {
     /// Largest shift of a packet's time within its flow, ms (default 1000).
     #[arg(long, value_name = "MS")]
     time_tolerance: Option<f64>,
-    /// Largest relative difference of bulk packet/byte counts (default 0.5).
+    /// Also compare bulk volume (data packets, ACKs): largest difference of a direction's
+    /// bytes relative to the flow's (e.g. 0.5). Off by default: ACK counts vary between runs.
     #[arg(long, value_name = "FRACTION")]
     count_tolerance: Option<f64>,
 }

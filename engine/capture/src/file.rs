@@ -154,6 +154,23 @@ pub fn read(path: &Path) -> Result<Capture, ReadError> {
 }
 
 fn read_pcap(path: &str, bytes: &[u8]) -> Result<Capture, ReadError> {
+    const MAGICS: [[u8; 4]; 4] = [
+        [0xd4, 0xc3, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0xc3, 0xd4],
+        [0x4d, 0x3c, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0x3c, 0x4d],
+    ];
+    let magic = bytes.get(..4).unwrap_or_default();
+    if !MAGICS.iter().any(|m| m == magic) {
+        return Err(ReadError::Format {
+            path: path.to_owned(),
+            reason: if bytes.len() < 4 {
+                "file too short".to_owned()
+            } else {
+                format!("unknown magic number {magic:02x?}")
+            },
+        });
+    }
     let mut r = PcapReader::new(bytes).map_err(|e| ReadError::Format {
         path: path.to_owned(),
         reason: e.to_string(),

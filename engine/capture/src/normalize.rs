@@ -16,7 +16,7 @@
 //! | `size` | IP total length (frame length without IP) | kept |
 //! | `ip.ttl`, `ip.df`, `ip.frag` | TTL, don't-fragment, fragment offset/more | kept |
 //! | `ip.id` | IPv4 identification | masked |
-//! | `tcp.flags`, `tcp.len`, `tcp.mss` | flags (`S`, `S.`, `F.`, `R`, `P.`), payload length (not for FIN/RST segments: what rides on them depends on write timing; the flow's stream length is exact), MSS | kept |
+//! | `tcp.flags`, `tcp.len`, `tcp.mss` | flags (`S`, `S.`, `F.`, `R`; PSH left out: it marks where writes ended), payload length (not for FIN/RST segments: what rides on them depends on write timing; the flow's stream length is exact), MSS | kept |
 //! | `tcp.seq`, `tcp.ack` | relative to the flow's ISNs | masked |
 //! | `icmp` | type and code | kept |
 //! | `arp` | request/reply, addresses | kept |
@@ -41,8 +41,9 @@
 //!
 //! # Bulk packets
 //!
-//! TCP segments without SYN, FIN or RST, OpenVPN data packets, standalone OpenVPN ACKs and
-//! ARP come and go with timing (delayed ACKs, coalescing, cache expiry). By default they are
+//! TCP segments without SYN, FIN or RST, retransmitted SYN/FIN/RST segments and OpenVPN
+//! control packets, OpenVPN data packets, standalone OpenVPN ACKs and ARP come and go with
+//! timing (delayed ACKs, coalescing, losses under load, cache expiry). By default they are
 //! not events of their own but counted per flow and direction (packets, bytes, and for TCP
 //! the exact stream length from the sequence numbers); `--exact` makes every packet an event.
 
@@ -298,6 +299,12 @@ struct Placeholders {
     sessions: Vec<[u8; 8]>,
     /// TCP ISN per (src ip, src port, dst ip, dst port).
     isn: HashMap<(IpAddr, u16, IpAddr, u16), u32>,
+    /// Interface of the record being normalized (retransmissions are per interface).
+    iface: String,
+    /// SYN/FIN/RST segments seen: (iface, src, sport, dst, dport, seq, flags).
+    tcp_seen: std::collections::HashSet<(String, IpAddr, u16, IpAddr, u16, u32, u8)>,
+    /// Control packets seen: (iface, session, packet-id, opcode).
+    ctl_seen: std::collections::HashSet<(String, [u8; 8], u32, u8)>,
 }
 
 impl Placeholders {
@@ -404,6 +411,7 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
         let name = iface.map_or_else(|| format!("if{}", rec.iface), |i| i.name.clone());
         let link = iface.map_or(LinkType::Raw, |i| i.link);
         let pkt = packet::parse(link, &rec.data);
+        ph.iface.clone_from(&name);
         let mut f: BTreeMap<&'static str, String> = BTreeMap::new();
         f.insert("iface", name.clone());
         if let Some(o) = rec.outgoing {
@@ -477,8 +485,10 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
                 c.bulk_packets += 1;
                 c.bulk_bytes += size;
             }
-            if let (L4::Tcp { seq, flags, .. }, Some((s, d))) = (&pkt.l4, sp_dp) {
-                if let Some(ip) = pkt.ip() {
+            if let (L4::Tcp { seq, flags, .. }, Some((s, d))) = (&pkt.l4, sp_dp)
+                && let Some(ip) = pkt.ip()
+            {
+                {
                     let k = (ip.src, s, ip.dst, d);
                     if let Some(isn) = ph.isn.get(&k) {
                         let syn_fin = u32::from(flags & 0x03 != 0);
@@ -644,7 +654,9 @@ fn describe_l3(
                     if flags & 0x02 != 0 {
                         ph.isn.insert(key, *seq);
                     }
-                    f.insert("tcp.flags", packet::tcp_flags(*flags));
+                    // PSH marks where the sender's writes ended, which is timing, not
+                    // behaviour.
+                    f.insert("tcp.flags", packet::tcp_flags(*flags & !0x08));
                     f.insert("tcp.len", pkt.payload.len().to_string());
                     if let Some(m) = mss {
                         f.insert("tcp.mss", m.to_string());
@@ -655,7 +667,19 @@ fn describe_l3(
                     if let Some(isn) = ph.isn.get(&(h.dst, *dport, h.src, *sport)) {
                         f.insert("tcp.ack", ack.wrapping_sub(*isn).to_string());
                     }
-                    if flags & 0x07 == 0 {
+                    let retransmitted = flags & 0x07 != 0
+                        && !ph.tcp_seen.insert((
+                            ph.iface.clone(),
+                            h.src,
+                            *sport,
+                            h.dst,
+                            *dport,
+                            *seq,
+                            flags & 0x07,
+                        ));
+                    if flags & 0x07 == 0 || retransmitted {
+                        // Data, ACKs and retransmitted SYN/FIN/RST: counted, not events
+                        // (how often a sender retransmits is load, not behaviour).
                         *bulk = true;
                     } else if flags & 0x05 != 0 {
                         // How much data rides on a FIN or RST depends on the sender's write
@@ -667,10 +691,9 @@ fn describe_l3(
                     if !pkt.payload.is_empty()
                         && (rules.openvpn_ports.contains(sport)
                             || rules.openvpn_ports.contains(dport))
+                        && let Some(rec) = pkt.payload.get(2..)
                     {
-                        if let Some(rec) = pkt.payload.get(2..) {
-                            ovpn_fields(rec, f, layers, bulk, ph);
-                        }
+                        ovpn_fields(rec, f, layers, bulk, ph);
                     }
                 }
                 L4::Udp { sport, dport } => {
@@ -728,8 +751,15 @@ fn ovpn_fields(
     if o.wrapped {
         f.insert("ovpn.wrapped", "true".into());
     }
-    // Data packets and standalone ACKs depend on traffic and timing.
-    if o.is_data() || o.opcode == 5 {
+    // Data packets, standalone ACKs and retransmitted control packets depend on traffic
+    // and timing.
+    let retransmitted = match (o.session, o.packet_id) {
+        (Some(sid), Some(pid)) if !o.wrapped => {
+            !ph.ctl_seen.insert((ph.iface.clone(), sid, pid, o.opcode))
+        }
+        _ => false,
+    };
+    if o.is_data() || o.opcode == 5 || retransmitted {
         *bulk = true;
     } else {
         *bulk = false;

@@ -42,10 +42,11 @@ pub fn summary(n: &Normalized) -> String {
             }
             // Stream lengths of TCP connections closed from both sides are exact.
             let closed = |d: usize| f.kinds[d].iter().any(|k| k.starts_with("tcp F"));
-            if closed(0) && closed(1) {
-                if let (Some(a), Some(b)) = (f.counts[0].tcp_stream, f.counts[1].tcp_stream) {
-                    let _ = write!(s, "; stream → {a} B ← {b} B");
-                }
+            if closed(0)
+                && closed(1)
+                && let (Some(a), Some(b)) = (f.counts[0].tcp_stream, f.counts[1].tcp_stream)
+            {
+                let _ = write!(s, "; stream → {a} B ← {b} B");
             }
             s.push('\n');
         }

@@ -1,7 +1,8 @@
 //! An embedded DNS server per network, logging every query with its source and the interface
 //! it arrived on — the evidence behind "which resolver answers which name, over which path".
 //!
-//! Authoritative for its own records; names it has no record for are either forwarded to an
+//! Authoritative for its own records; names it has no record for are either forwarded (one
+//! upstream socket, query ids remapped, like dnsmasq) to an
 //! upstream (a corporate resolver that also resolves the internet) or answered NXDOMAIN (the
 //! public resolver, which has never heard of `corp.example`). UDP only, which is what the
 //! glibc resolver uses for these small answers.
@@ -123,7 +124,7 @@ impl Drop for DnsServer {
 fn bind(addr: IpAddr) -> Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(addr, 53))
         .with_context(|| format!("cannot bind {addr}:53"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    sock.set_nonblocking(true)?;
     if addr.is_ipv4() {
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)?;
     } else {
@@ -168,132 +169,208 @@ fn recv_with_iface(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, 
     Ok((msg.bytes, from, ifindex))
 }
 
+/// A query forwarded upstream, waiting for its answer.
+struct Forwarded {
+    client: SocketAddr,
+    client_id: u16,
+    entry: DnsQuery,
+    deadline: std::time::Instant,
+}
+
+fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: getrandom writes at most 2 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
+    if n == 2 {
+        u16::from_ne_bytes(b)
+    } else {
+        (now_ns() >> 7) as u16
+    }
+}
+
+fn answer(
+    cfg: &DnsConfig,
+    query: &Message,
+    q: &hickory_proto::op::Query,
+    entry: &mut DnsQuery,
+) -> Option<Vec<u8>> {
+    let mut resp = Message::new();
+    resp.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_authoritative(true)
+        .add_query(q.clone());
+    match cfg.records.get(&entry.name) {
+        None => {
+            resp.set_response_code(ResponseCode::NXDomain);
+        }
+        Some(addrs) => {
+            for a in addrs {
+                let rdata = match (a, q.query_type()) {
+                    (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(*v4)),
+                    (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(*v6)),
+                    _ => continue,
+                };
+                entry.answers.push(*a);
+                resp.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
+            }
+        }
+    }
+    entry.rcode = resp.response_code().to_string();
+    resp.to_vec().ok()
+}
+
 fn serve(
     cfg: &DnsConfig,
     sock: &UdpSocket,
     log: &Arc<Mutex<Vec<DnsQuery>>>,
     stop: &AtomicBool,
 ) -> Result<()> {
+    // One upstream socket for every forwarded query (as dnsmasq does), answers matched by a
+    // fresh random query id.
+    let upstream = match cfg.upstream {
+        Some(u) => {
+            let bind: SocketAddr = if u.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let s = UdpSocket::bind(bind).context("upstream socket")?;
+            s.set_nonblocking(true)?;
+            Some((s, u))
+        }
+        None => None,
+    };
+    let mut pending: std::collections::HashMap<u16, Forwarded> = std::collections::HashMap::new();
+    let push = |entry: DnsQuery| {
+        if let Ok(mut l) = log.lock() {
+            l.push(entry);
+        }
+    };
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
-        let (n, from, ifindex) = match recv_with_iface(sock, &mut buf) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+        let mut fds = vec![libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some((u, _)) = &upstream {
+            fds.push(libc::pollfd {
+                fd: u.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: valid pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        // Answers from upstream, relayed with the client's id.
+        if let Some((u, addr)) = &upstream {
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                if from != *addr || n < 12 {
+                    continue;
+                }
+                let id = u16::from_be_bytes([buf[0], buf[1]]);
+                let Some(mut f) = pending.remove(&id) else {
+                    continue;
+                };
+                if let Ok(m) = Message::from_vec(&buf[..n]) {
+                    f.entry.rcode = m.response_code().to_string();
+                    f.entry.answers = addresses(&m);
+                }
+                buf[..2].copy_from_slice(&f.client_id.to_be_bytes());
+                let _ = sock.send_to(&buf[..n], f.client);
+                push(f.entry);
+            }
+        }
+        let now = std::time::Instant::now();
+        let expired: Vec<u16> = pending
+            .iter()
+            .filter(|(_, f)| now >= f.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(mut f) = pending.remove(&id) {
+                f.entry.rcode = "timeout".into();
+                push(f.entry);
+            }
+        }
+        loop {
+            let (n, from, ifindex) = match recv_with_iface(sock, &mut buf) {
+                Ok(r) => r,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e).context("DNS receive"),
+            };
+            // Malformed queries are ignored, as a resolver would.
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            if query.message_type() != MessageType::Query {
                 continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("DNS receive"),
-        };
-        // Malformed queries are ignored, as a resolver would.
-        let Ok(query) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        if query.message_type() != MessageType::Query {
-            continue;
-        }
-        let Some(q) = query.queries().first().cloned() else {
-            continue;
-        };
-        let name = q
-            .name()
-            .to_ascii()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let mut entry = DnsQuery {
-            at_ns: now_ns(),
-            server: cfg.label.clone(),
-            from,
-            iface: ifname(ifindex),
-            name: name.clone(),
-            qtype: q.query_type().to_string(),
-            rcode: String::new(),
-            answers: vec![],
-            forwarded: false,
-        };
-        match (cfg.records.get(&name), cfg.upstream) {
-            (None, Some(upstream)) => {
-                // Forward on a short-lived thread (it inherits this thread's namespace), so a
-                // slow upstream never stalls other queries.
-                let reply_sock = sock.try_clone()?;
-                let raw = buf[..n].to_vec();
-                let log = Arc::clone(log);
-                std::thread::spawn(move || {
+            let Some(q) = query.queries().first().cloned() else {
+                continue;
+            };
+            let name = q
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let mut entry = DnsQuery {
+                at_ns: now_ns(),
+                server: cfg.label.clone(),
+                from,
+                iface: ifname(ifindex),
+                name: name.clone(),
+                qtype: q.query_type().to_string(),
+                rcode: String::new(),
+                answers: vec![],
+                forwarded: false,
+            };
+            match (cfg.records.contains_key(&name), &upstream) {
+                (false, Some((u, addr))) => {
+                    let mut id = random_id();
+                    while pending.contains_key(&id) {
+                        id = random_id();
+                    }
+                    let mut fwd = buf[..n].to_vec();
+                    fwd[..2].copy_from_slice(&id.to_be_bytes());
                     entry.forwarded = true;
-                    let answer = forward(&raw, upstream);
-                    match answer.as_deref().map(Message::from_vec) {
-                        Some(Ok(m)) => {
-                            entry.rcode = m.response_code().to_string();
-                            entry.answers = addresses(&m);
-                        }
-                        _ => entry.rcode = "timeout".into(),
-                    }
-                    if let Some(a) = answer {
-                        let _ = reply_sock.send_to(&a, from);
-                    }
-                    if let Ok(mut l) = log.lock() {
-                        l.push(entry);
-                    }
-                });
-            }
-            (records, _) => {
-                let mut resp = Message::new();
-                resp.set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_op_code(query.op_code())
-                    .set_recursion_desired(query.recursion_desired())
-                    .set_recursion_available(true)
-                    .set_authoritative(true)
-                    .add_query(q.clone());
-                match records {
-                    None => {
-                        resp.set_response_code(ResponseCode::NXDomain);
-                    }
-                    Some(addrs) => {
-                        for a in addrs {
-                            let rdata = match (a, q.query_type()) {
-                                (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(*v4)),
-                                (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(*v6)),
-                                _ => continue,
-                            };
-                            entry.answers.push(*a);
-                            resp.add_answer(Record::from_rdata(q.name().clone(), 60, rdata));
-                        }
+                    if u.send_to(&fwd, addr).is_ok() {
+                        pending.insert(
+                            id,
+                            Forwarded {
+                                client: from,
+                                client_id: query.id(),
+                                entry,
+                                deadline: std::time::Instant::now() + Duration::from_secs(2),
+                            },
+                        );
+                    } else {
+                        entry.rcode = "upstream unreachable".into();
+                        push(entry);
                     }
                 }
-                entry.rcode = resp.response_code().to_string();
-                if let Ok(bytes) = resp.to_vec() {
-                    let _ = sock.send_to(&bytes, from);
-                }
-                if let Ok(mut l) = log.lock() {
-                    l.push(entry);
+                _ => {
+                    if let Some(bytes) = answer(cfg, &query, &q, &mut entry) {
+                        let _ = sock.send_to(&bytes, from);
+                    }
+                    push(entry);
                 }
             }
         }
     }
     Ok(())
-}
-
-fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = UdpSocket::bind(bind).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.send_to(query, upstream).ok()?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let (n, from) = s.recv_from(&mut buf).ok()?;
-        if from == upstream && n >= 2 && buf[..2] == query[..2] {
-            return Some(buf[..n].to_vec());
-        }
-    }
 }
 
 /// Parses a name for a record table (lowercase, no trailing dot); rejects invalid names.

@@ -1,0 +1,125 @@
+//! Golden snapshots: every scenario, every pairing it names, run several times. Each run's
+//! golden summary (check verdicts, the client's routes/addresses/resolv.conf before, during
+//! and after, the DNS transcript, the normalized flow summary of the run's pcapng) must be
+//! identical across the runs — proving the snapshot is stable — and equal to the snapshot
+//! under `captures/snapshots/`. The runs' pcapngs must also be equivalent under
+//! `tunscope diff`'s comparison. An intended change is accepted with `cargo insta review`.
+//!
+//! `TUNSCOPE_GOLDEN_RUNS` sets the number of runs (default 3). Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use tunscope_capture::diff::{DiffOptions, diff};
+use tunscope_capture::normalize::{Rules, normalize};
+use tunscope_harness::scenario::run::{RunOptions, run};
+use tunscope_harness::scenario::{self, Scenario};
+
+fn snapshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../captures/snapshots")
+}
+
+fn line_diff(a: &str, b: &str) -> String {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let mut out = String::new();
+    for l in la.iter().filter(|l| !lb.contains(l)) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in lb.iter().filter(|l| !la.contains(l)) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    out
+}
+
+fn golden(name: &str) {
+    let runs: usize = std::env::var("TUNSCOPE_GOLDEN_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(2);
+    let s = Scenario::load(&scenario::find(name).unwrap()).unwrap();
+    for p in &s.pairings {
+        let mut texts = vec![];
+        let mut captures = vec![];
+        let mut dirs = vec![];
+        for k in 0..runs {
+            let out = std::env::temp_dir().join("tunscope-tests").join(format!(
+                "golden-{name}-{}-{k}-{}",
+                p.label(),
+                std::process::id()
+            ));
+            let r = run(
+                &s,
+                &RunOptions {
+                    pairing: *p,
+                    keep: false,
+                    out,
+                    verbose: false,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name} [{}] run {k}: {e:#}", p.label()));
+            assert!(
+                r.passed,
+                "{name} [{}] run {k}:\n{}",
+                p.label(),
+                r.verdict_lines()
+            );
+            texts.push(std::fs::read_to_string(&r.files.summary).unwrap());
+            captures.push(r.files.pcapng.clone());
+            dirs.push(r.files.dir.clone());
+        }
+        for k in 1..runs {
+            assert!(
+                texts[k] == texts[0],
+                "{name} [{}]: run {k}'s summary differs from run 0's:\n{}",
+                p.label(),
+                line_diff(&texts[0], &texts[k])
+            );
+        }
+        // The captures themselves compare as equivalent.
+        let rules = Rules::default();
+        let n0 = normalize(&tunscope_capture::file::read(&captures[0]).unwrap(), &rules);
+        for (k, c) in captures.iter().enumerate().skip(1) {
+            let nk = normalize(&tunscope_capture::file::read(c).unwrap(), &rules);
+            let d = diff(
+                "run 0",
+                &n0,
+                &format!("run {k}"),
+                &nk,
+                &DiffOptions::default(),
+            );
+            assert!(d.equivalent(), "{name} [{}]: {}", p.label(), d.text());
+        }
+        insta::with_settings!({ snapshot_path => snapshot_dir(), prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(format!("{name}-{}", p.label()), texts[0]);
+        });
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[test]
+fn golden_split_tunnel() {
+    golden("split-tunnel");
+}
+
+#[test]
+fn golden_full_tunnel() {
+    golden("full-tunnel");
+}
+
+#[test]
+fn golden_split_dns() {
+    golden("split-dns");
+}
+
+#[test]
+fn golden_mtu() {
+    golden("mtu");
+}
+
+#[test]
+fn golden_interop() {
+    golden("interop");
+}
