@@ -346,6 +346,84 @@ fn align(a: &[&str], b: &[&str]) -> Vec<Op> {
     ops
 }
 
+/// The same alignment seen from the other capture.
+fn flip(ops: Vec<Op>) -> Vec<Op> {
+    ops.into_iter()
+        .map(|o| match o {
+            Op::Match(i, j) => Op::Match(j, i),
+            Op::Del(i) => Op::Ins(i),
+            Op::Ins(j) => Op::Del(j),
+        })
+        .collect()
+}
+
+/// Among equally long alignments, the one that pairs each packet with its twin nearest in
+/// time: when one of two identical packets is missing, the report names the right one.
+fn prefer_closer_in_time(
+    ops: Vec<Op>,
+    ka: &[&str],
+    ta: &dyn Fn(usize) -> u64,
+    tb: &dyn Fn(usize) -> u64,
+) -> Vec<Op> {
+    let (n, m) = ops.iter().fold((0, 0), |(n, m), o| match o {
+        Op::Match(..) => (n + 1, m + 1),
+        Op::Del(_) => (n + 1, m),
+        Op::Ins(_) => (n, m + 1),
+    });
+    let mut matches: Vec<(usize, usize)> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Match(i, j) => Some((*i, *j)),
+            _ => None,
+        })
+        .collect();
+    let matched: std::collections::HashSet<usize> = matches.iter().map(|m| m.0).collect();
+    let dels: Vec<usize> = (0..n).filter(|i| !matched.contains(i)).collect();
+    let mut changed = false;
+    for d in dels {
+        // A matched twin of `d` whose B partner is nearer in time to `d`, where moving the
+        // match keeps the alignment monotonic.
+        let best = matches
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, _))| ka[*i] == ka[d])
+            .filter(|(k, (i, j))| {
+                let closer = tb(*j).abs_diff(ta(d)) < tb(*j).abs_diff(ta(*i));
+                let lo = k.checked_sub(1).map(|p| matches[p].0);
+                let hi = matches.get(k + 1).map(|x| x.0);
+                closer && lo.is_none_or(|l| l < d) && hi.is_none_or(|h| d < h)
+            })
+            .min_by_key(|(_, (_, j))| tb(*j).abs_diff(ta(d)))
+            .map(|(k, _)| k);
+        if let Some(k) = best {
+            matches[k].0 = d;
+            changed = true;
+        }
+    }
+    if !changed {
+        return ops;
+    }
+    // Rebuild the operation list from the (still monotonic) matches.
+    let mut out = vec![];
+    let (mut i, mut j) = (0, 0);
+    for (mi, mj) in matches.into_iter().chain(std::iter::once((n, m))) {
+        while i < mi {
+            out.push(Op::Del(i));
+            i += 1;
+        }
+        while j < mj {
+            out.push(Op::Ins(j));
+            j += 1;
+        }
+        if mi < n && mj < m {
+            out.push(Op::Match(mi, mj));
+            i += 1;
+            j += 1;
+        }
+    }
+    out
+}
+
 fn identity_key(e: &Event) -> String {
     let mut s = String::new();
     for (n, v) in e.identity() {
@@ -395,9 +473,14 @@ fn compare_direction(
     let kb: Vec<String> = eb.iter().map(|&i| identity_key(&nb.events[i])).collect();
     let ra: Vec<&str> = ka.iter().map(String::as_str).collect();
     let rb: Vec<&str> = kb.iter().map(String::as_str).collect();
-    let ops = align(&ra, &rb);
     let ev_a = |i: usize| &na.events[ea[i]];
     let ev_b = |j: usize| &nb.events[eb[j]];
+    let rel_a = |i: usize| ev_a(i).t_ns.saturating_sub(start_a);
+    let rel_b = |j: usize| ev_b(j).t_ns.saturating_sub(start_b);
+    // Twins first for missing packets (A side), then for added ones (B side, by swapping
+    // the roles).
+    let ops = prefer_closer_in_time(align(&ra, &rb), &ra, &rel_a, &rel_b);
+    let ops = flip(prefer_closer_in_time(flip(ops), &rb, &rel_b, &rel_a));
     let mut aligned = 0;
     // Gaps between matches: (dels, inss); and which A position each matched B one has.
     let mut gaps: Vec<(Vec<usize>, Vec<usize>)> = vec![(vec![], vec![])];
