@@ -23,6 +23,8 @@ pub struct CompareOptions {
     pub exact: bool,
     /// Timing tolerance, ms.
     pub time_tolerance_ms: Option<f64>,
+    /// Timing factor.
+    pub time_factor: Option<f64>,
     /// Relative tolerance of bulk counts.
     pub count_tolerance: Option<f64>,
 }
@@ -51,6 +53,9 @@ impl CompareOptions {
         }
         if let Some(t) = self.time_tolerance_ms {
             d.time_tolerance_ms = t;
+        }
+        if let Some(f) = self.time_factor {
+            d.time_factor = f;
         }
         if let Some(c) = self.count_tolerance {
             d.count_tolerance = Some(c);

@@ -57,9 +57,13 @@ struct Compare {
     /// Every packet is an event (no bulk counting) and counts must match exactly.
     #[arg(long)]
     exact: bool,
-    /// Largest shift of a packet's time within its flow, ms (default 1000).
+    /// Timing: report a packet whose delay after the previous packet of its flow changed by
+    /// more than MS (default 1000)…
     #[arg(long, value_name = "MS")]
     time_tolerance: Option<f64>,
+    /// …and by more than this factor (default 10; 1 = the tolerance alone).
+    #[arg(long, value_name = "FACTOR")]
+    time_factor: Option<f64>,
     /// Also compare bulk volume (data packets, ACKs): largest difference of a direction's
     /// bytes relative to the flow's (e.g. 0.5). Off by default: ACK counts vary between runs.
     #[arg(long, value_name = "FRACTION")]
@@ -74,6 +78,7 @@ impl From<Compare> for tunscope_engine::capdiff::CompareOptions {
             service_ports: c.service_port,
             exact: c.exact,
             time_tolerance_ms: c.time_tolerance,
+            time_factor: c.time_factor,
             count_tolerance: c.count_tolerance,
         }
     }

@@ -6,8 +6,9 @@
 //! * a flow only in A (`flow-missing`) or only in B (`flow-added`);
 //! * within a flow: a packet only in A (`missing`) or only in B (`added`), a packet present in
 //!   both with different fields (`changed`: the fields), the same packet at another position
-//!   (`reordered`), a packet whose time within its flow moved by more than the tolerance
-//!   (`timing`);
+//!   (`reordered`), a packet whose delay after the previous packet of its flow changed by
+//!   more than the tolerance and the factor (`timing`: a stall, a timeout, a retransmission
+//!   wait);
 //! * per flow and direction (`volume`): the TCP stream length exactly; bulk packets and
 //!   bytes only when asked (`--count-tolerance`, `--exact`).
 
@@ -21,8 +22,13 @@ use crate::normalize::{Event, Flow, Normalized};
 /// Tolerances.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiffOptions {
-    /// Largest accepted shift of a packet's time within its flow, ms.
+    /// Timing: a packet's delay after the previous packet of its flow may differ by this
+    /// many ms…
     pub time_tolerance_ms: f64,
+    /// …or by less than this factor (10: a 0.3 ms DNS answer taking 5 s is reported, a
+    /// session that lasted 2 s instead of 0.6 s because the test did more is not). 1 makes
+    /// the tolerance purely absolute.
+    pub time_factor: f64,
     /// Compare bulk volume: the largest accepted difference of a direction's bulk bytes,
     /// relative to the flow's bulk bytes in both directions (0.5 = half of it); 0 compares
     /// packets and bytes exactly. `None` (default): bulk volume is not compared — how many
@@ -39,6 +45,7 @@ impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
             time_tolerance_ms: 1000.0,
+            time_factor: 10.0,
             count_tolerance: None,
             burst_ms: 1.0,
         }
@@ -130,7 +137,7 @@ pub enum Change {
         b: usize,
         /// The packet.
         event: String,
-        /// ms since the flow's first packet, in A.
+        /// ms after the previous packet of the flow, in A.
         a_ms: f64,
         /// … in B.
         b_ms: f64,
@@ -210,7 +217,7 @@ impl Change {
                 b_ms,
                 ..
             } => format!(
-                "⏱ timing   A#{a}/B#{b}: {a_ms:.1} ms → {b_ms:.1} ms after the flow's start: {event}"
+                "⏱ timing   A#{a}/B#{b}: {a_ms:.1} ms → {b_ms:.1} ms after the flow's previous packet: {event}"
             ),
             Change::Volume {
                 direction,
@@ -346,6 +353,18 @@ fn align(a: &[&str], b: &[&str]) -> Vec<Op> {
     ops
 }
 
+/// Each event's delay after the previous event of its flow (either direction, by time),
+/// keyed by record number.
+fn gaps(n: &Normalized, f: &Flow) -> HashMap<usize, u64> {
+    let mut ev: Vec<&Event> = f.events.iter().map(|&i| &n.events[i]).collect();
+    ev.sort_by_key(|e| e.t_ns);
+    let mut out = HashMap::new();
+    for w in ev.windows(2) {
+        out.insert(w[1].index, w[1].t_ns.saturating_sub(w[0].t_ns));
+    }
+    out
+}
+
 /// The same alignment seen from the other capture.
 fn flip(ops: Vec<Op>) -> Vec<Op> {
     ops.into_iter()
@@ -461,8 +480,8 @@ fn compare_direction(
     na: &Normalized,
     nb: &Normalized,
     key: &str,
-    (ea, start_a): (&[usize], u64),
-    (eb, start_b): (&[usize], u64),
+    (ea, start_a, gaps_a): (&[usize], u64, &HashMap<usize, u64>),
+    (eb, start_b, gaps_b): (&[usize], u64, &HashMap<usize, u64>),
     opts: &DiffOptions,
     out: &mut Vec<Change>,
 ) -> usize {
@@ -491,9 +510,10 @@ fn compare_direction(
                 aligned += 1;
                 b_match[j] = Some(i);
                 let (ea, eb) = (ev_a(i), ev_b(j));
-                let ta = (ea.t_ns.saturating_sub(start_a)) as f64 / 1e6;
-                let tb = (eb.t_ns.saturating_sub(start_b)) as f64 / 1e6;
-                if (ta - tb).abs() > opts.time_tolerance_ms {
+                let ta = gaps_a.get(&ea.index).copied().unwrap_or(0) as f64 / 1e6;
+                let tb = gaps_b.get(&eb.index).copied().unwrap_or(0) as f64 / 1e6;
+                let (lo, hi) = (ta.min(tb), ta.max(tb));
+                if hi - lo > opts.time_tolerance_ms && hi > opts.time_factor * lo {
                     out.push(Change::Timing {
                         flow: key.clone(),
                         a: ea.index,
@@ -597,6 +617,7 @@ fn compare_flow(
 ) -> usize {
     let key = fa.key.clone();
     let mut aligned = 0;
+    let (gaps_a, gaps_b) = (gaps(na, fa), gaps(nb, fb));
     // Each direction is aligned on its own: the order of one sender's packets is
     // behaviour, how two senders' packets interleave is timing.
     for forward in [true, false] {
@@ -616,8 +637,8 @@ fn compare_flow(
             na,
             nb,
             &key,
-            (&ea, fa.start_ns),
-            (&eb, fb.start_ns),
+            (&ea, fa.start_ns, &gaps_a),
+            (&eb, fb.start_ns, &gaps_b),
             opts,
             out,
         );

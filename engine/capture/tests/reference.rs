@@ -132,6 +132,26 @@ fn a_changed_field_is_reported_with_both_values() {
 }
 
 #[test]
+fn a_stall_is_reported_as_timing() {
+    let cap = read(&reference()).unwrap();
+    let mut edited = cap.clone();
+    // The server's last handshake packet (11) and everything after it 3 s later, as if the
+    // server had stalled.
+    for r in &mut edited.records[10..] {
+        r.ts_ns += 3_000_000_000;
+    }
+    let r = compare(&cap, &edited);
+    assert_eq!(r.changes.len(), 1, "{}", r.text());
+    match &r.changes[0] {
+        Change::Timing { a, a_ms, b_ms, .. } => {
+            assert_eq!(*a, 11);
+            assert!(*a_ms < 1.0 && *b_ms > 3000.0, "{a_ms} {b_ms}");
+        }
+        other => panic!("expected a timing change, got {other:?}"),
+    }
+}
+
+#[test]
 fn unreadable_files_are_clear_errors() {
     let dir = std::env::temp_dir();
     let garbage = dir.join(format!("ts-garbage-{}.pcap", std::process::id()));
