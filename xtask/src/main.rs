@@ -4,6 +4,7 @@
 //!   architecture rules (`tidy`), then runs every test (needs root: namespaces and tun).
 //! * `cargo xtask scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep]
 //!   [--out DIR]` — plays `scenarios/NAME.toml`; `cargo xtask suite` plays them all (JUnit).
+//! * `cargo xtask diff A B [OPTIONS]` — `tunscope diff` (semantic capture comparison).
 //! * `cargo xtask deps` — only installs the system packages the tests and scenarios use.
 //! * `cargo xtask tidy` — formatting, clippy, architecture invariants.
 //! * `cargo xtask fuzz [SECONDS]` — runs every cargo-fuzz target for SECONDS (default 60).
@@ -42,10 +43,11 @@ fn run_command() -> Result<()> {
         Some("bench") => bench::run(&rest),
         Some("fuzz") => fuzz(&rest),
         Some("scenario") => scenario::scenario(&rest),
+        Some("diff") => diff(&rest),
         Some("suite") => scenario::suite(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
+                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  diff A B [OPTIONS]  compare two captures (tunscope diff; exit 0 same, 1 different, 2 error)\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
             );
             bail!("unknown command");
         }
@@ -105,6 +107,18 @@ fn test(filters: &[&str]) -> Result<()> {
     cmd.args(filters);
     cmd.env("TUNSCOPE_BIN", &bin).env("INSTA_UPDATE", "no");
     run(&mut cmd)
+}
+
+/// `cargo xtask diff A B …`: builds `tunscope` and runs `tunscope diff`, keeping its exit
+/// status (0 equivalent, 1 different, 2 error).
+fn diff(args: &[&str]) -> Result<()> {
+    run(cargo().args(["build", "-q", "-p", "tunscope-engine", "--bin", "tunscope"]))?;
+    let status = Command::new(project_root().join("target/debug/tunscope"))
+        .arg("diff")
+        .args(args)
+        .status()
+        .context("running tunscope diff")?;
+    std::process::exit(status.code().unwrap_or(2));
 }
 
 /// Runs each fuzz target for `seconds`. cargo-fuzz needs nightly flags; the stable toolchain

@@ -89,6 +89,7 @@ fn print_report(r: &RunReport) {
     print!("{}", r.verdict_lines());
     println!("pcapng: {}", r.files.pcapng.display());
     println!("report: {}", r.files.report.display());
+    println!("golden summary: {}", r.files.summary.display());
     println!(
         "{} {}",
         if r.passed { "PASSED" } else { "FAILED" },
