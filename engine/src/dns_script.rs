@@ -119,7 +119,9 @@ fn up(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
         DnsBackend::ResolvConf => {
             let p = pushed_from_env(env);
             // Applied and recorded; `down` restores from the state file.
-            NetConfig::apply_dns_only(&p, DnsBackend::ResolvConf, &opts.state_file)?;
+            let nc = NetConfig::apply_dns_only(&p, DnsBackend::ResolvConf, &opts.state_file)?;
+            // Stays applied after this process: `down` restores it from the state file.
+            std::mem::forget(nc);
             Ok(())
         }
         DnsBackend::Stub => {

@@ -545,16 +545,30 @@ impl NetConfig {
 
     /// Undoes everything and removes the state file.
     pub fn undo(mut self) {
+        self.undo_now();
+    }
+
+    fn undo_now(&mut self) {
         if let Some(stub) = self.stub.take() {
             stub.stop();
         }
-        undo_applied(&self.applied);
+        undo_applied(&std::mem::take(&mut self.applied));
         let _ = std::fs::remove_file(&self.state_path);
     }
 
     /// What was applied.
     pub fn applied(&self) -> &Applied {
         &self.applied
+    }
+}
+
+impl Drop for NetConfig {
+    /// Also on an early return or a panic unwinding through the connection: whatever is
+    /// still applied is undone (only a killed process leaves it to the state file).
+    fn drop(&mut self) {
+        if self.stub.is_some() || self.applied != Applied::default() {
+            self.undo_now();
+        }
     }
 }
 

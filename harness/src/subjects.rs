@@ -281,6 +281,10 @@ pub fn start_tunscope_client(
     let bin = tunscope_bin()?;
     let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
     cmd.arg("client").arg("--config").arg(config).args(extra);
+    // Keep the state file with the test's files, not in the machine's /run.
+    if !extra.contains(&"--state-file") {
+        cmd.arg("--state-file").arg(log.with_extension("state"));
+    }
     cmd.env(
         "TUNSCOPE_LOG",
         std::env::var("TUNSCOPE_LOG").unwrap_or_else(|_| "info".into()),
