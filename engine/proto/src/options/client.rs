@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
 use crate::data::{Cipher, Framing};
+use crate::options::common::Common;
 use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
 use crate::static_key::KeyDirection;
 use crate::wrap::Digest;
@@ -295,47 +296,29 @@ impl ClientConfig {
 
 #[derive(Default)]
 struct Builder {
+    common: Common,
     client_mode: bool,
     remotes: Vec<(String, Option<u16>, Option<Transport>)>,
     proto: Option<Transport>,
     port: Option<u16>,
     lport: Option<u16>,
-    dev: Option<String>,
-    ca: Option<Source>,
-    cert: Option<Source>,
-    key: Option<Source>,
     tls_auth: Option<(Source, Option<KeyDirection>)>,
-    tls_crypt: Option<Source>,
     key_direction: Option<KeyDirection>,
-    auth_digest: Option<Digest>,
     auth_user_pass: Option<(usize, Option<Source>)>,
     remote_cert_tls: Option<CertType>,
-    verify_x509_name: Option<VerifyX509Name>,
     data_ciphers: Option<Vec<Cipher>>,
     cipher: Option<Cipher>,
-    tls_min: Option<TlsVersion>,
-    tls_max: Option<TlsVersion>,
-    reneg_sec: Option<u64>,
-    hand_window: Option<u64>,
-    tls_timeout: Option<u64>,
-    tran_window: Option<u64>,
-    ping: Option<u64>,
-    ping_restart: Option<u64>,
     ping_exit: Option<u64>,
     explicit_exit_notify: Option<u32>,
-    tun_mtu: Option<u16>,
-    mssfix: Option<Mssfix>,
     framing: Framing,
     allow_compression: Option<String>,
     connect_retry: Option<u64>,
     connect_retry_max: Option<u32>,
     replay_window: Option<u32>,
-    verb: Option<u8>,
     route_nopull: bool,
     route_noexec: bool,
     up: Option<(usize, Vec<String>)>,
     down: Option<(usize, Vec<String>)>,
-    script_security: u8,
     routes: Vec<String>,
     redirect_gateway: Option<String>,
     ignore_unknown: Vec<String>,
@@ -343,6 +326,9 @@ struct Builder {
 
 impl Builder {
     fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        if self.common.apply(ctx, d)? {
+            return Ok(());
+        }
         let line = d.line;
         match d.name.as_str() {
             "client" => self.client_mode = true,
@@ -374,30 +360,6 @@ impl Builder {
             "lport" => self.lport = Some(ctx.num(d, 0)?),
             "nobind" => self.lport = None,
             "remote-random" => ctx.warn(line, "remote-random: remotes are tried in order"),
-            "dev" => {
-                let dev = ctx.arg(d, 0)?;
-                if dev.starts_with("tap") {
-                    return Err(ctx.error(
-                        line,
-                        "option 'dev': tap devices are not supported (use dev tun)",
-                    ));
-                }
-                if dev.len() > 15 {
-                    return Err(ctx.error(
-                        line,
-                        "option 'dev': interface names are at most 15 characters",
-                    ));
-                }
-                self.dev = Some(dev.to_owned());
-            }
-            "dev-type" => {
-                if ctx.arg(d, 0)? != "tun" {
-                    return Err(ctx.error(line, "option 'dev-type': only tun is supported"));
-                }
-            }
-            "ca" => self.ca = Some(ctx.source(d)?),
-            "cert" => self.cert = Some(ctx.source(d)?),
-            "key" => self.key = Some(ctx.source(d)?),
             "tls-auth" => {
                 let dir = match (d.inline.is_some(), d.arg(1)) {
                     (false, Some(x)) => Some(parse_direction(ctx, line, x)?),
@@ -405,24 +367,8 @@ impl Builder {
                 };
                 self.tls_auth = Some((ctx.source(d)?, dir));
             }
-            "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
-            "tls-crypt-v2" => {
-                return Err(ctx.error(
-                    line,
-                    "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)",
-                ));
-            }
             "key-direction" => {
                 self.key_direction = Some(parse_direction(ctx, line, ctx.arg(d, 0)?)?)
-            }
-            "auth" => {
-                let a = ctx.arg(d, 0)?;
-                self.auth_digest = Some(Digest::from_name(a).ok_or_else(|| {
-                    ctx.error(
-                        line,
-                        format!("option 'auth': digest '{a}' is not supported"),
-                    )
-                })?);
             }
             "cipher" => {
                 let c = ctx.arg(d, 0)?;
@@ -476,75 +422,19 @@ impl Builder {
                     }
                 });
             }
-            "verify-x509-name" => {
-                let name = ctx.arg(d, 0)?.to_owned();
-                let kind = match d.arg(1).unwrap_or("subject") {
-                    "subject" => X509NameKind::Subject,
-                    "name" => X509NameKind::Name,
-                    "name-prefix" => X509NameKind::NamePrefix,
-                    o => {
-                        return Err(ctx.error(
-                            line,
-                            format!("option 'verify-x509-name': unknown type '{o}'"),
-                        ));
-                    }
-                };
-                self.verify_x509_name = Some(VerifyX509Name { name, kind });
-            }
-            "tls-version-min" => {
-                self.tls_min =
-                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
-            }
-            "tls-version-max" => {
-                self.tls_max =
-                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
-            }
-            "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
             "reneg-bytes" | "reneg-pkts" => {
                 return Err(ctx.error(
                     line,
                     format!("option '{}' is not supported (use reneg-sec)", d.name),
                 ));
             }
-            "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
-            "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
-            "tran-window" => self.tran_window = Some(ctx.num(d, 0)?),
-            "ping" => self.ping = Some(ctx.num(d, 0)?),
-            "ping-restart" => self.ping_restart = Some(ctx.num(d, 0)?),
             "ping-exit" => self.ping_exit = Some(ctx.num(d, 0)?),
-            "keepalive" => {
-                self.ping = Some(ctx.num(d, 0)?);
-                self.ping_restart = Some(ctx.num(d, 1)?);
-            }
             "explicit-exit-notify" => {
                 self.explicit_exit_notify = Some(if d.arg(0).is_some() {
                     ctx.num(d, 0)?
                 } else {
                     1
                 })
-            }
-            "tun-mtu" => {
-                let m: u16 = ctx.num(d, 0)?;
-                if !(576..=9000).contains(&m) {
-                    return Err(ctx.error(line, "option 'tun-mtu': must be between 576 and 9000"));
-                }
-                self.tun_mtu = Some(m);
-            }
-            "mssfix" => {
-                let value = if d.arg(0).is_some() {
-                    ctx.num(d, 0)?
-                } else {
-                    1492
-                };
-                let mode = match d.arg(1) {
-                    None => MssMode::Payload,
-                    Some("mtu") => MssMode::Mtu,
-                    Some("fixed") => MssMode::Fixed,
-                    Some(o) => {
-                        return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'")));
-                    }
-                };
-                self.mssfix = Some(Mssfix { value, mode });
             }
             "comp-lzo" => match d.arg(0) {
                 Some("no") => {
@@ -581,7 +471,6 @@ impl Builder {
                 }
                 self.replay_window = Some(n);
             }
-            "verb" => self.verb = Some(ctx.num(d, 0)?),
             "route-nopull" => self.route_nopull = true,
             "route-noexec" => self.route_noexec = true,
             "up" | "down" => {
@@ -598,7 +487,6 @@ impl Builder {
                     self.down = Some((line, cmd));
                 }
             }
-            "script-security" => self.script_security = ctx.num(d, 0)?,
             "route" | "route-ipv6" => {
                 // Validated with the push parser, applied with the pushed routes.
                 let l = format!("{} {}", d.name, d.args.join(" "));
@@ -645,13 +533,13 @@ impl Builder {
         if self.remotes.is_empty() {
             return Err(ctx.error(0, "missing 'remote': no server to connect to"));
         }
-        let ca = self.ca.clone().ok_or_else(|| {
+        let ca = self.common.ca.clone().ok_or_else(|| {
             ctx.error(0, "missing 'ca': the server certificate cannot be verified")
         })?;
-        if self.cert.is_some() != self.key.is_some() {
+        if self.common.cert.is_some() != self.common.key.is_some() {
             return Err(ctx.error(0, "'cert' and 'key' must be given together"));
         }
-        if self.cert.is_none() && self.auth_user_pass.is_none() {
+        if self.common.cert.is_none() && self.auth_user_pass.is_none() {
             return Err(ctx.error(
                 0,
                 "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)",
@@ -674,7 +562,7 @@ impl Builder {
         {
             return Err(ctx.error(0, format!("allow-compression: unknown value '{a}'")));
         }
-        let wrap = match (self.tls_auth, self.tls_crypt) {
+        let wrap = match (self.tls_auth, self.common.tls_crypt) {
             (Some(_), Some(_)) => {
                 return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
             }
@@ -704,13 +592,13 @@ impl Builder {
                 transport: proto.unwrap_or(default_proto),
             })
             .collect();
-        let tls_version_min = self.tls_min.unwrap_or(TlsVersion::Tls12);
-        let tls_version_max = self.tls_max.unwrap_or(TlsVersion::Tls13);
+        let tls_version_min = self.common.tls_min.unwrap_or(TlsVersion::Tls12);
+        let tls_version_max = self.common.tls_max.unwrap_or(TlsVersion::Tls13);
         if tls_version_min > tls_version_max {
             return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
         }
         for (line, _) in self.up.iter().chain(self.down.iter()) {
-            if self.script_security < 2 {
+            if self.common.script_security < 2 {
                 return Err(ctx.error(*line, "up/down scripts need 'script-security 2'"));
             }
         }
@@ -718,40 +606,40 @@ impl Builder {
         Ok(ClientConfig {
             remotes,
             lport: self.lport,
-            dev: self.dev.unwrap_or_else(|| "tun".into()),
+            dev: self.common.dev.unwrap_or_else(|| "tun".into()),
             ca,
-            cert: self.cert,
-            key: self.key,
+            cert: self.common.cert,
+            key: self.common.key,
             wrap,
-            auth_digest: self.auth_digest.unwrap_or(Digest::Sha1),
+            auth_digest: self.common.auth_digest.unwrap_or(Digest::Sha1),
             auth_user_pass,
             remote_cert_tls: self.remote_cert_tls,
-            verify_x509_name: self.verify_x509_name,
+            verify_x509_name: self.common.verify_x509_name,
             data_ciphers,
             tls_version_min,
             tls_version_max,
-            reneg_sec: secs(self.reneg_sec.unwrap_or(3600)),
-            hand_window: self.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
-            tls_timeout: self.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
-            tran_window: secs(self.tran_window.unwrap_or(3600)),
-            ping: self.ping.map(secs),
-            ping_restart: self.ping_restart.map(secs),
+            reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
+            hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
+            tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
+            tran_window: secs(self.common.tran_window.unwrap_or(3600)),
+            ping: self.common.ping.map(secs),
+            ping_restart: self.common.ping_restart.map(secs),
             ping_exit: self.ping_exit.map(secs),
             // Unlike OpenVPN (default 0) we notify once by default: a server should free the
             // client's state at once when it leaves. `explicit-exit-notify 0` turns it off.
             explicit_exit_notify: self.explicit_exit_notify.unwrap_or(1),
-            tun_mtu: self.tun_mtu.unwrap_or(1500),
-            mssfix: self.mssfix,
+            tun_mtu: self.common.tun_mtu.unwrap_or(1500),
+            mssfix: self.common.mssfix,
             framing: self.framing,
             connect_retry: secs(self.connect_retry.unwrap_or(1).max(1)),
             connect_retry_max: self.connect_retry_max,
             replay_window: self.replay_window,
-            verb: self.verb.unwrap_or(1),
+            verb: self.common.verb.unwrap_or(1),
             route_nopull: self.route_nopull,
             route_noexec: self.route_noexec,
             up: self.up.map(|(_, c)| c),
             down: self.down.map(|(_, c)| c),
-            script_security: self.script_security,
+            script_security: self.common.script_security,
             routes: self.routes,
             redirect_gateway: self.redirect_gateway,
             warnings: ctx.warnings,

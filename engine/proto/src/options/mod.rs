@@ -6,6 +6,7 @@
 //! against the config file's directory (or `cd DIR`).
 
 pub mod client;
+mod common;
 pub mod lexer;
 pub mod push;
 pub mod server;

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
 use crate::data::{Cipher, Framing};
-use crate::options::client::{
-    CertType, MssMode, Mssfix, TlsVersion, VerifyX509Name, WrapSource, X509NameKind,
-};
+use crate::options::client::{CertType, Mssfix, TlsVersion, VerifyX509Name, WrapSource};
+use crate::options::common::Common;
 use crate::options::lexer::split_line;
 use crate::options::push::parse_v6_prefix;
 use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
@@ -238,19 +237,14 @@ impl ServerConfig {
 
 #[derive(Default)]
 struct Builder {
+    common: Common,
     server_mode: bool,
     port: Option<u16>,
     local: Option<std::net::IpAddr>,
     transport: Option<(ServerTransport, bool)>,
-    dev: Option<String>,
-    ca: Option<Source>,
-    cert: Option<Source>,
-    key: Option<Source>,
     dh_seen: bool,
     tls_auth: Option<(Source, Option<KeyDirection>)>,
-    tls_crypt: Option<Source>,
     key_direction: Option<KeyDirection>,
-    auth_digest: Option<Digest>,
     data_ciphers: Option<Vec<Cipher>>,
     network: Option<(Ipv4Addr, u8, usize)>,
     pool: Option<(Ipv4Addr, Ipv4Addr)>,
@@ -259,36 +253,26 @@ struct Builder {
     topology_line: Option<usize>,
     pushes: Vec<String>,
     dns: Vec<String>,
-    ping: Option<u64>,
-    ping_restart: Option<u64>,
-    tun_mtu: Option<u16>,
-    mssfix: Option<Mssfix>,
     client_to_client: bool,
     duplicate_cn: bool,
     max_clients: Option<u32>,
     verify_client_cert: Option<ClientCertMode>,
     auth_script: Option<(usize, AuthScript)>,
-    script_security: u8,
     username_as_common_name: bool,
     client_config_dir: Option<PathBuf>,
     ccd_exclusive: bool,
     routes: Vec<ServerRoute>,
     remote_cert_tls: Option<CertType>,
-    verify_x509_name: Option<VerifyX509Name>,
-    tls_min: Option<TlsVersion>,
-    tls_max: Option<TlsVersion>,
-    reneg_sec: Option<u64>,
-    hand_window: Option<u64>,
-    tls_timeout: Option<u64>,
-    tran_window: Option<u64>,
     framing: Framing,
     replay_window: Option<u32>,
     explicit_exit_notify: u32,
-    verb: Option<u8>,
 }
 
 impl Builder {
     fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        if self.common.apply(ctx, d)? {
+            return Ok(());
+        }
         let line = d.line;
         match d.name.as_str() {
             "mode" => {
@@ -368,30 +352,6 @@ impl Builder {
                     }
                 })
             }
-            "dev" => {
-                let dev = ctx.arg(d, 0)?;
-                if dev.starts_with("tap") {
-                    return Err(ctx.error(
-                        line,
-                        "option 'dev': tap devices are not supported (use dev tun)",
-                    ));
-                }
-                if dev.len() > 15 {
-                    return Err(ctx.error(
-                        line,
-                        "option 'dev': interface names are at most 15 characters",
-                    ));
-                }
-                self.dev = Some(dev.to_owned());
-            }
-            "dev-type" => {
-                if ctx.arg(d, 0)? != "tun" {
-                    return Err(ctx.error(line, "option 'dev-type': only tun is supported"));
-                }
-            }
-            "ca" => self.ca = Some(ctx.source(d)?),
-            "cert" => self.cert = Some(ctx.source(d)?),
-            "key" => self.key = Some(ctx.source(d)?),
             "dh" => {
                 self.dh_seen = true;
                 if ctx.arg(d, 0)? != "none" && d.inline.is_none() {
@@ -405,23 +365,7 @@ impl Builder {
                 };
                 self.tls_auth = Some((ctx.source(d)?, dir));
             }
-            "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
-            "tls-crypt-v2" => {
-                return Err(ctx.error(
-                    line,
-                    "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)",
-                ));
-            }
             "key-direction" => self.key_direction = Some(direction(ctx, line, ctx.arg(d, 0)?)?),
-            "auth" => {
-                let a = ctx.arg(d, 0)?;
-                self.auth_digest = Some(Digest::from_name(a).ok_or_else(|| {
-                    ctx.error(
-                        line,
-                        format!("option 'auth': digest '{a}' is not supported"),
-                    )
-                })?);
-            }
             "cipher" => {
                 let c = ctx.arg(d, 0)?;
                 if Cipher::from_name(c).is_none() {
@@ -465,35 +409,6 @@ impl Builder {
                     .map_err(|e| ctx.error(line, e.to_string()))?;
                 self.dns.push(l);
             }
-            "keepalive" => {
-                self.ping = Some(ctx.num(d, 0)?);
-                self.ping_restart = Some(ctx.num(d, 1)?);
-            }
-            "ping" => self.ping = Some(ctx.num(d, 0)?),
-            "ping-restart" => self.ping_restart = Some(ctx.num(d, 0)?),
-            "tun-mtu" => {
-                let m: u16 = ctx.num(d, 0)?;
-                if !(576..=9000).contains(&m) {
-                    return Err(ctx.error(line, "option 'tun-mtu': must be between 576 and 9000"));
-                }
-                self.tun_mtu = Some(m);
-            }
-            "mssfix" => {
-                let value = if d.arg(0).is_some() {
-                    ctx.num(d, 0)?
-                } else {
-                    1492
-                };
-                let mode = match d.arg(1) {
-                    None => MssMode::Payload,
-                    Some("mtu") => MssMode::Mtu,
-                    Some("fixed") => MssMode::Fixed,
-                    Some(o) => {
-                        return Err(ctx.error(line, format!("option 'mssfix': unknown mode '{o}'")));
-                    }
-                };
-                self.mssfix = Some(Mssfix { value, mode });
-            }
             "client-to-client" => self.client_to_client = true,
             "duplicate-cn" => self.duplicate_cn = true,
             "max-clients" => self.max_clients = Some(ctx.num(d, 0)?),
@@ -535,7 +450,6 @@ impl Builder {
                 }
                 self.auth_script = Some((line, AuthScript { command, method }));
             }
-            "script-security" => self.script_security = ctx.num(d, 0)?,
             "username-as-common-name" => self.username_as_common_name = true,
             "client-config-dir" => self.client_config_dir = Some(ctx.path(ctx.arg(d, 0)?)),
             "ccd-exclusive" => self.ccd_exclusive = true,
@@ -562,33 +476,6 @@ impl Builder {
                     }
                 })
             }
-            "verify-x509-name" => {
-                let name = ctx.arg(d, 0)?.to_owned();
-                let kind = match d.arg(1).unwrap_or("subject") {
-                    "subject" => X509NameKind::Subject,
-                    "name" => X509NameKind::Name,
-                    "name-prefix" => X509NameKind::NamePrefix,
-                    o => {
-                        return Err(ctx.error(
-                            line,
-                            format!("option 'verify-x509-name': unknown type '{o}'"),
-                        ));
-                    }
-                };
-                self.verify_x509_name = Some(VerifyX509Name { name, kind });
-            }
-            "tls-version-min" => {
-                self.tls_min =
-                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
-            }
-            "tls-version-max" => {
-                self.tls_max =
-                    Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
-            }
-            "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
-            "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
-            "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
-            "tran-window" => self.tran_window = Some(ctx.num(d, 0)?),
             "comp-lzo" => match d.arg(0) {
                 Some("no") => self.framing = Framing::LzoStub,
                 _ => {
@@ -617,7 +504,6 @@ impl Builder {
                     1
                 }
             }
-            "verb" => self.verb = Some(ctx.num(d, 0)?),
             "cd" => {
                 let p = ctx.path(ctx.arg(d, 0)?);
                 ctx.base = p;
@@ -647,10 +533,17 @@ impl Builder {
             );
         }
         let ca = self
+            .common
             .ca
             .ok_or_else(|| ctx.error(0, "missing 'ca': client certificates cannot be verified"))?;
-        let cert = self.cert.ok_or_else(|| ctx.error(0, "missing 'cert'"))?;
-        let key = self.key.ok_or_else(|| ctx.error(0, "missing 'key'"))?;
+        let cert = self
+            .common
+            .cert
+            .ok_or_else(|| ctx.error(0, "missing 'cert'"))?;
+        let key = self
+            .common
+            .key
+            .ok_or_else(|| ctx.error(0, "missing 'key'"))?;
         if !self.dh_seen {
             return Err(ctx.error(0, "missing 'dh' (use 'dh none', as OpenVPN 2.6 requires)"));
         }
@@ -681,14 +574,14 @@ impl Builder {
             ));
         }
         if let Some((line, _)) = &self.auth_script
-            && self.script_security < 2
+            && self.common.script_security < 2
         {
             return Err(ctx.error(
                 *line,
                 "auth-user-pass-verify needs 'script-security 2' to run the script",
             ));
         }
-        let wrap = match (self.tls_auth, self.tls_crypt) {
+        let wrap = match (self.tls_auth, self.common.tls_crypt) {
             (Some(_), Some(_)) => {
                 return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
             }
@@ -705,8 +598,8 @@ impl Builder {
             // 2.6 starts the IPv6 pool at base + 0x1000.
             (Ipv6Addr::from(u128::from(n) + 0x1000), bits)
         }));
-        let tls_version_min = self.tls_min.unwrap_or(TlsVersion::Tls12);
-        let tls_version_max = self.tls_max.unwrap_or(TlsVersion::Tls13);
+        let tls_version_min = self.common.tls_min.unwrap_or(TlsVersion::Tls12);
+        let tls_version_max = self.common.tls_max.unwrap_or(TlsVersion::Tls13);
         if tls_version_min > tls_version_max {
             return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
         }
@@ -718,12 +611,12 @@ impl Builder {
             local: self.local,
             transport,
             ipv6_listen,
-            dev: self.dev.unwrap_or_else(|| "tun".into()),
+            dev: self.common.dev.unwrap_or_else(|| "tun".into()),
             ca,
             cert,
             key,
             wrap,
-            auth_digest: self.auth_digest.unwrap_or(Digest::Sha1),
+            auth_digest: self.common.auth_digest.unwrap_or(Digest::Sha1),
             data_ciphers: self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec()),
             network: (net, prefix),
             pool,
@@ -731,32 +624,32 @@ impl Builder {
             pool6,
             pushes: self.pushes,
             dns: self.dns,
-            ping: self.ping.map(secs),
-            ping_restart: self.ping_restart.map(secs),
-            tun_mtu: self.tun_mtu.unwrap_or(1500),
-            mssfix: self.mssfix,
+            ping: self.common.ping.map(secs),
+            ping_restart: self.common.ping_restart.map(secs),
+            tun_mtu: self.common.tun_mtu.unwrap_or(1500),
+            mssfix: self.common.mssfix,
             client_to_client: self.client_to_client,
             duplicate_cn: self.duplicate_cn,
             max_clients: self.max_clients.unwrap_or(1024),
             verify_client_cert,
             auth_script: self.auth_script.map(|(_, s)| s),
-            script_security: self.script_security,
+            script_security: self.common.script_security,
             username_as_common_name: self.username_as_common_name,
             client_config_dir: self.client_config_dir,
             ccd_exclusive: self.ccd_exclusive,
             routes: self.routes,
             remote_cert_tls: self.remote_cert_tls,
-            verify_x509_name: self.verify_x509_name,
+            verify_x509_name: self.common.verify_x509_name,
             tls_version_min,
             tls_version_max,
-            reneg_sec: secs(self.reneg_sec.unwrap_or(3600)),
-            hand_window: self.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
-            tls_timeout: self.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
-            tran_window: secs(self.tran_window.unwrap_or(3600)),
+            reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
+            hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
+            tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
+            tran_window: secs(self.common.tran_window.unwrap_or(3600)),
             framing: self.framing,
             replay_window: self.replay_window,
             explicit_exit_notify: self.explicit_exit_notify,
-            verb: self.verb.unwrap_or(1),
+            verb: self.common.verb.unwrap_or(1),
             warnings: ctx.warnings,
         })
     }
