@@ -80,6 +80,24 @@ pub struct TapMeta {
 }
 
 impl TapMeta {
+    /// The metadata of a data packet: `ids` are (peer-id, key-id, packet-id).
+    pub fn data(
+        trace: u64,
+        ids: (Option<u32>, u8, u32),
+        stage_ns: u64,
+        drop: Option<DropReason>,
+    ) -> TapMeta {
+        TapMeta {
+            trace,
+            peer: ids.0,
+            key_id: Some(ids.1),
+            packet_id: Some(ids.2),
+            stage_ns,
+            drop,
+            outgoing: None,
+        }
+    }
+
     /// The comment string.
     pub fn comment(&self) -> String {
         let mut s = format!("tunscope trace={}", self.trace);

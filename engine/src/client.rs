@@ -72,6 +72,44 @@ impl ObserveOptions {
                 .unwrap_or_else(|| default_host.to_owned()),
         })
     }
+
+    /// Starts what is asked for: counters and the observer always, the stage-tap capture
+    /// and the control socket / Prometheus endpoints when configured.
+    pub fn start(&self, host: &'static str) -> Result<Observatory> {
+        let stats = Arc::new(EngineStats::default());
+        let observer = Arc::new(Observer::new(host, Arc::clone(&stats)));
+        let capture = match self.capture_config(host) {
+            Some(c) => {
+                let cap = Capture::start(&c)?;
+                observer.set_capture(c.path.display().to_string(), &cap.tap);
+                Some(cap)
+            }
+            None => None,
+        };
+        let endpoints = crate::control_socket::Endpoints::start(
+            Arc::clone(&observer),
+            self.control.as_deref(),
+            self.prometheus,
+        )?;
+        Ok(Observatory {
+            stats,
+            observer,
+            capture,
+            endpoints,
+        })
+    }
+}
+
+/// The observatory of one engine run (client or server); endpoints stop when dropped.
+pub struct Observatory {
+    /// Stage counters and histograms.
+    pub stats: Arc<EngineStats>,
+    /// What reports and the control socket read.
+    pub observer: Arc<Observer>,
+    /// The stage-tap capture, if asked for.
+    pub capture: Option<Capture>,
+    /// Control socket and Prometheus endpoints.
+    pub endpoints: crate::control_socket::Endpoints,
 }
 
 /// Command-line options of `tunscope client`.
@@ -127,21 +165,12 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&term))
             .context("installing signal handlers")?;
     }
-    let stats = Arc::new(EngineStats::default());
-    let observer = Arc::new(Observer::new("client", Arc::clone(&stats)));
-    let capture = match opts.observe.capture_config("client") {
-        Some(c) => {
-            let cap = Capture::start(&c)?;
-            observer.set_capture(c.path.display().to_string(), &cap.tap);
-            Some(cap)
-        }
-        None => None,
-    };
-    let endpoints = crate::control_socket::Endpoints::start(
-        Arc::clone(&observer),
-        opts.observe.control.as_deref(),
-        opts.observe.prometheus,
-    )?;
+    let Observatory {
+        stats,
+        observer,
+        capture,
+        endpoints,
+    } = opts.observe.start("client")?;
     let state_path = opts
         .state_file
         .clone()

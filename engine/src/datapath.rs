@@ -24,6 +24,7 @@ use tunscope_proto::wire::{Opcode, peek_opcode};
 
 use crate::capture::{Tap, TapMeta, TapRecord, Wire, data_ids};
 use crate::link::{Link, LinkKind, Received, RxBatch, TxBatch};
+use crate::stats::ns_between as ns;
 use crate::stats::{BatchCounts, EngineStats, LocalHist, PROBES};
 use crate::tun::{Tun, TunReader, TunWriter};
 
@@ -155,10 +156,6 @@ impl Clock {
     }
 }
 
-fn ns(a: Instant, b: Instant) -> u64 {
-    b.saturating_duration_since(a).as_nanos() as u64
-}
-
 /// Whether a tun packet is IP, and of a plausible length.
 pub fn is_ip(p: &[u8]) -> bool {
     match p.first().map(|b| b >> 4) {
@@ -195,23 +192,6 @@ fn link_wire(link: &Link, outbound: bool) -> Option<Wire> {
     })
 }
 
-fn meta(
-    trace: u64,
-    ids: (Option<u32>, u8, u32),
-    stage_ns: u64,
-    drop: Option<DropReason>,
-) -> TapMeta {
-    TapMeta {
-        trace,
-        peer: ids.0,
-        key_id: Some(ids.1),
-        packet_id: Some(ids.2),
-        stage_ns,
-        drop,
-        outgoing: None,
-    }
-}
-
 /// tun → link: `read_tun → encrypt → socket_tx`, until `shared.stop`.
 pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
     let mut reader = TunReader::new(mtu);
@@ -226,17 +206,8 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
     let stats = &shared.stats;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let n = match reader.read_batch(tun, 128) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(tun), IDLE_WAIT);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("tun read: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        let Some(n) = reader.next_batch(tun, 128, IDLE_WAIT) else {
+            continue;
         };
         let t1 = clock.mark(now);
         cache.refresh(shared);
@@ -309,21 +280,21 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
                     at: now,
                     data: s.plain,
                     wire: None,
-                    meta: meta(s.trace, s.ids, ns(now, t1), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(now, t1), None),
                 });
                 tap.emit(TapRecord {
                     stage: Stage::Encrypt,
                     at: t1,
                     data: s.sealed.clone(),
                     wire,
-                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t1, t2), None),
                 });
                 tap.emit(TapRecord {
                     stage: Stage::SocketTx,
                     at: t2,
                     data: s.sealed,
                     wire,
-                    meta: meta(
+                    meta: TapMeta::data(
                         s.trace,
                         s.ids,
                         ns(t2, t3),
@@ -441,7 +412,7 @@ pub fn rx_loop(
                     at: t0,
                     data: pkt.to_vec(),
                     wire,
-                    meta: meta(trace, ids, ns(t0, t1), None),
+                    meta: TapMeta::data(trace, ids, ns(t0, t1), None),
                 });
                 Some((trace, ids, pkt.to_vec()))
             });
@@ -454,7 +425,7 @@ pub fn rx_loop(
                         at: t1,
                         data: cipher.clone(),
                         wire,
-                        meta: meta(*trace, *ids, 0, Some(r)),
+                        meta: TapMeta::data(*trace, *ids, 0, Some(r)),
                     });
                 }
             };
@@ -522,14 +493,14 @@ pub fn rx_loop(
                     at: t1,
                     data: s.plain.clone(),
                     wire: None,
-                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t1, t2), None),
                 });
                 tap.emit(TapRecord {
                     stage: Stage::WriteTun,
                     at: t2,
                     data: s.plain,
                     wire: None,
-                    meta: meta(
+                    meta: TapMeta::data(
                         s.trace,
                         s.ids,
                         ns(t2, t3),

@@ -220,8 +220,10 @@ fn random_id() -> u16 {
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
     if n != 2 {
         // Never fails for 2 bytes after boot; fall back to the clock's low bits.
-        let t = Instant::now().elapsed().subsec_nanos();
-        return t as u16;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return (t >> 4) as u16;
     }
     u16::from_ne_bytes(b)
 }

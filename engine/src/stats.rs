@@ -497,6 +497,11 @@ impl ScopeReport {
     }
 }
 
+/// Nanoseconds from `a` to `b` (0 when `b` is earlier): stage times in taps and journeys.
+pub fn ns_between(a: std::time::Instant, b: std::time::Instant) -> u64 {
+    b.saturating_duration_since(a).as_nanos() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,29 @@ impl TunReader {
         }
     }
 
+    /// The data threads' read: a batch, or `None` after waiting up to `idle` for the device
+    /// to become readable (so the caller can check for shutdown) or after a read error
+    /// (logged, then a short pause so a broken device does not spin).
+    pub fn next_batch(
+        &mut self,
+        tun: &Tun,
+        max: usize,
+        idle: std::time::Duration,
+    ) -> Option<usize> {
+        match self.read_batch(tun, max) {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(tun), idle);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("tun read: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            }
+        }
+    }
+
     /// Reads until the batch is full or the device has nothing more right now (non-blocking fd).
     /// Returns the number of packets; `WouldBlock` only when not even one packet was read.
     pub fn read_batch(&mut self, tun: &Tun, max: usize) -> io::Result<usize> {

@@ -115,6 +115,17 @@ impl TunnelSpec {
         )
     }
 
+    /// The control-channel wrap's config lines; `key_direction` 0 on the server, 1 on the
+    /// client (for tls-auth).
+    fn wrap_lines(&self, pki: &Pki, key_direction: u8) -> String {
+        let key = pki.static_key.display();
+        match self.wrap {
+            Wrap::None => String::new(),
+            Wrap::TlsAuth => format!("tls-auth {key} {key_direction}\nauth SHA256\n"),
+            Wrap::TlsCrypt => format!("tls-crypt {key}\n"),
+        }
+    }
+
     /// Stock OpenVPN server config. Writes the auth script into `dir` if needed.
     pub fn server_config(&self, pki: &Pki, dir: &Path) -> Result<String> {
         let mut c = String::new();
@@ -138,15 +149,7 @@ impl TunnelSpec {
         let _ = writeln!(c, "data-ciphers {}", self.server_ciphers.join(":"));
         let _ = writeln!(c, "keepalive {} {}", self.keepalive.0, self.keepalive.1);
         let _ = writeln!(c, "remote-cert-tls client");
-        match self.wrap {
-            Wrap::None => {}
-            Wrap::TlsAuth => {
-                let _ = writeln!(c, "tls-auth {} 0\nauth SHA256", pki.static_key.display());
-            }
-            Wrap::TlsCrypt => {
-                let _ = writeln!(c, "tls-crypt {}", pki.static_key.display());
-            }
-        }
+        c.push_str(&self.wrap_lines(pki, 0));
         if self.auth_user_pass {
             let script = dir.join("check-password.sh");
             std::fs::write(
@@ -203,15 +206,7 @@ impl TunnelSpec {
         if let Some(ciphers) = &self.client_ciphers {
             let _ = writeln!(c, "data-ciphers {}", ciphers.join(":"));
         }
-        match self.wrap {
-            Wrap::None => {}
-            Wrap::TlsAuth => {
-                let _ = writeln!(c, "tls-auth {} 1\nauth SHA256", pki.static_key.display());
-            }
-            Wrap::TlsCrypt => {
-                let _ = writeln!(c, "tls-crypt {}", pki.static_key.display());
-            }
-        }
+        c.push_str(&self.wrap_lines(pki, 1));
         if self.auth_user_pass {
             let f = dir.join("credentials.txt");
             std::fs::write(&f, format!("{}\n{}\n", TEST_USER.0, TEST_USER.1))?;

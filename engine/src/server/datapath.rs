@@ -25,6 +25,7 @@ use crate::capture::{Tap, TapMeta, TapRecord, Wire, data_ids};
 use crate::datapath::{Clock, is_ip};
 use crate::link::{Received, RxBatch, TxBatch, UdpEndpoint};
 use crate::server::tcp::{TcpConns, TcpEvent};
+use crate::stats::ns_between as ns;
 use crate::stats::{BatchCounts, EngineStats, LocalHist};
 use crate::tun::{Tun, TunReader, TunWriter};
 
@@ -337,27 +338,6 @@ impl Counts {
     }
 }
 
-fn ns(a: Instant, b: Instant) -> u64 {
-    b.saturating_duration_since(a).as_nanos() as u64
-}
-
-fn meta(
-    trace: u64,
-    ids: (Option<u32>, u8, u32),
-    stage_ns: u64,
-    drop: Option<DropReason>,
-) -> TapMeta {
-    TapMeta {
-        trace,
-        peer: ids.0,
-        key_id: Some(ids.1),
-        packet_id: Some(ids.2),
-        stage_ns,
-        drop,
-        outgoing: None,
-    }
-}
-
 /// A sampled received packet waiting for its later stage times.
 struct RxSample {
     trace: u64,
@@ -488,7 +468,7 @@ impl<'a> Rx<'a> {
                 at: self.t0,
                 data: pkt.to_vec(),
                 wire,
-                meta: meta(trace, ids, ns(self.t0, self.t1), None),
+                meta: TapMeta::data(trace, ids, ns(self.t0, self.t1), None),
             });
             Some((trace, ids, pkt.to_vec(), wire))
         });
@@ -499,7 +479,7 @@ impl<'a> Rx<'a> {
                     at: self.t1,
                     data,
                     wire,
-                    meta: meta(*trace, *ids, 0, Some(r)),
+                    meta: TapMeta::data(*trace, *ids, 0, Some(r)),
                 });
             }
         };
@@ -648,14 +628,14 @@ impl<'a> Rx<'a> {
                     at: self.t1,
                     data: s.plain.clone(),
                     wire: None,
-                    meta: meta(s.trace, s.ids, ns(self.t1, t2), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(self.t1, t2), None),
                 });
                 tap.emit(TapRecord {
                     stage: Stage::WriteTun,
                     at: t2,
                     data: s.plain,
                     wire: None,
-                    meta: meta(s.trace, s.ids, ns(t2, t3), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t2, t3), None),
                 });
             }
         }
@@ -775,17 +755,8 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
     let overhead = data::overhead(true, data::Framing::StubV2);
     while !shared.stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        let n = match reader.read_batch(tun, 128) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(tun), IDLE_WAIT);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("tun read: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+        let Some(n) = reader.next_batch(tun, 128, IDLE_WAIT) else {
+            continue;
         };
         let t1 = clock.mark(t0);
         let g = shared.generation.load(Ordering::Acquire);
@@ -886,14 +857,14 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
                     at: t0,
                     data: s.plain,
                     wire: None,
-                    meta: meta(s.trace, s.ids, ns(t0, t1), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t0, t1), None),
                 });
                 tap.emit(TapRecord {
                     stage: Stage::Encrypt,
                     at: t1,
                     data: s.sealed.clone(),
                     wire,
-                    meta: meta(s.trace, s.ids, ns(t1, t2), None),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t1, t2), None),
                 });
                 let drop = failed_peers
                     .contains(&s.peer)
@@ -903,7 +874,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
                     at: t2,
                     data: s.sealed,
                     wire,
-                    meta: meta(s.trace, s.ids, ns(t2, t3), drop),
+                    meta: TapMeta::data(s.trace, s.ids, ns(t2, t3), drop),
                 });
             }
         }

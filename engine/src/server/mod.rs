@@ -30,11 +30,10 @@ use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup}
 use tunscope_proto::stage::Stage;
 use tunscope_proto::tls::{self, Identity, PeerCheck};
 
-use crate::capture::Capture;
 use crate::netlink;
 use crate::report::{Observer, PeerReport};
 use crate::setup::{load_wrap, read_source};
-use crate::stats::{BatchCounts, EngineStats};
+use crate::stats::BatchCounts;
 use crate::tun::{Tun, TunAddresses};
 
 use self::datapath::{DataPeer, PeerRuntime, PeerTable, ServerInput, Shared, Transport};
@@ -186,21 +185,12 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         .mssfix
         .unwrap_or(Mssfix::DEFAULT)
         .mss_v4(outer, overhead);
-    let stats = Arc::new(EngineStats::default());
-    let observer = Arc::new(Observer::new("server", Arc::clone(&stats)));
-    let capture = match opts.observe.capture_config("server") {
-        Some(c) => {
-            let cap = Capture::start(&c)?;
-            observer.set_capture(c.path.display().to_string(), &cap.tap);
-            Some(cap)
-        }
-        None => None,
-    };
-    let endpoints = crate::control_socket::Endpoints::start(
-        Arc::clone(&observer),
-        opts.observe.control.as_deref(),
-        opts.observe.prometheus,
-    )?;
+    let crate::client::Observatory {
+        stats,
+        observer,
+        capture,
+        endpoints,
+    } = opts.observe.start("server")?;
     let (ctl_tx, ctl_rx) = mpsc::channel::<ServerInput>();
     let shared = Shared {
         stop: AtomicBool::new(false),
