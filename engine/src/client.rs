@@ -14,6 +14,7 @@
 //! The observatory spans the whole run: stage counters and histograms, the capture tap, and
 //! the control socket / Prometheus endpoint survive reconnects.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,8 +137,9 @@ enum Outcome {
 
 /// Loads and checks a client config (used by `run` and by `tunscope check-config`).
 pub fn load_config(path: &Path) -> Result<ClientConfig> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = tunscope_proto::options::decode_text(&bytes);
     let cfg = ClientConfig::parse(&text, path)?;
     for w in &cfg.warnings {
         tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
@@ -155,11 +157,23 @@ struct Run<'a> {
     tap: Option<Arc<Tap>>,
     tun: Option<Tun>,
     state_path: PathBuf,
+    /// Remotes in the order they are tried (shuffled once with `remote-random`).
+    remotes: Vec<Remote>,
+    /// Addresses resolved so far, by (host, port): `persist-remote-ip` reuses them.
+    resolved: HashMap<(String, u16), SocketAddr>,
+    /// `auth-user-pass` credentials, kept across attempts unless `auth-nocache`.
+    credentials: Option<(String, String)>,
 }
 
 /// Runs the client until it is told to stop or fails for good.
 pub fn run(opts: &ClientOptions) -> Result<()> {
     let cfg = load_config(&opts.config)?;
+    if cfg.remotes.is_empty() {
+        bail!(
+            "{}: no 'remote' given: nothing to connect to",
+            opts.config.display()
+        );
+    }
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&term))
@@ -197,6 +211,9 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         tap: capture.as_ref().map(|c| Arc::clone(&c.tap)),
         tun: None,
         state_path,
+        remotes: ordered_remotes(&cfg),
+        resolved: HashMap::new(),
+        credentials: None,
     };
     let result = run.attempts();
     drop(endpoints);
@@ -213,8 +230,10 @@ impl Run<'_> {
         let mut attempt: u32 = 0;
         let mut remote_idx = 0;
         let cfg = self.cfg;
+        let n_remotes = self.remotes.len().max(1) as u32;
         loop {
-            let remote = &cfg.remotes[remote_idx % cfg.remotes.len()];
+            let remote = self.remotes[remote_idx % self.remotes.len()].clone();
+            let remote = &remote;
             let outcome = match self.connect_once(remote) {
                 Ok(o) => o,
                 Err(e) => Outcome::Restart(format!("{e:#}")),
@@ -237,13 +256,16 @@ impl Run<'_> {
                     }
                     if cfg
                         .connect_retry_max
-                        .is_some_and(|m| attempt >= m * cfg.remotes.len() as u32)
+                        .is_some_and(|m| attempt >= m * n_remotes)
                     {
                         bail!("giving up after {attempt} attempts (connect-retry-max): {reason}");
                     }
                     remote_idx += 1;
+                    // As OpenVPN: the next remote after connect-retry seconds; after five
+                    // rounds through the list the wait doubles each round (at most 300 s).
+                    let rounds = (attempt - 1) / n_remotes;
                     let backoff =
-                        cfg.connect_retry * 2u32.saturating_pow(attempt.saturating_sub(1).min(8));
+                        cfg.connect_retry * 2u32.saturating_pow(rounds.saturating_sub(4).min(8));
                     let wait = backoff.min(Duration::from_secs(300));
                     tracing::info!("restarting in {} s", wait.as_secs());
                     let until = Instant::now() + wait;
@@ -260,11 +282,29 @@ impl Run<'_> {
 
     fn connect_once(&mut self, remote: &Remote) -> Result<Outcome> {
         let cfg = self.cfg;
-        let peer = resolve(remote)?;
+        // persist-remote-ip: the address resolved first is kept across restarts.
+        let key = (remote.host.clone(), remote.port);
+        let peer = match self.resolved.get(&key) {
+            Some(a) if cfg.persist_remote_ip => *a,
+            _ => {
+                let a = resolve(remote)?;
+                self.resolved.insert(key, a);
+                a
+            }
+        };
+        let local = match &cfg.local {
+            Some(h) => Some(resolve_local(h, peer.is_ipv6())?),
+            None => None,
+        };
+        // Credentials are asked for (or read) once and kept, unless auth-nocache.
+        if self.credentials.is_none() || cfg.auth_nocache {
+            self.credentials = crate::setup::load_credentials(cfg)?;
+        }
         let setup = Arc::new(crate::setup::client_setup(
             cfg,
             remote.transport,
             peer.is_ipv6(),
+            self.credentials.clone(),
         )?);
         tracing::info!(
             "connecting to {peer} over {}",
@@ -275,8 +315,19 @@ impl Run<'_> {
             }
         );
         let link = match remote.transport {
-            Transport::Udp => Link::udp(peer, cfg.lport.unwrap_or(0)),
-            Transport::Tcp => Link::tcp(peer, Duration::from_secs(10)),
+            Transport::Udp => Link::udp(peer, local, cfg.lport.unwrap_or(0)),
+            Transport::Tcp => Link::tcp(
+                peer,
+                (local.is_some() || cfg.lport.is_some_and(|p| p != 0)).then(|| {
+                    let ip = local.unwrap_or(if peer.is_ipv4() {
+                        std::net::Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        std::net::Ipv6Addr::UNSPECIFIED.into()
+                    });
+                    SocketAddr::new(ip, cfg.lport.unwrap_or(0))
+                }),
+                cfg.server_poll_timeout.min(Duration::from_secs(120)),
+            ),
         }
         .with_context(|| format!("cannot open link to {peer}"))?;
         self.observer.set_socket(link.udp_fd());
@@ -290,7 +341,14 @@ impl Run<'_> {
         };
 
         // Handshake phase: this thread alone until the tunnel is up.
-        let connected = match handshake(&mut client, &link, &mut rx, &mut ctx, self.term)? {
+        let connected = match handshake(
+            &mut client,
+            &link,
+            &mut rx,
+            &mut ctx,
+            self.term,
+            cfg.server_poll_timeout,
+        )? {
             Ok(c) => c,
             Err(o) => return Ok(o),
         };
@@ -345,6 +403,7 @@ impl Run<'_> {
                 up: cfg.up.as_deref(),
                 down: cfg.down.as_deref(),
                 config: &self.opts.config,
+                setenv: &cfg.setenv,
             },
             &self.state_path,
         );
@@ -393,11 +452,37 @@ impl Run<'_> {
                 .spawn_scoped(s, move || datapath::tx_loop(shared, tun, link, mtu))?;
             let mut buf = Vec::with_capacity(2048);
             let mut closing = false;
+            // `inactive N [BYTES]`: tun traffic seen at the start of the current period.
+            let tun_bytes = || {
+                self.stats.stage(Stage::ReadTun).snapshot().bytes_in
+                    + self.stats.stage(Stage::WriteTun).snapshot().bytes_in
+            };
+            let mut inactive_mark = (Instant::now(), tun_bytes());
             let outcome = loop {
                 if term.load(Ordering::Relaxed) && !closing {
                     closing = true;
                     tracing::info!("signal received, closing");
                     client.close(Instant::now());
+                }
+                if let Some((period, min_bytes)) = cfg.inactive
+                    && !closing
+                {
+                    let (since, base) = inactive_mark;
+                    let moved = tun_bytes().saturating_sub(base);
+                    if moved > min_bytes {
+                        // Traffic: with a byte threshold the period restarts when it is over,
+                        // without one at every packet.
+                        if min_bytes == 0 || since.elapsed() >= period {
+                            inactive_mark = (Instant::now(), tun_bytes());
+                        }
+                    } else if since.elapsed() >= period {
+                        tracing::info!(
+                            "inactive for {} s ({moved} bytes through the tunnel): exiting (inactive)",
+                            period.as_secs()
+                        );
+                        closing = true;
+                        client.close(Instant::now());
+                    }
                 }
                 let (lrx, ltx) = shared.activity();
                 client.set_data_activity(lrx, ltx);
@@ -437,6 +522,44 @@ impl Run<'_> {
         net.undo();
         Ok(outcome)
     }
+}
+
+/// The remotes in the order they are tried: as written, or shuffled once (`remote-random`).
+fn ordered_remotes(cfg: &ClientConfig) -> Vec<Remote> {
+    let mut v = cfg.remotes.clone();
+    if cfg.remote_random && v.len() > 1 {
+        // Fisher-Yates with the kernel's randomness (no clock-seeded generator).
+        let mut seed = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut seed)
+        });
+        let mut x = u64::from_le_bytes(seed) | 1;
+        for i in (1..v.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+    }
+    v
+}
+
+/// `local HOST`: the address to bind, in the family of the remote.
+fn resolve_local(host: &str, ipv6: bool) -> Result<std::net::IpAddr> {
+    if let Ok(a) = host.parse() {
+        return Ok(a);
+    }
+    let addrs: Vec<std::net::IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("option 'local': cannot resolve '{host}'"))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv6() == ipv6)
+        .copied()
+        .with_context(|| format!("option 'local': '{host}' has no address of the remote's family"))
 }
 
 fn resolve(remote: &Remote) -> Result<SocketAddr> {
@@ -490,14 +613,24 @@ fn handshake(
     rx: &mut RxBatch,
     ctx: &mut ControlCtx<'_>,
     term: &AtomicBool,
+    poll_timeout: Duration,
 ) -> Result<Result<Connected, Outcome>> {
     let mut buf = Vec::with_capacity(2048);
     let peer = link.peer();
+    let started = Instant::now();
+    let mut heard = false;
     loop {
         if term.load(Ordering::Relaxed) {
             return Ok(Err(Outcome::Closed));
         }
         let now = Instant::now();
+        // server-poll-timeout: a remote that never answers is left for the next one.
+        if !heard && now.duration_since(started) >= poll_timeout {
+            return Ok(Err(Outcome::Restart(format!(
+                "no answer from {peer} within {} s (server-poll-timeout)",
+                poll_timeout.as_secs()
+            ))));
+        }
         client.handle_timeout(now);
         transmit(client, link, &mut buf, now, ctx);
         if let Some(ev) = client.poll_event() {
@@ -535,6 +668,7 @@ fn handshake(
                 socket_rx.drop(DropReason::UnknownPeer);
                 return;
             }
+            heard = true;
             match peek_opcode(p) {
                 Err(r) => socket_rx.drop(r),
                 Ok((Opcode::DataV1 | Opcode::DataV2, _)) => {
@@ -689,7 +823,7 @@ fn effective_options(cfg: &ClientConfig, pushed: &PushedOptions) -> PushedOption
         p.routes_ipv6.clear();
         p.redirect_gateway = None;
     }
-    for l in &cfg.routes {
+    for l in cfg.routes.iter().chain(&cfg.dhcp_options) {
         let _ = p.apply(l, &[]);
     }
     if let Some(rg) = &cfg.redirect_gateway {

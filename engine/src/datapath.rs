@@ -432,10 +432,22 @@ pub fn rx_loop(
             match outcome {
                 Ok(opened) => {
                     got_data = true;
-                    match opened.payload {
-                        Payload::Packet(r) => {
+                    // Decompressed packets live in the receiver's buffer, the rest in place.
+                    let plain = match opened.payload {
+                        Payload::Packet(ref r) => pkt.get_mut(r.clone()),
+                        Payload::Inflated(ref r) => {
+                            shared.stats.add_decompressed(
+                                1,
+                                receiver.compressed_len() as u64,
+                                r.len() as u64,
+                            );
+                            receiver.inflated_mut().get_mut(r.clone())
+                        }
+                        _ => None,
+                    };
+                    match (plain, opened.payload) {
+                        (Some(p), _) => {
                             decrypt.pass();
-                            let p = &mut pkt[r];
                             write_tun.input(p.len());
                             if !is_ip(p) {
                                 write_tun.drop(DropReason::NotIp);
@@ -456,13 +468,17 @@ pub fn rx_loop(
                                 });
                             }
                         }
-                        Payload::Ping => {
+                        (None, Payload::Ping) => {
                             decrypt.drop(DropReason::Keepalive);
                             drop_here(DropReason::Keepalive);
                         }
-                        Payload::Occ(_) => {
+                        (None, Payload::Occ(_)) => {
                             decrypt.drop(DropReason::Occ);
                             drop_here(DropReason::Occ);
+                        }
+                        (None, _) => {
+                            decrypt.drop(DropReason::BadCompression);
+                            drop_here(DropReason::BadCompression);
                         }
                     }
                 }

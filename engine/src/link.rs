@@ -162,12 +162,13 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) 
 }
 
 impl Link {
-    /// Opens a UDP link to `peer`, bound to `lport` (0 = ephemeral).
-    pub fn udp(peer: SocketAddr, lport: u16) -> io::Result<Link> {
-        let bind: SocketAddr = if peer.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, lport).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, lport).into()
+    /// Opens a UDP link to `peer`, bound to `local` (`local ADDR`, else any) and `lport`
+    /// (0 = ephemeral).
+    pub fn udp(peer: SocketAddr, local: Option<std::net::IpAddr>, lport: u16) -> io::Result<Link> {
+        let bind: SocketAddr = match local {
+            Some(a) => (a, lport).into(),
+            None if peer.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, lport).into(),
+            None => (std::net::Ipv6Addr::UNSPECIFIED, lport).into(),
         };
         let ep = UdpEndpoint::bind(bind)?;
         ep.socket.connect(peer)?;
@@ -177,9 +178,22 @@ impl Link {
         })
     }
 
-    /// Opens a TCP link to `peer` within `timeout`.
-    pub fn tcp(peer: SocketAddr, timeout: Duration) -> io::Result<Link> {
-        let stream = TcpStream::connect_timeout(&peer, timeout)?;
+    /// Opens a TCP link to `peer` within `timeout`, from `local` (`local`/`lport`) if given.
+    pub fn tcp(peer: SocketAddr, local: Option<SocketAddr>, timeout: Duration) -> io::Result<Link> {
+        let stream = match local {
+            None => TcpStream::connect_timeout(&peer, timeout)?,
+            Some(l) => {
+                let sock = socket2::Socket::new(
+                    socket2::Domain::for_address(peer),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                sock.set_reuse_address(true)?;
+                sock.bind(&l.into())?;
+                sock.connect_timeout(&peer.into(), timeout)?;
+                sock.into()
+            }
+        };
         stream.set_nodelay(true)?;
         // The rx thread wakes up regularly to notice shutdown.
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;

@@ -208,34 +208,56 @@ enum Command {
     CheckConfig {
         /// The config file.
         config: PathBuf,
+        /// Show the effective options after defaults and what the engine will do with them.
+        #[arg(long)]
+        explain: bool,
+        /// The same as JSON (also for errors: `{"accepted": false, "error": {…}}`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
-/// Checks a config as a server config when it says `server`/`mode server`, else as a client.
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let is_server = tunscope_proto::options::parse_directives(&text)
-        .map(|ds| {
-            ds.iter()
-                .any(|d| d.name == "server" || (d.name == "mode" && d.arg(0) == Some("server")))
-        })
-        .unwrap_or(false);
-    if is_server {
-        let c = tunscope_engine::server::load_config(path)?;
-        println!(
-            "{}: OK (server, {} push option(s), {} warning(s))",
-            path.display(),
-            c.pushes.len(),
-            c.warnings.len()
-        );
+/// Checks a config as a server config when it reads like one (`server`, `mode server`,
+/// `tls-server` alone), else as a client; `--explain`/`--json` show how it is read.
+fn check_config(path: &std::path::Path, explain: bool, json: bool) -> anyhow::Result<()> {
+    use tunscope_engine::explain;
+    use tunscope_proto::options::client::ClientConfig;
+    use tunscope_proto::options::server::ServerConfig;
+    use tunscope_proto::options::{Role, decode_text, parse_directives};
+    let text = decode_text(&std::fs::read(path)?);
+    let role = parse_directives(&text)
+        .map(|ds| Role::detect(&ds))
+        .unwrap_or(Role::Client);
+    let file = path.display().to_string();
+    let parsed = match role {
+        Role::Server => ServerConfig::parse(&text, path).map(|c| explain::server(&c)),
+        Role::Client => ClientConfig::parse(&text, path).map(|c| explain::client(&c)),
+    };
+    let e = match parsed {
+        Ok(e) => e,
+        Err(err) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file,
+                        "accepted": false,
+                        "error": {"line": err.line, "message": err.message},
+                    })
+                );
+            }
+            return Err(err.into());
+        }
+    };
+    if json {
+        println!("{:#}", e.json(&file));
+    } else if explain {
+        print!("{}", e.text(&file));
     } else {
-        let c = tunscope_engine::client::load_config(path)?;
-        println!(
-            "{}: OK (client, {} remote(s), {} warning(s))",
-            path.display(),
-            c.remotes.len(),
-            c.warnings.len()
-        );
+        for w in &e.warnings {
+            eprintln!("{file}:{}: warning: {}", w.line, w.message);
+        }
+        println!("{file}: OK ({}, {} warning(s))", e.role, e.warnings.len());
     }
     Ok(())
 }
@@ -249,6 +271,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Commands that only print end quietly when their reader goes away (`| head`), like
+    // other command-line tools; the VPN commands keep Rust's default (SIGPIPE ignored), as
+    // a peer closing a TCP socket must not kill them.
+    if matches!(
+        cli.command,
+        Command::CheckConfig { .. }
+            | Command::Diff { .. }
+            | Command::Normalize { .. }
+            | Command::Trace { .. }
+            | Command::Stats { .. }
+    ) {
+        // SAFETY: setting a signal disposition to its default at start, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Diff {
             a,
@@ -325,7 +363,11 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Trace { files, limit, json } => tunscope_engine::trace::run(&files, limit, json),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig {
+            config,
+            explain,
+            json,
+        } => check_config(&config, explain, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

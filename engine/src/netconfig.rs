@@ -118,6 +118,8 @@ pub struct Settings<'a> {
     pub down: Option<&'a [String]>,
     /// Config file (for the scripts' `config` variable).
     pub config: &'a Path,
+    /// `setenv NAME VALUE` pairs for the scripts.
+    pub setenv: &'a [(String, String)],
 }
 
 /// Applied network configuration; undo with [`NetConfig::undo`].
@@ -247,6 +249,7 @@ pub fn script_env(p: &PushedOptions, s: &Settings<'_>, script_type: &str) -> Vec
         ("config".to_owned(), s.config.display().to_string()),
         ("script_context".to_owned(), "init".to_owned()),
     ];
+    env.extend(s.setenv.iter().cloned());
     if let Some((a, m)) = p.ifconfig {
         env.push(("ifconfig_local".into(), a.to_string()));
         env.push(("ifconfig_netmask".into(), m.to_string()));
@@ -315,7 +318,8 @@ pub fn script_env(p: &PushedOptions, s: &Settings<'_>, script_type: &str) -> Vec
     env
 }
 
-fn run_script(cmd: &[String], env: &[(String, String)], what: &str) -> bool {
+/// Runs an OpenVPN-style script with `env`; false (and a warning) when it fails.
+pub fn run_script(cmd: &[String], env: &[(String, String)], what: &str) -> bool {
     let Some((prog, args)) = cmd.split_first() else {
         return false;
     };
@@ -649,6 +653,7 @@ mod tests {
             up: None,
             down: None,
             config: Path::new("/etc/c.conf"),
+            setenv: &[],
         };
         let env = script_env(&p, &s, "up");
         let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());

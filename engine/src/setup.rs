@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use tunscope_proto::client::ClientSetup;
 use tunscope_proto::options::Source;
-use tunscope_proto::options::client::{ClientConfig, Transport, WrapSource, parse_credentials};
+use tunscope_proto::options::client::{
+    CertType, ClientConfig, Transport, UserPass, VerifyX509Name, WrapSource, parse_credentials,
+};
+use tunscope_proto::options::common::TlsOptions;
 use tunscope_proto::static_key::Key2;
 use tunscope_proto::tls::{self, Identity, PeerCheck};
 use tunscope_proto::wrap::{Digest, WrapConfig};
@@ -17,6 +20,33 @@ pub fn read_source(src: &Source, option: &str) -> Result<String> {
         Source::Inline(t) => Ok(t.clone()),
         Source::File(p) => std::fs::read_to_string(p)
             .with_context(|| format!("option '{option}': cannot read {}", p.display())),
+    }
+}
+
+/// The peer-certificate checks of a config, with its CRL (`crl-verify`) read.
+pub fn peer_check(
+    remote_cert_tls: Option<CertType>,
+    verify_x509_name: Option<VerifyX509Name>,
+    opts: &TlsOptions,
+) -> Result<PeerCheck> {
+    let mut check = PeerCheck::from_options(remote_cert_tls, verify_x509_name, opts);
+    if let Some(src) = &opts.crl_verify {
+        check.crls = tls::crls_from_pem(
+            &format!("option 'crl-verify' ({})", src.describe()),
+            &read_source(src, "crl-verify")?,
+        )?;
+    }
+    Ok(check)
+}
+
+/// CA certificates, or none when the config authenticates peers by `peer-fingerprint`.
+pub fn load_ca(ca: Option<&Source>) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    match ca {
+        Some(src) => Ok(tls::certs_from_pem(
+            &format!("option 'ca' ({})", src.describe()),
+            &read_source(src, "ca")?,
+        )?),
+        None => Ok(vec![]),
     }
 }
 
@@ -37,14 +67,26 @@ pub fn load_wrap(wrap: &WrapSource, digest: Digest) -> Result<WrapConfig> {
     })
 }
 
+/// The `auth-user-pass` credentials: from the file or block, or asked on the terminal.
+pub fn load_credentials(cfg: &ClientConfig) -> Result<Option<(String, String)>> {
+    Ok(match &cfg.auth_user_pass {
+        Some(UserPass::From(src)) => Some(
+            parse_credentials(&read_source(src, "auth-user-pass")?)
+                .map_err(|e| anyhow!("{e} ({})", src.describe()))?,
+        ),
+        Some(UserPass::Prompt) => Some(crate::prompt::credentials()?),
+        None => None,
+    })
+}
+
 /// Loads everything a client needs for `transport`.
 pub fn client_setup(
     cfg: &ClientConfig,
     transport: Transport,
     ipv6_link: bool,
+    credentials: Option<(String, String)>,
 ) -> Result<ClientSetup> {
-    let ca_text = read_source(&cfg.ca, "ca")?;
-    let ca = tls::certs_from_pem(&format!("option 'ca' ({})", cfg.ca.describe()), &ca_text)?;
+    let ca = load_ca(cfg.ca.as_ref())?;
     let identity = match (&cfg.cert, &cfg.key) {
         (Some(c), Some(k)) => Some(Identity {
             chain: tls::certs_from_pem(
@@ -58,26 +100,13 @@ pub fn client_setup(
         }),
         _ => None,
     };
-    let check = PeerCheck {
-        remote_cert_tls: cfg.remote_cert_tls,
-        verify_x509_name: cfg.verify_x509_name.clone(),
-    };
-    let tls_cfg = tls::client_config(
-        &ca,
-        identity,
-        check,
-        cfg.tls_version_min,
-        cfg.tls_version_max,
-    )
-    .context("TLS setup (does the key match the certificate?)")?;
+    let check = peer_check(cfg.remote_cert_tls, cfg.verify_x509_name.clone(), &cfg.tls)?;
+    let negotiation =
+        tls::Negotiation::from_options(cfg.tls_version_min, cfg.tls_version_max, &cfg.tls);
+    let tls_cfg = tls::client_config(&ca, identity, check, &negotiation)
+        .context("TLS setup (does the key match the certificate?)")?;
     let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
-    let credentials = match &cfg.auth_user_pass {
-        Some(src) => Some(
-            parse_credentials(&read_source(src, "auth-user-pass")?)
-                .map_err(|e| anyhow!("{e} ({})", src.describe()))?,
-        ),
-        None => None,
-    };
+
     Ok(ClientSetup::new(
         cfg,
         Arc::clone(&tls_cfg),

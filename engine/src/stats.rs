@@ -238,6 +238,8 @@ pub struct EngineStats {
     stages: [StageCounters; N_STAGES],
     hist: Mutex<LocalHist>,
     control: Mutex<ControlMetrics>,
+    /// Packets the peer compressed that decrypt inflated: packets, bytes before, after.
+    decompressed: [AtomicU64; 3],
 }
 
 impl Default for EngineStats {
@@ -253,6 +255,7 @@ impl EngineStats {
             stages: Default::default(),
             hist: Mutex::new(LocalHist::new(sigfig)),
             control: Mutex::new(ControlMetrics::default()),
+            decompressed: Default::default(),
         }
     }
 
@@ -271,6 +274,16 @@ impl EngineStats {
         local.published = now;
         let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
         local.merge_into(&mut h);
+    }
+
+    /// Counts packets decompressed in a batch (`bytes_in` compressed, `bytes_out` inflated).
+    pub fn add_decompressed(&self, packets: u64, bytes_in: u64, bytes_out: u64) {
+        if packets == 0 {
+            return;
+        }
+        for (c, v) in self.decompressed.iter().zip([packets, bytes_in, bytes_out]) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
     }
 
     /// Control-plane metrics.
@@ -315,6 +328,11 @@ impl EngineStats {
                 handshake_ms: Quantiles::of(&c.handshake_ns).scaled(1e-6),
                 renegotiation_ms: Quantiles::of(&c.reneg_ns).scaled(1e-6),
                 push_ms: Quantiles::of(&c.push_ns).scaled(1e-6),
+            },
+            compression: CompressionReport {
+                decompressed_packets: self.decompressed[0].load(Ordering::Relaxed),
+                compressed_bytes: self.decompressed[1].load(Ordering::Relaxed),
+                inflated_bytes: self.decompressed[2].load(Ordering::Relaxed),
             },
         }
     }
@@ -443,6 +461,20 @@ pub struct ScopeReport {
     pub stages: Vec<StageReport>,
     /// Control plane.
     pub control: ControlReport,
+    /// Decompression at the decrypt stage.
+    #[serde(default)]
+    pub compression: CompressionReport,
+}
+
+/// Packets the peer compressed, inflated at decrypt (their drops are `bad_compression`).
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct CompressionReport {
+    /// Packets decompressed.
+    pub decompressed_packets: u64,
+    /// Their bytes as they arrived (after the framing byte).
+    pub compressed_bytes: u64,
+    /// Their bytes after decompression.
+    pub inflated_bytes: u64,
 }
 
 impl ScopeReport {
@@ -493,6 +525,13 @@ impl ScopeReport {
             "control: {} handshake(s) p50 {:.1} ms, {} renegotiation(s) p50 {:.1} ms, push p50 {:.1} ms, {} failure(s)\n",
             c.handshakes, c.handshake_ms.p50, c.renegotiations, c.renegotiation_ms.p50, c.push_ms.p50, c.failures
         ));
+        let z = &self.compression;
+        if z.decompressed_packets > 0 {
+            s.push_str(&format!(
+                "compression: {} packet(s) decompressed, {} -> {} bytes\n",
+                z.decompressed_packets, z.compressed_bytes, z.inflated_bytes
+            ));
+        }
         s
     }
 }

@@ -146,6 +146,40 @@ fn check_stock_client(net: &Net, i: usize) -> Result<()> {
     Ok(())
 }
 
+/// Stock 2.6 clients compressing what they send (`allow-compression yes`, LZ4-v2 and LZO)
+/// to our server, which decompresses: compressible pings and a transfer arrive intact and the
+/// server's counters show the packets it inflated.
+#[test]
+fn stock_clients_compressing_are_decompressed() -> Result<()> {
+    for alg in ["compress lz4-v2", "comp-lzo yes"] {
+        let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
+        spec.server_extra.push(alg.into());
+        spec.client_extra = vec!["allow-compression yes".into(), alg.into()];
+        let mut net = start(spec, &[Stock])?;
+        net.wait_all()?;
+        let dst = net.server_tun().to_string();
+        let p = traffic::ping(&net.star.clients[0], &dst, 10, 1200, false)?;
+        ensure!(p.received == 10, "{alg}: compressible pings: {}", p.output);
+        net.traffic(0, 1 << 20)?;
+        net.server.signal(Signal::SIGTERM)?;
+        net.server.wait_exit(Duration::from_secs(10))?;
+        let log = net.server.log();
+        let n: u64 = log
+            .lines()
+            .filter_map(|l| l.split("compression: ").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .next_back()
+            .unwrap_or(0);
+        ensure!(
+            n >= 10,
+            "{alg}: only {n} packets decompressed:\n{}",
+            tail(&log, 40)
+        );
+        eprintln!("{alg}: {n} packets decompressed by our server");
+    }
+    Ok(())
+}
+
 #[test]
 fn stock_clients_udp_aes256_tls_crypt_password() -> Result<()> {
     let mut net = start(

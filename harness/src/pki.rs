@@ -65,18 +65,55 @@ impl Pki {
 
     /// Issues a client certificate with common name `cn`; returns (cert, key) paths.
     pub fn client(&self, cn: &str) -> Result<(PathBuf, PathBuf)> {
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
-        let ca_cn = std::fs::read_to_string(self.dir.join("ca.cn"))?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name = dn(&ca_cn);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = Issuer::new(ca_params, ca_key);
+        let issuer = self.issuer()?;
         let (c, k) = leaf(&issuer, cn, false)?;
         let cert = self.dir.join(format!("{cn}.crt"));
         let key = self.dir.join(format!("{cn}.key"));
         write(&cert, &c)?;
         write(&key, &k)?;
         Ok((cert, key))
+    }
+
+    /// A CRL from the CA revoking `certs` (PEM files it issued); written next to the CA.
+    pub fn revoke(&self, certs: &[&Path]) -> Result<PathBuf> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let mut revoked = vec![];
+        for c in certs {
+            use rustls_pki_types::pem::PemObject;
+            let der = rustls_pki_types::CertificateDer::from_pem_file(c)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+            let (_, cert) = X509Certificate::from_der(&der)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let issuer = self.issuer()?;
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)?;
+        let path = self.dir.join("crl.pem");
+        write(&path, &crl.pem()?)?;
+        Ok(path)
+    }
+
+    /// The CA as an issuer (its name and key; the certificate itself is not needed to sign).
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key"))?)?;
+        let ca_cn = std::fs::read_to_string(self.dir.join("ca.cn"))?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name = dn(&ca_cn);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Ok(Issuer::new(ca_params, ca_key))
     }
 
     /// Issues a certificate from a *different* CA (for negative tests); returns (cert, key).

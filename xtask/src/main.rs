@@ -135,7 +135,7 @@ fn fuzz(args: &[&str]) -> Result<()> {
     {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["packets", "config", "push"] {
+    for target in ["packets", "config", "push", "decompress"] {
         run(cargo()
             .current_dir(project_root().join("fuzz"))
             .env("RUSTC_BOOTSTRAP", "1")

@@ -65,6 +65,12 @@ pub struct ClientSetup {
     pub tls_auth: bool,
     /// `replay-window`.
     pub replay_window: Option<u32>,
+    /// `pull-filter` rules, applied to each pushed option in order.
+    pub pull_filters: Vec<crate::options::client::PullFilter>,
+    /// Extra peer-info lines (`push-peer-info`, compression support).
+    pub extra_peer_info: String,
+    /// `allow-compression`: whether a pushed compression algorithm may be used.
+    pub allow_compression: crate::options::compress::AllowCompression,
 }
 
 impl ClientSetup {
@@ -97,7 +103,19 @@ impl ClientSetup {
             framing: cfg.framing,
             tls_auth,
             replay_window: cfg.replay_window,
+            pull_filters: cfg.pull_filters.clone(),
+            extra_peer_info: extra_peer_info(cfg),
+            allow_compression: cfg.compression.allow,
         }
+    }
+
+    /// What `pull-filter` says about one pushed option (first matching rule wins; no rule:
+    /// accept).
+    fn filter(&self, option: &str) -> crate::options::client::PullAction {
+        self.pull_filters
+            .iter()
+            .find(|f| option.starts_with(f.text.as_str()))
+            .map_or(crate::options::client::PullAction::Accept, |f| f.action)
     }
 
     fn max_payload(&self, wrap_overhead: usize) -> usize {
@@ -111,6 +129,27 @@ impl ClientSetup {
         let header = 1 + 8 + 1 + 4 * 4 + 8 + 4;
         crate::consts::MAX_PACKET_SIZE_DEFAULT - link - header - wrap_overhead
     }
+}
+
+/// Peer-info lines beyond the defaults: compression support as 2.6 advertises it when the
+/// config allows compression, and with `push-peer-info` the TLS library and `UV_*` setenv
+/// variables.
+fn extra_peer_info(cfg: &ClientConfig) -> String {
+    use crate::options::compress::AllowCompression;
+    let mut s = String::new();
+    let c = &cfg.compression;
+    if c.framing.is_compression() && c.allow != AllowCompression::No {
+        s.push_str("IV_LZ4=1\nIV_LZ4v2=1\nIV_LZO=1\nIV_COMP_STUB=1\nIV_COMP_STUBv2=1\n");
+    }
+    if cfg.push_peer_info {
+        s.push_str("IV_SSL=rustls\n");
+        for (k, v) in &cfg.setenv {
+            if k.starts_with("UV_") && !v.contains('\n') {
+                s.push_str(&format!("{k}={v}\n"));
+            }
+        }
+    }
+    s
 }
 
 /// What the tunnel looks like once connected.
@@ -620,10 +659,10 @@ impl Client {
             ),
             username,
             password,
-            peer_info: Some(client_peer_info(
-                &self.setup.ciphers,
-                self.setup.tun_mtu.max(1600),
-            )),
+            peer_info: Some(
+                client_peer_info(&self.setup.ciphers, self.setup.tun_mtu.max(1600))
+                    + &self.setup.extra_peer_info,
+            ),
         }
     }
 
@@ -760,10 +799,30 @@ impl Client {
             return;
         }
         for o in &msg.options {
+            use crate::options::client::PullAction;
+            match self.setup.filter(o) {
+                PullAction::Accept => {}
+                PullAction::Ignore => {
+                    self.events.push_back(ClientEvent::Warning(format!(
+                        "pushed option ignored by pull-filter: {o}"
+                    )));
+                    continue;
+                }
+                PullAction::Reject => {
+                    self.restart(format!("pushed option rejected by pull-filter: {o}"));
+                    return;
+                }
+            }
             if let Err(e) = self.push.apply(o, &self.setup.ciphers) {
                 self.fail(e.to_string());
                 return;
             }
+        }
+        if self.push.framing.is_some_and(|f| f.is_compression())
+            && self.setup.allow_compression == crate::options::compress::AllowCompression::No
+        {
+            self.fail("the server pushed compression but 'allow-compression no' is set".into());
+            return;
         }
         if msg.more {
             return;

@@ -79,6 +79,12 @@ pub const NO_COMPRESS_BYTE: u8 = 0xfa;
 pub const NO_COMPRESS_BYTE_SWAP: u8 = 0xfb;
 /// Escape byte of the v2 compression framing (`compress stub-v2`).
 pub const COMP_V2_ESCAPE: u8 = 0x50;
+/// Header byte of an LZO-compressed payload (`comp-lzo`, `compress lzo`).
+pub const LZO_COMPRESS_BYTE: u8 = 0x66;
+/// Header byte of an LZ4-compressed payload (`compress lz4`, with swap).
+pub const LZ4_COMPRESS_BYTE: u8 = 0x69;
+/// Second byte after [`COMP_V2_ESCAPE`] of an LZ4-compressed payload (`compress lz4-v2`).
+pub const COMP_V2_LZ4_BYTE: u8 = 0x01;
 
 /// IV_PROTO bits (2.6).
 pub mod iv_proto {

@@ -902,6 +902,7 @@ fn describe_tls_error(e: &rustls::Error) -> String {
                 }
                 C::Expired | C::ExpiredContext { .. } => "it has expired".to_owned(),
                 C::NotValidYet | C::NotValidYetContext { .. } => "it is not valid yet".to_owned(),
+                C::Revoked => "it is revoked (listed in the crl-verify CRL)".to_owned(),
                 C::Other(o) => o.to_string(),
                 other => format!("{other:?}"),
             };

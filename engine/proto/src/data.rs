@@ -20,10 +20,11 @@ use aws_lc_rs::aead::{
     AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey,
 };
 
+use crate::compress::{MAX_INFLATED, lz4_decompress, lzo1x_decompress};
 use crate::consts::{
-    AEAD_TAG_LEN, COMP_V2_ESCAPE, IMPLICIT_IV_LEN, KEY2_LEN, NO_COMPRESS_BYTE,
-    NO_COMPRESS_BYTE_SWAP, OCC_MAGIC, PING_MAGIC, REPLAY_TIME_WINDOW_DEFAULT,
-    REPLAY_WINDOW_DEFAULT,
+    AEAD_TAG_LEN, COMP_V2_ESCAPE, COMP_V2_LZ4_BYTE, IMPLICIT_IV_LEN, KEY2_LEN, LZ4_COMPRESS_BYTE,
+    LZO_COMPRESS_BYTE, NO_COMPRESS_BYTE, NO_COMPRESS_BYTE_SWAP, OCC_MAGIC, PING_MAGIC,
+    REPLAY_TIME_WINDOW_DEFAULT, REPLAY_WINDOW_DEFAULT,
 };
 use crate::packet_id::ReplayWindow;
 use crate::stage::DropReason;
@@ -84,8 +85,9 @@ impl Cipher {
     }
 }
 
-/// Compression framing inside the encrypted payload. Only the "no compression" stubs exist;
-/// real compression is refused.
+/// Compression framing inside the encrypted payload. We send packets uncompressed in every
+/// framing (always legal: the header byte says so); the compression framings also accept
+/// packets the peer compressed, which [`Receiver::open`] decompresses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
     /// No framing byte (2.6 default).
@@ -97,6 +99,22 @@ pub enum Framing {
     StubSwap,
     /// `compress stub-v2`: only a leading 0x50 is escaped as 0x50 0x00.
     StubV2,
+    /// `comp-lzo [yes|adaptive]`, `compress lzo`: like `LzoStub`; 0x66 marks LZO data.
+    Lzo,
+    /// `compress lz4`: like `StubSwap`; 0x69 marks LZ4 data (also swapped).
+    Lz4,
+    /// `compress lz4-v2`: like `StubV2`; 0x50 0x01 marks LZ4 data.
+    Lz4V2,
+}
+
+/// What a payload is after its framing byte(s) were read.
+enum Unframed {
+    /// Plain packet at this range.
+    Plain(Range<usize>),
+    /// LZO data at this range.
+    Lzo(Range<usize>),
+    /// LZ4 block at this range.
+    Lz4(Range<usize>),
 }
 
 impl Framing {
@@ -104,14 +122,35 @@ impl Framing {
     pub fn overhead(self) -> usize {
         match self {
             Framing::None => 0,
-            Framing::LzoStub | Framing::StubSwap => 1,
-            Framing::StubV2 => 2,
+            Framing::LzoStub | Framing::StubSwap | Framing::Lzo | Framing::Lz4 => 1,
+            Framing::StubV2 | Framing::Lz4V2 => 2,
+        }
+    }
+
+    /// Whether packets the peer compressed are accepted (not only stub framing).
+    pub fn is_compression(self) -> bool {
+        matches!(self, Framing::Lzo | Framing::Lz4 | Framing::Lz4V2)
+    }
+
+    /// OpenVPN's option for this framing.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::None => "no compression framing",
+            Framing::LzoStub => "comp-lzo no",
+            Framing::StubSwap => "compress stub",
+            Framing::StubV2 => "compress stub-v2",
+            Framing::Lzo => "comp-lzo (LZO)",
+            Framing::Lz4 => "compress lz4",
+            Framing::Lz4V2 => "compress lz4-v2",
         }
     }
 
     /// Writes `plain` with framing into `out`; returns the written length.
     fn encode(self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         match self {
+            Framing::Lzo => Framing::LzoStub.encode(plain, out),
+            Framing::Lz4 => Framing::StubSwap.encode(plain, out),
+            Framing::Lz4V2 => Framing::StubV2.encode(plain, out),
             Framing::None => {
                 out.get_mut(..plain.len())?.copy_from_slice(plain);
                 Some(plain.len())
@@ -144,11 +183,52 @@ impl Framing {
         }
     }
 
-    /// Removes framing in place from `buf[range]`; returns the plaintext range.
-    fn decode(self, buf: &mut [u8], range: Range<usize>) -> Result<Range<usize>, DropReason> {
+    /// Removes framing in place from `buf[range]`; says where the payload is and whether it
+    /// is compressed.
+    fn decode(self, buf: &mut [u8], range: Range<usize>) -> Result<Unframed, DropReason> {
         let first = buf.get(range.start).copied();
         match self {
-            Framing::None => Ok(range),
+            Framing::Lzo => match first {
+                Some(NO_COMPRESS_BYTE) => Ok(Unframed::Plain(range.start + 1..range.end)),
+                Some(LZO_COMPRESS_BYTE) => Ok(Unframed::Lzo(range.start + 1..range.end)),
+                Some(_) => Err(DropReason::BadCompression),
+                None => Err(DropReason::Malformed),
+            },
+            Framing::Lz4 => match first {
+                Some(c @ (NO_COMPRESS_BYTE_SWAP | LZ4_COMPRESS_BYTE)) => {
+                    // The payload's first byte travels at the end.
+                    if range.len() == 1 {
+                        return Ok(Unframed::Plain(range.end..range.end));
+                    }
+                    buf[range.start] = buf[range.end - 1];
+                    let r = range.start..range.end - 1;
+                    Ok(if c == LZ4_COMPRESS_BYTE {
+                        Unframed::Lz4(r)
+                    } else {
+                        Unframed::Plain(r)
+                    })
+                }
+                Some(_) => Err(DropReason::BadCompression),
+                None => Err(DropReason::Malformed),
+            },
+            Framing::Lz4V2 => match first {
+                Some(COMP_V2_ESCAPE) => match buf.get(range.start + 1) {
+                    Some(0x00) => Ok(Unframed::Plain(range.start + 2..range.end)),
+                    Some(&COMP_V2_LZ4_BYTE) => Ok(Unframed::Lz4(range.start + 2..range.end)),
+                    Some(_) => Err(DropReason::BadCompression),
+                    None => Err(DropReason::Malformed),
+                },
+                _ => Ok(Unframed::Plain(range)),
+            },
+            stub => stub.decode_stub(buf, range).map(Unframed::Plain),
+        }
+    }
+
+    /// The stub framings: only uncompressed packets are accepted.
+    fn decode_stub(self, buf: &mut [u8], range: Range<usize>) -> Result<Range<usize>, DropReason> {
+        let first = buf.get(range.start).copied();
+        match self {
+            Framing::None | Framing::Lzo | Framing::Lz4 | Framing::Lz4V2 => Ok(range),
             Framing::LzoStub => match first {
                 Some(NO_COMPRESS_BYTE) => Ok(range.start + 1..range.end),
                 Some(_) => Err(DropReason::Compressed),
@@ -379,6 +459,9 @@ pub fn overhead(v2: bool, framing: Framing) -> usize {
 pub enum Payload {
     /// A tunnel packet at this range of the buffer.
     Packet(Range<usize>),
+    /// A tunnel packet the peer compressed, decompressed into [`Receiver::inflated_mut`] at
+    /// this range.
+    Inflated(Range<usize>),
     /// A keepalive ping.
     Ping,
     /// An OCC message with this opcode (e.g. [`crate::consts::OCC_EXIT`]).
@@ -403,6 +486,10 @@ pub fn classify(buf: &[u8], range: Range<usize>) -> Payload {
 pub struct Receiver {
     slots: [Option<(std::sync::Arc<DataKeys>, ReplayWindow)>; 8],
     replay_window: Option<u32>,
+    /// Where decompressed packets go (allocated at the first compressed packet).
+    inflated: Vec<u8>,
+    /// Compressed size of the last packet decompressed.
+    inflated_from: usize,
 }
 
 impl Receiver {
@@ -460,12 +547,53 @@ impl Receiver {
         let (pid, range) = keys.open_in_place(header, packet)?;
         window.check(pid, now)?;
         window.update(pid, now);
-        let range = framing.decode(packet, range)?;
+        let payload = match framing.decode(packet, range)? {
+            Unframed::Plain(range) => classify(packet, range),
+            Unframed::Lzo(range) => self.inflate(&packet[range], lzo1x_decompress)?,
+            Unframed::Lz4(range) => self.inflate(&packet[range], lz4_decompress)?,
+        };
         Ok(Opened {
             key_id: header.key_id,
             packet_id: pid,
-            payload: classify(packet, range),
+            payload,
         })
+    }
+
+    fn inflate(
+        &mut self,
+        data: &[u8],
+        decompress: fn(&[u8], &mut [u8]) -> Result<usize, crate::compress::DecompressError>,
+    ) -> Result<Payload, DropReason> {
+        if self.inflated.len() < MAX_INFLATED {
+            self.inflated = vec![0; MAX_INFLATED];
+        }
+        let n = decompress(data, &mut self.inflated).map_err(|_| DropReason::BadCompression)?;
+        self.inflated_from = data.len();
+        Ok(match classify(&self.inflated, 0..n) {
+            Payload::Packet(r) => Payload::Inflated(r),
+            other => other,
+        })
+    }
+
+    /// The buffer a [`Payload::Inflated`] range refers to.
+    pub fn inflated_mut(&mut self) -> &mut [u8] {
+        &mut self.inflated
+    }
+
+    /// Compressed size of the last [`Payload::Inflated`] packet (for the counters).
+    pub fn compressed_len(&self) -> usize {
+        self.inflated_from
+    }
+
+    /// Lends the decompression buffer out (give it back with [`Receiver::put_inflated`], or
+    /// the next compressed packet allocates a new one).
+    pub fn take_inflated(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.inflated)
+    }
+
+    /// Returns a buffer lent by [`Receiver::take_inflated`].
+    pub fn put_inflated(&mut self, buf: Vec<u8>) {
+        self.inflated = buf;
     }
 }
 
@@ -522,6 +650,9 @@ mod tests {
                 Framing::LzoStub,
                 Framing::StubSwap,
                 Framing::StubV2,
+                Framing::Lzo,
+                Framing::Lz4,
+                Framing::Lz4V2,
             ] {
                 for header in [
                     V2,
@@ -541,8 +672,13 @@ mod tests {
                             header.len() + 20 + plain.len() + {
                                 match framing {
                                     Framing::None => 0,
-                                    Framing::LzoStub | Framing::StubSwap => 1,
-                                    Framing::StubV2 => usize::from(plain[0] == 0x50) * 2,
+                                    Framing::LzoStub
+                                    | Framing::StubSwap
+                                    | Framing::Lzo
+                                    | Framing::Lz4 => 1,
+                                    Framing::StubV2 | Framing::Lz4V2 => {
+                                        usize::from(plain[0] == 0x50) * 2
+                                    }
                                 }
                             }
                         );
@@ -555,6 +691,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Packets a peer compressed (LZO from lzop, LZ4 from lz4_flex) come out decompressed in
+    /// every compression framing; bad data and compressed packets under stub framing are
+    /// counted drops.
+    #[test]
+    fn compressed_payloads_are_inflated_or_dropped() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let plain: Vec<u8> = {
+            let mut v = vec![0x45, 0, 0, 0x80];
+            for _ in 0..6 {
+                v.extend_from_slice(b"hello hello hello hello tunscope compress test ");
+            }
+            v.extend(0u8..40);
+            v
+        };
+        let lzo = crate::compress::tests_support::lzo_vector();
+        let mut lz4 = vec![0u8; 1024];
+        let n4 = crate::compress::lz4_compress(&plain, &mut lz4).unwrap();
+        lz4.truncate(n4);
+        // What a compressing peer puts inside the encryption, framing included.
+        let mut lzo_framed = vec![LZO_COMPRESS_BYTE];
+        lzo_framed.extend_from_slice(&lzo);
+        let mut lz4v2_framed = vec![COMP_V2_ESCAPE, COMP_V2_LZ4_BYTE];
+        lz4v2_framed.extend_from_slice(&lz4);
+        // v1 LZ4 swaps: header byte in front, the data's first byte moved to the end.
+        let mut lz4_framed = vec![LZ4_COMPRESS_BYTE];
+        lz4_framed.extend_from_slice(&lz4[1..]);
+        lz4_framed.push(lz4[0]);
+        for (framing, wire) in [
+            (Framing::Lzo, &lzo_framed),
+            (Framing::Lz4, &lz4_framed),
+            (Framing::Lz4V2, &lz4v2_framed),
+        ] {
+            let mut buf = [0u8; 2048];
+            let n = client.seal(V2, Framing::None, wire, &mut buf).unwrap();
+            let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+            let Payload::Inflated(r) = opened.payload else {
+                panic!("{framing:?}: not inflated: {:?}", opened.payload);
+            };
+            assert_eq!(&rx.inflated_mut()[r], &plain[..], "{framing:?}");
+            // The same packet where only stub framing is configured.
+            let stub = match framing {
+                Framing::Lzo => Framing::LzoStub,
+                Framing::Lz4 => Framing::StubSwap,
+                _ => Framing::StubV2,
+            };
+            let n = client.seal(V2, Framing::None, wire, &mut buf).unwrap();
+            assert_eq!(
+                rx.open(&mut buf[..n], stub, now),
+                Err(DropReason::Compressed)
+            );
+            // Corrupt compressed data (inside a valid AEAD packet).
+            let mut bad = wire.clone();
+            bad.truncate(wire.len() - 3);
+            let n = client.seal(V2, Framing::None, &bad, &mut buf).unwrap();
+            assert_eq!(
+                rx.open(&mut buf[..n], framing, now),
+                Err(DropReason::BadCompression),
+                "{framing:?}"
+            );
+        }
+        // An unknown header byte.
+        let mut buf = [0u8; 256];
+        let n = client
+            .seal(V2, Framing::None, b"\x77junk", &mut buf)
+            .unwrap();
+        assert_eq!(
+            rx.open(&mut buf[..n], Framing::Lzo, now),
+            Err(DropReason::BadCompression)
+        );
     }
 
     #[test]

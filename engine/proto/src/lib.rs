@@ -15,7 +15,8 @@
 //! * [`reliable`] — the control channel's ACK/retransmit layer.
 //! * [`tls`] — rustls configs with OpenVPN's certificate checks.
 //! * [`key_method`] — the key-method-2 message, peer-info and options string.
-//! * [`data`] — data-channel AEAD, replay checks, compression stubs, pings.
+//! * [`compress`] — LZO/LZ4 decompression (and LZ4 compression) of data payloads.
+//! * [`data`] — data-channel AEAD, replay checks, compression framing, pings.
 //! * [`mss`] — TCP MSS clamping (`mssfix`).
 //! * [`options`] — config files and PUSH_REPLY.
 //! * [`control`] — one session's control channel: key states, TLS, renegotiation.
@@ -26,6 +27,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod client;
+pub mod compress;
 pub mod consts;
 pub mod control;
 pub mod data;

@@ -97,8 +97,12 @@ pub enum DropReason {
     SocketError,
     /// The tun packet is not IPv4/IPv6 or its version does not match the tunnel.
     NotIp,
-    /// Compression framing we do not support (real compression).
+    /// A compressed packet where the configuration allows only uncompressed framing
+    /// (the peer compresses although `compress`/`comp-lzo` do not say so).
     Compressed,
+    /// Compressed data that does not decompress: malformed, truncated, or larger than the
+    /// decompression limit, or an unknown compression header byte.
+    BadCompression,
     /// Not forwarded because it is a keepalive ping (consumed, not an error).
     Keepalive,
     /// Not forwarded because it is an OCC message (consumed, not an error).
@@ -115,7 +119,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// All reasons, for tables.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Malformed,
         DropReason::BadOpcode,
         DropReason::BadTag,
@@ -132,6 +136,7 @@ impl DropReason {
         DropReason::SocketError,
         DropReason::NotIp,
         DropReason::Compressed,
+        DropReason::BadCompression,
         DropReason::Keepalive,
         DropReason::Occ,
         DropReason::NoRoute,
@@ -159,6 +164,7 @@ impl DropReason {
             DropReason::SocketError => "socket_error",
             DropReason::NotIp => "not_ip",
             DropReason::Compressed => "compressed",
+            DropReason::BadCompression => "bad_compression",
             DropReason::Keepalive => "keepalive",
             DropReason::Occ => "occ",
             DropReason::NoRoute => "no_route",

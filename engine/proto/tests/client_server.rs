@@ -81,8 +81,7 @@ fn server(pki: &Pki, extra: &str) -> Server {
         identity(&pki.server.0, &pki.server.1),
         config.verify_client_cert,
         PeerCheck::default(),
-        config.tls_version_min,
-        config.tls_version_max,
+        &tls::Negotiation::versions(config.tls_version_min, config.tls_version_max),
     )
     .unwrap();
     let setup = ServerSetup {
@@ -102,8 +101,7 @@ fn client(pki: &Pki, i: usize, extra: &str) -> Client {
         &ca,
         Some(identity(&pki.clients[i].0, &pki.clients[i].1)),
         PeerCheck::default(),
-        cfg.tls_version_min,
-        cfg.tls_version_max,
+        &tls::Negotiation::versions(cfg.tls_version_min, cfg.tls_version_max),
     )
     .unwrap();
     let setup = ClientSetup::new(&cfg, tls, WrapConfig::None, None, Transport::Udp, false);
@@ -586,8 +584,7 @@ fn certificate_less_client_with_username_as_common_name() {
         &ca,
         None,
         PeerCheck::default(),
-        cfg.tls_version_min,
-        cfg.tls_version_max,
+        &tls::Negotiation::versions(cfg.tls_version_min, cfg.tls_version_max),
     )
     .unwrap();
     let setup = ClientSetup::new(

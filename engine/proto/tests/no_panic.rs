@@ -43,6 +43,39 @@ proptest! {
         prop_assert!(rx.open(&mut buf, Framing::StubSwap, Instant::now()).is_err());
     }
 
+    /// Decompressors on arbitrary input, and on real LZ4 data with bytes flipped.
+    #[test]
+    fn decompressors(data in proptest::collection::vec(any::<u8>(), 0..400), flip in any::<usize>()) {
+        use tunscope_proto::compress::{MAX_INFLATED, lz4_compress, lz4_decompress, lzo1x_decompress};
+        let mut out = vec![0u8; MAX_INFLATED];
+        let _ = lzo1x_decompress(&data, &mut out);
+        let _ = lz4_decompress(&data, &mut out);
+        let _ = lzo1x_decompress(&data, &mut out[..64]);
+        let plain: Vec<u8> = data.iter().chain(data.iter()).copied().collect();
+        let mut c = vec![0u8; 1024];
+        if let Some(n) = lz4_compress(&plain, &mut c) {
+            let m = lz4_decompress(&c[..n], &mut out).unwrap();
+            prop_assert_eq!(&out[..m], &plain[..]);
+            c[flip % n] ^= 0x5a;
+            let _ = lz4_decompress(&c[..n], &mut out);
+        }
+    }
+
+    /// Every framing, fed arbitrary decrypted payloads through a real AEAD key.
+    #[test]
+    fn compressed_framing(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let keys = Arc::new(DataKeys::new(Cipher::Aes256Gcm, &[7; 256], 0, false));
+        let peer = DataKeys::new(Cipher::Aes256Gcm, &[7; 256], 0, true);
+        for framing in [Framing::Lzo, Framing::Lz4, Framing::Lz4V2, Framing::LzoStub] {
+            let mut rx = Receiver::new();
+            rx.install(&keys);
+            let mut buf = vec![0u8; 512];
+            let header = tunscope_proto::wire::DataHeader { key_id: 0, peer_id: Some(1) };
+            let n = peer.seal(header, Framing::None, &payload, &mut buf).unwrap();
+            let _ = rx.open(&mut buf[..n], framing, Instant::now());
+        }
+    }
+
     #[test]
     fn config_text(lines in proptest::collection::vec("[ -~\t]{0,40}", 0..20)) {
         let text = lines.join("\n");

@@ -143,10 +143,9 @@ impl Pair {
             Some(p.client),
             PeerCheck {
                 remote_cert_tls: Some(CertType::Server),
-                verify_x509_name: None,
+                ..PeerCheck::default()
             },
-            setup.version,
-            setup.version,
+            &tls::Negotiation::versions(setup.version, setup.version),
         )
         .unwrap();
         let scfg = tls::server_config(
@@ -155,10 +154,9 @@ impl Pair {
             ClientCertMode::Require,
             PeerCheck {
                 remote_cert_tls: Some(CertType::Client),
-                verify_x509_name: None,
+                ..PeerCheck::default()
             },
-            TlsVersion::Tls12,
-            TlsVersion::Tls13,
+            &tls::Negotiation::versions(TlsVersion::Tls12, TlsVersion::Tls13),
         )
         .unwrap();
         let mut client = ControlSession::new_client(

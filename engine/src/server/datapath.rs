@@ -32,6 +32,8 @@ use crate::tun::{Tun, TunReader, TunWriter};
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 const N_STAGES: usize = Stage::ALL.len();
 
+/// A sampled packet's trace id and (peer-id, key-id, packet-id).
+type SampleIds = (u64, (Option<u32>, u8, u32));
 /// Per-peer state shared between the data path and the control thread.
 pub struct PeerRuntime {
     /// This peer's stage probes (histograms with one significant figure to stay small).
@@ -508,26 +510,49 @@ impl<'a> Rx<'a> {
                 addr: from,
             });
         }
-        let range = match opened.payload {
-            Payload::Packet(r) => r,
+        let ids = sample.as_ref().map(|(trace, ids, _, _)| (*trace, *ids));
+        match opened.payload {
+            Payload::Packet(r) => self.deliver(id, &dp, &mut pkt[r], ids, now),
+            Payload::Inflated(r) => {
+                let (from, to) = (rx.compressed_len() as u64, r.len() as u64);
+                self.shared.stats.add_decompressed(1, from, to);
+                dp.rt.stats.add_decompressed(1, from, to);
+                // Decompressed into the receiver's buffer: lend it out while delivering.
+                let mut buf = rx.take_inflated();
+                if let Some(p) = buf.get_mut(r) {
+                    self.deliver(id, &dp, p, ids, now);
+                }
+                if let Some(rx) = self.receivers.get_mut(&id) {
+                    rx.put_inflated(buf);
+                }
+            }
             Payload::Ping => {
                 self.counts
                     .drop(Stage::Decrypt, peer, DropReason::Keepalive);
                 if let Some((_, _, c, w)) = &sample {
                     tap_drop(Stage::Decrypt, DropReason::Keepalive, c.clone(), *w);
                 }
-                return;
             }
             Payload::Occ(code) => {
                 if code == OCC_EXIT {
                     let _ = self.shared.control.send(ServerInput::Exit { peer: id });
                 }
                 self.counts.drop(Stage::Decrypt, peer, DropReason::Occ);
-                return;
             }
-        };
+        }
+    }
+
+    /// A decrypted packet of peer `id`: source check, then client-to-client or write_tun.
+    fn deliver(
+        &mut self,
+        id: PeerId,
+        dp: &DataPeer,
+        p: &mut [u8],
+        sample: Option<SampleIds>,
+        now: Instant,
+    ) {
+        let peer = Some(id);
         self.counts.pass(Stage::Decrypt, peer);
-        let p = &mut pkt[range];
         self.counts.input(Stage::WriteTun, peer, p.len());
         let verdict = if !is_ip(p) {
             Some(DropReason::NotIp)
@@ -538,15 +563,21 @@ impl<'a> Rx<'a> {
         };
         if let Some(r) = verdict {
             self.counts.drop(Stage::WriteTun, peer, r);
-            if sample.is_some() {
-                tap_drop(Stage::WriteTun, r, p.to_vec(), None);
+            if let (Some(tap), Some((trace, ids))) = (self.tap(), sample) {
+                tap.emit(TapRecord {
+                    stage: Stage::WriteTun,
+                    at: self.t1,
+                    data: p.to_vec(),
+                    wire: None,
+                    meta: TapMeta::data(trace, ids, 0, Some(r)),
+                });
             }
             return;
         }
         if self.shared.mss != 0 {
             tunscope_proto::mss::clamp(p, self.shared.mss);
         }
-        if let Some((trace, ids, _, _)) = sample {
+        if let Some((trace, ids)) = sample {
             self.samples.push(RxSample {
                 trace,
                 ids,

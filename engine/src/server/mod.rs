@@ -23,12 +23,12 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tunscope_proto::options::client::Mssfix;
 use tunscope_proto::options::server::{ServerConfig, ServerTransport};
 use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup};
 use tunscope_proto::stage::Stage;
-use tunscope_proto::tls::{self, Identity, PeerCheck};
+use tunscope_proto::tls::{self, Identity};
 
 use crate::netlink;
 use crate::report::{Observer, PeerReport};
@@ -51,8 +51,9 @@ pub struct ServerOptions {
 
 /// Loads and checks a server config.
 pub fn load_config(path: &Path) -> Result<ServerConfig> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = tunscope_proto::options::decode_text(&bytes);
     let cfg = ServerConfig::parse(&text, path)?;
     for w in &cfg.warnings {
         tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
@@ -61,33 +62,26 @@ pub fn load_config(path: &Path) -> Result<ServerConfig> {
 }
 
 fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
-    let ca = tls::certs_from_pem(
-        &format!("option 'ca' ({})", cfg.ca.describe()),
-        &read_source(&cfg.ca, "ca")?,
-    )?;
+    let (Some(ca_src), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
+        bail!("the server needs 'ca', 'cert' and 'key' to start");
+    };
+    let ca = crate::setup::load_ca(Some(ca_src))?;
     let identity = Identity {
         chain: tls::certs_from_pem(
-            &format!("option 'cert' ({})", cfg.cert.describe()),
-            &read_source(&cfg.cert, "cert")?,
+            &format!("option 'cert' ({})", cert.describe()),
+            &read_source(cert, "cert")?,
         )?,
         key: tls::key_from_pem(
-            &format!("option 'key' ({})", cfg.key.describe()),
-            &read_source(&cfg.key, "key")?,
+            &format!("option 'key' ({})", key.describe()),
+            &read_source(key, "key")?,
         )?,
     };
-    let check = PeerCheck {
-        remote_cert_tls: cfg.remote_cert_tls,
-        verify_x509_name: cfg.verify_x509_name.clone(),
-    };
-    let tls = tls::server_config(
-        &ca,
-        identity,
-        cfg.verify_client_cert,
-        check,
-        cfg.tls_version_min,
-        cfg.tls_version_max,
-    )
-    .context("TLS setup (does the key match the certificate?)")?;
+    let check =
+        crate::setup::peer_check(cfg.remote_cert_tls, cfg.verify_x509_name.clone(), &cfg.tls)?;
+    let negotiation =
+        tls::Negotiation::from_options(cfg.tls_version_min, cfg.tls_version_max, &cfg.tls);
+    let tls = tls::server_config(&ca, identity, cfg.verify_client_cert, check, &negotiation)
+        .context("TLS setup (does the key match the certificate?)")?;
     let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
     Ok(ServerSetup {
         tls,
@@ -95,6 +89,25 @@ fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
         ipv6_link: cfg.ipv6_listen,
         config: cfg,
     })
+}
+
+/// `local HOST`: an address, or a name resolved once at start (the family follows `proto`).
+fn resolve_local(host: &str, ipv6: bool) -> Result<IpAddr> {
+    if let Ok(a) = host.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("option 'local': cannot resolve '{host}'"))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv6() == ipv6)
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("option 'local': '{host}' has no address"))
 }
 
 fn unix_now() -> u32 {
@@ -154,7 +167,34 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         })?;
     }
 
-    let listen: SocketAddr = match (cfg.local, cfg.ipv6_listen) {
+    // OpenVPN's server scripts: `up` with the device configured, `route-up` with its routes.
+    let script_env = |script_type: &str| -> Vec<(String, String)> {
+        let mut env = vec![
+            ("script_type".to_owned(), script_type.to_owned()),
+            ("dev".to_owned(), tun.name().to_owned()),
+            ("dev_type".to_owned(), "tun".to_owned()),
+            ("tun_mtu".to_owned(), cfg.tun_mtu.to_string()),
+            ("ifconfig_local".to_owned(), ip.to_string()),
+            ("ifconfig_netmask".to_owned(), mask.to_string()),
+            ("config".to_owned(), opts.config.display().to_string()),
+            ("script_context".to_owned(), "init".to_owned()),
+        ];
+        env.extend(cfg.setenv.iter().cloned());
+        env
+    };
+    if let Some(cmd) = &cfg.up
+        && !crate::netconfig::run_script(cmd, &script_env("up"), "up")
+    {
+        bail!("the up script failed");
+    }
+    if let Some(cmd) = &cfg.route_up {
+        crate::netconfig::run_script(cmd, &script_env("route-up"), "route-up");
+    }
+    let local = match &cfg.local {
+        Some(host) => Some(resolve_local(host, cfg.ipv6_listen)?),
+        None => None,
+    };
+    let listen: SocketAddr = match (local, cfg.ipv6_listen) {
         (Some(a), _) => SocketAddr::new(a, cfg.port),
         (None, false) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), cfg.port),
         (None, true) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port),
@@ -261,6 +301,9 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             oif: Some(oif),
             metric: None,
         });
+    }
+    if let Some(cmd) = &cfg.down {
+        crate::netconfig::run_script(cmd, &script_env("down"), "down");
     }
     drop(endpoints);
     drop(shared);

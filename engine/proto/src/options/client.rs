@@ -31,7 +31,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("mute", "log rate limiting is not implemented"),
     ("user", "privileges are not dropped"),
     ("group", "privileges are not dropped"),
-    ("auth-nocache", "credentials are only kept in memory"),
     ("auth-retry", "authentication failures end the client"),
     ("float", "the server address is fixed per connection"),
     ("suppress-timestamps", "log format is fixed"),
@@ -41,18 +40,67 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("fast-io", "I/O is always batched"),
     ("block-outside-dns", "Windows only"),
     ("route-delay", "routes are applied immediately"),
-    ("server-poll-timeout", "connect timeout is fixed"),
-    ("connect-timeout", "connect timeout is fixed"),
-    ("setenv", "environment for scripts is not used"),
+    ("route-method", "Windows only"),
+    (
+        "route-metric",
+        "routes into the tunnel use the kernel's default metric",
+    ),
+    ("ip-win32", "Windows only"),
+    ("dhcp-renew", "Windows only"),
+    ("dhcp-release", "Windows only"),
+    ("register-dns", "Windows only"),
+    ("win-sys", "Windows only"),
+    ("tap-sleep", "Windows only"),
+    ("show-net-up", "Windows only"),
+    ("allow-pull-fqdn", "pushed names are accepted"),
+    (
+        "mlock",
+        "memory is not locked (keys live in this process only)",
+    ),
+    (
+        "passtos",
+        "the outer packet's TOS is not copied from the inner one",
+    ),
+    (
+        "http-proxy-retry",
+        "removed in 2.4: retries follow connect-retry",
+    ),
+    (
+        "socks-proxy-retry",
+        "removed in 2.4: retries follow connect-retry",
+    ),
+    (
+        "tls-exit",
+        "the client exits on a TLS error only after connect-retry-max",
+    ),
+    (
+        "ping-timer-rem",
+        "a client always has a remote, so the ping timer always runs, as with this option",
+    ),
+    ("persist-local-ip", "the local address is fixed per run"),
+    (
+        "disable-occ",
+        "tunscope never sends OCC option checks nor warns about options-string mismatches",
+    ),
+    ("log", "logs go to stderr"),
+    ("log-append", "logs go to stderr"),
+    (
+        "syslog",
+        "logs go to stderr (journald collects them under systemd)",
+    ),
+    (
+        "writepid",
+        "no pid file is written (tunscope runs in the foreground)",
+    ),
+    ("status", "use --control and tunscope stats instead"),
+    ("status-version", "use --control and tunscope stats instead"),
+    (
+        "keying-material-exporter",
+        "exported keying material is only for plugins, which tunscope does not load",
+    ),
     ("tun-mtu-extra", "tap only"),
     ("machine-readable-output", "log format is fixed"),
     ("ncp-disable", "cipher negotiation is always on"),
-    ("pull", "implied: tunscope is always a pulling TLS client"),
-    (
-        "tls-client",
-        "implied: tunscope is always a pulling TLS client",
-    ),
-    ("remote-cert-eku", "covered by remote-cert-tls"),
 ];
 
 /// Transport protocol.
@@ -85,6 +133,35 @@ pub struct Remote {
     pub port: u16,
     /// Transport.
     pub transport: Transport,
+}
+
+/// Where the `auth-user-pass` credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserPass {
+    /// A file or an inline block: username on the first line, password on the second.
+    From(Source),
+    /// `auth-user-pass` alone: asked on the terminal when the client starts.
+    Prompt,
+}
+
+/// `pull-filter accept|ignore|reject TEXT`: what happens to pushed options starting with TEXT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullFilter {
+    /// What to do.
+    pub action: PullAction,
+    /// Prefix of the pushed option text.
+    pub text: String,
+}
+
+/// A pull-filter's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullAction {
+    /// Keep the option (and stop looking at later filters).
+    Accept,
+    /// Drop the option silently.
+    Ignore,
+    /// Drop the option and restart the connection (OpenVPN: "reject").
+    Reject,
 }
 
 /// `remote-cert-tls client|server`.
@@ -204,8 +281,8 @@ pub struct ClientConfig {
     pub lport: Option<u16>,
     /// tun device name (`dev tun` = kernel picks `tunN`).
     pub dev: String,
-    /// CA certificates.
-    pub ca: Source,
+    /// CA certificates (None only with `peer-fingerprint`).
+    pub ca: Option<Source>,
     /// Client certificate.
     pub cert: Option<Source>,
     /// Client private key.
@@ -214,8 +291,10 @@ pub struct ClientConfig {
     pub wrap: WrapSource,
     /// `auth` digest (tls-auth HMAC).
     pub auth_digest: Digest,
-    /// `auth-user-pass FILE` or inline block.
-    pub auth_user_pass: Option<Source>,
+    /// `auth-user-pass`: a file, an inline block, or a prompt.
+    pub auth_user_pass: Option<UserPass>,
+    /// `auth-nocache`: forget the password after it was sent (asked again on reconnect).
+    pub auth_nocache: bool,
     /// `remote-cert-tls`.
     pub remote_cert_tls: Option<CertType>,
     /// `verify-x509-name`.
@@ -270,6 +349,32 @@ pub struct ClientConfig {
     pub routes: Vec<String>,
     /// `redirect-gateway` from the config file itself (its arguments).
     pub redirect_gateway: Option<String>,
+    /// `remote-random`: remotes are tried in a random order (shuffled once per run).
+    pub remote_random: bool,
+    /// `server-poll-timeout`: how long one remote may take to answer before the next is tried.
+    pub server_poll_timeout: Duration,
+    /// `persist-remote-ip`: keep the resolved address of the remote across restarts.
+    pub persist_remote_ip: bool,
+    /// `local ADDR`: the local address the link binds to.
+    pub local: Option<String>,
+    /// `push-peer-info`: send the fuller peer-info set (platform details) to the server.
+    pub push_peer_info: bool,
+    /// `inactive SECS [BYTES]`: exit after SECS without (BYTES of) tunnel traffic.
+    pub inactive: Option<(Duration, u64)>,
+    /// `dhcp-option …` lines of the config itself, applied like pushed ones.
+    pub dhcp_options: Vec<String>,
+    /// `pull-filter` rules in order.
+    pub pull_filters: Vec<PullFilter>,
+    /// `down-pre`: run the down script before the tun device is closed (it always is here).
+    pub down_pre: bool,
+    /// `topology` from the config (the server's push wins).
+    pub topology: Option<String>,
+    /// `setenv NAME VALUE` pairs, passed to scripts.
+    pub setenv: Vec<(String, String)>,
+    /// Extra certificate checks and TLS negotiation limits.
+    pub tls: crate::options::common::TlsOptions,
+    /// Compression settings (`comp-lzo`, `compress`, `allow-compression`).
+    pub compression: crate::options::compress::CompressOptions,
     /// Ignored options.
     pub warnings: Vec<ConfigWarning>,
 }
@@ -288,7 +393,11 @@ impl ClientConfig {
             parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
         let mut b = Builder::default();
         for d in &directives {
-            b.apply(&mut ctx, d)?;
+            if let Some(inner) = crate::options::setenv_opt(d) {
+                b.apply_optional(&mut ctx, &inner)?;
+            } else {
+                b.apply(&mut ctx, d)?;
+            }
         }
         b.finish(ctx)
     }
@@ -299,19 +408,31 @@ struct Builder {
     common: Common,
     client_mode: bool,
     remotes: Vec<(String, Option<u16>, Option<Transport>)>,
+    tls_client: bool,
+    pull: bool,
+    remote_random: bool,
+    server_poll_timeout: Option<u64>,
+    persist_remote_ip: bool,
+    local: Option<String>,
+    push_peer_info: bool,
+    auth_nocache: bool,
+    inactive: Option<(u64, u64)>,
+    dhcp_options: Vec<String>,
+    pull_filters: Vec<PullFilter>,
+    down_pre: bool,
+    topology: Option<String>,
+    compress: crate::options::compress::CompressBuilder,
     proto: Option<Transport>,
     port: Option<u16>,
     lport: Option<u16>,
     tls_auth: Option<(Source, Option<KeyDirection>)>,
     key_direction: Option<KeyDirection>,
-    auth_user_pass: Option<(usize, Option<Source>)>,
+    auth_user_pass: Option<UserPass>,
     remote_cert_tls: Option<CertType>,
     data_ciphers: Option<Vec<Cipher>>,
     cipher: Option<Cipher>,
     ping_exit: Option<u64>,
     explicit_exit_notify: Option<u32>,
-    framing: Framing,
-    allow_compression: Option<String>,
     connect_retry: Option<u64>,
     connect_retry_max: Option<u32>,
     replay_window: Option<u32>,
@@ -325,13 +446,86 @@ struct Builder {
 }
 
 impl Builder {
+    /// `setenv opt NAME …`: NAME is applied when known, ignored with a warning otherwise.
+    fn apply_optional(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        self.apply_inner(ctx, d, true)
+    }
+
     fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
-        if self.common.apply(ctx, d)? {
+        self.apply_inner(ctx, d, false)
+    }
+
+    fn apply_inner(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        d: &Directive,
+        optional: bool,
+    ) -> Result<(), ConfigError> {
+        if self.common.apply(ctx, d)?
+            || crate::options::legacy_option(ctx, d)?
+            || self.compress.apply(ctx, d)?
+        {
             return Ok(());
         }
         let line = d.line;
         match d.name.as_str() {
             "client" => self.client_mode = true,
+            "tls-client" => self.tls_client = true,
+            "pull" => self.pull = true,
+            "connection" => self.connection(ctx, d)?,
+            "remote-random" => self.remote_random = true,
+            "server-poll-timeout" | "connect-timeout" => {
+                self.server_poll_timeout = Some(ctx.num(d, 0)?)
+            }
+            "persist-remote-ip" => self.persist_remote_ip = true,
+            "topology" => match ctx.arg(d, 0)? {
+                t @ ("subnet" | "net30" | "p2p") => self.topology = Some(t.to_owned()),
+                o => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option 'topology': unknown value '{o}' (subnet, net30 or p2p)"),
+                    ));
+                }
+            },
+            "local" => self.local = Some(ctx.arg(d, 0)?.to_owned()),
+            "push-peer-info" => self.push_peer_info = true,
+            "auth-nocache" => self.auth_nocache = true,
+            "down-pre" => self.down_pre = true,
+            "inactive" => {
+                let secs = ctx.num(d, 0)?;
+                let bytes = if d.arg(1).is_some() { ctx.num(d, 1)? } else { 0 };
+                self.inactive = Some((secs, bytes));
+            }
+            "dhcp-option" => {
+                // On Linux OpenVPN hands these to the up script like pushed ones; tunscope's
+                // DNS backends apply them the same way.
+                let l = format!("dhcp-option {}", d.args.join(" "));
+                let mut p = crate::options::push::PushedOptions::default();
+                p.apply(&l, &[])
+                    .map_err(|e| ctx.error(line, e.to_string()))?;
+                self.dhcp_options.push(l);
+            }
+            "pull-filter" => {
+                let action = match ctx.arg(d, 0)? {
+                    "accept" => PullAction::Accept,
+                    "ignore" => PullAction::Ignore,
+                    "reject" => PullAction::Reject,
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'pull-filter': unknown action '{o}' (accept, ignore or reject)"),
+                        ));
+                    }
+                };
+                let text = ctx.arg(d, 1)?.to_owned();
+                self.pull_filters.push(PullFilter { action, text });
+            }
+            "fragment" => {
+                return Err(ctx.error(
+                    line,
+                    "option 'fragment' (OpenVPN's own UDP fragmentation) is not supported yet: use mssfix, or tun-mtu below the path MTU",
+                ));
+            }
             "remote" => {
                 let host = ctx.arg(d, 0)?.to_owned();
                 let port = if d.arg(1).is_some() {
@@ -359,7 +553,6 @@ impl Builder {
             "port" | "rport" => self.port = Some(ctx.num(d, 0)?),
             "lport" => self.lport = Some(ctx.num(d, 0)?),
             "nobind" => self.lport = None,
-            "remote-random" => ctx.warn(line, "remote-random: remotes are tried in order"),
             "tls-auth" => {
                 let dir = match (d.inline.is_some(), d.arg(1)) {
                     (false, Some(x)) => Some(parse_direction(ctx, line, x)?),
@@ -400,15 +593,14 @@ impl Builder {
             }
             "data-ciphers-fallback" => ctx.warn(
                 line,
-                "data-ciphers-fallback: only negotiated AEAD ciphers are used",
+                "data-ciphers-fallback: only negotiated AEAD ciphers are used (a server without cipher negotiation, OpenVPN < 2.4, cannot be reached yet)",
             ),
             "auth-user-pass" => {
-                let src = if d.inline.is_some() || d.arg(0).is_some() {
-                    Some(ctx.source(d)?)
+                self.auth_user_pass = Some(if d.inline.is_some() || d.arg(0).is_some() {
+                    UserPass::From(ctx.source(d)?)
                 } else {
-                    None
-                };
-                self.auth_user_pass = Some((line, src));
+                    UserPass::Prompt
+                });
             }
             "remote-cert-tls" => {
                 self.remote_cert_tls = Some(match ctx.arg(d, 0)? {
@@ -436,32 +628,6 @@ impl Builder {
                     1
                 })
             }
-            "comp-lzo" => match d.arg(0) {
-                Some("no") => {
-                    self.framing = Framing::LzoStub;
-                }
-                _ => {
-                    return Err(ctx.error(
-                        line,
-                        "option 'comp-lzo': compression is not supported (only 'comp-lzo no')",
-                    ));
-                }
-            },
-            "compress" => match d.arg(0) {
-                None | Some("stub") => {
-                    self.framing = Framing::StubSwap;
-                }
-                Some("stub-v2") => {
-                    self.framing = Framing::StubV2;
-                }
-                Some(a) => {
-                    return Err(ctx.error(
-                        line,
-                        format!("option 'compress {a}': compression is not supported (only 'stub' and 'stub-v2')"),
-                    ));
-                }
-            },
-            "allow-compression" => self.allow_compression = Some(ctx.arg(d, 0)?.to_owned()),
             "connect-retry" => self.connect_retry = Some(ctx.num(d, 0)?),
             "connect-retry-max" => self.connect_retry_max = Some(ctx.num(d, 0)?),
             "replay-window" => {
@@ -507,35 +673,126 @@ impl Builder {
                 ctx.base = p;
             }
             "ignore-unknown-option" => self.ignore_unknown.extend(d.args.iter().cloned()),
-            name => {
-                if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
-                    ctx.warn(line, format!("option '{name}' ignored: {why}"));
-                } else if self.ignore_unknown.iter().any(|n| n == name) {
-                    ctx.warn(
-                        line,
-                        format!("option '{name}' ignored (ignore-unknown-option)"),
-                    );
-                } else {
-                    return Err(ctx.error(line, format!("unsupported option '{name}'")));
-                }
-            }
+            _ => crate::options::unknown_option(ctx, d, IGNORED, &self.ignore_unknown, optional)?,
         }
         Ok(())
     }
 
-    fn finish(self, ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
-        if !self.client_mode {
+    /// A `<connection>` block: one remote with its own transport settings, tried in order
+    /// with the other blocks and `remote` lines.
+    fn connection(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
+        let text = d.inline.as_deref().unwrap_or_default();
+        let inner =
+            parse_directives(text).map_err(|e| ctx.error(d.line + e.line, e.error.to_string()))?;
+        let mut host = None;
+        let mut port = None;
+        let mut proto = None;
+        for c in inner {
+            let line = d.line + c.line;
+            let c = Directive { line, ..c };
+            match c.name.as_str() {
+                "remote" => {
+                    host = Some(ctx.arg(&c, 0)?.to_owned());
+                    if c.arg(1).is_some() {
+                        port = Some(ctx.num(&c, 1)?);
+                    }
+                    if let Some(p) = c.arg(2) {
+                        proto = Some(Transport::parse(p).ok_or_else(|| {
+                            ctx.error(line, format!("option 'remote': unknown protocol '{p}'"))
+                        })?);
+                    }
+                }
+                "proto" => {
+                    let p = ctx.arg(&c, 0)?;
+                    proto = Some(Transport::parse(p).ok_or_else(|| {
+                        ctx.error(line, format!("option 'proto': '{p}' is not supported by a client (use udp or tcp-client)"))
+                    })?);
+                }
+                "port" | "rport" => port = Some(ctx.num(&c, 0)?),
+                // Options OpenVPN allows per connection; tunscope applies them to the whole run.
+                "lport"
+                | "nobind"
+                | "local"
+                | "bind"
+                | "connect-retry"
+                | "connect-retry-max"
+                | "connect-timeout"
+                | "server-poll-timeout"
+                | "explicit-exit-notify"
+                | "float"
+                | "tun-mtu"
+                | "tun-mtu-extra"
+                | "link-mtu"
+                | "mssfix" => {
+                    if c.name == "bind" || c.name == "float" || c.name == "tun-mtu-extra" {
+                        continue;
+                    }
+                    self.apply(ctx, &c)?;
+                    if !matches!(c.name.as_str(), "lport" | "nobind") {
+                        ctx.warn(
+                            line,
+                            format!(
+                                "<connection>: '{}' applies to every connection in tunscope",
+                                c.name
+                            ),
+                        );
+                    }
+                }
+                "http-proxy" | "socks-proxy" | "http-proxy-option" => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option '{}' is not supported yet (proxies)", c.name),
+                    ));
+                }
+                o => {
+                    return Err(ctx.error(
+                        line,
+                        format!("option '{o}' is not allowed inside <connection> (OpenVPN allows only transport options there)"),
+                    ));
+                }
+            }
+        }
+        let host = host.ok_or_else(|| ctx.error(d.line, "<connection> without 'remote'"))?;
+        self.remotes.push((host, port, proto));
+        Ok(())
+    }
+
+    fn finish(mut self, mut ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
+        let pull_client = self.tls_client && self.pull;
+        if !(self.client_mode || pull_client) {
             return Err(ctx.error(
                 0,
-                "missing 'client': only client mode (client, or pull + tls-client) is supported",
+                if self.tls_client {
+                    "'tls-client' without 'pull' is point-to-point TLS mode, left out by design: add 'client' (or 'pull') and let a server push the addresses"
+                } else {
+                    "missing 'client': only client mode (client, or pull + tls-client) is supported"
+                },
             ));
         }
         if self.remotes.is_empty() {
-            return Err(ctx.error(0, "missing 'remote': no server to connect to"));
+            // OpenVPN accepts this (front-ends add `--remote` on the command line); the
+            // client refuses to start without one.
+            ctx.warn(
+                0,
+                "no 'remote' given: add one, or pass --remote HOST on the command line",
+            );
         }
-        let ca = self.common.ca.clone().ok_or_else(|| {
-            ctx.error(0, "missing 'ca': the server certificate cannot be verified")
-        })?;
+        let ca = match self.common.ca.clone() {
+            Some(ca) => Some(ca),
+            None if !self.common.tls.peer_fingerprints.is_empty() => None,
+            None => {
+                return Err(ctx.error(
+                    0,
+                    "missing 'ca' (or 'peer-fingerprint'): the server certificate cannot be verified",
+                ));
+            }
+        };
+        if self.common.dev.is_none() {
+            ctx.warn(
+                0,
+                "no 'dev' given: using 'dev tun' (OpenVPN requires the option)",
+            );
+        }
         if self.common.cert.is_some() != self.common.key.is_some() {
             return Err(ctx.error(0, "'cert' and 'key' must be given together"));
         }
@@ -545,23 +802,8 @@ impl Builder {
                 "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)",
             ));
         }
-        let auth_user_pass = match self.auth_user_pass {
-            Some((line, None)) => {
-                return Err(ctx.error(
-                    line,
-                    "option 'auth-user-pass' needs a file (interactive prompts are not supported)",
-                ));
-            }
-            Some((_, Some(src))) => Some(src),
-            None => None,
-        };
-        // Stub framing is not compression, so 2.6 accepts it even with `allow-compression no`;
-        // only `allow-compression` values other than yes/no/asym are errors.
-        if let Some(a) = self.allow_compression.as_deref()
-            && !matches!(a, "yes" | "no" | "asym")
-        {
-            return Err(ctx.error(0, format!("allow-compression: unknown value '{a}'")));
-        }
+        let auth_user_pass = self.auth_user_pass.take();
+        let compression = self.compress.finish(&mut ctx)?;
         let wrap = match (self.tls_auth, self.common.tls_crypt) {
             (Some(_), Some(_)) => {
                 return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
@@ -597,6 +839,21 @@ impl Builder {
         if tls_version_min > tls_version_max {
             return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
         }
+        Common::finish_tls(
+            &self.common.tls,
+            self.common.tls_cipher_line,
+            &ctx,
+            tls_version_max,
+        )?;
+        let tun_mtu = match (self.common.tun_mtu, self.common.link_mtu) {
+            (Some(m), _) => m,
+            // link-mtu bounds the encapsulated packet: subtract 2.6's AEAD overhead (opcode
+            // and peer-id 4, packet-id 4, tag 16) and the compression framing byte.
+            (None, Some(l)) => l
+                .saturating_sub(24 + compression.framing.overhead() as u16)
+                .max(576),
+            (None, None) => 1500,
+        };
         for (line, _) in self.up.iter().chain(self.down.iter()) {
             if self.common.script_security < 2 {
                 return Err(ctx.error(*line, "up/down scripts need 'script-security 2'"));
@@ -628,9 +885,9 @@ impl Builder {
             // Unlike OpenVPN (default 0) we notify once by default: a server should free the
             // client's state at once when it leaves. `explicit-exit-notify 0` turns it off.
             explicit_exit_notify: self.explicit_exit_notify.unwrap_or(1),
-            tun_mtu: self.common.tun_mtu.unwrap_or(1500),
+            tun_mtu,
             mssfix: self.common.mssfix,
-            framing: self.framing,
+            framing: compression.framing,
             connect_retry: secs(self.connect_retry.unwrap_or(1).max(1)),
             connect_retry_max: self.connect_retry_max,
             replay_window: self.replay_window,
@@ -642,6 +899,20 @@ impl Builder {
             script_security: self.common.script_security,
             routes: self.routes,
             redirect_gateway: self.redirect_gateway,
+            auth_nocache: self.auth_nocache,
+            remote_random: self.remote_random,
+            server_poll_timeout: secs(self.server_poll_timeout.unwrap_or(120).max(1)),
+            persist_remote_ip: self.persist_remote_ip,
+            local: self.local,
+            push_peer_info: self.push_peer_info,
+            inactive: self.inactive.map(|(s, b)| (secs(s), b)),
+            dhcp_options: self.dhcp_options,
+            pull_filters: self.pull_filters,
+            down_pre: self.down_pre,
+            topology: self.topology,
+            setenv: self.common.setenv,
+            tls: self.common.tls,
+            compression,
             warnings: ctx.warnings,
         })
     }
@@ -706,7 +977,7 @@ mod tests {
                 transport: Transport::Udp
             }]
         );
-        assert_eq!(c.ca, Source::File("/etc/tunscope/ca.crt".into()));
+        assert_eq!(c.ca, Some(Source::File("/etc/tunscope/ca.crt".into())));
         assert_eq!(
             c.wrap,
             WrapSource::Crypt(Source::File("/etc/tunscope/ta.key".into()))
@@ -716,7 +987,10 @@ mod tests {
             vec![Cipher::Aes128Gcm, Cipher::Chacha20Poly1305]
         );
         assert_eq!(c.remote_cert_tls, Some(CertType::Server));
-        assert_eq!(c.auth_user_pass, Some(Source::Inline("alice\npw\n".into())));
+        assert_eq!(
+            c.auth_user_pass,
+            Some(UserPass::From(Source::Inline("alice\npw\n".into())))
+        );
         assert_eq!(c.verb, 3);
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert_eq!(c.warnings[0].line, 11);
@@ -724,16 +998,29 @@ mod tests {
 
     #[test]
     fn unsupported_option_names_file_line_and_option() {
-        let e = parse(&format!("{BASE}\n\nfragment 1300\n")).unwrap_err();
+        let e = parse(&format!("{BASE}\n\nfrobnicate 1300\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "/etc/tunscope/client.conf:10: unsupported option 'fragment'"
+            "/etc/tunscope/client.conf:10: unsupported option 'frobnicate'"
         );
         let c = parse(&format!(
-            "ignore-unknown-option fragment\n{BASE}fragment 1300\n"
+            "ignore-unknown-option frobnicate\n{BASE}frobnicate 1300\n"
         ))
         .expect("ignored");
         assert_eq!(c.warnings.len(), 1);
+        // `setenv opt` marks options OpenVPN may not know: ignored with a warning.
+        let c = parse(&format!(
+            "{BASE}setenv opt block-outside-dns\nsetenv opt frobnicate 1\n"
+        ))
+        .expect("ignored");
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        // The tail of a hard-wrapped line is named as such.
+        let e = parse(&format!(
+            "{BASE}tls-cipher TLS-ECDHE-ECDSA-WITH-C\nHACHA20-POLY1305-SHA256:TLS-X\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 9);
+        assert!(e.message.contains("wrapped"), "{e}");
     }
 
     #[test]
@@ -741,8 +1028,10 @@ mod tests {
         let e = parse(&format!("{BASE}tun-mtu lots\n")).unwrap_err();
         assert_eq!(e.line, 8);
         assert!(e.message.contains("'lots' is not a valid number"), "{e}");
-        let e = parse(&format!("{BASE}compress lz4\n")).unwrap_err();
-        assert!(e.message.contains("compression is not supported"), "{e}");
+        let e = parse(&format!("{BASE}compress zstd\n")).unwrap_err();
+        assert!(e.message.contains("unknown algorithm 'zstd'"), "{e}");
+        let e = parse(&format!("{BASE}allow-compression no\ncomp-lzo\n")).unwrap_err();
+        assert!(e.message.contains("allow-compression no"), "{e}");
         let e = parse(&format!("{BASE}dev tap0\n")).unwrap_err();
         assert!(e.message.contains("tap"), "{e}");
         let e = parse(&format!("{BASE}<key>\nabc\n")).unwrap_err();
@@ -751,8 +1040,8 @@ mod tests {
         assert!(e.message.contains("sctp"));
         let e = parse(&format!("{BASE}tls-auth ta.key 2\n")).unwrap_err();
         assert!(e.message.contains("key direction"));
-        let e = parse(&format!("{BASE}auth-user-pass\n")).unwrap_err();
-        assert!(e.message.contains("interactive"), "{e}");
+        let c = parse(&format!("{BASE}auth-user-pass\n")).unwrap();
+        assert_eq!(c.auth_user_pass, Some(UserPass::Prompt));
         let e = parse(&format!("{BASE}data-ciphers BF-CBC\n")).unwrap_err();
         assert!(e.message.contains("none of the ciphers"), "{e}");
     }
@@ -765,12 +1054,10 @@ mod tests {
                 .message
                 .contains("client")
         );
-        assert!(
-            parse("client\nca ca\ncert c\nkey k\n")
-                .unwrap_err()
-                .message
-                .contains("remote")
-        );
+        // No remote: accepted (front-ends pass --remote), with a warning.
+        let c = parse("client\nca ca\ncert c\nkey k\n").unwrap();
+        assert!(c.remotes.is_empty());
+        assert!(c.warnings.iter().any(|w| w.message.contains("'remote'")));
         assert!(
             parse("client\nremote x\ncert c\nkey k\n")
                 .unwrap_err()

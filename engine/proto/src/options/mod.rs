@@ -6,7 +6,8 @@
 //! against the config file's directory (or `cd DIR`).
 
 pub mod client;
-mod common;
+pub mod common;
+pub mod compress;
 pub mod lexer;
 pub mod push;
 pub mod server;
@@ -15,6 +16,142 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use lexer::{Directive, parse_directives};
+
+/// Config text from the bytes of a file, in any encoding users have: UTF-8 (with or without a
+/// byte-order mark), else Latin-1 (every byte is a character, as OpenVPN itself reads files:
+/// byte by byte). CRLF and a missing final newline are handled by the lexer.
+pub fn decode_text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// Which side a config file describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `client`, or `tls-client` + `pull`.
+    Client,
+    /// `server`, `server-bridge`, `mode server`, or `tls-server` without `client`.
+    Server,
+}
+
+impl Role {
+    /// Guesses the role from the directives, as OpenVPN's options decide it.
+    pub fn detect(directives: &[Directive]) -> Role {
+        let has = |n: &str| directives.iter().any(|d| d.name == n);
+        let server = has("server")
+            || has("server-bridge")
+            || directives
+                .iter()
+                .any(|d| d.name == "mode" && d.arg(0) == Some("server"))
+            || (has("tls-server") && !has("client") && !has("pull"));
+        if server { Role::Server } else { Role::Client }
+    }
+}
+
+/// Options OpenVPN removed or deprecated, read the way their authors meant when that is safe.
+/// Returns true when `d` was one of them (handled, with a warning), an error when the old
+/// meaning cannot be kept safely.
+pub(crate) fn legacy_option(ctx: &mut Ctx<'_>, d: &Directive) -> Result<bool, ConfigError> {
+    let line = d.line;
+    match d.name.as_str() {
+        "keysize" => ctx.warn(
+            line,
+            "option 'keysize' ignored: removed in OpenVPN 2.6; the key size follows the cipher (e.g. AES-256-CBC)",
+        ),
+        "key-method" => {
+            if ctx.arg(d, 0)? != "2" {
+                return Err(ctx.error(
+                    line,
+                    "option 'key-method': only key-method 2 exists since OpenVPN 2.5; remove the line",
+                ));
+            }
+            ctx.warn(line, "option 'key-method 2' ignored: it is the only method (removed in 2.6)");
+        }
+        "tun-ipv6" => ctx.warn(
+            line,
+            "option 'tun-ipv6' ignored: IPv6 in the tunnel is always on (deprecated since 2.4)",
+        ),
+        "ifconfig-nowarn" => ctx.warn(line, "option 'ifconfig-nowarn' ignored: OCC warnings are not printed"),
+        "scramble" | "xor-secret" => {
+            return Err(ctx.error(
+                line,
+                format!("option '{}' is an obfuscation patch (Tunnelblick/'xor'), not OpenVPN's protocol: no stock server or client speaks it; remove the line", d.name),
+            ));
+        }
+        "secret" => {
+            return Err(ctx.error(
+                line,
+                "option 'secret': static-key mode is left out by design (deprecated in 2.6, removed in OpenVPN 2.7; no forward secrecy): use TLS with 'client'/'server' and tls-crypt",
+            ));
+        }
+        "ifconfig" | "ifconfig-ipv6" => {
+            return Err(ctx.error(
+                line,
+                format!("option '{}': point-to-point mode (fixed ifconfig without client/server) is left out by design: use 'client' with a 'server' that pushes addresses", d.name),
+            ));
+        }
+        "plugin" => {
+            return Err(ctx.error(
+                line,
+                "option 'plugin': OpenVPN C plugins cannot be loaded by tunscope (left out by design): use auth-user-pass-verify / up / down scripts",
+            ));
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// An option neither parser knows. `setenv opt X` wraps options that may be unknown (OpenVPN
+/// ignores them then), `ignore-unknown-option` lists names to skip; everything else is an
+/// error naming `file:line` — with a hint when the line is the tail of a hard-wrapped line.
+pub(crate) fn unknown_option(
+    ctx: &mut Ctx<'_>,
+    d: &Directive,
+    ignored: &[(&str, &str)],
+    ignore_unknown: &[String],
+    optional: bool,
+) -> Result<(), ConfigError> {
+    let name = d.name.as_str();
+    if let Some((_, why)) = ignored.iter().find(|(n, _)| *n == name) {
+        ctx.warn(d.line, format!("option '{name}' ignored: {why}"));
+    } else if optional {
+        ctx.warn(d.line, format!("option '{name}' ignored (setenv opt)"));
+    } else if ignore_unknown.iter().any(|n| n == name) {
+        ctx.warn(
+            d.line,
+            format!("option '{name}' ignored (ignore-unknown-option)"),
+        );
+    } else if name.contains(':')
+        || name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(ctx.error(
+            d.line,
+            format!("'{name}' is not an option: is this the rest of the line above, wrapped by an editor? Join the two lines"),
+        ));
+    } else {
+        return Err(ctx.error(d.line, format!("unsupported option '{name}'")));
+    }
+    Ok(())
+}
+
+/// The option wrapped by `setenv opt NAME ARGS…` (OpenVPN: "ignore NAME if unknown").
+pub(crate) fn setenv_opt(d: &Directive) -> Option<Directive> {
+    if d.name != "setenv" || d.arg(0) != Some("opt") {
+        return None;
+    }
+    let name = d.arg(1)?.to_owned();
+    Some(Directive {
+        name,
+        args: d.args.get(2..).unwrap_or_default().to_vec(),
+        line: d.line,
+        inline: None,
+    })
+}
 
 /// A config error, located at `file:line` (line 0 when it concerns the file as a whole).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

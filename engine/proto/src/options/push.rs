@@ -354,19 +354,18 @@ impl PushedOptions {
             "explicit-exit-notify" => {
                 self.explicit_exit_notify = Some(arg(0).map(num).transpose()?.unwrap_or(1))
             }
-            "comp-lzo" => match arg(0) {
-                Some("no") => self.framing = Some(Framing::LzoStub),
-                _ => return Err(err("compression is not supported (only 'comp-lzo no')")),
-            },
-            "compress" => match arg(0) {
-                None | Some("stub") => self.framing = Some(Framing::StubSwap),
-                Some("stub-v2") => self.framing = Some(Framing::StubV2),
-                Some(_) => {
-                    return Err(err(
-                        "compression is not supported (only 'compress stub' or 'stub-v2')",
-                    ));
-                }
-            },
+            // Whether compression is allowed is the client's decision (`allow-compression`).
+            "comp-lzo" => {
+                self.framing = Some(
+                    crate::options::compress::parse_comp_lzo(arg(0))
+                        .map_err(|e| err(&e))?
+                        .0,
+                )
+            }
+            "compress" => {
+                self.framing =
+                    Some(crate::options::compress::parse_compress(arg(0)).map_err(|e| err(&e))?)
+            }
             "block-outside-dns" | "register-dns" | "inactive" | "session-timeout"
             | "socket-flags" | "tun-ipv6" | "route-delay" | "setenv" | "setenv-safe" | "echo"
             | "dhcp-renew" | "dhcp-release" | "ip-win32" | "persist-key" | "persist-tun"
@@ -515,9 +514,12 @@ mod tests {
 
     #[test]
     fn refused_and_unknown_options() {
-        let e = apply_all("PUSH_REPLY,compress lz4").unwrap_err();
-        assert!(e.reason.contains("compression"), "{e}");
-        assert!(apply_all("PUSH_REPLY,comp-lzo yes").is_err());
+        let e = apply_all("PUSH_REPLY,compress zstd").unwrap_err();
+        assert!(e.reason.contains("zstd"), "{e}");
+        let p = apply_all("PUSH_REPLY,comp-lzo yes").unwrap();
+        assert_eq!(p.framing, Some(Framing::Lzo));
+        let p = apply_all("PUSH_REPLY,compress lz4-v2").unwrap();
+        assert_eq!(p.framing, Some(Framing::Lz4V2));
         let p = apply_all("PUSH_REPLY,compress stub-v2").unwrap();
         assert_eq!(p.framing, Some(Framing::StubV2));
         let mut p = PushedOptions::default();

@@ -57,6 +57,24 @@ pub const IGNORED: &[(&str, &str)] = &[
     ),
     ("opt-verify", "options strings are informational in 2.6"),
     ("float", "authenticated UDP clients always float"),
+    (
+        "syslog",
+        "logs go to stderr (journald collects them under systemd)",
+    ),
+    (
+        "writepid",
+        "no pid file is written (tunscope runs in the foreground)",
+    ),
+    ("daemon", "run tunscope under a service manager instead"),
+    ("mlock", "memory is not locked"),
+    (
+        "passtos",
+        "the outer packet's TOS is not copied from the inner one",
+    ),
+    (
+        "ping-timer-rem",
+        "the server's ping timers run per connected client, as with this option",
+    ),
 ];
 
 /// Server transport.
@@ -100,20 +118,20 @@ pub struct ServerRoute {
 pub struct ServerConfig {
     /// Listen port.
     pub port: u16,
-    /// Listen address (`local`); None = all.
-    pub local: Option<std::net::IpAddr>,
+    /// Listen address or host name (`local`), resolved when the server starts; None = all.
+    pub local: Option<String>,
     /// Transport.
     pub transport: ServerTransport,
     /// Listen on IPv6 (`proto udp6`/`tcp6-server`).
     pub ipv6_listen: bool,
     /// tun device name.
     pub dev: String,
-    /// CA certificates.
-    pub ca: Source,
-    /// Server certificate.
-    pub cert: Source,
-    /// Server key.
-    pub key: Source,
+    /// CA certificates (the server refuses to start without).
+    pub ca: Option<Source>,
+    /// Server certificate (required to start).
+    pub cert: Option<Source>,
+    /// Server key (required to start).
+    pub key: Option<Source>,
     /// Control-channel wrap.
     pub wrap: WrapSource,
     /// `auth` digest.
@@ -176,8 +194,20 @@ pub struct ServerConfig {
     pub tls_timeout: Duration,
     /// `tran-window`.
     pub tran_window: Duration,
-    /// Compression stub framing the server uses (`comp-lzo no`, `compress stub[-v2]`).
+    /// Compression framing the server uses (from `comp-lzo`, `compress`).
     pub framing: Framing,
+    /// Compression settings (`comp-lzo`, `compress`, `allow-compression`).
+    pub compression: crate::options::compress::CompressOptions,
+    /// Extra certificate checks (`crl-verify`, `remote-cert-ku` …) and TLS limits.
+    pub tls: crate::options::common::TlsOptions,
+    /// `setenv NAME VALUE` pairs, passed to scripts.
+    pub setenv: Vec<(String, String)>,
+    /// `up CMD`: run once the tun device is configured.
+    pub up: Option<Vec<String>>,
+    /// `route-up CMD`: run once the server's routes are in place.
+    pub route_up: Option<Vec<String>>,
+    /// `down CMD`: run when the server stops, after the tun device's routes are gone.
+    pub down: Option<Vec<String>>,
     /// `replay-window`.
     pub replay_window: Option<u32>,
     /// `explicit-exit-notify`: tell clients to reconnect when the server stops.
@@ -229,7 +259,10 @@ impl ServerConfig {
             parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
         let mut b = Builder::default();
         for d in &directives {
-            b.apply(&mut ctx, d)?;
+            match crate::options::setenv_opt(d) {
+                Some(inner) => b.apply_inner(&mut ctx, &inner, true)?,
+                None => b.apply_inner(&mut ctx, d, false)?,
+            }
         }
         b.finish(ctx)
     }
@@ -240,7 +273,7 @@ struct Builder {
     common: Common,
     server_mode: bool,
     port: Option<u16>,
-    local: Option<std::net::IpAddr>,
+    local: Option<String>,
     transport: Option<(ServerTransport, bool)>,
     dh_seen: bool,
     tls_auth: Option<(Source, Option<KeyDirection>)>,
@@ -263,14 +296,26 @@ struct Builder {
     ccd_exclusive: bool,
     routes: Vec<ServerRoute>,
     remote_cert_tls: Option<CertType>,
-    framing: Framing,
+    compress: crate::options::compress::CompressBuilder,
     replay_window: Option<u32>,
     explicit_exit_notify: u32,
+    ignore_unknown: Vec<String>,
+    up: Option<(usize, Vec<String>)>,
+    route_up: Option<(usize, Vec<String>)>,
+    down: Option<(usize, Vec<String>)>,
 }
 
 impl Builder {
-    fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
-        if self.common.apply(ctx, d)? {
+    fn apply_inner(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        d: &Directive,
+        optional: bool,
+    ) -> Result<(), ConfigError> {
+        if self.common.apply(ctx, d)?
+            || crate::options::legacy_option(ctx, d)?
+            || self.compress.apply(ctx, d)?
+        {
             return Ok(());
         }
         let line = d.line;
@@ -332,12 +377,7 @@ impl Builder {
                 t => return Err(ctx.error(line, format!("option 'topology': unknown '{t}'"))),
             },
             "port" | "lport" => self.port = Some(ctx.num(d, 0)?),
-            "local" => {
-                let a = ctx.arg(d, 0)?;
-                self.local = Some(a.parse().map_err(|_| {
-                    ctx.error(line, format!("option 'local': '{a}' is not an address"))
-                })?);
-            }
+            "local" => self.local = Some(ctx.arg(d, 0)?.to_owned()),
             "proto" => {
                 self.transport = Some(match ctx.arg(d, 0)? {
                     "udp" | "udp4" => (ServerTransport::Udp, false),
@@ -476,26 +516,34 @@ impl Builder {
                     }
                 })
             }
-            "comp-lzo" => match d.arg(0) {
-                Some("no") => self.framing = Framing::LzoStub,
-                _ => {
-                    return Err(ctx.error(
-                        line,
-                        "option 'comp-lzo': compression is not supported (only 'comp-lzo no')",
-                    ));
-                }
-            },
-            "compress" => match d.arg(0) {
-                None | Some("stub") => self.framing = Framing::StubSwap,
-                Some("stub-v2") => self.framing = Framing::StubV2,
-                Some(a) => {
-                    return Err(ctx.error(
-                        line,
-                        format!("option 'compress {a}': compression is not supported (only 'stub' and 'stub-v2')"),
-                    ));
-                }
-            },
-            "allow-compression" => {}
+            "up" | "route-up" | "down" => {
+                let cmd = split_line(ctx.arg(d, 0)?)
+                    .map_err(|e| ctx.error(line, format!("option '{}': {e}", d.name)))?;
+                let Some(first) = cmd.first() else {
+                    return Err(ctx.error(line, format!("option '{}': empty command", d.name)));
+                };
+                let mut cmd = cmd.clone();
+                cmd[0] = ctx.path(first).display().to_string();
+                let slot = match d.name.as_str() {
+                    "up" => &mut self.up,
+                    "route-up" => &mut self.route_up,
+                    _ => &mut self.down,
+                };
+                *slot = Some((line, cmd));
+            }
+            "remote" | "rport" => {
+                return Err(ctx.error(
+                    line,
+                    format!("option '{}' in a server config: point-to-point mode (one fixed peer) is left out by design; use 'server NET MASK'", d.name),
+                ));
+            }
+            "client-cert-not-required" => {
+                ctx.warn(
+                    line,
+                    "client-cert-not-required (removed in 2.5) read as: verify-client-cert none",
+                );
+                self.verify_client_cert = Some(ClientCertMode::None);
+            }
             "replay-window" => self.replay_window = Some(ctx.num(d, 0)?),
             "explicit-exit-notify" => {
                 self.explicit_exit_notify = if d.arg(0).is_some() {
@@ -508,18 +556,13 @@ impl Builder {
                 let p = ctx.path(ctx.arg(d, 0)?);
                 ctx.base = p;
             }
-            name => {
-                if let Some((_, why)) = IGNORED.iter().find(|(n, _)| *n == name) {
-                    ctx.warn(line, format!("option '{name}' ignored: {why}"));
-                } else {
-                    return Err(ctx.error(line, format!("unsupported option '{name}'")));
-                }
-            }
+            "ignore-unknown-option" => self.ignore_unknown.extend(d.args.iter().cloned()),
+            _ => crate::options::unknown_option(ctx, d, IGNORED, &self.ignore_unknown, optional)?,
         }
         Ok(())
     }
 
-    fn finish(self, mut ctx: Ctx<'_>) -> Result<ServerConfig, ConfigError> {
+    fn finish(mut self, mut ctx: Ctx<'_>) -> Result<ServerConfig, ConfigError> {
         if !self.server_mode {
             return Err(ctx.error(0, "missing 'server NETWORK NETMASK' (or 'mode server'): only server mode is supported"));
         }
@@ -532,20 +575,28 @@ impl Builder {
                 "no 'topology' given: OpenVPN 2.6 would use net30, tunscope uses subnet (add 'topology subnet' to silence this)",
             );
         }
-        let ca = self
-            .common
-            .ca
-            .ok_or_else(|| ctx.error(0, "missing 'ca': client certificates cannot be verified"))?;
-        let cert = self
-            .common
-            .cert
-            .ok_or_else(|| ctx.error(0, "missing 'cert'"))?;
-        let key = self
-            .common
-            .key
-            .ok_or_else(|| ctx.error(0, "missing 'key'"))?;
+        // Like OpenVPN's option parser, a server file without its credentials is read; the
+        // server refuses to start without them.
+        let ca = self.common.ca.take();
+        let cert = self.common.cert.take();
+        let key = self.common.key.take();
+        for (what, missing) in [
+            ("ca", ca.is_none()),
+            ("cert", cert.is_none()),
+            ("key", key.is_none()),
+        ] {
+            if missing {
+                ctx.warn(
+                    0,
+                    format!("no '{what}' given: the server cannot start without it"),
+                );
+            }
+        }
         if !self.dh_seen {
-            return Err(ctx.error(0, "missing 'dh' (use 'dh none', as OpenVPN 2.6 requires)"));
+            ctx.warn(
+                0,
+                "no 'dh' given: ECDHE is used, as with 'dh none' (OpenVPN 2.6 requires the option)",
+            );
         }
         let mask = if prefix == 0 {
             0
@@ -572,6 +623,11 @@ impl Builder {
                 0,
                 "verify-client-cert none|optional needs auth-user-pass-verify (clients without a certificate must log in)",
             ));
+        }
+        for (line, _) in [&self.up, &self.route_up, &self.down].into_iter().flatten() {
+            if self.common.script_security < 2 {
+                return Err(ctx.error(*line, "up/route-up/down scripts need 'script-security 2'"));
+            }
         }
         if let Some((line, _)) = &self.auth_script
             && self.common.script_security < 2
@@ -603,6 +659,13 @@ impl Builder {
         if tls_version_min > tls_version_max {
             return Err(ctx.error(0, "tls-version-min is above tls-version-max"));
         }
+        Common::finish_tls(
+            &self.common.tls,
+            self.common.tls_cipher_line,
+            &ctx,
+            tls_version_max,
+        )?;
+        let compression = self.compress.finish(&mut ctx)?;
         let secs = Duration::from_secs;
         let default_port = self.port.unwrap_or(1194);
         let (transport, ipv6_listen) = self.transport.unwrap_or((ServerTransport::Udp, false));
@@ -626,7 +689,14 @@ impl Builder {
             dns: self.dns,
             ping: self.common.ping.map(secs),
             ping_restart: self.common.ping_restart.map(secs),
-            tun_mtu: self.common.tun_mtu.unwrap_or(1500),
+            tun_mtu: self
+                .common
+                .tun_mtu
+                .or(self.common.link_mtu.map(|l| {
+                    l.saturating_sub(24 + compression.framing.overhead() as u16)
+                        .max(576)
+                }))
+                .unwrap_or(1500),
             mssfix: self.common.mssfix,
             client_to_client: self.client_to_client,
             duplicate_cn: self.duplicate_cn,
@@ -646,7 +716,13 @@ impl Builder {
             hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
             tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
             tran_window: secs(self.common.tran_window.unwrap_or(3600)),
-            framing: self.framing,
+            framing: compression.framing,
+            compression,
+            tls: self.common.tls,
+            setenv: self.common.setenv,
+            up: self.up.map(|(_, c)| c),
+            route_up: self.route_up.map(|(_, c)| c),
+            down: self.down.map(|(_, c)| c),
             replay_window: self.replay_window,
             explicit_exit_notify: self.explicit_exit_notify,
             verb: self.common.verb.unwrap_or(1),
@@ -792,9 +868,15 @@ mod tests {
         assert_eq!(e.line, 10);
         assert!(e.message.contains("net30"));
         let e = parse(&format!("{BASE}plugin /x.so\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/tunscope/server.conf:10: option 'plugin': OpenVPN C plugins"),
+            "{e}"
+        );
+        let e = parse(&format!("{BASE}frobnicate\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "/etc/tunscope/server.conf:10: unsupported option 'plugin'"
+            "/etc/tunscope/server.conf:10: unsupported option 'frobnicate'"
         );
         let e = parse(&format!("{BASE}push \"route 1.2.3.0,x\"\n")).unwrap_err();
         assert!(e.message.contains("','"));
@@ -806,8 +888,9 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("script-security"));
         assert!(parse("dev tun\n").unwrap_err().message.contains("server"));
-        let e = parse(&BASE.replace("dh none\n", "")).unwrap_err();
-        assert!(e.message.contains("dh"));
+        // A missing `dh` (2.6 refuses the file) means ECDHE, said in a warning.
+        let c = parse(&BASE.replace("dh none\n", "")).unwrap();
+        assert!(c.warnings.iter().any(|w| w.message.contains("'dh'")));
         let e = parse(&format!("{BASE}dns server x address 1.2.3.4\n")).unwrap_err();
         assert_eq!(e.line, 10);
     }

@@ -1,0 +1,227 @@
+//! Real-world config features of our client against stock OpenVPN 2.6 as server, in
+//! namespaces made for each test: `crl-verify` (a revoked server certificate is refused),
+//! `peer-fingerprint` without a CA, failover past a dead first `remote` and a dead first
+//! `<connection>`, and a provider-style file (Latin-1, CRLF, `setenv opt`, `comp-lzo`,
+//! removed options) that connects.
+//!
+//! Needs root; `.ci/run` provides it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use nix::sys::signal::Signal;
+use tunscope_harness::pki::Pki;
+use tunscope_harness::process::{Proc, tail};
+use tunscope_harness::subjects::{self, TunnelSpec};
+use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
+use tunscope_harness::traffic;
+
+/// A stock server and the text of a client config for it (to be edited by each test).
+struct Setup {
+    hosts: TwoHosts,
+    pki: Pki,
+    server: Proc,
+    spec: TunnelSpec,
+    client_conf: String,
+}
+
+fn stock_server(spec: TunnelSpec) -> Result<Setup> {
+    let hosts = TwoHosts::new()?;
+    let pki = Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let conf = hosts.dir.join("server.conf");
+    std::fs::write(&conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let mut server = subjects::start_openvpn(&hosts.server, &conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15)).context("stock server")?;
+    let client_conf = spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?;
+    Ok(Setup {
+        hosts,
+        pki,
+        server,
+        spec,
+        client_conf,
+    })
+}
+
+impl Setup {
+    /// Starts our client with `conf` (written as raw bytes: encodings are part of the test).
+    fn client(&self, conf: &[u8]) -> Result<Proc> {
+        let path = self.hosts.dir.join("client.conf");
+        std::fs::write(&path, conf)?;
+        subjects::start_tunscope_client(
+            &self.hosts.client,
+            &path,
+            &self.hosts.dir.join("client.log"),
+            &[],
+        )
+    }
+
+    /// Waits for the tunnel and pings through it.
+    fn up_and_ping(&self, client: &mut Proc, within: Duration) -> Result<()> {
+        subjects::wait_ready(client, within).with_context(|| {
+            format!(
+                "client log:\n{}\nserver log:\n{}",
+                tail(&client.log(), 30),
+                tail(&self.server.log(), 20)
+            )
+        })?;
+        let dst = self.spec.server_tun_ip().to_string();
+        let p = traffic::ping(&self.hosts.client, &dst, 3, 56, false)?;
+        ensure!(p.received == 3, "ping through the tunnel: {}", p.output);
+        Ok(())
+    }
+}
+
+/// The config without its `ca` and `remote` lines.
+fn without(conf: &str, names: &[&str]) -> String {
+    conf.lines()
+        .filter(|l| {
+            !names
+                .iter()
+                .any(|n| l.split_whitespace().next() == Some(*n))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `crl-verify` with a CRL that revokes the server's certificate: refused, with the reason.
+/// The same setup with a CRL revoking only another certificate connects.
+#[test]
+fn crl_verify_refuses_a_revoked_server() -> Result<()> {
+    let s = stock_server(TunnelSpec::default())?;
+    let (other, _) = s.pki.client("someone-else")?;
+    let crl = s.pki.revoke(&[&other])?;
+    let mut ok = s.client(format!("{}crl-verify {}\n", s.client_conf, crl.display()).as_bytes())?;
+    s.up_and_ping(&mut ok, Duration::from_secs(20))?;
+    ok.signal(Signal::SIGTERM)?;
+    ok.wait_exit(Duration::from_secs(10))?;
+
+    let crl = s.pki.revoke(&[&other, &s.pki.server_cert])?;
+    let mut client =
+        s.client(format!("{}crl-verify {}\n", s.client_conf, crl.display()).as_bytes())?;
+    client
+        .wait_for_log(
+            "peer certificate rejected: it is revoked",
+            Duration::from_secs(20),
+        )
+        .context("a revoked server certificate must be refused")?;
+    ensure!(
+        !client.log().contains(subjects::READY_LINE),
+        "tunnel came up with a revoked server certificate"
+    );
+    Ok(())
+}
+
+/// `peer-fingerprint` instead of `ca`: the server's certificate is pinned by its SHA-256;
+/// a wrong fingerprint is refused naming the one seen.
+#[test]
+fn peer_fingerprint_without_ca() -> Result<()> {
+    let s = stock_server(TunnelSpec::default())?;
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(&s.pki.server_cert)
+        .map_err(|e| anyhow::anyhow!("server cert: {e}"))?;
+    let hex = |fp: [u8; 32]| {
+        fp.iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let fp = tunscope_proto::tls::fingerprint(&der);
+    let base = without(&s.client_conf, &["ca", "verify-x509-name"]);
+    let mut client = s.client(
+        format!(
+            "{base}<peer-fingerprint>\n{}\n</peer-fingerprint>\n",
+            hex(fp)
+        )
+        .as_bytes(),
+    )?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))?;
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+
+    let mut wrong = fp;
+    wrong[0] ^= 1;
+    let mut client = s.client(format!("{base}peer-fingerprint {}\n", hex(wrong)).as_bytes())?;
+    client
+        .wait_for_log("is not listed", Duration::from_secs(20))
+        .context("a wrong fingerprint must be refused")?;
+    ensure!(!client.log().contains(subjects::READY_LINE));
+    Ok(())
+}
+
+/// A dead first `remote` (nothing answers: server-poll-timeout) and a dead first
+/// `<connection>` (refused port): the client moves on and connects to the live one.
+#[test]
+fn failover_past_dead_remotes_and_connection_blocks() -> Result<()> {
+    let s = stock_server(TunnelSpec::default())?;
+    let base = without(&s.client_conf, &["remote"]);
+    let port = s.spec.port;
+    // 198.18.2.99 is on the server's link but nobody has it: no answer at all.
+    let conf = format!(
+        "{base}server-poll-timeout 2\nconnect-retry 1\n\
+         remote 198.18.2.99 {port}\n\
+         <connection>\nremote {SERVER_WAN} {}\n</connection>\n\
+         <connection>\n# the live one\nremote {SERVER_WAN} {port} udp\n</connection>\n",
+        port + 7
+    );
+    let t0 = Instant::now();
+    let mut client = s.client(conf.as_bytes())?;
+    s.up_and_ping(&mut client, Duration::from_secs(30))?;
+    let log = client.log();
+    ensure!(
+        log.contains("198.18.2.99"),
+        "the dead first remote was not tried:\n{log}"
+    );
+    ensure!(
+        log.contains(&format!("{SERVER_WAN}:{}", port + 7)),
+        "the dead connection block was not tried:\n{log}"
+    );
+    eprintln!(
+        "connected through the third remote after {:?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+/// A provider-style file as users have it: Latin-1 comment, CRLF line ends, no final
+/// newline, `setenv opt block-outside-dns`, `comp-lzo`, `persist-remote-ip`, `ping-timer-rem`,
+/// `key-method 2`, `keysize`, `tls-cipher` with suites rustls lacks next to one it has — the
+/// client connects to a stock server with `comp-lzo`, and check-config agrees.
+#[test]
+fn provider_style_file_connects() -> Result<()> {
+    let s = stock_server(TunnelSpec {
+        server_extra: vec!["comp-lzo".into(), "push \"comp-lzo\"".into()],
+        ..TunnelSpec::default()
+    })?;
+    let mut text = String::from("# Fichier de configuration: r\u{e9}seau priv\u{e9}\n");
+    text.push_str(&s.client_conf);
+    text.push_str(
+        "setenv opt block-outside-dns\ncomp-lzo\npersist-remote-ip\nping-timer-rem\n\
+         key-method 2\nkeysize 256\nauth-nocache\n\
+         tls-cipher TLS-DHE-RSA-WITH-AES-256-CBC-SHA:TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256\n\
+         mute-replay-warnings\nverb 3",
+    );
+    // Latin-1 bytes, CRLF, no final newline.
+    let bytes: Vec<u8> = text
+        .replace('\n', "\r\n")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect();
+    let path = s.hosts.dir.join("provider.ovpn");
+    std::fs::write(&path, &bytes)?;
+    let check = std::process::Command::new(subjects::tunscope_bin()?)
+        .args(["check-config", "--json"])
+        .arg(&path)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "check-config: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let mut client = s.client(&bytes)?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))?;
+    client.signal(Signal::SIGTERM)?;
+    let code = client.wait_exit(Duration::from_secs(10))?;
+    ensure!(code == Some(0), "exit {code:?}:\n{}", client.log());
+    Ok(())
+}
