@@ -107,12 +107,16 @@ pub fn client_setup(
         .context("TLS setup (does the key match the certificate?)")?;
     let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
 
-    Ok(ClientSetup::new(
+    let mut setup = ClientSetup::new(
         cfg,
         Arc::clone(&tls_cfg),
         wrap,
         credentials,
         transport,
         ipv6_link,
-    ))
+    );
+    // Testing aid: behave like a pre-2.6 client (no TLS-EKM announced), so a 2.6 server
+    // derives the data keys with the legacy PRF.
+    setup.announce_ekm = std::env::var_os("TUNSCOPE_NO_EKM").is_none();
+    Ok(setup)
 }

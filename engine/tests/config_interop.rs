@@ -46,13 +46,18 @@ fn stock_server(spec: TunnelSpec) -> Result<Setup> {
 impl Setup {
     /// Starts our client with `conf` (written as raw bytes: encodings are part of the test).
     fn client(&self, conf: &[u8]) -> Result<Proc> {
+        self.client_env(conf, &[])
+    }
+
+    fn client_env(&self, conf: &[u8], env: &[(&str, &str)]) -> Result<Proc> {
         let path = self.hosts.dir.join("client.conf");
         std::fs::write(&path, conf)?;
-        subjects::start_tunscope_client(
+        subjects::start_tunscope_client_env(
             &self.hosts.client,
             &path,
             &self.hosts.dir.join("client.log"),
             &[],
+            env,
         )
     }
 
@@ -223,5 +228,40 @@ fn provider_style_file_connects() -> Result<()> {
     client.signal(Signal::SIGTERM)?;
     let code = client.wait_exit(Duration::from_secs(10))?;
     ensure!(code == Some(0), "exit {code:?}:\n{}", client.log());
+    Ok(())
+}
+
+/// A client that does not announce TLS-EKM (as OpenVPN 2.5 and older): stock 2.6 derives the
+/// data keys with the legacy TLS 1.0 PRF, and so must we — with UDP and with TCP, for the
+/// first key and after a renegotiation (new randoms, same session ids).
+#[test]
+fn legacy_prf_key_derivation_with_stock_server() -> Result<()> {
+    for proto in [subjects::Proto::Udp, subjects::Proto::Tcp] {
+        let s = stock_server(TunnelSpec {
+            proto,
+            server_reneg_sec: Some(4),
+            ..TunnelSpec::default()
+        })?;
+        let mut client = s.client_env(s.client_conf.as_bytes(), &[("TUNSCOPE_NO_EKM", "1")])?;
+        s.up_and_ping(&mut client, Duration::from_secs(20))?;
+        let log = client.log();
+        ensure!(
+            log.contains("legacy PRF"),
+            "the server should have used the legacy PRF:\n{log}"
+        );
+        // Past a server-initiated renegotiation (reneg-sec 4), the tunnel still carries data.
+        client.wait_for_log("new data keys, key-id 1", Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let dst = s.spec.server_tun_ip().to_string();
+        let p = traffic::ping(&s.hosts.client, &dst, 3, 56, false)?;
+        ensure!(
+            p.received == 3,
+            "{proto:?}: ping after renegotiation: {}\n{}",
+            p.output,
+            tail(&client.log(), 20)
+        );
+        client.signal(Signal::SIGTERM)?;
+        client.wait_exit(Duration::from_secs(10))?;
+    }
     Ok(())
 }

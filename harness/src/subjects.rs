@@ -273,6 +273,17 @@ pub fn start_tunscope_client(
     log: &Path,
     extra: &[&str],
 ) -> Result<Proc> {
+    start_tunscope_client_env(ns, config, log, extra, &[])
+}
+
+/// Like [`start_tunscope_client`], with extra environment variables.
+pub fn start_tunscope_client_env(
+    ns: &Netns,
+    config: &Path,
+    log: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let bin = tunscope_bin()?;
     let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
     cmd.arg("client").arg("--config").arg(config).args(extra);
@@ -284,6 +295,7 @@ pub fn start_tunscope_client(
         "TUNSCOPE_LOG",
         std::env::var("TUNSCOPE_LOG").unwrap_or_else(|_| "info".into()),
     );
+    cmd.envs(env.iter().copied());
     Proc::spawn("tunscope client", cmd, log)
 }
 

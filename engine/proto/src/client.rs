@@ -71,6 +71,9 @@ pub struct ClientSetup {
     pub extra_peer_info: String,
     /// `allow-compression`: whether a pushed compression algorithm may be used.
     pub allow_compression: crate::options::compress::AllowCompression,
+    /// Announce TLS-EKM key derivation (`IV_PROTO` bit 3). Off only to test the legacy PRF
+    /// against a 2.6 peer, which then uses it as with an OpenVPN 2.5 client.
+    pub announce_ekm: bool,
 }
 
 impl ClientSetup {
@@ -106,6 +109,7 @@ impl ClientSetup {
             pull_filters: cfg.pull_filters.clone(),
             extra_peer_info: extra_peer_info(cfg),
             allow_compression: cfg.compression.allow,
+            announce_ekm: true,
         }
     }
 
@@ -251,6 +255,9 @@ pub struct Client {
     pushed: Option<PushedOptions>,
     next_push_request: Option<Instant>,
     cipher: Option<Cipher>,
+    /// The server derives data keys with the legacy PRF (it did not push
+    /// `key-derivation tls-ekm`: OpenVPN before 2.6, or we did not announce EKM).
+    legacy_prf: bool,
     data: DataPlane,
     /// Newest first; at most two (current, lame duck).
     keys: Vec<Arc<DataKeys>>,
@@ -294,6 +301,7 @@ impl Client {
             pushed: None,
             next_push_request: None,
             cipher: None,
+            legacy_prf: false,
             data,
             keys: Vec::new(),
             switch_send_at: None,
@@ -660,8 +668,11 @@ impl Client {
             username,
             password,
             peer_info: Some(
-                client_peer_info(&self.setup.ciphers, self.setup.tun_mtu.max(1600))
-                    + &self.setup.extra_peer_info,
+                client_peer_info(
+                    &self.setup.ciphers,
+                    self.setup.tun_mtu.max(1600),
+                    self.setup.announce_ekm,
+                ) + &self.setup.extra_peer_info,
             ),
         }
     }
@@ -718,7 +729,7 @@ impl Client {
             return;
         }
         let Some(cipher) = self.cipher else { return };
-        let Some(km) = self.session.export_key_material(key_id) else {
+        let Some(km) = self.key_material(key_id) else {
             return;
         };
         self.keys
@@ -726,6 +737,16 @@ impl Client {
         self.keys.truncate(2);
         self.data.recv = self.keys.clone();
         self.data.generation += 1;
+    }
+
+    /// The data-channel key block of a key state: TLS-EKM, or the legacy PRF for servers
+    /// without it.
+    fn key_material(&self, key_id: u8) -> Option<[u8; crate::consts::KEY2_LEN]> {
+        if self.legacy_prf {
+            self.session.prf_key_material(key_id)
+        } else {
+            self.session.export_key_material(key_id)
+        }
     }
 
     fn on_key_active(&mut self, now: Instant, key_id: u8) {
@@ -844,14 +865,17 @@ impl Client {
             );
             return;
         };
-        if !pushed.uses_ekm() {
-            self.fail("the server did not enable TLS-EKM key derivation (needs OpenVPN 2.6+); the legacy PRF is not implemented".into());
-            return;
+        self.legacy_prf = !pushed.uses_ekm();
+        if self.legacy_prf {
+            self.events.push_back(ClientEvent::Info(
+                "the server derives data keys with the legacy PRF (no TLS-EKM: OpenVPN before 2.6)"
+                    .into(),
+            ));
         }
         let Some(key_id) = self.session.current_key_id() else {
             return;
         };
-        let Some(km) = self.session.export_key_material(key_id) else {
+        let Some(km) = self.key_material(key_id) else {
             self.restart("key export failed".into());
             return;
         };

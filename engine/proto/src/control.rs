@@ -129,6 +129,9 @@ struct KeyState {
     text_in: Vec<u8>,
     peer_km2_seen: bool,
     own_km2_written: bool,
+    /// Both key-method-2 messages, kept for the legacy (pre-2.6) key derivation.
+    own_km2: Option<Box<KeyMethod2>>,
+    peer_km2: Option<Box<KeyMethod2>>,
     started: Instant,
     /// Set once the peer's reset has been seen (learned through the reliability layer).
     peer_reset_seen: bool,
@@ -152,6 +155,8 @@ impl KeyState {
             text_in: Vec::new(),
             peer_km2_seen: false,
             own_km2_written: false,
+            own_km2: None,
+            peer_km2: None,
             started: now,
             peer_reset_seen: false,
             material_ready: false,
@@ -243,10 +248,13 @@ impl KeyState {
                 self.peer_km2_seen = true;
                 let from_client = matches!(tls, rustls::Connection::Server(_));
                 match KeyMethod2::parse(&chunk, from_client) {
-                    Ok(m) => events.push_back(SessionEvent::PeerKeyMethod {
-                        key_id: self.key_id,
-                        message: Box::new(m),
-                    }),
+                    Ok(m) => {
+                        self.peer_km2 = Some(Box::new(m.clone()));
+                        events.push_back(SessionEvent::PeerKeyMethod {
+                            key_id: self.key_id,
+                            message: Box::new(m),
+                        })
+                    }
                     Err(e) => {
                         self.fail(format!("peer key-method-2 message: {e}"), events);
                         return;
@@ -694,6 +702,7 @@ impl ControlSession {
         self.note(true, key_id, key_method_text(msg));
         if let Some(ks) = self.keys.iter_mut().find(|k| k.key_id == key_id) {
             ks.own_km2_written = true;
+            ks.own_km2 = Some(Box::new(msg.clone()));
             ks.update_phase(&mut self.events);
         }
         Ok(())
@@ -744,6 +753,31 @@ impl ControlSession {
         let tls = ks.tls.as_ref()?;
         tls.export_keying_material([0u8; KEY2_LEN], EKM_LABEL_DATAKEYS, None)
             .ok()
+    }
+
+    /// The 256-byte key block of the legacy derivation (TLS 1.0 PRF over both key-method-2
+    /// messages and the session ids), for peers without TLS-EKM.
+    pub fn prf_key_material(&self, key_id: u8) -> Option<[u8; KEY2_LEN]> {
+        let ks = self
+            .keys
+            .iter()
+            .find(|k| k.key_id == key_id && k.phase != Phase::Failed && k.keys_exchanged())?;
+        let (own, peer) = (ks.own_km2.as_deref()?, ks.peer_km2.as_deref()?);
+        let remote = self.remote_sid?;
+        fn source(m: &KeyMethod2) -> crate::prf::KeySource<'_> {
+            crate::prf::KeySource {
+                pre_master: m.pre_master.as_ref(),
+                random1: &m.random1,
+                random2: &m.random2,
+            }
+        }
+        let is_server = matches!(ks.tls, Some(rustls::Connection::Server(_)));
+        let (client, server, csid, ssid) = if is_server {
+            (peer, own, remote, self.local_sid)
+        } else {
+            (own, peer, self.local_sid, remote)
+        };
+        crate::prf::key_expansion(source(client), source(server), csid.0, ssid.0)
     }
 
     /// The peer's certificate chain (leaf first) of a key state, once TLS is up.

@@ -218,7 +218,11 @@ pub const CLIENT_IV_PROTO: u32 = iv_proto::DATA_V2
     | iv_proto::CC_EXIT_NOTIFY;
 
 /// Builds our client's peer-info string.
-pub fn client_peer_info(ciphers: &[crate::data::Cipher], tun_mtu_max: u16) -> String {
+pub fn client_peer_info(
+    ciphers: &[crate::data::Cipher],
+    tun_mtu_max: u16,
+    announce_ekm: bool,
+) -> String {
     use crate::data::Cipher;
     let names: Vec<&str> = ciphers.iter().map(|c| c.name()).collect();
     let mut s = format!(
@@ -232,7 +236,11 @@ pub fn client_peer_info(ciphers: &[crate::data::Cipher], tun_mtu_max: u16) -> St
     s.push_str(&format!(
         "IV_CIPHERS={}\nIV_PROTO={}\n",
         names.join(":"),
-        CLIENT_IV_PROTO
+        if announce_ekm {
+            CLIENT_IV_PROTO
+        } else {
+            CLIENT_IV_PROTO & !iv_proto::TLS_KEY_EXPORT
+        }
     ));
     s
 }
@@ -281,7 +289,7 @@ mod tests {
             options: "V4,dev-type tun".into(),
             username: client.then(|| "alice".into()),
             password: client.then(|| "secret".into()),
-            peer_info: client.then(|| client_peer_info(&Cipher::ALL, 1600)),
+            peer_info: client.then(|| client_peer_info(&Cipher::ALL, 1600, true)),
         }
     }
 
@@ -346,7 +354,7 @@ mod tests {
 
     #[test]
     fn peer_info_fields() {
-        let pi = PeerInfo::parse(&client_peer_info(&Cipher::ALL, 1600));
+        let pi = PeerInfo::parse(&client_peer_info(&Cipher::ALL, 1600, true));
         assert_eq!(pi.iv_proto(), 2 + 4 + 8 + 64 + 128);
         assert_eq!(pi.get("IV_NCP"), Some("2"));
         assert_eq!(

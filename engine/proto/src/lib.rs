@@ -11,6 +11,7 @@
 //! * [`consts`] — protocol constants, with their OpenVPN names.
 //! * [`wire`] — opcodes, control packets, data headers, TCP framing.
 //! * [`packet_id`] — packet-ids and the replay window.
+//! * [`prf`] — the legacy (pre-2.6) data-channel key derivation: TLS 1.0 PRF.
 //! * [`static_key`], [`wrap`] — `tls-auth` / `tls-crypt` wrapping of control packets.
 //! * [`reliable`] — the control channel's ACK/retransmit layer.
 //! * [`tls`] — rustls configs with OpenVPN's certificate checks.
@@ -35,6 +36,7 @@ pub mod key_method;
 pub mod mss;
 pub mod options;
 pub mod packet_id;
+pub mod prf;
 pub mod reliable;
 pub mod server;
 pub mod stage;

@@ -94,6 +94,10 @@ fn server(pki: &Pki, extra: &str) -> Server {
 }
 
 fn client(pki: &Pki, i: usize, extra: &str) -> Client {
+    client_with(pki, i, extra, |_| {})
+}
+
+fn client_with(pki: &Pki, i: usize, extra: &str, tweak: impl FnOnce(&mut ClientSetup)) -> Client {
     let text = format!("client\nremote 198.18.1.1 1194\nca ca\ncert c\nkey k\n{extra}");
     let cfg = ClientConfig::parse(&text, Path::new("/t/client.conf")).unwrap();
     let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
@@ -104,7 +108,8 @@ fn client(pki: &Pki, i: usize, extra: &str) -> Client {
         &tls::Negotiation::versions(cfg.tls_version_min, cfg.tls_version_max),
     )
     .unwrap();
-    let setup = ClientSetup::new(&cfg, tls, WrapConfig::None, None, Transport::Udp, false);
+    let mut setup = ClientSetup::new(&cfg, tls, WrapConfig::None, None, Transport::Udp, false);
+    tweak(&mut setup);
     Client::new(Arc::new(setup), Instant::now(), 2_000)
 }
 
@@ -427,6 +432,40 @@ fn ccd_fixed_address_and_iroute() {
     let view = &snap.peers[&0];
     assert!(view.owns_source("198.19.77.9".parse().unwrap()));
     assert!(!view.owns_source("198.19.0.2".parse().unwrap()));
+}
+
+/// A client without TLS-EKM (as OpenVPN 2.5): the server pushes no `tls-ekm`, both derive
+/// keys with the legacy PRF, data flows, also after a renegotiation; with
+/// `force-tls-key-material-export` the server refuses such a client.
+#[test]
+fn legacy_prf_client_and_force_ekm() {
+    let pki = pki(1);
+    let old = |pki: &Pki| client_with(pki, 0, "", |s| s.announce_ekm = false);
+    let mut net = Net::new(server(&pki, "reneg-sec 20\n"), vec![old(&pki)]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let pushed = net.clients[0].1.pushed().unwrap().clone();
+    assert!(!pushed.uses_ekm());
+    assert_data_both_ways(&net, 0);
+    net.run(Duration::from_secs(30), |n| {
+        n.clients[0]
+            .2
+            .iter()
+            .any(|e| matches!(e, ClientEvent::KeysChanged { key_id: 1, .. }))
+    });
+    net.advance(Duration::from_secs(2));
+    assert_data_both_ways(&net, 0);
+
+    let mut net = Net::new(
+        server(&pki, "force-tls-key-material-export\n"),
+        vec![old(&pki)],
+    );
+    net.run(Duration::from_secs(10), |n| {
+        n.clients[0]
+            .2
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Fatal(_) | ClientEvent::Restart(_)))
+    });
+    assert!(!net.connected(0));
 }
 
 #[test]

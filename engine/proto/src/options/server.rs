@@ -202,6 +202,8 @@ pub struct ServerConfig {
     pub tls: crate::options::common::TlsOptions,
     /// `setenv NAME VALUE` pairs, passed to scripts.
     pub setenv: Vec<(String, String)>,
+    /// `force-tls-key-material-export`: refuse clients without TLS-EKM (no legacy PRF).
+    pub force_tls_key_material_export: bool,
     /// `up CMD`: run once the tun device is configured.
     pub up: Option<Vec<String>>,
     /// `route-up CMD`: run once the server's routes are in place.
@@ -300,6 +302,7 @@ struct Builder {
     replay_window: Option<u32>,
     explicit_exit_notify: u32,
     ignore_unknown: Vec<String>,
+    force_ekm: bool,
     up: Option<(usize, Vec<String>)>,
     route_up: Option<(usize, Vec<String>)>,
     down: Option<(usize, Vec<String>)>,
@@ -531,6 +534,7 @@ impl Builder {
                 };
                 *slot = Some((line, cmd));
             }
+            "force-tls-key-material-export" => self.force_ekm = true,
             "remote" | "rport" => {
                 return Err(ctx.error(
                     line,
@@ -720,6 +724,7 @@ impl Builder {
             compression,
             tls: self.common.tls,
             setenv: self.common.setenv,
+            force_tls_key_material_export: self.force_ekm,
             up: self.up.map(|(_, c)| c),
             route_up: self.route_up.map(|(_, c)| c),
             down: self.down.map(|(_, c)| c),

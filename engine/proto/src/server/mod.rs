@@ -810,9 +810,12 @@ impl Server {
             .ok_or_else(|| {
                 "Data channel cipher negotiation failed (no shared cipher)".to_owned()
             })?;
-        if p.iv_proto() & iv_proto::TLS_KEY_EXPORT == 0 {
+        // Clients before 2.6 (no IV_PROTO bit 3) get the legacy PRF, as 2.6 does, unless
+        // `force-tls-key-material-export`.
+        if p.iv_proto() & iv_proto::TLS_KEY_EXPORT == 0 && cfg.force_tls_key_material_export {
             return Err(
-                "client does not support TLS-EKM key derivation (needs OpenVPN 2.6+)".into(),
+                "client does not support TLS-EKM key derivation and force-tls-key-material-export is set"
+                    .into(),
             );
         }
         let cn = p.common_name.clone();
@@ -961,7 +964,11 @@ impl Server {
     }
 
     fn derive(&self, p: &Peer, key_id: u8) -> Option<Arc<DataKeys>> {
-        let km = p.session.export_key_material(key_id)?;
+        let km = if p.iv_proto() & iv_proto::TLS_KEY_EXPORT == 0 {
+            p.session.prf_key_material(key_id)?
+        } else {
+            p.session.export_key_material(key_id)?
+        };
         Some(Arc::new(DataKeys::new(p.cipher?, &km, key_id, true)))
     }
 
@@ -1124,10 +1131,12 @@ impl Server {
         if let Some(c) = p.cipher {
             o.push(format!("cipher {}", c.name()));
         }
-        if iv & iv_proto::CC_EXIT_NOTIFY != 0 {
-            o.push("protocol-flags cc-exit tls-ekm".into());
-        } else {
-            o.push("key-derivation tls-ekm".into());
+        let ekm = iv & iv_proto::TLS_KEY_EXPORT != 0;
+        match (iv & iv_proto::CC_EXIT_NOTIFY != 0, ekm) {
+            (true, true) => o.push("protocol-flags cc-exit tls-ekm".into()),
+            (true, false) => o.push("protocol-flags cc-exit".into()),
+            (false, true) => o.push("key-derivation tls-ekm".into()),
+            (false, false) => {}
         }
         if p.peer_info.get("IV_MTU").is_some() {
             o.push(format!("tun-mtu {}", cfg.tun_mtu));
