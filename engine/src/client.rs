@@ -163,6 +163,8 @@ struct Run<'a> {
     resolved: HashMap<(String, u16), SocketAddr>,
     /// `auth-user-pass` credentials, kept across attempts unless `auth-nocache`.
     credentials: Option<(String, String)>,
+    /// Proxy credentials, asked or read once.
+    proxy_credentials: Option<(String, String)>,
 }
 
 /// Runs the client until it is told to stop or fails for good.
@@ -214,6 +216,7 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         remotes: ordered_remotes(&cfg),
         resolved: HashMap::new(),
         credentials: None,
+        proxy_credentials: None,
     };
     let result = run.attempts();
     drop(endpoints);
@@ -282,6 +285,11 @@ impl Run<'_> {
 
     fn connect_once(&mut self, remote: &Remote) -> Result<Outcome> {
         let cfg = self.cfg;
+        // Through a proxy, the proxy is the far end of our socket and resolves the server.
+        if let Some(proxy) = &cfg.proxy {
+            let (peer, link) = self.proxy_link(remote, proxy)?;
+            return self.run_on_link(remote, peer, link);
+        }
         // persist-remote-ip: the address resolved first is kept across restarts.
         let key = (remote.host.clone(), remote.port);
         let peer = match self.resolved.get(&key) {
@@ -296,6 +304,76 @@ impl Run<'_> {
             Some(h) => Some(resolve_local(h, peer.is_ipv6())?),
             None => None,
         };
+        let link = match remote.transport {
+            Transport::Udp => Link::udp(peer, local, cfg.lport.unwrap_or(0)),
+            Transport::Tcp => Link::tcp(
+                peer,
+                (local.is_some() || cfg.lport.is_some_and(|p| p != 0)).then(|| {
+                    let ip = local.unwrap_or(if peer.is_ipv4() {
+                        std::net::Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        std::net::Ipv6Addr::UNSPECIFIED.into()
+                    });
+                    SocketAddr::new(ip, cfg.lport.unwrap_or(0))
+                }),
+                cfg.server_poll_timeout.min(Duration::from_secs(120)),
+            ),
+        }
+        .with_context(|| format!("cannot open link to {peer}"))?;
+        self.run_on_link(remote, peer, link)
+    }
+
+    /// A TCP link to `remote` through `proxy` (HTTP CONNECT or SOCKS5).
+    fn proxy_link(
+        &mut self,
+        remote: &Remote,
+        proxy: &tunscope_proto::options::client::ProxySettings,
+    ) -> Result<(SocketAddr, Link)> {
+        use tunscope_proto::options::client::ProxyAuth;
+        let cfg = self.cfg;
+        let addr = resolve(&Remote {
+            host: proxy.host.clone(),
+            port: proxy.port,
+            transport: Transport::Tcp,
+        })
+        .context("proxy")?;
+        if self.proxy_credentials.is_none() {
+            self.proxy_credentials = match &proxy.auth {
+                ProxyAuth::None => None,
+                ProxyAuth::From(src) => Some(
+                    tunscope_proto::options::client::parse_credentials(&crate::setup::read_source(
+                        src,
+                        "http-proxy",
+                    )?)
+                    .map_err(|e| anyhow::anyhow!("proxy credentials ({}): {e}", src.describe()))?,
+                ),
+                ProxyAuth::Prompt => Some(crate::prompt::credentials()?),
+            };
+        }
+        tracing::info!(
+            "connecting to {}:{} through {} proxy {addr}",
+            remote.host,
+            remote.port,
+            match proxy.kind {
+                tunscope_proto::options::client::ProxyKind::Http => "HTTP",
+                tunscope_proto::options::client::ProxyKind::Socks5 => "SOCKS5",
+            }
+        );
+        let stream = crate::proxy::connect(
+            proxy,
+            addr,
+            &remote.host,
+            remote.port,
+            self.proxy_credentials.as_ref(),
+            cfg.server_poll_timeout.min(Duration::from_secs(120)),
+        )
+        .with_context(|| format!("proxy {addr}"))?;
+        Ok((addr, Link::from_tcp(stream, addr)?))
+    }
+
+    /// The connection attempt on an open link: handshake, tunnel, data path, until it ends.
+    fn run_on_link(&mut self, remote: &Remote, peer: SocketAddr, link: Link) -> Result<Outcome> {
+        let cfg = self.cfg;
         // Credentials are asked for (or read) once and kept, unless auth-nocache.
         if self.credentials.is_none() || cfg.auth_nocache {
             self.credentials = crate::setup::load_credentials(cfg)?;
@@ -314,22 +392,6 @@ impl Run<'_> {
                 "TCP"
             }
         );
-        let link = match remote.transport {
-            Transport::Udp => Link::udp(peer, local, cfg.lport.unwrap_or(0)),
-            Transport::Tcp => Link::tcp(
-                peer,
-                (local.is_some() || cfg.lport.is_some_and(|p| p != 0)).then(|| {
-                    let ip = local.unwrap_or(if peer.is_ipv4() {
-                        std::net::Ipv4Addr::UNSPECIFIED.into()
-                    } else {
-                        std::net::Ipv6Addr::UNSPECIFIED.into()
-                    });
-                    SocketAddr::new(ip, cfg.lport.unwrap_or(0))
-                }),
-                cfg.server_poll_timeout.min(Duration::from_secs(120)),
-            ),
-        }
-        .with_context(|| format!("cannot open link to {peer}"))?;
         self.observer.set_socket(link.udp_fd());
         let mut client = Client::new(Arc::clone(&setup), Instant::now(), unix_now());
         let mut rx = RxBatch::new();
@@ -428,7 +490,7 @@ impl Run<'_> {
             None,
         )]);
         let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
-        let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), plane.framing, v2);
+        let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), &plane, v2);
         let shared = Shared::new(
             Arc::clone(&self.stats),
             mss,
@@ -581,7 +643,7 @@ fn mss_for(
     cfg: &ClientConfig,
     transport: Transport,
     ipv6_link: bool,
-    framing: data::Framing,
+    plane: &tunscope_proto::client::DataPlane,
     v2: bool,
 ) -> Option<u16> {
     let outer = match (transport, ipv6_link) {
@@ -591,7 +653,12 @@ fn mss_for(
         (Transport::Tcp, true) => 60,
     };
     let framing_extra = if transport == Transport::Tcp { 2 } else { 0 };
-    let overhead = data::overhead(v2, framing) as u16 + framing_extra;
+    let cipher = plane
+        .send
+        .as_ref()
+        .map_or(data::Cipher::Aes256Gcm, |k| k.cipher());
+    let overhead =
+        data::overhead_with(cipher, cfg.auth_digest, v2, plane.framing) as u16 + framing_extra;
     cfg.mssfix
         .unwrap_or(Mssfix::DEFAULT)
         .mss_v4(outer, overhead)

@@ -202,7 +202,8 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
     let wire = link_wire(link, true);
-    let v2_overhead = data::overhead(true, data::Framing::StubV2);
+    // Room for the largest header, HMAC/tag, IV, padding and framing any cipher adds.
+    let v2_overhead = data::MAX_OVERHEAD;
     let stats = &shared.stats;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();

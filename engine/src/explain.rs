@@ -87,6 +87,10 @@ fn wrap(w: &WrapSource, digest: &str) -> String {
             )
         }
         WrapSource::Crypt(k) => format!("tls-crypt (AES-256-CTR + HMAC-SHA256), key {}", source(k)),
+        WrapSource::CryptV2(k) => format!(
+            "tls-crypt-v2 (per-client tls-crypt key, wrapped for the server), key {}",
+            source(k)
+        ),
     }
 }
 

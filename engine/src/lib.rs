@@ -28,6 +28,7 @@ pub mod netconfig;
 pub mod netlink;
 pub mod poll;
 pub mod prompt;
+pub mod proxy;
 pub mod report;
 pub mod server;
 pub mod setup;

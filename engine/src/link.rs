@@ -194,6 +194,12 @@ impl Link {
                 sock.into()
             }
         };
+        Link::from_tcp(stream, peer)
+    }
+
+    /// A TCP link over an already connected stream (e.g. through a proxy); `peer` names the
+    /// far end in logs and captures.
+    pub fn from_tcp(stream: TcpStream, peer: SocketAddr) -> io::Result<Link> {
         stream.set_nodelay(true)?;
         // The rx thread wakes up regularly to notice shutdown.
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;

@@ -204,6 +204,21 @@ enum Command {
         #[command(flatten)]
         compare: Compare,
     },
+    /// Generate a key file, as `openvpn --genkey`: `secret`/`tls-auth`/`tls-crypt` (static
+    /// key), `tls-crypt-v2-server`, `tls-crypt-v2-client` (needs --server-key).
+    Genkey {
+        /// Key type.
+        #[arg(value_parser = ["secret", "tls-auth", "tls-crypt", "tls-crypt-v2-server", "tls-crypt-v2-client"])]
+        kind: String,
+        /// Output file (refused if it exists).
+        file: PathBuf,
+        /// The tls-crypt-v2 server key that wraps a client key.
+        #[arg(long, value_name = "FILE")]
+        server_key: Option<PathBuf>,
+        /// tls-crypt-v2 client metadata (bytes, stored as user metadata; default: the time).
+        #[arg(long, value_name = "TEXT")]
+        metadata: Option<String>,
+    },
     /// Parse a client or server config and report errors (file:line) and ignored options.
     CheckConfig {
         /// The config file.
@@ -259,6 +274,40 @@ fn check_config(path: &std::path::Path, explain: bool, json: bool) -> anyhow::Re
         }
         println!("{file}: OK ({}, {} warning(s))", e.role, e.warnings.len());
     }
+    Ok(())
+}
+
+/// `tunscope genkey`: the same key files `openvpn --genkey` writes.
+fn genkey(
+    kind: &str,
+    file: &std::path::Path,
+    server_key: Option<&std::path::Path>,
+    metadata: Option<&str>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tunscope_proto::tls_crypt_v2::{ClientKey, ServerKey};
+    let text = match kind {
+        "tls-crypt-v2-server" => ServerKey::generate().to_pem(),
+        "tls-crypt-v2-client" => {
+            let path = server_key.context("tls-crypt-v2-client needs --server-key FILE")?;
+            let server = ServerKey::parse(&std::fs::read_to_string(path)?)
+                .with_context(|| format!("{}", path.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            ClientKey::generate(&server, metadata.map(str::as_bytes), now)?.to_pem()
+        }
+        _ => tunscope_proto::static_key::Key2(tunscope_proto::control::random_bytes()).to_pem(),
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }
 
@@ -368,6 +417,12 @@ fn main() -> ExitCode {
             explain,
             json,
         } => check_config(&config, explain, json),
+        Command::Genkey {
+            kind,
+            file,
+            server_key,
+            metadata,
+        } => genkey(&kind, &file, server_key.as_deref(), metadata.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,8 +50,9 @@ pub fn load_ca(ca: Option<&Source>) -> Result<Vec<rustls::pki_types::Certificate
     }
 }
 
-/// Builds the wrap configuration from a config's `tls-auth`/`tls-crypt`.
-pub fn load_wrap(wrap: &WrapSource, digest: Digest) -> Result<WrapConfig> {
+/// Builds the wrap configuration from a config's `tls-auth`/`tls-crypt`/`tls-crypt-v2`
+/// (whose key file differs by role).
+pub fn load_wrap(wrap: &WrapSource, digest: Digest, is_server: bool) -> Result<WrapConfig> {
     Ok(match wrap {
         WrapSource::None => WrapConfig::None,
         WrapSource::Auth { key, direction } => WrapConfig::Auth {
@@ -60,6 +61,29 @@ pub fn load_wrap(wrap: &WrapSource, digest: Digest) -> Result<WrapConfig> {
             direction: *direction,
             digest,
         },
+        WrapSource::CryptV2(src) => {
+            let text = read_source(src, "tls-crypt-v2")?;
+            let what = || format!("option 'tls-crypt-v2' ({})", src.describe());
+            if is_server {
+                WrapConfig::CryptV2Server {
+                    key: tunscope_proto::tls_crypt_v2::ServerKey::parse(&text).map_err(|e| {
+                        anyhow!(
+                            "{}: {e} (a server needs the tls-crypt-v2 server key)",
+                            what()
+                        )
+                    })?,
+                }
+            } else {
+                WrapConfig::CryptV2Client {
+                    key: tunscope_proto::tls_crypt_v2::ClientKey::parse(&text).map_err(|e| {
+                        anyhow!(
+                            "{}: {e} (a client needs its tls-crypt-v2 client key)",
+                            what()
+                        )
+                    })?,
+                }
+            }
+        }
         WrapSource::Crypt(src) => WrapConfig::Crypt {
             key: Key2::parse(&read_source(src, "tls-crypt")?)
                 .map_err(|e| anyhow!("option 'tls-crypt' ({}): {e}", src.describe()))?,
@@ -105,7 +129,7 @@ pub fn client_setup(
         tls::Negotiation::from_options(cfg.tls_version_min, cfg.tls_version_max, &cfg.tls);
     let tls_cfg = tls::client_config(&ca, identity, check, &negotiation)
         .context("TLS setup (does the key match the certificate?)")?;
-    let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
+    let wrap = load_wrap(&cfg.wrap, cfg.auth_digest, false)?;
 
     let mut setup = ClientSetup::new(
         cfg,

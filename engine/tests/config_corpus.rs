@@ -122,10 +122,6 @@ const ALLOWED_REFUSALS: &[&str] = &[
     "left out by design",
     "not supported yet",
     "unsupported option 'pkcs12'",
-    "unsupported option 'http-proxy'",
-    "unsupported option 'socks-proxy'",
-    "option 'tls-crypt-v2' is not supported",
-    "none of the ciphers is supported",
 ];
 
 /// Stock openvpn's verdict on one file: Ok(()) when its option parser accepts it.

@@ -265,3 +265,241 @@ fn legacy_prf_key_derivation_with_stock_server() -> Result<()> {
     }
     Ok(())
 }
+
+/// The non-AEAD data channel of older servers: AES-CBC with an HMAC (`auth`), negotiated
+/// through `data-ciphers` with a stock 2.6 server, with TLS-EKM keys and — as against an
+/// OpenVPN 2.4/2.5 server — with legacy PRF keys. Bulk data crosses intact both ways.
+#[test]
+fn cbc_hmac_data_channel_with_stock_server() -> Result<()> {
+    for (cipher, auth, no_ekm) in [
+        ("AES-256-CBC", "SHA256", false),
+        ("AES-128-CBC", "SHA1", true),
+        ("AES-256-CBC", "SHA512", true),
+    ] {
+        let s = stock_server(TunnelSpec {
+            server_ciphers: vec![cipher.into()],
+            server_extra: vec![format!("auth {auth}")],
+            ..TunnelSpec::default()
+        })?;
+        let conf = format!("{}data-ciphers {cipher}\nauth {auth}\n", s.client_conf);
+        let env: &[(&str, &str)] = if no_ekm {
+            &[("TUNSCOPE_NO_EKM", "1")]
+        } else {
+            &[]
+        };
+        let mut client = s.client_env(conf.as_bytes(), env)?;
+        s.up_and_ping(&mut client, Duration::from_secs(20))
+            .with_context(|| format!("{cipher} {auth}"))?;
+        let dst = s.spec.server_tun_ip();
+        let echo =
+            traffic::EchoServer::start(&s.hosts.server, std::net::SocketAddr::from((dst, 5001)))?;
+        let t = traffic::echo_transfer(&s.hosts.client, echo.addr, 2 << 20, None)
+            .with_context(|| format!("{cipher} {auth}: {}", tail(&client.log(), 20)))?;
+        eprintln!(
+            "{cipher}/{auth}{}: 2 MiB echoed at {:.0} Mbit/s",
+            if no_ekm { " (legacy PRF)" } else { "" },
+            t.mbit_per_s()
+        );
+        ensure!(
+            s.server.log().contains(cipher),
+            "the stock server did not use {cipher}:\n{}",
+            tail(&s.server.log(), 20)
+        );
+        client.signal(Signal::SIGTERM)?;
+        client.wait_exit(Duration::from_secs(10))?;
+    }
+    Ok(())
+}
+
+/// Runs `tunscope genkey` or `openvpn --genkey` for tls-crypt-v2 keys in `dir`:
+/// (server key, client key).
+fn tls_crypt_v2_keys(
+    dir: &std::path::Path,
+    stock: bool,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (srv, cli) = (dir.join("v2-server.key"), dir.join("v2-client.key"));
+    let _ = std::fs::remove_file(&srv);
+    let _ = std::fs::remove_file(&cli);
+    let ok = |c: &mut std::process::Command| -> Result<()> {
+        let out = c.output()?;
+        ensure!(
+            out.status.success(),
+            "{:?}: {}",
+            c,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    if stock {
+        ok(std::process::Command::new("openvpn")
+            .args(["--genkey", "tls-crypt-v2-server"])
+            .arg(&srv))?;
+        ok(std::process::Command::new("openvpn")
+            .arg("--tls-crypt-v2")
+            .arg(&srv)
+            .args(["--genkey", "tls-crypt-v2-client"])
+            .arg(&cli))?;
+    } else {
+        let bin = subjects::tunscope_bin()?;
+        ok(std::process::Command::new(&bin)
+            .args(["genkey", "tls-crypt-v2-server"])
+            .arg(&srv))?;
+        ok(std::process::Command::new(&bin)
+            .args(["genkey", "tls-crypt-v2-client"])
+            .arg(&cli)
+            .arg("--server-key")
+            .arg(&srv))?;
+    }
+    Ok((srv, cli))
+}
+
+/// tls-crypt-v2 with a stock 2.6 server, UDP and TCP, with keys from `openvpn --genkey` and
+/// from `tunscope genkey` (the stock server must accept our wrapped client keys); a client
+/// key wrapped by another server key is refused without an answer.
+#[test]
+fn tls_crypt_v2_client_with_stock_server() -> Result<()> {
+    for (stock_keys, proto) in [
+        (true, subjects::Proto::Udp),
+        (false, subjects::Proto::Udp),
+        (true, subjects::Proto::Tcp),
+    ] {
+        let hosts_dir = std::env::temp_dir().join(format!("ts-v2-{}", std::process::id()));
+        std::fs::create_dir_all(&hosts_dir)?;
+        let (srv, cli) = tls_crypt_v2_keys(&hosts_dir, stock_keys)?;
+        let s = stock_server(TunnelSpec {
+            proto,
+            server_extra: vec![format!("tls-crypt-v2 {}", srv.display())],
+            ..TunnelSpec::default()
+        })?;
+        let conf = format!("{}tls-crypt-v2 {}\n", s.client_conf, cli.display());
+        let mut client = s.client(conf.as_bytes())?;
+        s.up_and_ping(&mut client, Duration::from_secs(20))
+            .with_context(|| {
+                format!(
+                    "keys from {}",
+                    if stock_keys { "openvpn" } else { "tunscope" }
+                )
+            })?;
+        client.signal(Signal::SIGTERM)?;
+        client.wait_exit(Duration::from_secs(10))?;
+        if !stock_keys {
+            // A client key of another server: the stock server cannot unwrap it.
+            let other = hosts_dir.join("other");
+            std::fs::create_dir_all(&other)?;
+            let (_, foreign) = tls_crypt_v2_keys(&other, false)?;
+            let conf = format!(
+                "{}tls-crypt-v2 {}\nhand-window 5\n",
+                s.client_conf,
+                foreign.display()
+            );
+            let mut client = s.client(conf.as_bytes())?;
+            std::thread::sleep(Duration::from_secs(4));
+            ensure!(
+                !client.log().contains(subjects::READY_LINE),
+                "connected with a foreign tls-crypt-v2 key"
+            );
+            client.signal(Signal::SIGTERM)?;
+            let _ = client.wait_exit(Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&hosts_dir);
+    }
+    Ok(())
+}
+
+/// Starts a proxy daemon in the server's namespace, logging to `name.log`.
+fn proxy_daemon(s: &Setup, name: &str, program: &str, args: &[&str]) -> Result<Proc> {
+    let mut cmd = s.hosts.server.command(program);
+    cmd.args(args);
+    let p = Proc::spawn(name, cmd, &s.hosts.dir.join(format!("{name}.log")))?;
+    std::thread::sleep(Duration::from_millis(700));
+    Ok(p)
+}
+
+/// `http-proxy` through tinyproxy (basic authentication from a file) and `socks-proxy`
+/// through dante, both from Debian, in the server's namespace: the client reaches the stock
+/// server only through them (TCP), the tunnel carries pings; a wrong proxy password is a
+/// clear error naming the proxy's answer.
+#[test]
+fn through_http_and_socks_proxies() -> Result<()> {
+    let s = stock_server(TunnelSpec {
+        proto: subjects::Proto::Tcp,
+        ..TunnelSpec::default()
+    })?;
+    let dir = &s.hosts.dir;
+    let port = s.spec.port;
+    // tinyproxy: CONNECT to the OpenVPN port only, user alice.
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "User nobody\nGroup nogroup\nPort 8888\nListen {SERVER_WAN}\nTimeout 60\n\
+             Allow 198.18.0.0/15\nConnectPort {port}\nBasicAuth alice s3cret\nMaxClients 10\nLogLevel Info\n"
+        ),
+    )?;
+    let mut tinyproxy = proxy_daemon(
+        &s,
+        "tinyproxy",
+        "tinyproxy",
+        &["-d", "-c", conf.to_str().unwrap_or("")],
+    )?;
+    let creds = dir.join("proxy-auth.txt");
+    std::fs::write(&creds, "alice\ns3cret\n")?;
+    let conf = format!(
+        "{}http-proxy {SERVER_WAN} 8888 {} basic\nhttp-proxy-option AGENT tunscope-test\n",
+        s.client_conf,
+        creds.display()
+    );
+    let mut client = s.client(conf.as_bytes())?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))
+        .with_context(|| format!("tinyproxy log:\n{}", tail(&tinyproxy.log(), 20)))?;
+    ensure!(
+        client.log().contains("through HTTP proxy"),
+        "{}",
+        client.log()
+    );
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+    // A wrong password: named as such, with the proxy's answer.
+    std::fs::write(&creds, "alice\nwrong\n")?;
+    let mut client = s.client(conf.as_bytes())?;
+    client
+        .wait_for_log(
+            "http-proxy refused our credentials",
+            Duration::from_secs(15),
+        )
+        .context("a refused proxy login should be reported")?;
+    client.signal(Signal::SIGTERM)?;
+    let _ = client.wait_exit(Duration::from_secs(10));
+    tinyproxy.stop(Duration::from_secs(2));
+
+    // dante: SOCKS5 without authentication.
+    let conf = dir.join("danted.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "logoutput: stderr\ninternal: {SERVER_WAN} port = 1080\nexternal: {SERVER_WAN}\n\
+             socksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n\
+             client pass {{ from: 198.18.0.0/15 to: 0.0.0.0/0 }}\n\
+             socks pass {{ from: 198.18.0.0/15 to: 0.0.0.0/0 command: connect }}\n"
+        ),
+    )?;
+    let mut danted = proxy_daemon(
+        &s,
+        "danted",
+        "danted",
+        &["-f", conf.to_str().unwrap_or(""), "-N", "1"],
+    )?;
+    let conf = format!("{}socks-proxy {SERVER_WAN} 1080\n", s.client_conf);
+    let mut client = s.client(conf.as_bytes())?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))
+        .with_context(|| format!("danted log:\n{}", tail(&danted.log(), 20)))?;
+    ensure!(
+        client.log().contains("through SOCKS5 proxy"),
+        "{}",
+        client.log()
+    );
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+    danted.stop(Duration::from_secs(2));
+    Ok(())
+}

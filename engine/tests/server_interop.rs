@@ -180,6 +180,101 @@ fn stock_clients_compressing_are_decompressed() -> Result<()> {
     Ok(())
 }
 
+/// Stock 2.6 clients negotiating AES-256-CBC with HMAC-SHA256 (`data-ciphers AES-256-CBC`,
+/// `auth SHA256` on both sides) with our server: pings and a transfer cross intact.
+#[test]
+fn stock_clients_cbc_hmac_data_channel() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-CBC", Wrap::None, false);
+    spec.server_extra.push("auth SHA256".into());
+    spec.client_ciphers = Some(vec!["AES-256-CBC".into()]);
+    spec.client_extra = vec!["auth SHA256".into()];
+    let mut net = start(spec, &[Stock, Ours])?;
+    net.wait_all()?;
+    check_stock_client(&net, 0)?;
+    net.traffic(0, 2 << 20)?;
+    net.traffic(1, 2 << 20)?;
+    ensure!(
+        net.clients[0].log().contains("AES-256-CBC"),
+        "stock client did not use AES-256-CBC:\n{}",
+        tail(&net.clients[0].log(), 20)
+    );
+    Ok(())
+}
+
+/// tls-crypt-v2 on our server: a server key from `openvpn --genkey`, client keys wrapped by
+/// stock openvpn and by `tunscope genkey`; stock 2.6 clients (which announce early
+/// negotiation) and ours connect over UDP and TCP. (A key wrapped by another server is
+/// refused before any state: `tls_crypt_v2::tests`, `config_interop`.)
+#[test]
+fn tls_crypt_v2_stock_and_our_clients() -> Result<()> {
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let dir = std::env::temp_dir().join(format!("ts-v2s-{}-{proto:?}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let srv = dir.join("server.key");
+        let run = |args: &[&std::ffi::OsStr], bin: &std::path::Path| -> Result<()> {
+            let out = std::process::Command::new(bin).args(args).output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let openvpn = std::path::Path::new("openvpn");
+        run(
+            &[
+                "--genkey".as_ref(),
+                "tls-crypt-v2-server".as_ref(),
+                srv.as_os_str(),
+            ],
+            openvpn,
+        )?;
+        let stock_cli = dir.join("stock-client.key");
+        run(
+            &[
+                "--tls-crypt-v2".as_ref(),
+                srv.as_os_str(),
+                "--genkey".as_ref(),
+                "tls-crypt-v2-client".as_ref(),
+                stock_cli.as_os_str(),
+            ],
+            openvpn,
+        )?;
+        let our_cli = dir.join("our-client.key");
+        let bin = subjects::tunscope_bin()?;
+        run(
+            &[
+                "genkey".as_ref(),
+                "tls-crypt-v2-client".as_ref(),
+                our_cli.as_os_str(),
+                "--server-key".as_ref(),
+                srv.as_os_str(),
+            ],
+            &bin,
+        )?;
+        let mut spec = base(proto, "AES-256-GCM", Wrap::None, false);
+        spec.server_extra
+            .push(format!("tls-crypt-v2 {}", srv.display()));
+        // Both clients read their key from the line below: the stock-wrapped key for the
+        // stock client, ours for our client (client_extra is shared, so swap files).
+        spec.client_extra = vec![format!("tls-crypt-v2 {}", dir.join("client.key").display())];
+        std::fs::copy(&stock_cli, dir.join("client.key"))?;
+        let mut net = start(spec, &[Stock])?;
+        net.wait_all()?;
+        check_stock_client(&net, 0)?;
+        net.traffic(0, 1 << 20)?;
+        std::fs::copy(&our_cli, dir.join("client.key"))?;
+        let p = net.start_client(0, Ours, "client-ours")?;
+        net.clients[0].stop(Duration::from_secs(5));
+        net.clients[0] = p;
+        net.wait_all()?;
+        net.traffic(0, 1 << 20)?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 #[test]
 fn stock_clients_udp_aes256_tls_crypt_password() -> Result<()> {
     let mut net = start(

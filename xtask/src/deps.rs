@@ -20,6 +20,9 @@ const NEEDED: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ethtool", "ethtool"),
     ("getent", "libc-bin"),
+    // Proxies the client is tested through (http-proxy, socks-proxy).
+    ("tinyproxy", "tinyproxy"),
+    ("danted", "dante-server"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -135,7 +135,7 @@ fn fuzz(args: &[&str]) -> Result<()> {
     {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    for target in ["packets", "config", "push", "decompress"] {
+    for target in ["packets", "config", "push", "decompress", "tls_crypt_v2"] {
         run(cargo()
             .current_dir(project_root().join("fuzz"))
             .env("RUSTC_BOOTSTRAP", "1")

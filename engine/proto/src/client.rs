@@ -39,6 +39,10 @@ pub struct ClientSetup {
     pub ipv6_link: bool,
     /// Data ciphers offered.
     pub ciphers: Vec<Cipher>,
+    /// `data-ciphers-fallback`: used when the server pushes no cipher.
+    pub fallback_cipher: Option<Cipher>,
+    /// `auth`: the HMAC digest of CBC data channels.
+    pub auth: crate::wrap::Digest,
     /// `auth-user-pass` credentials.
     pub credentials: Option<(String, String)>,
     /// Our tun MTU.
@@ -93,6 +97,8 @@ impl ClientSetup {
             transport,
             ipv6_link,
             ciphers: cfg.data_ciphers.clone(),
+            fallback_cipher: cfg.data_ciphers_fallback,
+            auth: cfg.auth_digest,
             credentials,
             tun_mtu: cfg.tun_mtu,
             reneg_sec: cfg.reneg_sec,
@@ -581,10 +587,7 @@ impl Client {
     pub fn seal_into(&self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DropReason> {
         let keys = self.data.send.as_ref().ok_or(DropReason::NoKey)?;
         let start = out.len();
-        out.resize(
-            start + plain.len() + crate::data::overhead(true, self.data.framing),
-            0,
-        );
+        out.resize(start + plain.len() + crate::data::MAX_OVERHEAD, 0);
         let n = keys.seal(
             self.data.header(keys),
             self.data.framing,
@@ -732,8 +735,16 @@ impl Client {
         let Some(km) = self.key_material(key_id) else {
             return;
         };
-        self.keys
-            .insert(0, Arc::new(DataKeys::new(cipher, &km, key_id, false)));
+        self.keys.insert(
+            0,
+            Arc::new(DataKeys::with_auth(
+                cipher,
+                self.setup.auth,
+                &km,
+                key_id,
+                false,
+            )),
+        );
         self.keys.truncate(2);
         self.data.recv = self.keys.clone();
         self.data.generation += 1;
@@ -858,9 +869,9 @@ impl Client {
                 "pushed option not supported, ignored: {u}"
             )));
         }
-        let Some(cipher) = pushed.cipher else {
+        let Some(cipher) = pushed.cipher.or(self.setup.fallback_cipher) else {
             self.fail(
-                "the server did not push a data cipher (cipher negotiation needs OpenVPN 2.4+)"
+                "the server did not push a data cipher (no cipher negotiation: OpenVPN before 2.4); add its cipher as data-ciphers-fallback"
                     .into(),
             );
             return;
@@ -879,7 +890,13 @@ impl Client {
             self.restart("key export failed".into());
             return;
         };
-        let keys = Arc::new(DataKeys::new(cipher, &km, key_id, false));
+        let keys = Arc::new(DataKeys::with_auth(
+            cipher,
+            self.setup.auth,
+            &km,
+            key_id,
+            false,
+        ));
         self.keys = vec![keys.clone()];
         self.data = DataPlane {
             generation: self.data.generation + 1,

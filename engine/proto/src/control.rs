@@ -380,9 +380,15 @@ impl ControlSession {
         params: SessionParams,
         now: Instant,
     ) -> ControlSession {
+        // tls-crypt-v2 clients open with V3: the wrap appends their wrapped key to it.
+        let reset = if wrap.has_wkc() {
+            Opcode::ControlHardResetClientV3
+        } else {
+            Opcode::ControlHardResetClientV2
+        };
         let mut s =
             ControlSession::new(TlsRole::Client(tls), wrap, params, random_session_id(), now);
-        let ks = KeyState::new(0, Opcode::ControlHardResetClientV2, now, &s.params);
+        let ks = KeyState::new(0, reset, now, &s.params);
         s.keys.push(ks);
         s
     }
@@ -402,7 +408,11 @@ impl ControlSession {
         let mut plain = Vec::new();
         let pid = s.wrap.unwrap(reset, &mut plain)?;
         let pkt = ControlPacket::parse(&plain)?;
-        if pkt.opcode != Opcode::ControlHardResetClientV2 || pkt.key_id != 0 {
+        if !matches!(
+            pkt.opcode,
+            Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3
+        ) || pkt.key_id != 0
+        {
             return Err(DropReason::BadOpcode);
         }
         // 2.6 ignores a hard reset whose message id is not 0.
@@ -576,7 +586,9 @@ impl ControlSession {
         let pkt = ControlPacket::parse(plain)?;
         let is_server = self.tls_role.is_server();
         match pkt.opcode {
-            Opcode::ControlHardResetClientV2 if !is_server => return Err(DropReason::BadOpcode),
+            Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3 if !is_server => {
+                return Err(DropReason::BadOpcode);
+            }
             Opcode::ControlHardResetServerV2 if is_server => return Err(DropReason::BadOpcode),
             _ => {}
         }
@@ -631,6 +643,7 @@ impl ControlSession {
         while let Some((_, opcode, payload)) = ks.recv.pop() {
             match opcode {
                 Opcode::ControlHardResetClientV2
+                | Opcode::ControlHardResetClientV3
                 | Opcode::ControlHardResetServerV2
                 | Opcode::ControlSoftResetV1 => ks.peer_reset_seen = true,
                 Opcode::ControlV1 => ks.feed_tls(&payload, &mut self.events),

@@ -1,6 +1,13 @@
 //! The data channel: AEAD keys, packet sealing and opening, replay checks, compression stub
 //! framing, keepalive pings and OCC messages.
 //!
+//! Older servers (OpenVPN 2.3/2.4 era) use the non-AEAD format instead: AES-CBC with an HMAC
+//! over IV and ciphertext (encrypt-then-MAC); the packet-id travels inside the ciphertext:
+//!
+//! ```text
+//! P_DATA_V2: op/key-id (1) | peer-id (3) | HMAC (auth digest) | IV (16) | CBC(packet-id ‖ payload ‖ PKCS#7)
+//! ```
+//!
 //! Wire layout of an AEAD data packet (OpenVPN 2.6):
 //!
 //! ```text
@@ -29,8 +36,13 @@ use crate::consts::{
 use crate::packet_id::ReplayWindow;
 use crate::stage::DropReason;
 use crate::wire::DataHeader;
+use crate::wrap::Digest;
+use aws_lc_rs::cipher::{DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext};
+use aws_lc_rs::hmac;
+use aws_lc_rs::iv::FixedLength;
 
-/// A data-channel AEAD cipher.
+/// A data-channel cipher: the AEAD ones 2.6 negotiates, and AES-CBC (with the `auth` HMAC)
+/// for older servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cipher {
     /// AES-128-GCM.
@@ -39,6 +51,12 @@ pub enum Cipher {
     Aes256Gcm,
     /// ChaCha20-Poly1305.
     Chacha20Poly1305,
+    /// AES-128-CBC + HMAC.
+    Aes128Cbc,
+    /// AES-192-CBC + HMAC.
+    Aes192Cbc,
+    /// AES-256-CBC + HMAC.
+    Aes256Cbc,
 }
 
 impl Cipher {
@@ -55,8 +73,19 @@ impl Cipher {
             "AES-128-GCM" => Cipher::Aes128Gcm,
             "AES-256-GCM" => Cipher::Aes256Gcm,
             "CHACHA20-POLY1305" => Cipher::Chacha20Poly1305,
+            "AES-128-CBC" => Cipher::Aes128Cbc,
+            "AES-192-CBC" => Cipher::Aes192Cbc,
+            "AES-256-CBC" => Cipher::Aes256Cbc,
             _ => return None,
         })
+    }
+
+    /// An AEAD cipher (the 2.6 format), as opposed to CBC + HMAC.
+    pub fn is_aead(self) -> bool {
+        matches!(
+            self,
+            Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::Chacha20Poly1305
+        )
     }
 
     /// The OpenVPN name.
@@ -65,22 +94,28 @@ impl Cipher {
             Cipher::Aes128Gcm => "AES-128-GCM",
             Cipher::Aes256Gcm => "AES-256-GCM",
             Cipher::Chacha20Poly1305 => "CHACHA20-POLY1305",
+            Cipher::Aes128Cbc => "AES-128-CBC",
+            Cipher::Aes192Cbc => "AES-192-CBC",
+            Cipher::Aes256Cbc => "AES-256-CBC",
         }
     }
 
     /// Key length in bytes.
     pub fn key_len(self) -> usize {
         match self {
-            Cipher::Aes128Gcm => 16,
-            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
+            Cipher::Aes128Gcm | Cipher::Aes128Cbc => 16,
+            Cipher::Aes192Cbc => 24,
+            Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 | Cipher::Aes256Cbc => 32,
         }
     }
 
-    fn algorithm(self) -> &'static aws_lc_rs::aead::Algorithm {
-        match self {
-            Cipher::Aes128Gcm => &AES_128_GCM,
-            Cipher::Aes256Gcm => &AES_256_GCM,
-            Cipher::Chacha20Poly1305 => &CHACHA20_POLY1305,
+    /// Worst-case bytes this cipher adds to a packet (before header and framing): tag and
+    /// packet-id, or HMAC, IV, packet-id and a full block of padding.
+    pub fn overhead(self, auth: Digest) -> usize {
+        if self.is_aead() {
+            PID_TAG_LEN
+        } else {
+            auth.len() + CBC_BLOCK + 4 + CBC_BLOCK
         }
     }
 }
@@ -257,32 +292,73 @@ impl Framing {
     }
 }
 
-/// One direction's AEAD key and implicit IV.
-struct DirectionKey {
-    aead: LessSafeKey,
-    implicit_iv: [u8; IMPLICIT_IV_LEN],
+/// One direction's key: AEAD key and implicit IV, or CBC key and HMAC key. (Two per key-id,
+/// created at each renegotiation: boxing the larger variant would buy nothing.)
+#[allow(clippy::large_enum_variant)]
+enum DirectionKey {
+    Aead {
+        aead: LessSafeKey,
+        implicit_iv: [u8; IMPLICIT_IV_LEN],
+    },
+    Cbc {
+        enc: EncryptingKey,
+        dec: DecryptingKey,
+        hmac: hmac::Key,
+        hmac_len: usize,
+    },
 }
 
+/// AES block (and CBC IV) size.
+const CBC_BLOCK: usize = 16;
+
 impl DirectionKey {
-    fn new(cipher: Cipher, key: &[u8], iv: &[u8]) -> DirectionKey {
-        // The key length matches the algorithm by construction (sliced with key_len()).
+    /// `key` and `iv_or_hmac` are the 64-byte cipher and HMAC slots of one key2 half.
+    fn new(cipher: Cipher, auth: Digest, key: &[u8], iv_or_hmac: &[u8]) -> DirectionKey {
+        // Key lengths match the algorithms by construction (sliced with key_len()).
         #[allow(clippy::expect_used)]
-        let unbound = UnboundKey::new(cipher.algorithm(), &key[..cipher.key_len()])
-            .expect("key length matches cipher");
-        let mut implicit_iv = [0u8; IMPLICIT_IV_LEN];
-        implicit_iv.copy_from_slice(&iv[..IMPLICIT_IV_LEN]);
-        DirectionKey {
-            aead: LessSafeKey::new(unbound),
-            implicit_iv,
+        match cipher {
+            Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => {
+                let alg = match cipher {
+                    Cipher::Aes128Gcm => &AES_128_GCM,
+                    Cipher::Aes256Gcm => &AES_256_GCM,
+                    _ => &CHACHA20_POLY1305,
+                };
+                let unbound = UnboundKey::new(alg, &key[..cipher.key_len()])
+                    .expect("key length matches cipher");
+                let mut implicit_iv = [0u8; IMPLICIT_IV_LEN];
+                implicit_iv.copy_from_slice(&iv_or_hmac[..IMPLICIT_IV_LEN]);
+                DirectionKey::Aead {
+                    aead: LessSafeKey::new(unbound),
+                    implicit_iv,
+                }
+            }
+            Cipher::Aes128Cbc | Cipher::Aes192Cbc | Cipher::Aes256Cbc => {
+                let alg = match cipher {
+                    Cipher::Aes128Cbc => &aws_lc_rs::cipher::AES_128,
+                    Cipher::Aes192Cbc => &aws_lc_rs::cipher::AES_192,
+                    _ => &aws_lc_rs::cipher::AES_256,
+                };
+                let k = &key[..cipher.key_len()];
+                let unbound = || {
+                    aws_lc_rs::cipher::UnboundCipherKey::new(alg, k)
+                        .expect("key length matches cipher")
+                };
+                DirectionKey::Cbc {
+                    enc: EncryptingKey::cbc(unbound()).expect("AES-CBC key"),
+                    dec: DecryptingKey::cbc(unbound()).expect("AES-CBC key"),
+                    hmac: hmac::Key::new(auth.algorithm(), &iv_or_hmac[..auth.len()]),
+                    hmac_len: auth.len(),
+                }
+            }
         }
     }
+}
 
-    fn nonce(&self, packet_id: u32) -> Nonce {
-        let mut n = [0u8; 12];
-        n[..4].copy_from_slice(&packet_id.to_be_bytes());
-        n[4..].copy_from_slice(&self.implicit_iv);
-        Nonce::assume_unique_for_key(n)
-    }
+fn aead_nonce(implicit_iv: &[u8; IMPLICIT_IV_LEN], packet_id: u32) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&packet_id.to_be_bytes());
+    n[4..].copy_from_slice(implicit_iv);
+    Nonce::assume_unique_for_key(n)
 }
 
 /// The data keys of one key-id, both directions.
@@ -314,7 +390,19 @@ const PID_TAG_LEN: usize = 4 + AEAD_TAG_LEN;
 impl DataKeys {
     /// Derives the keys of `key_id` from a 256-byte key2 block (TLS-EKM output).
     /// The client sends with key 0 and receives with key 1; the server the reverse.
+    /// (CBC ciphers use OpenVPN's default `auth SHA1`; see [`DataKeys::with_auth`].)
     pub fn new(cipher: Cipher, key2: &[u8; KEY2_LEN], key_id: u8, is_server: bool) -> DataKeys {
+        DataKeys::with_auth(cipher, Digest::Sha1, key2, key_id, is_server)
+    }
+
+    /// Like [`DataKeys::new`], with the HMAC digest (`auth`) a CBC cipher uses.
+    pub fn with_auth(
+        cipher: Cipher,
+        auth: Digest,
+        key2: &[u8; KEY2_LEN],
+        key_id: u8,
+        is_server: bool,
+    ) -> DataKeys {
         let slot = |i: usize| {
             (
                 &key2[i * 128..i * 128 + 64],
@@ -327,8 +415,8 @@ impl DataKeys {
         DataKeys {
             key_id,
             cipher,
-            seal: DirectionKey::new(cipher, tx_key, tx_iv),
-            open: DirectionKey::new(cipher, rx_key, rx_iv),
+            seal: DirectionKey::new(cipher, auth, tx_key, tx_iv),
+            open: DirectionKey::new(cipher, auth, rx_key, rx_iv),
             next_packet_id: AtomicU64::new(1),
         }
     }
@@ -373,32 +461,44 @@ impl DataKeys {
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
         let hl = header.len();
-        let ct_start = hl + PID_TAG_LEN;
-        if out.len() < ct_start {
+        let (enc, hmac, hmac_len) = match &self.seal {
+            DirectionKey::Aead { aead, implicit_iv } => {
+                return seal_aead(aead, implicit_iv, header, framing, packet_id, plain, out);
+            }
+            DirectionKey::Cbc {
+                enc,
+                hmac,
+                hmac_len,
+                ..
+            } => (enc, hmac, *hmac_len),
+        };
+        // header | HMAC | IV | CBC(packet-id ‖ framed payload ‖ padding)
+        let iv_start = hl + hmac_len;
+        let ct_start = iv_start + CBC_BLOCK;
+        if out.len() < ct_start + 4 {
             return Err(DropReason::TooBig);
         }
         header.write(out);
-        out[hl..hl + 4].copy_from_slice(&packet_id.to_be_bytes());
+        let iv: [u8; CBC_BLOCK] = crate::control::random_bytes();
+        out[iv_start..ct_start].copy_from_slice(&iv);
+        out[ct_start..ct_start + 4].copy_from_slice(&packet_id.to_be_bytes());
         let body_len = framing
-            .encode(plain, &mut out[ct_start..])
+            .encode(plain, &mut out[ct_start + 4..])
             .ok_or(DropReason::TooBig)?;
-        let (head, body) = out.split_at_mut(ct_start);
-        let aad: &[u8] = if header.peer_id.is_some() {
-            &head[..8]
-        } else {
-            &head[1..5]
-        };
-        let tag = self
-            .seal
-            .aead
-            .seal_in_place_separate_tag(
-                self.seal.nonce(packet_id),
-                Aad::from(aad),
-                &mut body[..body_len],
-            )
-            .map_err(|_| DropReason::TooBig)?;
-        head[hl + 4..ct_start].copy_from_slice(tag.as_ref());
-        Ok(ct_start + body_len)
+        let clear = 4 + body_len;
+        let pad = CBC_BLOCK - clear % CBC_BLOCK;
+        let ct_end = ct_start + clear + pad;
+        out.get_mut(ct_start + clear..ct_end)
+            .ok_or(DropReason::TooBig)?
+            .fill(pad as u8);
+        enc.less_safe_encrypt(
+            &mut out[ct_start..ct_end],
+            EncryptionContext::Iv128(FixedLength::from(iv)),
+        )
+        .map_err(|_| DropReason::TooBig)?;
+        let tag = hmac::sign(hmac, &out[iv_start..ct_end]);
+        out[hl..iv_start].copy_from_slice(&tag.as_ref()[..hmac_len]);
+        Ok(ct_end)
     }
 
     /// Seals `plain` with the next packet-id.
@@ -423,36 +523,130 @@ impl DataKeys {
         packet: &mut [u8],
     ) -> Result<(u32, Range<usize>), DropReason> {
         let hl = header.len();
-        let ct_start = hl + PID_TAG_LEN;
-        // At least one byte of ciphertext (OpenVPN's minimum).
-        if packet.len() <= ct_start {
+        let (dec, hmac, hmac_len) = match &self.open {
+            DirectionKey::Aead { aead, implicit_iv } => {
+                return open_aead(aead, implicit_iv, header, packet);
+            }
+            DirectionKey::Cbc {
+                dec,
+                hmac,
+                hmac_len,
+                ..
+            } => (dec, hmac, *hmac_len),
+        };
+        let iv_start = hl + hmac_len;
+        let ct_start = iv_start + CBC_BLOCK;
+        let ct_len = packet.len().saturating_sub(ct_start);
+        if ct_len == 0 || !ct_len.is_multiple_of(CBC_BLOCK) {
             return Err(DropReason::Malformed);
         }
-        let (head, body) = packet.split_at_mut(ct_start);
-        let pid = u32::from_be_bytes([head[hl], head[hl + 1], head[hl + 2], head[hl + 3]]);
-        let aad: &[u8] = if header.peer_id.is_some() {
-            &head[..8]
-        } else {
-            &head[1..5]
-        };
-        self.open
-            .aead
-            .open_in_place_separate_tag(
-                self.open.nonce(pid),
-                Aad::from(aad),
-                &head[hl + 4..ct_start],
-                body,
+        // Encrypt-then-MAC: authenticate before touching the ciphertext.
+        hmac::verify(hmac, &packet[iv_start..], &packet[hl..iv_start])
+            .map_err(|_| DropReason::BadHmac)?;
+        let mut iv = [0u8; CBC_BLOCK];
+        iv.copy_from_slice(&packet[iv_start..ct_start]);
+        let clear = dec
+            .decrypt(
+                &mut packet[ct_start..],
+                DecryptionContext::Iv128(FixedLength::from(iv)),
             )
-            .map_err(|_| DropReason::BadTag)?;
-        Ok((pid, ct_start..packet.len()))
+            .map_err(|_| DropReason::Malformed)?;
+        // PKCS#7 padding, then the packet-id.
+        let pad = usize::from(*clear.last().ok_or(DropReason::Malformed)?);
+        if pad == 0 || pad > CBC_BLOCK || pad > clear.len() {
+            return Err(DropReason::Malformed);
+        }
+        let end = ct_start + clear.len() - pad;
+        if end < ct_start + 4 {
+            return Err(DropReason::Malformed);
+        }
+        let p = &packet[ct_start..ct_start + 4];
+        let pid = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+        Ok((pid, ct_start + 4..end))
     }
 }
 
-/// Per-packet overhead of the data channel (header, packet-id, tag, framing).
+/// AEAD sealing: header | packet-id | tag | ciphertext, AAD = header (V2) and packet-id.
+fn seal_aead(
+    aead: &LessSafeKey,
+    implicit_iv: &[u8; IMPLICIT_IV_LEN],
+    header: DataHeader,
+    framing: Framing,
+    packet_id: u32,
+    plain: &[u8],
+    out: &mut [u8],
+) -> Result<usize, DropReason> {
+    let hl = header.len();
+    let ct_start = hl + PID_TAG_LEN;
+    if out.len() < ct_start {
+        return Err(DropReason::TooBig);
+    }
+    header.write(out);
+    out[hl..hl + 4].copy_from_slice(&packet_id.to_be_bytes());
+    let body_len = framing
+        .encode(plain, &mut out[ct_start..])
+        .ok_or(DropReason::TooBig)?;
+    let (head, body) = out.split_at_mut(ct_start);
+    let aad: &[u8] = if header.peer_id.is_some() {
+        &head[..8]
+    } else {
+        &head[1..5]
+    };
+    let tag = aead
+        .seal_in_place_separate_tag(
+            aead_nonce(implicit_iv, packet_id),
+            Aad::from(aad),
+            &mut body[..body_len],
+        )
+        .map_err(|_| DropReason::TooBig)?;
+    head[hl + 4..ct_start].copy_from_slice(tag.as_ref());
+    Ok(ct_start + body_len)
+}
+
+/// AEAD opening in place; returns the packet-id and the plaintext range.
+fn open_aead(
+    aead: &LessSafeKey,
+    implicit_iv: &[u8; IMPLICIT_IV_LEN],
+    header: DataHeader,
+    packet: &mut [u8],
+) -> Result<(u32, Range<usize>), DropReason> {
+    let hl = header.len();
+    let ct_start = hl + PID_TAG_LEN;
+    // At least one byte of ciphertext (OpenVPN's minimum).
+    if packet.len() <= ct_start {
+        return Err(DropReason::Malformed);
+    }
+    let (head, body) = packet.split_at_mut(ct_start);
+    let pid = u32::from_be_bytes([head[hl], head[hl + 1], head[hl + 2], head[hl + 3]]);
+    let aad: &[u8] = if header.peer_id.is_some() {
+        &head[..8]
+    } else {
+        &head[1..5]
+    };
+    aead.open_in_place_separate_tag(
+        aead_nonce(implicit_iv, pid),
+        Aad::from(aad),
+        &head[hl + 4..ct_start],
+        body,
+    )
+    .map_err(|_| DropReason::BadTag)?;
+    Ok((pid, ct_start..packet.len()))
+}
+
+/// Per-packet overhead of the AEAD data channel (header, packet-id, tag, framing).
 pub fn overhead(v2: bool, framing: Framing) -> usize {
     let header = if v2 { 4 } else { 1 };
     header + PID_TAG_LEN + framing.overhead()
 }
+
+/// Per-packet overhead with `cipher` (CBC adds HMAC, IV and padding).
+pub fn overhead_with(cipher: Cipher, auth: Digest, v2: bool, framing: Framing) -> usize {
+    let header = if v2 { 4 } else { 1 };
+    header + cipher.overhead(auth) + framing.overhead()
+}
+
+/// The most any cipher, digest and framing add to a packet: for sizing buffers.
+pub const MAX_OVERHEAD: usize = 4 + 64 + CBC_BLOCK + 4 + CBC_BLOCK + 2;
 
 /// What a successfully opened data packet contained.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -764,6 +958,77 @@ mod tests {
         assert_eq!(
             rx.open(&mut buf[..n], Framing::Lzo, now),
             Err(DropReason::BadCompression)
+        );
+    }
+
+    /// The CBC + HMAC format: every AES size and digest, every framing, both headers;
+    /// tampering anywhere is a counted drop, replays are refused, sizes follow the padding.
+    #[test]
+    fn cbc_hmac_round_trip_and_tampering() {
+        let now = Instant::now();
+        for cipher in [Cipher::Aes128Cbc, Cipher::Aes192Cbc, Cipher::Aes256Cbc] {
+            for auth in [Digest::Sha1, Digest::Sha256, Digest::Sha512] {
+                let client = Arc::new(DataKeys::with_auth(cipher, auth, &key2(), 1, false));
+                let server = Arc::new(DataKeys::with_auth(cipher, auth, &key2(), 1, true));
+                let mut rx = Receiver::new();
+                rx.install(&server);
+                for framing in [Framing::None, Framing::LzoStub, Framing::Lz4V2] {
+                    for plain in [&b"\x45hello ip packet"[..], b"x", &[0x45; 1300][..]] {
+                        let mut buf = [0u8; 1600];
+                        let n = client.seal(V2, framing, plain, &mut buf).expect("seal");
+                        // header + HMAC + IV + blocks of (pid + framed payload + padding)
+                        let clear = 4
+                            + plain.len()
+                            + usize::from(
+                                framing != Framing::None
+                                    && !(framing == Framing::Lz4V2 && plain[0] != 0x50),
+                            );
+                        let blocks = clear / 16 + 1;
+                        assert_eq!(n, 4 + auth.len() + 16 + blocks * 16, "{cipher:?} {auth:?}");
+                        assert!(n <= 4 + cipher.overhead(auth) + plain.len() + framing.overhead());
+                        let mut copy = buf;
+                        let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+                        let Payload::Packet(r) = opened.payload else {
+                            panic!("not a packet")
+                        };
+                        assert_eq!(&buf[r], plain);
+                        // The same packet again: a replay.
+                        let mut again = copy;
+                        assert_eq!(
+                            rx.open(&mut again[..n], framing, now),
+                            Err(DropReason::Replay)
+                        );
+                        // Any flipped byte after the header fails the HMAC.
+                        for i in [4, 4 + auth.len(), n - 1] {
+                            let mut bad = copy;
+                            bad[i] ^= 1;
+                            assert_eq!(
+                                rx.open(&mut bad[..n], framing, now),
+                                Err(DropReason::BadHmac)
+                            );
+                        }
+                        // Not a whole number of blocks.
+                        assert_eq!(
+                            rx.open(&mut copy[..n - 1], framing, now),
+                            Err(DropReason::Malformed)
+                        );
+                    }
+                }
+            }
+        }
+        // A packet shorter than HMAC + IV.
+        let server = Arc::new(DataKeys::with_auth(
+            Cipher::Aes256Cbc,
+            Digest::Sha256,
+            &key2(),
+            1,
+            true,
+        ));
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        assert_eq!(
+            rx.open(&mut [0x49, 0, 0, 7, 1, 2, 3][..], Framing::None, now),
+            Err(DropReason::Malformed)
         );
     }
 

@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod base64;
 pub mod client;
 pub mod compress;
 pub mod consts;
@@ -42,5 +43,6 @@ pub mod server;
 pub mod stage;
 pub mod static_key;
 pub mod tls;
+pub mod tls_crypt_v2;
 pub mod wire;
 pub mod wrap;

@@ -230,6 +230,7 @@ impl<'a> ControlPacket<'a> {
             | Opcode::ControlV1
             | Opcode::AckV1
             | Opcode::ControlHardResetClientV2
+            | Opcode::ControlHardResetClientV3
             | Opcode::ControlHardResetServerV2 => {}
             _ => return Err(DropReason::BadOpcode),
         }

@@ -40,6 +40,17 @@ pub enum Digest {
 }
 
 impl Digest {
+    /// OpenVPN's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Digest::Sha1 => "SHA1",
+            Digest::Sha224 => "SHA224",
+            Digest::Sha256 => "SHA256",
+            Digest::Sha384 => "SHA384",
+            Digest::Sha512 => "SHA512",
+        }
+    }
+
     /// Parses an OpenVPN digest name (`SHA1`, `SHA256`, …; case-insensitive).
     pub fn from_name(name: &str) -> Option<Digest> {
         Some(match name.to_ascii_uppercase().replace('-', "").as_str() {
@@ -68,7 +79,8 @@ impl Digest {
         false
     }
 
-    fn algorithm(self) -> hmac::Algorithm {
+    /// The aws-lc-rs HMAC algorithm.
+    pub fn algorithm(self) -> hmac::Algorithm {
         match self {
             Digest::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
             Digest::Sha224 => hmac::HMAC_SHA224,
@@ -98,12 +110,26 @@ pub enum WrapConfig {
         /// The static key.
         key: Key2,
     },
+    /// `tls-crypt-v2 CLIENT-KEY` (client): tls-crypt with the client's own key, and its
+    /// wrapped copy appended to the packets that carry it (the first reset).
+    CryptV2Client {
+        /// The client's key and WKc.
+        key: crate::tls_crypt_v2::ClientKey,
+    },
+    /// `tls-crypt-v2 SERVER-KEY` (server): each client's key comes out of its WKc; the
+    /// session's wrap is then a [`WrapConfig::Crypt`] with that key.
+    CryptV2Server {
+        /// The server key.
+        key: crate::tls_crypt_v2::ServerKey,
+    },
 }
 
 // Both keyed variants are large; one per session, so boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 enum Inner {
     None,
+    /// tls-crypt-v2 server before a client key is known: every packet is refused.
+    Reject,
     Auth {
         send: hmac::Key,
         recv: hmac::Key,
@@ -122,6 +148,8 @@ pub struct TlsWrap {
     inner: Inner,
     send_pid: LongPacketIdSend,
     replay: LongReplayWindow,
+    /// tls-crypt-v2 client: the WKc appended to `P_CONTROL_HARD_RESET_CLIENT_V3`.
+    wkc: Option<Vec<u8>>,
 }
 
 const PID_LEN: usize = 8;
@@ -145,6 +173,21 @@ impl TlsWrap {
                     len: digest.len(),
                 }
             }
+            WrapConfig::CryptV2Client { key } => {
+                return TlsWrap {
+                    wkc: Some(key.wkc.clone()),
+                    ..TlsWrap::new(
+                        &WrapConfig::Crypt {
+                            key: key.kc.clone(),
+                        },
+                        is_server,
+                        unix_time,
+                    )
+                };
+            }
+            // The server-wide wrap of tls-crypt-v2 unwraps nothing by itself: sessions get
+            // their client's key from its WKc.
+            WrapConfig::CryptV2Server { .. } => Inner::Reject,
             WrapConfig::Crypt { key } => {
                 // tls-crypt directions are fixed: server NORMAL, client INVERSE.
                 let dir = if is_server {
@@ -165,13 +208,19 @@ impl TlsWrap {
             inner,
             send_pid: LongPacketIdSend::new(unix_time),
             replay: LongReplayWindow::default(),
+            wkc: None,
         }
+    }
+
+    /// True for a tls-crypt-v2 client wrap (its first reset is `..._CLIENT_V3`).
+    pub fn has_wkc(&self) -> bool {
+        self.wkc.is_some()
     }
 
     /// Bytes the wrap adds to a plain control packet.
     pub fn overhead(&self) -> usize {
         match &self.inner {
-            Inner::None => 0,
+            Inner::None | Inner::Reject => 0,
             Inner::Auth { len, .. } => len + PID_LEN,
             Inner::Crypt { .. } => PID_LEN + CRYPT_TAG_LEN,
         }
@@ -219,6 +268,7 @@ impl TlsWrap {
         let (hdr, rest) = plain.split_at(CONTROL_HEADER_LEN);
         match &self.inner {
             Inner::None => out.extend_from_slice(plain),
+            Inner::Reject => return Err(DropReason::BadHmac),
             Inner::Auth { send, len, .. } => {
                 let mut pid = [0u8; PID_LEN];
                 pid[..4].copy_from_slice(&id.to_be_bytes());
@@ -256,6 +306,15 @@ impl TlsWrap {
                         EncryptionContext::Iv128(FixedLength::from(iv)),
                     )
                     .map_err(|_| DropReason::Malformed)?;
+                // tls-crypt-v2: the first reset (and a WKC_V1 packet) carry the wrapped
+                // client key in clear behind the wrapped packet.
+                let op = hdr[0] >> 3;
+                if let Some(wkc) = &self.wkc
+                    && (op == crate::wire::Opcode::ControlHardResetClientV3 as u8
+                        || op == crate::wire::Opcode::ControlWkcV1 as u8)
+                {
+                    out.extend_from_slice(wkc);
+                }
             }
         }
         Ok(())
@@ -279,6 +338,7 @@ impl TlsWrap {
                 plain.extend_from_slice(wire);
                 Ok(None)
             }
+            Inner::Reject => Err(DropReason::BadHmac),
             Inner::Auth { recv, len, .. } => {
                 if rest.len() < len + PID_LEN {
                     return Err(DropReason::Malformed);

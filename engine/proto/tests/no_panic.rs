@@ -76,6 +76,21 @@ proptest! {
         }
     }
 
+    /// tls-crypt-v2: arbitrary WKc bytes and flipped real ones never unwrap nor panic.
+    #[test]
+    fn tls_crypt_v2_unwrap(data in proptest::collection::vec(any::<u8>(), 0..1100), flip in any::<usize>()) {
+        use tunscope_proto::tls_crypt_v2::{ClientKey, ServerKey, split_wkc};
+        let server = ServerKey::from_bytes([3; 128]);
+        prop_assert!(server.unwrap(&data).is_err());
+        let _ = split_wkc(&data);
+        let client = ClientKey::generate(&server, Some(&data[..data.len().min(100)]), 0).unwrap();
+        let mut wkc = client.wkc.clone();
+        let i = flip % wkc.len();
+        wkc[i] ^= 0x80;
+        prop_assert!(server.unwrap(&wkc).is_err());
+        let _ = ClientKey::parse(&String::from_utf8_lossy(&data));
+    }
+
     #[test]
     fn config_text(lines in proptest::collection::vec("[ -~\t]{0,40}", 0..20)) {
         let text = lines.join("\n");

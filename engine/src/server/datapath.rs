@@ -608,7 +608,7 @@ impl<'a> Rx<'a> {
         let Some(keys) = dp.view.plane.send.as_ref() else {
             return self.counts.drop(Stage::Encrypt, t, DropReason::NoKey);
         };
-        let need = p.len() + data::overhead(true, data::Framing::StubV2);
+        let need = p.len() + data::MAX_OVERHEAD;
         if self.fwd.len() < need {
             self.fwd.resize(need, 0);
         }
@@ -783,7 +783,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
     let mut samples: Vec<TxSample> = Vec::new();
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
-    let overhead = data::overhead(true, data::Framing::StubV2);
+    let overhead = data::MAX_OVERHEAD;
     while !shared.stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         let Some(n) = reader.next_batch(tun, 128, IDLE_WAIT) else {

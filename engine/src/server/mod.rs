@@ -82,7 +82,7 @@ fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
         tls::Negotiation::from_options(cfg.tls_version_min, cfg.tls_version_max, &cfg.tls);
     let tls = tls::server_config(&ca, identity, cfg.verify_client_cert, check, &negotiation)
         .context("TLS setup (does the key match the certificate?)")?;
-    let wrap = load_wrap(&cfg.wrap, cfg.auth_digest)?;
+    let wrap = load_wrap(&cfg.wrap, cfg.auth_digest, true)?;
     Ok(ServerSetup {
         tls,
         wrap,
@@ -209,7 +209,13 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
                 .with_context(|| format!("cannot listen on TCP {listen}"))?,
         ),
     };
-    let overhead = tunscope_proto::data::overhead(true, cfg.framing) as u16
+    // MSS for the largest overhead of the ciphers clients may negotiate.
+    let overhead = cfg
+        .data_ciphers
+        .iter()
+        .map(|c| tunscope_proto::data::overhead_with(*c, cfg.auth_digest, true, cfg.framing))
+        .max()
+        .unwrap_or(0) as u16
         + if cfg.transport == ServerTransport::Tcp {
             2
         } else {

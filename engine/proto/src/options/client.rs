@@ -164,6 +164,45 @@ pub enum PullAction {
     Reject,
 }
 
+/// Which proxy protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `http-proxy`: HTTP CONNECT.
+    Http,
+    /// `socks-proxy`: SOCKS5.
+    Socks5,
+}
+
+/// Where proxy credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyAuth {
+    /// None (the proxy is open).
+    None,
+    /// A file (or inline `<http-proxy-user-pass>` block): username, then password.
+    From(Source),
+    /// Asked on the terminal (`stdin`).
+    Prompt,
+}
+
+/// `http-proxy` / `socks-proxy` and `http-proxy-option`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Protocol.
+    pub kind: ProxyKind,
+    /// Proxy host.
+    pub host: String,
+    /// Proxy port.
+    pub port: u16,
+    /// Credentials.
+    pub auth: ProxyAuth,
+    /// HTTP version of the CONNECT request (`http-proxy-option VERSION`; default 1.0).
+    pub http_version: String,
+    /// `http-proxy-option AGENT`.
+    pub user_agent: Option<String>,
+    /// `http-proxy-option CUSTOM-HEADER NAME VALUE`.
+    pub headers: Vec<(String, String)>,
+}
+
 /// `remote-cert-tls client|server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertType {
@@ -228,6 +267,8 @@ pub enum WrapSource {
     },
     /// `tls-crypt`.
     Crypt(Source),
+    /// `tls-crypt-v2`: a client key (client) or the server key (server).
+    CryptV2(Source),
 }
 
 /// How the `mssfix` value is meant (OpenVPN 2.6 semantics).
@@ -301,6 +342,8 @@ pub struct ClientConfig {
     pub verify_x509_name: Option<VerifyX509Name>,
     /// Data ciphers offered, in preference order.
     pub data_ciphers: Vec<Cipher>,
+    /// `data-ciphers-fallback`: the cipher of a server that negotiates none (OpenVPN < 2.4).
+    pub data_ciphers_fallback: Option<Cipher>,
     /// `tls-version-min`.
     pub tls_version_min: TlsVersion,
     /// `tls-version-max`.
@@ -349,6 +392,8 @@ pub struct ClientConfig {
     pub routes: Vec<String>,
     /// `redirect-gateway` from the config file itself (its arguments).
     pub redirect_gateway: Option<String>,
+    /// `http-proxy` / `socks-proxy`: the server is reached over TCP through it.
+    pub proxy: Option<ProxySettings>,
     /// `remote-random`: remotes are tried in a random order (shuffled once per run).
     pub remote_random: bool,
     /// `server-poll-timeout`: how long one remote may take to answer before the next is tried.
@@ -421,6 +466,8 @@ struct Builder {
     pull_filters: Vec<PullFilter>,
     down_pre: bool,
     topology: Option<String>,
+    proxy: Option<(usize, ProxySettings)>,
+    proxy_options: Vec<(usize, Vec<String>)>,
     compress: crate::options::compress::CompressBuilder,
     proto: Option<Transport>,
     port: Option<u16>,
@@ -430,7 +477,7 @@ struct Builder {
     auth_user_pass: Option<UserPass>,
     remote_cert_tls: Option<CertType>,
     data_ciphers: Option<Vec<Cipher>>,
-    cipher: Option<Cipher>,
+    fallback: Option<Cipher>,
     ping_exit: Option<u64>,
     explicit_exit_notify: Option<u32>,
     connect_retry: Option<u64>,
@@ -493,7 +540,11 @@ impl Builder {
             "down-pre" => self.down_pre = true,
             "inactive" => {
                 let secs = ctx.num(d, 0)?;
-                let bytes = if d.arg(1).is_some() { ctx.num(d, 1)? } else { 0 };
+                let bytes = if d.arg(1).is_some() {
+                    ctx.num(d, 1)?
+                } else {
+                    0
+                };
                 self.inactive = Some((secs, bytes));
             }
             "dhcp-option" => {
@@ -520,6 +571,57 @@ impl Builder {
                 let text = ctx.arg(d, 1)?.to_owned();
                 self.pull_filters.push(PullFilter { action, text });
             }
+            "http-proxy" | "socks-proxy" => {
+                let kind = if d.name == "http-proxy" {
+                    ProxyKind::Http
+                } else {
+                    ProxyKind::Socks5
+                };
+                let host = ctx.arg(d, 0)?.to_owned();
+                let port = match (d.arg(1), kind) {
+                    (Some(_), _) => ctx.num(d, 1)?,
+                    (None, ProxyKind::Socks5) => 1080,
+                    (None, ProxyKind::Http) => 8080,
+                };
+                let auth = match (d.inline.is_some(), d.arg(2)) {
+                    (true, _) => ProxyAuth::From(ctx.source(d)?),
+                    (false, None | Some("auto" | "auto-nct")) => ProxyAuth::None,
+                    (false, Some("stdin")) => ProxyAuth::Prompt,
+                    (false, Some(f)) => ProxyAuth::From(Source::File(ctx.path(f))),
+                };
+                match d.arg(3) {
+                    None | Some("basic") | Some("none") => {}
+                    Some(m) => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option '{}': authentication method '{m}' is not supported (basic or none)", d.name),
+                        ));
+                    }
+                }
+                let auth = if d.arg(3) == Some("none") {
+                    ProxyAuth::None
+                } else {
+                    auth
+                };
+                self.proxy = Some((
+                    line,
+                    ProxySettings {
+                        kind,
+                        host,
+                        port,
+                        auth,
+                        http_version: "1.0".into(),
+                        user_agent: None,
+                        headers: vec![],
+                    },
+                ));
+            }
+            "http-proxy-user-pass" => {
+                if let Some((_, p)) = &mut self.proxy {
+                    p.auth = ProxyAuth::From(ctx.source(d)?);
+                }
+            }
+            "http-proxy-option" => self.proxy_options.push((line, d.args.clone())),
             "fragment" => {
                 return Err(ctx.error(
                     line,
@@ -564,14 +666,13 @@ impl Builder {
                 self.key_direction = Some(parse_direction(ctx, line, ctx.arg(d, 0)?)?)
             }
             "cipher" => {
+                // 2.6: `cipher` plays no part in negotiation (data-ciphers does) and is no
+                // fallback (data-ciphers-fallback is).
                 let c = ctx.arg(d, 0)?;
-                match Cipher::from_name(c) {
-                    Some(c) => self.cipher = Some(c),
-                    None => ctx.warn(
-                        line,
-                        format!("cipher '{c}' is not an AEAD cipher; it is only a fallback and not used (negotiated data-ciphers are)"),
-                    ),
-                }
+                ctx.warn(
+                    line,
+                    format!("cipher '{c}' is ignored for cipher negotiation, as in OpenVPN 2.6 (use data-ciphers, or data-ciphers-fallback for servers without negotiation)"),
+                );
             }
             "data-ciphers" | "ncp-ciphers" => {
                 let list = ctx.arg(d, 0)?;
@@ -587,14 +688,16 @@ impl Builder {
                     }
                 }
                 if v.is_empty() {
-                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)"));
+                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305, AES-128/192/256-CBC)"));
                 }
                 self.data_ciphers = Some(v);
             }
-            "data-ciphers-fallback" => ctx.warn(
-                line,
-                "data-ciphers-fallback: only negotiated AEAD ciphers are used (a server without cipher negotiation, OpenVPN < 2.4, cannot be reached yet)",
-            ),
+            "data-ciphers-fallback" => {
+                let c = ctx.arg(d, 0)?;
+                self.fallback = Some(Cipher::from_name(c).ok_or_else(|| {
+                    ctx.error(line, format!("option 'data-ciphers-fallback': cipher '{c}' is not supported (AES-128/192/256-CBC, AES-128/256-GCM, CHACHA20-POLY1305)"))
+                })?);
+            }
             "auth-user-pass" => {
                 self.auth_user_pass = Some(if d.inline.is_some() || d.arg(0).is_some() {
                     UserPass::From(ctx.source(d)?)
@@ -803,8 +906,49 @@ impl Builder {
             ));
         }
         let auth_user_pass = self.auth_user_pass.take();
+        let proxy = match self.proxy.take() {
+            Some((line, mut p)) => {
+                for (l, args) in &self.proxy_options {
+                    match (args.first().map(String::as_str), args.get(1)) {
+                        (Some("VERSION"), Some(v)) => p.http_version = v.clone(),
+                        (Some("AGENT"), Some(_)) => p.user_agent = Some(args[1..].join(" ")),
+                        (Some("CUSTOM-HEADER"), Some(h)) => p
+                            .headers
+                            .push((h.clone(), args.get(2..).unwrap_or_default().join(" "))),
+                        (Some("EXT1" | "EXT2"), _) => {}
+                        _ => {
+                            return Err(ctx.error(*l, "option 'http-proxy-option': expected VERSION, AGENT or CUSTOM-HEADER"));
+                        }
+                    }
+                }
+                let udp = self.remotes.iter().any(|(_, _, t)| {
+                    t.unwrap_or(self.proto.unwrap_or(Transport::Udp)) == Transport::Udp
+                });
+                if udp {
+                    let what = match p.kind {
+                        ProxyKind::Http => {
+                            "http-proxy works over TCP only: use 'proto tcp-client' (as OpenVPN requires)"
+                        }
+                        ProxyKind::Socks5 => {
+                            "socks-proxy over UDP is not supported yet: use 'proto tcp-client'"
+                        }
+                    };
+                    return Err(ctx.error(line, what));
+                }
+                Some(p)
+            }
+            None => None,
+        };
         let compression = self.compress.finish(&mut ctx)?;
+        let v2 = self.common.tls_crypt_v2.take();
+        if v2.is_some() && (self.tls_auth.is_some() || self.common.tls_crypt.is_some()) {
+            return Err(ctx.error(
+                0,
+                "'tls-crypt-v2' cannot be combined with 'tls-auth' or 'tls-crypt'",
+            ));
+        }
         let wrap = match (self.tls_auth, self.common.tls_crypt) {
+            _ if let Some(src) = v2 => WrapSource::CryptV2(src),
             (Some(_), Some(_)) => {
                 return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
             }
@@ -817,12 +961,7 @@ impl Builder {
             (None, Some(src)) => WrapSource::Crypt(src),
             (None, None) => WrapSource::None,
         };
-        let mut data_ciphers = self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec());
-        if let Some(c) = self.cipher
-            && !data_ciphers.contains(&c)
-        {
-            data_ciphers.push(c);
-        }
+        let data_ciphers = self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec());
         let default_port = self.port.unwrap_or(1194);
         let default_proto = self.proto.unwrap_or(Transport::Udp);
         let remotes = self
@@ -873,6 +1012,7 @@ impl Builder {
             remote_cert_tls: self.remote_cert_tls,
             verify_x509_name: self.common.verify_x509_name,
             data_ciphers,
+            data_ciphers_fallback: self.fallback,
             tls_version_min,
             tls_version_max,
             reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
@@ -900,6 +1040,7 @@ impl Builder {
             routes: self.routes,
             redirect_gateway: self.redirect_gateway,
             auth_nocache: self.auth_nocache,
+            proxy,
             remote_random: self.remote_random,
             server_poll_timeout: secs(self.server_poll_timeout.unwrap_or(120).max(1)),
             persist_remote_ip: self.persist_remote_ip,

@@ -38,6 +38,7 @@ pub(super) struct Common {
     pub cert: Option<Source>,
     pub key: Option<Source>,
     pub tls_crypt: Option<Source>,
+    pub tls_crypt_v2: Option<Source>,
     pub auth_digest: Option<Digest>,
     pub verify_x509_name: Option<VerifyX509Name>,
     pub tls_min: Option<TlsVersion>,
@@ -110,10 +111,13 @@ impl Common {
             "key" => self.key = Some(ctx.source(d)?),
             "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),
             "tls-crypt-v2" => {
-                return Err(ctx.error(
-                    line,
-                    "option 'tls-crypt-v2' is not supported (use tls-crypt or tls-auth)",
-                ));
+                if d.arg(1) == Some("force-cookie") || d.arg(1) == Some("allow-noncookie") {
+                    ctx.warn(
+                        line,
+                        format!("tls-crypt-v2 {}: tunscope admits tls-crypt-v2 clients by their wrapped key, without the cookie exchange", d.args[1]),
+                    );
+                }
+                self.tls_crypt_v2 = Some(ctx.source(d)?);
             }
             "auth" => {
                 let a = ctx.arg(d, 0)?;

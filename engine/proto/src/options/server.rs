@@ -411,9 +411,7 @@ impl Builder {
             "key-direction" => self.key_direction = Some(direction(ctx, line, ctx.arg(d, 0)?)?),
             "cipher" => {
                 let c = ctx.arg(d, 0)?;
-                if Cipher::from_name(c).is_none() {
-                    ctx.warn(line, format!("cipher '{c}' is not an AEAD cipher; clients must negotiate one of data-ciphers"));
-                }
+                ctx.warn(line, format!("cipher '{c}' is ignored for cipher negotiation, as in OpenVPN 2.6 (clients negotiate one of data-ciphers)"));
             }
             "data-ciphers" | "ncp-ciphers" => {
                 let mut v = vec![];
@@ -428,7 +426,7 @@ impl Builder {
                     }
                 }
                 if v.is_empty() {
-                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)"));
+                    return Err(ctx.error(line, "option 'data-ciphers': none of the ciphers is supported (AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305, AES-128/192/256-CBC)"));
                 }
                 self.data_ciphers = Some(v);
             }
@@ -641,7 +639,15 @@ impl Builder {
                 "auth-user-pass-verify needs 'script-security 2' to run the script",
             ));
         }
+        let v2 = self.common.tls_crypt_v2.take();
+        if v2.is_some() && (self.tls_auth.is_some() || self.common.tls_crypt.is_some()) {
+            return Err(ctx.error(
+                0,
+                "'tls-crypt-v2' cannot be combined with 'tls-auth' or 'tls-crypt'",
+            ));
+        }
         let wrap = match (self.tls_auth, self.common.tls_crypt) {
+            _ if let Some(src) = v2 => WrapSource::CryptV2(src),
             (Some(_), Some(_)) => {
                 return Err(ctx.error(0, "'tls-auth' and 'tls-crypt' cannot be used together"));
             }

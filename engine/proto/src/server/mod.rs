@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::client::DataPlane;
 use crate::consts::{PING_MAGIC, iv_proto};
 use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
-use crate::data::{Cipher, DataKeys, overhead};
+use crate::data::{Cipher, DataKeys};
 use crate::key_method::{KeyMethod2, PeerInfo, options_string};
 use crate::options::push::PushedOptions;
 use crate::options::server::{ClientOverrides, ServerConfig, ServerTransport};
@@ -473,8 +473,10 @@ impl Server {
         if let Some(&id) = self.by_addr.get(&from) {
             // A new hard reset from a known UDP address is a restarted client: answer it
             // statelessly; the old peer is replaced when the cookie comes back.
-            let restarted = op == Opcode::ControlHardResetClientV2
-                && matches!(from, PeerAddr::Udp(_))
+            let restarted = matches!(
+                op,
+                Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3
+            ) && matches!(from, PeerAddr::Udp(_))
                 && self.peers.get(&id).is_some_and(|p| {
                     crate::wire::SessionId::read(wire.get(1..).unwrap_or(&[]))
                         != p.session.remote_session_id()
@@ -486,6 +488,9 @@ impl Server {
         }
         if self.shutting_down {
             return Err(DropReason::Refused);
+        }
+        if op == Opcode::ControlHardResetClientV3 && key_id == 0 {
+            return self.admit_tls_crypt_v2(now, from, wire);
         }
         match from {
             PeerAddr::Tcp(_) => self.admit_tcp(now, from, wire),
@@ -585,6 +590,51 @@ impl Server {
         let id = self.insert_peer(now, from, session);
         self.with_peer(now, id, |p, now| p.session.handle_packet(now, wire))
             .unwrap_or(Err(DropReason::UnknownPeer))
+    }
+
+    /// A tls-crypt-v2 client's first reset: its wrapped key (WKc) behind the packet must
+    /// authenticate with our server key before anything else; the session then uses the
+    /// client's own key. State is created here, over UDP too (as 2.6 does for clients
+    /// without early negotiation): forging a WKc needs a client key, and the admission rate
+    /// limit bounds replays of a captured one.
+    fn admit_tls_crypt_v2(
+        &mut self,
+        now: Instant,
+        from: PeerAddr,
+        wire: &[u8],
+    ) -> Result<(), DropReason> {
+        let crate::wrap::WrapConfig::CryptV2Server { key } = &self.setup.wrap else {
+            return Err(DropReason::BadOpcode);
+        };
+        let (packet, wkc) = crate::tls_crypt_v2::split_wkc(wire).ok_or(DropReason::Malformed)?;
+        let (kc, _metadata) = key.unwrap(wkc).map_err(|_| DropReason::BadHmac)?;
+        if matches!(from, PeerAddr::Udp(_)) && !self.rate.allow(now) {
+            return Err(DropReason::RateLimited);
+        }
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            self.remove_peer(
+                now,
+                old,
+                "replaced by a new session from the same address".into(),
+            );
+        }
+        self.check_capacity()?;
+        let wrap = TlsWrap::new(
+            &crate::wrap::WrapConfig::Crypt { key: kc },
+            true,
+            self.unix_time,
+        );
+        let session = ControlSession::new_server(
+            self.setup.tls.clone(),
+            wrap,
+            self.params.clone(),
+            SessionId(random_bytes::<8>()),
+            packet,
+            now,
+        )?;
+        let id = self.insert_peer(now, from, session);
+        self.touched.insert(id);
+        Ok(())
     }
 
     fn admit_tcp(&mut self, now: Instant, from: PeerAddr, wire: &[u8]) -> Result<(), DropReason> {
@@ -969,7 +1019,13 @@ impl Server {
         } else {
             p.session.export_key_material(key_id)?
         };
-        Some(Arc::new(DataKeys::new(p.cipher?, &km, key_id, true)))
+        Some(Arc::new(DataKeys::with_auth(
+            p.cipher?,
+            self.setup.config.auth_digest,
+            &km,
+            key_id,
+            true,
+        )))
     }
 
     fn on_key_material(&mut self, id: PeerId, key_id: u8) {
@@ -1296,10 +1352,7 @@ impl Server {
                     p.ping_due = false;
                     if let Some(keys) = p.plane.send.clone() {
                         let start = out.len();
-                        out.resize(
-                            start + PING_MAGIC.len() + overhead(true, p.plane.framing),
-                            0,
-                        );
+                        out.resize(start + PING_MAGIC.len() + crate::data::MAX_OVERHEAD, 0);
                         match keys.seal(
                             p.plane.header(&keys),
                             p.plane.framing,
