@@ -116,8 +116,10 @@ pub struct Observatory {
 /// Command-line options of `tunscope client`.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// The OpenVPN-style config file.
+    /// The OpenVPN-style config file (empty: options only).
     pub config: PathBuf,
+    /// OpenVPN options from the command line (`--name args…`), applied on top of the file.
+    pub options: Vec<String>,
     /// Disable tun offload (TSO/GRO).
     pub no_offload: bool,
     /// Observatory options.
@@ -135,12 +137,11 @@ enum Outcome {
     Fatal(String),
 }
 
-/// Loads and checks a client config (used by `run` and by `tunscope check-config`).
-pub fn load_config(path: &Path) -> Result<ClientConfig> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let text = tunscope_proto::options::decode_text(&bytes);
-    let cfg = ClientConfig::parse(&text, path)?;
+/// Loads and checks a client config (used by `run` and by `tunscope check-config`): the
+/// file, with OpenVPN-style command-line `options` on top.
+pub fn load_config(path: &Path, options: &[String]) -> Result<ClientConfig> {
+    let file = (!path.as_os_str().is_empty()).then_some(path);
+    let cfg = ClientConfig::from_sources(&crate::setup::config_sources(file, options)?)?;
     for w in &cfg.warnings {
         tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
     }
@@ -165,11 +166,15 @@ struct Run<'a> {
     credentials: Option<(String, String)>,
     /// Proxy credentials, asked or read once.
     proxy_credentials: Option<(String, String)>,
+    /// The management interface (`management …`).
+    mgmt: Option<Arc<crate::management::Management>>,
+    /// The last attempt ended in AUTH_FAILED (`auth-retry interact` asks again).
+    auth_failed: bool,
 }
 
 /// Runs the client until it is told to stop or fails for good.
 pub fn run(opts: &ClientOptions) -> Result<()> {
-    let cfg = load_config(&opts.config)?;
+    let cfg = load_config(&opts.config, &opts.options)?;
     if cfg.remotes.is_empty() {
         bail!(
             "{}: no 'remote' given: nothing to connect to",
@@ -187,10 +192,15 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         capture,
         endpoints,
     } = opts.observe.start("client")?;
-    let state_path = opts
-        .state_file
-        .clone()
-        .unwrap_or_else(|| crate::netconfig::default_state_path(&opts.config));
+    let state_path = opts.state_file.clone().unwrap_or_else(|| {
+        // Options-only runs are told apart by their options.
+        let key = if opts.config.as_os_str().is_empty() {
+            PathBuf::from(opts.options.join(" "))
+        } else {
+            opts.config.clone()
+        };
+        crate::netconfig::default_state_path(&key)
+    });
     // A previous run that crashed left its routes and resolv.conf behind: put them back.
     if let Some(undone) = crate::netconfig::recover(&state_path)? {
         tracing::warn!(
@@ -217,8 +227,42 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         resolved: HashMap::new(),
         credentials: None,
         proxy_credentials: None,
+        mgmt: None,
+        auth_failed: false,
     };
+    if let Some(m) = &cfg.management {
+        let endpoint = match &m.addr {
+            tunscope_proto::options::client::ManagementAddr::Unix(p) => {
+                crate::management::Endpoint::Unix(p.clone())
+            }
+            tunscope_proto::options::client::ManagementAddr::Tcp(h, port) => {
+                crate::management::Endpoint::Tcp(SocketAddr::new(
+                    h.parse()
+                        .with_context(|| format!("management: '{h}' is not an address"))?,
+                    *port,
+                ))
+            }
+        };
+        let st = Arc::clone(&stats);
+        let mgmt = crate::management::Management::start(
+            &endpoint,
+            m.hold,
+            Arc::clone(&term),
+            Box::new(move || {
+                (
+                    st.stage(Stage::SocketRx).snapshot().bytes_in,
+                    st.stage(Stage::SocketTx).snapshot().bytes_in,
+                )
+            }),
+        )?;
+        tracing::info!("management interface listening on {endpoint:?}");
+        mgmt.wait_hold()?;
+        run.mgmt = Some(mgmt);
+    }
     let result = run.attempts();
+    if let Some(m) = &run.mgmt {
+        m.state(crate::management::State::Exiting, "exit", "", None);
+    }
     drop(endpoints);
     run.tap = None;
     if let Some(c) = capture {
@@ -229,6 +273,12 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
 }
 
 impl Run<'_> {
+    fn mgmt_state(&self, s: crate::management::State, detail: &str, peer: Option<SocketAddr>) {
+        if let Some(m) = &self.mgmt {
+            m.state(s, detail, "", peer);
+        }
+    }
+
     fn attempts(&mut self) -> Result<()> {
         let mut attempt: u32 = 0;
         let mut remote_idx = 0;
@@ -246,8 +296,26 @@ impl Run<'_> {
                     tracing::info!("exiting");
                     return Ok(());
                 }
+                Outcome::Fatal(reason)
+                    if reason.contains("AUTH_FAILED")
+                        && cfg.auth_retry != tunscope_proto::options::client::AuthRetry::None =>
+                {
+                    // auth-retry: reconnect; `interact` asks for new credentials first.
+                    tracing::warn!("{reason}: retrying (auth-retry)");
+                    if cfg.auth_retry == tunscope_proto::options::client::AuthRetry::Interact {
+                        self.credentials = None;
+                        self.auth_failed = true;
+                    }
+                    if self.term.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
                 Outcome::Fatal(reason) => bail!("{reason}"),
                 Outcome::Restart(reason) => {
+                    if let Some(m) = &self.mgmt {
+                        m.state(crate::management::State::Reconnecting, "restart", "", None);
+                    }
                     attempt += 1;
                     tracing::warn!(
                         "connection to {}:{} ended: {reason}",
@@ -285,6 +353,7 @@ impl Run<'_> {
 
     fn connect_once(&mut self, remote: &Remote) -> Result<Outcome> {
         let cfg = self.cfg;
+        self.mgmt_state(crate::management::State::Connecting, "", None);
         // Through a proxy, the proxy is the far end of our socket and resolves the server.
         if let Some(proxy) = &cfg.proxy {
             let (peer, link) = self.proxy_link(remote, proxy)?;
@@ -374,10 +443,20 @@ impl Run<'_> {
     /// The connection attempt on an open link: handshake, tunnel, data path, until it ends.
     fn run_on_link(&mut self, remote: &Remote, peer: SocketAddr, link: Link) -> Result<Outcome> {
         let cfg = self.cfg;
-        // Credentials are asked for (or read) once and kept, unless auth-nocache.
+        // Credentials are asked for (or read) once and kept, unless auth-nocache; with
+        // `management-query-passwords` the management client is asked instead of the terminal.
         if self.credentials.is_none() || cfg.auth_nocache {
-            self.credentials = crate::setup::load_credentials(cfg)?;
+            self.credentials = match (&self.mgmt, &cfg.management, &cfg.auth_user_pass) {
+                (Some(m), Some(ms), Some(tunscope_proto::options::client::UserPass::Prompt))
+                    if ms.query_passwords =>
+                {
+                    Some(m.ask_credentials(self.auth_failed)?)
+                }
+                _ => crate::setup::load_credentials(cfg)?,
+            };
+            self.auth_failed = false;
         }
+        self.mgmt_state(crate::management::State::Wait, "", Some(peer));
         let setup = Arc::new(crate::setup::client_setup(
             cfg,
             remote.transport,
@@ -439,6 +518,17 @@ impl Run<'_> {
         let Some(tun) = self.tun.as_ref() else {
             bail!("tun device missing")
         };
+        self.mgmt_state(
+            crate::management::State::AssignIp,
+            &addrs.ipv4.map_or(String::new(), |(a, _, _)| a.to_string()),
+            Some(peer),
+        );
+        // ifconfig-noexec: the up script (a front-end's helper) sets the addresses.
+        let mut addrs = addrs;
+        if cfg.ifconfig_noexec {
+            addrs.ipv4 = None;
+            addrs.ipv6 = None;
+        }
         tun.configure(&addrs, mtu)
             .with_context(|| format!("cannot configure {}", tun.name()))?;
         tracing::info!(
@@ -501,6 +591,18 @@ impl Run<'_> {
         let mut published = client.data_plane_generation();
         // The line OpenVPN prints at this point; scripts and tests wait for it.
         tracing::info!("Initialization Sequence Completed");
+        if let Some(m) = &self.mgmt {
+            let local_ip = tun_addresses(&connected.pushed)
+                .ok()
+                .and_then(|a| a.ipv4)
+                .map_or(String::new(), |(a, _, _)| a.to_string());
+            m.state(
+                crate::management::State::Connected,
+                "SUCCESS",
+                &local_ip,
+                Some(peer),
+            );
+        }
 
         let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
         let term = self.term;
@@ -525,6 +627,11 @@ impl Run<'_> {
                     closing = true;
                     tracing::info!("signal received, closing");
                     client.close(Instant::now());
+                }
+                if let Some(m) = &self.mgmt
+                    && m.restart.swap(false, Ordering::Relaxed)
+                {
+                    break Outcome::Restart("SIGUSR1 from the management interface".into());
                 }
                 if let Some((period, min_bytes)) = cfg.inactive
                     && !closing

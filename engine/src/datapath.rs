@@ -202,8 +202,6 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
     let wire = link_wire(link, true);
-    // Room for the largest header, HMAC/tag, IV, padding and framing any cipher adds.
-    let v2_overhead = data::MAX_OVERHEAD;
     let stats = &shared.stats;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -232,7 +230,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, link: &Link, mtu: u16) {
                 encrypt.drop(DropReason::NoKey);
                 continue;
             };
-            let out = batch.reserve(p.len() + v2_overhead);
+            let out = batch.reserve(data::seal_room(p.len()));
             match keys.seal(plane.header(keys), plane.framing, p, out) {
                 Ok(len) => {
                     if let Some(tap) = tap

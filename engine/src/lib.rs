@@ -24,6 +24,7 @@ pub mod dns_script;
 pub mod dns_stub;
 pub mod explain;
 pub mod link;
+pub mod management;
 pub mod netconfig;
 pub mod netlink;
 pub mod poll;

@@ -107,11 +107,12 @@ impl From<Observe> for ObserveOptions {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect to an OpenVPN 2.6 server using an OpenVPN client config file.
+    /// Connect to an OpenVPN 2.6 server using an OpenVPN client config file and/or OpenVPN
+    /// options after `--` (`tunscope client --config c.conf -- --remote vpn.example 1194`).
     Client {
         /// The config file (OpenVPN syntax).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
@@ -124,17 +125,24 @@ enum Command {
         state_file: Option<PathBuf>,
         #[command(flatten)]
         observe: Observe,
+        /// OpenVPN options on top of the file, as stock openvpn takes them (after `--`).
+        #[arg(last = true, value_name = "OPENVPN-OPTIONS")]
+        options: Vec<String>,
     },
-    /// Serve OpenVPN 2.6 clients using an OpenVPN server config file.
+    /// Serve OpenVPN 2.6 clients using an OpenVPN server config file and/or OpenVPN options
+    /// after `--`.
     Server {
         /// The config file (OpenVPN syntax).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
         #[command(flatten)]
         observe: Observe,
+        /// OpenVPN options on top of the file, as stock openvpn takes them (after `--`).
+        #[arg(last = true, value_name = "OPENVPN-OPTIONS")]
+        options: Vec<String>,
     },
     /// Show the live statistics of a running engine (its `--control` socket).
     Stats {
@@ -222,7 +230,10 @@ enum Command {
     /// Parse a client or server config and report errors (file:line) and ignored options.
     CheckConfig {
         /// The config file.
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// OpenVPN options on top of the file (after `--`).
+        #[arg(last = true, value_name = "OPENVPN-OPTIONS")]
+        options: Vec<String>,
         /// Show the effective options after defaults and what the engine will do with them.
         #[arg(long)]
         explain: bool,
@@ -234,19 +245,25 @@ enum Command {
 
 /// Checks a config as a server config when it reads like one (`server`, `mode server`,
 /// `tls-server` alone), else as a client; `--explain`/`--json` show how it is read.
-fn check_config(path: &std::path::Path, explain: bool, json: bool) -> anyhow::Result<()> {
+fn check_config(
+    path: Option<&std::path::Path>,
+    options: &[String],
+    explain: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     use tunscope_engine::explain;
+    use tunscope_proto::options::Role;
     use tunscope_proto::options::client::ClientConfig;
     use tunscope_proto::options::server::ServerConfig;
-    use tunscope_proto::options::{Role, decode_text, parse_directives};
-    let text = decode_text(&std::fs::read(path)?);
-    let role = parse_directives(&text)
-        .map(|ds| Role::detect(&ds))
-        .unwrap_or(Role::Client);
-    let file = path.display().to_string();
-    let parsed = match role {
-        Role::Server => ServerConfig::parse(&text, path).map(|c| explain::server(&c)),
-        Role::Client => ClientConfig::parse(&text, path).map(|c| explain::client(&c)),
+    let sources = tunscope_engine::setup::config_sources(path, options)?;
+    let all: Vec<_> = sources
+        .iter()
+        .flat_map(|s| s.directives.iter().cloned())
+        .collect();
+    let file = path.map_or("command line".to_owned(), |p| p.display().to_string());
+    let parsed = match Role::detect(&all) {
+        Role::Server => ServerConfig::from_sources(&sources).map(|c| explain::server(&c)),
+        Role::Client => ClientConfig::from_sources(&sources).map(|c| explain::client(&c)),
     };
     let e = match parsed {
         Ok(e) => e,
@@ -371,8 +388,10 @@ fn main() -> ExitCode {
             dns_backend,
             state_file,
             observe,
+            options,
         } => tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
-            config,
+            config: config.unwrap_or_default(),
+            options,
             no_offload,
             observe: observe.into(),
             dns: dns_backend,
@@ -392,8 +411,10 @@ fn main() -> ExitCode {
             config,
             no_offload,
             observe,
+            options,
         } => tunscope_engine::server::run(&tunscope_engine::server::ServerOptions {
-            config,
+            config: config.unwrap_or_default(),
+            options,
             no_offload,
             observe: observe.into(),
         }),
@@ -414,9 +435,10 @@ fn main() -> ExitCode {
         Command::Trace { files, limit, json } => tunscope_engine::trace::run(&files, limit, json),
         Command::CheckConfig {
             config,
+            options,
             explain,
             json,
-        } => check_config(&config, explain, json),
+        } => check_config(config.as_deref(), &options, explain, json),
         Command::Genkey {
             kind,
             file,

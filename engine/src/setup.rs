@@ -14,6 +14,46 @@ use tunscope_proto::static_key::Key2;
 use tunscope_proto::tls::{self, Identity, PeerCheck};
 use tunscope_proto::wrap::{Digest, WrapConfig};
 
+/// The config sources of a run: the `--config` file (if any), then OpenVPN-style options from
+/// the command line (`--name args…`) on top; a `--config FILE` among those options is read in
+/// place, as stock openvpn does.
+pub fn config_sources(
+    file: Option<&std::path::Path>,
+    options: &[String],
+) -> Result<Vec<tunscope_proto::options::ConfigSource>> {
+    use tunscope_proto::options::{ConfigSource, decode_text};
+    let read = |path: &std::path::Path| -> Result<ConfigSource> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Ok(ConfigSource::from_text(&decode_text(&bytes), path)?)
+    };
+    let mut sources = vec![];
+    if let Some(f) = file {
+        sources.push(read(f)?);
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut rest = options;
+    while !rest.is_empty() {
+        let at = rest.iter().position(|a| a == "--config");
+        let (now, after) = rest.split_at(at.unwrap_or(rest.len()));
+        if !now.is_empty() {
+            sources.push(ConfigSource::from_args(now, &cwd)?);
+        }
+        if at.is_none() {
+            break;
+        }
+        let path = after
+            .get(1)
+            .ok_or_else(|| anyhow!("command line: --config needs a file"))?;
+        sources.push(read(std::path::Path::new(path))?);
+        rest = &after[2..];
+    }
+    if sources.is_empty() {
+        anyhow::bail!("no configuration: give --config FILE and/or OpenVPN options after --");
+    }
+    Ok(sources)
+}
+
 /// Reads inline or file material.
 pub fn read_source(src: &Source, option: &str) -> Result<String> {
     match src {

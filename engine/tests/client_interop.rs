@@ -317,6 +317,61 @@ fn stock_server_compressing_is_decompressed() -> Result<()> {
     Ok(())
 }
 
+/// UDP payload lengths tcpdump sees on `ns`'s eth0 (destination port `port`) while `f` runs.
+fn wire_lengths(
+    ns: &tunscope_harness::netns::Netns,
+    port: u16,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<Vec<usize>> {
+    let mut cmd = ns.command("tcpdump");
+    cmd.args(["-i", "eth0", "-n", "-l", "-q", "udp", "dst", "port"])
+        .arg(port.to_string());
+    let log = std::env::temp_dir().join(format!("ts-tcpdump-{}-{port}.txt", std::process::id()));
+    let mut dump = Proc::spawn("tcpdump", cmd, &log)?;
+    std::thread::sleep(Duration::from_millis(800));
+    let r = f();
+    std::thread::sleep(Duration::from_millis(300));
+    dump.signal(Signal::SIGINT)?;
+    let _ = dump.wait_exit(Duration::from_secs(5));
+    r?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.rsplit("length ").next()?.trim().parse().ok())
+        .collect())
+}
+
+/// Our client compressing what it sends (`allow-compression yes`, LZ4-v2 and LZ4) to a stock
+/// server that decompresses: 1200-byte compressible pings cross the wire in packets under
+/// 600 bytes and come back (the replies compressed by stock, decompressed by us).
+#[test]
+fn our_client_compressing_is_decompressed_by_stock() -> Result<()> {
+    for alg in ["compress lz4-v2", "compress lz4"] {
+        let push = format!("push \"{alg}\"");
+        let mut pair = bring_up(TunnelSpec {
+            server_extra: vec!["allow-compression yes".into(), alg.into(), push],
+            client_extra: vec!["allow-compression yes".into()],
+            ..TunnelSpec::default()
+        })?;
+        pair.wait_connected().with_context(|| alg.to_owned())?;
+        let dst = pair.spec.server_tun_ip().to_string();
+        let client_ns = &pair.hosts.client;
+        let lens = wire_lengths(&pair.hosts.server, pair.spec.port, || {
+            let p = traffic::ping(client_ns, &dst, 5, 1200, false)?;
+            ensure!(p.received == 5, "{alg}: pings: {}", p.output);
+            Ok(())
+        })?;
+        let max = lens.iter().copied().max().unwrap_or(0);
+        ensure!(
+            lens.len() >= 5 && max < 600,
+            "{alg}: our packets on the wire {lens:?} (1200-byte pings should shrink)"
+        );
+        eprintln!("{alg}: largest client→server packet {max} bytes for 1200-byte pings");
+    }
+    Ok(())
+}
+
 /// `allow-compression no` on our side: a server pushing real compression is refused with a
 /// clear error naming the option, as 2.6 does.
 #[test]

@@ -503,3 +503,182 @@ fn through_http_and_socks_proxies() -> Result<()> {
     danted.stop(Duration::from_secs(2));
     Ok(())
 }
+
+/// OpenVPN options on the command line, as front-ends start openvpn: alone (no file), and on
+/// top of a file (`--data-ciphers` overriding it, seen in the cipher the server reports).
+#[test]
+fn options_on_the_command_line() -> Result<()> {
+    let s = stock_server(TunnelSpec::default())?;
+    let (cert, key) = s.pki.client("cli-client")?;
+    let p = |x: &std::path::Path| x.display().to_string();
+    let port = s.spec.port.to_string();
+    let ca = p(&s.pki.ca);
+    let (cert, key) = (p(&cert), p(&key));
+    let server_wan = SERVER_WAN.to_string();
+    let only: Vec<&str> = vec![
+        "--client",
+        "--dev",
+        "tun",
+        "--proto",
+        "udp",
+        "--remote",
+        &server_wan,
+        &port,
+        "--nobind",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--remote-cert-tls",
+        "server",
+        "--verb",
+        "3",
+    ];
+    let bin = subjects::tunscope_bin()?;
+    let mut cmd = s.hosts.client.command(bin.to_str().unwrap_or("tunscope"));
+    cmd.arg("client")
+        .arg("--state-file")
+        .arg(s.hosts.dir.join("cli-only.state"))
+        .arg("--")
+        .args(&only);
+    let log = s.hosts.dir.join("cli-only.log");
+    let mut client = Proc::spawn("tunscope client", cmd, &log)?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))?;
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+
+    // A file, with one option overridden on the command line.
+    let path = s.hosts.dir.join("base.conf");
+    std::fs::write(&path, &s.client_conf)?;
+    let mut client = subjects::start_tunscope_client(
+        &s.hosts.client,
+        &path,
+        &s.hosts.dir.join("cli-on-top.log"),
+        &["--", "--data-ciphers", "CHACHA20-POLY1305"],
+    )?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))?;
+    ensure!(
+        client.log().contains("CHACHA20-POLY1305"),
+        "the command-line data-ciphers should win:\n{}",
+        tail(&client.log(), 20)
+    );
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Reads management lines until one contains `want` (returning all read), within `secs`.
+fn mgmt_until(r: &mut impl std::io::BufRead, want: &str, secs: u64) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut seen = vec![];
+    while std::time::Instant::now() < deadline {
+        let mut l = String::new();
+        match r.read_line(&mut l) {
+            Ok(0) => break,
+            Ok(_) => {
+                let l = l.trim_end().to_owned();
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return Ok(seen);
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!(
+        "management: no '{want}' within {secs} s; got:\n{}",
+        seen.join("\n")
+    )
+}
+
+/// The management interface driven the way NetworkManager-openvpn does: options on the
+/// command line (`--management PATH unix --management-query-passwords --auth-retry interact
+/// --management-hold`), `hold release`, `state on`, `bytecount 1`, the password query answered
+/// (first wrongly: `Verification Failed`, asked again), `>STATE:…CONNECTED`, byte counts that
+/// grow with traffic, then `signal SIGTERM` and `>STATE:…EXITING`.
+#[test]
+fn management_interface_like_network_manager() -> Result<()> {
+    use std::io::{BufReader, Write};
+    let s = stock_server(TunnelSpec {
+        auth_user_pass: true,
+        ..TunnelSpec::default()
+    })?;
+    let base = without(&s.client_conf, &["auth-user-pass"]);
+    let path = s.hosts.dir.join("nm.conf");
+    std::fs::write(&path, base)?;
+    let sock = s.hosts.dir.join("mgmt.sock");
+    let sock_s = sock.display().to_string();
+    let mut client = subjects::start_tunscope_client(
+        &s.hosts.client,
+        &path,
+        &s.hosts.dir.join("nm-client.log"),
+        &[
+            "--",
+            "--auth-user-pass",
+            "--management",
+            &sock_s,
+            "unix",
+            "--management-query-passwords",
+            "--auth-retry",
+            "interact",
+            "--management-hold",
+        ],
+    )?;
+    let mut stream = None;
+    for _ in 0..50 {
+        if let Ok(c) = std::os::unix::net::UnixStream::connect(&sock) {
+            stream = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stream = stream.context("management socket never appeared")?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    mgmt_until(&mut r, ">HOLD:", 5)?;
+    w.write_all(b"state on\nbytecount 1\nhold release\n")?;
+    mgmt_until(&mut r, ">PASSWORD:Need 'Auth' username/password", 10)?;
+    w.write_all(b"username \"Auth\" alice\npassword \"Auth\" wrong\n")?;
+    mgmt_until(&mut r, ">PASSWORD:Verification Failed: 'Auth'", 20)?;
+    mgmt_until(&mut r, ">PASSWORD:Need 'Auth'", 10)?;
+    let (user, pass) = subjects::TEST_USER;
+    w.write_all(format!("username \"Auth\" {user}\npassword \"Auth\" \"{pass}\"\n").as_bytes())?;
+    let lines = mgmt_until(&mut r, ",CONNECTED,SUCCESS,", 20)?;
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.contains(">STATE:") && l.contains(",WAIT,")),
+        "states before CONNECTED: {lines:?}"
+    );
+    let dst = s.spec.server_tun_ip().to_string();
+    let p = traffic::ping(&s.hosts.client, &dst, 5, 1000, false)?;
+    ensure!(p.received == 5, "ping: {}", p.output);
+    let lines = mgmt_until(&mut r, ">BYTECOUNT:", 5)?;
+    let last = lines.last().cloned().unwrap_or_default();
+    let counts: Vec<u64> = last
+        .trim_start_matches(">BYTECOUNT:")
+        .split(',')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    ensure!(
+        counts.len() == 2 && counts[0] > 5000 && counts[1] > 5000,
+        "byte counts after 5 kB of pings each way: {last}"
+    );
+    w.write_all(b"signal SIGTERM\n")?;
+    mgmt_until(&mut r, "SUCCESS: signal SIGTERM thrown", 5)?;
+    mgmt_until(&mut r, ",EXITING,", 10)?;
+    let code = client.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        code == Some(0),
+        "exit {code:?}:\n{}",
+        tail(&client.log(), 20)
+    );
+    Ok(())
+}

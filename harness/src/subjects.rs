@@ -286,11 +286,13 @@ pub fn start_tunscope_client_env(
 ) -> Result<Proc> {
     let bin = tunscope_bin()?;
     let mut cmd = ns.command(bin.to_str().context("binary path is not UTF-8")?);
-    cmd.arg("client").arg("--config").arg(config).args(extra);
-    // Keep the state file with the test's files, not in the machine's /run.
+    cmd.arg("client").arg("--config").arg(config);
+    // Keep the state file with the test's files, not in the machine's /run (before `extra`,
+    // which may end with `-- OPENVPN-OPTIONS`).
     if !extra.contains(&"--state-file") {
         cmd.arg("--state-file").arg(log.with_extension("state"));
     }
+    cmd.args(extra);
     cmd.env(
         "TUNSCOPE_LOG",
         std::env::var("TUNSCOPE_LOG").unwrap_or_else(|_| "info".into()),

@@ -903,7 +903,12 @@ impl Client {
             send: Some(keys),
             recv: self.keys.clone(),
             peer_id: pushed.peer_id,
-            framing: pushed.framing.unwrap_or(self.setup.framing),
+            framing: pushed
+                .framing
+                .unwrap_or(self.setup.framing)
+                .with_tx_compression(
+                    self.setup.allow_compression == crate::options::compress::AllowCompression::Yes,
+                ),
             replay_window: self.setup.replay_window,
         };
         self.cipher = Some(cipher);

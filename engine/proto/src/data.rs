@@ -140,6 +140,11 @@ pub enum Framing {
     Lz4,
     /// `compress lz4-v2`: like `StubV2`; 0x50 0x01 marks LZ4 data.
     Lz4V2,
+    /// `compress lz4` with `allow-compression yes`: what we send is LZ4-compressed when that
+    /// makes it smaller.
+    Lz4Tx,
+    /// `compress lz4-v2` with `allow-compression yes`: likewise.
+    Lz4V2Tx,
 }
 
 /// What a payload is after its framing byte(s) were read.
@@ -157,14 +162,29 @@ impl Framing {
     pub fn overhead(self) -> usize {
         match self {
             Framing::None => 0,
-            Framing::LzoStub | Framing::StubSwap | Framing::Lzo | Framing::Lz4 => 1,
-            Framing::StubV2 | Framing::Lz4V2 => 2,
+            Framing::LzoStub | Framing::StubSwap | Framing::Lzo | Framing::Lz4 | Framing::Lz4Tx => {
+                1
+            }
+            Framing::StubV2 | Framing::Lz4V2 | Framing::Lz4V2Tx => 2,
         }
     }
 
     /// Whether packets the peer compressed are accepted (not only stub framing).
     pub fn is_compression(self) -> bool {
-        matches!(self, Framing::Lzo | Framing::Lz4 | Framing::Lz4V2)
+        matches!(
+            self,
+            Framing::Lzo | Framing::Lz4 | Framing::Lz4V2 | Framing::Lz4Tx | Framing::Lz4V2Tx
+        )
+    }
+
+    /// The framing that also compresses what we send (`allow-compression yes`); LZO stays
+    /// uncompressed on send (legal: the header byte says so), as there is no LZO compressor.
+    pub fn with_tx_compression(self, allow: bool) -> Framing {
+        match (self, allow) {
+            (Framing::Lz4, true) => Framing::Lz4Tx,
+            (Framing::Lz4V2, true) => Framing::Lz4V2Tx,
+            (f, _) => f,
+        }
     }
 
     /// OpenVPN's option for this framing.
@@ -177,6 +197,8 @@ impl Framing {
             Framing::Lzo => "comp-lzo (LZO)",
             Framing::Lz4 => "compress lz4",
             Framing::Lz4V2 => "compress lz4-v2",
+            Framing::Lz4Tx => "compress lz4 (compressing)",
+            Framing::Lz4V2Tx => "compress lz4-v2 (compressing)",
         }
     }
 
@@ -186,6 +208,27 @@ impl Framing {
             Framing::Lzo => Framing::LzoStub.encode(plain, out),
             Framing::Lz4 => Framing::StubSwap.encode(plain, out),
             Framing::Lz4V2 => Framing::StubV2.encode(plain, out),
+            Framing::Lz4Tx => {
+                // [0x69] ‖ c[1..] ‖ c[0]: v1 moves the first byte to the end, as for stubs.
+                match crate::compress::lz4_compress(plain, out.get_mut(1..)?) {
+                    Some(n) if n >= 1 => {
+                        let first = out[1];
+                        out.copy_within(2..1 + n, 1);
+                        out[n] = first;
+                        out[0] = LZ4_COMPRESS_BYTE;
+                        Some(n + 1)
+                    }
+                    _ => Framing::StubSwap.encode(plain, out),
+                }
+            }
+            Framing::Lz4V2Tx => match crate::compress::lz4_compress(plain, out.get_mut(2..)?) {
+                Some(n) => {
+                    out[0] = COMP_V2_ESCAPE;
+                    out[1] = COMP_V2_LZ4_BYTE;
+                    Some(n + 2)
+                }
+                None => Framing::StubV2.encode(plain, out),
+            },
             Framing::None => {
                 out.get_mut(..plain.len())?.copy_from_slice(plain);
                 Some(plain.len())
@@ -229,7 +272,7 @@ impl Framing {
                 Some(_) => Err(DropReason::BadCompression),
                 None => Err(DropReason::Malformed),
             },
-            Framing::Lz4 => match first {
+            Framing::Lz4 | Framing::Lz4Tx => match first {
                 Some(c @ (NO_COMPRESS_BYTE_SWAP | LZ4_COMPRESS_BYTE)) => {
                     // The payload's first byte travels at the end.
                     if range.len() == 1 {
@@ -246,7 +289,7 @@ impl Framing {
                 Some(_) => Err(DropReason::BadCompression),
                 None => Err(DropReason::Malformed),
             },
-            Framing::Lz4V2 => match first {
+            Framing::Lz4V2 | Framing::Lz4V2Tx => match first {
                 Some(COMP_V2_ESCAPE) => match buf.get(range.start + 1) {
                     Some(0x00) => Ok(Unframed::Plain(range.start + 2..range.end)),
                     Some(&COMP_V2_LZ4_BYTE) => Ok(Unframed::Lz4(range.start + 2..range.end)),
@@ -263,7 +306,12 @@ impl Framing {
     fn decode_stub(self, buf: &mut [u8], range: Range<usize>) -> Result<Range<usize>, DropReason> {
         let first = buf.get(range.start).copied();
         match self {
-            Framing::None | Framing::Lzo | Framing::Lz4 | Framing::Lz4V2 => Ok(range),
+            Framing::None
+            | Framing::Lzo
+            | Framing::Lz4
+            | Framing::Lz4V2
+            | Framing::Lz4Tx
+            | Framing::Lz4V2Tx => Ok(range),
             Framing::LzoStub => match first {
                 Some(NO_COMPRESS_BYTE) => Ok(range.start + 1..range.end),
                 Some(_) => Err(DropReason::Compressed),
@@ -645,8 +693,15 @@ pub fn overhead_with(cipher: Cipher, auth: Digest, v2: bool, framing: Framing) -
     header + cipher.overhead(auth) + framing.overhead()
 }
 
-/// The most any cipher, digest and framing add to a packet: for sizing buffers.
+/// The most any cipher, digest and framing add to a packet.
 pub const MAX_OVERHEAD: usize = 4 + 64 + CBC_BLOCK + 4 + CBC_BLOCK + 2;
+
+/// Room to give [`DataKeys::seal`] for a `plain_len`-byte packet: the overhead, plus what the
+/// LZ4 compressor needs as scratch (it wants its worst-case output size even when the result
+/// is smaller).
+pub fn seal_room(plain_len: usize) -> usize {
+    plain_len + plain_len / 8 + 24 + MAX_OVERHEAD
+}
 
 /// What a successfully opened data packet contained.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -873,6 +928,7 @@ mod tests {
                                     Framing::StubV2 | Framing::Lz4V2 => {
                                         usize::from(plain[0] == 0x50) * 2
                                     }
+                                    Framing::Lz4Tx | Framing::Lz4V2Tx => unreachable!(),
                                 }
                             }
                         );
@@ -883,6 +939,39 @@ mod tests {
                         assert_eq!(&buf[r], plain, "{cipher:?} {framing:?}");
                     }
                 }
+            }
+        }
+    }
+
+    /// `allow-compression yes` with LZ4: compressible packets travel compressed (smaller on
+    /// the wire) and come back out whole; incompressible ones go uncompressed.
+    #[test]
+    fn lz4_sending_compresses_when_it_helps() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let compressible: Vec<u8> = (0..1200u32).map(|i| (i % 7) as u8 + 0x45).collect();
+        let noise: Vec<u8> = (0..600u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for (tx, rx_framing) in [
+            (Framing::Lz4Tx, Framing::Lz4),
+            (Framing::Lz4V2Tx, Framing::Lz4V2),
+        ] {
+            for plain in [&compressible[..], &noise[..], b"\x50", b"x"] {
+                let mut buf = vec![0u8; 2048];
+                let n = client.seal(V2, tx, plain, &mut buf).unwrap();
+                if plain.len() > 100 && plain[1] == plain[8] {
+                    assert!(n < plain.len() / 2, "{tx:?}: {n} bytes on the wire");
+                }
+                let opened = rx.open(&mut buf[..n], rx_framing, now).unwrap();
+                let got = match opened.payload {
+                    Payload::Packet(r) => buf[r].to_vec(),
+                    Payload::Inflated(r) => rx.inflated_mut()[r].to_vec(),
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(got, plain, "{tx:?}");
             }
         }
     }

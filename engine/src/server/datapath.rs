@@ -608,7 +608,7 @@ impl<'a> Rx<'a> {
         let Some(keys) = dp.view.plane.send.as_ref() else {
             return self.counts.drop(Stage::Encrypt, t, DropReason::NoKey);
         };
-        let need = p.len() + data::MAX_OVERHEAD;
+        let need = data::seal_room(p.len());
         if self.fwd.len() < need {
             self.fwd.resize(need, 0);
         }
@@ -783,7 +783,6 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
     let mut samples: Vec<TxSample> = Vec::new();
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
-    let overhead = data::MAX_OVERHEAD;
     while !shared.stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         let Some(n) = reader.next_batch(tun, 128, IDLE_WAIT) else {
@@ -819,7 +818,7 @@ pub fn tx_loop(shared: &Shared, tun: &Tun, mtu: u16) {
             }
             let p = reader.packet(i);
             let batch = batches.entry(dp.view.id).or_default();
-            let out = batch.reserve(p.len() + overhead);
+            let out = batch.reserve(data::seal_room(p.len()));
             match keys.seal(dp.view.plane.header(keys), dp.view.plane.framing, p, out) {
                 Ok(l) => {
                     if let Some(tap) = tap

@@ -41,8 +41,10 @@ use self::datapath::{DataPeer, PeerRuntime, PeerTable, ServerInput, Shared, Tran
 /// Command-line options of `tunscope server`.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// The OpenVPN-style server config.
+    /// The OpenVPN-style server config (empty: options only).
     pub config: PathBuf,
+    /// OpenVPN options from the command line, applied on top of the file.
+    pub options: Vec<String>,
     /// Disable tun offload.
     pub no_offload: bool,
     /// Observatory options.
@@ -50,11 +52,9 @@ pub struct ServerOptions {
 }
 
 /// Loads and checks a server config.
-pub fn load_config(path: &Path) -> Result<ServerConfig> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let text = tunscope_proto::options::decode_text(&bytes);
-    let cfg = ServerConfig::parse(&text, path)?;
+pub fn load_config(path: &Path, options: &[String]) -> Result<ServerConfig> {
+    let file = (!path.as_os_str().is_empty()).then_some(path);
+    let cfg = ServerConfig::from_sources(&crate::setup::config_sources(file, options)?)?;
     for w in &cfg.warnings {
         tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
     }
@@ -119,7 +119,7 @@ fn unix_now() -> u32 {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(opts: &ServerOptions) -> Result<()> {
-    let cfg = load_config(&opts.config)?;
+    let cfg = load_config(&opts.config, &opts.options)?;
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&term))

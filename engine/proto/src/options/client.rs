@@ -31,7 +31,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("mute", "log rate limiting is not implemented"),
     ("user", "privileges are not dropped"),
     ("group", "privileges are not dropped"),
-    ("auth-retry", "authentication failures end the client"),
     ("float", "the server address is fixed per connection"),
     ("suppress-timestamps", "log format is fixed"),
     ("sndbuf", "socket buffers are sized by tunscope"),
@@ -201,6 +200,38 @@ pub struct ProxySettings {
     pub user_agent: Option<String>,
     /// `http-proxy-option CUSTOM-HEADER NAME VALUE`.
     pub headers: Vec<(String, String)>,
+}
+
+/// `auth-retry`: what an AUTH_FAILED does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthRetry {
+    /// Exit (the default).
+    #[default]
+    None,
+    /// Reconnect with the same credentials.
+    NoInteract,
+    /// Ask for new credentials (terminal or management interface) and reconnect.
+    Interact,
+}
+
+/// `management …`: where the management interface listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagementAddr {
+    /// `management PATH unix`.
+    Unix(PathBuf),
+    /// `management IP PORT`.
+    Tcp(String, u16),
+}
+
+/// The management interface settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagementSettings {
+    /// Where it listens.
+    pub addr: ManagementAddr,
+    /// `management-query-passwords`: ask for auth-user-pass credentials there.
+    pub query_passwords: bool,
+    /// `management-hold`: wait for `hold release` before connecting.
+    pub hold: bool,
 }
 
 /// `remote-cert-tls client|server`.
@@ -394,6 +425,12 @@ pub struct ClientConfig {
     pub redirect_gateway: Option<String>,
     /// `http-proxy` / `socks-proxy`: the server is reached over TCP through it.
     pub proxy: Option<ProxySettings>,
+    /// `management`: OpenVPN's management interface.
+    pub management: Option<ManagementSettings>,
+    /// `auth-retry`.
+    pub auth_retry: AuthRetry,
+    /// `ifconfig-noexec`: the tun device gets no addresses from us (the up script sets them).
+    pub ifconfig_noexec: bool,
     /// `remote-random`: remotes are tried in a random order (shuffled once per run).
     pub remote_random: bool,
     /// `server-poll-timeout`: how long one remote may take to answer before the next is tried.
@@ -428,23 +465,36 @@ impl ClientConfig {
     /// Parses config text. `file` names the config in messages; relative paths resolve
     /// against its directory.
     pub fn parse(text: &str, file: &Path) -> Result<ClientConfig, ConfigError> {
-        let fname = file.display().to_string();
-        let mut ctx = Ctx {
-            file: &fname,
-            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
-            warnings: vec![],
-        };
-        let directives =
-            parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
+        ClientConfig::from_sources(&[crate::options::ConfigSource::from_text(text, file)?])
+    }
+
+    /// Applies several sources in order (a file, then command-line options on top).
+    pub fn from_sources(
+        sources: &[crate::options::ConfigSource],
+    ) -> Result<ClientConfig, ConfigError> {
+        let mut warnings = vec![];
         let mut b = Builder::default();
-        for d in &directives {
-            if let Some(inner) = crate::options::setenv_opt(d) {
-                b.apply_optional(&mut ctx, &inner)?;
-            } else {
-                b.apply(&mut ctx, d)?;
+        for src in sources {
+            let mut ctx = Ctx {
+                file: &src.name,
+                base: src.base.clone(),
+                warnings: std::mem::take(&mut warnings),
+            };
+            for d in &src.directives {
+                match crate::options::setenv_opt(d) {
+                    Some(inner) => b.apply_optional(&mut ctx, &inner)?,
+                    None => b.apply(&mut ctx, d)?,
+                }
             }
+            warnings = ctx.warnings;
         }
-        b.finish(ctx)
+        let name = sources.first().map_or("command line", |s| s.name.as_str());
+        let base = sources.first().map(|s| s.base.clone()).unwrap_or_default();
+        b.finish(Ctx {
+            file: name,
+            base,
+            warnings,
+        })
     }
 }
 
@@ -468,6 +518,11 @@ struct Builder {
     topology: Option<String>,
     proxy: Option<(usize, ProxySettings)>,
     proxy_options: Vec<(usize, Vec<String>)>,
+    management: Option<ManagementAddr>,
+    management_query_passwords: bool,
+    management_hold: bool,
+    auth_retry: AuthRetry,
+    ifconfig_noexec: bool,
     compress: crate::options::compress::CompressBuilder,
     proto: Option<Transport>,
     port: Option<u16>,
@@ -622,6 +677,49 @@ impl Builder {
                 }
             }
             "http-proxy-option" => self.proxy_options.push((line, d.args.clone())),
+            "management" => {
+                let a = ctx.arg(d, 0)?;
+                self.management = Some(match d.arg(1) {
+                    Some("unix") => ManagementAddr::Unix(ctx.path(a)),
+                    Some(_) => ManagementAddr::Tcp(a.to_owned(), ctx.num(d, 1)?),
+                    None => {
+                        return Err(ctx.error(
+                            line,
+                            "option 'management': give 'IP PORT' or 'PATH unix'",
+                        ));
+                    }
+                });
+                if d.arg(2).is_some() && d.arg(1) != Some("unix") {
+                    ctx.warn(line, "management: the password file is not used (listen on a unix socket or a namespace-local address)");
+                }
+            }
+            "management-query-passwords" => self.management_query_passwords = true,
+            "management-hold" => self.management_hold = true,
+            "management-client-user"
+            | "management-client-group"
+            | "management-log-cache"
+            | "management-up-down"
+            | "management-forget-disconnect"
+            | "management-signal"
+            | "management-client" => ctx.warn(
+                line,
+                format!("option '{}' ignored: the management socket's file permissions decide who connects", d.name),
+            ),
+            "auth-retry" => {
+                self.auth_retry = match ctx.arg(d, 0)? {
+                    "none" => AuthRetry::None,
+                    "nointeract" => AuthRetry::NoInteract,
+                    "interact" => AuthRetry::Interact,
+                    o => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'auth-retry': unknown value '{o}' (none, nointeract or interact)"),
+                        ));
+                    }
+                }
+            }
+            "ifconfig-noexec" => self.ifconfig_noexec = true,
+            "up-restart" => ctx.warn(line, "option 'up-restart': the up script runs at every (re)connection"),
             "fragment" => {
                 return Err(ctx.error(
                     line,
@@ -1041,6 +1139,13 @@ impl Builder {
             redirect_gateway: self.redirect_gateway,
             auth_nocache: self.auth_nocache,
             proxy,
+            management: self.management.map(|addr| ManagementSettings {
+                addr,
+                query_passwords: self.management_query_passwords,
+                hold: self.management_hold,
+            }),
+            auth_retry: self.auth_retry,
+            ifconfig_noexec: self.ifconfig_noexec,
             remote_random: self.remote_random,
             server_poll_timeout: secs(self.server_poll_timeout.unwrap_or(120).max(1)),
             persist_remote_ip: self.persist_remote_ip,
@@ -1229,6 +1334,60 @@ mod tests {
         ));
         assert_eq!(c.auth_digest, Digest::Sha256);
         assert_eq!(c.ping, Some(Duration::from_secs(10)));
+    }
+
+    /// OpenVPN options on the command line, alone or on top of a file: `--name args…`, later
+    /// values win, remotes add up, errors name the argument's position.
+    #[test]
+    fn options_from_the_command_line() {
+        use crate::options::ConfigSource;
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cwd = Path::new("/home/u");
+        let file = ConfigSource::from_text(BASE, Path::new("/etc/tunscope/client.conf")).unwrap();
+        let cli = ConfigSource::from_args(
+            &args(&[
+                "--verb",
+                "5",
+                "--remote",
+                "198.18.9.9",
+                "443",
+                "tcp",
+                "--auth-user-pass",
+                "creds.txt",
+            ]),
+            cwd,
+        )
+        .unwrap();
+        let c = ClientConfig::from_sources(&[file, cli]).unwrap();
+        assert_eq!(c.verb, 5);
+        assert_eq!(c.remotes.len(), 2);
+        assert_eq!(c.remotes[1].transport, Transport::Tcp);
+        // Relative paths on the command line resolve against the working directory.
+        assert_eq!(
+            c.auth_user_pass,
+            Some(UserPass::From(Source::File("/home/u/creds.txt".into())))
+        );
+        // Options alone.
+        let only = ConfigSource::from_args(
+            &args(&[
+                "--client", "--remote", "x", "--ca", "/ca", "--cert", "/c", "--key", "/k",
+            ]),
+            cwd,
+        )
+        .unwrap();
+        assert!(ClientConfig::from_sources(&[only]).is_ok());
+        // A word before any option; an unknown option names its position.
+        let e = ConfigSource::from_args(&args(&["client"]), cwd).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "command line:1: 'client' is not an option (options start with --)"
+        );
+        let bad = ConfigSource::from_args(&args(&["--client", "--frobnicate", "1"]), cwd).unwrap();
+        let e = ClientConfig::from_sources(&[bad]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "command line:2: unsupported option 'frobnicate'"
+        );
     }
 
     #[test]

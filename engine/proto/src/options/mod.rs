@@ -28,6 +28,68 @@ pub fn decode_text(bytes: &[u8]) -> String {
     }
 }
 
+/// Directives from one origin: a config file, or the command line (`--name args…`, as stock
+/// openvpn takes every option). Several are applied in order, later ones on top.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    /// Name in messages: the file, or `command line`.
+    pub name: String,
+    /// Directory relative paths resolve against.
+    pub base: PathBuf,
+    /// The directives (their `line` is the file line, or the argument's position).
+    pub directives: Vec<Directive>,
+}
+
+impl ConfigSource {
+    /// A config file's text.
+    pub fn from_text(text: &str, file: &Path) -> Result<ConfigSource, ConfigError> {
+        let name = file.display().to_string();
+        let directives = parse_directives(text).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: e.line,
+            message: e.error.to_string(),
+        })?;
+        Ok(ConfigSource {
+            name,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            directives,
+        })
+    }
+
+    /// Command-line options: each `--name` starts a directive, the words up to the next
+    /// `--name` are its arguments (OpenVPN's rule). `line` is the argument's position.
+    /// `--config FILE` is not expanded here: split the arguments at it (the shell reads files).
+    pub fn from_args(args: &[String], cwd: &Path) -> Result<ConfigSource, ConfigError> {
+        let name = "command line".to_owned();
+        let mut directives: Vec<Directive> = vec![];
+        for (i, a) in args.iter().enumerate() {
+            match a.strip_prefix("--") {
+                Some(opt) if !opt.is_empty() => directives.push(Directive {
+                    name: opt.to_owned(),
+                    args: vec![],
+                    line: i + 1,
+                    inline: None,
+                }),
+                _ => match directives.last_mut() {
+                    Some(d) => d.args.push(a.clone()),
+                    None => {
+                        return Err(ConfigError {
+                            file: name,
+                            line: i + 1,
+                            message: format!("'{a}' is not an option (options start with --)"),
+                        });
+                    }
+                },
+            }
+        }
+        Ok(ConfigSource {
+            name,
+            base: cwd.to_owned(),
+            directives,
+        })
+    }
+}
+
 /// Which side a config file describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -251,22 +251,36 @@ fn ip4(ctx: &Ctx<'_>, d: &Directive, i: usize) -> Result<Ipv4Addr, ConfigError> 
 impl ServerConfig {
     /// Parses config text; relative paths resolve against the file's directory.
     pub fn parse(text: &str, file: &Path) -> Result<ServerConfig, ConfigError> {
-        let fname = file.display().to_string();
-        let mut ctx = Ctx {
-            file: &fname,
-            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
-            warnings: vec![],
-        };
-        let directives =
-            parse_directives(text).map_err(|e| ctx.error(e.line, e.error.to_string()))?;
+        ServerConfig::from_sources(&[crate::options::ConfigSource::from_text(text, file)?])
+    }
+
+    /// Applies several sources in order (a file, then command-line options on top).
+    pub fn from_sources(
+        sources: &[crate::options::ConfigSource],
+    ) -> Result<ServerConfig, ConfigError> {
+        let mut warnings = vec![];
         let mut b = Builder::default();
-        for d in &directives {
-            match crate::options::setenv_opt(d) {
-                Some(inner) => b.apply_inner(&mut ctx, &inner, true)?,
-                None => b.apply_inner(&mut ctx, d, false)?,
+        for src in sources {
+            let mut ctx = Ctx {
+                file: &src.name,
+                base: src.base.clone(),
+                warnings: std::mem::take(&mut warnings),
+            };
+            for d in &src.directives {
+                match crate::options::setenv_opt(d) {
+                    Some(inner) => b.apply_inner(&mut ctx, &inner, true)?,
+                    None => b.apply_inner(&mut ctx, d, false)?,
+                }
             }
+            warnings = ctx.warnings;
         }
-        b.finish(ctx)
+        let name = sources.first().map_or("command line", |s| s.name.as_str());
+        let base = sources.first().map(|s| s.base.clone()).unwrap_or_default();
+        b.finish(Ctx {
+            file: name,
+            base,
+            warnings,
+        })
     }
 }
 

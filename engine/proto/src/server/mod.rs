@@ -668,7 +668,10 @@ impl Server {
         let jitter = f64::from(random_bytes::<1>()[0]) / 255.0 * 0.1;
         let reneg_after = self.setup.config.reneg_sec.mul_f64(1.0 - jitter);
         let plane = DataPlane {
-            framing: self.setup.config.framing,
+            framing: self.setup.config.framing.with_tx_compression(
+                self.setup.config.compression.allow
+                    == crate::options::compress::AllowCompression::Yes,
+            ),
             replay_window: self.setup.config.replay_window,
             ..DataPlane::default()
         };
@@ -1352,7 +1355,7 @@ impl Server {
                     p.ping_due = false;
                     if let Some(keys) = p.plane.send.clone() {
                         let start = out.len();
-                        out.resize(start + PING_MAGIC.len() + crate::data::MAX_OVERHEAD, 0);
+                        out.resize(start + crate::data::seal_room(PING_MAGIC.len()), 0);
                         match keys.seal(
                             p.plane.header(&keys),
                             p.plane.framing,
