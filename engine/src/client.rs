@@ -446,23 +446,32 @@ impl Run<'_> {
         // Credentials are asked for (or read) once and kept, unless auth-nocache; with
         // `management-query-passwords` the management client is asked instead of the terminal.
         if self.credentials.is_none() || cfg.auth_nocache {
-            self.credentials = match (&self.mgmt, &cfg.management, &cfg.auth_user_pass) {
+            let creds = match (&self.mgmt, &cfg.management, &cfg.auth_user_pass) {
                 (Some(m), Some(ms), Some(tunscope_proto::options::client::UserPass::Prompt))
                     if ms.query_passwords =>
                 {
-                    Some(m.ask_credentials(self.auth_failed)?)
+                    m.ask_credentials(self.auth_failed).map(Some)
                 }
-                _ => crate::setup::load_credentials(cfg)?,
+                _ => crate::setup::load_credentials(cfg),
+            };
+            self.credentials = match creds {
+                Ok(c) => c,
+                // A missing credentials file or a closed terminal: retrying cannot help.
+                Err(e) => return Ok(Outcome::Fatal(format!("{e:#}"))),
             };
             self.auth_failed = false;
         }
         self.mgmt_state(crate::management::State::Wait, "", Some(peer));
-        let setup = Arc::new(crate::setup::client_setup(
+        // Unreadable keys, a wrong PKCS#12 password …: retrying cannot help.
+        let setup = match crate::setup::client_setup(
             cfg,
             remote.transport,
             peer.is_ipv6(),
             self.credentials.clone(),
-        )?);
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return Ok(Outcome::Fatal(format!("{e:#}"))),
+        };
         tracing::info!(
             "connecting to {peer} over {}",
             if remote.transport == Transport::Udp {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use tunscope_proto::client::ClientSetup;
 use tunscope_proto::options::Source;
 use tunscope_proto::options::client::{
@@ -90,6 +90,72 @@ pub fn load_ca(ca: Option<&Source>) -> Result<Vec<rustls::pki_types::Certificate
     }
 }
 
+/// `pkcs12 FILE` (or an inline base64 `<pkcs12>` block): our certificate chain and key, and
+/// the CA certificates the file carries. The password is tried empty first, then from
+/// `askpass FILE`, then asked on the terminal.
+pub fn load_pkcs12(
+    src: &Source,
+    askpass: Option<&Option<Source>>,
+) -> Result<(Identity, Vec<rustls::pki_types::CertificateDer<'static>>)> {
+    use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
+    let data = match src {
+        Source::Inline(text) => tunscope_proto::base64::decode(text)
+            .ok_or_else(|| anyhow!("option 'pkcs12' [inline]: not base64"))?,
+        Source::File(p) => std::fs::read(p)
+            .with_context(|| format!("option 'pkcs12': cannot read {}", p.display()))?,
+    };
+    let open = |pw: &str| KeyStore::from_pkcs12(&data, pw, Pkcs12ImportPolicy::Relaxed);
+    let store = match open("") {
+        Ok(s) => s,
+        Err(_) => {
+            let pw = match askpass {
+                Some(Some(f)) => read_source(f, "askpass")?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => crate::prompt::ask("Enter Private Key Password: ", true)?,
+            };
+            open(&pw).map_err(|e| {
+                anyhow!(
+                    "option 'pkcs12' ({}): cannot open it (wrong password?): {e}",
+                    src.describe()
+                )
+            })?
+        }
+    };
+    let (_, chain) = store.private_key_chain().ok_or_else(|| {
+        anyhow!(
+            "option 'pkcs12' ({}): no private key with its certificate",
+            src.describe()
+        )
+    })?;
+    let certs: Vec<_> = chain
+        .certs()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_der().to_vec()))
+        .collect();
+    if certs.is_empty() {
+        bail!(
+            "option 'pkcs12' ({}): the key has no certificate",
+            src.describe()
+        );
+    }
+    // OpenVPN takes the CA from the file's other certificates (and the chain's issuers).
+    let mut cas: Vec<_> = store
+        .entries()
+        .filter_map(|(_, e)| match e {
+            KeyStoreEntry::Certificate(c) => {
+                Some(rustls::pki_types::CertificateDer::from(c.as_der().to_vec()))
+            }
+            _ => None,
+        })
+        .collect();
+    cas.extend(certs.iter().skip(1).cloned());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
+    Ok((Identity { chain: certs, key }, cas))
+}
+
 /// Builds the wrap configuration from a config's `tls-auth`/`tls-crypt`/`tls-crypt-v2`
 /// (whose key file differs by role).
 pub fn load_wrap(wrap: &WrapSource, digest: Digest, is_server: bool) -> Result<WrapConfig> {
@@ -150,7 +216,11 @@ pub fn client_setup(
     ipv6_link: bool,
     credentials: Option<(String, String)>,
 ) -> Result<ClientSetup> {
-    let ca = load_ca(cfg.ca.as_ref())?;
+    let mut ca = load_ca(cfg.ca.as_ref())?;
+    let p12 = match &cfg.pkcs12 {
+        Some(src) => Some(load_pkcs12(src, cfg.askpass.as_ref())?),
+        None => None,
+    };
     let identity = match (&cfg.cert, &cfg.key) {
         (Some(c), Some(k)) => Some(Identity {
             chain: tls::certs_from_pem(
@@ -163,6 +233,15 @@ pub fn client_setup(
             )?,
         }),
         _ => None,
+    };
+    let identity = match p12 {
+        Some((id, p12_cas)) => {
+            if ca.is_empty() {
+                ca = p12_cas;
+            }
+            Some(id)
+        }
+        None => identity,
     };
     let check = peer_check(cfg.remote_cert_tls, cfg.verify_x509_name.clone(), &cfg.tls)?;
     let negotiation =

@@ -682,3 +682,73 @@ fn management_interface_like_network_manager() -> Result<()> {
     );
     Ok(())
 }
+
+/// `pkcs12` instead of `ca`/`cert`/`key`: files made by `openssl pkcs12 -export` with
+/// OpenSSL 3's default encryption (AES-256-CBC, PBKDF2) and with 3DES/SHA1 as older tools
+/// write them, the password from `askpass FILE`; the CA comes out of the file. A wrong
+/// password is a clear error.
+#[test]
+fn pkcs12_credentials() -> Result<()> {
+    let s = stock_server(TunnelSpec::default())?;
+    let (cert, key) = s.pki.client("p12-client")?;
+    let dir = &s.hosts.dir;
+    let pass = dir.join("p12-pass.txt");
+    std::fs::write(&pass, "s3cret\n")?;
+    let base = without(&s.client_conf, &["ca", "cert", "key"]);
+    for (name, extra) in [
+        ("modern.p12", vec![]),
+        (
+            "legacy.p12",
+            vec![
+                "-certpbe",
+                "PBE-SHA1-3DES",
+                "-keypbe",
+                "PBE-SHA1-3DES",
+                "-macalg",
+                "sha1",
+            ],
+        ),
+    ] {
+        let p12 = dir.join(name);
+        let out = std::process::Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:s3cret", "-in"])
+            .arg(&cert)
+            .arg("-inkey")
+            .arg(&key)
+            .arg("-certfile")
+            .arg(&s.pki.ca)
+            .arg("-out")
+            .arg(&p12)
+            .args(&extra)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = format!(
+            "{base}pkcs12 {}\naskpass {}\n",
+            p12.display(),
+            pass.display()
+        );
+        let mut client = s.client(conf.as_bytes())?;
+        s.up_and_ping(&mut client, Duration::from_secs(20))
+            .with_context(|| name.to_owned())?;
+        client.signal(Signal::SIGTERM)?;
+        client.wait_exit(Duration::from_secs(10))?;
+    }
+    std::fs::write(&pass, "wrong\n")?;
+    let conf = format!(
+        "{base}pkcs12 {}\naskpass {}\n",
+        dir.join("modern.p12").display(),
+        pass.display()
+    );
+    let mut client = s.client(conf.as_bytes())?;
+    let code = client.wait_exit(Duration::from_secs(10))?;
+    let log = client.log();
+    ensure!(
+        code == Some(1) && log.contains("wrong password"),
+        "exit {code:?}:\n{log}"
+    );
+    Ok(())
+}

@@ -49,6 +49,10 @@ pub struct ClientSetup {
     pub tun_mtu: u16,
     /// `reneg-sec` (zero = never initiate).
     pub reneg_sec: Duration,
+    /// `reneg-pkts`: renegotiate after this many packets sent with a key.
+    pub reneg_pkts: Option<u64>,
+    /// `reneg-bytes`: renegotiate after this many bytes sent with a key.
+    pub reneg_bytes: Option<u64>,
     /// `hand-window`.
     pub hand_window: Duration,
     /// `tls-timeout`.
@@ -102,6 +106,8 @@ impl ClientSetup {
             credentials,
             tun_mtu: cfg.tun_mtu,
             reneg_sec: cfg.reneg_sec,
+            reneg_pkts: cfg.reneg_pkts,
+            reneg_bytes: cfg.reneg_bytes,
             hand_window: cfg.hand_window,
             tls_timeout: cfg.tls_timeout,
             tran_window: cfg.tran_window,
@@ -439,11 +445,12 @@ impl Client {
             ));
             return;
         }
-        let exhausted = self
-            .data
-            .send
-            .as_ref()
-            .is_some_and(|k| k.packets_sent() >= u64::from(PACKET_ID_WRAP_TRIGGER));
+        let exhausted = self.data.send.as_ref().is_some_and(|k| {
+            k.packets_sent() >= u64::from(PACKET_ID_WRAP_TRIGGER)
+                    // reneg-pkts / reneg-bytes: counted on what we send with this key.
+                    || self.setup.reneg_pkts.is_some_and(|n| k.packets_sent() >= n)
+                    || self.setup.reneg_bytes.is_some_and(|n| k.bytes_sent() >= n)
+        });
         let due = !self.setup.reneg_sec.is_zero() && now >= self.key_started + self.setup.reneg_sec;
         if (due || exhausted)
             && !self.reneg_pending

@@ -420,6 +420,8 @@ pub struct DataKeys {
     open: DirectionKey,
     /// Next packet-id to send (starts at 1; u64 so exhaustion is detectable without wrap).
     next_packet_id: AtomicU64,
+    /// Plaintext bytes sealed (for `reneg-bytes`).
+    bytes_sealed: AtomicU64,
 }
 
 impl std::fmt::Debug for DataKeys {
@@ -466,6 +468,7 @@ impl DataKeys {
             seal: DirectionKey::new(cipher, auth, tx_key, tx_iv),
             open: DirectionKey::new(cipher, auth, rx_key, rx_iv),
             next_packet_id: AtomicU64::new(1),
+            bytes_sealed: AtomicU64::new(0),
         }
     }
 
@@ -477,6 +480,11 @@ impl DataKeys {
     /// The cipher.
     pub fn cipher(&self) -> Cipher {
         self.cipher
+    }
+
+    /// Plaintext bytes sealed so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sealed.load(Ordering::Relaxed)
     }
 
     /// Packets sealed so far.
@@ -508,6 +516,8 @@ impl DataKeys {
         plain: &[u8],
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
+        self.bytes_sealed
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
         let hl = header.len();
         let (enc, hmac, hmac_len) = match &self.seal {
             DirectionKey::Aead { aead, implicit_iv } => {

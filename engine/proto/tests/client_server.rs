@@ -468,6 +468,37 @@ fn legacy_prf_client_and_force_ekm() {
     assert!(!net.connected(0));
 }
 
+/// `reneg-bytes` / `reneg-pkts` on the client: once that much was sent with a key, the client
+/// renegotiates (new key-id, data still flows both ways).
+#[test]
+fn client_renegotiates_after_reneg_bytes_and_pkts() {
+    for extra in ["reneg-bytes 10000\n", "reneg-pkts 20\n"] {
+        let pki = pki(1);
+        let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, extra)]);
+        net.run(Duration::from_secs(10), |n| n.connected(0));
+        let plane = net.clients[0].1.data_plane();
+        let k = plane.send.clone().unwrap();
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..25 {
+            k.seal(plane.header(&k), plane.framing, &[0x45; 1000], &mut buf)
+                .unwrap();
+        }
+        net.run(Duration::from_secs(30), |n| {
+            n.clients[0]
+                .2
+                .iter()
+                .any(|e| matches!(e, ClientEvent::KeysChanged { key_id: 1, .. }))
+        });
+        net.advance(Duration::from_secs(2));
+        assert_eq!(
+            net.clients[0].1.data_plane().send.unwrap().key_id(),
+            1,
+            "{extra}"
+        );
+        assert_data_both_ways(&net, 0);
+    }
+}
+
 #[test]
 fn server_renegotiation_installs_new_keys() {
     let pki = pki(1);

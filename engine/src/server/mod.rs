@@ -62,19 +62,29 @@ pub fn load_config(path: &Path, options: &[String]) -> Result<ServerConfig> {
 }
 
 fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
-    let (Some(ca_src), Some(cert), Some(key)) = (&cfg.ca, &cfg.cert, &cfg.key) else {
-        bail!("the server needs 'ca', 'cert' and 'key' to start");
-    };
-    let ca = crate::setup::load_ca(Some(ca_src))?;
-    let identity = Identity {
-        chain: tls::certs_from_pem(
-            &format!("option 'cert' ({})", cert.describe()),
-            &read_source(cert, "cert")?,
-        )?,
-        key: tls::key_from_pem(
-            &format!("option 'key' ({})", key.describe()),
-            &read_source(key, "key")?,
-        )?,
+    let (ca, identity) = match (&cfg.pkcs12, &cfg.ca, &cfg.cert, &cfg.key) {
+        (Some(p12), ca_src, _, _) => {
+            let (identity, p12_cas) = crate::setup::load_pkcs12(p12, cfg.askpass.as_ref())?;
+            let ca = match ca_src {
+                Some(src) => crate::setup::load_ca(Some(src))?,
+                None => p12_cas,
+            };
+            (ca, identity)
+        }
+        (None, Some(ca_src), Some(cert), Some(key)) => (
+            crate::setup::load_ca(Some(ca_src))?,
+            Identity {
+                chain: tls::certs_from_pem(
+                    &format!("option 'cert' ({})", cert.describe()),
+                    &read_source(cert, "cert")?,
+                )?,
+                key: tls::key_from_pem(
+                    &format!("option 'key' ({})", key.describe()),
+                    &read_source(key, "key")?,
+                )?,
+            },
+        ),
+        _ => bail!("the server needs 'ca', 'cert' and 'key' (or 'pkcs12') to start"),
     };
     let check =
         crate::setup::peer_check(cfg.remote_cert_tls, cfg.verify_x509_name.clone(), &cfg.tls)?;

@@ -359,6 +359,10 @@ pub struct ClientConfig {
     pub cert: Option<Source>,
     /// Client private key.
     pub key: Option<Source>,
+    /// `pkcs12`: certificate, key and CA certificates in one file.
+    pub pkcs12: Option<Source>,
+    /// `askpass`: password of the key or PKCS#12 file (None inside: ask on the terminal).
+    pub askpass: Option<Option<Source>>,
     /// Control-channel wrap.
     pub wrap: WrapSource,
     /// `auth` digest (tls-auth HMAC).
@@ -381,6 +385,10 @@ pub struct ClientConfig {
     pub tls_version_max: TlsVersion,
     /// `reneg-sec` (0 = never from our side).
     pub reneg_sec: Duration,
+    /// `reneg-pkts` (packets we send with one key).
+    pub reneg_pkts: Option<u64>,
+    /// `reneg-bytes` (bytes we send with one key).
+    pub reneg_bytes: Option<u64>,
     /// `hand-window`.
     pub hand_window: Duration,
     /// `tls-timeout`.
@@ -519,6 +527,9 @@ struct Builder {
     proxy: Option<(usize, ProxySettings)>,
     proxy_options: Vec<(usize, Vec<String>)>,
     management: Option<ManagementAddr>,
+    reneg_bytes: Option<u64>,
+    reneg_pkts: Option<u64>,
+    fixed_ifconfig: Vec<(usize, String)>,
     management_query_passwords: bool,
     management_hold: bool,
     auth_retry: AuthRetry,
@@ -563,6 +574,12 @@ impl Builder {
         d: &Directive,
         optional: bool,
     ) -> Result<(), ConfigError> {
+        // Fixed addresses: point-to-point mode, unless the file is a pulling client (then the
+        // server's push decides); known only at the end.
+        if matches!(d.name.as_str(), "ifconfig" | "ifconfig-ipv6") {
+            self.fixed_ifconfig.push((d.line, d.name.clone()));
+            return Ok(());
+        }
         if self.common.apply(ctx, d)?
             || crate::options::legacy_option(ctx, d)?
             || self.compress.apply(ctx, d)?
@@ -815,12 +832,8 @@ impl Builder {
                     }
                 });
             }
-            "reneg-bytes" | "reneg-pkts" => {
-                return Err(ctx.error(
-                    line,
-                    format!("option '{}' is not supported (use reneg-sec)", d.name),
-                ));
-            }
+            "reneg-bytes" => self.reneg_bytes = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
+            "reneg-pkts" => self.reneg_pkts = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
             "ping-exit" => self.ping_exit = Some(ctx.num(d, 0)?),
             "explicit-exit-notify" => {
                 self.explicit_exit_notify = Some(if d.arg(0).is_some() {
@@ -960,6 +973,16 @@ impl Builder {
 
     fn finish(mut self, mut ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
         let pull_client = self.tls_client && self.pull;
+        for (line, name) in std::mem::take(&mut self.fixed_ifconfig) {
+            if self.client_mode || pull_client {
+                ctx.warn(line, format!("option '{name}' ignored: a pulling client gets its addresses from the server's push"));
+            } else {
+                return Err(ctx.error(
+                    line,
+                    format!("option '{name}': point-to-point mode (fixed ifconfig without client/server) is left out by design: use 'client' with a 'server' that pushes addresses"),
+                ));
+            }
+        }
         if !(self.client_mode || pull_client) {
             return Err(ctx.error(
                 0,
@@ -980,7 +1003,12 @@ impl Builder {
         }
         let ca = match self.common.ca.clone() {
             Some(ca) => Some(ca),
-            None if !self.common.tls.peer_fingerprints.is_empty() => None,
+            // The PKCS#12 file's CA certificates, or fingerprints, verify the server.
+            None if !self.common.tls.peer_fingerprints.is_empty()
+                || self.common.pkcs12.is_some() =>
+            {
+                None
+            }
             None => {
                 return Err(ctx.error(
                     0,
@@ -997,7 +1025,16 @@ impl Builder {
         if self.common.cert.is_some() != self.common.key.is_some() {
             return Err(ctx.error(0, "'cert' and 'key' must be given together"));
         }
-        if self.common.cert.is_none() && self.auth_user_pass.is_none() {
+        if self.common.pkcs12.is_some() && self.common.cert.is_some() {
+            return Err(ctx.error(
+                0,
+                "'pkcs12' already holds the certificate and key: drop 'cert'/'key' or 'pkcs12'",
+            ));
+        }
+        if self.common.cert.is_none()
+            && self.common.pkcs12.is_none()
+            && self.auth_user_pass.is_none()
+        {
             return Err(ctx.error(
                 0,
                 "missing 'cert'/'key' (or 'auth-user-pass' for password-only authentication)",
@@ -1104,6 +1141,8 @@ impl Builder {
             ca,
             cert: self.common.cert,
             key: self.common.key,
+            pkcs12: self.common.pkcs12,
+            askpass: self.common.askpass,
             wrap,
             auth_digest: self.common.auth_digest.unwrap_or(Digest::Sha1),
             auth_user_pass,
@@ -1114,6 +1153,8 @@ impl Builder {
             tls_version_min,
             tls_version_max,
             reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
+            reneg_pkts: self.reneg_pkts,
+            reneg_bytes: self.reneg_bytes,
             hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
             tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
             tran_window: secs(self.common.tran_window.unwrap_or(3600)),

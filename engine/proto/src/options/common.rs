@@ -39,6 +39,10 @@ pub(super) struct Common {
     pub key: Option<Source>,
     pub tls_crypt: Option<Source>,
     pub tls_crypt_v2: Option<Source>,
+    /// `pkcs12 FILE`: certificate, key (and CA certificates) in one PKCS#12 file.
+    pub pkcs12: Option<Source>,
+    /// `askpass [FILE]`: the private key's (or PKCS#12 file's) password; None inside = ask.
+    pub askpass: Option<Option<Source>>,
     pub auth_digest: Option<Digest>,
     pub verify_x509_name: Option<VerifyX509Name>,
     pub tls_min: Option<TlsVersion>,
@@ -107,6 +111,14 @@ impl Common {
                 }
             }
             "ca" => self.ca = Some(ctx.source(d)?),
+            "pkcs12" => self.pkcs12 = Some(ctx.source(d)?),
+            "askpass" => {
+                self.askpass = Some(if d.arg(0).is_some() || d.inline.is_some() {
+                    Some(ctx.source(d)?)
+                } else {
+                    None
+                })
+            }
             "cert" => self.cert = Some(ctx.source(d)?),
             "key" => self.key = Some(ctx.source(d)?),
             "tls-crypt" => self.tls_crypt = Some(ctx.source(d)?),

@@ -132,6 +132,10 @@ pub struct ServerConfig {
     pub cert: Option<Source>,
     /// Server key (required to start).
     pub key: Option<Source>,
+    /// `pkcs12`: certificate, key and CA certificates in one file.
+    pub pkcs12: Option<Source>,
+    /// `askpass`: the PKCS#12 password (None inside: ask on the terminal).
+    pub askpass: Option<Option<Source>>,
     /// Control-channel wrap.
     pub wrap: WrapSource,
     /// `auth` digest.
@@ -702,6 +706,8 @@ impl Builder {
             ca,
             cert,
             key,
+            pkcs12: self.common.pkcs12.take(),
+            askpass: self.common.askpass.take(),
             wrap,
             auth_digest: self.common.auth_digest.unwrap_or(Digest::Sha1),
             data_ciphers: self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec()),
