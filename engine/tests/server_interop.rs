@@ -203,7 +203,8 @@ fn stock_clients_cbc_hmac_data_channel() -> Result<()> {
 
 /// tls-crypt-v2 on our server: a server key from `openvpn --genkey`, client keys wrapped by
 /// stock openvpn and by `tunscope genkey`; stock 2.6 clients (which announce early
-/// negotiation) and ours connect over UDP and TCP. (A key wrapped by another server is
+/// negotiation: over UDP they are admitted through 2.6's stateless cookie, their key resent in
+/// P_CONTROL_WKC_V1) and ours connect over UDP and TCP. (A key wrapped by another server is
 /// refused before any state: `tls_crypt_v2::tests`, `config_interop`.)
 #[test]
 fn tls_crypt_v2_stock_and_our_clients() -> Result<()> {
@@ -264,6 +265,15 @@ fn tls_crypt_v2_stock_and_our_clients() -> Result<()> {
         net.wait_all()?;
         check_stock_client(&net, 0)?;
         net.traffic(0, 1 << 20)?;
+        // 2.6 clients announce early negotiation: over UDP the server answers statelessly
+        // and creates the session only from the key resent in P_CONTROL_WKC_V1.
+        if proto == Proto::Udp {
+            ensure!(
+                net.server.log().contains("admitted by cookie"),
+                "the stock client was not admitted through the tls-crypt-v2 cookie:\n{}",
+                tail(&net.server.log(), 20)
+            );
+        }
         std::fs::copy(&our_cli, dir.join("client.key"))?;
         let p = net.start_client(0, Ours, "client-ours")?;
         net.clients[0].stop(Duration::from_secs(5));

@@ -461,6 +461,19 @@ impl ControlSession {
         client_sid: SessionId,
         out: &mut Vec<u8>,
     ) -> Result<(), DropReason> {
+        ControlSession::stateless_reset_with(wrap, cookie, client_sid, &[], out)
+    }
+
+    /// Like [`ControlSession::stateless_reset`] with a payload: the early-negotiation TLVs a
+    /// tls-crypt-v2 client asked for by its packet-id (`RESEND_WKC`: send the wrapped key
+    /// again with the next packet, as `P_CONTROL_WKC_V1`).
+    pub fn stateless_reset_with(
+        wrap: &TlsWrap,
+        cookie: SessionId,
+        client_sid: SessionId,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), DropReason> {
         let mut acks = AckList::new();
         acks.push(0);
         let pkt = ControlPacket {
@@ -470,7 +483,7 @@ impl ControlSession {
             acks,
             remote_session_id: Some(client_sid),
             message_id: Some(0),
-            payload: &[],
+            payload,
         };
         let mut plain = Vec::with_capacity(32);
         pkt.emit(&mut plain);
@@ -646,7 +659,8 @@ impl ControlSession {
                 | Opcode::ControlHardResetClientV3
                 | Opcode::ControlHardResetServerV2
                 | Opcode::ControlSoftResetV1 => ks.peer_reset_seen = true,
-                Opcode::ControlV1 => ks.feed_tls(&payload, &mut self.events),
+                // tls-crypt-v2: P_CONTROL_WKC_V1 is a P_CONTROL_V1 that carried the client key.
+                Opcode::ControlV1 | Opcode::ControlWkcV1 => ks.feed_tls(&payload, &mut self.events),
                 _ => {}
             }
         }

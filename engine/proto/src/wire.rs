@@ -231,6 +231,7 @@ impl<'a> ControlPacket<'a> {
             | Opcode::AckV1
             | Opcode::ControlHardResetClientV2
             | Opcode::ControlHardResetClientV3
+            | Opcode::ControlWkcV1
             | Opcode::ControlHardResetServerV2 => {}
             _ => return Err(DropReason::BadOpcode),
         }

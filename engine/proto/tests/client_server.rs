@@ -16,7 +16,7 @@ use rcgen::{
 };
 use tunscope_proto::client::{Client, ClientEvent, ClientSetup};
 use tunscope_proto::data::{Payload, Receiver};
-use tunscope_proto::options::client::{ClientConfig, Transport};
+use tunscope_proto::options::client::{ClientConfig, TlsVersion, Transport};
 use tunscope_proto::options::server::{ClientOverrides, ServerConfig};
 use tunscope_proto::server::{AuthResult, PeerAddr, Server, ServerEvent, ServerSetup};
 use tunscope_proto::stage::DropReason;
@@ -497,6 +497,87 @@ fn client_renegotiates_after_reneg_bytes_and_pkts() {
         );
         assert_data_both_ways(&net, 0);
     }
+}
+
+/// tls-crypt-v2 admission over UDP, attacked: a client reset announcing early negotiation
+/// gets a stateless answer (no peer) however often it is replayed, from any address; a reset
+/// whose wrapped key does not authenticate gets no answer at all.
+#[test]
+fn tls_crypt_v2_resets_create_no_state() {
+    use tunscope_proto::control::{ControlSession, SessionParams};
+    use tunscope_proto::tls_crypt_v2::{ClientKey, ServerKey};
+    use tunscope_proto::wrap::TlsWrap;
+    let pki = pki(1);
+    let skey = ServerKey::generate();
+    let mut server = {
+        let text = "port 1194\nproto udp\ndev tun\nca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\n";
+        let config = ServerConfig::parse(text, Path::new("/t/server.conf")).unwrap();
+        let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
+        let tls = tls::server_config(
+            &ca,
+            identity(&pki.server.0, &pki.server.1),
+            config.verify_client_cert,
+            PeerCheck::default(),
+            &tls::Negotiation::versions(config.tls_version_min, config.tls_version_max),
+        )
+        .unwrap();
+        Server::new(
+            Arc::new(ServerSetup {
+                tls,
+                wrap: WrapConfig::CryptV2Server { key: skey.clone() },
+                config,
+                ipv6_link: false,
+            }),
+            Instant::now(),
+            1_000,
+        )
+    };
+    // A 2.6-style client reset: V3, wrap packet-id 0x0f000001, wrapped key behind it.
+    let reset = |key: &ClientKey| {
+        let mut wrap = TlsWrap::new(&WrapConfig::CryptV2Client { key: key.clone() }, false, 7);
+        wrap.set_send_pid(0x0f00_0000);
+        let tls = tls::client_config(
+            &tls::certs_from_pem("ca", &pki.ca_pem).unwrap(),
+            None,
+            PeerCheck::default(),
+            &tls::Negotiation::versions(TlsVersion::Tls12, TlsVersion::Tls13),
+        )
+        .unwrap();
+        let params = SessionParams {
+            tls_timeout: Duration::from_secs(2),
+            hand_window: Duration::from_secs(60),
+            max_payload: 1200,
+        };
+        let mut s = ControlSession::new_client(tls, wrap, params, Instant::now());
+        let mut out = Vec::new();
+        assert!(s.poll_transmit(Instant::now(), &mut out));
+        out
+    };
+    let good = ClientKey::generate(&skey, None, 0).unwrap();
+    let pkt = reset(&good);
+    assert_eq!(pkt[0] >> 3, 10, "a V3 reset");
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for i in 0..50u16 {
+        let from = PeerAddr::Udp(SocketAddr::from(([198, 18, 7, (i % 200) as u8], 1000 + i)));
+        server.handle_control(now, from, &pkt).unwrap();
+        out.clear();
+        assert!(
+            server.poll_transmit(now, &mut out).is_some(),
+            "a stateless reply"
+        );
+    }
+    assert_eq!(server.counts().peers, 0, "replayed resets created state");
+    // A key wrapped by another server: dropped unanswered.
+    let foreign = ClientKey::generate(&ServerKey::generate(), None, 0).unwrap();
+    let from = PeerAddr::Udp(SocketAddr::from(([198, 18, 7, 1], 999)));
+    assert_eq!(
+        server.handle_control(now, from, &reset(&foreign)),
+        Err(DropReason::BadHmac)
+    );
+    out.clear();
+    assert!(server.poll_transmit(now, &mut out).is_none());
+    assert_eq!(server.counts().peers, 0);
 }
 
 #[test]

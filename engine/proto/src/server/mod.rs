@@ -34,6 +34,7 @@ use crate::key_method::{KeyMethod2, PeerInfo, options_string};
 use crate::options::push::PushedOptions;
 use crate::options::server::{ClientOverrides, ServerConfig, ServerTransport};
 use crate::stage::DropReason;
+use crate::wire::CONTROL_HEADER_LEN;
 use crate::wire::{ControlPacket, Opcode, SessionId, peek_opcode};
 use crate::wrap::{TlsWrap, WrapConfig};
 
@@ -482,6 +483,12 @@ impl Server {
                         != p.session.remote_session_id()
                 });
             if !restarted {
+                // A retransmitted P_CONTROL_WKC_V1 still carries the client key: strip it.
+                let wire = if op == Opcode::ControlWkcV1 {
+                    crate::tls_crypt_v2::split_wkc(wire).map_or(wire, |(p, _)| p)
+                } else {
+                    wire
+                };
                 let r = self.with_peer(now, id, |p, now| p.session.handle_packet(now, wire));
                 return r.unwrap_or(Err(DropReason::UnknownPeer));
             }
@@ -491,6 +498,9 @@ impl Server {
         }
         if op == Opcode::ControlHardResetClientV3 && key_id == 0 {
             return self.admit_tls_crypt_v2(now, from, wire);
+        }
+        if let (Opcode::ControlWkcV1, 0, PeerAddr::Udp(addr)) = (op, key_id, from) {
+            return self.admit_wkc_cookie(now, addr, wire);
         }
         match from {
             PeerAddr::Tcp(_) => self.admit_tcp(now, from, wire),
@@ -611,6 +621,32 @@ impl Server {
         if matches!(from, PeerAddr::Udp(_)) && !self.rate.allow(now) {
             return Err(DropReason::RateLimited);
         }
+        // A client announcing early negotiation (wrap packet-id 0x0f……, as 2.6 clients do)
+        // gets the stateless cookie reset over UDP, asking it to resend its wrapped key with
+        // its next packet (P_CONTROL_WKC_V1); only then is a session created.
+        let early_neg = packet
+            .get(CONTROL_HEADER_LEN..CONTROL_HEADER_LEN + 4)
+            .is_some_and(|b| b[0] == 0x0f);
+        if let (true, PeerAddr::Udp(addr)) = (early_neg, from) {
+            let wrap = TlsWrap::new(
+                &crate::wrap::WrapConfig::Crypt { key: kc },
+                true,
+                self.unix_time,
+            );
+            let mut plain = Vec::with_capacity(packet.len());
+            wrap.unwrap(packet, &mut plain)?;
+            let pkt = ControlPacket::parse(&plain)?;
+            if pkt.message_id != Some(0) || !pkt.session_id.is_defined() {
+                return Err(DropReason::Malformed);
+            }
+            let cookie = self.cookies.session_id(now, &addr, pkt.session_id);
+            // TLV: type EARLY_NEG_FLAGS (1), length 2, flags RESEND_WKC (1).
+            let tlv = [0, 1, 0, 2, 0, 1];
+            let mut out = Vec::with_capacity(128);
+            ControlSession::stateless_reset_with(&wrap, cookie, pkt.session_id, &tlv, &mut out)?;
+            self.stateless_out.push_back((from, out));
+            return Ok(());
+        }
         if let Some(old) = self.by_addr.get(&from).copied() {
             self.remove_peer(
                 now,
@@ -635,6 +671,60 @@ impl Server {
         let id = self.insert_peer(now, from, session);
         self.touched.insert(id);
         Ok(())
+    }
+
+    /// The third packet of a stateless tls-crypt-v2 handshake: P_CONTROL_WKC_V1, the client's
+    /// first TLS bytes plus its wrapped key again. The key must authenticate and the session
+    /// id must be our cookie before a session exists.
+    fn admit_wkc_cookie(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        wire: &[u8],
+    ) -> Result<(), DropReason> {
+        let crate::wrap::WrapConfig::CryptV2Server { key } = &self.setup.wrap else {
+            return Err(DropReason::BadOpcode);
+        };
+        let (packet, wkc) = crate::tls_crypt_v2::split_wkc(wire).ok_or(DropReason::Malformed)?;
+        let (kc, _metadata) = key.unwrap(wkc).map_err(|_| DropReason::BadHmac)?;
+        let wrap = TlsWrap::new(
+            &crate::wrap::WrapConfig::Crypt { key: kc },
+            true,
+            self.unix_time,
+        );
+        let mut plain = Vec::with_capacity(packet.len());
+        wrap.unwrap(packet, &mut plain)?;
+        let pkt = ControlPacket::parse(&plain)?;
+        let cookie = pkt.remote_session_id.ok_or(DropReason::UnknownPeer)?;
+        if pkt.acks.as_slice().iter().any(|a| *a > 1) || pkt.message_id.is_some_and(|m| m > 1) {
+            return Err(DropReason::UnknownPeer);
+        }
+        if !self.cookies.verify(now, &addr, pkt.session_id, cookie) {
+            return Err(DropReason::UnknownPeer);
+        }
+        let from = PeerAddr::Udp(addr);
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            self.remove_peer(
+                now,
+                old,
+                "replaced by a new session from the same address".into(),
+            );
+        }
+        self.check_capacity()?;
+        let session = ControlSession::new_server_cookie(
+            self.setup.tls.clone(),
+            wrap,
+            self.params.clone(),
+            cookie,
+            pkt.session_id,
+            now,
+        );
+        let id = self.insert_peer(now, from, session);
+        self.log(format!(
+            "peer {id}: tls-crypt-v2 client admitted by cookie (its key came back in P_CONTROL_WKC_V1)"
+        ));
+        self.with_peer(now, id, |p, now| p.session.handle_packet(now, packet))
+            .unwrap_or(Err(DropReason::UnknownPeer))
     }
 
     fn admit_tcp(&mut self, now: Instant, from: PeerAddr, wire: &[u8]) -> Result<(), DropReason> {
