@@ -328,6 +328,39 @@ fn genkey(
     Ok(())
 }
 
+/// `openvpn ARGS…`: OpenVPN's own command line, the role decided as OpenVPN does.
+fn as_openvpn(args: Vec<String>) -> anyhow::Result<()> {
+    use tunscope_proto::options::Role;
+    if args.iter().any(|a| a == "--version") {
+        println!(
+            "OpenVPN 2.6.0 (tunscope {}) x86_64-pc-linux-gnu [SSL (rustls)] [LZO] [LZ4] [AEAD]",
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(());
+    }
+    let sources = tunscope_engine::setup::config_sources(None, &args)?;
+    let all: Vec<_> = sources
+        .iter()
+        .flat_map(|s| s.directives.iter().cloned())
+        .collect();
+    match Role::detect(&all) {
+        Role::Server => tunscope_engine::server::run(&tunscope_engine::server::ServerOptions {
+            config: PathBuf::new(),
+            options: args,
+            no_offload: false,
+            observe: ObserveOptions::default(),
+        }),
+        Role::Client => tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
+            config: PathBuf::new(),
+            options: args,
+            no_offload: false,
+            observe: ObserveOptions::default(),
+            dns: Default::default(),
+            state_file: None,
+        }),
+    }
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNSCOPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -336,6 +369,21 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+    // Installed (or linked) as `openvpn`, tunscope takes OpenVPN's command line as is, so a
+    // front-end that starts openvpn (NetworkManager, scripts) starts tunscope instead.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "openvpn")
+    {
+        return match as_openvpn(std::env::args().skip(1).collect()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tunscope (as openvpn): error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     // Commands that only print end quietly when their reader goes away (`| head`), like
     // other command-line tools; the VPN commands keep Rust's default (SIGPIPE ignored), as

@@ -90,6 +90,47 @@ pub fn load_ca(ca: Option<&Source>) -> Result<Vec<rustls::pki_types::Certificate
     }
 }
 
+/// A private key (`key`): PEM, or encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa
+/// writes keys with a passphrase), its password from `askpass FILE` or the terminal.
+pub fn load_key(
+    src: &Source,
+    askpass: Option<&Option<Source>>,
+) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    let text = read_source(src, "key")?;
+    let what = format!("option 'key' ({})", src.describe());
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        bail!(
+            "{what}: an encrypted traditional PEM key; convert it to PKCS#8 (openssl pkcs8 -topk8 -in KEY -out NEW) or use pkcs12"
+        );
+    }
+    let Some(start) = text.find("-----BEGIN ENCRYPTED PRIVATE KEY-----") else {
+        return Ok(tls::key_from_pem(&what, &text)?);
+    };
+    let body = &text[start + "-----BEGIN ENCRYPTED PRIVATE KEY-----".len()..];
+    let end = body
+        .find("-----END ENCRYPTED PRIVATE KEY-----")
+        .ok_or_else(|| anyhow!("{what}: unterminated ENCRYPTED PRIVATE KEY block"))?;
+    let der = tunscope_proto::base64::decode(&body[..end])
+        .ok_or_else(|| anyhow!("{what}: not base64"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice()).map_err(|e| {
+        anyhow!("{what}: {e} (PBES2-encrypted PKCS#8 keys are supported: openssl pkcs8 -topk8 -v2 aes-256-cbc)")
+    })?;
+    let password = match askpass {
+        Some(Some(f)) => read_source(f, "askpass")?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        _ => crate::prompt::ask("Enter Private Key Password: ", true)?,
+    };
+    let plain = info
+        .decrypt(password.as_bytes())
+        .map_err(|e| anyhow!("{what}: cannot decrypt it (wrong password?): {e}"))?;
+    Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(
+        plain.as_bytes().to_vec().into(),
+    ))
+}
+
 /// `pkcs12 FILE` (or an inline base64 `<pkcs12>` block): our certificate chain and key, and
 /// the CA certificates the file carries. The password is tried empty first, then from
 /// `askpass FILE`, then asked on the terminal.
@@ -227,10 +268,7 @@ pub fn client_setup(
                 &format!("option 'cert' ({})", c.describe()),
                 &read_source(c, "cert")?,
             )?,
-            key: tls::key_from_pem(
-                &format!("option 'key' ({})", k.describe()),
-                &read_source(k, "key")?,
-            )?,
+            key: load_key(k, cfg.askpass.as_ref())?,
         }),
         _ => None,
     };

@@ -504,8 +504,9 @@ fn through_http_and_socks_proxies() -> Result<()> {
     Ok(())
 }
 
-/// OpenVPN options on the command line, as front-ends start openvpn: alone (no file), and on
-/// top of a file (`--data-ciphers` overriding it, seen in the cipher the server reports).
+/// OpenVPN options on the command line, as front-ends start openvpn: alone (no file), through
+/// a link named `openvpn` (tunscope then takes OpenVPN's command line as is), and on top of a
+/// file (`--data-ciphers` overriding it, seen in the cipher the server reports).
 #[test]
 fn options_on_the_command_line() -> Result<()> {
     let s = stock_server(TunnelSpec::default())?;
@@ -545,6 +546,18 @@ fn options_on_the_command_line() -> Result<()> {
         .args(&only);
     let log = s.hosts.dir.join("cli-only.log");
     let mut client = Proc::spawn("tunscope client", cmd, &log)?;
+    s.up_and_ping(&mut client, Duration::from_secs(20))?;
+    client.signal(Signal::SIGTERM)?;
+    client.wait_exit(Duration::from_secs(10))?;
+
+    // Linked as `openvpn`: OpenVPN's command line as front-ends pass it (`--config` in place).
+    let link = s.hosts.dir.join("openvpn");
+    std::os::unix::fs::symlink(&bin, &link)?;
+    let path = s.hosts.dir.join("dropin.conf");
+    std::fs::write(&path, &s.client_conf)?;
+    let mut cmd = s.hosts.client.command(link.to_str().unwrap_or("openvpn"));
+    cmd.arg("--config").arg(&path).args(["--verb", "4"]);
+    let mut client = Proc::spawn("openvpn (tunscope)", cmd, &s.hosts.dir.join("dropin.log"))?;
     s.up_and_ping(&mut client, Duration::from_secs(20))?;
     client.signal(Signal::SIGTERM)?;
     client.wait_exit(Duration::from_secs(10))?;
@@ -685,8 +698,8 @@ fn management_interface_like_network_manager() -> Result<()> {
 
 /// `pkcs12` instead of `ca`/`cert`/`key`: files made by `openssl pkcs12 -export` with
 /// OpenSSL 3's default encryption (AES-256-CBC, PBKDF2) and with 3DES/SHA1 as older tools
-/// write them, the password from `askpass FILE`; the CA comes out of the file. A wrong
-/// password is a clear error.
+/// write them, the password from `askpass FILE`; the CA comes out of the file. Encrypted
+/// PKCS#8 `key`s likewise. A wrong password is a clear error.
 #[test]
 fn pkcs12_credentials() -> Result<()> {
     let s = stock_server(TunnelSpec::default())?;
@@ -729,6 +742,38 @@ fn pkcs12_credentials() -> Result<()> {
         let conf = format!(
             "{base}pkcs12 {}\naskpass {}\n",
             p12.display(),
+            pass.display()
+        );
+        let mut client = s.client(conf.as_bytes())?;
+        s.up_and_ping(&mut client, Duration::from_secs(20))
+            .with_context(|| name.to_owned())?;
+        client.signal(Signal::SIGTERM)?;
+        client.wait_exit(Duration::from_secs(10))?;
+    }
+    // Encrypted PKCS#8 keys (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa writes keys with a
+    // passphrase): PBES2 with AES-256-CBC (OpenSSL 3's default) and with 3DES.
+    for (name, scheme) in [
+        ("enc-aes.key", vec!["-v2", "aes-256-cbc"]),
+        ("enc-3des.key", vec!["-v2", "des3"]),
+    ] {
+        let enc = dir.join(name);
+        let out = std::process::Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-passout", "pass:s3cret", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&enc)
+            .args(&scheme)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = format!(
+            "{base}ca {}\ncert {}\nkey {}\naskpass {}\n",
+            s.pki.ca.display(),
+            cert.display(),
+            enc.display(),
             pass.display()
         );
         let mut client = s.client(conf.as_bytes())?;

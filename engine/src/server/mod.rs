@@ -78,10 +78,7 @@ fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
                     &format!("option 'cert' ({})", cert.describe()),
                     &read_source(cert, "cert")?,
                 )?,
-                key: tls::key_from_pem(
-                    &format!("option 'key' ({})", key.describe()),
-                    &read_source(key, "key")?,
-                )?,
+                key: crate::setup::load_key(key, cfg.askpass.as_ref())?,
             },
         ),
         _ => bail!("the server needs 'ca', 'cert' and 'key' (or 'pkcs12') to start"),
