@@ -107,9 +107,11 @@ fn tunnel(args: &[&str]) -> Result<()> {
         )
     };
 
+    // Both sides offer only the cipher under test (a CBC cipher is in no default list).
     let spec = TunnelSpec {
         proto,
         server_ciphers: vec![cipher.clone()],
+        client_ciphers: Some(vec![cipher.clone()]),
         ..TunnelSpec::default()
     };
     let mut rows = vec![];
