@@ -370,7 +370,7 @@ impl Run<'_> {
             }
         };
         let local = match &cfg.local {
-            Some(h) => Some(resolve_local(h, peer.is_ipv6())?),
+            Some(h) => Some(crate::setup::resolve_local(h, peer.is_ipv6())?),
             None => None,
         };
         let link = match remote.transport {
@@ -721,23 +721,6 @@ fn ordered_remotes(cfg: &ClientConfig) -> Vec<Remote> {
         }
     }
     v
-}
-
-/// `local HOST`: the address to bind, in the family of the remote.
-fn resolve_local(host: &str, ipv6: bool) -> Result<std::net::IpAddr> {
-    if let Ok(a) = host.parse() {
-        return Ok(a);
-    }
-    let addrs: Vec<std::net::IpAddr> = (host, 0)
-        .to_socket_addrs()
-        .with_context(|| format!("option 'local': cannot resolve '{host}'"))?
-        .map(|a| a.ip())
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv6() == ipv6)
-        .copied()
-        .with_context(|| format!("option 'local': '{host}' has no address of the remote's family"))
 }
 
 fn resolve(remote: &Remote) -> Result<SocketAddr> {

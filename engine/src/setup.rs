@@ -90,6 +90,39 @@ pub fn load_ca(ca: Option<&Source>) -> Result<Vec<rustls::pki_types::Certificate
     }
 }
 
+/// The password of a key or PKCS#12 file: the first line of `askpass FILE`, else asked on the
+/// terminal as OpenVPN does.
+fn key_password(askpass: Option<&Option<Source>>) -> Result<String> {
+    match askpass {
+        Some(Some(f)) => Ok(read_source(f, "askpass")?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()),
+        _ => crate::prompt::ask("Enter Private Key Password: ", true),
+    }
+}
+
+/// `local HOST`: an address, or a name resolved now; the address of the family `ipv6` asks
+/// for, else the first one.
+pub fn resolve_local(host: &str, ipv6: bool) -> Result<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = host.parse() {
+        return Ok(a);
+    }
+    let addrs: Vec<std::net::IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("option 'local': cannot resolve '{host}'"))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv6() == ipv6)
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("option 'local': '{host}' has no address"))
+}
+
 /// A private key (`key`): PEM, or encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa
 /// writes keys with a passphrase), its password from `askpass FILE` or the terminal.
 pub fn load_key(
@@ -115,14 +148,7 @@ pub fn load_key(
     let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice()).map_err(|e| {
         anyhow!("{what}: {e} (PBES2-encrypted PKCS#8 keys are supported: openssl pkcs8 -topk8 -v2 aes-256-cbc)")
     })?;
-    let password = match askpass {
-        Some(Some(f)) => read_source(f, "askpass")?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        _ => crate::prompt::ask("Enter Private Key Password: ", true)?,
-    };
+    let password = key_password(askpass)?;
     let plain = info
         .decrypt(password.as_bytes())
         .map_err(|e| anyhow!("{what}: cannot decrypt it (wrong password?): {e}"))?;
@@ -149,14 +175,7 @@ pub fn load_pkcs12(
     let store = match open("") {
         Ok(s) => s,
         Err(_) => {
-            let pw = match askpass {
-                Some(Some(f)) => read_source(f, "askpass")?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-                _ => crate::prompt::ask("Enter Private Key Password: ", true)?,
-            };
+            let pw = key_password(askpass)?;
             open(&pw).map_err(|e| {
                 anyhow!(
                     "option 'pkcs12' ({}): cannot open it (wrong password?): {e}",

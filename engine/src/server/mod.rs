@@ -98,25 +98,6 @@ fn setup(cfg: ServerConfig) -> Result<ServerSetup> {
     })
 }
 
-/// `local HOST`: an address, or a name resolved once at start (the family follows `proto`).
-fn resolve_local(host: &str, ipv6: bool) -> Result<IpAddr> {
-    if let Ok(a) = host.parse() {
-        return Ok(a);
-    }
-    use std::net::ToSocketAddrs;
-    let addrs: Vec<IpAddr> = (host, 0)
-        .to_socket_addrs()
-        .with_context(|| format!("option 'local': cannot resolve '{host}'"))?
-        .map(|a| a.ip())
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv6() == ipv6)
-        .or(addrs.first())
-        .copied()
-        .with_context(|| format!("option 'local': '{host}' has no address"))
-}
-
 fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -198,7 +179,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         crate::netconfig::run_script(cmd, &script_env("route-up"), "route-up");
     }
     let local = match &cfg.local {
-        Some(host) => Some(resolve_local(host, cfg.ipv6_listen)?),
+        Some(host) => Some(crate::setup::resolve_local(host, cfg.ipv6_listen)?),
         None => None,
     };
     let listen: SocketAddr = match (local, cfg.ipv6_listen) {

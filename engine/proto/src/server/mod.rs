@@ -580,14 +580,7 @@ impl Server {
             return Err(DropReason::UnknownPeer);
         }
         let from = PeerAddr::Udp(addr);
-        if let Some(old) = self.by_addr.get(&from).copied() {
-            self.remove_peer(
-                now,
-                old,
-                "replaced by a new session from the same address".into(),
-            );
-        }
-        self.check_capacity()?;
+        self.make_room_for(now, from)?;
         let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
         let session = ControlSession::new_server_cookie(
             self.setup.tls.clone(),
@@ -647,14 +640,7 @@ impl Server {
             self.stateless_out.push_back((from, out));
             return Ok(());
         }
-        if let Some(old) = self.by_addr.get(&from).copied() {
-            self.remove_peer(
-                now,
-                old,
-                "replaced by a new session from the same address".into(),
-            );
-        }
-        self.check_capacity()?;
+        self.make_room_for(now, from)?;
         let wrap = TlsWrap::new(
             &crate::wrap::WrapConfig::Crypt { key: kc },
             true,
@@ -703,14 +689,7 @@ impl Server {
             return Err(DropReason::UnknownPeer);
         }
         let from = PeerAddr::Udp(addr);
-        if let Some(old) = self.by_addr.get(&from).copied() {
-            self.remove_peer(
-                now,
-                old,
-                "replaced by a new session from the same address".into(),
-            );
-        }
-        self.check_capacity()?;
+        self.make_room_for(now, from)?;
         let session = ControlSession::new_server_cookie(
             self.setup.tls.clone(),
             wrap,
@@ -742,6 +721,19 @@ impl Server {
         let id = self.insert_peer(now, from, session);
         self.touched.insert(id);
         Ok(())
+    }
+
+    /// Before a new session from `from`: the old one from that address goes, and the server
+    /// must have room.
+    fn make_room_for(&mut self, now: Instant, from: PeerAddr) -> Result<(), DropReason> {
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            self.remove_peer(
+                now,
+                old,
+                "replaced by a new session from the same address".into(),
+            );
+        }
+        self.check_capacity()
     }
 
     fn check_capacity(&self) -> Result<(), DropReason> {
