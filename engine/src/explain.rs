@@ -95,14 +95,24 @@ fn wrap(w: &WrapSource, digest: &str) -> String {
 }
 
 /// The certificate checks and TLS limits both roles share.
+/// The "TLS" section both roles have.
+#[allow(clippy::too_many_arguments)]
 fn tls_lines(
     b: &mut Builder,
     remote_cert_tls: Option<CertType>,
     verify: Option<&VerifyX509Name>,
     t: &TlsOptions,
-    versions: String,
+    min: tunscope_proto::options::client::TlsVersion,
+    max: tunscope_proto::options::client::TlsVersion,
+    wrap_source: &WrapSource,
+    digest: tunscope_proto::wrap::Digest,
 ) {
-    b.line("versions", versions);
+    b.section("TLS");
+    b.line(
+        "versions",
+        format!("TLS {} to {}", version(min), version(max)),
+    );
+    b.line("control channel wrap", wrap(wrap_source, digest.name()));
     let suites = |l: &Option<Vec<rustls::CipherSuite>>| match l {
         None => "rustls defaults".to_owned(),
         Some(v) if v.is_empty() => "none (this TLS version is off)".to_owned(),
@@ -256,21 +266,15 @@ pub fn client(c: &ClientConfig) -> Explanation {
             ""
         },
     );
-    b.section("TLS");
     tls_lines(
         &mut b,
         c.remote_cert_tls,
         c.verify_x509_name.as_ref(),
         &c.tls,
-        format!(
-            "TLS {} to {}",
-            version(c.tls_version_min),
-            version(c.tls_version_max)
-        ),
-    );
-    b.line(
-        "control channel wrap",
-        wrap(&c.wrap, &format!("{:?}", c.auth_digest)),
+        c.tls_version_min,
+        c.tls_version_max,
+        &c.wrap,
+        c.auth_digest,
     );
     b.line(
         "renegotiation",
@@ -437,21 +441,15 @@ pub fn server(c: &ServerConfig) -> Explanation {
     if let Some(d) = &c.client_config_dir {
         b.line("client-config-dir", d.display().to_string());
     }
-    b.section("TLS");
     tls_lines(
         &mut b,
         c.remote_cert_tls,
         c.verify_x509_name.as_ref(),
         &c.tls,
-        format!(
-            "TLS {} to {}",
-            version(c.tls_version_min),
-            version(c.tls_version_max)
-        ),
-    );
-    b.line(
-        "control channel wrap",
-        wrap(&c.wrap, &format!("{:?}", c.auth_digest)),
+        c.tls_version_min,
+        c.tls_version_max,
+        &c.wrap,
+        c.auth_digest,
     );
     b.section("data channel");
     b.line(

@@ -127,28 +127,22 @@ impl Management {
                 let _ = std::fs::remove_file(path);
                 let l = UnixListener::bind(path)
                     .with_context(|| format!("management: cannot listen on {}", path.display()))?;
-                let m2 = Arc::clone(&m);
-                std::thread::Builder::new()
-                    .name("management".into())
-                    .spawn(move || {
-                        for s in l.incoming().flatten() {
-                            let Ok(w) = s.try_clone() else { continue };
-                            m2.serve(Box::new(w), BufReader::new(s));
-                        }
-                    })?;
+                Self::spawn_acceptor(
+                    Arc::clone(&m),
+                    l,
+                    |l| l.accept().map(|(s, _)| s),
+                    std::os::unix::net::UnixStream::try_clone,
+                )?;
             }
             Endpoint::Tcp(addr) => {
                 let l = TcpListener::bind(addr)
                     .with_context(|| format!("management: cannot listen on {addr}"))?;
-                let m2 = Arc::clone(&m);
-                std::thread::Builder::new()
-                    .name("management".into())
-                    .spawn(move || {
-                        for s in l.incoming().flatten() {
-                            let Ok(w) = s.try_clone() else { continue };
-                            m2.serve(Box::new(w), BufReader::new(s));
-                        }
-                    })?;
+                Self::spawn_acceptor(
+                    Arc::clone(&m),
+                    l,
+                    |l| l.accept().map(|(s, _)| s),
+                    std::net::TcpStream::try_clone,
+                )?;
             }
         }
         let m2 = Arc::clone(&m);
@@ -156,6 +150,31 @@ impl Management {
             .name("management-ticks".into())
             .spawn(move || m2.ticks())?;
         Ok(m)
+    }
+
+    /// A thread that accepts management clients on `listener` and serves them one at a time.
+    fn spawn_acceptor<L, S>(
+        m: Arc<Management>,
+        listener: L,
+        accept: fn(&L) -> std::io::Result<S>,
+        split: fn(&S) -> std::io::Result<S>,
+    ) -> Result<()>
+    where
+        L: Send + 'static,
+        S: std::io::Read + Write + Send + 'static,
+    {
+        std::thread::Builder::new()
+            .name("management".into())
+            .spawn(move || {
+                loop {
+                    match accept(&listener).and_then(|s| Ok((split(&s)?, s))) {
+                        Ok((w, r)) => m.serve(Box::new(w), BufReader::new(r)),
+                        // Out of descriptors and the like: do not spin.
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            })?;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -744,13 +744,10 @@ impl Client {
         };
         self.keys.insert(
             0,
-            Arc::new(DataKeys::with_auth(
-                cipher,
-                self.setup.auth,
-                &km,
-                key_id,
-                false,
-            )),
+            Arc::new(
+                DataKeys::with_auth(cipher, self.setup.auth, &km, key_id, false)
+                    .counting_bytes(self.setup.reneg_bytes.is_some()),
+            ),
         );
         self.keys.truncate(2);
         self.data.recv = self.keys.clone();
@@ -897,13 +894,10 @@ impl Client {
             self.restart("key export failed".into());
             return;
         };
-        let keys = Arc::new(DataKeys::with_auth(
-            cipher,
-            self.setup.auth,
-            &km,
-            key_id,
-            false,
-        ));
+        let keys = Arc::new(
+            DataKeys::with_auth(cipher, self.setup.auth, &km, key_id, false)
+                .counting_bytes(self.setup.reneg_bytes.is_some()),
+        );
         self.keys = vec![keys.clone()];
         self.data = DataPlane {
             generation: self.data.generation + 1,

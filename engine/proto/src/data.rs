@@ -420,8 +420,8 @@ pub struct DataKeys {
     open: DirectionKey,
     /// Next packet-id to send (starts at 1; u64 so exhaustion is detectable without wrap).
     next_packet_id: AtomicU64,
-    /// Plaintext bytes sealed (for `reneg-bytes`).
-    bytes_sealed: AtomicU64,
+    /// Plaintext bytes sealed, counted only for `reneg-bytes` (off the hot path otherwise).
+    bytes_sealed: Option<AtomicU64>,
 }
 
 impl std::fmt::Debug for DataKeys {
@@ -468,7 +468,7 @@ impl DataKeys {
             seal: DirectionKey::new(cipher, auth, tx_key, tx_iv),
             open: DirectionKey::new(cipher, auth, rx_key, rx_iv),
             next_packet_id: AtomicU64::new(1),
-            bytes_sealed: AtomicU64::new(0),
+            bytes_sealed: None,
         }
     }
 
@@ -482,9 +482,17 @@ impl DataKeys {
         self.cipher
     }
 
-    /// Plaintext bytes sealed so far.
+    /// Counts the plaintext bytes sealed (for `reneg-bytes`); off by default.
+    pub fn counting_bytes(mut self, on: bool) -> DataKeys {
+        self.bytes_sealed = on.then(|| AtomicU64::new(0));
+        self
+    }
+
+    /// Plaintext bytes sealed so far (0 unless [`DataKeys::counting_bytes`]).
     pub fn bytes_sent(&self) -> u64 {
-        self.bytes_sealed.load(Ordering::Relaxed)
+        self.bytes_sealed
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed))
     }
 
     /// Packets sealed so far.
@@ -516,8 +524,9 @@ impl DataKeys {
         plain: &[u8],
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
-        self.bytes_sealed
-            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        if let Some(b) = &self.bytes_sealed {
+            b.fetch_add(plain.len() as u64, Ordering::Relaxed);
+        }
         let hl = header.len();
         let (enc, hmac, hmac_len) = match &self.seal {
             DirectionKey::Aead { aead, implicit_iv } => {

@@ -71,6 +71,10 @@ fn identity(cert: &str, key: &str) -> Identity {
 }
 
 fn server(pki: &Pki, extra: &str) -> Server {
+    server_with(pki, extra, WrapConfig::None)
+}
+
+fn server_with(pki: &Pki, extra: &str, wrap: WrapConfig) -> Server {
     let text = format!(
         "port 1194\nproto udp\ndev tun\nca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\nkeepalive 10 60\npush \"route 198.19.10.0 255.255.255.0\"\ndns server 0 address 198.19.10.53\ndns server 0 resolve-domains corp.example\n{extra}"
     );
@@ -86,7 +90,7 @@ fn server(pki: &Pki, extra: &str) -> Server {
     .unwrap();
     let setup = ServerSetup {
         tls,
-        wrap: WrapConfig::None,
+        wrap,
         config,
         ipv6_link: false,
     };
@@ -509,29 +513,7 @@ fn tls_crypt_v2_resets_create_no_state() {
     use tunscope_proto::wrap::TlsWrap;
     let pki = pki(1);
     let skey = ServerKey::generate();
-    let mut server = {
-        let text = "port 1194\nproto udp\ndev tun\nca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\n";
-        let config = ServerConfig::parse(text, Path::new("/t/server.conf")).unwrap();
-        let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
-        let tls = tls::server_config(
-            &ca,
-            identity(&pki.server.0, &pki.server.1),
-            config.verify_client_cert,
-            PeerCheck::default(),
-            &tls::Negotiation::versions(config.tls_version_min, config.tls_version_max),
-        )
-        .unwrap();
-        Server::new(
-            Arc::new(ServerSetup {
-                tls,
-                wrap: WrapConfig::CryptV2Server { key: skey.clone() },
-                config,
-                ipv6_link: false,
-            }),
-            Instant::now(),
-            1_000,
-        )
-    };
+    let mut server = server_with(&pki, "", WrapConfig::CryptV2Server { key: skey.clone() });
     // A 2.6-style client reset: V3, wrap packet-id 0x0f000001, wrapped key behind it.
     let reset = |key: &ClientKey| {
         let mut wrap = TlsWrap::new(&WrapConfig::CryptV2Client { key: key.clone() }, false, 7);

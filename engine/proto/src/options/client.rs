@@ -480,29 +480,11 @@ impl ClientConfig {
     pub fn from_sources(
         sources: &[crate::options::ConfigSource],
     ) -> Result<ClientConfig, ConfigError> {
-        let mut warnings = vec![];
         let mut b = Builder::default();
-        for src in sources {
-            let mut ctx = Ctx {
-                file: &src.name,
-                base: src.base.clone(),
-                warnings: std::mem::take(&mut warnings),
-            };
-            for d in &src.directives {
-                match crate::options::setenv_opt(d) {
-                    Some(inner) => b.apply_optional(&mut ctx, &inner)?,
-                    None => b.apply(&mut ctx, d)?,
-                }
-            }
-            warnings = ctx.warnings;
-        }
-        let name = sources.first().map_or("command line", |s| s.name.as_str());
-        let base = sources.first().map(|s| s.base.clone()).unwrap_or_default();
-        b.finish(Ctx {
-            file: name,
-            base,
-            warnings,
-        })
+        let ctx = crate::options::apply_sources(sources, |ctx, d, optional| {
+            b.apply_inner(ctx, d, optional)
+        })?;
+        b.finish(ctx)
     }
 }
 
@@ -559,11 +541,6 @@ struct Builder {
 }
 
 impl Builder {
-    /// `setenv opt NAME …`: NAME is applied when known, ignored with a warning otherwise.
-    fn apply_optional(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
-        self.apply_inner(ctx, d, true)
-    }
-
     fn apply(&mut self, ctx: &mut Ctx<'_>, d: &Directive) -> Result<(), ConfigError> {
         self.apply_inner(ctx, d, false)
     }

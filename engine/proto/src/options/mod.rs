@@ -90,6 +90,35 @@ impl ConfigSource {
     }
 }
 
+/// Applies every directive of `sources` in order with `apply(ctx, directive, optional)`
+/// (`setenv opt X` unwrapped to an optional X), and returns the context `finish` reports
+/// whole-file errors with (named after the first source) and the warnings so far.
+pub(crate) fn apply_sources<'s>(
+    sources: &'s [ConfigSource],
+    mut apply: impl FnMut(&mut Ctx<'_>, &Directive, bool) -> Result<(), ConfigError>,
+) -> Result<Ctx<'s>, ConfigError> {
+    let mut warnings = vec![];
+    for src in sources {
+        let mut ctx = Ctx {
+            file: &src.name,
+            base: src.base.clone(),
+            warnings: std::mem::take(&mut warnings),
+        };
+        for d in &src.directives {
+            match setenv_opt(d) {
+                Some(inner) => apply(&mut ctx, &inner, true)?,
+                None => apply(&mut ctx, d, false)?,
+            }
+        }
+        warnings = ctx.warnings;
+    }
+    Ok(Ctx {
+        file: sources.first().map_or("command line", |s| s.name.as_str()),
+        base: sources.first().map(|s| s.base.clone()).unwrap_or_default(),
+        warnings,
+    })
+}
+
 /// Which side a config file describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

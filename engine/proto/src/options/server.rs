@@ -262,29 +262,11 @@ impl ServerConfig {
     pub fn from_sources(
         sources: &[crate::options::ConfigSource],
     ) -> Result<ServerConfig, ConfigError> {
-        let mut warnings = vec![];
         let mut b = Builder::default();
-        for src in sources {
-            let mut ctx = Ctx {
-                file: &src.name,
-                base: src.base.clone(),
-                warnings: std::mem::take(&mut warnings),
-            };
-            for d in &src.directives {
-                match crate::options::setenv_opt(d) {
-                    Some(inner) => b.apply_inner(&mut ctx, &inner, true)?,
-                    None => b.apply_inner(&mut ctx, d, false)?,
-                }
-            }
-            warnings = ctx.warnings;
-        }
-        let name = sources.first().map_or("command line", |s| s.name.as_str());
-        let base = sources.first().map(|s| s.base.clone()).unwrap_or_default();
-        b.finish(Ctx {
-            file: name,
-            base,
-            warnings,
-        })
+        let ctx = crate::options::apply_sources(sources, |ctx, d, optional| {
+            b.apply_inner(ctx, d, optional)
+        })?;
+        b.finish(ctx)
     }
 }
 

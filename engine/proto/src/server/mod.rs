@@ -568,11 +568,23 @@ impl Server {
         addr: SocketAddr,
         wire: &[u8],
     ) -> Result<(), DropReason> {
-        let mut plain = Vec::with_capacity(wire.len());
-        self.verifier.unwrap(wire, &mut plain)?;
+        let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
+        self.admit_echoed_cookie(now, addr, wrap, wire)
+    }
+
+    /// The client's packet after our stateless reset, unwrapped with `wrap`: a session is
+    /// created only when it echoes our cookie (2.6 rules: only the first packet may do so).
+    fn admit_echoed_cookie(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        wrap: TlsWrap,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        let mut plain = Vec::with_capacity(packet.len());
+        wrap.unwrap(packet, &mut plain)?;
         let pkt = ControlPacket::parse(&plain)?;
         let cookie = pkt.remote_session_id.ok_or(DropReason::UnknownPeer)?;
-        // 2.6 rules: only the first packet after the reset may create state.
         if pkt.acks.as_slice().iter().any(|a| *a > 1) || pkt.message_id.is_some_and(|m| m > 1) {
             return Err(DropReason::UnknownPeer);
         }
@@ -581,7 +593,6 @@ impl Server {
         }
         let from = PeerAddr::Udp(addr);
         self.make_room_for(now, from)?;
-        let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
         let session = ControlSession::new_server_cookie(
             self.setup.tls.clone(),
             wrap,
@@ -591,8 +602,24 @@ impl Server {
             now,
         );
         let id = self.insert_peer(now, from, session);
-        self.with_peer(now, id, |p, now| p.session.handle_packet(now, wire))
+        self.with_peer(now, id, |p, now| p.session.handle_packet(now, packet))
             .unwrap_or(Err(DropReason::UnknownPeer))
+    }
+
+    /// Splits a tls-crypt-v2 packet from the wrapped client key behind it and opens that key
+    /// with our server key: the packet, and the client's own wrap for it.
+    fn open_wkc<'w>(&self, wire: &'w [u8]) -> Result<(&'w [u8], TlsWrap), DropReason> {
+        let crate::wrap::WrapConfig::CryptV2Server { key } = &self.setup.wrap else {
+            return Err(DropReason::BadOpcode);
+        };
+        let (packet, wkc) = crate::tls_crypt_v2::split_wkc(wire).ok_or(DropReason::Malformed)?;
+        let (kc, _metadata) = key.unwrap(wkc).map_err(|_| DropReason::BadHmac)?;
+        let wrap = TlsWrap::new(
+            &crate::wrap::WrapConfig::Crypt { key: kc },
+            true,
+            self.unix_time,
+        );
+        Ok((packet, wrap))
     }
 
     /// A tls-crypt-v2 client's first reset: its wrapped key (WKc) behind the packet must
@@ -606,11 +633,7 @@ impl Server {
         from: PeerAddr,
         wire: &[u8],
     ) -> Result<(), DropReason> {
-        let crate::wrap::WrapConfig::CryptV2Server { key } = &self.setup.wrap else {
-            return Err(DropReason::BadOpcode);
-        };
-        let (packet, wkc) = crate::tls_crypt_v2::split_wkc(wire).ok_or(DropReason::Malformed)?;
-        let (kc, _metadata) = key.unwrap(wkc).map_err(|_| DropReason::BadHmac)?;
+        let (packet, wrap) = self.open_wkc(wire)?;
         if matches!(from, PeerAddr::Udp(_)) && !self.rate.allow(now) {
             return Err(DropReason::RateLimited);
         }
@@ -621,11 +644,6 @@ impl Server {
             .get(CONTROL_HEADER_LEN..CONTROL_HEADER_LEN + 4)
             .is_some_and(|b| b[0] == 0x0f);
         if let (true, PeerAddr::Udp(addr)) = (early_neg, from) {
-            let wrap = TlsWrap::new(
-                &crate::wrap::WrapConfig::Crypt { key: kc },
-                true,
-                self.unix_time,
-            );
             let mut plain = Vec::with_capacity(packet.len());
             wrap.unwrap(packet, &mut plain)?;
             let pkt = ControlPacket::parse(&plain)?;
@@ -641,11 +659,6 @@ impl Server {
             return Ok(());
         }
         self.make_room_for(now, from)?;
-        let wrap = TlsWrap::new(
-            &crate::wrap::WrapConfig::Crypt { key: kc },
-            true,
-            self.unix_time,
-        );
         let session = ControlSession::new_server(
             self.setup.tls.clone(),
             wrap,
@@ -668,42 +681,14 @@ impl Server {
         addr: SocketAddr,
         wire: &[u8],
     ) -> Result<(), DropReason> {
-        let crate::wrap::WrapConfig::CryptV2Server { key } = &self.setup.wrap else {
-            return Err(DropReason::BadOpcode);
-        };
-        let (packet, wkc) = crate::tls_crypt_v2::split_wkc(wire).ok_or(DropReason::Malformed)?;
-        let (kc, _metadata) = key.unwrap(wkc).map_err(|_| DropReason::BadHmac)?;
-        let wrap = TlsWrap::new(
-            &crate::wrap::WrapConfig::Crypt { key: kc },
-            true,
-            self.unix_time,
-        );
-        let mut plain = Vec::with_capacity(packet.len());
-        wrap.unwrap(packet, &mut plain)?;
-        let pkt = ControlPacket::parse(&plain)?;
-        let cookie = pkt.remote_session_id.ok_or(DropReason::UnknownPeer)?;
-        if pkt.acks.as_slice().iter().any(|a| *a > 1) || pkt.message_id.is_some_and(|m| m > 1) {
-            return Err(DropReason::UnknownPeer);
+        let (packet, wrap) = self.open_wkc(wire)?;
+        self.admit_echoed_cookie(now, addr, wrap, packet)?;
+        if let Some(&id) = self.by_addr.get(&PeerAddr::Udp(addr)) {
+            self.log(format!(
+                "peer {id}: tls-crypt-v2 client admitted by cookie (its key came back in P_CONTROL_WKC_V1)"
+            ));
         }
-        if !self.cookies.verify(now, &addr, pkt.session_id, cookie) {
-            return Err(DropReason::UnknownPeer);
-        }
-        let from = PeerAddr::Udp(addr);
-        self.make_room_for(now, from)?;
-        let session = ControlSession::new_server_cookie(
-            self.setup.tls.clone(),
-            wrap,
-            self.params.clone(),
-            cookie,
-            pkt.session_id,
-            now,
-        );
-        let id = self.insert_peer(now, from, session);
-        self.log(format!(
-            "peer {id}: tls-crypt-v2 client admitted by cookie (its key came back in P_CONTROL_WKC_V1)"
-        ));
-        self.with_peer(now, id, |p, now| p.session.handle_packet(now, packet))
-            .unwrap_or(Err(DropReason::UnknownPeer))
+        Ok(())
     }
 
     fn admit_tcp(&mut self, now: Instant, from: PeerAddr, wire: &[u8]) -> Result<(), DropReason> {
