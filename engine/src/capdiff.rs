@@ -27,6 +27,10 @@ pub struct CompareOptions {
     pub time_factor: Option<f64>,
     /// Relative tolerance of bulk counts.
     pub count_tolerance: Option<f64>,
+    /// Go on with what could be read when records were lost (reported all the same).
+    pub allow_partial: bool,
+    /// More ports whose payload is OpenVPN (UDP and TCP).
+    pub openvpn_ports: Vec<u16>,
 }
 
 impl CompareOptions {
@@ -40,6 +44,8 @@ impl CompareOptions {
             r.mask(f)?;
         }
         r.service_ports.extend(&self.service_ports);
+        r.service_ports.extend(&self.openvpn_ports);
+        r.openvpn_ports.extend(&self.openvpn_ports);
         if self.exact {
             r.aggregate_bulk = false;
         }
@@ -64,17 +70,38 @@ impl CompareOptions {
     }
 }
 
-/// `tunscope diff A B`: prints the report; returns whether the captures are equivalent.
+/// How a comparison ended, for the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiffOutcome {
+    /// Equivalent (exit 0).
+    Equivalent,
+    /// Different (exit 1).
+    Different,
+    /// No verdict possible: nothing to compare, or records lost without `--allow-partial`
+    /// (exit 2, like an unreadable file).
+    NoVerdict,
+}
+
+/// Reads a capture and says on stderr what could not be read.
+fn read_reported(path: &Path) -> Result<tunscope_capture::file::Capture> {
+    let cap = read(path)?;
+    for line in cap.report.lines(&path.display().to_string(), false) {
+        eprintln!("{line}");
+    }
+    Ok(cap)
+}
+
+/// `tunscope diff A B`: prints the report and says how it ended.
 pub fn run_diff(
     a: &Path,
     b: &Path,
     opts: &CompareOptions,
     json: bool,
     write: Option<&PathBuf>,
-) -> Result<bool> {
+) -> Result<DiffOutcome> {
     let rules = opts.rules()?;
-    let ca = read(a)?;
-    let cb = read(b)?;
+    let ca = read_reported(a)?;
+    let cb = read_reported(b)?;
     let na = normalize(&ca, &rules);
     let nb = normalize(&cb, &rules);
     let report = diff(
@@ -94,13 +121,26 @@ pub fn run_diff(
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("{n} packets written to {}", out.display());
     }
-    Ok(report.equivalent())
+    Ok(if report.nothing_compared() {
+        eprintln!("tunscope diff: neither capture has a packet: nothing was compared");
+        DiffOutcome::NoVerdict
+    } else if !report.complete() && !opts.allow_partial {
+        eprintln!(
+            "tunscope diff: records were lost reading the captures (above); --allow-partial \
+             compares what could be read"
+        );
+        DiffOutcome::NoVerdict
+    } else if report.equivalent() {
+        DiffOutcome::Equivalent
+    } else {
+        DiffOutcome::Different
+    })
 }
 
 /// `tunscope normalize FILE`: the event list (or the flow summary).
 pub fn run_normalize(path: &Path, opts: &CompareOptions, json: bool, summary: bool) -> Result<()> {
     let rules = opts.rules()?;
-    let cap = read(path)?;
+    let cap = read_reported(path)?;
     let n = normalize(&cap, &rules);
     if json {
         println!("{}", serde_json::to_string_pretty(&n)?);
@@ -126,6 +166,12 @@ pub fn run_normalize(path: &Path, opts: &CompareOptions, json: bool, summary: bo
             n.events.len(),
             n.flows.len(),
             bulk
+        );
+    }
+    if !n.read.complete() && !opts.allow_partial {
+        anyhow::bail!(
+            "{}: records were lost reading it (above); --allow-partial accepts what could be read",
+            path.display()
         );
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tunscope_engine::capdiff::DiffOutcome;
 use tunscope_engine::client::ObserveOptions;
 
 #[derive(Parser)]
@@ -68,6 +69,31 @@ struct Compare {
     /// bytes relative to the flow's (e.g. 0.5). Off by default: ACK counts vary between runs.
     #[arg(long, value_name = "FRACTION")]
     count_tolerance: Option<f64>,
+    /// Go on when records of a capture could not be read (they are reported all the same).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Decode this port's UDP/TCP payload as OpenVPN (repeatable; 1194 always is, and
+    /// OpenVPN on other ports is recognised by its handshake).
+    #[arg(long, value_name = "PORT")]
+    openvpn_port: Vec<u16>,
+    /// tshark's form of --openvpn-port: `udp.port==1195,openvpn` (repeatable).
+    #[arg(long, value_name = "LAYER==PORT,openvpn", value_parser = parse_decode_as)]
+    decode_as: Vec<u16>,
+}
+
+/// `udp.port==N,openvpn` / `tcp.port==N,openvpn` → N.
+fn parse_decode_as(s: &str) -> Result<u16, String> {
+    let err = || format!("'{s}' is not udp.port==N,openvpn or tcp.port==N,openvpn");
+    let (sel, proto) = s.split_once(',').ok_or_else(err)?;
+    if proto.trim() != "openvpn" {
+        return Err(format!("{s}: only openvpn can be decoded as"));
+    }
+    let port = sel
+        .trim()
+        .strip_prefix("udp.port==")
+        .or_else(|| sel.trim().strip_prefix("tcp.port=="))
+        .ok_or_else(err)?;
+    port.trim().parse().map_err(|_| err())
 }
 
 impl From<Compare> for tunscope_engine::capdiff::CompareOptions {
@@ -80,6 +106,8 @@ impl From<Compare> for tunscope_engine::capdiff::CompareOptions {
             time_tolerance_ms: c.time_tolerance,
             time_factor: c.time_factor,
             count_tolerance: c.count_tolerance,
+            allow_partial: c.allow_partial,
+            openvpn_ports: c.openvpn_port.into_iter().chain(c.decode_as).collect(),
         }
     }
 }
@@ -416,8 +444,9 @@ fn main() -> ExitCode {
                 json,
                 write_pcapng.as_ref(),
             ) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
+                Ok(DiffOutcome::Equivalent) => ExitCode::SUCCESS,
+                Ok(DiffOutcome::Different) => ExitCode::from(1),
+                Ok(DiffOutcome::NoVerdict) => ExitCode::from(2),
                 Err(e) => {
                     eprintln!("tunscope diff: error: {e:#}");
                     ExitCode::from(2)

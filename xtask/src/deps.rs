@@ -11,6 +11,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("openvpn", "openvpn"),
     ("ip", "iproute2"),
     ("tshark", "tshark"),
+    // Wireshark's own reader, counting the capture corpus in one process.
+    ("capinfos", "wireshark-common"),
     ("openssl", "openssl"),
     ("ping", "iputils-ping"),
     ("nft", "nftables"),

@@ -247,19 +247,43 @@ pub struct DiffReport {
     pub packets_aligned: usize,
     /// Every difference, by flow in A's order.
     pub changes: Vec<Change>,
+    /// How A was read (records lost, if any).
+    pub a_read: crate::read::ReadReport,
+    /// How B was read.
+    pub b_read: crate::read::ReadReport,
 }
 
 impl DiffReport {
-    /// No differences.
+    /// No differences, and something compared: a comparison of nothing (both empty) never
+    /// counts as equivalent. Whether both files were read whole is [`DiffReport::complete`]
+    /// (the command line wants both).
     pub fn equivalent(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && !self.nothing_compared()
+    }
+
+    /// Both captures were read whole.
+    pub fn complete(&self) -> bool {
+        self.a_read.complete() && self.b_read.complete()
+    }
+
+    /// Neither capture had a packet.
+    pub fn nothing_compared(&self) -> bool {
+        self.a_packets == 0 && self.b_packets == 0
+    }
+
+    /// Both had packets and not one flow in common.
+    pub fn disjoint(&self) -> bool {
+        self.a_packets > 0 && self.b_packets > 0 && self.flows_compared == 0
     }
 
     /// The readable report.
     pub fn text(&self) -> String {
         let mut s = format!(
-            "A: {} ({} packets)\nB: {} ({} packets)\n",
-            self.a, self.a_packets, self.b, self.b_packets
+            "A: {} ({})\nB: {} ({})\n",
+            self.a,
+            self.a_read.summary(),
+            self.b,
+            self.b_read.summary()
         );
         let mut last_flow = "";
         for c in &self.changes {
@@ -269,11 +293,21 @@ impl DiffReport {
             }
             let _ = writeln!(s, "  {}", c.line());
         }
+        if self.nothing_compared() {
+            s.push_str("nothing compared: neither capture has a packet\n");
+        } else if self.disjoint() {
+            s.push_str("the captures have no flow in common\n");
+        }
+        if !self.complete() {
+            s.push_str("not all records could be read: the verdict is about what was read\n");
+        }
         let _ = writeln!(
             s,
             "{}: {} flows compared, {} packets aligned, {} difference(s)",
             if self.equivalent() {
                 "equivalent"
+            } else if self.changes.is_empty() {
+                "nothing compared"
             } else {
                 "different"
             },
@@ -728,6 +762,8 @@ pub fn diff(
         flows_compared: compared,
         packets_aligned: aligned,
         changes,
+        a_read: na.read.clone(),
+        b_read: nb.read.clone(),
     }
 }
 

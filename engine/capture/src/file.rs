@@ -1,15 +1,15 @@
-//! Reading capture files: pcap (µs or ns) and pcapng (any number of interfaces, any
-//! `if_tsresol`), from tcpdump, Wireshark, the harness or an engine's stage taps.
+//! Captures as data: interfaces, records, a whole file in memory ([`read`]; streaming is
+//! [`crate::read`]), and writing pcapng.
 
 use std::path::Path;
 use std::time::Duration;
 
 use pcap_file::DataLink;
-use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
-use pcap_file::pcapng::{Block, PcapNgReader};
 use serde::Serialize;
+
+pub use crate::read::{ReadError, ReadReport, Reader};
 
 /// The link layer a packet starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -33,17 +33,19 @@ pub enum LinkType {
 }
 
 impl LinkType {
-    /// From a pcap/pcapng data link.
-    pub fn from_datalink(d: DataLink) -> LinkType {
-        match d {
-            DataLink::ETHERNET => LinkType::Ethernet,
-            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => LinkType::Raw,
-            DataLink::LINUX_SLL => LinkType::LinuxSll,
-            DataLink::LINUX_SLL2 => LinkType::LinuxSll2,
-            DataLink::NULL => LinkType::Null,
-            DataLink::LOOP => LinkType::Loop,
-            DataLink::WIRESHARK_UPPER_PDU => LinkType::UpperPdu,
-            other => LinkType::Other(u32::from(other)),
+    /// From a pcap/pcapng link-type number (tcpdump.org's LINKTYPE_ values).
+    pub fn from_u32(n: u32) -> LinkType {
+        match n {
+            1 => LinkType::Ethernet,
+            // LINKTYPE_RAW, and the pcap-only numbers 12/14 some systems write for it,
+            // LINKTYPE_IPV4, LINKTYPE_IPV6.
+            101 | 12 | 14 | 228 | 229 => LinkType::Raw,
+            113 => LinkType::LinuxSll,
+            276 => LinkType::LinuxSll2,
+            0 => LinkType::Null,
+            108 => LinkType::Loop,
+            252 => LinkType::UpperPdu,
+            other => LinkType::Other(other),
         }
     }
 
@@ -69,6 +71,8 @@ pub struct Iface {
     pub name: String,
     /// Link layer.
     pub link: LinkType,
+    /// Snap length the file declares (0: none).
+    pub snaplen: u32,
 }
 
 /// One packet record.
@@ -95,188 +99,24 @@ pub struct Capture {
     pub ifaces: Vec<Iface>,
     /// Packets in file order.
     pub records: Vec<Record>,
+    /// What reading the file could not take (empty for a capture built in memory).
+    pub report: ReadReport,
 }
 
-/// A capture that cannot be read, with the file and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// Opening failed.
-    #[error("cannot open {path}: {reason}")]
-    Open {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: std::io::Error,
-    },
-    /// Not a pcap or pcapng file.
-    #[error("{path} is not a pcap or pcapng file ({reason})")]
-    Format {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A record refers to an interface the file never described.
-    #[error("{path}: packet {index} refers to interface {iface}, which is not described")]
-    Interface {
-        /// The file.
-        path: String,
-        /// 1-based packet number.
-        index: usize,
-        /// The interface id.
-        iface: u32,
-    },
-}
-
-/// Ticks per second for an `if_tsresol` value.
-fn tsresol_per_sec(res: u8) -> u64 {
-    if res & 0x80 == 0 {
-        10u64.saturating_pow(u32::from(res))
-    } else {
-        1u64.checked_shl(u32::from(res & 0x7f)).unwrap_or(u64::MAX)
-    }
-}
-
-/// Reads a pcap or pcapng file. A file cut short (a crashed writer) yields the complete
-/// records before the cut.
+/// Reads a whole capture into memory (pcap or pcapng, gzip or not). What could not be read
+/// is in [`Capture::report`]; a file cut short yields the complete records before the cut.
+/// Large files are better streamed with [`Reader`].
 pub fn read(path: &Path) -> Result<Capture, ReadError> {
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|reason| ReadError::Open {
-        path: p.clone(),
-        reason,
-    })?;
-    let magic = bytes.get(..4).unwrap_or_default();
-    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-        read_pcapng(&p, &bytes)
-    } else {
-        read_pcap(&p, &bytes)
+    let mut r = Reader::open(path)?;
+    let mut records = vec![];
+    while let Some(rec) = r.next_record() {
+        records.push(rec);
     }
-}
-
-fn read_pcap(path: &str, bytes: &[u8]) -> Result<Capture, ReadError> {
-    const MAGICS: [[u8; 4]; 4] = [
-        [0xd4, 0xc3, 0xb2, 0xa1],
-        [0xa1, 0xb2, 0xc3, 0xd4],
-        [0x4d, 0x3c, 0xb2, 0xa1],
-        [0xa1, 0xb2, 0x3c, 0x4d],
-    ];
-    let magic = bytes.get(..4).unwrap_or_default();
-    if !MAGICS.iter().any(|m| m == magic) {
-        return Err(ReadError::Format {
-            path: path.to_owned(),
-            reason: if bytes.len() < 4 {
-                "file too short".to_owned()
-            } else {
-                format!("unknown magic number {magic:02x?}")
-            },
-        });
-    }
-    let mut r = PcapReader::new(bytes).map_err(|e| ReadError::Format {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let link = LinkType::from_datalink(r.header().datalink);
-    let mut cap = Capture {
-        ifaces: vec![Iface {
-            name: "capture".into(),
-            link,
-        }],
-        records: vec![],
-    };
-    while let Some(pkt) = r.next_packet() {
-        let Ok(pkt) = pkt else { break };
-        cap.records.push(Record {
-            iface: 0,
-            ts_ns: pkt.timestamp.as_nanos() as u64,
-            data: pkt.data.into_owned(),
-            orig_len: pkt.orig_len,
-            comment: None,
-            outgoing: None,
-        });
-    }
-    Ok(cap)
-}
-
-fn read_pcapng(path: &str, bytes: &[u8]) -> Result<Capture, ReadError> {
-    let mut r = PcapNgReader::new(bytes).map_err(|e| ReadError::Format {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mut cap = Capture::default();
-    // ns per tick for each interface.
-    let mut scale: Vec<u64> = vec![];
-    while let Some(block) = r.next_block() {
-        let Ok(block) = block else { break };
-        match block {
-            Block::InterfaceDescription(idb) => {
-                let mut name = format!("if{}", cap.ifaces.len());
-                let mut per_sec = 1_000_000u64;
-                for o in &idb.options {
-                    match o {
-                        InterfaceDescriptionOption::IfName(n) => name = n.to_string(),
-                        InterfaceDescriptionOption::IfTsResol(res) => {
-                            per_sec = tsresol_per_sec(*res);
-                        }
-                        _ => {}
-                    }
-                }
-                scale.push((1_000_000_000 / per_sec.max(1)).max(1));
-                cap.ifaces.push(Iface {
-                    name,
-                    link: LinkType::from_datalink(idb.linktype),
-                });
-            }
-            Block::EnhancedPacket(epb) => {
-                let Some(&ns_per_tick) = scale.get(epb.interface_id as usize) else {
-                    return Err(ReadError::Interface {
-                        path: path.to_owned(),
-                        index: cap.records.len() + 1,
-                        iface: epb.interface_id,
-                    });
-                };
-                // pcap-file hands back the raw tick count as nanoseconds.
-                let ticks = epb.timestamp.as_nanos() as u64;
-                let mut comment = None;
-                let mut outgoing = None;
-                for o in &epb.options {
-                    match o {
-                        EnhancedPacketOption::Comment(c) => comment = Some(c.to_string()),
-                        EnhancedPacketOption::Flags(f) => {
-                            outgoing = match f & 3 {
-                                1 => Some(false),
-                                2 => Some(true),
-                                _ => None,
-                            };
-                        }
-                        _ => {}
-                    }
-                }
-                cap.records.push(Record {
-                    iface: epb.interface_id as usize,
-                    ts_ns: ticks.saturating_mul(ns_per_tick),
-                    data: epb.data.into_owned(),
-                    orig_len: epb.original_len,
-                    comment,
-                    outgoing,
-                });
-            }
-            Block::SimplePacket(spb) => {
-                if cap.ifaces.is_empty() {
-                    continue;
-                }
-                cap.records.push(Record {
-                    iface: 0,
-                    ts_ns: 0,
-                    data: spb.data.into_owned(),
-                    orig_len: spb.original_len,
-                    comment: None,
-                    outgoing: None,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(cap)
+    Ok(Capture {
+        ifaces: r.ifaces().to_vec(),
+        records,
+        report: r.report().clone(),
+    })
 }
 
 /// Writes a capture as pcapng (nanosecond timestamps, names, comments, directions).

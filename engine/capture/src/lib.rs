@@ -4,7 +4,9 @@
 //! harness's run captures, the engines' stage taps), decoded into the layers that matter for a
 //! VPN, normalized so that runs can be compared, and diffed.
 //!
-//! * [`file`] — reading (and writing) pcap/pcapng.
+//! * [`read`] — streaming pcap/pcapng (gzip too) as libpcap and Wireshark read them, with
+//!   a report of anything not read.
+//! * [`file`] — captures in memory, and writing pcapng.
 //! * [`packet`] — bounds-checked decoding: ARP, IPv4/6, TCP, UDP, ICMP, DNS, control text.
 //! * [`openvpn`] — OpenVPN headers: opcodes, key-id, peer-id, sessions, TLS payload kind.
 //! * [`normalize`] — events with stable placeholders and masks, grouped into flows.
@@ -19,5 +21,6 @@ pub mod file;
 pub mod normalize;
 pub mod openvpn;
 pub mod packet;
+pub mod read;
 pub mod summary;
 pub mod write;

@@ -54,7 +54,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::file::{Capture, LinkType};
-use crate::openvpn;
+use crate::openvpn::{self, Wrap};
 use crate::packet::{self, L3, L4, Pkt};
 
 /// Fields masked by default.
@@ -287,7 +287,12 @@ pub struct Normalized {
     pub events: Vec<Event>,
     /// Flows in order of first appearance.
     pub flows: Vec<Flow>,
+    /// How the file was read (records lost, oddities).
+    pub read: crate::read::ReadReport,
 }
+
+/// An OpenVPN session's transport: (IP protocol, client address and port, server's).
+type OvpnFlow = (u8, (IpAddr, u16), (IpAddr, u16));
 
 /// Stable names for run-specific values.
 #[derive(Default)]
@@ -305,9 +310,53 @@ struct Placeholders {
     tcp_seen: std::collections::HashSet<(String, IpAddr, u16, IpAddr, u16, u32, u8)>,
     /// Control packets seen: (iface, session, packet-id, opcode).
     ctl_seen: std::collections::HashSet<(String, [u8; 8], u32, u8)>,
+    /// OpenVPN sessions recognised by their first packet: (proto, client, server) → wrap.
+    ovpn_flows: HashMap<OvpnFlow, Wrap>,
+    /// Server ports of those sessions (kept literally, like configured service ports).
+    ovpn_ports: BTreeSet<u16>,
 }
 
 impl Placeholders {
+    /// Whether a UDP/TCP packet belongs to OpenVPN, and the session's wrap when known
+    /// (`Some(None)`: OpenVPN, wrap unknown). Sessions are recognised on any port by a
+    /// client's first packet ([`openvpn::client_reset`]); configured ports are OpenVPN
+    /// whatever their first packet.
+    fn openvpn_flow(
+        &mut self,
+        rules: &Rules,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        proto: u8,
+        tcp: bool,
+        payload: &[u8],
+    ) -> Option<Option<Wrap>> {
+        let known = self
+            .ovpn_flows
+            .get(&(proto, src, dst))
+            .or_else(|| self.ovpn_flows.get(&(proto, dst, src)))
+            .copied();
+        if known.is_some() {
+            return Some(known);
+        }
+        // The client's hard reset starts the session (a TCP record: after its length).
+        let record = if tcp {
+            payload
+                .get(..2)
+                .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                .filter(|&l| l + 2 == payload.len())
+                .and_then(|_| payload.get(2..))
+        } else {
+            Some(payload)
+        };
+        if let Some(wrap) = record.and_then(openvpn::client_reset) {
+            self.ovpn_flows.insert((proto, src, dst), wrap);
+            self.ovpn_ports.insert(dst.1);
+            return Some(Some(wrap));
+        }
+        (rules.openvpn_ports.contains(&src.1) || rules.openvpn_ports.contains(&dst.1))
+            .then_some(None)
+    }
+
     fn session(&mut self, sid: [u8; 8]) -> String {
         let n = match self.sessions.iter().position(|s| *s == sid) {
             Some(i) => i + 1,
@@ -403,7 +452,10 @@ fn tap_fields(comment: &str) -> Vec<(&'static str, String)> {
 /// Normalizes a capture.
 pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
     let mut ph = Placeholders::default();
-    let mut out = Normalized::default();
+    let mut out = Normalized {
+        read: cap.report.clone(),
+        ..Normalized::default()
+    };
     let mut flow_ids: HashMap<String, usize> = HashMap::new();
     let t0 = cap.records.iter().map(|r| r.ts_ns).min().unwrap_or(0);
     for (i, rec) in cap.records.iter().enumerate() {
@@ -630,6 +682,12 @@ fn describe_l3(
                 layers.push(proto.into());
             }
             let proto_num = h.proto;
+            // OpenVPN on this flow? A configured port, or a session seen starting (on any
+            // port: then the server's port is a service port, kept literally).
+            let ovpn = ports.and_then(|(s, d)| {
+                let tcp = matches!(pkt.l4, L4::Tcp { .. });
+                ph.openvpn_flow(rules, (h.src, s), (h.dst, d), proto_num, tcp, pkt.payload)
+            });
             let (sp, dp) = match ports {
                 Some((s, d)) => {
                     let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);
@@ -689,22 +747,19 @@ fn describe_l3(
                     }
                     // OpenVPN over TCP: the first record of the segment.
                     if !pkt.payload.is_empty()
-                        && (rules.openvpn_ports.contains(sport)
-                            || rules.openvpn_ports.contains(dport))
+                        && let Some(wrap) = ovpn
                         && let Some(rec) = pkt.payload.get(2..)
                     {
-                        ovpn_fields(rec, f, layers, bulk, ph);
+                        ovpn_fields(rec, wrap, f, layers, bulk, ph);
                     }
                 }
-                L4::Udp { sport, dport } => {
+                L4::Udp { .. } => {
                     if let Some(d) = pkt.dns() {
                         layers.push("dns".into());
                         f.insert("dns.id", d.id.to_string());
                         f.insert("dns.msg", d.describe());
-                    } else if rules.openvpn_ports.contains(sport)
-                        || rules.openvpn_ports.contains(dport)
-                    {
-                        ovpn_fields(pkt.payload, f, layers, bulk, ph);
+                    } else if let Some(wrap) = ovpn {
+                        ovpn_fields(pkt.payload, wrap, f, layers, bulk, ph);
                     }
                 }
                 L4::Icmp { typ, code } => {
@@ -719,12 +774,13 @@ fn describe_l3(
 
 fn ovpn_fields(
     p: &[u8],
+    wrap: Option<Wrap>,
     f: &mut BTreeMap<&'static str, String>,
     layers: &mut Vec<String>,
     bulk: &mut bool,
     ph: &mut Placeholders,
 ) {
-    let Some(o) = openvpn::decode(p) else {
+    let Some(o) = openvpn::decode_with(p, wrap) else {
         return;
     };
     layers.push("openvpn".into());
@@ -749,7 +805,11 @@ fn ovpn_fields(
         f.insert("ovpn.payload", pl.clone());
     }
     if o.wrapped {
-        f.insert("ovpn.wrapped", "true".into());
+        let kind = o
+            .wrap
+            .filter(|w| *w != Wrap::Plain)
+            .map_or("true", Wrap::name);
+        f.insert("ovpn.wrapped", kind.into());
     }
     // Data packets, standalone ACKs and retransmitted control packets depend on traffic
     // and timing.
@@ -781,7 +841,8 @@ fn port_names(
     dp: u16,
     proto: u8,
 ) -> (String, String) {
-    let service = |p: u16| p < 1024 || rules.service_ports.contains(&p);
+    let service =
+        |p: u16| p < 1024 || rules.service_ports.contains(&p) || ph.ovpn_ports.contains(&p);
     match (service(sp), service(dp)) {
         (true, true) => (sp.to_string(), dp.to_string()),
         (false, true) => {
@@ -832,6 +893,7 @@ mod tests {
             ifaces: vec![Iface {
                 name: "client/eth0".into(),
                 link: LinkType::Raw,
+                snaplen: 0,
             }],
             records: pkts
                 .into_iter()
@@ -845,6 +907,7 @@ mod tests {
                     outgoing: None,
                 })
                 .collect(),
+            report: Default::default(),
         }
     }
 

@@ -45,8 +45,110 @@ pub struct Ovpn {
     pub packet_id: Option<u32>,
     /// What the payload is: `tls handshake ClientHello`, `tls application-data`, …
     pub payload: Option<String>,
-    /// Control packet in a `tls-auth`/`tls-crypt` wrap (fields past the session id unknown).
+    /// Control packet in a `tls-auth`/`tls-crypt` wrap (fields past the session id unknown
+    /// unless the wrap is known and is tls-auth).
     pub wrapped: bool,
+    /// The wrap, when known (learned from the session's first packet).
+    pub wrap: Option<Wrap>,
+}
+
+/// How a session's control packets are wrapped, as learned from its first packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Wrap {
+    /// No wrap: ACKs, packet-id and TLS records in the clear.
+    Plain,
+    /// `tls-auth`: an HMAC of this many bytes, a replay packet-id and time, then the plain
+    /// fields.
+    TlsAuth(usize),
+    /// `tls-crypt`: replay packet-id, time, tag, then ciphertext.
+    TlsCrypt,
+    /// `tls-crypt-v2`: as tls-crypt (the client's first packet also carries its WKc).
+    TlsCryptV2,
+}
+
+impl Wrap {
+    /// The option's name (`none` for no wrap).
+    pub fn name(self) -> &'static str {
+        match self {
+            Wrap::Plain => "none",
+            Wrap::TlsAuth(_) => "tls-auth",
+            Wrap::TlsCrypt => "tls-crypt",
+            Wrap::TlsCryptV2 => "tls-crypt-v2",
+        }
+    }
+}
+
+/// The first message packet-id of a 2.6 peer that supports early negotiation
+/// (`EARLY_NEG_START` in OpenVPN's ssl_pkt.h), instead of 0.
+const EARLY_NEG_START: u32 = 0x0f00_0000;
+
+/// HMAC lengths of the `auth` digests OpenVPN uses for tls-auth (SHA1 first: the default).
+const TLS_AUTH_HMACS: [usize; 6] = [20, 32, 64, 48, 28, 16];
+
+/// A replay time (seconds since the epoch) a real peer could have sent: 2008 to 2100.
+fn plausible_time(t: u32) -> bool {
+    (1_200_000_000..4_102_444_800).contains(&u64::from(t))
+}
+
+/// 2.6's early-negotiation TLVs, or nothing, after a client's hard reset.
+fn reset_tail_ok(rest: &[u8]) -> bool {
+    let mut r = rest;
+    while !r.is_empty() {
+        let Some(len) = r
+            .get(2..4)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return false;
+        };
+        let Some(next) = r.get(4 + len..) else {
+            return false;
+        };
+        r = next;
+    }
+    true
+}
+
+/// Recognises the first packet of an OpenVPN session (a client's hard reset, V2 or V3) on
+/// any port, from its structure alone, and says which wrap it uses. A UDP payload, or a TCP
+/// record without its length prefix.
+///
+/// Plain: ack count 0 and message packet-id 0 at fixed offsets, then nothing or
+/// early-negotiation TLVs. tls-auth: after an HMAC of one of the digest lengths, replay
+/// packet-id 1 and a plausible time, then the plain fields as above. tls-crypt(-v2):
+/// replay packet-id 1 and a plausible time right after the session id.
+pub fn client_reset(p: &[u8]) -> Option<Wrap> {
+    let first = *p.first()?;
+    let (opcode, key_id) = (first >> 3, first & 7);
+    if key_id != 0 || !matches!(opcode, 7 | 10) {
+        return None;
+    }
+    let replay_ok =
+        |at: usize| be32(p, at) == Some(1) && be32(p, at + 4).is_some_and(plausible_time);
+    // The message packet-id of a client's reset: 0, or 2.6's marker for early negotiation.
+    let first_msg = |at: usize| matches!(be32(p, at), Some(0 | EARLY_NEG_START));
+    if opcode == 10 {
+        // V3 exists only with tls-crypt-v2; its replay packet-id varies between versions,
+        // the time does not.
+        return (p.len() >= 9 + 8 + 32 && be32(p, 13).is_some_and(plausible_time))
+            .then_some(Wrap::TlsCryptV2);
+    }
+    if p.len() >= 14 && p[9] == 0 && first_msg(10) && reset_tail_ok(&p[14..]) {
+        return Some(Wrap::Plain);
+    }
+    for h in TLS_AUTH_HMACS {
+        let at = 9 + h;
+        if replay_ok(at)
+            && p.get(at + 8) == Some(&0)
+            && first_msg(at + 9)
+            && reset_tail_ok(p.get(at + 13..).unwrap_or_default())
+        {
+            return Some(Wrap::TlsAuth(h));
+        }
+    }
+    if p.len() >= 9 + 8 + 32 && replay_ok(9) {
+        return Some(Wrap::TlsCrypt);
+    }
+    None
 }
 
 impl Ovpn {
@@ -114,8 +216,13 @@ fn tls_records(p: &[u8]) -> Option<String> {
 }
 
 /// Decodes an OpenVPN packet (one UDP payload, or one record of a TCP stream without its
-/// length prefix).
+/// length prefix), guessing whether control packets are wrapped.
 pub fn decode(p: &[u8]) -> Option<Ovpn> {
+    decode_with(p, None)
+}
+
+/// Decodes an OpenVPN packet of a session whose wrap is known (from [`client_reset`]).
+pub fn decode_with(p: &[u8], wrap: Option<Wrap>) -> Option<Ovpn> {
     let first = *p.first()?;
     let opcode = first >> 3;
     let key_id = first & 7;
@@ -132,6 +239,7 @@ pub fn decode(p: &[u8]) -> Option<Ovpn> {
         packet_id: None,
         payload: None,
         wrapped: false,
+        wrap,
     };
     match opcode {
         9 => {
@@ -147,14 +255,24 @@ pub fn decode(p: &[u8]) -> Option<Ovpn> {
         _ => {}
     }
     o.session = Some(p.get(1..9)?.try_into().ok()?);
+    // Where the plain fields start: after the session id, or after tls-auth's HMAC and
+    // replay packet-id/time. tls-crypt encrypts them.
+    let start = match wrap {
+        None | Some(Wrap::Plain) => 9,
+        Some(Wrap::TlsAuth(h)) => 9 + h + 8,
+        Some(Wrap::TlsCrypt | Wrap::TlsCryptV2) => {
+            o.wrapped = true;
+            return Some(o);
+        }
+    };
     // Plain layout: ack count, acks, remote session id (when acks), message packet-id
     // (not in P_ACK_V1), payload.
     let plain = (|| {
-        let n = usize::from(*p.get(9)?);
+        let n = usize::from(*p.get(start)?);
         if n > 8 {
             return None;
         }
-        let mut pos = 10 + 4 * n;
+        let mut pos = start + 1 + 4 * n;
         let mut remote = None;
         if n > 0 {
             remote = Some(<[u8; 8]>::try_from(p.get(pos..pos + 8)?).ok()?);
@@ -191,6 +309,9 @@ pub fn decode(p: &[u8]) -> Option<Ovpn> {
             o.payload = what;
         }
         None => o.wrapped = true,
+    }
+    if matches!(wrap, Some(Wrap::TlsAuth(_))) {
+        o.wrapped = true;
     }
     Some(o)
 }

@@ -27,6 +27,7 @@ pub fn write_diff_pcapng(
             out.ifaces.push(Iface {
                 name: format!("{side}: {}", src.map_or("?", |i| i.name.as_str())),
                 link: src.map_or(crate::file::LinkType::Raw, |i| i.link),
+                snaplen: 0,
             });
             out.ifaces.len() - 1
         });

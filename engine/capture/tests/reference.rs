@@ -159,7 +159,7 @@ fn unreadable_files_are_clear_errors() {
     let e = read(&garbage).unwrap_err().to_string();
     let _ = std::fs::remove_file(&garbage);
     assert!(
-        e.contains("is not a pcap or pcapng file") && e.contains("magic"),
+        e.contains("not a pcap or pcapng file") && e.contains("text"),
         "{e}"
     );
     let e = read(&dir.join("ts-no-such-file.pcap"))
@@ -176,4 +176,14 @@ fn unreadable_files_are_clear_errors() {
     let c = read(&cut).unwrap();
     let _ = std::fs::remove_file(&cut);
     assert_eq!(c.records.len(), 31);
+    // … and says the last one was cut short.
+    assert!(!c.report.complete());
+    assert!(
+        c.report
+            .truncated
+            .as_deref()
+            .is_some_and(|t| t.contains("record 32")),
+        "{:?}",
+        c.report
+    );
 }
