@@ -188,6 +188,38 @@ fn real_captures_diff_to_exactly_their_differences() {
     moved.sort_unstable();
     assert_eq!(moved, vec![first, last], "{}", r.text());
 
+    // The server on another port: OpenVPN is recognised from the session's first packet
+    // and everything decodes the same but the port.
+    let moved = with_udp_port(&cap_a, 1194, 41194);
+    let rules = Rules::default();
+    let (na, nm) = (normalize(&cap_a, &rules), normalize(&moved, &rules));
+    assert_eq!(na.events.len(), nm.events.len());
+    let ovpn_events = na
+        .events
+        .iter()
+        .filter(|e| e.get("layers").is_some_and(|l| l.ends_with("/openvpn")))
+        .count();
+    assert!(ovpn_events > 10, "{ovpn_events} OpenVPN events");
+    for (x, y) in na.events.iter().zip(&nm.events) {
+        let strip = |e: &tunscope_capture::normalize::Event| -> Vec<(&str, String)> {
+            e.fields
+                .iter()
+                .filter(|(n, _)| *n != "src" && *n != "dst")
+                .map(|(n, v)| (*n, v.clone()))
+                .collect()
+        };
+        assert_eq!(
+            strip(x),
+            strip(y),
+            "#{} decodes differently on port 41194",
+            x.index
+        );
+    }
+    assert!(
+        nm.flows.iter().any(|f| f.key.contains(":41194")),
+        "the moved server port is kept literally"
+    );
+
     // An unreadable file: exit 2 and the reason.
     let (code, _, stderr) = cli(&[&a.files.pcapng, &dir.join("nope.pcapng")], &[]);
     assert_eq!(code, Some(2));
@@ -196,4 +228,34 @@ fn real_captures_diff_to_exactly_their_differences() {
     for r in [a, b, c] {
         let _ = std::fs::remove_dir_all(&r.files.dir);
     }
+}
+
+/// A copy of a capture with a UDP port rewritten in every IPv4 packet (Ethernet or raw IP),
+/// the UDP checksum cleared (allowed over IPv4).
+fn with_udp_port(cap: &Capture, from: u16, to: u16) -> Capture {
+    let mut out = cap.clone();
+    for r in &mut out.records {
+        let link = cap.ifaces[r.iface].link;
+        let ip = match link {
+            tunscope_capture::file::LinkType::Ethernet if r.data.get(12..14) == Some(&[8, 0]) => 14,
+            tunscope_capture::file::LinkType::Raw => 0,
+            _ => continue,
+        };
+        let d = &mut r.data;
+        if d.len() < ip + 20 || d[ip] >> 4 != 4 || d[ip + 9] != 17 {
+            continue;
+        }
+        let udp = ip + usize::from(d[ip] & 0x0f) * 4;
+        if d.len() < udp + 8 {
+            continue;
+        }
+        for at in [udp, udp + 2] {
+            if u16::from_be_bytes([d[at], d[at + 1]]) == from {
+                d[at..at + 2].copy_from_slice(&to.to_be_bytes());
+            }
+        }
+        d[udp + 6] = 0;
+        d[udp + 7] = 0;
+    }
+    out
 }
