@@ -314,6 +314,8 @@ struct Placeholders {
     ovpn_flows: HashMap<OvpnFlow, Wrap>,
     /// Server ports of those sessions (kept literally, like configured service ports).
     ovpn_ports: BTreeSet<u16>,
+    /// Timestamp of the record being normalized.
+    now_ns: u64,
 }
 
 impl Placeholders {
@@ -348,7 +350,8 @@ impl Placeholders {
         } else {
             Some(payload)
         };
-        if let Some(wrap) = record.and_then(openvpn::client_reset) {
+        let now_s = Some(self.now_ns / 1_000_000_000);
+        if let Some(wrap) = record.and_then(|r| openvpn::client_reset(r, now_s)) {
             self.ovpn_flows.insert((proto, src, dst), wrap);
             self.ovpn_ports.insert(dst.1);
             return Some(Some(wrap));
@@ -464,6 +467,7 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
         let link = iface.map_or(LinkType::Raw, |i| i.link);
         let pkt = packet::parse(link, &rec.data);
         ph.iface.clone_from(&name);
+        ph.now_ns = rec.ts_ns;
         let mut f: BTreeMap<&'static str, String> = BTreeMap::new();
         f.insert("iface", name.clone());
         if let Some(o) = rec.outgoing {
@@ -684,10 +688,13 @@ fn describe_l3(
             let proto_num = h.proto;
             // OpenVPN on this flow? A configured port, or a session seen starting (on any
             // port: then the server's port is a service port, kept literally).
-            let ovpn = ports.and_then(|(s, d)| {
-                let tcp = matches!(pkt.l4, L4::Tcp { .. });
-                ph.openvpn_flow(rules, (h.src, s), (h.dst, d), proto_num, tcp, pkt.payload)
-            });
+            // (Never on DNS's port: its messages are decoded as DNS.)
+            let ovpn = ports
+                .filter(|&(s, d)| s != 53 && d != 53)
+                .and_then(|(s, d)| {
+                    let tcp = matches!(pkt.l4, L4::Tcp { .. });
+                    ph.openvpn_flow(rules, (h.src, s), (h.dst, d), proto_num, tcp, pkt.payload)
+                });
             let (sp, dp) = match ports {
                 Some((s, d)) => {
                     let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);

@@ -85,9 +85,14 @@ const EARLY_NEG_START: u32 = 0x0f00_0000;
 /// HMAC lengths of the `auth` digests OpenVPN uses for tls-auth (SHA1 first: the default).
 const TLS_AUTH_HMACS: [usize; 6] = [20, 32, 64, 48, 28, 16];
 
-/// A replay time (seconds since the epoch) a real peer could have sent: 2008 to 2100.
-fn plausible_time(t: u32) -> bool {
-    (1_200_000_000..4_102_444_800).contains(&u64::from(t))
+/// A replay time (seconds since the epoch) a real peer could have sent: within a year of
+/// the capture's own clock when known, else 2008 to 2100.
+fn plausible_time(t: u32, now_s: Option<u64>) -> bool {
+    let t = u64::from(t);
+    match now_s {
+        Some(now) if now > 1_200_000_000 => t.abs_diff(now) <= 366 * 86_400,
+        _ => (1_200_000_000..4_102_444_800).contains(&t),
+    }
 }
 
 /// 2.6's early-negotiation TLVs, or nothing, after a client's hard reset.
@@ -116,20 +121,24 @@ fn reset_tail_ok(rest: &[u8]) -> bool {
 /// early-negotiation TLVs. tls-auth: after an HMAC of one of the digest lengths, replay
 /// packet-id 1 and a plausible time, then the plain fields as above. tls-crypt(-v2):
 /// replay packet-id 1 and a plausible time right after the session id.
-pub fn client_reset(p: &[u8]) -> Option<Wrap> {
+///
+/// `now_s` is the capture's timestamp of the packet (seconds since the epoch), when it has
+/// one: a replay time far from it is no OpenVPN.
+pub fn client_reset(p: &[u8], now_s: Option<u64>) -> Option<Wrap> {
     let first = *p.first()?;
     let (opcode, key_id) = (first >> 3, first & 7);
     if key_id != 0 || !matches!(opcode, 7 | 10) {
         return None;
     }
-    let replay_ok =
-        |at: usize| be32(p, at) == Some(1) && be32(p, at + 4).is_some_and(plausible_time);
+    let replay_ok = |at: usize| {
+        be32(p, at) == Some(1) && be32(p, at + 4).is_some_and(|t| plausible_time(t, now_s))
+    };
     // The message packet-id of a client's reset: 0, or 2.6's marker for early negotiation.
     let first_msg = |at: usize| matches!(be32(p, at), Some(0 | EARLY_NEG_START));
     if opcode == 10 {
         // V3 exists only with tls-crypt-v2; its replay packet-id varies between versions,
         // the time does not.
-        return (p.len() >= 9 + 8 + 32 && be32(p, 13).is_some_and(plausible_time))
+        return (p.len() >= 9 + 8 + 32 && be32(p, 13).is_some_and(|t| plausible_time(t, now_s)))
             .then_some(Wrap::TlsCryptV2);
     }
     if p.len() >= 14 && p[9] == 0 && first_msg(10) && reset_tail_ok(&p[14..]) {
