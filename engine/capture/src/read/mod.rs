@@ -24,6 +24,41 @@ use serde::Serialize;
 pub use crate::file::{Iface, LinkType, Record};
 use source::Source;
 
+/// Fixed-width integers of a header in the file's byte order (`None` past the end).
+fn rd<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+fn rd16(b: &[u8], at: usize, be: bool) -> Option<u16> {
+    rd(b, at).map(|x| {
+        if be {
+            u16::from_be_bytes(x)
+        } else {
+            u16::from_le_bytes(x)
+        }
+    })
+}
+
+fn rd32(b: &[u8], at: usize, be: bool) -> Option<u32> {
+    rd(b, at).map(|x| {
+        if be {
+            u32::from_be_bytes(x)
+        } else {
+            u32::from_le_bytes(x)
+        }
+    })
+}
+
+fn rd64(b: &[u8], at: usize, be: bool) -> Option<u64> {
+    rd(b, at).map(|x| {
+        if be {
+            u64::from_be_bytes(x)
+        } else {
+            u64::from_le_bytes(x)
+        }
+    })
+}
+
 /// What a read could not take, and oddities it read past.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReadReport {

@@ -8,7 +8,7 @@
 //! (Wireshark's maximum for the link type) is damage, and reading stops there.
 
 use super::source::{Fill, Source};
-use super::{Iface, LinkType, ReadReport, Record};
+use super::{Iface, LinkType, ReadReport, Record, rd16, rd32};
 
 /// Wireshark's largest captured length for a link type (`wtap_max_snaplen_for_encap`).
 fn max_caplen(link: u32) -> u32 {
@@ -47,24 +47,6 @@ pub(crate) fn magic(m: &[u8]) -> Option<(bool, u64, usize)> {
     }
 }
 
-fn u16_at(b: &[u8], at: usize, be: bool) -> u16 {
-    let x = [b[at], b[at + 1]];
-    if be {
-        u16::from_be_bytes(x)
-    } else {
-        u16::from_le_bytes(x)
-    }
-}
-
-fn u32_at(b: &[u8], at: usize, be: bool) -> u32 {
-    let x = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-    if be {
-        u32::from_be_bytes(x)
-    } else {
-        u32::from_le_bytes(x)
-    }
-}
-
 impl Pcap {
     /// Reads the 24-byte file header. `Err` is the reason the file cannot be read at all.
     pub fn open(
@@ -80,7 +62,7 @@ impl Pcap {
         let Some((be, ns_per_frac, rec_hdr)) = magic(&h[..4]) else {
             return Err("not a pcap magic number".into());
         };
-        let (major, minor) = (u16_at(&h, 4, be), u16_at(&h, 6, be));
+        let (major, minor) = (rd16(&h, 4, be).unwrap_or(0), rd16(&h, 6, be).unwrap_or(0));
         // Version 2.x is the only one ever written with these magics (libpcap and
         // Wireshark refuse the rest, e.g. libpcap's own test file with major version 1).
         if major != 2 {
@@ -88,8 +70,8 @@ impl Pcap {
                 "pcap version {major}.{minor} is not supported (only 2.x exists)"
             ));
         }
-        let snaplen = u32_at(&h, 16, be);
-        let linkfield = u32_at(&h, 20, be);
+        let snaplen = rd32(&h, 16, be).unwrap_or(0);
+        let linkfield = rd32(&h, 20, be).unwrap_or(0);
         // Bits 16..26 are reserved (zero); 26..32 carry the FCS length (pcap spec §4).
         if linkfield & 0x03ff_0000 != 0 {
             return Err(format!(
@@ -145,10 +127,10 @@ impl Pcap {
             }
         }
         self.index += 1;
-        let sec = u64::from(u32_at(&h, 0, be));
-        let frac = u64::from(u32_at(&h, 4, be));
-        let incl = u32_at(&h, 8, be);
-        let orig = u32_at(&h, 12, be);
+        let sec = u64::from(rd32(&h, 0, be).unwrap_or(0));
+        let frac = u64::from(rd32(&h, 4, be).unwrap_or(0));
+        let incl = rd32(&h, 8, be).unwrap_or(0);
+        let orig = rd32(&h, 12, be).unwrap_or(0);
         if incl > self.max_caplen {
             let rest = self.src.remaining();
             report.stopped = Some(format!(

@@ -8,7 +8,7 @@
 //! boundary can be trusted.
 
 use super::source::{Fill, Source};
-use super::{Iface, LinkType, ReadReport, Record, escape_control};
+use super::{Iface, LinkType, ReadReport, Record, escape_control, rd16, rd32, rd64};
 
 const SHB: u32 = 0x0A0D_0D0A;
 const BOM: u32 = 0x1A2B_3C4D;
@@ -34,33 +34,6 @@ pub(crate) struct Pcapng {
     blocks: u64,
     /// Timestamp of the last record (for Simple Packet Blocks, which have none).
     last_ts: u64,
-}
-
-fn rd16(b: &[u8], at: usize, be: bool) -> Option<u16> {
-    let x: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
-    Some(if be {
-        u16::from_be_bytes(x)
-    } else {
-        u16::from_le_bytes(x)
-    })
-}
-
-fn rd32(b: &[u8], at: usize, be: bool) -> Option<u32> {
-    let x: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    Some(if be {
-        u32::from_be_bytes(x)
-    } else {
-        u32::from_le_bytes(x)
-    })
-}
-
-fn rd64(b: &[u8], at: usize, be: bool) -> Option<u64> {
-    let x: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
-    Some(if be {
-        u64::from_be_bytes(x)
-    } else {
-        u64::from_le_bytes(x)
-    })
 }
 
 /// Ticks per second for an `if_tsresol` value (0x80 bit: power of two, else of ten).
