@@ -3,12 +3,13 @@
 //!
 //! Exit status of `diff`: 0 equivalent, 1 different, 2 error (unreadable file, bad option).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tunscope_capture::diff::{DiffOptions, diff};
 use tunscope_capture::file::read;
-use tunscope_capture::normalize::{Rules, normalize};
+use tunscope_capture::normalize::{Normalized, Rules, normalize_file};
 
 /// Normalization and comparison settings from the command line.
 #[derive(Clone, Debug, Default)]
@@ -82,13 +83,13 @@ pub enum DiffOutcome {
     NoVerdict,
 }
 
-/// Reads a capture and says on stderr what could not be read.
-fn read_reported(path: &Path) -> Result<tunscope_capture::file::Capture> {
-    let cap = read(path)?;
-    for line in cap.report.lines(&path.display().to_string(), false) {
+/// Normalizes a capture as it is read and says on stderr what could not be read.
+fn normalize_reported(path: &Path, rules: &Rules) -> Result<Normalized> {
+    let n = normalize_file(path, rules)?;
+    for line in n.read.lines(&path.display().to_string(), false) {
         eprintln!("{line}");
     }
-    Ok(cap)
+    Ok(n)
 }
 
 /// `tunscope diff A B`: prints the report and says how it ended.
@@ -100,10 +101,8 @@ pub fn run_diff(
     write: Option<&PathBuf>,
 ) -> Result<DiffOutcome> {
     let rules = opts.rules()?;
-    let ca = read_reported(a)?;
-    let cb = read_reported(b)?;
-    let na = normalize(&ca, &rules);
-    let nb = normalize(&cb, &rules);
+    let na = normalize_reported(a, &rules)?;
+    let nb = normalize_reported(b, &rules)?;
     let report = diff(
         &a.display().to_string(),
         &na,
@@ -117,6 +116,8 @@ pub fn run_diff(
         print!("{}", report.text());
     }
     if let Some(out) = write {
+        // Only this needs the packets themselves: read both again.
+        let (ca, cb) = (read(a)?, read(b)?);
         let n = tunscope_capture::write::write_diff_pcapng(out, &ca, &cb, &report)
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("{n} packets written to {}", out.display());
@@ -140,33 +141,32 @@ pub fn run_diff(
 /// `tunscope normalize FILE`: the event list (or the flow summary).
 pub fn run_normalize(path: &Path, opts: &CompareOptions, json: bool, summary: bool) -> Result<()> {
     let rules = opts.rules()?;
-    let cap = read_reported(path)?;
-    let n = normalize(&cap, &rules);
+    let n = normalize_reported(path, &rules)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&n)?);
     } else if summary {
         print!("{}", tunscope_capture::summary::summary(&n));
     } else {
+        // One buffered writer: a line per event, not a write(2) per line.
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
         for e in &n.events {
-            let flow = &n.flows[e.flow];
-            if e.bulk {
-                continue;
-            }
-            println!(
+            writeln!(
+                w,
                 "#{:<6} {:>10.3} ms  {}  {}",
                 e.index,
                 e.t_ns as f64 / 1e6,
-                flow.iface,
+                n.flows[e.flow].iface,
                 e.describe()
-            );
+            )?;
         }
-        let bulk = n.events.iter().filter(|e| e.bulk).count();
-        println!(
+        writeln!(
+            w,
             "{} packets, {} flows, {} bulk packets counted per flow (--exact lists them)",
-            n.events.len(),
+            n.packets,
             n.flows.len(),
-            bulk
-        );
+            n.packets - n.events.len()
+        )?;
+        w.flush()?;
     }
     if !n.read.complete() && !opts.allow_partial {
         anyhow::bail!(

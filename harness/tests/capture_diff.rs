@@ -165,7 +165,6 @@ fn real_captures_diff_to_exactly_their_differences() {
         .filter(|e| {
             n.flows[e.flow].iface == "client/eth0"
                 && e.forward
-                && !e.bulk
                 && e.get("ovpn.op") == Some("P_CONTROL_V1")
         })
         .map(|e| e.index)

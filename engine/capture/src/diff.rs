@@ -742,7 +742,7 @@ pub fn diff(
             None => changes.push(Change::FlowMissing {
                 flow: fa.key.clone(),
                 packets: fa.counts[0].packets + fa.counts[1].packets,
-                a: first_index(na, fa),
+                a: fa.first,
             }),
         }
     }
@@ -751,28 +751,20 @@ pub fn diff(
         changes.push(Change::FlowAdded {
             flow: fb.key.clone(),
             packets: fb.counts[0].packets + fb.counts[1].packets,
-            b: first_index(nb, fb),
+            b: fb.first,
         });
     }
     DiffReport {
         a: a_name.to_owned(),
         b: b_name.to_owned(),
-        a_packets: na.events.len(),
-        b_packets: nb.events.len(),
+        a_packets: na.packets,
+        b_packets: nb.packets,
         flows_compared: compared,
         packets_aligned: aligned,
         changes,
         a_read: na.read.clone(),
         b_read: nb.read.clone(),
     }
-}
-
-fn first_index(n: &Normalized, f: &Flow) -> usize {
-    let key = f.key.as_str();
-    n.events
-        .iter()
-        .find(|e| n.flows[e.flow].key == key)
-        .map_or(0, |e| e.index)
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub struct Iface {
 }
 
 /// One packet record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     /// Index into [`Capture::ifaces`].
     pub iface: usize,

@@ -47,15 +47,20 @@
 //! not events of their own but counted per flow and direction (packets, bytes, and for TCP
 //! the exact stream length from the sequence numbers); `--exact` makes every packet an event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::file::{Capture, LinkType};
+use crate::file::{Capture, Iface, LinkType, Record};
 use crate::openvpn::{self, Wrap};
 use crate::packet::{self, L3, L4, Pkt};
+
+/// Hash maps keyed by what a capture file says: aHash is several times faster than SipHash
+/// here and, randomly keyed per run, still no target for crafted collisions.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 
 /// Fields masked by default.
 pub const DEFAULT_MASKS: &[&str] = &[
@@ -181,8 +186,6 @@ pub struct Event {
     pub forward: bool,
     /// Time since the capture's first packet, ns.
     pub t_ns: u64,
-    /// Bulk packet (counted in the flow, not aligned on its own).
-    pub bulk: bool,
     /// Unmasked fields in [`FIELDS`] order.
     pub fields: Vec<(&'static str, String)>,
 }
@@ -276,6 +279,8 @@ pub struct Flow {
     pub counts: [DirCounts; 2],
     /// Time of the flow's earliest packet since the capture's earliest, ns.
     pub start_ns: u64,
+    /// Record number of its first packet.
+    pub first: usize,
     /// Short kinds seen per direction (for summaries): opcodes, flags, DNS messages.
     pub kinds: [BTreeSet<String>; 2],
 }
@@ -283,12 +288,15 @@ pub struct Flow {
 /// A normalized capture.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Normalized {
-    /// Every packet's event, in file order (bulk ones included, marked).
+    /// Events of the packets that are not bulk, in file order (bulk packets are counted in
+    /// their flow).
     pub events: Vec<Event>,
     /// Flows in order of first appearance.
     pub flows: Vec<Flow>,
     /// How the file was read (records lost, oddities).
     pub read: crate::read::ReadReport,
+    /// Records normalized (events plus bulk packets).
+    pub packets: usize,
 }
 
 /// An OpenVPN session's transport: (IP protocol, client address and port, server's).
@@ -307,16 +315,21 @@ struct Placeholders {
     /// Interface of the record being normalized (retransmissions are per interface).
     iface: String,
     /// SYN/FIN/RST segments seen: (iface, src, sport, dst, dport, seq, flags).
-    tcp_seen: std::collections::HashSet<(String, IpAddr, u16, IpAddr, u16, u32, u8)>,
+    tcp_seen: HashSet<(String, IpAddr, u16, IpAddr, u16, u32, u8)>,
     /// Control packets seen: (iface, session, packet-id, opcode).
-    ctl_seen: std::collections::HashSet<(String, [u8; 8], u32, u8)>,
+    ctl_seen: HashSet<(String, [u8; 8], u32, u8)>,
     /// OpenVPN sessions recognised by their first packet: (proto, client, server) → wrap.
     ovpn_flows: HashMap<OvpnFlow, Wrap>,
     /// Server ports of those sessions (kept literally, like configured service ports).
     ovpn_ports: BTreeSet<u16>,
     /// Timestamp of the record being normalized.
     now_ns: u64,
+    /// Endpoint names by (source, port, destination, port, protocol).
+    endpoints: HashMap<EndpointKey, (String, String)>,
 }
+
+/// A packet's addresses, ports and IP protocol.
+type EndpointKey = (IpAddr, Option<u16>, IpAddr, Option<u16>, u8);
 
 impl Placeholders {
     /// Whether a UDP/TCP packet belongs to OpenVPN, and the session's wrap when known
@@ -452,26 +465,101 @@ fn tap_fields(comment: &str) -> Vec<(&'static str, String)> {
     out
 }
 
-/// Normalizes a capture.
+/// Normalizes a capture held in memory.
 pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
-    let mut ph = Placeholders::default();
-    let mut out = Normalized {
-        read: cap.report.clone(),
-        ..Normalized::default()
-    };
-    let mut flow_ids: HashMap<String, usize> = HashMap::new();
-    let t0 = cap.records.iter().map(|r| r.ts_ns).min().unwrap_or(0);
-    for (i, rec) in cap.records.iter().enumerate() {
-        let iface = cap.ifaces.get(rec.iface);
+    let mut n = Normalizer::new(rules);
+    for rec in &cap.records {
+        n.push(&cap.ifaces, rec);
+    }
+    n.finish(cap.report.clone())
+}
+
+/// Normalizes a capture file as it is read: memory holds the flows and their non-bulk
+/// events, never the packets (one record buffer, reused). The file's read report comes
+/// with the result.
+pub fn normalize_file(
+    path: &std::path::Path,
+    rules: &Rules,
+) -> Result<Normalized, crate::read::ReadError> {
+    let mut r = crate::read::Reader::open(path)?;
+    let mut n = Normalizer::new(rules);
+    let mut rec = Record::default();
+    while r.read_into(&mut rec) {
+        n.push(r.ifaces(), &rec);
+    }
+    Ok(n.finish(r.report().clone()))
+}
+
+/// Normalization one record at a time ([`normalize`], [`normalize_file`]).
+pub struct Normalizer<'r> {
+    rules: &'r Rules,
+    ph: Placeholders,
+    out: Normalized,
+    flow_ids: HashMap<String, usize>,
+    /// Records pushed so far.
+    records: usize,
+    /// Earliest timestamp so far (times are rebased on it at the end).
+    t0: u64,
+    /// Fields not masked (position in [`FIELDS`], name), in that order (`time` is added at
+    /// the end).
+    shown: Vec<(usize, &'static str)>,
+}
+
+impl<'r> Normalizer<'r> {
+    /// A normalizer applying `rules`.
+    pub fn new(rules: &'r Rules) -> Self {
+        Normalizer {
+            rules,
+            ph: Placeholders::default(),
+            out: Normalized::default(),
+            flow_ids: HashMap::default(),
+            records: 0,
+            t0: u64::MAX,
+            shown: FIELDS
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, n)| *n != "time" && !rules.masked(n))
+                .collect(),
+        }
+    }
+
+    /// The normalized capture; `read` is how its file was read.
+    pub fn finish(mut self, read: crate::read::ReadReport) -> Normalized {
+        let t0 = if self.records == 0 { 0 } else { self.t0 };
+        let show_time = !self.rules.masked("time");
+        for e in &mut self.out.events {
+            e.t_ns = e.t_ns.saturating_sub(t0);
+            if show_time {
+                e.fields
+                    .push(("time", format!("{:.3}", e.t_ns as f64 / 1e6)));
+            }
+        }
+        for f in &mut self.out.flows {
+            f.start_ns = f.start_ns.saturating_sub(t0);
+        }
+        self.out.packets = self.records;
+        self.out.read = read;
+        self.out
+    }
+
+    /// Normalizes one record (`ifaces`: the capture's interfaces so far).
+    pub fn push(&mut self, ifaces: &[Iface], rec: &Record) {
+        let (rules, ph, out) = (self.rules, &mut self.ph, &mut self.out);
+        let i = self.records;
+        self.records += 1;
+        self.t0 = self.t0.min(rec.ts_ns);
+        let flow_ids = &mut self.flow_ids;
+        let iface = ifaces.get(rec.iface);
         let name = iface.map_or_else(|| format!("if{}", rec.iface), |i| i.name.clone());
         let link = iface.map_or(LinkType::Raw, |i| i.link);
         let pkt = packet::parse(link, &rec.data);
         ph.iface.clone_from(&name);
         ph.now_ns = rec.ts_ns;
-        let mut f: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut f = Fields::new();
         f.insert("iface", name.clone());
         if let Some(o) = rec.outgoing {
-            f.insert("dir", if o { "out" } else { "in" }.into());
+            f.insert("dir", if o { "out" } else { "in" });
         }
         let link_name = match link {
             LinkType::Ethernet => "eth",
@@ -488,7 +576,7 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
             &mut f,
             &mut layers,
             &mut bulk,
-            &mut ph,
+            ph,
             rules,
             rec.orig_len,
         );
@@ -498,42 +586,47 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
             }
         }
         f.insert("layers", layers.join("/"));
-        f.insert(
-            "time",
-            format!("{:.3}", (rec.ts_ns.saturating_sub(t0)) as f64 / 1e6),
-        );
+        // `time` (last in FIELDS) is added at the end, when the earliest time is known.
+
         // The flow: interface, protocol, endpoints (sorted so both directions meet).
-        let (a, b) = (src.clone(), dst.clone());
-        let (lo, hi) = if a <= b {
-            (a.clone(), b.clone())
-        } else {
-            (b.clone(), a.clone())
+        let forward = match (&src, &dst) {
+            (Some(a), Some(b)) => a <= b,
+            _ => rec.outgoing != Some(false),
         };
-        let key = match (&lo, &hi) {
+        let (lo, hi) = if src <= dst {
+            (&src, &dst)
+        } else {
+            (&dst, &src)
+        };
+        let key = match (lo, hi) {
             (Some(lo), Some(hi)) => format!("{name} {proto_label} {lo} <-> {hi}"),
             _ => format!("{name} {proto_label}"),
         };
-        let flow = *flow_ids.entry(key.clone()).or_insert_with(|| {
-            out.flows.push(Flow {
-                key: key.clone(),
-                iface: name.clone(),
-                events: vec![],
-                counts: [DirCounts::default(); 2],
-                start_ns: rec.ts_ns.saturating_sub(t0),
-                kinds: [BTreeSet::new(), BTreeSet::new()],
-            });
-            out.flows.len() - 1
-        });
-        let forward = match (&a, &lo) {
-            (Some(a), Some(lo)) => a == lo,
-            _ => rec.outgoing != Some(false),
+        let flow = match flow_ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                out.flows.push(Flow {
+                    key: key.clone(),
+                    iface: name.clone(),
+                    events: vec![],
+                    counts: [DirCounts::default(); 2],
+                    start_ns: rec.ts_ns,
+                    first: i + 1,
+                    kinds: [BTreeSet::new(), BTreeSet::new()],
+                });
+                flow_ids.insert(key, out.flows.len() - 1);
+                out.flows.len() - 1
+            }
         };
-        let size: u64 = f.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let size: u64 = match f.get("size") {
+            Some(Val::Num(n)) => *n,
+            _ => 0,
+        };
         let bulk = bulk && rules.aggregate_bulk;
         {
             let fl = &mut out.flows[flow];
             // The earliest packet, whatever the file order.
-            fl.start_ns = fl.start_ns.min(rec.ts_ns.saturating_sub(t0));
+            fl.start_ns = fl.start_ns.min(rec.ts_ns);
             let c = &mut fl.counts[usize::from(!forward)];
             c.packets += 1;
             c.bytes += size;
@@ -561,40 +654,138 @@ pub fn normalize(cap: &Capture, rules: &Rules) -> Normalized {
                     }
                 }
             }
-            fl.kinds[usize::from(!forward)].insert(short_kind(&f));
+            let kind = short_kind(&f);
+            let kinds = &mut fl.kinds[usize::from(!forward)];
+            if !kinds.contains(&kind) {
+                kinds.insert(kind);
+            }
         }
-        let fields: Vec<(&'static str, String)> = FIELDS
-            .iter()
-            .filter(|n| !rules.masked(n))
-            .filter_map(|n| f.get(n).map(|v| (*n, v.clone())))
-            .collect();
+        // Bulk packets live on as their flow's counts only.
         if !bulk {
+            let fields: Vec<(&'static str, String)> = self
+                .shown
+                .iter()
+                .filter_map(|&(i, n)| f.take_at(i).map(|v| (n, v.into_string())))
+                .collect();
             out.flows[flow].events.push(out.events.len());
+            out.events.push(Event {
+                index: i + 1,
+                flow,
+                forward,
+                t_ns: rec.ts_ns,
+                fields,
+            });
         }
-        out.events.push(Event {
-            index: i + 1,
-            flow,
-            forward,
-            t_ns: rec.ts_ns.saturating_sub(t0),
-            bulk,
-            fields,
-        });
     }
-    out
 }
 
 /// The kind shown in summaries: opcode, TCP flags, DNS message, ICMP type, text.
-fn short_kind(f: &BTreeMap<&'static str, String>) -> String {
-    if let Some(t) = f.get("text") {
-        return t.clone();
+/// A field's value while a packet is normalized: numbers stay numbers until an event is
+/// made of the packet (most packets are bulk and only counted).
+#[derive(Clone, Debug)]
+enum Val {
+    Str(String),
+    Static(&'static str),
+    Num(u64),
+    Bool(bool),
+}
+
+impl Val {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Val::Str(s) => s.as_str().into(),
+            Val::Static(s) => (*s).into(),
+            Val::Num(n) => n.to_string().into(),
+            Val::Bool(b) => if *b { "true" } else { "false" }.into(),
+        }
     }
-    if let Some(d) = f.get("dns.msg") {
+
+    fn into_string(self) -> String {
+        match self {
+            Val::Str(s) => s,
+            other => other.text().into_owned(),
+        }
+    }
+}
+
+impl From<String> for Val {
+    fn from(s: String) -> Val {
+        Val::Str(s)
+    }
+}
+
+impl From<&'static str> for Val {
+    fn from(s: &'static str) -> Val {
+        Val::Static(s)
+    }
+}
+
+impl From<bool> for Val {
+    fn from(b: bool) -> Val {
+        Val::Bool(b)
+    }
+}
+
+macro_rules! val_from_num {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Val {
+            fn from(n: $t) -> Val {
+                Val::Num(n as u64)
+            }
+        }
+    )*};
+}
+val_from_num!(u8, u16, u32, u64, usize);
+
+/// The fields of the packet being normalized, by position in [`FIELDS`].
+struct Fields([Option<Val>; FIELDS.len()]);
+
+impl Fields {
+    fn new() -> Fields {
+        Fields(std::array::from_fn(|_| None))
+    }
+
+    fn slot(name: &str) -> usize {
+        // Every name used here is in FIELDS (a test checks the list); unknown names land on
+        // the last slot (`time`), which is never filled during a packet.
+        FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(FIELDS.len() - 1)
+    }
+
+    fn insert(&mut self, name: &'static str, v: impl Into<Val>) {
+        self.0[Self::slot(name)] = Some(v.into());
+    }
+
+    fn get(&self, name: &str) -> Option<&Val> {
+        self.0[Self::slot(name)].as_ref()
+    }
+
+    fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get(name).map(Val::text)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Val> {
+        self.0[Self::slot(name)].take()
+    }
+
+    fn take_at(&mut self, i: usize) -> Option<Val> {
+        self.0[i].take()
+    }
+}
+
+fn short_kind(f: &Fields) -> String {
+    if let Some(t) = f.get_str("text") {
+        return t.into_owned();
+    }
+    if let Some(d) = f.get_str("dns.msg") {
         return format!("dns {d}");
     }
-    if let Some(op) = f.get("ovpn.op") {
-        return op.clone();
+    if let Some(op) = f.get_str("ovpn.op") {
+        return op.into_owned();
     }
-    if let Some(fl) = f.get("tcp.flags") {
+    if let Some(fl) = f.get_str("tcp.flags") {
         let base = if fl.contains('S') || fl.contains('F') || fl.contains('R') {
             fl.trim_end_matches('.').replace('P', "")
         } else {
@@ -603,17 +794,18 @@ fn short_kind(f: &BTreeMap<&'static str, String>) -> String {
         };
         return format!("tcp {base}");
     }
-    if let Some(i) = f.get("icmp") {
+    if let Some(i) = f.get_str("icmp") {
         return format!("icmp {i}");
     }
-    if let Some(a) = f.get("arp") {
+    if let Some(a) = f.get_str("arp") {
         return format!("arp {}", a.split_whitespace().next().unwrap_or(""));
     }
-    if let Some(fr) = f.get("ip.frag") {
-        let _ = fr;
+    if f.get("ip.frag").is_some() {
         return "fragment".into();
     }
-    f.get("layers").cloned().unwrap_or_default()
+    f.get_str("layers")
+        .map(|l| l.into_owned())
+        .unwrap_or_default()
 }
 
 type L3Out = (Option<String>, Option<String>, String, Option<(u16, u16)>);
@@ -621,7 +813,7 @@ type L3Out = (Option<String>, Option<String>, String, Option<(u16, u16)>);
 #[allow(clippy::too_many_arguments)]
 fn describe_l3(
     pkt: &Pkt<'_>,
-    f: &mut BTreeMap<&'static str, String>,
+    f: &mut Fields,
     layers: &mut Vec<String>,
     bulk: &mut bool,
     ph: &mut Placeholders,
@@ -638,7 +830,7 @@ fn describe_l3(
                     if *op == 1 { "request" } else { "reply" }
                 ),
             );
-            f.insert("size", orig_len.to_string());
+            f.insert("size", orig_len);
             *bulk = true;
             (None, None, "arp".into(), None)
         }
@@ -649,17 +841,17 @@ fn describe_l3(
         }
         L3::Other(t) => {
             layers.push(format!("0x{t:04x}"));
-            f.insert("size", orig_len.to_string());
+            f.insert("size", orig_len);
             (None, None, "other".into(), None)
         }
         L3::Ip(h) => {
             let v6 = h.src.is_ipv6();
             layers.push(if v6 { "ipv6" } else { "ipv4" }.into());
-            f.insert("size", h.total_len.to_string());
-            f.insert("ip.ttl", h.ttl.to_string());
+            f.insert("size", h.total_len);
+            f.insert("ip.ttl", h.ttl);
             if !v6 {
-                f.insert("ip.df", h.df.to_string());
-                f.insert("ip.id", h.id.to_string());
+                f.insert("ip.df", h.df);
+                f.insert("ip.id", h.id);
             }
             if h.fragment {
                 f.insert(
@@ -695,15 +887,30 @@ fn describe_l3(
                     let tcp = matches!(pkt.l4, L4::Tcp { .. });
                     ph.openvpn_flow(rules, (h.src, s), (h.dst, d), proto_num, tcp, pkt.payload)
                 });
-            let (sp, dp) = match ports {
-                Some((s, d)) => {
-                    let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);
-                    (Some(a), Some(b))
+            // Endpoint names are fixed at a tuple's first packet (ports numbered in order of
+            // appearance): formatted once per tuple, not per packet.
+            let tuple = (
+                h.src,
+                ports.map(|p| p.0),
+                h.dst,
+                ports.map(|p| p.1),
+                proto_num,
+            );
+            let (src, dst) = match ph.endpoints.get(&tuple) {
+                Some(e) => e.clone(),
+                None => {
+                    let (sp, dp) = match ports {
+                        Some((s, d)) => {
+                            let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);
+                            (Some(a), Some(b))
+                        }
+                        None => (None, None),
+                    };
+                    let e = (ep(h.src, sp), ep(h.dst, dp));
+                    ph.endpoints.insert(tuple, e.clone());
+                    e
                 }
-                None => (None, None),
             };
-            let src = ep(h.src, sp);
-            let dst = ep(h.dst, dp);
             f.insert("src", src.clone());
             f.insert("dst", dst.clone());
             match &pkt.l4 {
@@ -722,15 +929,15 @@ fn describe_l3(
                     // PSH marks where the sender's writes ended, which is timing, not
                     // behaviour.
                     f.insert("tcp.flags", packet::tcp_flags(*flags & !0x08));
-                    f.insert("tcp.len", pkt.payload.len().to_string());
+                    f.insert("tcp.len", pkt.payload.len());
                     if let Some(m) = mss {
-                        f.insert("tcp.mss", m.to_string());
+                        f.insert("tcp.mss", *m);
                     }
                     if let Some(isn) = ph.isn.get(&key) {
-                        f.insert("tcp.seq", seq.wrapping_sub(*isn).to_string());
+                        f.insert("tcp.seq", seq.wrapping_sub(*isn));
                     }
                     if let Some(isn) = ph.isn.get(&(h.dst, *dport, h.src, *sport)) {
-                        f.insert("tcp.ack", ack.wrapping_sub(*isn).to_string());
+                        f.insert("tcp.ack", ack.wrapping_sub(*isn));
                     }
                     let retransmitted = flags & 0x07 != 0
                         && !ph.tcp_seen.insert((
@@ -763,7 +970,7 @@ fn describe_l3(
                 L4::Udp { .. } => {
                     if let Some(d) = pkt.dns() {
                         layers.push("dns".into());
-                        f.insert("dns.id", d.id.to_string());
+                        f.insert("dns.id", d.id);
                         f.insert("dns.msg", d.describe());
                     } else if let Some(wrap) = ovpn {
                         ovpn_fields(pkt.payload, wrap, f, layers, bulk, ph);
@@ -782,7 +989,7 @@ fn describe_l3(
 fn ovpn_fields(
     p: &[u8],
     wrap: Option<Wrap>,
-    f: &mut BTreeMap<&'static str, String>,
+    f: &mut Fields,
     layers: &mut Vec<String>,
     bulk: &mut bool,
     ph: &mut Placeholders,
@@ -791,10 +998,10 @@ fn ovpn_fields(
         return;
     };
     layers.push("openvpn".into());
-    f.insert("ovpn.op", o.name().to_owned());
-    f.insert("ovpn.key", o.key_id.to_string());
+    f.insert("ovpn.op", o.name());
+    f.insert("ovpn.key", o.key_id);
     if let Some(peer) = o.peer_id {
-        f.insert("ovpn.peer", peer.to_string());
+        f.insert("ovpn.peer", peer);
     }
     if let Some(s) = o.session {
         f.insert("ovpn.sid", ph.session(s));
@@ -803,10 +1010,10 @@ fn ovpn_fields(
         f.insert("ovpn.rsid", ph.session(s));
     }
     if let Some(n) = o.acks {
-        f.insert("ovpn.acks", n.to_string());
+        f.insert("ovpn.acks", n);
     }
     if let Some(pid) = o.packet_id {
-        f.insert("ovpn.pid", pid.to_string());
+        f.insert("ovpn.pid", pid);
     }
     if let Some(pl) = &o.payload {
         f.insert("ovpn.payload", pl.clone());
@@ -816,7 +1023,7 @@ fn ovpn_fields(
             .wrap
             .filter(|w| *w != Wrap::Plain)
             .map_or("true", Wrap::name);
-        f.insert("ovpn.wrapped", kind.into());
+        f.insert("ovpn.wrapped", kind);
     }
     // Data packets, standalone ACKs and retransmitted control packets depend on traffic
     // and timing.
@@ -879,6 +1086,22 @@ fn port_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_set_is_a_known_field() {
+        // `Fields` keeps values by position in FIELDS; a name outside it would be lost.
+        let src = include_str!("normalize.rs");
+        let mut n = 0;
+        for part in src.split("f.insert(\"").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(FIELDS.contains(&name), "{name} is not in FIELDS");
+            n += 1;
+        }
+        assert!(n > 20);
+        for (name, _) in tap_fields("tunscope trace=1 peer=2 key=0 pid=3 stage_ns=4 drop=x") {
+            assert!(FIELDS.contains(&name), "{name}");
+        }
+    }
     use crate::file::{Iface, Record};
 
     fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

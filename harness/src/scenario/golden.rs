@@ -61,8 +61,8 @@ fn dns_line(q: &DnsQuery) -> String {
     )
 }
 
-/// The golden summary of a finished run and its capture.
-pub fn summary(report: &RunReport, capture: &Capture) -> String {
+/// The golden summary of a finished run and its capture (`openvpn_port`: the tunnel's port).
+pub fn summary(report: &RunReport, capture: &Capture, openvpn_port: u16) -> String {
     let mut s = format!(
         "scenario {} [client {}, server {}]\n\n",
         report.scenario, report.client, report.server
@@ -81,7 +81,12 @@ pub fn summary(report: &RunReport, capture: &Capture) -> String {
     for l in &dns {
         let _ = writeln!(s, "  {l}");
     }
-    let n = normalize(capture, &Rules::default());
+    // The scenario knows its tunnel's port: decoded as OpenVPN and kept literally, whatever
+    // the capture shows of the session's start.
+    let mut rules = Rules::default();
+    rules.openvpn_ports.insert(openvpn_port);
+    rules.service_ports.insert(openvpn_port);
+    let n = normalize(capture, &rules);
     let _ = writeln!(s, "\nflows (normalized, per interface and stage):");
     for l in tunscope_capture::summary::summary(&n).lines() {
         let _ = writeln!(s, "  {l}");

@@ -314,7 +314,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     };
     report.write_json()?;
     let cap = tunscope_capture::file::read(&report.files.pcapng)?;
-    std::fs::write(&report.files.summary, super::golden::summary(&report, &cap))
-        .with_context(|| format!("cannot write {}", report.files.summary.display()))?;
+    std::fs::write(
+        &report.files.summary,
+        super::golden::summary(&report, &cap, tunnel_spec(s).port),
+    )
+    .with_context(|| format!("cannot write {}", report.files.summary.display()))?;
     Ok(report)
 }

@@ -306,9 +306,16 @@ impl Reader {
 
     /// The next record, `None` at the end (see [`Reader::report`] for whether it was all).
     pub fn next_record(&mut self) -> Option<Record> {
+        let mut rec = Record::default();
+        self.read_into(&mut rec).then_some(rec)
+    }
+
+    /// Reads the next record into `rec`, reusing its buffer (no allocation per packet);
+    /// `false` at the end.
+    pub fn read_into(&mut self, rec: &mut Record) -> bool {
         match &mut self.format {
-            Format::Pcap(p) => p.next(&mut self.report),
-            Format::Pcapng(p) => p.next(&mut self.ifaces, &mut self.report),
+            Format::Pcap(p) => p.next(rec, &mut self.report),
+            Format::Pcapng(p) => p.next(rec, &mut self.ifaces, &mut self.report),
         }
     }
 

@@ -104,26 +104,27 @@ impl Pcap {
         })
     }
 
-    /// The next record; `None` at the end or where the file is damaged (said in `report`).
-    pub fn next(&mut self, report: &mut ReadReport) -> Option<Record> {
+    /// Reads the next record into `rec` (its buffer reused); `false` at the end or where the
+    /// file is damaged (said in `report`).
+    pub fn next(&mut self, rec: &mut Record, report: &mut ReadReport) -> bool {
         let be = self.big_endian;
         let mut h = [0u8; 24];
         let at = self.src.offset;
         let hdr = &mut h[..self.rec_hdr];
         match self.src.fill(hdr) {
             Ok(Fill::Full) => {}
-            Ok(Fill::Eof) => return None,
+            Ok(Fill::Eof) => return false,
             Ok(Fill::Short(n)) => {
                 report.truncated = Some(format!(
                     "record {} at byte {at}: header cut short ({n} of {} bytes)",
                     self.index + 1,
                     self.rec_hdr
                 ));
-                return None;
+                return false;
             }
             Err(e) => {
                 report.stopped = Some(format!("byte {at}: {e}"));
-                return None;
+                return false;
             }
         }
         self.index += 1;
@@ -138,22 +139,21 @@ impl Pcap {
                  link type (damaged file); {rest} byte(s) after it not read",
                 self.index, self.max_caplen
             ));
-            return None;
+            return false;
         }
-        let mut data = Vec::new();
-        match self.src.fill_vec(&mut data, incl as usize) {
+        match self.src.fill_vec(&mut rec.data, incl as usize) {
             Ok(Fill::Full) => {}
             Ok(_) => {
                 report.truncated = Some(format!(
                     "record {} at byte {at}: {} of {incl} captured bytes present",
                     self.index,
-                    data.len()
+                    rec.data.len()
                 ));
-                return None;
+                return false;
             }
             Err(e) => {
                 report.stopped = Some(format!("record {} at byte {at}: {e}", self.index));
-                return None;
+                return false;
             }
         }
         if frac * self.ns_per_frac >= 1_000_000_000 {
@@ -163,15 +163,13 @@ impl Pcap {
             report.note("original length below captured length (read as captured)");
         }
         report.records += 1;
-        Some(Record {
-            iface: 0,
-            ts_ns: sec
-                .saturating_mul(1_000_000_000)
-                .saturating_add(frac.saturating_mul(self.ns_per_frac)),
-            data,
-            orig_len: orig,
-            comment: None,
-            outgoing: None,
-        })
+        rec.iface = 0;
+        rec.ts_ns = sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(frac.saturating_mul(self.ns_per_frac));
+        rec.orig_len = orig;
+        rec.comment = None;
+        rec.outgoing = None;
+        true
     }
 }

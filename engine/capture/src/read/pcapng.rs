@@ -34,6 +34,8 @@ pub(crate) struct Pcapng {
     blocks: u64,
     /// Timestamp of the last record (for Simple Packet Blocks, which have none).
     last_ts: u64,
+    /// The block being read (reused).
+    body: Vec<u8>,
 }
 
 /// Ticks per second for an `if_tsresol` value (0x80 bit: power of two, else of ten).
@@ -91,6 +93,7 @@ impl Pcapng {
             sections: 0,
             blocks: 0,
             last_ts: 0,
+            body: Vec::new(),
         };
         let mut hdr = [0u8; 8];
         if r.src.fill(&mut hdr).map_err(|e| e.to_string())? != Fill::Full {
@@ -185,23 +188,29 @@ impl Pcapng {
         Ok(())
     }
 
-    /// The next record; `None` at the end or where the file is damaged (said in `report`).
-    pub fn next(&mut self, ifaces: &mut Vec<Iface>, report: &mut ReadReport) -> Option<Record> {
+    /// Reads the next record into `rec` (its buffer reused); `false` at the end or where the
+    /// file is damaged (said in `report`).
+    pub fn next(
+        &mut self,
+        rec: &mut Record,
+        ifaces: &mut Vec<Iface>,
+        report: &mut ReadReport,
+    ) -> bool {
         loop {
             let at = self.src.offset;
             let mut hdr = [0u8; 8];
             match self.src.fill(&mut hdr) {
                 Ok(Fill::Full) => {}
-                Ok(Fill::Eof) => return None,
+                Ok(Fill::Eof) => return false,
                 Ok(Fill::Short(n)) => {
                     report.truncated = Some(format!(
                         "block at byte {at}: header cut short ({n} of 8 bytes)"
                     ));
-                    return None;
+                    return false;
                 }
                 Err(e) => {
                     report.stopped = Some(format!("byte {at}: {e}"));
-                    return None;
+                    return false;
                 }
             }
             let be = self.big_endian;
@@ -210,7 +219,7 @@ impl Pcapng {
                 if let Err(e) = self.section_header(&hdr, report) {
                     report.stopped =
                         Some(format!("section {} at byte {at}: {e}", self.sections + 1));
-                    return None;
+                    return false;
                 }
                 continue;
             }
@@ -227,9 +236,10 @@ impl Pcapng {
                     "block of type 0x{btype:x} at byte {at}: length {total} is impossible \
                      (damaged file); {rest} byte(s) after it not read"
                 ));
-                return None;
+                return false;
             }
-            let mut body = Vec::new();
+            // One block buffer for the whole file (an early return ends the read anyway).
+            let mut body = std::mem::take(&mut self.body);
             match self.src.fill_vec(&mut body, total as usize - 12) {
                 Ok(Fill::Full) => {}
                 Ok(_) => {
@@ -244,11 +254,11 @@ impl Pcapng {
                     } else {
                         report.note("last block (not a packet) cut short");
                     }
-                    return None;
+                    return false;
                 }
                 Err(e) => {
                     report.stopped = Some(format!("block at byte {at}: {e}"));
-                    return None;
+                    return false;
                 }
             }
             if let Err(e) = self.trailer(total, declared, be) {
@@ -261,32 +271,30 @@ impl Pcapng {
                         "{what} at byte {at}: {e} (damaged file); {rest} byte(s) after it not read"
                     ));
                 }
-                return None;
+                return false;
             }
             self.blocks += 1;
-            match btype {
-                1 => self.interface(&body, ifaces, report),
-                6 => {
-                    if let Some(r) = self.enhanced(&body, report) {
-                        return Some(r);
-                    }
+            let produced = match btype {
+                1 => {
+                    self.interface(&body, ifaces, report);
+                    false
                 }
-                2 => {
-                    if let Some(r) = self.obsolete_packet(&body, report) {
-                        return Some(r);
-                    }
-                }
-                3 => {
-                    if let Some(r) = self.simple(&body, report) {
-                        return Some(r);
-                    }
-                }
+                6 => self.enhanced(&body, rec, report),
+                2 => self.obsolete_packet(&body, rec, report),
+                3 => self.simple(&body, rec, report),
                 // Name resolution, interface statistics, decryption secrets, custom blocks:
                 // no packets in them.
-                4 | 5 | 0x0A | 0x0BAD | 0x4000_0BAD => {}
-                other => report.note(&format!(
-                    "block of unknown type 0x{other:x} skipped (not a packet block)"
-                )),
+                4 | 5 | 0x0A | 0x0BAD | 0x4000_0BAD => false,
+                other => {
+                    report.note(&format!(
+                        "block of unknown type 0x{other:x} skipped (not a packet block)"
+                    ));
+                    false
+                }
+            };
+            self.body = body;
+            if produced {
+                return true;
             }
         }
     }
@@ -342,14 +350,15 @@ impl Pcapng {
         what: &str,
         iface: u32,
         rest: &[u8],
+        rec: &mut Record,
         report: &mut ReadReport,
-    ) -> Option<Record> {
+    ) -> bool {
         let be = self.big_endian;
         let Some(sec) = self.section.get(iface as usize) else {
             report.skip(&format!(
                 "{what} refers to an interface not described before it"
             ));
-            return None;
+            return false;
         };
         let (Some(hi), Some(lo), Some(caplen), Some(orig)) = (
             rd32(rest, 0, be),
@@ -358,12 +367,12 @@ impl Pcapng {
             rd32(rest, 12, be),
         ) else {
             report.skip(&format!("{what} too short for its fields"));
-            return None;
+            return false;
         };
         let data_end = 16usize.saturating_add(caplen as usize);
         let Some(data) = rest.get(16..data_end) else {
             report.skip(&format!("{what} captured length beyond its block"));
-            return None;
+            return false;
         };
         let ts_ns = self.time(sec, hi, lo);
         let global = sec.global;
@@ -391,28 +400,28 @@ impl Pcapng {
         }
         self.last_ts = ts_ns;
         report.records += 1;
-        Some(Record {
-            iface: global,
-            ts_ns,
-            data: data.to_vec(),
-            orig_len: orig,
-            comment,
-            outgoing,
-        })
+        rec.iface = global;
+        rec.ts_ns = ts_ns;
+        rec.data.clear();
+        rec.data.extend_from_slice(data);
+        rec.orig_len = orig;
+        rec.comment = comment;
+        rec.outgoing = outgoing;
+        true
     }
 
-    fn enhanced(&mut self, b: &[u8], report: &mut ReadReport) -> Option<Record> {
+    fn enhanced(&mut self, b: &[u8], rec: &mut Record, report: &mut ReadReport) -> bool {
         let Some(iface) = rd32(b, 0, self.big_endian) else {
             report.skip("Enhanced Packet Block too short for its fields");
-            return None;
+            return false;
         };
-        self.packet("Enhanced Packet Block", iface, &b[4..], report)
+        self.packet("Enhanced Packet Block", iface, &b[4..], rec, report)
     }
 
-    fn obsolete_packet(&mut self, b: &[u8], report: &mut ReadReport) -> Option<Record> {
+    fn obsolete_packet(&mut self, b: &[u8], rec: &mut Record, report: &mut ReadReport) -> bool {
         let Some(iface) = rd16(b, 0, self.big_endian) else {
             report.skip("Packet Block too short for its fields");
-            return None;
+            return false;
         };
         report.note("obsolete Packet Block (type 2) read");
         // Interface (16 bits) and drops count (16 bits), then as an Enhanced Packet Block.
@@ -420,18 +429,19 @@ impl Pcapng {
             "Packet Block",
             u32::from(iface),
             b.get(4..).unwrap_or_default(),
+            rec,
             report,
         )
     }
 
-    fn simple(&mut self, b: &[u8], report: &mut ReadReport) -> Option<Record> {
+    fn simple(&mut self, b: &[u8], rec: &mut Record, report: &mut ReadReport) -> bool {
         let Some(sec) = self.section.first() else {
             report.skip("Simple Packet Block before any interface");
-            return None;
+            return false;
         };
         let Some(orig) = rd32(b, 0, self.big_endian) else {
             report.skip("Simple Packet Block too short for its fields");
-            return None;
+            return false;
         };
         let room = b.len() - 4;
         let mut caplen = (orig as usize).min(room);
@@ -440,14 +450,14 @@ impl Pcapng {
         }
         report.note("Simple Packet Block without timestamp (time of the record before used)");
         report.records += 1;
-        Some(Record {
-            iface: sec.global,
-            ts_ns: self.last_ts,
-            data: b[4..4 + caplen].to_vec(),
-            orig_len: orig,
-            comment: None,
-            outgoing: None,
-        })
+        rec.iface = sec.global;
+        rec.ts_ns = self.last_ts;
+        rec.data.clear();
+        rec.data.extend_from_slice(&b[4..4 + caplen]);
+        rec.orig_len = orig;
+        rec.comment = None;
+        rec.outgoing = None;
+        true
     }
 }
 
