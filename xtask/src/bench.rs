@@ -67,8 +67,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     match args.first().copied() {
         Some("tunnel") => tunnel(&args[1..]),
         Some("probes") => probes(&args[1..]),
+        Some("capture") => capture(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]\n       cargo xtask bench probes [--seconds N] [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -343,4 +344,90 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         cpu_client: cpu(0),
         cpu_server: cpu(1),
     })
+}
+
+/// Runs a command with stdout discarded; its wall time and peak memory (KiB).
+fn timed(cmd: &mut std::process::Command) -> Result<(Duration, i64)> {
+    let t = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for the child we just spawned, with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    Ok((t.elapsed(), ru.ru_maxrss))
+}
+
+/// `bench capture FILE`: `tunscope normalize` against `tshark -T fields` on the same file,
+/// repetitions interleaved so both see the same machine; packets/s, ratio, peak memory.
+fn capture(args: &[&str]) -> Result<()> {
+    let Some(file) = args.first().filter(|a| !a.starts_with("--")) else {
+        bail!("usage: cargo xtask bench capture FILE [--reps N]");
+    };
+    let reps: usize = flag(args, "--reps")
+        .map_or(Ok(3), str::parse)
+        .context("--reps")?;
+    crate::deps::ensure()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tunscope-engine",
+        "--bin",
+        "tunscope",
+    ]))?;
+    let ours = project_root().join("target/release/tunscope");
+    // The packet count, from our own summary line.
+    let out = std::process::Command::new(&ours)
+        .args(["normalize", "--allow-partial", file])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let packets: f64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no packet count from tunscope normalize")?;
+    let mut rows: Vec<(f64, f64, i64, i64)> = vec![];
+    for rep in 1..=reps {
+        let (a, a_kb) =
+            timed(std::process::Command::new(&ours).args(["normalize", "--allow-partial", file]))?;
+        let (b, b_kb) = timed(std::process::Command::new("tshark").args([
+            "-n",
+            "-r",
+            file,
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ]))?;
+        println!(
+            "rep {rep}: tunscope normalize {:.2} s ({:.0} packets/s, {a_kb} KiB), tshark -T fields {:.2} s ({:.0} packets/s, {b_kb} KiB): {:.1}x",
+            a.as_secs_f64(),
+            packets / a.as_secs_f64(),
+            b.as_secs_f64(),
+            packets / b.as_secs_f64(),
+            b.as_secs_f64() / a.as_secs_f64()
+        );
+        rows.push((a.as_secs_f64(), b.as_secs_f64(), a_kb, b_kb));
+    }
+    let mut ratios: Vec<f64> = rows.iter().map(|r| r.1 / r.0).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{packets:.0} packets; median ratio {:.1}x (tshark time / tunscope time)",
+        ratios[ratios.len() / 2]
+    );
+    Ok(())
 }

@@ -47,7 +47,7 @@ fn run_command() -> Result<()> {
         Some("suite") => scenario::suite(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  diff A B [OPTIONS]  compare two captures (tunscope diff; exit 0 same, 1 different, 2 error)\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
+                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  diff A B [OPTIONS]  compare two captures (tunscope diff; exit 0 same, 1 different, 2 error)\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  bench capture F  tunscope normalize vs tshark on capture F (packets/s)\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
             );
             bail!("unknown command");
         }
