@@ -40,15 +40,14 @@ fn probes(c: &mut Criterion) {
             let t0 = Instant::now();
             let mut counts = BatchCounts::default();
             for chunk in out.chunks_mut(PACKET + 32) {
-                counts.input(plain.len());
                 keys.seal(header, Framing::None, &plain, chunk).unwrap();
-                counts.pass();
+                counts.pass(plain.len());
             }
             let t1 = Instant::now();
             stats.stage(Stage::Encrypt).add(&counts);
             hist.record(
                 Stage::Encrypt,
-                counts.packets_in,
+                counts.packets_in(),
                 t1.duration_since(t0).as_nanos() as u64,
             );
             stats.publish_hist(&mut hist, t1, false);
@@ -63,14 +62,13 @@ fn probes(c: &mut Criterion) {
             let t0 = Instant::now();
             let mut counts = BatchCounts::default();
             for _ in 0..BATCH {
-                counts.input(std::hint::black_box(PACKET));
-                counts.pass();
+                counts.pass(std::hint::black_box(PACKET));
             }
             let t1 = Instant::now();
             stats.stage(Stage::Encrypt).add(&counts);
             hist.record(
                 Stage::Encrypt,
-                counts.packets_in,
+                counts.packets_in(),
                 t1.duration_since(t0).as_nanos() as u64,
             );
             stats.publish_hist(&mut hist, t1, false);

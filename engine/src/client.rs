@@ -23,95 +23,24 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use tunscope_proto::client::{Client, ClientEvent, Connected, TransmitKind};
+use tunscope_proto::client::{Client, ClientEvent, Connected, DataPlane, TransmitKind};
 use tunscope_proto::consts::PEER_ID_UNDEF;
 use tunscope_proto::data;
 use tunscope_proto::options::client::{ClientConfig, Mssfix, Remote, Transport};
 use tunscope_proto::options::push::{PushedOptions, Topology};
-use tunscope_proto::stage::{DropReason, Stage};
-use tunscope_proto::wire::{Opcode, peek_opcode};
+use tunscope_proto::server::{PeerAddr, PeerView};
+use tunscope_proto::stage::Stage;
 
-use crate::capture::{Capture, CaptureConfig, Tap, TapMeta, TapRecord, data_ids};
-use crate::datapath::{self, ControlInput, Shared};
-use crate::link::{Link, Received, RxBatch};
+use crate::capture::Tap;
+use crate::datapath::{
+    self, ControlInput, PeerRuntime, PeerTable, Shared, count_control, send_from_control,
+};
+use crate::link::Link;
 use crate::netconfig::{DnsBackend, NetConfig, Settings};
+use crate::observe::{Observatory, ObserveOptions};
 use crate::report::{Observer, PeerReport};
-use crate::stats::{BatchCounts, EngineStats};
+use crate::stats::EngineStats;
 use crate::tun::{Tun, TunAddresses};
-
-/// Options shared by `tunscope client` and `tunscope server`: the observatory.
-#[derive(Clone, Debug, Default)]
-pub struct ObserveOptions {
-    /// Write stage taps to this pcapng file.
-    pub capture: Option<PathBuf>,
-    /// Keep 1 packet in N in the capture.
-    pub capture_sample: u32,
-    /// Stop capturing after this many MiB.
-    pub capture_max_mb: u64,
-    /// Host name used in the capture's interface names.
-    pub capture_name: Option<String>,
-    /// Unix control socket for `tunscope stats`.
-    pub control: Option<PathBuf>,
-    /// Address for the Prometheus endpoint.
-    pub prometheus: Option<SocketAddr>,
-}
-
-impl ObserveOptions {
-    /// The capture configuration, if a capture was asked for.
-    pub fn capture_config(&self, default_host: &str) -> Option<CaptureConfig> {
-        self.capture.as_ref().map(|p| CaptureConfig {
-            path: p.clone(),
-            sample: self.capture_sample.max(1),
-            max_bytes: if self.capture_max_mb == 0 {
-                u64::MAX
-            } else {
-                self.capture_max_mb << 20
-            },
-            host: self
-                .capture_name
-                .clone()
-                .unwrap_or_else(|| default_host.to_owned()),
-        })
-    }
-
-    /// Starts what is asked for: counters and the observer always, the stage-tap capture
-    /// and the control socket / Prometheus endpoints when configured.
-    pub fn start(&self, host: &'static str) -> Result<Observatory> {
-        let stats = Arc::new(EngineStats::default());
-        let observer = Arc::new(Observer::new(host, Arc::clone(&stats)));
-        let capture = match self.capture_config(host) {
-            Some(c) => {
-                let cap = Capture::start(&c)?;
-                observer.set_capture(c.path.display().to_string(), &cap.tap);
-                Some(cap)
-            }
-            None => None,
-        };
-        let endpoints = crate::control_socket::Endpoints::start(
-            Arc::clone(&observer),
-            self.control.as_deref(),
-            self.prometheus,
-        )?;
-        Ok(Observatory {
-            stats,
-            observer,
-            capture,
-            endpoints,
-        })
-    }
-}
-
-/// The observatory of one engine run (client or server); endpoints stop when dropped.
-pub struct Observatory {
-    /// Stage counters and histograms.
-    pub stats: Arc<EngineStats>,
-    /// What reports and the control socket read.
-    pub observer: Arc<Observer>,
-    /// The stage-tap capture, if asked for.
-    pub capture: Option<Capture>,
-    /// Control socket and Prometheus endpoints.
-    pub endpoints: crate::control_socket::Endpoints,
-}
 
 /// Command-line options of `tunscope client`.
 #[derive(Clone, Debug)]
@@ -481,24 +410,62 @@ impl Run<'_> {
             }
         );
         self.observer.set_socket(link.udp_fd());
-        let mut client = Client::new(Arc::clone(&setup), Instant::now(), unix_now());
-        let mut rx = RxBatch::new();
-        let mut ctx = ControlCtx {
-            stats: &self.stats,
-            tap: self.tap.as_deref(),
-            out_wire: datapath::wire_of(&link, true),
-            in_wire: datapath::wire_of(&link, false),
-        };
+        let addr = datapath::Transport::link_addr(&link);
+        let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+        let shared = Shared::new(
+            datapath::Transport::Link(link),
+            ctl_tx,
+            Arc::clone(&self.stats),
+            self.tap.clone(),
+            cfg.replay_window
+                .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+            self.tun.take(),
+        );
+        // The server is our only peer; until the handshake is done it has no keys, so data
+        // packets that arrive early are dropped at decrypt (`no_key`), counted.
+        let rt = Arc::new(PeerRuntime::default());
+        shared.publish(server_table(addr, DataPlane::default(), &rt, 0));
+        // The data threads run from the first packet on: rx hands control packets to this
+        // thread; tx waits for the tun device, which the server's push shapes.
+        let outcome = std::thread::scope(|s| -> Result<Outcome> {
+            let sh = &shared;
+            let rx_thread = std::thread::Builder::new()
+                .name("rx".into())
+                .spawn_scoped(s, move || datapath::rx_loop(sh))?;
+            let tx_thread = std::thread::Builder::new()
+                .name("tx".into())
+                .spawn_scoped(s, move || datapath::tx_loop(sh))?;
+            let session = Session {
+                shared: sh,
+                ctl: &ctl_rx,
+                addr,
+                peer,
+                rt: &rt,
+            };
+            let r = self.session(&session, remote, setup);
+            shared.stop();
+            let _ = rx_thread.join();
+            let _ = tx_thread.join();
+            r
+        });
+        self.tun = shared.tun.into_inner();
+        self.observer.set_peers(vec![]);
+        outcome
+    }
 
-        // Handshake phase: this thread alone until the tunnel is up.
-        let connected = match handshake(
-            &mut client,
-            &link,
-            &mut rx,
-            &mut ctx,
-            self.term,
-            cfg.server_poll_timeout,
-        )? {
+    /// One connection on its link, data threads running: handshake, tunnel, until it ends.
+    fn session(
+        &mut self,
+        sn: &Session<'_>,
+        remote: &Remote,
+        setup: Arc<tunscope_proto::client::ClientSetup>,
+    ) -> Result<Outcome> {
+        let cfg = self.cfg;
+        let shared = sn.shared;
+        let peer = sn.peer;
+        let mut client = Client::new(setup, Instant::now(), unix_now());
+        // Handshake phase: until the server's PUSH_REPLY.
+        let connected = match handshake(&mut client, sn, self.term, cfg.server_poll_timeout)? {
             Ok(c) => c,
             Err(o) => return Ok(o),
         };
@@ -518,13 +485,13 @@ impl Run<'_> {
         let plane = client.data_plane();
         let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
         let addrs = tun_addresses(&connected.pushed)?;
-        if self.tun.is_none() {
+        if shared.tun.get().is_none() {
             let t = Tun::create(Some(&cfg.dev), mtu, !self.opts.no_offload)
                 .context("cannot create tun device")?;
             t.set_nonblocking()?;
-            self.tun = Some(t);
+            let _ = shared.tun.set(t);
         }
-        let Some(tun) = self.tun.as_ref() else {
+        let Some(tun) = shared.tun.get() else {
             bail!("tun device missing")
         };
         self.mgmt_state(
@@ -589,14 +556,8 @@ impl Run<'_> {
             None,
         )]);
         let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
-        let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), &plane, v2);
-        let shared = Shared::new(
-            Arc::clone(&self.stats),
-            mss,
-            cfg.replay_window,
-            self.tap.clone(),
-        );
-        shared.publish(plane);
+        let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), &plane, v2).unwrap_or(0);
+        shared.publish(server_table(sn.addr, plane, sn.rt, mss));
         let mut published = client.data_plane_generation();
         // The line OpenVPN prints at this point; scripts and tests wait for it.
         tracing::info!("Initialization Sequence Completed");
@@ -613,90 +574,83 @@ impl Run<'_> {
             );
         }
 
-        let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
         let term = self.term;
-        let outcome = std::thread::scope(|s| -> Result<Outcome> {
-            let (shared, link, ctl) = (&shared, &link, ctl_tx.clone());
-            let rx_thread = std::thread::Builder::new()
-                .name("rx".into())
-                .spawn_scoped(s, move || datapath::rx_loop(shared, tun, link, rx, &ctl))?;
-            let tx_thread = std::thread::Builder::new()
-                .name("tx".into())
-                .spawn_scoped(s, move || datapath::tx_loop(shared, tun, link, mtu))?;
-            let mut buf = Vec::with_capacity(2048);
-            let mut closing = false;
-            // `inactive N [BYTES]`: tun traffic seen at the start of the current period.
-            let tun_bytes = || {
-                self.stats.stage(Stage::ReadTun).snapshot().bytes_in
-                    + self.stats.stage(Stage::WriteTun).snapshot().bytes_in
-            };
-            let mut inactive_mark = (Instant::now(), tun_bytes());
-            let outcome = loop {
-                if term.load(Ordering::Relaxed) && !closing {
+        let mut buf = Vec::with_capacity(2048);
+        let mut closing = false;
+        // `inactive N [BYTES]`: tun traffic seen at the start of the current period.
+        let tun_bytes = || {
+            self.stats.stage(Stage::ReadTun).snapshot().bytes_in
+                + self.stats.stage(Stage::WriteTun).snapshot().bytes_in
+        };
+        let mut inactive_mark = (Instant::now(), tun_bytes());
+        let outcome = loop {
+            if term.load(Ordering::Relaxed) && !closing {
+                closing = true;
+                tracing::info!("signal received, closing");
+                client.close(Instant::now());
+            }
+            if let Some(m) = &self.mgmt
+                && m.restart.swap(false, Ordering::Relaxed)
+            {
+                break Outcome::Restart("SIGUSR1 from the management interface".into());
+            }
+            if let Some((period, min_bytes)) = cfg.inactive
+                && !closing
+            {
+                let (since, base) = inactive_mark;
+                let moved = tun_bytes().saturating_sub(base);
+                if moved > min_bytes {
+                    // Traffic: with a byte threshold the period restarts when it is over,
+                    // without one at every packet.
+                    if min_bytes == 0 || since.elapsed() >= period {
+                        inactive_mark = (Instant::now(), tun_bytes());
+                    }
+                } else if since.elapsed() >= period {
+                    tracing::info!(
+                        "inactive for {} s ({moved} bytes through the tunnel): exiting (inactive)",
+                        period.as_secs()
+                    );
                     closing = true;
-                    tracing::info!("signal received, closing");
                     client.close(Instant::now());
                 }
-                if let Some(m) = &self.mgmt
-                    && m.restart.swap(false, Ordering::Relaxed)
-                {
-                    break Outcome::Restart("SIGUSR1 from the management interface".into());
+            }
+            client.set_data_activity(
+                shared.instant(&sn.rt.last_rx_ns),
+                shared.instant(&sn.rt.last_tx_ns),
+            );
+            let now = Instant::now();
+            let wait = client
+                .poll_timeout()
+                .map_or(Duration::from_millis(200), |t| {
+                    t.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(200));
+            match sn.ctl.recv_timeout(wait) {
+                Ok(ControlInput::Packet { packet, .. }) => {
+                    control_packet(&mut client, shared, &packet)
                 }
-                if let Some((period, min_bytes)) = cfg.inactive
-                    && !closing
-                {
-                    let (since, base) = inactive_mark;
-                    let moved = tun_bytes().saturating_sub(base);
-                    if moved > min_bytes {
-                        // Traffic: with a byte threshold the period restarts when it is over,
-                        // without one at every packet.
-                        if min_bytes == 0 || since.elapsed() >= period {
-                            inactive_mark = (Instant::now(), tun_bytes());
-                        }
-                    } else if since.elapsed() >= period {
-                        tracing::info!(
-                            "inactive for {} s ({moved} bytes through the tunnel): exiting (inactive)",
-                            period.as_secs()
-                        );
-                        closing = true;
-                        client.close(Instant::now());
-                    }
+                Ok(ControlInput::Closed { why, .. }) => break Outcome::Restart(why),
+                Ok(ControlInput::Exit { .. }) => {
+                    // As OpenVPN: the peer said it is going away (OCC EXIT): restart.
+                    break Outcome::Restart("the server sent an exit notification".into());
                 }
-                let (lrx, ltx) = shared.activity();
-                client.set_data_activity(lrx, ltx);
-                let now = Instant::now();
-                let wait = client
-                    .poll_timeout()
-                    .map_or(Duration::from_millis(200), |t| {
-                        t.saturating_duration_since(now)
-                    })
-                    .min(Duration::from_millis(200));
-                match ctl_rx.recv_timeout(wait) {
-                    Ok(ControlInput::Packet(p)) => control_packet(&mut client, &ctx, &p),
-                    Ok(ControlInput::LinkDown(why)) => break Outcome::Restart(why),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {
-                        break Outcome::Restart("data path stopped".into());
-                    }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Outcome::Restart("data path stopped".into());
                 }
-                let now = Instant::now();
-                client.handle_timeout(now);
-                transmit(&mut client, link, &mut buf, now, &mut ctx);
-                if client.data_plane_generation() != published {
-                    published = client.data_plane_generation();
-                    shared.publish(client.data_plane());
-                }
-                if let Some(o) = drain_events(&mut client, &self.stats) {
-                    break o;
-                }
-            };
-            shared.stop.store(true, Ordering::Relaxed);
-            link.shutdown();
-            let _ = rx_thread.join();
-            let _ = tx_thread.join();
-            Ok(outcome)
-        })?;
-        self.observer.set_peers(vec![]);
+            }
+            let now = Instant::now();
+            client.handle_timeout(now);
+            transmit(&mut client, sn, &mut buf, now);
+            if client.data_plane_generation() != published {
+                published = client.data_plane_generation();
+                shared.publish(server_table(sn.addr, client.data_plane(), sn.rt, mss));
+            }
+            if let Some(o) = drain_events(&mut client, &self.stats) {
+                break o;
+            }
+        };
         net.undo();
         Ok(outcome)
     }
@@ -763,26 +717,42 @@ fn mss_for(
         .mss_v4(outer, overhead)
 }
 
-/// What the control thread needs to count and tap the packets it handles itself.
-struct ControlCtx<'a> {
-    stats: &'a EngineStats,
-    tap: Option<&'a Tap>,
-    out_wire: Option<crate::capture::Wire>,
-    in_wire: Option<crate::capture::Wire>,
+/// One connection attempt's data path as the control thread sees it.
+struct Session<'a> {
+    shared: &'a Shared,
+    /// Control packets and link events from the rx thread.
+    ctl: &'a mpsc::Receiver<ControlInput>,
+    /// The server's address on the transport.
+    addr: PeerAddr,
+    /// The server's socket address (logs).
+    peer: SocketAddr,
+    /// The server's activity stamps.
+    rt: &'a Arc<PeerRuntime>,
 }
 
-/// Runs the control plane on this thread until the server's PUSH_REPLY (Ok(Ok)) or the end
-/// of the attempt (Ok(Err(outcome))).
+/// The data path's table on a client: the server as the only peer, with the keys of `plane`.
+fn server_table(addr: PeerAddr, plane: DataPlane, rt: &Arc<PeerRuntime>, mss: u16) -> PeerTable {
+    let view = PeerView {
+        id: plane.peer_id.filter(|p| *p != PEER_ID_UNDEF).unwrap_or(0),
+        addr,
+        plane,
+        ipv4: None,
+        ipv6: None,
+        iroutes: Vec::new(),
+        common_name: "server".into(),
+    };
+    PeerTable::single(view, Arc::clone(rt), mss)
+}
+
+/// Runs the control plane until the server's PUSH_REPLY (Ok(Ok)) or the end of the attempt
+/// (Ok(Err(outcome))).
 fn handshake(
     client: &mut Client,
-    link: &Link,
-    rx: &mut RxBatch,
-    ctx: &mut ControlCtx<'_>,
+    sn: &Session<'_>,
     term: &AtomicBool,
     poll_timeout: Duration,
 ) -> Result<Result<Connected, Outcome>> {
     let mut buf = Vec::with_capacity(2048);
-    let peer = link.peer();
     let started = Instant::now();
     let mut heard = false;
     loop {
@@ -793,21 +763,22 @@ fn handshake(
         // server-poll-timeout: a remote that never answers is left for the next one.
         if !heard && now.duration_since(started) >= poll_timeout {
             return Ok(Err(Outcome::Restart(format!(
-                "no answer from {peer} within {} s (server-poll-timeout)",
+                "no answer from {} within {} s (server-poll-timeout)",
+                sn.peer,
                 poll_timeout.as_secs()
             ))));
         }
         client.handle_timeout(now);
-        transmit(client, link, &mut buf, now, ctx);
+        transmit(client, sn, &mut buf, now);
         if let Some(ev) = client.poll_event() {
             match ev {
                 ClientEvent::Connected(c) => {
                     // Flush what the connect produced (ACKs) before the data path starts.
-                    transmit(client, link, &mut buf, Instant::now(), ctx);
+                    transmit(client, sn, &mut buf, Instant::now());
                     return Ok(Ok(*c));
                 }
                 other => {
-                    if let Some(o) = event_outcome(other, ctx.stats) {
+                    if let Some(o) = event_outcome(other, &sn.shared.stats) {
                         return Ok(Err(o));
                     }
                 }
@@ -820,125 +791,41 @@ fn handshake(
                 t.saturating_duration_since(now)
             })
             .min(Duration::from_millis(200));
-        match rx.recv(link, wait) {
-            Received::Packets => {}
-            Received::Idle => continue,
-            Received::Closed(why) => return Ok(Err(Outcome::Restart(why))),
-        }
-        let mut socket_rx = BatchCounts::default();
-        let mut decrypt = BatchCounts::default();
-        let mut packets = Vec::new();
-        let r = rx.for_each(link, |p, from| {
-            socket_rx.input(p.len());
-            if from != peer {
-                socket_rx.drop(DropReason::UnknownPeer);
-                return;
+        match sn.ctl.recv_timeout(wait) {
+            Ok(ControlInput::Packet { packet, .. }) => {
+                heard = true;
+                control_packet(client, sn.shared, &packet);
             }
-            heard = true;
-            match peek_opcode(p) {
-                Err(r) => socket_rx.drop(r),
-                Ok((Opcode::DataV1 | Opcode::DataV2, _)) => {
-                    socket_rx.pass();
-                    decrypt.input(p.len());
-                    decrypt.drop(DropReason::NoKey);
-                }
-                Ok(_) => {
-                    socket_rx.pass();
-                    packets.push(p.to_vec());
-                }
+            Ok(ControlInput::Closed { why, .. }) => return Ok(Err(Outcome::Restart(why))),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Ok(Err(Outcome::Restart("data path stopped".into())));
             }
-        });
-        ctx.stats.stage(Stage::SocketRx).add(&socket_rx);
-        ctx.stats.stage(Stage::Decrypt).add(&decrypt);
-        if let Err(r) = r {
-            return Ok(Err(Outcome::Restart(format!("TCP stream: {r}"))));
-        }
-        for p in packets {
-            if let Some(tap) = ctx.tap {
-                tap.emit(TapRecord {
-                    stage: Stage::SocketRx,
-                    at: Instant::now(),
-                    data: p.clone(),
-                    wire: ctx.in_wire,
-                    meta: TapMeta {
-                        trace: tap.trace_id(),
-                        ..TapMeta::default()
-                    },
-                });
-            }
-            control_packet(client, ctx, &p);
         }
     }
 }
 
-fn control_packet(client: &mut Client, ctx: &ControlCtx<'_>, p: &[u8]) {
-    let mut c = BatchCounts::default();
-    c.input(p.len());
-    match client.handle_control(Instant::now(), p) {
-        Ok(()) => c.pass(),
-        Err(r) => {
-            tracing::debug!("control packet dropped: {r}");
-            c.drop(r);
-        }
-    }
-    ctx.stats.stage(Stage::Control).add(&c);
+fn control_packet(client: &mut Client, shared: &Shared, p: &[u8]) {
+    let r = client.handle_control(Instant::now(), p);
+    count_control(&shared.stats, p.len(), r);
 }
 
-/// Sends what the state machine produced. Control packets count at socket_tx; pings and exit
-/// notifications are data packets, so they count at encrypt too.
-fn transmit(
-    client: &mut Client,
-    link: &Link,
-    buf: &mut Vec<u8>,
-    now: Instant,
-    ctx: &mut ControlCtx<'_>,
-) {
-    // Plaintext control messages go to the control tap (and are dropped without one).
+/// Sends what the state machine produced (counted at socket_tx; pings and exit notifications
+/// are data packets, so at encrypt too); plaintext control messages go to the control tap.
+fn transmit(client: &mut Client, sn: &Session<'_>, buf: &mut Vec<u8>, now: Instant) {
+    let tap = sn.shared.tap.as_deref();
     while let Some(m) = client.poll_control_message() {
-        if let Some(tap) = ctx.tap {
+        if let Some(tap) = tap {
             tap.emit(crate::capture::control_record(tap, None, &m));
         }
     }
-    let mut encrypt = BatchCounts::default();
-    let mut socket_tx = BatchCounts::default();
     loop {
         buf.clear();
         let Some(kind) = client.poll_transmit(now, buf) else {
             break;
         };
-        if kind == TransmitKind::Data {
-            encrypt.input(buf.len());
-            encrypt.pass();
-        }
-        socket_tx.input(buf.len());
-        let sent = link.send_one(buf);
-        match &sent {
-            Ok(()) => socket_tx.pass(),
-            Err(e) => {
-                tracing::debug!("send failed: {e}");
-                socket_tx.drop(DropReason::SocketError);
-            }
-        }
-        if let Some(tap) = ctx.tap {
-            let ids = data_ids(buf);
-            tap.emit(TapRecord {
-                stage: Stage::SocketTx,
-                at: Instant::now(),
-                data: buf.clone(),
-                wire: ctx.out_wire,
-                meta: TapMeta {
-                    trace: tap.trace_id(),
-                    peer: ids.and_then(|i| i.0),
-                    key_id: ids.map(|i| i.1),
-                    packet_id: ids.map(|i| i.2),
-                    drop: sent.is_err().then_some(DropReason::SocketError),
-                    ..TapMeta::default()
-                },
-            });
-        }
+        let _ = send_from_control(sn.shared, sn.addr, buf, kind == TransmitKind::Data);
     }
-    ctx.stats.stage(Stage::Encrypt).add(&encrypt);
-    ctx.stats.stage(Stage::SocketTx).add(&socket_tx);
 }
 
 fn drain_events(client: &mut Client, stats: &EngineStats) -> Option<Outcome> {

@@ -27,6 +27,7 @@ pub mod link;
 pub mod management;
 pub mod netconfig;
 pub mod netlink;
+pub mod observe;
 pub mod poll;
 pub mod prompt;
 pub mod proxy;

@@ -271,6 +271,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a flush of a [`TxBatch`] did: packets and bytes sent and failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Packets the socket took.
+    pub sent: u64,
+    /// Their bytes.
+    pub sent_bytes: u64,
+    /// Packets it refused.
+    pub failed: u64,
+    /// Their bytes.
+    pub failed_bytes: u64,
+}
+
+impl Flushed {
+    fn all(ok: bool, packets: u64, bytes: u64) -> Flushed {
+        if ok {
+            Flushed {
+                sent: packets,
+                sent_bytes: bytes,
+                ..Flushed::default()
+            }
+        } else {
+            Flushed {
+                failed: packets,
+                failed_bytes: bytes,
+                ..Flushed::default()
+            }
+        }
+    }
+}
+
 /// Sealed packets waiting to go out, stored back to back for GSO.
 pub struct TxBatch {
     buf: Vec<u8>,
@@ -326,60 +357,64 @@ impl TxBatch {
         self.lens.is_empty()
     }
 
-    /// Sends everything; returns (sent, failed) packet counts.
-    pub fn flush(&mut self, link: &Link) -> (u64, u64) {
+    /// Bytes of the committed packets.
+    pub fn bytes(&self) -> u64 {
+        self.committed as u64
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.committed = 0;
+        self.lens.clear();
+    }
+
+    /// Sends everything over a connected link and empties the batch.
+    pub fn flush(&mut self, link: &Link) -> Flushed {
         let r = match &link.sock {
             Sock::Udp(ep) => self.flush_udp(ep, link.peer),
             Sock::Tcp { write, .. } => {
-                self.frames.clear();
-                let mut off = 0;
-                for &l in &self.lens {
-                    // Packets are far below 64 KiB, framing cannot fail.
-                    let _ = tcp_frame(&self.buf[off..off + l], &mut self.frames);
-                    off += l;
-                }
-                let n = self.lens.len() as u64;
-                match lock(write).write_all(&self.frames) {
-                    Ok(()) => (n, 0),
-                    Err(_) => (0, n),
-                }
+                let mut frames = std::mem::take(&mut self.frames);
+                frames.clear();
+                let (n, bytes) = self.frame_into(&mut frames);
+                let ok = lock(write).write_all(&frames).is_ok();
+                self.frames = frames;
+                Flushed::all(ok, n, bytes)
             }
         };
-        self.buf.clear();
-        self.committed = 0;
-        self.lens.clear();
+        self.clear();
         r
     }
 
-    /// Sends everything to `dest` over a UDP endpoint (GSO where sizes allow); returns
-    /// (sent, failed) packet counts and empties the batch.
-    pub fn flush_to(&mut self, ep: &UdpEndpoint, dest: SocketAddr) -> (u64, u64) {
+    /// Sends everything to `dest` over a UDP endpoint (GSO where sizes allow) and empties the
+    /// batch.
+    pub fn flush_to(&mut self, ep: &UdpEndpoint, dest: SocketAddr) -> Flushed {
         let r = self.flush_udp(ep, dest);
-        self.buf.clear();
-        self.committed = 0;
-        self.lens.clear();
+        self.clear();
         r
     }
 
-    /// The committed packets as TCP records (length-prefixed), for a TCP sender; empties the
-    /// batch. Returns the number of packets.
-    pub fn take_frames(&mut self, out: &mut Vec<u8>) -> u64 {
+    /// Appends the committed packets to `out` as TCP records (length-prefixed), for a TCP
+    /// sender, and empties the batch. Returns packets and their bytes (without the prefixes).
+    pub fn take_frames(&mut self, out: &mut Vec<u8>) -> (u64, u64) {
+        let r = self.frame_into(out);
+        self.clear();
+        r
+    }
+
+    fn frame_into(&self, out: &mut Vec<u8>) -> (u64, u64) {
         let mut off = 0;
         for &l in &self.lens {
+            // Packets are far below 64 KiB, framing cannot fail.
             let _ = tcp_frame(&self.buf[off..off + l], out);
             off += l;
         }
-        let n = self.lens.len() as u64;
-        self.buf.clear();
-        self.committed = 0;
-        self.lens.clear();
-        n
+        (self.lens.len() as u64, self.committed as u64)
     }
 
-    fn flush_udp(&self, ep: &UdpEndpoint, peer: SocketAddr) -> (u64, u64) {
+    fn flush_udp(&self, ep: &UdpEndpoint, peer: SocketAddr) -> Flushed {
         let (socket, state) = (&ep.socket, &ep.state);
         let max_segs = state.max_gso_segments().max(1);
-        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut f = Flushed::default();
         let mut i = 0;
         let mut off = 0;
         while i < self.lens.len() {
@@ -408,24 +443,36 @@ impl TxBatch {
                 src_ip: None,
             };
             match send_retrying(socket, state, &t) {
-                Ok(()) => sent += count,
+                Ok(()) => {
+                    f.sent += count;
+                    f.sent_bytes += bytes as u64;
+                }
                 Err(e) if count > 1 && e.kind() != io::ErrorKind::WouldBlock => {
                     // GSO refused (e.g. segment above the path MTU): one by one.
                     let mut o = off;
                     for &l in &self.lens[i..j] {
                         match socket.send_to(&self.buf[o..o + l], peer) {
-                            Ok(_) => sent += 1,
-                            Err(_) => failed += 1,
+                            Ok(_) => {
+                                f.sent += 1;
+                                f.sent_bytes += l as u64;
+                            }
+                            Err(_) => {
+                                f.failed += 1;
+                                f.failed_bytes += l as u64;
+                            }
                         }
                         o += l;
                     }
                 }
-                Err(_) => failed += count,
+                Err(_) => {
+                    f.failed += count;
+                    f.failed_bytes += bytes as u64;
+                }
             }
             off += bytes;
             i = j;
         }
-        (sent, failed)
+        f
     }
 }
 

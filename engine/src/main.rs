@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tunscope_engine::capdiff::DiffOutcome;
-use tunscope_engine::client::ObserveOptions;
+use tunscope_engine::observe::ObserveOptions;
 
 #[derive(Parser)]
 #[command(

@@ -19,6 +19,8 @@ pub struct Tun {
     dev: SyncDevice,
     offload: bool,
     name: String,
+    /// The MTU last applied (readers size their buffers by it).
+    mtu: std::sync::atomic::AtomicU16,
 }
 
 /// Addresses for the tun device, from the pushed `ifconfig` / `ifconfig-ipv6`.
@@ -49,12 +51,22 @@ impl Tun {
             Err(e) => return Err(e),
         };
         let name = dev.name()?;
-        Ok(Tun { dev, offload, name })
+        Ok(Tun {
+            dev,
+            offload,
+            name,
+            mtu: std::sync::atomic::AtomicU16::new(mtu),
+        })
     }
 
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The MTU last applied.
+    pub fn mtu(&self) -> u16 {
+        self.mtu.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when TSO/GRO offload is active.
@@ -65,6 +77,7 @@ impl Tun {
     /// Applies addresses and MTU and brings the link up.
     pub fn configure(&self, addrs: &TunAddresses, mtu: u16) -> io::Result<()> {
         self.dev.set_mtu(mtu)?;
+        self.mtu.store(mtu, std::sync::atomic::Ordering::Relaxed);
         if let Some((addr, prefix, peer)) = addrs.ipv4 {
             self.dev.set_network_address(addr, prefix, peer)?;
         }

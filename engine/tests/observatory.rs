@@ -16,7 +16,7 @@ use tunscope_engine::stats::StageReport;
 use tunscope_engine::trace::{self, Outcome};
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
-use tunscope_harness::subjects::{self, TunnelSpec};
+use tunscope_harness::subjects::{self, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
 use tunscope_harness::traffic::{self, EchoServer};
 
@@ -45,6 +45,10 @@ impl Pair {
 /// off in both namespaces so the tun devices carry exactly the test's packets; keepalive is
 /// long so no pings interfere with exact counts.
 fn start(sample: Option<u32>) -> Result<Pair> {
+    start_over(sample, Proto::Udp)
+}
+
+fn start_over(sample: Option<u32>, proto: Proto) -> Result<Pair> {
     let hosts = TwoHosts::new()?;
     for ns in [&hosts.client, &hosts.server] {
         ns.exec(
@@ -62,6 +66,7 @@ fn start(sample: Option<u32>) -> Result<Pair> {
     // The client leaves silently (no EXIT), so the server keeps its peer after we stop the
     // client to flush its capture.
     let spec = TunnelSpec {
+        proto,
         keepalive: (60, 300),
         client_extra: vec!["explicit-exit-notify 0".into()],
         ..TunnelSpec::default()
@@ -174,6 +179,18 @@ fn assert_link(from: &EngineReport, to: &EngineReport, lossless: bool) -> Result
             wire_loss == 0 && vanished == 0 && send_failures == 0,
             "loss on an idle link: {wire_loss} on the wire, {send_failures} send failures, {vanished} data"
         );
+        // Nothing lost: both sides saw the same packets, so the same bytes (data packets
+        // from the tx thread, control packets and pings from the control thread alike).
+        ensure!(
+            tx.bytes_out == rx.bytes_in,
+            "{} socket_tx sent {} bytes in {} packets, {} socket_rx received {} bytes in {}",
+            from.role,
+            tx.bytes_out,
+            tx.packets_out,
+            to.role,
+            rx.bytes_in,
+            rx.packets_in
+        );
     }
     Ok(())
 }
@@ -280,6 +297,48 @@ fn tcp_transfer_conserves_across_the_link() -> Result<()> {
         .map(|st| stage(&s, st).batch_size.max)
         .fold(0.0, f64::max);
     ensure!(best > 1.0, "no batching observed");
+    Ok(())
+}
+
+/// Packets and bytes at one side's socket_tx equal the other side's socket_rx, both ways,
+/// over UDP and TCP: pings, a bulk transfer, and everything the control threads sent.
+#[test]
+fn socket_tx_matches_peer_socket_rx_in_packets_and_bytes() -> Result<()> {
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let pair = start_over(None, proto)?;
+        let p = traffic::ping(&pair.hosts.client, "198.19.0.1", 20, 1000, false)?;
+        if p.received != 20 {
+            let (c, s) = (pair.stats("client")?, pair.stats("server")?);
+            anyhow::bail!(
+                "{proto:?}: {}\nclient\n{}\nserver\n{}",
+                p.output,
+                c.table(),
+                s.table()
+            );
+        }
+        let echo = EchoServer::start(
+            &pair.hosts.server,
+            SocketAddr::from(([198, 19, 0, 1], 5002)),
+        )?;
+        traffic::echo_transfer(&pair.hosts.client, echo.addr, 1 << 20, None)?;
+        settle();
+        let c = pair.stats("client")?;
+        let s = pair.stats("server")?;
+        assert_conserved("client", &c)?;
+        assert_conserved("server", &s)?;
+        // A UDP link is lossless unless the receiving kernel dropped datagrams (then the
+        // weaker check of assert_link applies); a TCP link always is.
+        let lossless = |to: &EngineReport| proto == Proto::Tcp || to.kernel_rx_drops == 0;
+        assert_link(&c, &s, lossless(&s)).with_context(|| format!("{proto:?} client→server"))?;
+        assert_link(&s, &c, lossless(&c)).with_context(|| format!("{proto:?} server→client"))?;
+        for (who, r) in [("client", &c), ("server", &s)] {
+            let tx = stage(r, "socket_tx");
+            ensure!(
+                tx.packets_out > 700 && tx.bytes_out > 1 << 20,
+                "{proto:?} {who}: too little traffic counted at socket_tx: {tx:?}"
+            );
+        }
+    }
     Ok(())
 }
 

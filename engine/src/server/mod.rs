@@ -6,37 +6,37 @@
 //! ```text
 //!   rx        UDP socket or TCP poll loop → socket_rx → decrypt → write_tun / client-to-client
 //!   tx        read_tun → route by destination → encrypt → socket_tx
+//!             (both are [`crate::datapath`], shared with the client)
 //!   control   Server state machine: control packets, auth results, timers, signals,
 //!             publishing the peer table to the data threads
 //!   auth-N    one short-lived thread per verification (script, ccd file)
 //! ```
 
 pub mod auth;
-pub mod datapath;
 pub mod tcp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use tunscope_proto::options::client::Mssfix;
 use tunscope_proto::options::server::{ServerConfig, ServerTransport};
 use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup};
-use tunscope_proto::stage::Stage;
 use tunscope_proto::tls::{self, Identity};
 
+use crate::datapath::{
+    self, ControlInput, DataPeer, PeerRuntime, PeerTable, Shared, Transport, count_control,
+    send_from_control,
+};
 use crate::netlink;
 use crate::report::{Observer, PeerReport};
 use crate::setup::{load_wrap, read_source};
-use crate::stats::BatchCounts;
 use crate::tun::{Tun, TunAddresses};
-
-use self::datapath::{DataPeer, PeerRuntime, PeerTable, ServerInput, Shared, Transport};
 
 /// Command-line options of `tunscope server`.
 #[derive(Clone, Debug)]
@@ -48,7 +48,7 @@ pub struct ServerOptions {
     /// Disable tun offload.
     pub no_offload: bool,
     /// Observatory options.
-    pub observe: crate::client::ObserveOptions,
+    pub observe: crate::observe::ObserveOptions,
 }
 
 /// Loads and checks a server config.
@@ -156,10 +156,11 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     }
 
     // OpenVPN's server scripts: `up` with the device configured, `route-up` with its routes.
+    let dev = tun.name().to_owned();
     let script_env = |script_type: &str| -> Vec<(String, String)> {
         let mut env = vec![
             ("script_type".to_owned(), script_type.to_owned()),
-            ("dev".to_owned(), tun.name().to_owned()),
+            ("dev".to_owned(), dev.clone()),
             ("dev_type".to_owned(), "tun".to_owned()),
             ("tun_mtu".to_owned(), cfg.tun_mtu.to_string()),
             ("ifconfig_local".to_owned(), ip.to_string()),
@@ -219,30 +220,24 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         .mssfix
         .unwrap_or(Mssfix::DEFAULT)
         .mss_v4(outer, overhead);
-    let crate::client::Observatory {
+    let crate::observe::Observatory {
         stats,
         observer,
         capture,
         endpoints,
     } = opts.observe.start("server")?;
-    let (ctl_tx, ctl_rx) = mpsc::channel::<ServerInput>();
-    let shared = Shared {
-        stop: AtomicBool::new(false),
-        table: RwLock::new(Arc::new(PeerTable::default())),
-        generation: AtomicU64::new(0),
-        stats: Arc::clone(&stats),
-        epoch: Instant::now(),
-        mss: mss.unwrap_or(0),
-        replay_window: cfg
-            .replay_window
-            .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+    let shared = Shared::new(
         transport,
-        control: ctl_tx.clone(),
-        tap: capture.as_ref().map(|c| Arc::clone(&c.tap)),
-    };
+        ctl_tx.clone(),
+        Arc::clone(&stats),
+        capture.as_ref().map(|c| Arc::clone(&c.tap)),
+        cfg.replay_window
+            .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+        Some(tun),
+    );
     tracing::info!(
-        "server {}: listening on {listen} ({:?}), tunnel {ip}/{prefix}{}, ciphers {}",
-        tun.name(),
+        "server {dev}: listening on {listen} ({:?}), tunnel {ip}/{prefix}{}, ciphers {}",
         cfg.transport,
         server
             .tunnel_address6()
@@ -258,31 +253,26 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     }
     tracing::info!("Initialization Sequence Completed");
 
-    let mtu = cfg.tun_mtu;
+    let mss = mss.unwrap_or(0);
     std::thread::scope(|s| -> Result<()> {
-        let (shared, tun) = (&shared, &tun);
+        let shared = &shared;
         let rx = std::thread::Builder::new()
             .name("rx".into())
-            .spawn_scoped(s, move || match &shared.transport {
-                Transport::Udp(ep) => datapath::rx_loop_udp(shared, tun, ep),
-                Transport::Tcp(c) => datapath::rx_loop_tcp(shared, tun, c),
-            })?;
+            .spawn_scoped(s, move || datapath::rx_loop(shared))?;
         let tx = std::thread::Builder::new()
             .name("tx".into())
-            .spawn_scoped(s, move || datapath::tx_loop(shared, tun, mtu))?;
+            .spawn_scoped(s, move || datapath::tx_loop(shared))?;
         let r = control_loop(
             &mut server,
             shared,
             &ctl_rx,
             &ctl_tx,
             &term,
-            tun.name(),
+            &dev,
             &observer,
+            mss,
         );
-        shared.stop.store(true, Ordering::Relaxed);
-        if let Transport::Tcp(c) = &shared.transport {
-            c.close_all();
-        }
+        shared.stop();
         let _ = rx.join();
         let _ = tx.join();
         r
@@ -308,14 +298,16 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn control_loop(
     server: &mut Server,
     shared: &Shared,
-    inputs: &mpsc::Receiver<ServerInput>,
-    ctl_tx: &mpsc::Sender<ServerInput>,
+    inputs: &mpsc::Receiver<ControlInput>,
+    ctl_tx: &mpsc::Sender<ControlInput>,
     term: &AtomicBool,
     dev: &str,
     observer: &Observer,
+    mss: u16,
 ) -> Result<()> {
     let mut runtimes: HashMap<PeerId, Arc<PeerRuntime>> = HashMap::new();
     let mut published = 0u64;
@@ -366,69 +358,78 @@ fn control_loop(
         }
         let now = Instant::now();
         server.handle_timeout(now);
-        transmit(server, shared, &runtimes, &mut buf, now);
+        // Keys reach the data path before the packets that let the peer use them (a
+        // PUSH_REPLY, our half of a renegotiation) leave.
+        publish_table(server, shared, &mut runtimes, &mut published, observer, mss);
+        transmit(server, shared, &mut buf, now);
         while let Some(ev) = server.poll_event() {
             handle_event(server, shared, ev, &mut runtimes, ctl_tx, &setup_cfg, dev);
         }
-        if server.generation() != published {
-            published = server.generation();
-            let table = build_table(server, &mut runtimes);
-            observer.set_peers(
-                table
-                    .peers
-                    .values()
-                    .map(|dp| {
-                        (
-                            PeerReport {
-                                id: dp.view.id,
-                                name: dp.view.common_name.clone(),
-                                addr: transport_addr(shared, dp.view.addr),
-                                tunnel: dp.view.ipv4.map(|a| a.to_string()),
-                                cipher: dp
-                                    .view
-                                    .plane
-                                    .send
-                                    .as_ref()
-                                    .map(|k| k.cipher().name().to_owned()),
-                                stats: None,
-                            },
-                            Some(Arc::clone(&dp.rt) as Arc<dyn crate::report::ReportSource>),
-                        )
-                    })
-                    .collect(),
-            );
-            shared.publish(table);
-        }
+        publish_table(server, shared, &mut runtimes, &mut published, observer, mss);
     }
+}
+
+/// Publishes the peer table to the data threads (and the peers to reports) if the state
+/// machine's generation moved since `published`.
+fn publish_table(
+    server: &Server,
+    shared: &Shared,
+    runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
+    published: &mut u64,
+    observer: &Observer,
+    mss: u16,
+) {
+    if server.generation() == *published {
+        return;
+    }
+    *published = server.generation();
+    let table = build_table(server, runtimes, mss);
+    observer.set_peers(
+        table
+            .peers
+            .values()
+            .map(|dp| {
+                (
+                    PeerReport {
+                        id: dp.view.id,
+                        name: dp.view.common_name.clone(),
+                        addr: shared.transport.describe(dp.view.addr),
+                        tunnel: dp.view.ipv4.map(|a| a.to_string()),
+                        cipher: dp
+                            .view
+                            .plane
+                            .send
+                            .as_ref()
+                            .map(|k| k.cipher().name().to_owned()),
+                        stats: None,
+                    },
+                    Some(Arc::clone(&dp.rt) as Arc<dyn crate::report::ReportSource>),
+                )
+            })
+            .collect(),
+    );
+    shared.publish(table);
 }
 
 fn server_config_for_auth(server: &Server) -> ServerConfig {
     server.config().clone()
 }
 
-fn handle_input(server: &mut Server, shared: &Shared, input: ServerInput) {
+fn handle_input(server: &mut Server, shared: &Shared, input: ControlInput) {
     let now = Instant::now();
     match input {
-        ServerInput::Control { from, packet } => {
-            let mut c = BatchCounts::default();
-            c.input(packet.len());
-            match server.handle_control(now, from, &packet) {
-                Ok(()) => c.pass(),
-                Err(r) => {
-                    tracing::debug!("control packet from {from} dropped: {r}");
-                    c.drop(r);
-                }
-            }
-            shared.stats.stage(Stage::Control).add(&c);
+        ControlInput::Packet { from, packet } => {
+            let r = server.handle_control(now, from, &packet);
+            count_control(&shared.stats, packet.len(), r);
         }
-        ServerInput::Float { peer, addr } => server.handle_float(peer, addr),
-        ServerInput::Exit { peer } => server.handle_exit_notification(now, peer),
-        ServerInput::AuthDone {
+        ControlInput::Float { peer, addr } => server.handle_float(peer, addr),
+        ControlInput::Exit { peer } => server.handle_exit_notification(now, peer),
+        ControlInput::AuthDone {
             peer,
             key_id,
             result,
         } => server.handle_auth_result(now, peer, key_id, result),
-        ServerInput::Closed { addr, why } => {
+        ControlInput::Closed { addr, why } => {
             tracing::debug!("{addr}: {why}");
             server.handle_transport_closed(now, addr);
         }
@@ -440,7 +441,7 @@ fn handle_event(
     shared: &Shared,
     ev: ServerEvent,
     runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
-    ctl_tx: &mpsc::Sender<ServerInput>,
+    ctl_tx: &mpsc::Sender<ControlInput>,
     cfg: &Arc<ServerConfig>,
     dev: &str,
 ) {
@@ -469,7 +470,7 @@ fn handle_event(
                 .name(format!("auth-{peer}"))
                 .spawn(move || {
                     let result = auth::verify(&cfg, &dev, &req);
-                    let _ = tx.send(ServerInput::AuthDone {
+                    let _ = tx.send(ControlInput::AuthDone {
                         peer,
                         key_id,
                         result,
@@ -492,7 +493,7 @@ fn handle_event(
                         Transport::Udp(ep) => {
                             ep.socket().local_addr().map(|l| l.port()).unwrap_or(0)
                         }
-                        Transport::Tcp(_) => 0,
+                        Transport::Tcp(_) | Transport::Link(_) => 0,
                     };
                     let _ = rt.local.set(SocketAddr::new(src, port));
                 }
@@ -543,13 +544,7 @@ fn handle_event(
 
 /// Sends what the state machine produced; counts it at socket_tx (and pings at encrypt),
 /// globally and for the peer it goes to.
-fn transmit(
-    server: &mut Server,
-    shared: &Shared,
-    runtimes: &HashMap<PeerId, Arc<PeerRuntime>>,
-    buf: &mut Vec<u8>,
-    now: Instant,
-) {
+fn transmit(server: &mut Server, shared: &Shared, buf: &mut Vec<u8>, now: Instant) {
     while let Some((peer, m)) = server.poll_control_message() {
         if let Some(tap) = shared.tap.as_deref() {
             tap.emit(crate::capture::control_record(tap, Some(peer), &m));
@@ -560,71 +555,16 @@ fn transmit(
         let Some(to) = server.poll_transmit(now, buf) else {
             break;
         };
-        let data = matches!(buf.first().map(|b| b >> 3), Some(6 | 9));
-        let peer = server_peer_at(shared, to).and_then(|id| runtimes.get(&id));
-        let mut encrypt = BatchCounts::default();
-        let mut socket_tx = BatchCounts::default();
-        if data {
-            encrypt.input(buf.len());
-            encrypt.pass();
-        }
-        socket_tx.input(buf.len());
-        let sent = shared.transport.send_one(to, buf);
-        match sent {
-            Ok(()) => socket_tx.pass(),
-            Err(r) => {
-                tracing::debug!("send to {to}: {r}");
-                socket_tx.drop(r);
-            }
-        }
-        if let Some(tap) = shared.tap.as_deref() {
-            let ids = crate::capture::data_ids(buf).filter(|_| data);
-            tap.emit(crate::capture::TapRecord {
-                stage: Stage::SocketTx,
-                at: Instant::now(),
-                data: buf.clone(),
-                wire: shared
-                    .transport
-                    .wire(to, peer.and_then(|rt| rt.local.get().copied()), true),
-                meta: crate::capture::TapMeta {
-                    trace: tap.trace_id(),
-                    peer: ids.and_then(|i| i.0),
-                    key_id: ids.map(|i| i.1),
-                    packet_id: ids.map(|i| i.2),
-                    drop: sent.err(),
-                    ..Default::default()
-                },
-            });
-        }
-        for stats in std::iter::once(&*shared.stats).chain(peer.map(|rt| &rt.stats)) {
-            stats.stage(Stage::Encrypt).add(&encrypt);
-            stats.stage(Stage::SocketTx).add(&socket_tx);
-        }
+        let data = tunscope_proto::wire::peek_opcode(buf).is_ok_and(|(op, _)| op.is_data());
+        let _ = send_from_control(shared, to, buf, data);
     }
 }
 
-/// The peer at a transport address, from the data path's current table.
-fn server_peer_at(shared: &Shared, to: PeerAddr) -> Option<PeerId> {
-    shared
-        .table
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .by_addr
-        .get(&to)
-        .copied()
-}
-
-/// A printable transport address (TCP connections by their remote address).
-fn transport_addr(shared: &Shared, a: PeerAddr) -> String {
-    match (a, &shared.transport) {
-        (PeerAddr::Tcp(id), Transport::Tcp(c)) => c
-            .get(id)
-            .map_or(a.to_string(), |c| format!("tcp:{}", c.remote)),
-        _ => a.to_string(),
-    }
-}
-
-fn build_table(server: &Server, runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>) -> PeerTable {
+fn build_table(
+    server: &Server,
+    runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
+    mss: u16,
+) -> PeerTable {
     let snap = server.snapshot();
     let mut peers = HashMap::with_capacity(snap.peers.len());
     for (id, view) in snap.peers {
@@ -636,6 +576,10 @@ fn build_table(server: &Server, runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>
         peers,
         by_addr: snap.by_addr,
         routes: snap.routes,
+        default_peer: None,
         client_to_client: snap.client_to_client,
+        check_sources: true,
+        per_peer_stats: true,
+        mss,
     }
 }

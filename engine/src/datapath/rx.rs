@@ -1,0 +1,532 @@
+//! The receive half: `socket_rx → decrypt → write_tun`, control packets to the control
+//! thread, client-to-client forwarding. One [`Rx`] does the per-packet work for every
+//! transport; [`rx_loop`] only differs in how a batch is read off the wire.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tunscope_proto::consts::OCC_EXIT;
+use tunscope_proto::data::{self, Payload, Receiver};
+use tunscope_proto::server::routes::packet_src;
+use tunscope_proto::server::{PeerAddr, PeerId};
+use tunscope_proto::stage::{DropReason, Stage};
+use tunscope_proto::wire::{DataHeader, Opcode, TcpFramer, peek_opcode};
+
+use crate::capture::{Tap, TapMeta, TapRecord, data_ids};
+use crate::link::{Link, Received, RxBatch, UdpEndpoint};
+use crate::server::tcp::{TcpConns, TcpEvent};
+use crate::stats::ns_between as ns;
+use crate::tun::TunWriter;
+
+use super::account::StageBatch;
+use super::{Clock, ControlInput, DataPeer, IDLE_WAIT, PeerTable, Shared, Transport, is_ip};
+
+/// A sampled packet's trace id and (peer-id, key-id, packet-id).
+type SampleIds = (u64, (Option<u32>, u8, u32));
+
+/// A sampled received packet waiting for its later stage times.
+struct RxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    plain: Vec<u8>,
+}
+
+/// What the rx thread carries from packet to packet.
+struct Rx<'a> {
+    shared: &'a Shared,
+    table: Arc<PeerTable>,
+    generation: u64,
+    receivers: HashMap<PeerId, Receiver>,
+    /// Created once the tun device exists (a client's comes with the server's push).
+    writer: Option<TunWriter>,
+    /// Peer and size of each packet queued in `writer`: write_tun counts them when the
+    /// write succeeds or fails, not before.
+    queued: Vec<(PeerId, usize)>,
+    tun_failed: bool,
+    counts: StageBatch,
+    floated: HashSet<PeerId>,
+    active: HashSet<PeerId>,
+    fwd: Vec<u8>,
+    samples: Vec<RxSample>,
+    /// Receive time and the end of socket_rx for the current batch.
+    t0: Instant,
+    t1: Instant,
+}
+
+impl<'a> Rx<'a> {
+    fn new(shared: &'a Shared) -> Rx<'a> {
+        let now = Instant::now();
+        Rx {
+            shared,
+            table: Arc::new(PeerTable::default()),
+            generation: u64::MAX,
+            receivers: HashMap::new(),
+            writer: None,
+            queued: Vec::new(),
+            tun_failed: false,
+            counts: StageBatch::default(),
+            floated: HashSet::new(),
+            active: HashSet::new(),
+            fwd: vec![0; 2048],
+            samples: Vec::new(),
+            t0: now,
+            t1: now,
+        }
+    }
+
+    /// Picks up a new peer table: keys that stay keep their replay windows, new ones start
+    /// fresh, peers that left lose theirs.
+    fn refresh(&mut self) {
+        if self.writer.is_none()
+            && let Some(tun) = self.shared.tun.get()
+        {
+            self.writer = Some(TunWriter::new(tun));
+        }
+        let Some(table) = self.shared.changed(&mut self.generation) else {
+            return;
+        };
+        self.table = table;
+        self.counts.configure(&self.table);
+        let table = &self.table;
+        self.receivers.retain(|id, _| table.peers.contains_key(id));
+        for (id, dp) in &table.peers {
+            let r = self
+                .receivers
+                .entry(*id)
+                .or_insert_with(|| Receiver::with_replay_window(self.shared.replay_window));
+            r.retain(&dp.view.plane.recv);
+            for k in &dp.view.plane.recv {
+                r.install(k);
+            }
+        }
+    }
+
+    fn tap(&self) -> Option<&'a Tap> {
+        self.shared.tap.as_deref()
+    }
+
+    /// Counts a packet refused at socket_rx before any peer was known.
+    fn refuse(&mut self, len: usize, r: DropReason) {
+        self.counts.drop(Stage::SocketRx, None, len, r);
+    }
+
+    fn packet(&mut self, pkt: &mut [u8], from: PeerAddr) {
+        let now = self.t0;
+        let op = match peek_opcode(pkt) {
+            Ok((op, _)) => op,
+            Err(r) => return self.refuse(pkt.len(), r),
+        };
+        if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+            self.counts.pass(Stage::SocketRx, None, pkt.len());
+            if let Some(tap) = self.tap() {
+                tap.emit(TapRecord {
+                    stage: Stage::SocketRx,
+                    at: self.t0,
+                    data: pkt.to_vec(),
+                    wire: self.shared.transport.wire(from, None, false),
+                    meta: TapMeta {
+                        trace: tap.trace_id(),
+                        stage_ns: ns(self.t0, self.t1),
+                        ..TapMeta::default()
+                    },
+                });
+            }
+            let _ = self.shared.control.send(ControlInput::Packet {
+                from,
+                packet: pkt.to_vec(),
+            });
+            return;
+        }
+        let peer_id = match DataHeader::parse(pkt) {
+            Ok(h) => h
+                .peer_id
+                .filter(|p| *p != tunscope_proto::consts::PEER_ID_UNDEF),
+            Err(r) => return self.refuse(pkt.len(), r),
+        };
+        let Some((id, dp)) = self
+            .table
+            .lookup(peer_id, &from)
+            .map(|(id, dp)| (id, dp.clone()))
+        else {
+            return self.refuse(pkt.len(), DropReason::UnknownPeer);
+        };
+        // A TCP connection speaks only for its own peer.
+        if matches!(from, PeerAddr::Tcp(_)) && from != dp.view.addr {
+            return self.refuse(pkt.len(), DropReason::UnknownPeer);
+        }
+        let peer = Some(id);
+        self.counts.pass(Stage::SocketRx, peer, pkt.len());
+        // Sampled packets: socket_rx record now, the rest when their fate is known.
+        let sample = self.tap().and_then(|tap| {
+            let ids = data_ids(pkt).filter(|ids| tap.sampled(ids.2))?;
+            let trace = tap.trace_id();
+            let wire = self.shared.wire_for(&dp, false);
+            tap.emit(TapRecord {
+                stage: Stage::SocketRx,
+                at: self.t0,
+                data: pkt.to_vec(),
+                wire,
+                meta: TapMeta::data(trace, ids, ns(self.t0, self.t1), None),
+            });
+            Some((trace, ids, wire))
+        });
+        let len = pkt.len();
+        let tap_drop = |r: DropReason, data: &[u8]| {
+            if let (Some(tap), Some((trace, ids, wire))) = (self.shared.tap.as_deref(), &sample) {
+                tap.emit(TapRecord {
+                    stage: Stage::Decrypt,
+                    at: self.t1,
+                    data: data.to_vec(),
+                    wire: *wire,
+                    meta: TapMeta::data(*trace, *ids, 0, Some(r)),
+                });
+            }
+        };
+        let Some(rx) = self.receivers.get_mut(&id) else {
+            self.counts
+                .drop(Stage::Decrypt, peer, len, DropReason::NoKey);
+            return tap_drop(DropReason::NoKey, pkt);
+        };
+        let opened = match rx.open(pkt, dp.view.plane.framing, now) {
+            Ok(o) => o,
+            Err(r) => {
+                self.counts.drop(Stage::Decrypt, peer, len, r);
+                return tap_drop(r, pkt);
+            }
+        };
+        self.active.insert(id);
+        if from != dp.view.addr && self.floated.insert(id) {
+            let _ = self.shared.control.send(ControlInput::Float {
+                peer: id,
+                addr: from,
+            });
+        }
+        let ids = sample.as_ref().map(|(trace, ids, _)| (*trace, *ids));
+        match opened.payload {
+            Payload::Packet(r) => self.deliver(id, &dp, len, &mut pkt[r], ids, now),
+            Payload::Inflated(r) => {
+                let (from, to) = (rx.compressed_len() as u64, r.len() as u64);
+                self.shared.stats.add_decompressed(1, from, to);
+                dp.rt.stats.add_decompressed(1, from, to);
+                // Decompressed into the receiver's buffer: lend it out while delivering.
+                let mut buf = rx.take_inflated();
+                match buf.get_mut(r) {
+                    Some(p) => self.deliver(id, &dp, len, p, ids, now),
+                    None => {
+                        self.counts
+                            .drop(Stage::Decrypt, peer, len, DropReason::BadCompression);
+                    }
+                }
+                if let Some(rx) = self.receivers.get_mut(&id) {
+                    rx.put_inflated(buf);
+                }
+            }
+            Payload::Ping => {
+                self.counts
+                    .drop(Stage::Decrypt, peer, len, DropReason::Keepalive);
+                tap_drop(DropReason::Keepalive, pkt);
+            }
+            Payload::Occ(code) => {
+                if code == OCC_EXIT {
+                    let _ = self.shared.control.send(ControlInput::Exit { peer: id });
+                }
+                self.counts.drop(Stage::Decrypt, peer, len, DropReason::Occ);
+                tap_drop(DropReason::Occ, pkt);
+            }
+        }
+    }
+
+    /// A decrypted packet of peer `id` (`sealed_len` bytes on the wire): source check, then
+    /// client-to-client or write_tun.
+    fn deliver(
+        &mut self,
+        id: PeerId,
+        dp: &DataPeer,
+        sealed_len: usize,
+        p: &mut [u8],
+        sample: Option<SampleIds>,
+        now: Instant,
+    ) {
+        let peer = Some(id);
+        self.counts.pass(Stage::Decrypt, peer, sealed_len);
+        let verdict = if !is_ip(p) {
+            Some(DropReason::NotIp)
+        } else if self.table.check_sources && !packet_src(p).is_some_and(|s| dp.view.owns_source(s))
+        {
+            Some(DropReason::BadSource)
+        } else if self.writer.is_none() {
+            Some(DropReason::TunWriteError)
+        } else {
+            None
+        };
+        if let Some(r) = verdict {
+            self.counts.drop(Stage::WriteTun, peer, p.len(), r);
+            if let (Some(tap), Some((trace, ids))) = (self.tap(), sample) {
+                tap.emit(TapRecord {
+                    stage: Stage::WriteTun,
+                    at: self.t1,
+                    data: p.to_vec(),
+                    wire: None,
+                    meta: TapMeta::data(trace, ids, 0, Some(r)),
+                });
+            }
+            return;
+        }
+        if self.table.mss != 0 {
+            tunscope_proto::mss::clamp(p, self.table.mss);
+        }
+        if let Some((trace, ids)) = sample {
+            self.samples.push(RxSample {
+                trace,
+                ids,
+                plain: p.to_vec(),
+            });
+        }
+        if self.table.client_to_client
+            && let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id)
+        {
+            self.counts.pass(Stage::WriteTun, peer, p.len());
+            return self.forward(target, p, now);
+        }
+        if self.writer.as_ref().is_some_and(TunWriter::is_full) {
+            self.flush_tun();
+        }
+        if let Some(w) = self.writer.as_mut() {
+            w.push(p);
+            self.queued.push((id, p.len()));
+        }
+    }
+
+    /// client-to-client: straight back out to the other client, without the kernel.
+    fn forward(&mut self, target: PeerId, p: &[u8], now: Instant) {
+        let t = Some(target);
+        let Some(dp) = self.table.peers.get(&target).cloned() else {
+            return self
+                .counts
+                .drop(Stage::Encrypt, t, p.len(), DropReason::NoRoute);
+        };
+        let Some(keys) = dp.view.plane.send.as_ref() else {
+            return self
+                .counts
+                .drop(Stage::Encrypt, t, p.len(), DropReason::NoKey);
+        };
+        let need = data::seal_room(p.len());
+        if self.fwd.len() < need {
+            self.fwd.resize(need, 0);
+        }
+        let n = match keys.seal(
+            dp.view.plane.header(keys),
+            dp.view.plane.framing,
+            p,
+            &mut self.fwd,
+        ) {
+            Ok(n) => n,
+            Err(r) => return self.counts.drop(Stage::Encrypt, t, p.len(), r),
+        };
+        self.counts.pass(Stage::Encrypt, t, p.len());
+        match self.shared.transport.send_one(dp.view.addr, &self.fwd[..n]) {
+            Ok(()) => {
+                self.counts.pass(Stage::SocketTx, t, n);
+                self.shared.stamp(&dp.rt.last_tx_ns, now);
+            }
+            Err(r) => self.counts.drop(Stage::SocketTx, t, n, r),
+        }
+    }
+
+    /// Writes the queued packets and counts them at write_tun, all passed or all failed.
+    fn flush_tun(&mut self) {
+        let (Some(writer), Some(tun)) = (self.writer.as_mut(), self.shared.tun.get()) else {
+            return;
+        };
+        if writer.pending() == 0 {
+            return;
+        }
+        let ok = match writer.flush(tun) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("tun write: {e}");
+                self.tun_failed = true;
+                false
+            }
+        };
+        for (id, len) in self.queued.drain(..) {
+            if ok {
+                self.counts.pass(Stage::WriteTun, Some(id), len);
+            } else {
+                self.counts
+                    .drop(Stage::WriteTun, Some(id), len, DropReason::TunWriteError);
+            }
+        }
+    }
+
+    fn finish(&mut self, clock: &Clock) {
+        let t2 = clock.mark(self.t0);
+        self.flush_tun();
+        let t3 = clock.mark(self.t0);
+        let table = self.table.clone();
+        if let Some(tap) = self.tap() {
+            let failed = self.tun_failed.then_some(DropReason::TunWriteError);
+            for s in self.samples.drain(..) {
+                tap.emit(TapRecord {
+                    stage: Stage::Decrypt,
+                    at: self.t1,
+                    data: s.plain.clone(),
+                    wire: None,
+                    meta: TapMeta::data(s.trace, s.ids, ns(self.t1, t2), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::WriteTun,
+                    at: t2,
+                    data: s.plain,
+                    wire: None,
+                    meta: TapMeta::data(s.trace, s.ids, ns(t2, t3), failed),
+                });
+            }
+        }
+        self.tun_failed = false;
+        let stage_ns = [
+            (Stage::SocketRx, ns(self.t0, self.t1)),
+            (Stage::Decrypt, ns(self.t1, t2)),
+            (Stage::WriteTun, ns(t2, t3)),
+        ];
+        self.counts.publish(self.shared, &table, &stage_ns, t3);
+        for id in self.active.drain() {
+            if let Some(dp) = table.peers.get(&id) {
+                self.shared.stamp(&dp.rt.last_rx_ns, self.t0);
+            }
+        }
+        self.floated.clear();
+    }
+
+    fn exit(mut self) {
+        let table = self.table.clone();
+        self.counts.flush_hist(self.shared, &table);
+    }
+}
+
+/// `socket_rx → decrypt → write_tun` for all peers of `shared`'s transport, until `stop`.
+pub fn rx_loop(shared: &Shared) {
+    let mut rx = Rx::new(shared);
+    let clock = Clock::new(shared.tap.is_some());
+    match &shared.transport {
+        Transport::Link(link) => rx_link(&mut rx, link, &clock),
+        Transport::Udp(ep) => rx_udp(&mut rx, ep, &clock),
+        Transport::Tcp(conns) => rx_tcp(&mut rx, conns, &clock),
+    }
+    rx.exit();
+}
+
+/// A client's link: datagrams of the connected socket, or records of the TCP stream.
+fn rx_link(rx: &mut Rx<'_>, link: &Link, clock: &Clock) {
+    let shared = rx.shared;
+    let mut batch = RxBatch::new();
+    let addr = Transport::link_addr(link);
+    let peer = link.peer();
+    while !shared.stopped() {
+        if !batch.wait(link, IDLE_WAIT) {
+            continue;
+        }
+        rx.t0 = Instant::now();
+        match batch.recv(link, Duration::ZERO) {
+            Received::Packets => {}
+            Received::Idle => continue,
+            Received::Closed(why) => {
+                if !shared.stopped() {
+                    let _ = shared.control.send(ControlInput::Closed { addr, why });
+                }
+                return;
+            }
+        }
+        rx.t1 = clock.mark(rx.t0);
+        rx.refresh();
+        let r = batch.for_each(link, |pkt, from| {
+            if from == peer {
+                rx.packet(pkt, addr);
+            } else {
+                rx.refuse(pkt.len(), DropReason::UnknownPeer);
+            }
+        });
+        rx.finish(clock);
+        if let Err(r) = r {
+            let why = format!("TCP stream: {r}");
+            let _ = shared.control.send(ControlInput::Closed { addr, why });
+            return;
+        }
+    }
+}
+
+/// A server's UDP socket: datagrams from every client.
+fn rx_udp(rx: &mut Rx<'_>, ep: &UdpEndpoint, clock: &Clock) {
+    let shared = rx.shared;
+    let mut batch = RxBatch::new();
+    while !shared.stopped() {
+        if !crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(ep.socket()), IDLE_WAIT)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        rx.t0 = Instant::now();
+        match batch.recv_udp(ep, Duration::ZERO) {
+            Received::Packets => {}
+            Received::Idle => continue,
+            Received::Closed(why) => {
+                tracing::warn!("{why}");
+                std::thread::sleep(IDLE_WAIT);
+                continue;
+            }
+        }
+        rx.t1 = clock.mark(rx.t0);
+        rx.refresh();
+        batch.for_each_datagram(|pkt, from| rx.packet(pkt, PeerAddr::Udp(from)));
+        rx.finish(clock);
+    }
+}
+
+/// A server's TCP listener: accept, read and frame all connections.
+fn rx_tcp(rx: &mut Rx<'_>, conns: &TcpConns, clock: &Clock) {
+    let shared = rx.shared;
+    let mut framers: HashMap<u64, TcpFramer> = HashMap::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !shared.stopped() {
+        rx.refresh();
+        let mut closed: Vec<(u64, String)> = vec![];
+        let mut records: Vec<(u64, Vec<u8>)> = vec![];
+        conns.poll_once(IDLE_WAIT.as_millis() as i32, &mut buf, |ev| match ev {
+            TcpEvent::Data(c, bytes) => {
+                let f = framers.entry(c.id).or_default();
+                f.push(bytes);
+                loop {
+                    match f.next_packet() {
+                        Ok(Some(p)) => records.push((c.id, p.to_vec())),
+                        Ok(None) => break,
+                        Err(_) => {
+                            closed.push((c.id, "TCP framing error".into()));
+                            break;
+                        }
+                    }
+                }
+            }
+            TcpEvent::Closed(id, why) => closed.push((id, why)),
+        });
+        if !records.is_empty() {
+            rx.t0 = Instant::now();
+            rx.t1 = rx.t0;
+            // The table may have changed while poll waited (a peer's keys, published just
+            // before the PUSH_REPLY that lets it send).
+            rx.refresh();
+            for (id, mut p) in records {
+                rx.packet(&mut p, PeerAddr::Tcp(id));
+            }
+            rx.finish(clock);
+        }
+        for (id, why) in closed {
+            framers.remove(&id);
+            conns.close(id);
+            let _ = shared.control.send(ControlInput::Closed {
+                addr: PeerAddr::Tcp(id),
+                why,
+            });
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The send half: `read_tun → (peer by inner destination) → encrypt → socket_tx`, one GSO
+//! batch per peer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tunscope_proto::data;
+use tunscope_proto::server::PeerId;
+use tunscope_proto::stage::{DropReason, Stage};
+
+use crate::capture::{TapMeta, TapRecord, data_ids};
+use crate::link::TxBatch;
+use crate::stats::ns_between as ns;
+use crate::tun::TunReader;
+
+use super::account::StageBatch;
+use super::{Clock, IDLE_WAIT, PeerTable, Shared, is_ip};
+
+/// A sampled packet of a tx batch, waiting for its socket_tx time.
+struct TxSample {
+    trace: u64,
+    ids: (Option<u32>, u8, u32),
+    peer: PeerId,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+/// tun → peers: `read_tun → encrypt → socket_tx`, until `stop`. Waits for the tun device
+/// when it does not exist yet (a client before the server's push).
+pub fn tx_loop(shared: &Shared) {
+    let tun = loop {
+        if shared.stopped() {
+            return;
+        }
+        match shared.tun.get() {
+            Some(t) => break t,
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let mut reader = TunReader::new(tun.mtu());
+    let mut batches: HashMap<PeerId, TxBatch> = HashMap::new();
+    let mut frames = Vec::with_capacity(256 * 1024);
+    let mut table = Arc::new(PeerTable::default());
+    let mut generation = u64::MAX;
+    let mut counts = StageBatch::default();
+    let mut samples: Vec<TxSample> = Vec::new();
+    let tap = shared.tap.as_deref();
+    let clock = Clock::new(tap.is_some());
+    while !shared.stopped() {
+        let t0 = Instant::now();
+        let Some(n) = reader.next_batch(tun, 128, IDLE_WAIT) else {
+            continue;
+        };
+        let t1 = clock.mark(t0);
+        if let Some(t) = shared.changed(&mut generation) {
+            table = t;
+            counts.configure(&table);
+            batches.retain(|id, _| table.peers.contains_key(id));
+        }
+        for i in 0..n {
+            let len = reader.packet(i).len();
+            if !is_ip(reader.packet(i)) {
+                counts.drop(Stage::ReadTun, None, len, DropReason::NotIp);
+                continue;
+            }
+            // A client sends everything to its server: no lookup.
+            let target = table
+                .default_peer
+                .or_else(|| table.routes.lookup_packet(reader.packet(i)));
+            counts.pass(Stage::ReadTun, target, len);
+            let Some(dp) = target.and_then(|t| table.peers.get(&t)) else {
+                counts.drop(Stage::Encrypt, target, len, DropReason::NoRoute);
+                continue;
+            };
+            let Some(keys) = dp.view.plane.send.as_ref() else {
+                counts.drop(Stage::Encrypt, target, len, DropReason::NoKey);
+                continue;
+            };
+            if table.mss != 0 {
+                tunscope_proto::mss::clamp(reader.packet_mut(i), table.mss);
+            }
+            let p = reader.packet(i);
+            let batch = batches.entry(dp.view.id).or_default();
+            let out = batch.reserve(data::seal_room(p.len()));
+            match keys.seal(dp.view.plane.header(keys), dp.view.plane.framing, p, out) {
+                Ok(l) => {
+                    if let Some(tap) = tap
+                        && let Some(ids) = data_ids(&out[..l]).filter(|ids| tap.sampled(ids.2))
+                    {
+                        samples.push(TxSample {
+                            trace: tap.trace_id(),
+                            ids,
+                            peer: dp.view.id,
+                            plain: p.to_vec(),
+                            sealed: out[..l].to_vec(),
+                        });
+                    }
+                    batch.commit(l);
+                    counts.pass(Stage::Encrypt, target, len);
+                }
+                Err(r) => {
+                    batch.abort();
+                    counts.drop(Stage::Encrypt, target, len, r);
+                }
+            }
+        }
+        let t2 = clock.mark(t0);
+        let mut failed_peers: HashSet<PeerId> = HashSet::new();
+        for (id, batch) in batches.iter_mut().filter(|(_, b)| !b.is_empty()) {
+            let peer = Some(*id);
+            let Some(dp) = table.peers.get(id) else {
+                let (n, bytes) = (batch.len() as u64, batch.bytes());
+                frames.clear();
+                batch.take_frames(&mut frames);
+                counts.drop_n(Stage::SocketTx, peer, n, bytes, DropReason::UnknownPeer);
+                continue;
+            };
+            let (f, why) = shared.transport.flush(batch, dp.view.addr, &mut frames);
+            counts.pass_n(Stage::SocketTx, peer, f.sent, f.sent_bytes);
+            counts.drop_n(Stage::SocketTx, peer, f.failed, f.failed_bytes, why);
+            if f.sent == 0 {
+                failed_peers.insert(*id);
+            } else {
+                shared.stamp(&dp.rt.last_tx_ns, t0);
+            }
+        }
+        let t3 = clock.mark(t0);
+        if let Some(tap) = tap {
+            for s in samples.drain(..) {
+                let Some(dp) = table.peers.get(&s.peer) else {
+                    continue;
+                };
+                let wire = shared.wire_for(dp, true);
+                tap.emit(TapRecord {
+                    stage: Stage::ReadTun,
+                    at: t0,
+                    data: s.plain,
+                    wire: None,
+                    meta: TapMeta::data(s.trace, s.ids, ns(t0, t1), None),
+                });
+                tap.emit(TapRecord {
+                    stage: Stage::Encrypt,
+                    at: t1,
+                    data: s.sealed.clone(),
+                    wire,
+                    meta: TapMeta::data(s.trace, s.ids, ns(t1, t2), None),
+                });
+                let drop = failed_peers
+                    .contains(&s.peer)
+                    .then_some(DropReason::SocketError);
+                tap.emit(TapRecord {
+                    stage: Stage::SocketTx,
+                    at: t2,
+                    data: s.sealed,
+                    wire,
+                    meta: TapMeta::data(s.trace, s.ids, ns(t2, t3), drop),
+                });
+            }
+        }
+        let stage_ns = [
+            (Stage::ReadTun, ns(t0, t1)),
+            (Stage::Encrypt, ns(t1, t2)),
+            (Stage::SocketTx, ns(t2, t3)),
+        ];
+        counts.publish(shared, &table, &stage_ns, t3);
+    }
+    counts.flush_hist(shared, &table);
+}
