@@ -16,10 +16,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::consts::{PACKET_ID_WRAP_TRIGGER, PING_MAGIC, PUSH_REQUEST_INTERVAL};
+use crate::consts::{PING_MAGIC, PUSH_REQUEST_INTERVAL};
 use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
 use crate::data::{Cipher, DataKeys, Framing, occ_exit_payload};
 use crate::key_method::{KeyMethod2, client_peer_info, options_string};
+use crate::key_schedule::{KeySchedule, ScheduleConfig, random_jitter};
 use crate::options::client::{ClientConfig, Transport};
 use crate::options::push::{PushedOptions, split_push_reply};
 use crate::stage::DropReason;
@@ -85,6 +86,18 @@ pub struct ClientSetup {
 }
 
 impl ClientSetup {
+    /// When to renegotiate and how long old keys stay: `reneg-sec` randomised to 90–100 %
+    /// like a 2.6 server does, so that clients started together do not renegotiate together.
+    pub fn schedule(&self) -> ScheduleConfig {
+        ScheduleConfig {
+            reneg_sec: self.reneg_sec,
+            reneg_sec_min: 0.9,
+            reneg_pkts: self.reneg_pkts,
+            reneg_bytes: self.reneg_bytes,
+            tran_window: self.tran_window,
+        }
+    }
+
     /// Builds the setup from a parsed config plus loaded material.
     pub fn new(
         cfg: &ClientConfig,
@@ -271,18 +284,16 @@ pub struct Client {
     /// `key-derivation tls-ekm`: OpenVPN before 2.6, or we did not announce EKM).
     legacy_prf: bool,
     data: DataPlane,
-    /// Newest first; at most two (current, lame duck).
-    keys: Vec<Arc<DataKeys>>,
-    switch_send_at: Option<Instant>,
-    lame_expires_at: Option<Instant>,
+    /// Data keys over time: current, lame duck, renegotiation timing.
+    keys: KeySchedule,
+    /// When the TLS session of the handshake became active (the push must follow within
+    /// `hand-window`).
     key_started: Instant,
-    reneg_pending: bool,
     data_rx: Option<Instant>,
     data_tx: Option<Instant>,
     events: VecDeque<ClientEvent>,
     started: Instant,
     tls_active_at: Option<Instant>,
-    reneg_started_at: Option<Instant>,
 }
 
 /// Send the first packet on new keys this long after they are established, so that a stock
@@ -306,6 +317,7 @@ impl Client {
             ..DataPlane::default()
         };
         Client {
+            keys: KeySchedule::new(setup.schedule(), now, random_jitter()),
             setup,
             session,
             state: State::Handshake,
@@ -315,17 +327,12 @@ impl Client {
             cipher: None,
             legacy_prf: false,
             data,
-            keys: Vec::new(),
-            switch_send_at: None,
-            lame_expires_at: None,
             key_started: now,
-            reneg_pending: false,
             data_rx: None,
             data_tx: None,
             events: VecDeque::new(),
             started: now,
             tls_active_at: None,
-            reneg_started_at: None,
         }
     }
 
@@ -409,22 +416,8 @@ impl Client {
     }
 
     fn connected_timers(&mut self, now: Instant) {
-        if let Some(t) = self.switch_send_at
-            && now >= t
-        {
-            self.switch_send_at = None;
-            if let Some(k) = self.keys.first() {
-                self.data.send = Some(k.clone());
-                self.data.generation += 1;
-            }
-        }
-        if let Some(t) = self.lame_expires_at
-            && now >= t
-        {
-            self.lame_expires_at = None;
-            self.keys.truncate(1);
-            self.data.recv = self.keys.clone();
-            self.data.generation += 1;
+        if self.keys.on_timeout(now) {
+            self.sync_keys();
         }
         let last_rx = self.last_rx();
         if let Some(limit) = self.ping_exit()
@@ -445,19 +438,10 @@ impl Client {
             ));
             return;
         }
-        let exhausted = self.data.send.as_ref().is_some_and(|k| {
-            k.packets_sent() >= u64::from(PACKET_ID_WRAP_TRIGGER)
-                    // reneg-pkts / reneg-bytes: counted on what we send with this key.
-                    || self.setup.reneg_pkts.is_some_and(|n| k.packets_sent() >= n)
-                    || self.setup.reneg_bytes.is_some_and(|n| k.bytes_sent() >= n)
-        });
-        let due = !self.setup.reneg_sec.is_zero() && now >= self.key_started + self.setup.reneg_sec;
-        if (due || exhausted)
-            && !self.reneg_pending
+        if self.keys.due(now)
             && let Some(id) = self.session.renegotiate(now)
         {
-            self.reneg_pending = true;
-            self.reneg_started_at = Some(now);
+            self.keys.started(now);
             self.events
                 .push_back(ClientEvent::Info(format!("renegotiating: new key-id {id}")));
         }
@@ -521,10 +505,7 @@ impl Client {
                 min(self.key_started + self.setup.hand_window);
             }
             State::Connected => {
-                if let Some(x) = self.switch_send_at {
-                    min(x);
-                }
-                if let Some(x) = self.lame_expires_at {
+                if let Some(x) = self.keys.next_deadline() {
                     min(x);
                 }
                 if let Some(p) = self.ping_interval() {
@@ -535,9 +516,6 @@ impl Client {
                 }
                 if let Some(p) = self.ping_exit() {
                     min(self.last_rx() + p);
-                }
-                if !self.setup.reneg_sec.is_zero() && !self.reneg_pending {
-                    min(self.key_started + self.setup.reneg_sec);
                 }
             }
             State::Exiting {
@@ -704,8 +682,7 @@ impl Client {
                 }
                 SessionEvent::PeerKeyMethod { .. } => {}
                 SessionEvent::Renegotiating { key_id } => {
-                    self.reneg_pending = true;
-                    self.reneg_started_at = Some(now);
+                    self.keys.started(now);
                     self.events.push_back(ClientEvent::Info(format!(
                         "server started renegotiation of key-id {key_id}"
                     )));
@@ -718,8 +695,9 @@ impl Client {
                         && key_id != 0
                     {
                         self.session.remove_key_state(key_id);
-                        self.reneg_pending = false;
-                        self.key_started = now;
+                        if self.keys.failed(now, key_id) {
+                            self.sync_keys();
+                        }
                         self.events.push_back(ClientEvent::RenegotiationFailed(format!(
                             "renegotiation of key-id {key_id} failed: {reason}; keeping the old key"
                         )));
@@ -735,22 +713,26 @@ impl Client {
     /// A renegotiated key can decrypt as soon as its material exists: the peer may start
     /// sending with it before our last ACK reaches it.
     fn on_key_material(&mut self, key_id: u8) {
-        if self.state != State::Connected || self.keys.iter().any(|k| k.key_id() == key_id) {
+        if self.state != State::Connected || self.keys.has_key(key_id) {
             return;
         }
         let Some(cipher) = self.cipher else { return };
         let Some(km) = self.key_material(key_id) else {
             return;
         };
-        self.keys.insert(
-            0,
-            Arc::new(
-                DataKeys::with_auth(cipher, self.setup.auth, &km, key_id, false)
-                    .counting_bytes(self.setup.reneg_bytes.is_some()),
-            ),
+        let key = Arc::new(
+            DataKeys::with_auth(cipher, self.setup.auth, &km, key_id, false)
+                .counting_bytes(self.setup.reneg_bytes.is_some()),
         );
-        self.keys.truncate(2);
-        self.data.recv = self.keys.clone();
+        if self.keys.material_ready(key) {
+            self.sync_keys();
+        }
+    }
+
+    /// Publishes the schedule's keys to the data plane.
+    fn sync_keys(&mut self) {
+        self.data.send = self.keys.send_key().cloned();
+        self.data.recv = self.keys.recv_keys().to_vec();
         self.data.generation += 1;
     }
 
@@ -774,18 +756,13 @@ impl Client {
             }
             State::Connected => {
                 self.on_key_material(key_id);
-                if self.keys.first().map(|k| k.key_id()) != Some(key_id) {
+                // Send on the new key a moment later, when the peer has surely derived it.
+                let Some(took) = self.keys.activated(now, key_id, SEND_KEY_SWITCH_DELAY) else {
                     self.restart(format!("key export failed for key-id {key_id}"));
                     return;
-                }
-                // Send on the new key a moment later, when the peer has surely derived it.
-                self.switch_send_at = Some(now + SEND_KEY_SWITCH_DELAY);
-                self.lame_expires_at = Some(now + self.setup.tran_window);
-                self.key_started = now;
-                self.reneg_pending = false;
+                };
+                self.sync_keys();
                 self.session.retire_old_key_states();
-                let took =
-                    now.saturating_duration_since(self.reneg_started_at.take().unwrap_or(now));
                 self.events
                     .push_back(ClientEvent::KeysChanged { key_id, took });
             }
@@ -898,11 +875,11 @@ impl Client {
             DataKeys::with_auth(cipher, self.setup.auth, &km, key_id, false)
                 .counting_bytes(self.setup.reneg_bytes.is_some()),
         );
-        self.keys = vec![keys.clone()];
+        self.keys.start(now, keys.clone());
         self.data = DataPlane {
             generation: self.data.generation + 1,
             send: Some(keys),
-            recv: self.keys.clone(),
+            recv: self.keys.recv_keys().to_vec(),
             peer_id: pushed.peer_id,
             framing: pushed
                 .framing

@@ -503,6 +503,36 @@ fn client_renegotiates_after_reneg_bytes_and_pkts() {
     }
 }
 
+/// The server renegotiates with a client for the same reasons a client does: packets or
+/// bytes it sent with one key (and packet-ids running out, the same check).
+#[test]
+fn server_renegotiates_after_reneg_bytes_and_pkts() {
+    for extra in ["reneg-bytes 10000\n", "reneg-pkts 20\n"] {
+        let pki = pki(1);
+        let mut net = Net::new(server(&pki, extra), vec![client(&pki, 0, "")]);
+        net.run(Duration::from_secs(10), |n| n.connected(0));
+        let peer_id = net.clients[0].1.data_plane().peer_id.expect("peer-id");
+        let snap = net.server.snapshot();
+        let plane = &snap.peers.get(&peer_id).expect("peer").plane;
+        let k = plane.send.clone().unwrap();
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..25 {
+            k.seal(plane.header(&k), plane.framing, &[0x45; 1000], &mut buf)
+                .unwrap();
+        }
+        net.run(Duration::from_secs(30), |n| {
+            n.server_events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::PeerKeysChanged { key_id: 1, .. }))
+        });
+        net.advance(Duration::from_secs(2));
+        let snap = net.server.snapshot();
+        let view = snap.peers.get(&peer_id).expect("peer");
+        assert_eq!(view.plane.send.as_ref().unwrap().key_id(), 1, "{extra}");
+        assert_data_both_ways(&net, 0);
+    }
+}
+
 /// tls-crypt-v2 admission over UDP, attacked: a client reset announcing early negotiation
 /// gets a stateless answer (no peer) however often it is replayed, from any address; a reset
 /// whose wrapped key does not authenticate gets no answer at all.

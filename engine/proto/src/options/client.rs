@@ -509,8 +509,6 @@ struct Builder {
     proxy: Option<(usize, ProxySettings)>,
     proxy_options: Vec<(usize, Vec<String>)>,
     management: Option<ManagementAddr>,
-    reneg_bytes: Option<u64>,
-    reneg_pkts: Option<u64>,
     fixed_ifconfig: Vec<(usize, String)>,
     management_query_passwords: bool,
     management_hold: bool,
@@ -809,8 +807,6 @@ impl Builder {
                     }
                 });
             }
-            "reneg-bytes" => self.reneg_bytes = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
-            "reneg-pkts" => self.reneg_pkts = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
             "ping-exit" => self.ping_exit = Some(ctx.num(d, 0)?),
             "explicit-exit-notify" => {
                 self.explicit_exit_notify = Some(if d.arg(0).is_some() {
@@ -1130,8 +1126,8 @@ impl Builder {
             tls_version_min,
             tls_version_max,
             reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
-            reneg_pkts: self.reneg_pkts,
-            reneg_bytes: self.reneg_bytes,
+            reneg_pkts: self.common.reneg_pkts,
+            reneg_bytes: self.common.reneg_bytes,
             hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
             tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
             tran_window: secs(self.common.tran_window.unwrap_or(3600)),

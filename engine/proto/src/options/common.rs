@@ -48,6 +48,10 @@ pub(super) struct Common {
     pub tls_min: Option<TlsVersion>,
     pub tls_max: Option<TlsVersion>,
     pub reneg_sec: Option<u64>,
+    /// `reneg-bytes`: renegotiate after this many bytes sent with one key.
+    pub reneg_bytes: Option<u64>,
+    /// `reneg-pkts`: renegotiate after this many packets sent with one key.
+    pub reneg_pkts: Option<u64>,
     pub hand_window: Option<u64>,
     pub tls_timeout: Option<u64>,
     pub tran_window: Option<u64>,
@@ -171,6 +175,8 @@ impl Common {
                     Some(TlsVersion::parse(ctx.arg(d, 0)?).map_err(|e| ctx.error(line, e))?)
             }
             "reneg-sec" => self.reneg_sec = Some(ctx.num(d, 0)?),
+            "reneg-bytes" => self.reneg_bytes = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
+            "reneg-pkts" => self.reneg_pkts = Some(ctx.num(d, 0)?).filter(|n| *n > 0),
             "hand-window" => self.hand_window = Some(ctx.num(d, 0)?),
             "tls-timeout" => self.tls_timeout = Some(ctx.num(d, 0)?),
             "tran-window" => self.tran_window = Some(ctx.num(d, 0)?),

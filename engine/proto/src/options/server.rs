@@ -192,6 +192,10 @@ pub struct ServerConfig {
     pub tls_version_max: TlsVersion,
     /// `reneg-sec` (randomised per client to 90–100 %, like 2.6).
     pub reneg_sec: Duration,
+    /// `reneg-pkts`: renegotiate after this many packets sent to a client with one key.
+    pub reneg_pkts: Option<u64>,
+    /// `reneg-bytes`: the same in bytes.
+    pub reneg_bytes: Option<u64>,
     /// `hand-window`.
     pub hand_window: Duration,
     /// `tls-timeout`.
@@ -725,6 +729,8 @@ impl Builder {
             tls_version_min,
             tls_version_max,
             reneg_sec: secs(self.common.reneg_sec.unwrap_or(3600)),
+            reneg_pkts: self.common.reneg_pkts,
+            reneg_bytes: self.common.reneg_bytes,
             hand_window: self.common.hand_window.map_or(HAND_WINDOW_DEFAULT, secs),
             tls_timeout: self.common.tls_timeout.map_or(TLS_TIMEOUT_DEFAULT, secs),
             tran_window: secs(self.common.tran_window.unwrap_or(3600)),

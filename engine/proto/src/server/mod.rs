@@ -31,6 +31,7 @@ use crate::consts::{PING_MAGIC, iv_proto};
 use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
 use crate::data::{Cipher, DataKeys};
 use crate::key_method::{KeyMethod2, PeerInfo, options_string};
+use crate::key_schedule::{KeySchedule, ScheduleConfig, random_jitter};
 use crate::options::push::PushedOptions;
 use crate::options::server::{ClientOverrides, ServerConfig, ServerTransport};
 use crate::stage::DropReason;
@@ -239,14 +240,10 @@ struct Peer {
     ipv6: Option<Ipv6Addr>,
     overrides: ClientOverrides,
     refusal: Option<String>,
-    keys: Vec<Arc<DataKeys>>,
+    /// Data keys over time: current, lame duck, renegotiation timing.
+    keys: KeySchedule,
     plane: DataPlane,
     push_sent: bool,
-    key_started: Instant,
-    reneg_after: Duration,
-    reneg_pending: bool,
-    reneg_started_at: Option<Instant>,
-    lame_expires_at: Option<Instant>,
     data_rx: Option<Instant>,
     data_tx: Option<Instant>,
     ping_due: bool,
@@ -255,6 +252,13 @@ struct Peer {
 }
 
 impl Peer {
+    /// Publishes the schedule's keys to this peer's data plane.
+    fn sync_keys(&mut self) {
+        self.plane.send = self.keys.send_key().cloned();
+        self.plane.recv = self.keys.recv_keys().to_vec();
+        self.plane.generation += 1;
+    }
+
     fn last_rx(&self) -> Instant {
         self.session
             .last_rx()
@@ -732,8 +736,17 @@ impl Server {
         // Lowest free peer-id (2.6 uses array slots the same way).
         let id = (0..).find(|i| !self.peers.contains_key(i)).unwrap_or(0);
         // 2.6 randomises reneg-sec to 90–100 % per client so renegotiations do not align.
-        let jitter = f64::from(random_bytes::<1>()[0]) / 255.0 * 0.1;
-        let reneg_after = self.setup.config.reneg_sec.mul_f64(1.0 - jitter);
+        let keys = KeySchedule::new(
+            ScheduleConfig {
+                reneg_sec: self.setup.config.reneg_sec,
+                reneg_sec_min: 0.9,
+                reneg_pkts: self.setup.config.reneg_pkts,
+                reneg_bytes: self.setup.config.reneg_bytes,
+                tran_window: self.setup.config.tran_window,
+            },
+            now,
+            random_jitter(),
+        );
         let plane = DataPlane {
             framing: self.setup.config.framing.with_tx_compression(
                 self.setup.config.compression.allow
@@ -757,14 +770,9 @@ impl Server {
                 ipv6: None,
                 overrides: ClientOverrides::default(),
                 refusal: None,
-                keys: Vec::new(),
+                keys,
                 plane,
                 push_sent: false,
-                key_started: now,
-                reneg_after,
-                reneg_pending: false,
-                reneg_started_at: None,
-                lame_expires_at: None,
                 data_rx: None,
                 data_tx: None,
                 ping_due: false,
@@ -1018,8 +1026,7 @@ impl Server {
             match ev {
                 SessionEvent::TlsStarted { .. } => {}
                 SessionEvent::Renegotiating { key_id } => {
-                    p.reneg_pending = true;
-                    p.reneg_started_at = Some(now);
+                    p.keys.started(now);
                     self.log(format!(
                         "peer {id}: client started renegotiation of key-id {key_id}"
                     ));
@@ -1037,8 +1044,11 @@ impl Server {
                     }
                     if p.session.current_key_id() == Some(key_id) {
                         p.session.remove_key_state(key_id);
-                        p.reneg_pending = false;
-                        p.key_started = now;
+                    }
+                    // Whichever key failed, it must not be switched to later.
+                    if p.keys.failed(now, key_id) {
+                        p.sync_keys();
+                        self.bump();
                     }
                     self.events.push_back(ServerEvent::PeerKeyFailed {
                         peer: id,
@@ -1089,18 +1099,15 @@ impl Server {
         } else {
             p.session.export_key_material(key_id)?
         };
-        Some(Arc::new(DataKeys::with_auth(
-            p.cipher?,
-            self.setup.config.auth_digest,
-            &km,
-            key_id,
-            true,
-        )))
+        Some(Arc::new(
+            DataKeys::with_auth(p.cipher?, self.setup.config.auth_digest, &km, key_id, true)
+                .counting_bytes(self.setup.config.reneg_bytes.is_some()),
+        ))
     }
 
     fn on_key_material(&mut self, id: PeerId, key_id: u8) {
         let Some(p) = self.peers.get(&id) else { return };
-        if p.state != PeerState::Connected || p.keys.iter().any(|k| k.key_id() == key_id) {
+        if p.state != PeerState::Connected || p.keys.has_key(key_id) {
             return;
         }
         let Some(k) = self.derive(p, key_id) else {
@@ -1109,11 +1116,10 @@ impl Server {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        p.keys.insert(0, k);
-        p.keys.truncate(2);
-        p.plane.recv = p.keys.clone();
-        p.plane.generation += 1;
-        self.bump();
+        if p.keys.material_ready(k) {
+            p.sync_keys();
+            self.bump();
+        }
     }
 
     fn on_key_active(&mut self, now: Instant, id: PeerId, key_id: u8) {
@@ -1128,13 +1134,10 @@ impl Server {
                 let Some(p) = self.peers.get_mut(&id) else {
                     return;
                 };
-                p.keys = vec![k.clone()];
-                p.plane.send = Some(k);
-                p.plane.recv = p.keys.clone();
+                p.keys.start(now, k);
+                p.sync_keys();
                 p.plane.peer_id = v2.then_some(id);
-                p.plane.generation += 1;
                 p.state = PeerState::Connected;
-                p.key_started = now;
                 let created = p.created;
                 let push_now = p.iv_proto() & iv_proto::REQUEST_PUSH != 0;
                 self.bump();
@@ -1160,16 +1163,17 @@ impl Server {
                 let Some(p) = self.peers.get_mut(&id) else {
                     return;
                 };
-                if let Some(k) = p.keys.first().filter(|k| k.key_id() == key_id) {
-                    // The client derived these keys before we became active (it is active
-                    // once our key-method-2 arrives), so sending on them is safe now.
-                    p.plane.send = Some(k.clone());
-                    p.plane.generation += 1;
-                }
-                p.lame_expires_at = Some(now + self.setup.config.tran_window);
-                p.key_started = now;
-                p.reneg_pending = false;
-                let took = now.saturating_duration_since(p.reneg_started_at.take().unwrap_or(now));
+                // The client derived these keys before we became active (it is active once
+                // our key-method-2 arrives), so sending on them is safe at once.
+                let Some(took) = p.keys.activated(now, key_id, Duration::ZERO) else {
+                    p.keys.failed(now, key_id);
+                    self.events.push_back(ServerEvent::PeerKeyFailed {
+                        peer: id,
+                        reason: format!("key export failed for key-id {key_id}"),
+                    });
+                    return;
+                };
+                p.sync_keys();
                 p.session.retire_old_key_states();
                 self.bump();
                 self.events.push_back(ServerEvent::PeerKeysChanged {
@@ -1356,22 +1360,15 @@ impl Server {
         {
             p.ping_due = true;
         }
-        if let Some(t) = p.lame_expires_at
-            && now >= t
-        {
-            p.lame_expires_at = None;
-            p.keys.truncate(1);
-            p.plane.recv = p.keys.clone();
-            p.plane.generation += 1;
+        if p.keys.on_timeout(now) {
+            p.sync_keys();
             self.generation += 1;
         }
-        if !p.reneg_pending
-            && !self.setup.config.reneg_sec.is_zero()
-            && now >= p.key_started + p.reneg_after
+        // reneg-sec (with this peer's jitter), or the sending key near its packet-id limit.
+        if p.keys.due(now)
             && let Some(k) = p.session.renegotiate(now)
         {
-            p.reneg_pending = true;
-            p.reneg_started_at = Some(now);
+            p.keys.started(now);
             self.log(format!("peer {id}: renegotiating, new key-id {k}"));
         }
     }
@@ -1397,11 +1394,8 @@ impl Server {
             if let Some(ping) = self.setup.config.ping {
                 min(p.last_tx() + ping);
             }
-            if let Some(x) = p.lame_expires_at {
+            if let Some(x) = p.keys.next_deadline() {
                 min(x);
-            }
-            if !p.reneg_pending && !self.setup.config.reneg_sec.is_zero() {
-                min(p.key_started + p.reneg_after);
             }
         }
         t
