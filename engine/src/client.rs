@@ -60,9 +60,13 @@ pub struct ClientOptions {
 }
 
 /// How one connection attempt ended.
-enum Outcome {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Closed on request (a signal, `inactive`, the server's goodbye acknowledged).
     Closed,
+    /// Ended in a way another attempt may fix (link down, ping-restart, RESTART).
     Restart(String),
+    /// Ended for good (AUTH_FAILED, broken keys, a refused config).
     Fatal(String),
 }
 
@@ -371,6 +375,19 @@ impl Run<'_> {
 
     /// The connection attempt on an open link: handshake, tunnel, data path, until it ends.
     fn run_on_link(&mut self, remote: &Remote, peer: SocketAddr, link: Link) -> Result<Outcome> {
+        self.observer.set_socket(link.udp_fd());
+        let addr = datapath::Transport::link_addr(&link);
+        self.run_on_transport(remote, peer, datapath::Transport::Link(link), addr)
+    }
+
+    /// The connection attempt on an open transport whose far end, the server, is `addr`.
+    fn run_on_transport(
+        &mut self,
+        remote: &Remote,
+        peer: SocketAddr,
+        transport: datapath::Transport,
+        addr: PeerAddr,
+    ) -> Result<Outcome> {
         let cfg = self.cfg;
         // Credentials are asked for (or read) once and kept, unless auth-nocache; with
         // `management-query-passwords` the management client is asked instead of the terminal.
@@ -409,11 +426,9 @@ impl Run<'_> {
                 "TCP"
             }
         );
-        self.observer.set_socket(link.udp_fd());
-        let addr = datapath::Transport::link_addr(&link);
         let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
         let shared = Shared::new(
-            datapath::Transport::Link(link),
+            transport,
             ctl_tx,
             Arc::clone(&self.stats),
             self.tap.clone(),
@@ -520,21 +535,25 @@ impl Run<'_> {
         );
         log_pushed(&connected.pushed);
         let effective = effective_options(cfg, &connected.pushed);
-        let net = NetConfig::apply(
-            &effective,
-            &Settings {
-                dev: tun.name(),
-                mtu,
-                remote: peer,
-                dns: self.opts.dns,
-                route_noexec: cfg.route_noexec,
-                up: cfg.up.as_deref(),
-                down: cfg.down.as_deref(),
-                config: &self.opts.config,
-                setenv: &cfg.setenv,
-            },
-            &self.state_path,
-        );
+        let net = if tun.is_memory() {
+            Ok(NetConfig::nothing())
+        } else {
+            NetConfig::apply(
+                &effective,
+                &Settings {
+                    dev: tun.name(),
+                    mtu,
+                    remote: peer,
+                    dns: self.opts.dns,
+                    route_noexec: cfg.route_noexec,
+                    up: cfg.up.as_deref(),
+                    down: cfg.down.as_deref(),
+                    config: &self.opts.config,
+                    setenv: &cfg.setenv,
+                },
+                &self.state_path,
+            )
+        };
         let net = match net {
             Ok(n) => n,
             // Without its routes the tunnel is not what the user asked for: stop, after
@@ -938,4 +957,48 @@ pub fn tun_addresses(p: &PushedOptions) -> Result<TunAddresses> {
         ipv4,
         ipv6: p.ifconfig_ipv6.map(|(a, bits, _)| (a, bits)),
     })
+}
+
+/// The in-process tier: one connection attempt of a client configured by `cfg` over an
+/// in-memory port to the server at `server`, with an in-memory tun device, until `term` or
+/// the attempt's end. No kernel state is touched; counters and taps go to `obs`.
+pub fn run_in_memory(
+    cfg: &ClientConfig,
+    obs: &Observatory,
+    term: &AtomicBool,
+    tun: Tun,
+    port: Arc<datapath::memory::MemPort>,
+    server: SocketAddr,
+) -> Result<Outcome> {
+    let opts = ClientOptions {
+        config: PathBuf::new(),
+        options: vec![],
+        no_offload: true,
+        observe: ObserveOptions::default(),
+        dns: DnsBackend::None,
+        state_file: None,
+    };
+    let remote = cfg
+        .remotes
+        .first()
+        .cloned()
+        .context("no 'remote' given: nothing to connect to")?;
+    let mut run = Run {
+        cfg,
+        opts: &opts,
+        term,
+        stats: Arc::clone(&obs.stats),
+        observer: Arc::clone(&obs.observer),
+        tap: obs.capture.as_ref().map(|c| Arc::clone(&c.tap)),
+        tun: Some(tun),
+        state_path: PathBuf::new(),
+        remotes: vec![remote.clone()],
+        resolved: HashMap::new(),
+        credentials: None,
+        proxy_credentials: None,
+        mgmt: None,
+        auth_failed: false,
+    };
+    let addr = port.server(server);
+    run.run_on_transport(&remote, server, datapath::Transport::Memory(port), addr)
 }

@@ -385,6 +385,25 @@ impl TxBatch {
         r
     }
 
+    /// Hands each packet to `send` (true: it went out) and empties the batch: for
+    /// transports without batching.
+    pub fn send_each(&mut self, mut send: impl FnMut(&[u8]) -> bool) -> Flushed {
+        let mut f = Flushed::default();
+        let mut off = 0;
+        for &l in &self.lens {
+            if send(&self.buf[off..off + l]) {
+                f.sent += 1;
+                f.sent_bytes += l as u64;
+            } else {
+                f.failed += 1;
+                f.failed_bytes += l as u64;
+            }
+            off += l;
+        }
+        self.clear();
+        f
+    }
+
     /// Sends everything to `dest` over a UDP endpoint (GSO where sizes allow) and empties the
     /// batch.
     pub fn flush_to(&mut self, ep: &UdpEndpoint, dest: SocketAddr) -> Flushed {

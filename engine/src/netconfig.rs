@@ -341,6 +341,16 @@ pub fn run_script(cmd: &[String], env: &[(String, String)], what: &str) -> bool 
 }
 
 impl NetConfig {
+    /// Nothing applied: a client on an in-memory tun device (the in-process tier) has no
+    /// kernel state to change.
+    pub fn nothing() -> NetConfig {
+        NetConfig {
+            state_path: PathBuf::new(),
+            applied: Applied::default(),
+            stub: None,
+        }
+    }
+
     /// Applies routes, DNS and the up script for a pushed configuration.
     pub fn apply(p: &PushedOptions, s: &Settings<'_>, state_path: &Path) -> Result<NetConfig> {
         let mut nc = NetConfig {

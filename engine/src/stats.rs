@@ -35,6 +35,7 @@ pub struct StageCounters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     batches: AtomicU64,
+    busy_ns: AtomicU64,
     drops: [AtomicU64; N_REASONS],
 }
 
@@ -113,6 +114,14 @@ impl StageCounters {
         }
     }
 
+    /// Adds the time a thread spent in this stage for one batch (where the time goes).
+    #[inline]
+    pub fn add_busy(&self, ns: u64) {
+        if PROBES && ns > 0 {
+            self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
     /// Reads the counters.
     pub fn snapshot(&self) -> StageSnapshot {
         StageSnapshot {
@@ -121,6 +130,7 @@ impl StageCounters {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
         }
     }
@@ -139,6 +149,8 @@ pub struct StageSnapshot {
     pub bytes_out: u64,
     /// Batches.
     pub batches: u64,
+    /// Time threads spent in the stage, summed over batches.
+    pub busy_ns: u64,
     /// Drops by reason index.
     pub drops: [u64; N_REASONS],
 }
@@ -331,6 +343,7 @@ impl EngineStats {
                 bytes_in: s.bytes_in,
                 bytes_out: s.bytes_out,
                 batches: s.batches,
+                busy_ns: s.busy_ns,
                 drops: DropReason::ALL
                     .iter()
                     .filter(|r| s.drops_for(**r) > 0)
@@ -453,6 +466,10 @@ pub struct StageReport {
     pub bytes_out: u64,
     /// Batches.
     pub batches: u64,
+    /// Time the data threads spent in this stage, summed over batches (ns): the stage's
+    /// share of the engine's time.
+    #[serde(default)]
+    pub busy_ns: u64,
     /// Drops by reason name.
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Time spent in the stage per packet.

@@ -4,10 +4,16 @@
 //! 64 KiB that tun-rs splits into MTU-sized segments, and decrypted segments of one flow are
 //! coalesced into one `write()` (GRO). That turns tens of syscalls into one, which is where a
 //! userspace tunnel's time goes. Offload falls back to plain tun when the kernel refuses it.
+//!
+//! [`Tun::memory`] gives a device without the kernel (wireguard-go's `tun/tuntest`): the
+//! test holds the other end ([`MemTunHandle`]), writes packets the engine reads and reads
+//! what the engine writes. The in-process tier runs the data path on it without root.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::Duration;
 
 use tun_rs::{DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
@@ -16,11 +22,35 @@ const SUPER_PACKET: usize = VIRTIO_NET_HDR_LEN + 65535;
 
 /// A tun device.
 pub struct Tun {
-    dev: SyncDevice,
+    dev: Device,
     offload: bool,
     name: String,
     /// The MTU last applied (readers size their buffers by it).
     mtu: std::sync::atomic::AtomicU16,
+}
+
+enum Device {
+    Kernel(SyncDevice),
+    Memory(MemTun),
+}
+
+/// How many packets an in-memory device holds in each direction.
+const MEM_QUEUE: usize = 4096;
+
+/// The engine's end of an in-memory device.
+struct MemTun {
+    /// Packets "the kernel" sends into the tunnel.
+    inbound: Mutex<Receiver<Vec<u8>>>,
+    /// Packets the engine delivers.
+    outbound: SyncSender<Vec<u8>>,
+}
+
+/// The test's end of an in-memory device: what the kernel's side of a tun would do.
+pub struct MemTunHandle {
+    /// Packets to send into the tunnel (the engine reads them at read_tun).
+    pub to_engine: SyncSender<Vec<u8>>,
+    /// Packets the engine wrote (write_tun).
+    pub from_engine: Receiver<Vec<u8>>,
 }
 
 /// Addresses for the tun device, from the pushed `ifconfig` / `ifconfig-ipv6`.
@@ -52,11 +82,38 @@ impl Tun {
         };
         let name = dev.name()?;
         Ok(Tun {
-            dev,
+            dev: Device::Kernel(dev),
             offload,
             name,
             mtu: std::sync::atomic::AtomicU16::new(mtu),
         })
+    }
+
+    /// An in-memory device named `name` (no kernel, no root) and the test's end of it.
+    pub fn memory(name: &str, mtu: u16) -> (Tun, MemTunHandle) {
+        let (to_engine, inbound) = std::sync::mpsc::sync_channel(MEM_QUEUE);
+        let (outbound, from_engine) = std::sync::mpsc::sync_channel(MEM_QUEUE);
+        let tun = Tun {
+            dev: Device::Memory(MemTun {
+                inbound: Mutex::new(inbound),
+                outbound,
+            }),
+            offload: false,
+            name: name.to_owned(),
+            mtu: std::sync::atomic::AtomicU16::new(mtu),
+        };
+        (
+            tun,
+            MemTunHandle {
+                to_engine,
+                from_engine,
+            },
+        )
+    }
+
+    /// True for an in-memory device (nothing to configure in the kernel).
+    pub fn is_memory(&self) -> bool {
+        matches!(self.dev, Device::Memory(_))
     }
 
     /// The interface name.
@@ -76,31 +133,46 @@ impl Tun {
 
     /// Applies addresses and MTU and brings the link up.
     pub fn configure(&self, addrs: &TunAddresses, mtu: u16) -> io::Result<()> {
-        self.dev.set_mtu(mtu)?;
         self.mtu.store(mtu, std::sync::atomic::Ordering::Relaxed);
+        let Device::Kernel(dev) = &self.dev else {
+            return Ok(());
+        };
+        dev.set_mtu(mtu)?;
         if let Some((addr, prefix, peer)) = addrs.ipv4 {
-            self.dev.set_network_address(addr, prefix, peer)?;
+            dev.set_network_address(addr, prefix, peer)?;
         }
         if let Some((addr, prefix)) = addrs.ipv6 {
-            match self.dev.add_address_v6(addr, prefix) {
+            match dev.add_address_v6(addr, prefix) {
                 Ok(()) => {}
                 // Re-applying the same address after a reconnect is fine.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.dev.enabled(true)
+        dev.enabled(true)
     }
 
     /// Switches the fd to non-blocking mode (reads return `WouldBlock` instead of waiting).
     pub fn set_nonblocking(&self) -> io::Result<()> {
-        self.dev.set_nonblocking(true)
+        match &self.dev {
+            Device::Kernel(dev) => dev.set_nonblocking(true),
+            Device::Memory(_) => Ok(()),
+        }
     }
-}
 
-impl AsRawFd for Tun {
-    fn as_raw_fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
+    /// Waits up to `idle` until the device has a packet to read; an in-memory device hands
+    /// over the packet it waited for (kept for the next read).
+    fn wait_readable(&self, idle: Duration) -> Option<Vec<u8>> {
+        match &self.dev {
+            Device::Kernel(dev) => {
+                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(dev), idle);
+                None
+            }
+            Device::Memory(m) => {
+                let rx = m.inbound.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv_timeout(idle).ok()
+            }
+        }
     }
 }
 
@@ -111,6 +183,8 @@ pub struct TunReader {
     sizes: Vec<usize>,
     /// Number of valid packets in `bufs`.
     len: usize,
+    /// A packet an in-memory device handed over while we waited for it.
+    pending: Option<Vec<u8>>,
 }
 
 impl TunReader {
@@ -123,6 +197,7 @@ impl TunReader {
                 .collect(),
             sizes: vec![0; IDEAL_BATCH_SIZE],
             len: 0,
+            pending: None,
         }
     }
 
@@ -138,7 +213,7 @@ impl TunReader {
         match self.read_batch(tun, max) {
             Ok(n) => Some(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(tun), idle);
+                self.pending = tun.wait_readable(idle);
                 None
             }
             Err(e) => {
@@ -154,6 +229,10 @@ impl TunReader {
     pub fn read_batch(&mut self, tun: &Tun, max: usize) -> io::Result<usize> {
         self.len = 0;
         let max = max.min(IDEAL_BATCH_SIZE);
+        let dev = match &tun.dev {
+            Device::Kernel(dev) => dev,
+            Device::Memory(m) => return self.read_memory(m, max),
+        };
         // A super-packet splits into at most 64 KiB / MSS segments; keep room for one more
         // read of that size before stopping.
         while self.len < max {
@@ -162,7 +241,7 @@ impl TunReader {
                 break;
             }
             let sizes = &mut self.sizes[self.len..];
-            match tun.dev.recv_multiple(&mut self.raw, room, sizes, 0) {
+            match dev.recv_multiple(&mut self.raw, room, sizes, 0) {
                 Ok(n) => self.len += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.len > 0 => break,
                 Err(e) => return Err(e),
@@ -172,6 +251,32 @@ impl TunReader {
             }
         }
         Ok(self.len)
+    }
+
+    fn read_memory(&mut self, m: &MemTun, max: usize) -> io::Result<usize> {
+        let rx = m.inbound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut take = |p: Vec<u8>, len: &mut usize| {
+            let b = &mut self.bufs[*len];
+            let n = p.len().min(b.len());
+            b[..n].copy_from_slice(&p[..n]);
+            self.sizes[*len] = n;
+            *len += 1;
+        };
+        let mut len = 0;
+        if let Some(p) = self.pending.take() {
+            take(p, &mut len);
+        }
+        while len < max {
+            match rx.try_recv() {
+                Ok(p) => take(p, &mut len),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        self.len = len;
+        if len == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(len)
     }
 
     /// Packet `i` of the last batch.
@@ -232,8 +337,24 @@ impl TunWriter {
         if n == 0 {
             return Ok(0);
         }
-        tun.dev
-            .send_multiple(&mut self.gro, &mut self.bufs[..n], self.offset)
-            .map(|_| n)
+        match &tun.dev {
+            Device::Kernel(dev) => dev
+                .send_multiple(&mut self.gro, &mut self.bufs[..n], self.offset)
+                .map(|_| n),
+            Device::Memory(m) => {
+                let mut full = false;
+                for b in &self.bufs[..n] {
+                    match m.outbound.try_send(b[self.offset..].to_vec()) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => full = true,
+                    }
+                }
+                if full {
+                    Err(io::Error::other("in-memory tun: reader gone or queue full"))
+                } else {
+                    Ok(n)
+                }
+            }
+        }
     }
 }

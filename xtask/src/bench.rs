@@ -60,6 +60,45 @@ struct Sample {
     retransmits: u64,
     cpu_client: f64,
     cpu_server: f64,
+    /// User and system CPU (% of one core) of client and server.
+    split: [(f64, f64); 2],
+    /// Our engines' time per data-path stage over the run (ns), client and server.
+    stages: [Option<[u64; 6]>; 2],
+}
+
+/// The data-path stages in path order, as the engine names them.
+const STAGES: [&str; 6] = [
+    "read_tun",
+    "encrypt",
+    "socket_tx",
+    "socket_rx",
+    "decrypt",
+    "write_tun",
+];
+
+/// Busy time per stage from an engine's control socket.
+fn stage_busy(sock: &std::path::Path) -> Option<[u64; 6]> {
+    let r = tunscope_engine::control_socket::query(sock).ok()?;
+    let mut out = [0u64; 6];
+    for (i, name) in STAGES.iter().enumerate() {
+        out[i] = r.totals.stage(name)?.busy_ns;
+    }
+    Some(out)
+}
+
+/// Each stage's share of an engine's data-path time, as `stage NN%` items.
+fn shares(busy: &[u64; 6]) -> String {
+    let total: u64 = busy.iter().sum();
+    if total == 0 {
+        return "no samples".into();
+    }
+    STAGES
+        .iter()
+        .zip(busy)
+        .filter(|(_, b)| **b > 0)
+        .map(|(n, b)| format!("{n} {:.0}%", *b as f64 * 100.0 / total as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Entry point: `bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]`.
@@ -174,6 +213,38 @@ fn tunnel(args: &[&str]) -> Result<()> {
             m / stock
         );
     }
+    let veth = rows
+        .iter()
+        .find(|(a, _)| *a == Anchor::Veth)
+        .map(|(_, s)| median(s))
+        .unwrap_or(f64::NAN);
+    if let Some((_, s)) = rows.iter().find(|(a, _)| *a == Anchor::OursBoth) {
+        println!(
+            "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth",
+            median(s) / stock,
+            median(s) / veth
+        );
+    }
+    println!(
+        "\nWhere the time goes (our engines' stage probes over the whole run; CPU user/system % of one core, median rep)\n"
+    );
+    println!("| path | side | CPU user / sys | stage shares of data-path time |");
+    println!("|---|---|---|---|");
+    for (anchor, s) in &rows {
+        if *anchor == Anchor::Veth {
+            continue;
+        }
+        let mut order: Vec<&Sample> = s.iter().collect();
+        order.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+        let Some(mid) = order.get(order.len() / 2) else {
+            continue;
+        };
+        for (i, side) in ["client", "server"].iter().enumerate() {
+            let (u, y) = mid.split[i];
+            let st = mid.stages[i].map_or("(stock openvpn: no probes)".to_owned(), |b| shares(&b));
+            println!("| {} | {side} | {u:.0} / {y:.0} | {st} |", anchor.label());
+        }
+    }
     Ok(())
 }
 
@@ -257,16 +328,16 @@ fn probes(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// utime + stime of a process in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+/// utime and stime of a process in clock ticks.
+fn cpu_ticks(pid: u32) -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
+    (get(11), get(12))
 }
 
 fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
@@ -284,19 +355,33 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
             &cconf,
             spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
         )?;
-        let mut server = subjects::start_server(
-            anchor.server(),
-            &hosts.server,
-            &sconf,
-            &hosts.dir.join("server.log"),
-        )?;
+        let slog = hosts.dir.join("server.log");
+        let ssock = hosts.dir.join("server.sock");
+        let mut server = match anchor.server() {
+            Implementation::Ours => subjects::start_tunscope_server_with(
+                &hosts.server,
+                &sconf,
+                &slog,
+                &["--control", ssock.to_str().context("utf-8 path")?],
+            )?,
+            Implementation::OpenVpn => {
+                subjects::start_server(Implementation::OpenVpn, &hosts.server, &sconf, &slog)?
+            }
+        };
         subjects::wait_ready(&mut server, Duration::from_secs(15))?;
-        let mut client = subjects::start_client(
-            anchor.client(),
-            &hosts.client,
-            &cconf,
-            &hosts.dir.join("client.log"),
-        )?;
+        let clog = hosts.dir.join("client.log");
+        let csock = hosts.dir.join("client.sock");
+        let mut client = match anchor.client() {
+            Implementation::Ours => subjects::start_tunscope_client(
+                &hosts.client,
+                &cconf,
+                &clog,
+                &["--control", csock.to_str().context("utf-8 path")?],
+            )?,
+            Implementation::OpenVpn => {
+                subjects::start_client(Implementation::OpenVpn, &hosts.client, &cconf, &clog)?
+            }
+        };
         subjects::wait_ready(&mut client, Duration::from_secs(20))?;
         // The stock server installs the data keys on its next 1 s housekeeping tick.
         std::thread::sleep(Duration::from_millis(1500));
@@ -312,7 +397,12 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         &hosts.dir.join("iperf3-server.log"),
     )?;
     srv.wait_for_log("Server listening", Duration::from_secs(10))?;
-    let ticks0: Vec<u64> = procs.iter().map(|p| p.pid().map_or(0, cpu_ticks)).collect();
+    let socks = [hosts.dir.join("client.sock"), hosts.dir.join("server.sock")];
+    let busy0: Vec<Option<[u64; 6]>> = socks.iter().map(|s| stage_busy(s)).collect();
+    let ticks0: Vec<(u64, u64)> = procs
+        .iter()
+        .map(|p| p.pid().map_or((0, 0), cpu_ticks))
+        .collect();
     let start = Instant::now();
     let out = hosts
         .client
@@ -320,7 +410,18 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         .args(["-c", &target.to_string(), "-t", &secs.to_string(), "-J"])
         .output()?;
     let wall = start.elapsed().as_secs_f64();
-    let ticks1: Vec<u64> = procs.iter().map(|p| p.pid().map_or(0, cpu_ticks)).collect();
+    let ticks1: Vec<(u64, u64)> = procs
+        .iter()
+        .map(|p| p.pid().map_or((0, 0), cpu_ticks))
+        .collect();
+    let busy1: Vec<Option<[u64; 6]>> = socks.iter().map(|s| stage_busy(s)).collect();
+    let stages: [Option<[u64; 6]>; 2] = std::array::from_fn(|i| {
+        let (a, b) = (
+            busy0.get(i).copied().flatten()?,
+            busy1.get(i).copied().flatten()?,
+        );
+        Some(std::array::from_fn(|k| b[k].saturating_sub(a[k])))
+    });
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = json.get("error") {
@@ -332,17 +433,23 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
     let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = |i: usize| -> f64 {
+    let split = |i: usize| -> (f64, f64) {
         match (ticks0.get(i), ticks1.get(i)) {
-            (Some(a), Some(b)) => (b - a) as f64 / hz / wall * 100.0,
-            _ => 0.0,
+            (Some(a), Some(b)) => (
+                b.0.saturating_sub(a.0) as f64 / hz / wall * 100.0,
+                b.1.saturating_sub(a.1) as f64 / hz / wall * 100.0,
+            ),
+            _ => (0.0, 0.0),
         }
     };
+    let split = [split(0), split(1)];
     Ok(Sample {
         gbps: bps / 1e9,
         retransmits,
-        cpu_client: cpu(0),
-        cpu_server: cpu(1),
+        cpu_client: split[0].0 + split[0].1,
+        cpu_server: split[1].0 + split[1].1,
+        split,
+        stages,
     })
 }
 

@@ -106,8 +106,11 @@ impl StageBatch {
             shared.stats.stage(s).add(&self.global[s.index()]);
         }
         for (stage, ns) in stage_ns {
-            self.hist
-                .record(*stage, self.global[stage.index()].packets_in(), *ns);
+            let n = self.global[stage.index()].packets_in();
+            self.hist.record(*stage, n, *ns);
+            if n > 0 {
+                shared.stats.stage(*stage).add_busy(*ns);
+            }
         }
         shared.stats.publish_hist(&mut self.hist, now, false);
         for (p, c) in self.peers.drain(..) {

@@ -22,6 +22,7 @@
 
 pub mod account;
 mod control_tx;
+pub mod memory;
 mod rx;
 pub mod transport;
 mod tx;

@@ -15,6 +15,8 @@ use tunscope_proto::wire::{DataHeader, Opcode, TcpFramer, peek_opcode};
 
 use crate::capture::{Tap, TapMeta, TapRecord, data_ids};
 use crate::link::{Link, Received, RxBatch, UdpEndpoint};
+
+use super::memory::MemPort;
 use crate::server::tcp::{TcpConns, TcpEvent};
 use crate::stats::ns_between as ns;
 use crate::tun::TunWriter;
@@ -413,6 +415,7 @@ pub fn rx_loop(shared: &Shared) {
         Transport::Link(link) => rx_link(&mut rx, link, &clock),
         Transport::Udp(ep) => rx_udp(&mut rx, ep, &clock),
         Transport::Tcp(conns) => rx_tcp(&mut rx, conns, &clock),
+        Transport::Memory(port) => rx_memory(&mut rx, port, &clock),
     }
     rx.exit();
 }
@@ -527,6 +530,49 @@ fn rx_tcp(rx: &mut Rx<'_>, conns: &TcpConns, clock: &Clock) {
                 addr: PeerAddr::Tcp(id),
                 why,
             });
+        }
+    }
+}
+
+/// A port of the in-memory network: datagrams, or pieces of connection streams framed here
+/// exactly as a TCP socket's bytes are.
+fn rx_memory(rx: &mut Rx<'_>, port: &MemPort, clock: &Clock) {
+    let shared = rx.shared;
+    let mut framers: HashMap<PeerAddr, TcpFramer> = HashMap::new();
+    let mut batch = Vec::with_capacity(64);
+    while !shared.stopped() {
+        batch.clear();
+        port.recv_batch(64, IDLE_WAIT, &mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        rx.t0 = Instant::now();
+        rx.t1 = clock.mark(rx.t0);
+        rx.refresh();
+        let mut broken = vec![];
+        for d in batch.iter_mut() {
+            if !port.is_stream() {
+                rx.packet(&mut d.bytes, d.from);
+                continue;
+            }
+            let f = framers.entry(d.from).or_default();
+            f.push(&d.bytes);
+            loop {
+                match f.next_packet() {
+                    Ok(Some(p)) => rx.packet(p, d.from),
+                    Ok(None) => break,
+                    Err(_) => {
+                        broken.push(d.from);
+                        break;
+                    }
+                }
+            }
+        }
+        rx.finish(clock);
+        for addr in broken {
+            framers.remove(&addr);
+            let why = "TCP framing error".to_owned();
+            let _ = shared.control.send(ControlInput::Closed { addr, why });
         }
     }
 }

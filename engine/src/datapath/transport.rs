@@ -12,6 +12,8 @@ use crate::capture::Wire;
 use crate::link::{Flushed, Link, LinkKind, TxBatch, UdpEndpoint};
 use crate::server::tcp::TcpConns;
 
+use super::memory::MemPort;
+
 /// How packets reach the peers.
 pub enum Transport {
     /// A client's link to its server (UDP socket connected to it, or a TCP stream).
@@ -20,6 +22,8 @@ pub enum Transport {
     Udp(UdpEndpoint),
     /// A listener and one connection per client.
     Tcp(TcpConns),
+    /// A port on an in-memory network (the in-process tier), either role, UDP or TCP.
+    Memory(std::sync::Arc<MemPort>),
 }
 
 impl Transport {
@@ -46,6 +50,7 @@ impl Transport {
                 tcp_frame(packet, &mut f)?;
                 c.send(id, &f)
             }
+            (Transport::Memory(port), to) => port.send(to, packet),
             _ => Err(DropReason::UnknownPeer),
         }
     }
@@ -63,6 +68,10 @@ impl Transport {
             (Transport::Udp(ep), PeerAddr::Udp(a)) => {
                 (batch.flush_to(ep, a), DropReason::SocketError)
             }
+            (Transport::Memory(port), to) => (
+                batch.send_each(|p| port.send(to, p).is_ok()),
+                DropReason::SocketError,
+            ),
             (Transport::Tcp(c), PeerAddr::Tcp(cid)) => {
                 frames.clear();
                 let (n, bytes) = batch.take_frames(frames);
@@ -122,6 +131,9 @@ impl Transport {
                 let conn = c.get(id)?;
                 (conn.remote, conn.local, true)
             }
+            (Transport::Memory(port), peer) => {
+                (port.socket_of(peer)?, port.addr(), port.is_stream())
+            }
             _ => return None,
         };
         Some(if outbound {
@@ -143,7 +155,7 @@ impl Transport {
     pub fn wake(&self) {
         match self {
             Transport::Link(l) => l.shutdown(),
-            Transport::Udp(_) => {}
+            Transport::Udp(_) | Transport::Memory(_) => {}
             Transport::Tcp(c) => c.close_all(),
         }
     }

@@ -198,28 +198,6 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
                 .with_context(|| format!("cannot listen on TCP {listen}"))?,
         ),
     };
-    // MSS for the largest overhead of the ciphers clients may negotiate.
-    let overhead = cfg
-        .data_ciphers
-        .iter()
-        .map(|c| tunscope_proto::data::overhead_with(*c, cfg.auth_digest, true, cfg.framing))
-        .max()
-        .unwrap_or(0) as u16
-        + if cfg.transport == ServerTransport::Tcp {
-            2
-        } else {
-            0
-        };
-    let outer = match (cfg.transport, cfg.ipv6_listen) {
-        (ServerTransport::Udp, false) => 28,
-        (ServerTransport::Udp, true) => 48,
-        (ServerTransport::Tcp, false) => 40,
-        (ServerTransport::Tcp, true) => 60,
-    };
-    let mss = cfg
-        .mssfix
-        .unwrap_or(Mssfix::DEFAULT)
-        .mss_v4(outer, overhead);
     let crate::observe::Observatory {
         stats,
         observer,
@@ -229,7 +207,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
     let shared = Shared::new(
         transport,
-        ctl_tx.clone(),
+        ctl_tx,
         Arc::clone(&stats),
         capture.as_ref().map(|c| Arc::clone(&c.tap)),
         cfg.replay_window
@@ -252,31 +230,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         observer.set_socket(ep.socket().try_clone().ok().map(std::os::fd::OwnedFd::from));
     }
     tracing::info!("Initialization Sequence Completed");
-
-    let mss = mss.unwrap_or(0);
-    std::thread::scope(|s| -> Result<()> {
-        let shared = &shared;
-        let rx = std::thread::Builder::new()
-            .name("rx".into())
-            .spawn_scoped(s, move || datapath::rx_loop(shared))?;
-        let tx = std::thread::Builder::new()
-            .name("tx".into())
-            .spawn_scoped(s, move || datapath::tx_loop(shared))?;
-        let r = control_loop(
-            &mut server,
-            shared,
-            &ctl_rx,
-            &ctl_tx,
-            &term,
-            &dev,
-            &observer,
-            mss,
-        );
-        shared.stop();
-        let _ = rx.join();
-        let _ = tx.join();
-        r
-    })?;
+    serve(&mut server, &shared, &ctl_rx, &term, &dev, &observer)?;
     for r in &cfg.routes {
         let _ = netlink::del_route(&netlink::Route {
             dst: IpAddr::V4(r.network),
@@ -411,6 +365,85 @@ fn publish_table(
     shared.publish(table);
 }
 
+/// MSS to clamp to, for the largest overhead of the ciphers clients may negotiate.
+fn clamp_mss(cfg: &ServerConfig) -> u16 {
+    let overhead = cfg
+        .data_ciphers
+        .iter()
+        .map(|c| tunscope_proto::data::overhead_with(*c, cfg.auth_digest, true, cfg.framing))
+        .max()
+        .unwrap_or(0) as u16
+        + if cfg.transport == ServerTransport::Tcp {
+            2
+        } else {
+            0
+        };
+    let outer = match (cfg.transport, cfg.ipv6_listen) {
+        (ServerTransport::Udp, false) => 28,
+        (ServerTransport::Udp, true) => 48,
+        (ServerTransport::Tcp, false) => 40,
+        (ServerTransport::Tcp, true) => 60,
+    };
+    cfg.mssfix
+        .unwrap_or(Mssfix::DEFAULT)
+        .mss_v4(outer, overhead)
+        .unwrap_or(0)
+}
+
+/// Runs a server on a prepared data path until `term`: the rx and tx threads, and the
+/// control loop on this thread. `shared.control`'s receiving end is `inputs`.
+pub fn serve(
+    server: &mut Server,
+    shared: &Shared,
+    inputs: &mpsc::Receiver<ControlInput>,
+    term: &AtomicBool,
+    dev: &str,
+    observer: &Observer,
+) -> Result<()> {
+    let mss = clamp_mss(server.config());
+    let ctl_tx = shared.control.clone();
+    std::thread::scope(|s| -> Result<()> {
+        let rx = std::thread::Builder::new()
+            .name("rx".into())
+            .spawn_scoped(s, move || datapath::rx_loop(shared))?;
+        let tx = std::thread::Builder::new()
+            .name("tx".into())
+            .spawn_scoped(s, move || datapath::tx_loop(shared))?;
+        let r = control_loop(server, shared, inputs, &ctl_tx, term, dev, observer, mss);
+        shared.stop();
+        let _ = rx.join();
+        let _ = tx.join();
+        r
+    })
+}
+
+/// The in-process tier: a server on an in-memory port and tun device (no kernel routes, no
+/// scripts, no root), until `term`. Counters and taps go to `obs`.
+pub fn run_in_memory(
+    cfg: ServerConfig,
+    obs: &crate::observe::Observatory,
+    term: &AtomicBool,
+    tun: Tun,
+    port: Arc<datapath::memory::MemPort>,
+) -> Result<()> {
+    let setup = Arc::new(setup(cfg)?);
+    let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
+    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+    let dev = tun.name().to_owned();
+    let shared = Shared::new(
+        Transport::Memory(port),
+        ctl_tx,
+        Arc::clone(&obs.stats),
+        obs.capture.as_ref().map(|c| Arc::clone(&c.tap)),
+        setup
+            .config
+            .replay_window
+            .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
+        Some(tun),
+    );
+    serve(&mut server, &shared, &ctl_rx, term, &dev, &obs.observer)
+}
+
 fn server_config_for_auth(server: &Server) -> ServerConfig {
     server.config().clone()
 }
@@ -493,7 +526,7 @@ fn handle_event(
                         Transport::Udp(ep) => {
                             ep.socket().local_addr().map(|l| l.port()).unwrap_or(0)
                         }
-                        Transport::Tcp(_) | Transport::Link(_) => 0,
+                        Transport::Tcp(_) | Transport::Link(_) | Transport::Memory(_) => 0,
                     };
                     let _ = rt.local.set(SocketAddr::new(src, port));
                 }
