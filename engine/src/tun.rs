@@ -303,8 +303,11 @@ impl TunWriter {
     pub fn new(tun: &Tun) -> TunWriter {
         TunWriter {
             gro: GROTable::new(),
+            // Room for a whole coalesced super-packet in every buffer: GRO refuses to merge
+            // into a buffer that would have to grow, so small buffers meant one write per
+            // packet. (Untouched capacity costs address space, not memory.)
             bufs: (0..IDEAL_BATCH_SIZE)
-                .map(|_| Vec::with_capacity(2048))
+                .map(|_| Vec::with_capacity(SUPER_PACKET + VIRTIO_NET_HDR_LEN))
                 .collect(),
             len: 0,
             offset: if tun.offload { VIRTIO_NET_HDR_LEN } else { 0 },

@@ -64,6 +64,14 @@ struct Sample {
     split: [(f64, f64); 2],
     /// Our engines' time per data-path stage over the run (ns), client and server.
     stages: [Option<[u64; 6]>; 2],
+    /// Average ping round trip through the path while idle (ms).
+    rtt_ms: f64,
+}
+
+/// Average RTT (ms) from ping's summary line (`rtt min/avg/max/mdev = a/b/c/d ms`).
+fn ping_avg(output: &str) -> Option<f64> {
+    let (_, nums) = output.split_once(" = ")?;
+    nums.split('/').nth(1)?.trim().parse().ok()
 }
 
 /// The data-path stages in path order, as the engine names them.
@@ -108,7 +116,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("probes") => probes(&args[1..]),
         Some("capture") => capture(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--paths veth,stock,client,server,both]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -130,6 +138,9 @@ fn tunnel(args: &[&str]) -> Result<()> {
         p => bail!("unknown --proto {p}"),
     };
     let cipher = flag(args, "--cipher").unwrap_or("AES-256-GCM").to_owned();
+    let streams: u32 = flag(args, "--streams")
+        .map_or(Ok(1), str::parse)
+        .context("--streams")?;
     crate::deps::ensure()?;
     run_cmd(cargo().args([
         "build",
@@ -154,26 +165,43 @@ fn tunnel(args: &[&str]) -> Result<()> {
         client_ciphers: Some(vec![cipher.clone()]),
         ..TunnelSpec::default()
     };
+    // `--paths veth,stock,client,server,both`: a subset (profiling one path); all by default.
+    let all = [
+        ("veth", Anchor::Veth),
+        ("stock", Anchor::Stock),
+        ("client", Anchor::Ours),
+        ("server", Anchor::OursServer),
+        ("both", Anchor::OursBoth),
+    ];
+    let chosen: Vec<Anchor> = match flag(args, "--paths") {
+        None => all.iter().map(|(_, a)| *a).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                all.iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, a)| *a)
+                    .with_context(|| {
+                        format!("--paths: unknown path {n} (veth, stock, client, server, both)")
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
     let mut rows = vec![];
-    for anchor in [
-        Anchor::Veth,
-        Anchor::Stock,
-        Anchor::Ours,
-        Anchor::OursServer,
-        Anchor::OursBoth,
-    ] {
+    for anchor in chosen {
         let mut samples = vec![];
         for rep in 0..reps {
-            let s = measure(anchor, &spec, secs)
+            let s = measure(anchor, &spec, secs, streams)
                 .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
             eprintln!(
-                "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%",
+                "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
                 anchor.label(),
                 rep + 1,
                 s.gbps,
                 s.retransmits,
                 s.cpu_client,
-                s.cpu_server
+                s.cpu_server,
+                s.rtt_ms
             );
             samples.push(s);
         }
@@ -190,10 +218,12 @@ fn tunnel(args: &[&str]) -> Result<()> {
         .map(|(_, s)| median(s))
         .unwrap_or(f64::NAN);
     println!(
-        "\nTCP throughput, {proto:?} tunnel, {cipher}, iperf3 single stream {secs} s × {reps} (median)\n"
+        "\nTCP throughput, {proto:?} tunnel, {cipher}, iperf3 {streams} stream(s) {secs} s × {reps} (median)\n"
     );
-    println!("| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (anchor, s) in &rows {
         let m = median(s);
         let reps: Vec<String> = s.iter().map(|x| format!("{:.3}", x.gbps)).collect();
@@ -206,11 +236,14 @@ fn tunnel(args: &[&str]) -> Result<()> {
             d.sort_by(f64::total_cmp);
             format!("{:.0} / {:.0}", c[c.len() / 2], d[d.len() / 2])
         };
+        let mut rtts: Vec<f64> = s.iter().map(|x| x.rtt_ms).collect();
+        rtts.sort_by(f64::total_cmp);
         println!(
-            "| {} | **{m:.3}** | {} | {:.2}× | {cpu} |",
+            "| {} | **{m:.3}** | {} | {:.2}× | {cpu} | {:.3} |",
             anchor.label(),
             reps.join(", "),
-            m / stock
+            m / stock,
+            rtts[rtts.len() / 2]
         );
     }
     let veth = rows
@@ -218,11 +251,22 @@ fn tunnel(args: &[&str]) -> Result<()> {
         .find(|(a, _)| *a == Anchor::Veth)
         .map(|(_, s)| median(s))
         .unwrap_or(f64::NAN);
+    let median_rtt = |v: &[Sample]| {
+        let mut g: Vec<f64> = v.iter().map(|s| s.rtt_ms).collect();
+        g.sort_by(f64::total_cmp);
+        g[g.len() / 2]
+    };
+    let veth_rtt = rows
+        .iter()
+        .find(|(a, _)| *a == Anchor::Veth)
+        .map(|(_, s)| median_rtt(s))
+        .unwrap_or(f64::NAN);
     if let Some((_, s)) = rows.iter().find(|(a, _)| *a == Anchor::OursBoth) {
         println!(
-            "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth",
+            "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth, ping RTT +{:.3} ms over veth",
             median(s) / stock,
-            median(s) / veth
+            median(s) / veth,
+            median_rtt(s) - veth_rtt
         );
     }
     println!(
@@ -287,7 +331,7 @@ fn probes(args: &[&str]) -> Result<()> {
         for (i, (label, bin)) in bins.iter().enumerate() {
             // SAFETY: single-threaded here; read by the harness when it starts processes.
             unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
-            let s = measure(Anchor::OursBoth, &spec, secs)
+            let s = measure(Anchor::OursBoth, &spec, secs, 1)
                 .with_context(|| format!("{label} rep {}", rep + 1))?;
             eprintln!(
                 "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
@@ -340,7 +384,7 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
     (get(11), get(12))
 }
 
-fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
+fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64, streams: u32) -> Result<Sample> {
     let hosts = TwoHosts::new()?;
     let mut procs: Vec<Proc> = vec![];
     let target: Ipv4Addr = if anchor == Anchor::Veth {
@@ -397,6 +441,9 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         &hosts.dir.join("iperf3-server.log"),
     )?;
     srv.wait_for_log("Server listening", Duration::from_secs(10))?;
+    // Latency first, on the idle path: 20 echo requests of 56 bytes.
+    let ping = tunscope_harness::traffic::ping(&hosts.client, &target.to_string(), 20, 56, false)?;
+    let rtt_ms = ping_avg(&ping.output).unwrap_or(f64::NAN);
     let socks = [hosts.dir.join("client.sock"), hosts.dir.join("server.sock")];
     let busy0: Vec<Option<[u64; 6]>> = socks.iter().map(|s| stage_busy(s)).collect();
     let ticks0: Vec<(u64, u64)> = procs
@@ -407,7 +454,15 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
     let out = hosts
         .client
         .command("iperf3")
-        .args(["-c", &target.to_string(), "-t", &secs.to_string(), "-J"])
+        .args([
+            "-c",
+            &target.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ])
         .output()?;
     let wall = start.elapsed().as_secs_f64();
     let ticks1: Vec<(u64, u64)> = procs
@@ -450,6 +505,7 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64) -> Result<Sample> {
         cpu_server: split[1].0 + split[1].1,
         split,
         stages,
+        rtt_ms,
     })
 }
 
