@@ -638,12 +638,7 @@ impl Run<'_> {
                 shared.instant(&sn.rt.last_tx_ns),
             );
             let now = Instant::now();
-            let wait = client
-                .poll_timeout()
-                .map_or(Duration::from_millis(200), |t| {
-                    t.saturating_duration_since(now)
-                })
-                .min(Duration::from_millis(200));
+            let wait = datapath::control_wait(client.poll_timeout(), now);
             match sn.ctl.recv_timeout(wait) {
                 Ok(ControlInput::Packet { packet, .. }) => {
                     control_packet(&mut client, shared, &packet)
@@ -804,12 +799,7 @@ fn handshake(
             }
             continue;
         }
-        let wait = client
-            .poll_timeout()
-            .map_or(Duration::from_millis(200), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(200));
+        let wait = datapath::control_wait(client.poll_timeout(), now);
         match sn.ctl.recv_timeout(wait) {
             Ok(ControlInput::Packet { packet, .. }) => {
                 heard = true;

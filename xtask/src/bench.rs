@@ -10,13 +10,15 @@
 //! CPU is the tunnel processes' user+system time over the run, in % of one core.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tunscope_harness::netns::Netns;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
-use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
+use tunscope_harness::topo::{SERVER_WAN, Star, TwoHosts};
 
 use crate::{cargo, project_root, run as run_cmd};
 
@@ -116,7 +118,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("probes") => probes(&args[1..]),
         Some("capture") => capture(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--paths veth,stock,client,server,both]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--paths veth,stock,client,server,both]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -141,6 +143,9 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let streams: u32 = flag(args, "--streams")
         .map_or(Ok(1), str::parse)
         .context("--streams")?;
+    let clients: usize = flag(args, "--clients")
+        .map_or(Ok(1), str::parse)
+        .context("--clients")?;
     crate::deps::ensure()?;
     run_cmd(cargo().args([
         "build",
@@ -191,7 +196,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
     for anchor in chosen {
         let mut samples = vec![];
         for rep in 0..reps {
-            let s = measure(anchor, &spec, secs, streams)
+            let s = measure(anchor, &spec, secs, streams, clients)
                 .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
             eprintln!(
                 "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
@@ -218,7 +223,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
         .map(|(_, s)| median(s))
         .unwrap_or(f64::NAN);
     println!(
-        "\nTCP throughput, {proto:?} tunnel, {cipher}, iperf3 {streams} stream(s) {secs} s × {reps} (median)\n"
+        "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), {secs} s × {reps} (median; clients summed)\n"
     );
     println!(
         "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms |"
@@ -331,7 +336,7 @@ fn probes(args: &[&str]) -> Result<()> {
         for (i, (label, bin)) in bins.iter().enumerate() {
             // SAFETY: single-threaded here; read by the harness when it starts processes.
             unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
-            let s = measure(Anchor::OursBoth, &spec, secs, 1)
+            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1)
                 .with_context(|| format!("{label} rep {}", rep + 1))?;
             eprintln!(
                 "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
@@ -384,86 +389,167 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
     (get(11), get(12))
 }
 
-fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64, streams: u32) -> Result<Sample> {
-    let hosts = TwoHosts::new()?;
+/// The namespaces of one measurement: a veth pair for one client, a bridge for several.
+enum Topo {
+    Two(TwoHosts),
+    Star(Star),
+}
+
+impl Topo {
+    fn new(clients: usize) -> Result<Topo> {
+        Ok(if clients <= 1 {
+            Topo::Two(TwoHosts::new()?)
+        } else {
+            Topo::Star(Star::new(clients)?)
+        })
+    }
+
+    fn server(&self) -> &Netns {
+        match self {
+            Topo::Two(t) => &t.server,
+            Topo::Star(s) => &s.server,
+        }
+    }
+
+    fn clients(&self) -> Vec<&Netns> {
+        match self {
+            Topo::Two(t) => vec![&t.client],
+            Topo::Star(s) => s.clients.iter().collect(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Topo::Two(t) => &t.dir,
+            Topo::Star(s) => &s.dir,
+        }
+    }
+}
+
+/// One repetition of one path: `clients` clients, each running iperf3 with `streams`
+/// streams to the server at once; throughput summed.
+fn measure(
+    anchor: Anchor,
+    spec: &TunnelSpec,
+    secs: u64,
+    streams: u32,
+    clients: usize,
+) -> Result<Sample> {
+    let hosts = Topo::new(clients)?;
+    let dir = hosts.dir().to_owned();
     let mut procs: Vec<Proc> = vec![];
     let target: Ipv4Addr = if anchor == Anchor::Veth {
         SERVER_WAN
     } else {
-        let pki = Pki::generate(&hosts.dir.join("pki"))?;
-        let (cert, key) = pki.client("client1")?;
-        let sconf = hosts.dir.join("server.conf");
-        std::fs::write(&sconf, spec.server_config(&pki, &hosts.dir)?)?;
-        let cconf = hosts.dir.join("client.conf");
-        std::fs::write(
-            &cconf,
-            spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-        )?;
-        let slog = hosts.dir.join("server.log");
-        let ssock = hosts.dir.join("server.sock");
+        let pki = Pki::generate(&dir.join("pki"))?;
+        let sconf = dir.join("server.conf");
+        std::fs::write(&sconf, spec.server_config(&pki, &dir)?)?;
+        let slog = dir.join("server.log");
+        let ssock = dir.join("server.sock");
         let mut server = match anchor.server() {
             Implementation::Ours => subjects::start_tunscope_server_with(
-                &hosts.server,
+                hosts.server(),
                 &sconf,
                 &slog,
                 &["--control", ssock.to_str().context("utf-8 path")?],
             )?,
             Implementation::OpenVpn => {
-                subjects::start_server(Implementation::OpenVpn, &hosts.server, &sconf, &slog)?
+                subjects::start_server(Implementation::OpenVpn, hosts.server(), &sconf, &slog)?
             }
         };
         subjects::wait_ready(&mut server, Duration::from_secs(15))?;
-        let clog = hosts.dir.join("client.log");
-        let csock = hosts.dir.join("client.sock");
-        let mut client = match anchor.client() {
-            Implementation::Ours => subjects::start_tunscope_client(
-                &hosts.client,
+        for (i, ns) in hosts.clients().into_iter().enumerate() {
+            let (cert, key) = pki.client(&format!("client{}", i + 1))?;
+            let cconf = dir.join(format!("client{i}.conf"));
+            std::fs::write(
                 &cconf,
-                &clog,
-                &["--control", csock.to_str().context("utf-8 path")?],
-            )?,
-            Implementation::OpenVpn => {
-                subjects::start_client(Implementation::OpenVpn, &hosts.client, &cconf, &clog)?
-            }
-        };
-        subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+                spec.client_config(&pki, &cert, &key, SERVER_WAN, &dir)?,
+            )?;
+            let clog = dir.join(format!("client{i}.log"));
+            // The first client's stage probes stand for all of them.
+            let csock = dir.join(if i == 0 {
+                "client.sock".to_owned()
+            } else {
+                format!("client{i}.sock")
+            });
+            let mut client = match anchor.client() {
+                Implementation::Ours => subjects::start_tunscope_client(
+                    ns,
+                    &cconf,
+                    &clog,
+                    &["--control", csock.to_str().context("utf-8 path")?],
+                )?,
+                Implementation::OpenVpn => {
+                    subjects::start_client(Implementation::OpenVpn, ns, &cconf, &clog)?
+                }
+            };
+            subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+            procs.push(client);
+        }
         // The stock server installs the data keys on its next 1 s housekeeping tick.
         std::thread::sleep(Duration::from_millis(1500));
-        procs.push(client);
         procs.push(server);
         spec.server_tun_ip()
     };
-    let mut iperf_s = hosts.server.command("iperf3");
-    iperf_s.args(["-s", "-1", "--forceflush", "-B", &target.to_string()]);
-    let mut srv = Proc::spawn(
-        "iperf3 server",
-        iperf_s,
-        &hosts.dir.join("iperf3-server.log"),
-    )?;
-    srv.wait_for_log("Server listening", Duration::from_secs(10))?;
+    let mut iperf_servers = vec![];
+    for i in 0..hosts.clients().len() {
+        let port = (5201 + i).to_string();
+        let mut iperf_s = hosts.server().command("iperf3");
+        iperf_s.args([
+            "-s",
+            "-1",
+            "--forceflush",
+            "-p",
+            &port,
+            "-B",
+            &target.to_string(),
+        ]);
+        let mut srv = Proc::spawn(
+            "iperf3 server",
+            iperf_s,
+            &dir.join(format!("iperf3-server{i}.log")),
+        )?;
+        srv.wait_for_log("Server listening", Duration::from_secs(10))?;
+        iperf_servers.push(srv);
+    }
     // Latency first, on the idle path: 20 echo requests of 56 bytes.
-    let ping = tunscope_harness::traffic::ping(&hosts.client, &target.to_string(), 20, 56, false)?;
+    let first = hosts.clients()[0];
+    let ping = tunscope_harness::traffic::ping(first, &target.to_string(), 20, 56, false)?;
     let rtt_ms = ping_avg(&ping.output).unwrap_or(f64::NAN);
-    let socks = [hosts.dir.join("client.sock"), hosts.dir.join("server.sock")];
+    let socks = [dir.join("client.sock"), dir.join("server.sock")];
     let busy0: Vec<Option<[u64; 6]>> = socks.iter().map(|s| stage_busy(s)).collect();
     let ticks0: Vec<(u64, u64)> = procs
         .iter()
         .map(|p| p.pid().map_or((0, 0), cpu_ticks))
         .collect();
     let start = Instant::now();
-    let out = hosts
-        .client
-        .command("iperf3")
-        .args([
-            "-c",
-            &target.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-        ])
-        .output()?;
+    let runs: Vec<std::process::Child> = hosts
+        .clients()
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            ns.command("iperf3")
+                .args([
+                    "-c",
+                    &target.to_string(),
+                    "-p",
+                    &(5201 + i).to_string(),
+                    "-t",
+                    &secs.to_string(),
+                    "-P",
+                    &streams.to_string(),
+                    "-J",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("starting iperf3")
+        })
+        .collect::<Result<_>>()?;
+    let outs: Vec<std::process::Output> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().context("iperf3"))
+        .collect::<Result<_>>()?;
     let wall = start.elapsed().as_secs_f64();
     let ticks1: Vec<(u64, u64)> = procs
         .iter()
@@ -477,27 +563,37 @@ fn measure(anchor: Anchor, spec: &TunnelSpec, secs: u64, streams: u32) -> Result
         );
         Some(std::array::from_fn(|k| b[k].saturating_sub(a[k])))
     });
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
-    if let Some(e) = json.get("error") {
-        bail!("iperf3: {e}");
+    let (mut bps, mut retransmits) = (0.0, 0);
+    for out in &outs {
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        if let Some(e) = json.get("error") {
+            bail!("iperf3: {e}");
+        }
+        bps += json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 JSON: no sum_received")?;
+        retransmits += json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     }
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 JSON: no sum_received")?;
-    let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let split = |i: usize| -> (f64, f64) {
-        match (ticks0.get(i), ticks1.get(i)) {
-            (Some(a), Some(b)) => (
-                b.0.saturating_sub(a.0) as f64 / hz / wall * 100.0,
-                b.1.saturating_sub(a.1) as f64 / hz / wall * 100.0,
-            ),
-            _ => (0.0, 0.0),
-        }
+    let pct = |t: u64| t as f64 / hz / wall * 100.0;
+    let delta = |i: usize| match (ticks0.get(i), ticks1.get(i)) {
+        (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
+        _ => (0, 0),
     };
-    let split = [split(0), split(1)];
+    // Clients summed, then the server (the last process).
+    let n = procs.len();
+    let mut client_ticks = (0, 0);
+    for i in 0..n.saturating_sub(1) {
+        let (u, y) = delta(i);
+        client_ticks = (client_ticks.0 + u, client_ticks.1 + y);
+    }
+    let server_ticks = if n > 0 { delta(n - 1) } else { (0, 0) };
+    let split = [
+        (pct(client_ticks.0), pct(client_ticks.1)),
+        (pct(server_ticks.0), pct(server_ticks.1)),
+    ];
     Ok(Sample {
         gbps: bps / 1e9,
         retransmits,

@@ -288,6 +288,14 @@ impl Shared {
     }
 }
 
+/// How long a control thread may wait for input before its state machine's next deadline
+/// (at most [`IDLE_WAIT`], so it notices signals and shutdown).
+pub fn control_wait(deadline: Option<Instant>, now: Instant) -> Duration {
+    deadline
+        .map_or(IDLE_WAIT, |t| t.saturating_duration_since(now))
+        .min(IDLE_WAIT)
+}
+
 /// Stage boundary times of one batch: real clock reads when probes or the tap need them, the
 /// batch's single `now` otherwise.
 pub struct Clock {

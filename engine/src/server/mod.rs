@@ -295,12 +295,7 @@ fn control_loop(
                 shared.instant(&rt.last_tx_ns),
             );
         }
-        let wait = server
-            .poll_timeout()
-            .map_or(Duration::from_millis(200), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(200));
+        let wait = datapath::control_wait(server.poll_timeout(), now);
         match inputs.recv_timeout(wait) {
             Ok(input) => handle_input(server, shared, input),
             Err(RecvTimeoutError::Timeout) => {}
