@@ -111,14 +111,36 @@ fn shares(busy: &[u64; 6]) -> String {
         .join(", ")
 }
 
+/// Installs what benches use and builds the release binary the harness then starts.
+pub fn build_release() -> Result<()> {
+    crate::deps::ensure()?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tunscope-engine",
+        "--bin",
+        "tunscope",
+    ]))?;
+    // SAFETY: single-threaded at this point; the variable is read by the harness later.
+    unsafe {
+        std::env::set_var(
+            "TUNSCOPE_BIN",
+            project_root().join("target/release/tunscope"),
+        )
+    };
+    Ok(())
+}
+
 /// Entry point: `bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME]`.
 pub fn run(args: &[&str]) -> Result<()> {
     match args.first().copied() {
         Some("tunnel") => tunnel(&args[1..]),
         Some("probes") => probes(&args[1..]),
         Some("capture") => capture(&args[1..]),
+        Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--paths veth,stock,client,server,both]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--paths veth,stock,client,server,both]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -146,22 +168,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let clients: usize = flag(args, "--clients")
         .map_or(Ok(1), str::parse)
         .context("--clients")?;
-    crate::deps::ensure()?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "tunscope-engine",
-        "--bin",
-        "tunscope",
-    ]))?;
-    // SAFETY: single-threaded at this point; the variable is read by the harness later.
-    unsafe {
-        std::env::set_var(
-            "TUNSCOPE_BIN",
-            project_root().join("target/release/tunscope"),
-        )
-    };
+    build_release()?;
 
     // Both sides offer only the cipher under test (a CBC cipher is in no default list).
     let spec = TunnelSpec {

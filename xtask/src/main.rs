@@ -12,6 +12,7 @@
 //!   client ↔ stock server, our client ↔ stock server, side by side in one run.
 
 mod bench;
+mod bench_mtu;
 mod deps;
 mod scenario;
 mod tidy;

@@ -945,6 +945,7 @@ impl Builder {
     }
 
     fn finish(mut self, mut ctx: Ctx<'_>) -> Result<ClientConfig, ConfigError> {
+        let mssfix = self.common.effective_mssfix();
         let pull_client = self.tls_client && self.pull;
         for (line, name) in std::mem::take(&mut self.fixed_ifconfig) {
             if self.client_mode || pull_client {
@@ -1138,7 +1139,7 @@ impl Builder {
             // client's state at once when it leaves. `explicit-exit-notify 0` turns it off.
             explicit_exit_notify: self.explicit_exit_notify.unwrap_or(1),
             tun_mtu,
-            mssfix: self.common.mssfix,
+            mssfix,
             framing: compression.framing,
             connect_retry: secs(self.connect_retry.unwrap_or(1).max(1)),
             connect_retry_max: self.connect_retry_max,
@@ -1222,6 +1223,32 @@ mod tests {
 
     const BASE: &str =
         "client\ndev tun\nproto udp\nremote 198.18.2.2 1194\nca ca.crt\ncert c.crt\nkey c.key\n";
+
+    /// 2.6's mssfix when the file gives none: the default for a 1500-byte tunnel, the tunnel's
+    /// size for another tun-mtu (a 9000-byte tunnel carries 8960-byte segments), off with
+    /// link-mtu alone; a given mssfix always wins.
+    #[test]
+    fn mssfix_follows_tun_mtu_like_2_6() {
+        let m = |extra: &str| parse(&format!("{BASE}{extra}")).expect("parses").mssfix;
+        assert_eq!(m(""), None);
+        assert_eq!(m("tun-mtu 1500\n"), None);
+        assert_eq!(
+            m("tun-mtu 9000\n"),
+            Some(Mssfix {
+                value: 9000,
+                mode: MssMode::Fixed
+            })
+        );
+        assert_eq!(
+            m("tun-mtu 9000\n").and_then(|f| f.mss_v4(28, 24)),
+            Some(8960)
+        );
+        assert_eq!(m("link-mtu 1400\n").and_then(|f| f.mss_v4(28, 24)), None);
+        assert_eq!(
+            m("tun-mtu 9000\nmssfix 1400\n").map(|f| f.value),
+            Some(1400)
+        );
+    }
 
     #[test]
     fn typical_client_config() {

@@ -70,6 +70,26 @@ pub(super) struct Common {
 }
 
 impl Common {
+    /// `mssfix` as 2.6 settles it when the file says nothing: the 1492-byte default for a
+    /// 1500-byte tunnel; for another `tun-mtu`, the tunnel's own size (`mssfix N fixed`: a
+    /// bigger tunnel carries bigger segments); off when only `link-mtu` was given.
+    pub(super) fn effective_mssfix(&self) -> Option<Mssfix> {
+        if self.mssfix.is_some() {
+            return self.mssfix;
+        }
+        match (self.tun_mtu, self.link_mtu) {
+            (Some(1500), _) | (None, None) => None,
+            (Some(m), _) => Some(Mssfix {
+                value: m,
+                mode: MssMode::Fixed,
+            }),
+            (None, Some(_)) => Some(Mssfix {
+                value: 0,
+                mode: MssMode::Mtu,
+            }),
+        }
+    }
+
     /// Checks that need every directive seen; called by both parsers' `finish`.
     pub fn finish_tls(
         tls: &TlsOptions,

@@ -569,6 +569,7 @@ impl Builder {
     }
 
     fn finish(mut self, mut ctx: Ctx<'_>) -> Result<ServerConfig, ConfigError> {
+        let mssfix = self.common.effective_mssfix();
         if !self.server_mode {
             return Err(ctx.error(0, "missing 'server NETWORK NETMASK' (or 'mode server'): only server mode is supported"));
         }
@@ -713,7 +714,7 @@ impl Builder {
                         .max(576)
                 }))
                 .unwrap_or(1500),
-            mssfix: self.common.mssfix,
+            mssfix,
             client_to_client: self.client_to_client,
             duplicate_cn: self.duplicate_cn,
             max_clients: self.max_clients.unwrap_or(1024),
