@@ -438,7 +438,7 @@ impl Run<'_> {
         );
         // The server is our only peer; until the handshake is done it has no keys, so data
         // packets that arrive early are dropped at decrypt (`no_key`), counted.
-        let rt = Arc::new(PeerRuntime::default());
+        let rt = Arc::new(PeerRuntime::new(shared.replay_window));
         shared.publish(server_table(addr, DataPlane::default(), &rt, 0));
         // The data threads run from the first packet on: rx hands control packets to this
         // thread; tx waits for the tun device, which the server's push shapes.
@@ -446,7 +446,7 @@ impl Run<'_> {
             let sh = &shared;
             let rx_thread = std::thread::Builder::new()
                 .name("rx".into())
-                .spawn_scoped(s, move || datapath::rx_loop(sh))?;
+                .spawn_scoped(s, move || datapath::rx_loop(sh, 0))?;
             let tx_thread = std::thread::Builder::new()
                 .name("tx".into())
                 .spawn_scoped(s, move || datapath::tx_loop(sh))?;

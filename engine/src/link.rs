@@ -46,7 +46,26 @@ impl UdpEndpoint {
     /// forbids it because QUIC does its own PMTU discovery; OpenVPN leaves it to the kernel,
     /// and a full-size tun packet plus 24 bytes of overhead must get through a 1500-byte link).
     pub fn bind(addr: SocketAddr) -> io::Result<UdpEndpoint> {
-        let socket = UdpSocket::bind(addr)?;
+        UdpEndpoint::bind_shared(addr, false)
+    }
+
+    /// Like [`UdpEndpoint::bind`]; with `reuse_port`, several endpoints share the address
+    /// (SO_REUSEPORT) and the kernel spreads senders over them by address hash.
+    pub fn bind_shared(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpEndpoint> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if reuse_port {
+            sock.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            // As std's bind: IPv6 sockets also take IPv4-mapped traffic where the system allows.
+            let _ = sock.set_only_v6(false);
+        }
+        sock.bind(&addr.into())?;
+        let socket: UdpSocket = sock.into();
         let state = UdpSocketState::new((&socket).into())?;
         let fd = socket.as_raw_fd();
         if addr.is_ipv4() {

@@ -166,6 +166,10 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        /// Receive threads over UDP: one socket each on the same port (SO_REUSEPORT), the
+        /// kernel spreading clients over them by address; 0 = one per core.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         #[command(flatten)]
         observe: Observe,
         /// OpenVPN options on top of the file, as stock openvpn takes them (after `--`).
@@ -376,6 +380,7 @@ fn as_openvpn(args: Vec<String>) -> anyhow::Result<()> {
             config: PathBuf::new(),
             options: args,
             no_offload: false,
+            threads: 1,
             observe: ObserveOptions::default(),
         }),
         Role::Client => tunscope_engine::client::run(&tunscope_engine::client::ClientOptions {
@@ -487,12 +492,14 @@ fn main() -> ExitCode {
         Command::Server {
             config,
             no_offload,
+            threads,
             observe,
             options,
         } => tunscope_engine::server::run(&tunscope_engine::server::ServerOptions {
             config: config.unwrap_or_default(),
             options,
             no_offload,
+            threads,
             observe: observe.into(),
         }),
         Command::Stats {

@@ -45,10 +45,10 @@ impl Pair {
 /// off in both namespaces so the tun devices carry exactly the test's packets; keepalive is
 /// long so no pings interfere with exact counts.
 fn start(sample: Option<u32>) -> Result<Pair> {
-    start_over(sample, Proto::Udp)
+    start_over(sample, Proto::Udp, &[])
 }
 
-fn start_over(sample: Option<u32>, proto: Proto) -> Result<Pair> {
+fn start_over(sample: Option<u32>, proto: Proto, server_args: &[&str]) -> Result<Pair> {
     let hosts = TwoHosts::new()?;
     for ns in [&hosts.client, &hosts.server] {
         ns.exec(
@@ -96,7 +96,8 @@ fn start_over(sample: Option<u32>, proto: Proto) -> Result<Pair> {
     cmd.arg("server")
         .arg("--config")
         .arg(dir.join("server.conf"))
-        .args(observe("server"));
+        .args(observe("server"))
+        .args(server_args);
     let mut server = Proc::spawn("tunscope server", cmd, &dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
     let extra = observe("client");
@@ -305,7 +306,7 @@ fn tcp_transfer_conserves_across_the_link() -> Result<()> {
 #[test]
 fn socket_tx_matches_peer_socket_rx_in_packets_and_bytes() -> Result<()> {
     for proto in [Proto::Udp, Proto::Tcp] {
-        let pair = start_over(None, proto)?;
+        let pair = start_over(None, proto, &[])?;
         let p = traffic::ping(&pair.hosts.client, "198.19.0.1", 20, 1000, false)?;
         if p.received != 20 {
             let (c, s) = (pair.stats("client")?, pair.stats("server")?);
@@ -370,6 +371,47 @@ fn socket_tx_data_packet(cap: &Path) -> Result<Vec<u8>> {
         }
     }
     anyhow::bail!("no data packet at client/socket_tx in {}", cap.display())
+}
+
+/// A server with two receive threads (two UDP sockets on one port, the kernel choosing by
+/// source address): a data packet replayed from many source ports reaches both, and both
+/// refuse it — one replay window per peer, not per thread.
+#[test]
+fn replays_are_refused_by_every_receive_thread() -> Result<()> {
+    let mut pair = start_over(Some(1), Proto::Udp, &["--threads", "2"])?;
+    let p = traffic::ping(&pair.hosts.client, "198.19.0.1", 3, 56, false)?;
+    ensure!(p.received == 3, "{}", p.output);
+    settle();
+    pair.client.signal(Signal::SIGTERM)?;
+    pair.client.wait_exit(Duration::from_secs(10))?;
+    let pkt = socket_tx_data_packet(&pair.cap("client"))?;
+    let before = pair.stats("server")?;
+    let target = SocketAddr::from((SERVER_WAN, 1194));
+    pair.hosts.client.run(move || {
+        // Eight source ports: all eight landing on the thread that saw the original has a
+        // chance of 1 in 256.
+        for _ in 0..8 {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.send_to(&pkt, target)?;
+        }
+        Ok(())
+    })?;
+    settle();
+    let after = pair.stats("server")?;
+    let drops = |r: &EngineReport, reason: &str| {
+        stage(r, "decrypt").drops.get(reason).copied().unwrap_or(0)
+    };
+    ensure!(
+        drops(&after, "replay") - drops(&before, "replay") == 8,
+        "replays: {:?}",
+        stage(&after, "decrypt").drops
+    );
+    ensure!(
+        stage(&after, "decrypt").packets_out == stage(&before, "decrypt").packets_out,
+        "a replayed packet was decrypted"
+    );
+    assert_conserved("server", &after)?;
+    Ok(())
 }
 
 #[test]

@@ -140,7 +140,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--paths veth,stock,client,server,both]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--paths veth,stock,client,server,both]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -168,6 +168,10 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let clients: usize = flag(args, "--clients")
         .map_or(Ok(1), str::parse)
         .context("--clients")?;
+    // Our server's receive threads (the stock server has one thread).
+    let threads: usize = flag(args, "--threads")
+        .map_or(Ok(1), str::parse)
+        .context("--threads")?;
     build_release()?;
 
     // Both sides offer only the cipher under test (a CBC cipher is in no default list).
@@ -203,7 +207,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
     for anchor in chosen {
         let mut samples = vec![];
         for rep in 0..reps {
-            let s = measure(anchor, &spec, secs, streams, clients)
+            let s = measure(anchor, &spec, secs, streams, clients, threads)
                 .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
             eprintln!(
                 "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
@@ -230,7 +234,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
         .map(|(_, s)| median(s))
         .unwrap_or(f64::NAN);
     println!(
-        "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), {secs} s × {reps} (median; clients summed)\n"
+        "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), our server with {threads} receive thread(s), {secs} s × {reps} (median; clients summed)\n"
     );
     println!(
         "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms |"
@@ -343,7 +347,7 @@ fn probes(args: &[&str]) -> Result<()> {
         for (i, (label, bin)) in bins.iter().enumerate() {
             // SAFETY: single-threaded here; read by the harness when it starts processes.
             unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
-            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1)
+            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1, 1)
                 .with_context(|| format!("{label} rep {}", rep + 1))?;
             eprintln!(
                 "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
@@ -441,6 +445,7 @@ fn measure(
     secs: u64,
     streams: u32,
     clients: usize,
+    threads: usize,
 ) -> Result<Sample> {
     let hosts = Topo::new(clients)?;
     let dir = hosts.dir().to_owned();
@@ -458,7 +463,12 @@ fn measure(
                 hosts.server(),
                 &sconf,
                 &slog,
-                &["--control", ssock.to_str().context("utf-8 path")?],
+                &[
+                    "--control",
+                    ssock.to_str().context("utf-8 path")?,
+                    "--threads",
+                    &threads.to_string(),
+                ],
             )?,
             Implementation::OpenVpn => {
                 subjects::start_server(Implementation::OpenVpn, hosts.server(), &sconf, &slog)?

@@ -31,9 +31,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use tunscope_proto::data::Receiver;
 use tunscope_proto::server::{AuthResult, PeerAddr, PeerId, PeerView, RouteTable};
 
 use crate::capture::{Tap, Wire};
@@ -58,16 +59,27 @@ pub struct PeerRuntime {
     pub last_tx_ns: AtomicU64,
     /// Our address as this peer sees it (for capture headers).
     pub local: OnceLock<SocketAddr>,
+    /// This peer's keys as a receiver sees them, with their replay windows. One per peer,
+    /// shared by every rx thread: a packet replayed towards another thread (another socket
+    /// of a multi-threaded server) meets the same window.
+    pub receiver: Mutex<Receiver>,
 }
 
-impl Default for PeerRuntime {
-    fn default() -> Self {
+impl PeerRuntime {
+    /// A peer's runtime with replay windows of `replay_window` packets.
+    pub fn new(replay_window: u32) -> PeerRuntime {
         PeerRuntime {
             stats: EngineStats::new(1),
             last_rx_ns: AtomicU64::new(0),
             last_tx_ns: AtomicU64::new(0),
             local: OnceLock::new(),
+            receiver: Mutex::new(Receiver::with_replay_window(replay_window)),
         }
+    }
+
+    /// The receiver, locked (a poisoned lock still holds valid windows).
+    pub fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver> {
+        self.receiver.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

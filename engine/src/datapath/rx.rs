@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tunscope_proto::consts::OCC_EXIT;
-use tunscope_proto::data::{self, Payload, Receiver};
+use tunscope_proto::data::{self, Payload};
 use tunscope_proto::server::routes::packet_src;
 use tunscope_proto::server::{PeerAddr, PeerId};
 use tunscope_proto::stage::{DropReason, Stage};
@@ -39,7 +39,6 @@ struct Rx<'a> {
     shared: &'a Shared,
     table: Arc<PeerTable>,
     generation: u64,
-    receivers: HashMap<PeerId, Receiver>,
     /// Created once the tun device exists (a client's comes with the server's push).
     writer: Option<TunWriter>,
     /// Peer and size of each packet queued in `writer`: write_tun counts them when the
@@ -63,7 +62,6 @@ impl<'a> Rx<'a> {
             shared,
             table: Arc::new(PeerTable::default()),
             generation: u64::MAX,
-            receivers: HashMap::new(),
             writer: None,
             queued: Vec::new(),
             tun_failed: false,
@@ -90,13 +88,9 @@ impl<'a> Rx<'a> {
         };
         self.table = table;
         self.counts.configure(&self.table);
-        let table = &self.table;
-        self.receivers.retain(|id, _| table.peers.contains_key(id));
-        for (id, dp) in &table.peers {
-            let r = self
-                .receivers
-                .entry(*id)
-                .or_insert_with(|| Receiver::with_replay_window(self.shared.replay_window));
+        // Installing is idempotent: whichever rx thread sees the table first does it.
+        for dp in self.table.peers.values() {
+            let mut r = dp.rt.receiver();
             r.retain(&dp.view.plane.recv);
             for k in &dp.view.plane.recv {
                 r.install(k);
@@ -185,14 +179,11 @@ impl<'a> Rx<'a> {
                 });
             }
         };
-        let Some(rx) = self.receivers.get_mut(&id) else {
-            self.counts
-                .drop(Stage::Decrypt, peer, len, DropReason::NoKey);
-            return tap_drop(DropReason::NoKey, pkt);
-        };
+        let mut rx = dp.rt.receiver();
         let opened = match rx.open(pkt, dp.view.plane.framing, now) {
             Ok(o) => o,
             Err(r) => {
+                drop(rx);
                 self.counts.drop(Stage::Decrypt, peer, len, r);
                 return tap_drop(r, pkt);
             }
@@ -206,13 +197,17 @@ impl<'a> Rx<'a> {
         }
         let ids = sample.as_ref().map(|(trace, ids, _)| (*trace, *ids));
         match opened.payload {
-            Payload::Packet(r) => self.deliver(id, &dp, len, &mut pkt[r], ids, now),
+            Payload::Packet(r) => {
+                drop(rx);
+                self.deliver(id, &dp, len, &mut pkt[r], ids, now);
+            }
             Payload::Inflated(r) => {
                 let (from, to) = (rx.compressed_len() as u64, r.len() as u64);
-                self.shared.stats.add_decompressed(1, from, to);
-                dp.rt.stats.add_decompressed(1, from, to);
                 // Decompressed into the receiver's buffer: lend it out while delivering.
                 let mut buf = rx.take_inflated();
+                drop(rx);
+                self.shared.stats.add_decompressed(1, from, to);
+                dp.rt.stats.add_decompressed(1, from, to);
                 match buf.get_mut(r) {
                     Some(p) => self.deliver(id, &dp, len, p, ids, now),
                     None => {
@@ -220,16 +215,16 @@ impl<'a> Rx<'a> {
                             .drop(Stage::Decrypt, peer, len, DropReason::BadCompression);
                     }
                 }
-                if let Some(rx) = self.receivers.get_mut(&id) {
-                    rx.put_inflated(buf);
-                }
+                dp.rt.receiver().put_inflated(buf);
             }
             Payload::Ping => {
+                drop(rx);
                 self.counts
                     .drop(Stage::Decrypt, peer, len, DropReason::Keepalive);
                 tap_drop(DropReason::Keepalive, pkt);
             }
             Payload::Occ(code) => {
+                drop(rx);
                 if code == OCC_EXIT {
                     let _ = self.shared.control.send(ControlInput::Exit { peer: id });
                 }
@@ -408,12 +403,17 @@ impl<'a> Rx<'a> {
 }
 
 /// `socket_rx → decrypt → write_tun` for all peers of `shared`'s transport, until `stop`.
-pub fn rx_loop(shared: &Shared) {
+/// `worker` picks the socket when the transport has several (a multi-threaded server).
+pub fn rx_loop(shared: &Shared, worker: usize) {
     let mut rx = Rx::new(shared);
     let clock = Clock::new(shared.tap.is_some());
     match &shared.transport {
         Transport::Link(link) => rx_link(&mut rx, link, &clock),
-        Transport::Udp(ep) => rx_udp(&mut rx, ep, &clock),
+        Transport::Udp(eps) => {
+            if let Some(ep) = eps.get(worker) {
+                rx_udp(&mut rx, ep, &clock);
+            }
+        }
         Transport::Tcp(conns) => rx_tcp(&mut rx, conns, &clock),
         Transport::Memory(port) => rx_memory(&mut rx, port, &clock),
     }

@@ -18,8 +18,9 @@ use super::memory::MemPort;
 pub enum Transport {
     /// A client's link to its server (UDP socket connected to it, or a TCP stream).
     Link(Link),
-    /// One UDP socket for all clients.
-    Udp(UdpEndpoint),
+    /// UDP sockets for all clients: one, or one per receive thread, all on the same port
+    /// (SO_REUSEPORT; the kernel keeps each client on one of them by address hash).
+    Udp(Vec<UdpEndpoint>),
     /// A listener and one connection per client.
     Tcp(TcpConns),
     /// A port on an in-memory network (the in-process tier), either role, UDP or TCP.
@@ -42,9 +43,11 @@ impl Transport {
                 tracing::debug!("send: {e}");
                 DropReason::SocketError
             }),
-            (Transport::Udp(ep), PeerAddr::Udp(a)) => {
-                ep.send_to(packet, a).map_err(|_| DropReason::SocketError)
-            }
+            (Transport::Udp(eps), PeerAddr::Udp(a)) => eps
+                .first()
+                .ok_or(DropReason::SocketError)?
+                .send_to(packet, a)
+                .map_err(|_| DropReason::SocketError),
             (Transport::Tcp(c), PeerAddr::Tcp(id)) => {
                 let mut f = Vec::with_capacity(packet.len() + 2);
                 tcp_frame(packet, &mut f)?;
@@ -65,8 +68,8 @@ impl Transport {
     ) -> (Flushed, DropReason) {
         match (self, to) {
             (Transport::Link(l), _) => (batch.flush(l), DropReason::SocketError),
-            (Transport::Udp(ep), PeerAddr::Udp(a)) => {
-                (batch.flush_to(ep, a), DropReason::SocketError)
+            (Transport::Udp(eps), PeerAddr::Udp(a)) if !eps.is_empty() => {
+                (batch.flush_to(&eps[0], a), DropReason::SocketError)
             }
             (Transport::Memory(port), to) => (
                 batch.send_each(|p| port.send(to, p).is_ok()),
@@ -114,7 +117,8 @@ impl Transport {
     pub fn wire(&self, peer: PeerAddr, local: Option<SocketAddr>, outbound: bool) -> Option<Wire> {
         let (remote, local, tcp) = match (self, peer) {
             (Transport::Link(l), _) => (l.peer(), l.local_addr().ok()?, l.kind() == LinkKind::Tcp),
-            (Transport::Udp(ep), PeerAddr::Udp(a)) => {
+            (Transport::Udp(eps), PeerAddr::Udp(a)) => {
+                let ep = eps.first()?;
                 let local = local.or_else(|| {
                     let bound = ep.socket().local_addr().ok()?;
                     if !bound.ip().is_unspecified() {
@@ -149,6 +153,19 @@ impl Transport {
                 tcp,
             }
         })
+    }
+
+    /// The UDP sockets of a server (empty for other transports).
+    pub fn udp(&self) -> &[UdpEndpoint] {
+        match self {
+            Transport::Udp(eps) => eps,
+            _ => &[],
+        }
+    }
+
+    /// How many receive threads the transport feeds.
+    pub fn receivers(&self) -> usize {
+        self.udp().len().max(1)
     }
 
     /// Wakes threads blocked on the transport at shutdown (closes TCP streams).

@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub options: Vec<String>,
     /// Disable tun offload.
     pub no_offload: bool,
+    /// UDP receive threads (0 = one per core).
+    pub threads: usize,
     /// Observatory options.
     pub observe: crate::observe::ObserveOptions,
 }
@@ -189,10 +191,20 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         (None, true) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.port),
     };
     let transport = match cfg.transport {
-        ServerTransport::Udp => Transport::Udp(
-            crate::link::UdpEndpoint::bind(listen)
-                .with_context(|| format!("cannot bind UDP {listen}"))?,
-        ),
+        ServerTransport::Udp => {
+            let n = match opts.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let mut sockets = Vec::with_capacity(n);
+            for _ in 0..n {
+                sockets.push(
+                    crate::link::UdpEndpoint::bind_shared(listen, n > 1)
+                        .with_context(|| format!("cannot bind UDP {listen}"))?,
+                );
+            }
+            Transport::Udp(sockets)
+        }
         ServerTransport::Tcp => Transport::Tcp(
             tcp::TcpConns::listen(listen)
                 .with_context(|| format!("cannot listen on TCP {listen}"))?,
@@ -226,7 +238,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             .collect::<Vec<_>>()
             .join(":")
     );
-    if let Transport::Udp(ep) = &shared.transport {
+    if let Some(ep) = shared.transport.udp().first() {
         observer.set_socket(ep.socket().try_clone().ok().map(std::os::fd::OwnedFd::from));
     }
     tracing::info!("Initialization Sequence Completed");
@@ -332,7 +344,7 @@ fn publish_table(
         return;
     }
     *published = server.generation();
-    let table = build_table(server, runtimes, mss);
+    let table = build_table(server, runtimes, mss, shared.replay_window);
     observer.set_peers(
         table
             .peers
@@ -398,15 +410,24 @@ pub fn serve(
     let mss = clamp_mss(server.config());
     let ctl_tx = shared.control.clone();
     std::thread::scope(|s| -> Result<()> {
-        let rx = std::thread::Builder::new()
-            .name("rx".into())
-            .spawn_scoped(s, move || datapath::rx_loop(shared))?;
+        // One receive thread per socket of the transport (several UDP sockets with
+        // SO_REUSEPORT), one send thread.
+        let mut rx = vec![];
+        for worker in 0..shared.transport.receivers() {
+            rx.push(
+                std::thread::Builder::new()
+                    .name(format!("rx{worker}"))
+                    .spawn_scoped(s, move || datapath::rx_loop(shared, worker))?,
+            );
+        }
         let tx = std::thread::Builder::new()
             .name("tx".into())
             .spawn_scoped(s, move || datapath::tx_loop(shared))?;
         let r = control_loop(server, shared, inputs, &ctl_tx, term, dev, observer, mss);
         shared.stop();
-        let _ = rx.join();
+        for t in rx {
+            let _ = t.join();
+        }
         let _ = tx.join();
         r
     })
@@ -509,7 +530,9 @@ fn handle_event(
             }
         }
         ServerEvent::PeerConnected { peer, handshake } => {
-            let rt = runtimes.entry(peer).or_default();
+            let rt = runtimes
+                .entry(peer)
+                .or_insert_with(|| Arc::new(PeerRuntime::new(shared.replay_window)));
             rt.stats.control().handshake(handshake, None);
             shared.stats.control().handshake(handshake, None);
             if let Some(PeerAddr::Udp(a)) = server.snapshot().peers.get(&peer).map(|v| v.addr) {
@@ -518,9 +541,10 @@ fn handle_event(
                     && let Some(src) = r.prefsrc
                 {
                     let port = match &shared.transport {
-                        Transport::Udp(ep) => {
-                            ep.socket().local_addr().map(|l| l.port()).unwrap_or(0)
-                        }
+                        Transport::Udp(eps) => eps
+                            .first()
+                            .and_then(|ep| ep.socket().local_addr().ok())
+                            .map_or(0, |l| l.port()),
                         Transport::Tcp(_) | Transport::Link(_) | Transport::Memory(_) => 0,
                     };
                     let _ = rt.local.set(SocketAddr::new(src, port));
@@ -592,11 +616,15 @@ fn build_table(
     server: &Server,
     runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
     mss: u16,
+    replay_window: u32,
 ) -> PeerTable {
     let snap = server.snapshot();
     let mut peers = HashMap::with_capacity(snap.peers.len());
     for (id, view) in snap.peers {
-        let rt = runtimes.entry(id).or_default().clone();
+        let rt = runtimes
+            .entry(id)
+            .or_insert_with(|| Arc::new(PeerRuntime::new(replay_window)))
+            .clone();
         peers.insert(id, DataPeer { view, rt });
     }
     PeerTable {
