@@ -19,7 +19,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -426,7 +426,7 @@ impl Run<'_> {
                 "TCP"
             }
         );
-        let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+        let (ctl_tx, ctl_rx) = datapath::control_channel();
         let shared = Shared::new(
             transport,
             ctl_tx,
@@ -735,7 +735,7 @@ fn mss_for(
 struct Session<'a> {
     shared: &'a Shared,
     /// Control packets and link events from the rx thread.
-    ctl: &'a mpsc::Receiver<ControlInput>,
+    ctl: &'a datapath::ControlQueue,
     /// The server's address on the transport.
     addr: PeerAddr,
     /// The server's socket address (logs).

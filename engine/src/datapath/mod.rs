@@ -21,6 +21,7 @@
 //! copied to the capture tap ([`crate::capture`]).
 
 pub mod account;
+pub mod control_queue;
 mod control_tx;
 pub mod memory;
 mod rx;
@@ -30,7 +31,6 @@ mod tx;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use crate::capture::{Tap, Wire};
 use crate::stats::{EngineStats, PROBES};
 use crate::tun::Tun;
 
+pub use control_queue::{ControlQueue, ControlSender, control_channel};
 pub use control_tx::{count_control, send_from_control};
 pub use rx::rx_loop;
 pub use transport::Transport;
@@ -214,8 +215,8 @@ pub struct Shared {
     pub replay_window: u32,
     /// The link.
     pub transport: Transport,
-    /// Channel to the control thread.
-    pub control: Sender<ControlInput>,
+    /// Bounded channel to the control thread.
+    pub control: ControlSender,
     /// Capture tap, when `--capture` is on.
     pub tap: Option<Arc<Tap>>,
     /// The tun device: a client creates it once the server's push says how, so the data
@@ -227,7 +228,7 @@ impl Shared {
     /// Shared state around `transport`; `tun` when the device exists already.
     pub fn new(
         transport: Transport,
-        control: Sender<ControlInput>,
+        control: ControlSender,
         stats: Arc<EngineStats>,
         tap: Option<Arc<Tap>>,
         replay_window: u32,

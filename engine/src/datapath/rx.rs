@@ -114,6 +114,10 @@ impl<'a> Rx<'a> {
             Err(r) => return self.refuse(pkt.len(), r),
         };
         if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+            // Bounded: under a flood the packet is dropped here, counted, not copied.
+            if let Err(r) = self.shared.control.packet(from, pkt) {
+                return self.refuse(pkt.len(), r);
+            }
             self.counts.pass(Stage::SocketRx, None, pkt.len());
             if let Some(tap) = self.tap() {
                 tap.emit(TapRecord {
@@ -128,10 +132,6 @@ impl<'a> Rx<'a> {
                     },
                 });
             }
-            let _ = self.shared.control.send(ControlInput::Packet {
-                from,
-                packet: pkt.to_vec(),
-            });
             return;
         }
         let peer_id = match DataHeader::parse(pkt) {
@@ -190,7 +190,7 @@ impl<'a> Rx<'a> {
         };
         self.active.insert(id);
         if from != dp.view.addr && self.floated.insert(id) {
-            let _ = self.shared.control.send(ControlInput::Float {
+            self.shared.control.hint(ControlInput::Float {
                 peer: id,
                 addr: from,
             });
@@ -226,7 +226,7 @@ impl<'a> Rx<'a> {
             Payload::Occ(code) => {
                 drop(rx);
                 if code == OCC_EXIT {
-                    let _ = self.shared.control.send(ControlInput::Exit { peer: id });
+                    self.shared.control.hint(ControlInput::Exit { peer: id });
                 }
                 self.counts.drop(Stage::Decrypt, peer, len, DropReason::Occ);
                 tap_drop(DropReason::Occ, pkt);
@@ -436,7 +436,7 @@ fn rx_link(rx: &mut Rx<'_>, link: &Link, clock: &Clock) {
             Received::Idle => continue,
             Received::Closed(why) => {
                 if !shared.stopped() {
-                    let _ = shared.control.send(ControlInput::Closed { addr, why });
+                    shared.control.event(ControlInput::Closed { addr, why });
                 }
                 return;
             }
@@ -453,7 +453,7 @@ fn rx_link(rx: &mut Rx<'_>, link: &Link, clock: &Clock) {
         rx.finish(clock);
         if let Err(r) = r {
             let why = format!("TCP stream: {r}");
-            let _ = shared.control.send(ControlInput::Closed { addr, why });
+            shared.control.event(ControlInput::Closed { addr, why });
             return;
         }
     }
@@ -526,7 +526,7 @@ fn rx_tcp(rx: &mut Rx<'_>, conns: &TcpConns, clock: &Clock) {
         for (id, why) in closed {
             framers.remove(&id);
             conns.close(id);
-            let _ = shared.control.send(ControlInput::Closed {
+            shared.control.event(ControlInput::Closed {
                 addr: PeerAddr::Tcp(id),
                 why,
             });
@@ -572,7 +572,7 @@ fn rx_memory(rx: &mut Rx<'_>, port: &MemPort, clock: &Clock) {
         for addr in broken {
             framers.remove(&addr);
             let why = "TCP framing error".to_owned();
-            let _ = shared.control.send(ControlInput::Closed { addr, why });
+            shared.control.event(ControlInput::Closed { addr, why });
         }
     }
 }

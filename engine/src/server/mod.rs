@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -30,9 +30,12 @@ use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup}
 use tunscope_proto::tls::{self, Identity};
 
 use crate::datapath::{
-    self, ControlInput, DataPeer, PeerRuntime, PeerTable, Shared, Transport, count_control,
-    send_from_control,
+    self, ControlInput, ControlQueue, ControlSender, DataPeer, PeerRuntime, PeerTable, Shared,
+    Transport, count_control, send_from_control,
 };
+
+/// Control inputs handled per round of the control loop before its timers run.
+const INPUTS_PER_ROUND: usize = 256;
 use crate::netlink;
 use crate::report::{Observer, PeerReport};
 use crate::setup::{load_wrap, read_source};
@@ -216,7 +219,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         capture,
         endpoints,
     } = opts.observe.start("server")?;
-    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+    let (ctl_tx, ctl_rx) = datapath::control_channel();
     let shared = Shared::new(
         transport,
         ctl_tx,
@@ -268,8 +271,8 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
 fn control_loop(
     server: &mut Server,
     shared: &Shared,
-    inputs: &mpsc::Receiver<ControlInput>,
-    ctl_tx: &mpsc::Sender<ControlInput>,
+    inputs: &ControlQueue,
+    ctl_tx: &ControlSender,
     term: &AtomicBool,
     dev: &str,
     observer: &Observer,
@@ -313,8 +316,12 @@ fn control_loop(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        // Drain whatever else is queued before the timers.
-        while let Ok(input) = inputs.try_recv() {
+        // More of what is queued, but not so much that a flood starves the timers (the
+        // queue itself is bounded: what does not fit is dropped at socket_rx).
+        for _ in 0..INPUTS_PER_ROUND {
+            let Some(input) = inputs.try_recv() else {
+                break;
+            };
             handle_input(server, shared, input);
         }
         let now = Instant::now();
@@ -402,7 +409,7 @@ fn clamp_mss(cfg: &ServerConfig) -> u16 {
 pub fn serve(
     server: &mut Server,
     shared: &Shared,
-    inputs: &mpsc::Receiver<ControlInput>,
+    inputs: &ControlQueue,
     term: &AtomicBool,
     dev: &str,
     observer: &Observer,
@@ -444,7 +451,7 @@ pub fn run_in_memory(
 ) -> Result<()> {
     let setup = Arc::new(setup(cfg)?);
     let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
-    let (ctl_tx, ctl_rx) = mpsc::channel::<ControlInput>();
+    let (ctl_tx, ctl_rx) = datapath::control_channel();
     let dev = tun.name().to_owned();
     let shared = Shared::new(
         Transport::Memory(port),
@@ -490,7 +497,7 @@ fn handle_event(
     shared: &Shared,
     ev: ServerEvent,
     runtimes: &mut HashMap<PeerId, Arc<PeerRuntime>>,
-    ctl_tx: &mpsc::Sender<ControlInput>,
+    ctl_tx: &ControlSender,
     cfg: &Arc<ServerConfig>,
     dev: &str,
 ) {
@@ -519,7 +526,7 @@ fn handle_event(
                 .name(format!("auth-{peer}"))
                 .spawn(move || {
                     let result = auth::verify(&cfg, &dev, &req);
-                    let _ = tx.send(ControlInput::AuthDone {
+                    tx.event(ControlInput::AuthDone {
                         peer,
                         key_id,
                         result,
