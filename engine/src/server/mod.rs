@@ -209,8 +209,11 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
             Transport::Udp(sockets)
         }
         ServerTransport::Tcp => Transport::Tcp(
-            tcp::TcpConns::listen(listen)
-                .with_context(|| format!("cannot listen on TCP {listen}"))?,
+            tcp::TcpConns::listen(
+                listen,
+                tcp::TcpLimits::for_server(cfg.max_clients, cfg.hand_window),
+            )
+            .with_context(|| format!("cannot listen on TCP {listen}"))?,
         ),
     };
     let crate::observe::Observatory {
@@ -246,6 +249,14 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     }
     tracing::info!("Initialization Sequence Completed");
     serve(&mut server, &shared, &ctl_rx, &term, &dev, &observer)?;
+    if let Transport::Tcp(c) = &shared.transport {
+        let (refused, expired) = c.closed_by_limits();
+        if refused + expired > 0 {
+            tracing::info!(
+                "TCP: {refused} connection(s) closed over the connection caps, {expired} for no peer within hand-window"
+            );
+        }
+    }
     for r in &cfg.routes {
         let _ = netlink::del_route(&netlink::Route {
             dst: IpAddr::V4(r.network),
@@ -537,6 +548,12 @@ fn handle_event(
             }
         }
         ServerEvent::PeerConnected { peer, handshake } => {
+            if let (Transport::Tcp(c), Some(PeerAddr::Tcp(id))) = (
+                &shared.transport,
+                server.snapshot().peers.get(&peer).map(|v| v.addr),
+            ) {
+                c.established(id);
+            }
             let rt = runtimes
                 .entry(peer)
                 .or_insert_with(|| Arc::new(PeerRuntime::new(shared.replay_window)));

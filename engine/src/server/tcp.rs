@@ -5,6 +5,13 @@
 //! frames go out immediately when the socket takes them, the rest waits in a bounded per-
 //! connection queue; a client that does not read fills its queue and further frames for it
 //! are dropped with `queue_full`, without holding up anybody else.
+//!
+//! Connections cost a descriptor each before anybody has authenticated, so they are limited
+//! ([`TcpLimits`]): in total (below the process's descriptor limit), per source address, and
+//! in time — a connection that has not become a peer within `hand-window` is closed. One
+//! over a limit is accepted and closed at once (which drains the kernel's backlog); when the
+//! process runs out of descriptors anyway, the listener rests for a moment instead of
+//! spinning on a readable socket it cannot accept from.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -12,11 +19,51 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tunscope_proto::stage::DropReason;
 
 /// Per-connection output queue limit.
 const MAX_QUEUED: usize = 4 << 20;
+/// How long the listener rests after accept failed for lack of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Limits on connections that cost descriptors before authentication.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// Connections in total.
+    pub total: usize,
+    /// Connections from one source address.
+    pub per_source: usize,
+    /// Time a connection has to become a peer (`hand-window`).
+    pub hand_window: Duration,
+}
+
+impl TcpLimits {
+    /// Limits for a server: `max_clients` peers plus room for as many handshakes, within the
+    /// process's descriptor limit (keeping 64 for everything else).
+    pub fn for_server(max_clients: u32, hand_window: Duration) -> TcpLimits {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            1024
+        };
+        let total = (max_clients as usize)
+            .saturating_mul(2)
+            .max(64)
+            .min(nofile.saturating_sub(64).max(16));
+        TcpLimits {
+            total,
+            per_source: 32.min(total),
+            hand_window,
+        }
+    }
+}
 
 /// One accepted connection.
 pub struct Conn {
@@ -29,6 +76,9 @@ pub struct Conn {
     stream: TcpStream,
     out: Mutex<Vec<u8>>,
     closed: AtomicBool,
+    accepted: Instant,
+    /// Became a peer: the hand-window no longer applies.
+    established: AtomicBool,
 }
 
 impl Conn {
@@ -93,6 +143,12 @@ pub struct TcpConns {
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     wake: OwnedFd,
+    limits: TcpLimits,
+    /// The listener rests until then (descriptors ran out).
+    accept_paused: Mutex<Option<Instant>>,
+    /// Connections closed by a limit: (over the total or per-source cap, hand-window).
+    refused: AtomicU64,
+    expired: AtomicU64,
 }
 
 /// What the poll loop saw.
@@ -105,7 +161,7 @@ pub enum TcpEvent<'a> {
 
 impl TcpConns {
     /// Listens on `addr`.
-    pub fn listen(addr: SocketAddr) -> io::Result<TcpConns> {
+    pub fn listen(addr: SocketAddr, limits: TcpLimits) -> io::Result<TcpConns> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         // SAFETY: eventfd(2) with valid flags; the fd is owned below.
@@ -119,7 +175,26 @@ impl TcpConns {
             next_id: AtomicU64::new(1),
             // SAFETY: fresh valid fd.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            limits,
+            accept_paused: Mutex::new(None),
+            refused: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         })
+    }
+
+    /// The connection became a peer: it may stay past the hand-window.
+    pub fn established(&self, id: u64) {
+        if let Some(c) = self.get(id) {
+            c.established.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections closed so far by the caps and by the hand-window.
+    pub fn closed_by_limits(&self) -> (u64, u64) {
+        (
+            self.refused.load(Ordering::Relaxed),
+            self.expired.load(Ordering::Relaxed),
+        )
     }
 
     /// A connection by id.
@@ -197,13 +272,50 @@ impl TcpConns {
             .values()
             .cloned()
             .collect();
+        // Connections that did not become a peer within the hand-window are closed.
+        let now = Instant::now();
+        for c in &conns {
+            if !c.established.load(Ordering::Relaxed)
+                && now.saturating_duration_since(c.accepted) > self.limits.hand_window
+            {
+                self.close(c.id);
+                self.expired.fetch_add(1, Ordering::Relaxed);
+                f(TcpEvent::Closed(
+                    c.id,
+                    "no peer within hand-window: closed".into(),
+                ));
+            }
+        }
         let mut fds = Vec::with_capacity(conns.len() + 2);
         let pfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
             fd,
             events,
             revents: 0,
         };
-        fds.push(pfd(self.listener.as_raw_fd(), libc::POLLIN));
+        // A resting listener is left out of the poll set (it would be readable at once).
+        let mut timeout_ms = timeout_ms;
+        let resting = {
+            let mut paused = self.accept_paused.lock().unwrap_or_else(|e| e.into_inner());
+            match *paused {
+                Some(t) if t > now => {
+                    let left = t.saturating_duration_since(now).as_millis() as i32;
+                    timeout_ms = timeout_ms.min(left.max(1));
+                    true
+                }
+                _ => {
+                    *paused = None;
+                    false
+                }
+            }
+        };
+        fds.push(pfd(
+            if resting {
+                -1
+            } else {
+                self.listener.as_raw_fd()
+            },
+            libc::POLLIN,
+        ));
         fds.push(pfd(self.wake.as_raw_fd(), libc::POLLIN));
         for c in &conns {
             let ev = if c.has_output() {
@@ -267,6 +379,21 @@ impl TcpConns {
         loop {
             match self.listener.accept() {
                 Ok((stream, remote)) => {
+                    // Over a cap: accepted only to be closed (the backlog drains, the
+                    // descriptor comes back at once).
+                    let (total, from_source) = {
+                        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+                        let same = conns
+                            .values()
+                            .filter(|c| c.remote.ip() == remote.ip())
+                            .count();
+                        (conns.len(), same)
+                    };
+                    if total >= self.limits.total || from_source >= self.limits.per_source {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                        continue;
+                    }
                     if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
                         continue;
                     }
@@ -279,6 +406,8 @@ impl TcpConns {
                         stream,
                         out: Mutex::new(Vec::new()),
                         closed: AtomicBool::new(false),
+                        accepted: Instant::now(),
+                        established: AtomicBool::new(false),
                     });
                     self.conns
                         .write()
@@ -287,8 +416,13 @@ impl TcpConns {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Out of fds and the like: try again at the next poll round.
-                Err(_) => return,
+                // Out of descriptors (EMFILE/ENFILE) and the like: rest, do not spin.
+                Err(e) => {
+                    tracing::warn!("accept: {e}; pausing the listener");
+                    *self.accept_paused.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
             }
         }
     }
