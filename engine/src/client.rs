@@ -748,6 +748,7 @@ struct Session<'a> {
 fn server_table(addr: PeerAddr, plane: DataPlane, rt: &Arc<PeerRuntime>, mss: u16) -> PeerTable {
     let view = PeerView {
         id: plane.peer_id.filter(|p| *p != PEER_ID_UNDEF).unwrap_or(0),
+        session: 0,
         addr,
         plane,
         ipv4: None,

@@ -124,6 +124,9 @@ struct Net {
     clients: Vec<(SocketAddr, Client, Vec<ClientEvent>)>,
     server_events: Vec<ServerEvent>,
     auth: Box<dyn FnMut(&ServerEvent) -> AuthResult>,
+    /// When set, verification requests are kept here (peer, session, key-id) instead of
+    /// being answered: a slow verifier the test answers itself.
+    held: Option<Vec<(u32, u64, u8)>>,
     drops: Vec<DropReason>,
 }
 
@@ -148,6 +151,7 @@ impl Net {
                 ok: true,
                 ..AuthResult::default()
             }),
+            held: None,
             drops: vec![],
         }
     }
@@ -196,9 +200,21 @@ impl Net {
         }
         while let Some(e) = self.server.poll_event() {
             moved = true;
-            if let ServerEvent::AuthRequest { peer, key_id, .. } = &e {
-                let r = (self.auth)(&e);
-                self.server.handle_auth_result(now, *peer, *key_id, r);
+            if let ServerEvent::AuthRequest {
+                peer,
+                session,
+                key_id,
+                ..
+            } = &e
+            {
+                match self.held.as_mut() {
+                    Some(h) => h.push((*peer, *session, *key_id)),
+                    None => {
+                        let r = (self.auth)(&e);
+                        self.server
+                            .handle_auth_result(now, *peer, *session, *key_id, r);
+                    }
+                }
             }
             self.server_events.push(e);
         }
@@ -792,7 +808,11 @@ fn float_moves_a_peer_to_its_new_address() {
     let old = PeerAddr::Udp(net.clients[0].0);
     let new = PeerAddr::Udp("198.18.1.99:41000".parse().unwrap());
     let g = net.server.generation();
-    net.server.handle_float(0, new);
+    let session = net.server.snapshot().peers[&0].session;
+    // A report about another session with the same peer-id changes nothing.
+    net.server.handle_float(0, session + 1, new);
+    assert_eq!(net.server.generation(), g, "a stale float moved the peer");
+    net.server.handle_float(0, session, new);
     assert!(net.server.generation() > g, "data path must see the change");
     let snap = net.server.snapshot();
     assert_eq!(snap.by_addr.get(&new), Some(&0));
@@ -803,4 +823,52 @@ fn float_moves_a_peer_to_its_new_address() {
     let t = net.now;
     net.clients[0].1.close(t);
     net.run(Duration::from_secs(5), |n| n.server.counts().peers == 0);
+}
+
+/// A verdict that comes back after its session is gone never admits the next session that
+/// got the same peer-id (the CVE-2020-15078 class): verdicts are bound to sessions.
+#[test]
+fn a_stale_auth_verdict_never_admits_a_later_session() {
+    let pki = pki(2);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "")]);
+    net.held = Some(vec![]);
+    net.run(Duration::from_secs(10), |n| {
+        n.held.as_ref().is_some_and(|h| !h.is_empty())
+    });
+    let (peer, first, key_id) = net.held.as_mut().unwrap().remove(0);
+    // The first session goes away while its verification is still running.
+    net.server.handle_exit_notification(net.now, peer, first);
+    assert!(net.server.snapshot().peers.is_empty());
+    net.clients.clear();
+    net.clients.push((
+        SocketAddr::from(([198, 18, 1, 3], 40100)),
+        client(&pki, 1, ""),
+        vec![],
+    ));
+    net.run(Duration::from_secs(10), |n| {
+        n.held.as_ref().is_some_and(|h| !h.is_empty())
+    });
+    let (peer2, second, _) = net.held.as_mut().unwrap().remove(0);
+    assert_eq!(peer2, peer, "the peer-id is reused");
+    assert_ne!(second, first);
+    // The first session's verdict arrives late: ignored.
+    let ok = || AuthResult {
+        ok: true,
+        ..AuthResult::default()
+    };
+    net.server
+        .handle_auth_result(net.now, peer, first, key_id, ok());
+    for _ in 0..60 {
+        if !net.step() {
+            net.advance(Duration::from_millis(50));
+        }
+    }
+    assert!(
+        !net.connected(0),
+        "a verdict for another session admitted this one"
+    );
+    // Its own verdict admits it.
+    net.server
+        .handle_auth_result(net.now, peer, second, 0, ok());
+    net.run(Duration::from_secs(10), |n| n.connected(0));
 }

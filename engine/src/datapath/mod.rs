@@ -172,6 +172,8 @@ pub enum ControlInput {
     Float {
         /// The peer.
         peer: PeerId,
+        /// Its session (peer-ids are reused).
+        session: u64,
         /// Its new address.
         addr: PeerAddr,
     },
@@ -179,11 +181,15 @@ pub enum ControlInput {
     Exit {
         /// The peer.
         peer: PeerId,
+        /// Its session.
+        session: u64,
     },
     /// A verification finished (server).
     AuthDone {
         /// The peer.
         peer: PeerId,
+        /// The session the verdict is for.
+        session: u64,
         /// Key-id.
         key_id: u8,
         /// Verdict.

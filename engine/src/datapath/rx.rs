@@ -192,6 +192,7 @@ impl<'a> Rx<'a> {
         if from != dp.view.addr && self.floated.insert(id) {
             self.shared.control.hint(ControlInput::Float {
                 peer: id,
+                session: dp.view.session,
                 addr: from,
             });
         }
@@ -226,7 +227,10 @@ impl<'a> Rx<'a> {
             Payload::Occ(code) => {
                 drop(rx);
                 if code == OCC_EXIT {
-                    self.shared.control.hint(ControlInput::Exit { peer: id });
+                    self.shared.control.hint(ControlInput::Exit {
+                        peer: id,
+                        session: dp.view.session,
+                    });
                 }
                 self.counts.drop(Stage::Decrypt, peer, len, DropReason::Occ);
                 tap_drop(DropReason::Occ, pkt);

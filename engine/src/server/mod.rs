@@ -489,13 +489,18 @@ fn handle_input(server: &mut Server, shared: &Shared, input: ControlInput) {
             let r = server.handle_control(now, from, &packet);
             count_control(&shared.stats, packet.len(), r);
         }
-        ControlInput::Float { peer, addr } => server.handle_float(peer, addr),
-        ControlInput::Exit { peer } => server.handle_exit_notification(now, peer),
+        ControlInput::Float {
+            peer,
+            session,
+            addr,
+        } => server.handle_float(peer, session, addr),
+        ControlInput::Exit { peer, session } => server.handle_exit_notification(now, peer, session),
         ControlInput::AuthDone {
             peer,
+            session,
             key_id,
             result,
-        } => server.handle_auth_result(now, peer, key_id, result),
+        } => server.handle_auth_result(now, peer, session, key_id, result),
         ControlInput::Closed { addr, why } => {
             tracing::debug!("{addr}: {why}");
             server.handle_transport_closed(now, addr);
@@ -515,6 +520,7 @@ fn handle_event(
     match ev {
         ServerEvent::AuthRequest {
             peer,
+            session,
             key_id,
             common_name,
             username,
@@ -539,6 +545,7 @@ fn handle_event(
                     let result = auth::verify(&cfg, &dev, &req);
                     tx.event(ControlInput::AuthDone {
                         peer,
+                        session,
                         key_id,
                         result,
                     });

@@ -92,6 +92,8 @@ pub enum ServerEvent {
     AuthRequest {
         /// The peer.
         peer: PeerId,
+        /// The peer's session: peer-ids are reused, sessions never (pass it back).
+        session: u64,
         /// Key-id being authenticated (0 at connect, >0 on renegotiation).
         key_id: u8,
         /// Certificate common name (or username with `username-as-common-name`).
@@ -144,8 +146,12 @@ pub enum ServerEvent {
 /// A peer as the data path sees it.
 #[derive(Clone, Debug)]
 pub struct PeerView {
-    /// Peer-id.
+    /// Peer-id (reused after the peer is gone).
     pub id: PeerId,
+    /// This session of the peer, unique for the server's life: what the data path reports
+    /// about a peer (float, exit) names it, so a report about an earlier session that had the
+    /// same peer-id changes nothing.
+    pub session: u64,
     /// Transport address.
     pub addr: PeerAddr,
     /// Keys and header settings.
@@ -229,6 +235,8 @@ enum PeerState {
 
 struct Peer {
     id: PeerId,
+    /// Unique for the server's life (peer-ids are reused): see [`PeerView::session`].
+    serial: u64,
     addr: PeerAddr,
     session: ControlSession,
     state: PeerState,
@@ -293,6 +301,8 @@ pub struct Server {
     verifier: TlsWrap,
     unix_time: u32,
     generation: u64,
+    /// The last session number handed out.
+    sessions: u64,
     events: VecDeque<ServerEvent>,
     stateless_out: VecDeque<(PeerAddr, Vec<u8>)>,
     touched: BTreeSet<PeerId>,
@@ -357,6 +367,7 @@ impl Server {
             pool6,
             unix_time,
             generation: 1,
+            sessions: 0,
             events: VecDeque::new(),
             stateless_out: VecDeque::new(),
             touched: BTreeSet::new(),
@@ -435,6 +446,7 @@ impl Server {
                 p.id,
                 Arc::new(PeerView {
                     id: p.id,
+                    session: p.serial,
                     addr: p.addr,
                     plane: p.plane.clone(),
                     ipv4: p.ipv4,
@@ -733,6 +745,7 @@ impl Server {
     }
 
     fn insert_peer(&mut self, now: Instant, addr: PeerAddr, session: ControlSession) -> PeerId {
+        self.sessions += 1;
         // Lowest free peer-id (2.6 uses array slots the same way).
         let id = (0..).find(|i| !self.peers.contains_key(i)).unwrap_or(0);
         // 2.6 randomises reneg-sec to 90–100 % per client so renegotiations do not align.
@@ -759,6 +772,7 @@ impl Server {
             id,
             Peer {
                 id,
+                serial: self.sessions,
                 addr,
                 session,
                 state: PeerState::Handshake,
@@ -819,9 +833,9 @@ impl Server {
         }
     }
 
-    /// An authenticated data packet of `peer` arrived from a new UDP address.
-    pub fn handle_float(&mut self, peer: PeerId, addr: PeerAddr) {
-        let Some(p) = self.peers.get_mut(&peer) else {
+    /// An authenticated data packet of `peer`'s `session` arrived from a new UDP address.
+    pub fn handle_float(&mut self, peer: PeerId, session: u64, addr: PeerAddr) {
+        let Some(p) = self.peers.get_mut(&peer).filter(|p| p.serial == session) else {
             return;
         };
         if p.addr == addr {
@@ -839,9 +853,11 @@ impl Server {
         self.log(format!("peer {peer} floated from {old} to {addr}"));
     }
 
-    /// The data path saw an OCC EXIT from `peer`.
-    pub fn handle_exit_notification(&mut self, now: Instant, peer: PeerId) {
-        self.remove_peer(now, peer, "client exited (explicit-exit-notify)".into());
+    /// The data path saw an OCC EXIT from `peer`'s `session`.
+    pub fn handle_exit_notification(&mut self, now: Instant, peer: PeerId, session: u64) {
+        if self.peers.get(&peer).is_some_and(|p| p.serial == session) {
+            self.remove_peer(now, peer, "client exited (explicit-exit-notify)".into());
+        }
     }
 
     /// Tells the server when the data path last received from / sent to `peer`.
@@ -862,15 +878,18 @@ impl Server {
         self.peers.keys().copied().collect()
     }
 
-    /// The verdict for an [`ServerEvent::AuthRequest`].
+    /// The verdict for an [`ServerEvent::AuthRequest`]. A verdict for another session than
+    /// the peer's current one (the peer-id was reused meanwhile) is ignored: it must never
+    /// admit somebody it did not check.
     pub fn handle_auth_result(
         &mut self,
         now: Instant,
         peer: PeerId,
+        session: u64,
         key_id: u8,
         result: AuthResult,
     ) {
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get_mut(&peer).filter(|p| p.serial == session) else {
             return;
         };
         let initial = p.state == PeerState::Authenticating;
@@ -1084,6 +1103,7 @@ impl Server {
         }
         let ev = ServerEvent::AuthRequest {
             peer: id,
+            session: p.serial,
             key_id,
             common_name: p.common_name.clone(),
             username: msg.username,
