@@ -256,10 +256,20 @@ struct Peer {
     data_tx: Option<Instant>,
     ping_due: bool,
     close_at: Option<(Instant, String)>,
+    /// AUTH_FAILED went out (it is sent once).
+    auth_failed_sent: bool,
     created: Instant,
 }
 
 impl Peer {
+    /// Schedules the peer's removal at `at`, unless an earlier one is scheduled: nothing a
+    /// client sends (EXIT after EXIT, PUSH_REQUEST after AUTH_FAILED) postpones its end.
+    fn close_by(&mut self, at: Instant, why: String) {
+        if self.close_at.as_ref().is_none_or(|(t, _)| at < *t) {
+            self.close_at = Some((at, why));
+        }
+    }
+
     /// Publishes the schedule's keys to this peer's data plane.
     fn sync_keys(&mut self) {
         self.plane.send = self.keys.send_key().cloned();
@@ -791,6 +801,7 @@ impl Server {
                 data_tx: None,
                 ping_due: false,
                 close_at: None,
+                auth_failed_sent: false,
                 created: now,
             },
         );
@@ -920,10 +931,10 @@ impl Server {
                 let _ = p.session.send_text("AUTH_FAILED");
             });
             if let Some(p) = self.peers.get_mut(&peer) {
-                p.close_at = Some((
+                p.close_by(
                     now + Duration::from_secs(1),
                     format!("renegotiation refused: {why}"),
-                ));
+                );
             }
             return;
         }
@@ -1172,10 +1183,13 @@ impl Server {
             PeerState::Refused => {
                 let why = p.refusal.clone().unwrap_or_default();
                 self.with_peer(now, id, |p, _| {
-                    let _ = p.session.send_text("AUTH_FAILED");
+                    if !p.auth_failed_sent {
+                        let _ = p.session.send_text("AUTH_FAILED");
+                        p.auth_failed_sent = true;
+                    }
                 });
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.close_at = Some((now + Duration::from_secs(2), format!("refused: {why}")));
+                    p.close_by(now + Duration::from_secs(2), format!("refused: {why}"));
                 }
             }
             PeerState::Connected => {
@@ -1211,20 +1225,23 @@ impl Server {
         if text == "PUSH_REQUEST" {
             match p.state {
                 PeerState::Connected if !p.push_sent => self.send_push_reply(now, id),
-                PeerState::Refused => {
+                // Once per peer: a refused client asking again and again (and not
+                // acknowledging) must not grow what we keep for it.
+                PeerState::Refused if !p.auth_failed_sent => {
                     self.with_peer(now, id, |p, _| {
                         let _ = p.session.send_text("AUTH_FAILED");
+                        p.auth_failed_sent = true;
                     });
                 }
                 _ => {}
             }
         } else if text == "EXIT" {
             if let Some(p) = self.peers.get_mut(&id) {
-                // Let the ACK of the EXIT go out first.
-                p.close_at = Some((
+                // Let the ACK of the EXIT go out first. Repeated EXITs do not postpone it.
+                p.close_by(
                     now + Duration::from_millis(500),
                     "client exited (EXIT)".into(),
-                ));
+                );
             }
         } else {
             self.log(format!("peer {id}: control message ignored: {text}"));
