@@ -96,6 +96,13 @@ fn stage_busy(sock: &std::path::Path) -> Option<[u64; 6]> {
     Some(out)
 }
 
+/// The median of one figure over the repetitions of a path.
+fn median_of(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    let mut g: Vec<f64> = v.iter().map(f).collect();
+    g.sort_by(f64::total_cmp);
+    g.get(g.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Each stage's share of an engine's data-path time, as `stage NN%` items.
 fn shares(busy: &[u64; 6]) -> String {
     let total: u64 = busy.iter().sum();
@@ -223,16 +230,14 @@ fn tunnel(args: &[&str]) -> Result<()> {
         }
         rows.push((anchor, samples));
     }
-    let median = |v: &[Sample]| {
-        let mut g: Vec<f64> = v.iter().map(|s| s.gbps).collect();
-        g.sort_by(f64::total_cmp);
-        g[g.len() / 2]
+    let median = |v: &[Sample]| median_of(v, |s| s.gbps);
+    let median_rtt = |v: &[Sample]| median_of(v, |s| s.rtt_ms);
+    let of_path = |anchor: Anchor, f: &dyn Fn(&[Sample]) -> f64| {
+        rows.iter()
+            .find(|(a, _)| *a == anchor)
+            .map_or(f64::NAN, |(_, s)| f(s))
     };
-    let stock = rows
-        .iter()
-        .find(|(a, _)| *a == Anchor::Stock)
-        .map(|(_, s)| median(s))
-        .unwrap_or(f64::NAN);
+    let stock = of_path(Anchor::Stock, &median);
     println!(
         "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), our server with {threads} receive thread(s), {secs} s × {reps} (median; clients summed)\n"
     );
@@ -246,37 +251,22 @@ fn tunnel(args: &[&str]) -> Result<()> {
         let cpu = if *anchor == Anchor::Veth {
             "n/a".to_owned()
         } else {
-            let mut c: Vec<f64> = s.iter().map(|x| x.cpu_client).collect();
-            let mut d: Vec<f64> = s.iter().map(|x| x.cpu_server).collect();
-            c.sort_by(f64::total_cmp);
-            d.sort_by(f64::total_cmp);
-            format!("{:.0} / {:.0}", c[c.len() / 2], d[d.len() / 2])
+            format!(
+                "{:.0} / {:.0}",
+                median_of(s, |x| x.cpu_client),
+                median_of(s, |x| x.cpu_server)
+            )
         };
-        let mut rtts: Vec<f64> = s.iter().map(|x| x.rtt_ms).collect();
-        rtts.sort_by(f64::total_cmp);
         println!(
             "| {} | **{m:.3}** | {} | {:.2}× | {cpu} | {:.3} |",
             anchor.label(),
             reps.join(", "),
             m / stock,
-            rtts[rtts.len() / 2]
+            median_rtt(s)
         );
     }
-    let veth = rows
-        .iter()
-        .find(|(a, _)| *a == Anchor::Veth)
-        .map(|(_, s)| median(s))
-        .unwrap_or(f64::NAN);
-    let median_rtt = |v: &[Sample]| {
-        let mut g: Vec<f64> = v.iter().map(|s| s.rtt_ms).collect();
-        g.sort_by(f64::total_cmp);
-        g[g.len() / 2]
-    };
-    let veth_rtt = rows
-        .iter()
-        .find(|(a, _)| *a == Anchor::Veth)
-        .map(|(_, s)| median_rtt(s))
-        .unwrap_or(f64::NAN);
+    let veth = of_path(Anchor::Veth, &median);
+    let veth_rtt = of_path(Anchor::Veth, &median_rtt);
     if let Some((_, s)) = rows.iter().find(|(a, _)| *a == Anchor::OursBoth) {
         println!(
             "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth, ping RTT +{:.3} ms over veth",
