@@ -872,3 +872,50 @@ fn a_stale_auth_verdict_never_admits_a_later_session() {
         .handle_auth_result(net.now, peer, second, 0, ok());
     net.run(Duration::from_secs(10), |n| n.connected(0));
 }
+
+/// Credentials that would break a via-file script, the client-config-dir lookup or a log line
+/// (a username with a line break or other control character, a password with a line break)
+/// are refused before any verification sees them: no AuthRequest, the client gets AUTH_FAILED.
+#[test]
+fn credentials_with_control_characters_are_refused_unseen() {
+    for (user, pass) in [
+        ("eve\nadmin", "pw"),
+        ("eve\u{1b}[2J", "pw"),
+        ("eve", "pw\nroot"),
+    ] {
+        let pki = pki(1);
+        let text = "client\nremote 198.18.1.1 1194\nca ca\ncert c\nkey k\nauth-user-pass creds\n";
+        let cfg = ClientConfig::parse(text, Path::new("/t/client.conf")).unwrap();
+        let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
+        let id = identity(&pki.clients[0].0, &pki.clients[0].1);
+        let tls = tls::client_config(
+            &ca,
+            Some(id),
+            PeerCheck::default(),
+            &tls::Negotiation::versions(cfg.tls_version_min, cfg.tls_version_max),
+        )
+        .unwrap();
+        let setup = ClientSetup::new(
+            &cfg,
+            tls,
+            WrapConfig::None,
+            Some((user.into(), pass.into())),
+            Transport::Udp,
+            false,
+        );
+        let c = Client::new(Arc::new(setup), Instant::now(), 3);
+        let mut net = Net::new(server(&pki, ""), vec![c]);
+        net.run(Duration::from_secs(20), |n| {
+            n.clients[0]
+                .2
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Fatal(r) if r.contains("AUTH_FAILED")))
+        });
+        assert!(
+            !net.server_events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::AuthRequest { .. })),
+            "{user:?}/{pass:?} reached verification"
+        );
+    }
+}

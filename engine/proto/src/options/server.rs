@@ -297,7 +297,8 @@ struct Builder {
     max_clients: Option<u32>,
     verify_client_cert: Option<ClientCertMode>,
     auth_script: Option<(usize, AuthScript)>,
-    username_as_common_name: bool,
+    /// Line of `username-as-common-name`.
+    username_as_common_name: Option<usize>,
     client_config_dir: Option<PathBuf>,
     ccd_exclusive: bool,
     routes: Vec<ServerRoute>,
@@ -495,7 +496,7 @@ impl Builder {
                 }
                 self.auth_script = Some((line, AuthScript { command, method }));
             }
-            "username-as-common-name" => self.username_as_common_name = true,
+            "username-as-common-name" => self.username_as_common_name = Some(line),
             "client-config-dir" => self.client_config_dir = Some(ctx.path(ctx.arg(d, 0)?)),
             "ccd-exclusive" => self.ccd_exclusive = true,
             "route" => {
@@ -636,6 +637,15 @@ impl Builder {
                 return Err(ctx.error(*line, "up/route-up/down scripts need 'script-security 2'"));
             }
         }
+        // As 2.6: the username becomes the identity only if something checks it.
+        if let Some(line) = self.username_as_common_name
+            && self.auth_script.is_none()
+        {
+            return Err(ctx.error(
+                line,
+                "username-as-common-name needs auth-user-pass-verify: without it any client could name itself",
+            ));
+        }
         if let Some((line, _)) = &self.auth_script
             && self.common.script_security < 2
         {
@@ -721,7 +731,7 @@ impl Builder {
             verify_client_cert,
             auth_script: self.auth_script.map(|(_, s)| s),
             script_security: self.common.script_security,
-            username_as_common_name: self.username_as_common_name,
+            username_as_common_name: self.username_as_common_name.is_some(),
             client_config_dir: self.client_config_dir,
             ccd_exclusive: self.ccd_exclusive,
             routes: self.routes,
@@ -902,6 +912,10 @@ mod tests {
         assert!(e.message.contains("','"));
         let e = parse(&format!("{BASE}verify-client-cert none\n")).unwrap_err();
         assert!(e.message.contains("auth-user-pass-verify"));
+        // 2.6 refuses this too: the username would be an identity nobody checked.
+        let e = parse(&format!("{BASE}username-as-common-name\n")).unwrap_err();
+        assert_eq!(e.line, 10);
+        assert!(e.message.contains("auth-user-pass-verify"), "{e}");
         let e = parse(&format!(
             "{BASE}auth-user-pass-verify ./check.sh via-file\n"
         ))

@@ -1062,7 +1062,7 @@ impl Server {
                     ));
                 }
                 SessionEvent::PeerKeyMethod { key_id, message } => {
-                    self.on_peer_key_method(id, key_id, *message)
+                    self.on_peer_key_method(now, id, key_id, *message)
                 }
                 SessionEvent::KeyMaterialReady { key_id } => self.on_key_material(id, key_id),
                 SessionEvent::KeyActive { key_id } => self.on_key_active(now, id, key_id),
@@ -1090,7 +1090,7 @@ impl Server {
         }
     }
 
-    fn on_peer_key_method(&mut self, id: PeerId, key_id: u8, msg: KeyMethod2) {
+    fn on_peer_key_method(&mut self, now: Instant, id: PeerId, key_id: u8, msg: KeyMethod2) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -1111,6 +1111,20 @@ impl Server {
                 cert_cn
             };
             p.state = PeerState::Authenticating;
+        }
+        // Credentials go to scripts (a via-file script reads them line by line), to the
+        // client-config-dir lookup and to logs: control characters in a username, and line
+        // breaks or NUL in a password, are refused before any of that sees them.
+        if let Some(why) = bad_credentials(msg.username.as_deref(), msg.password.as_deref()) {
+            let serial = p.serial;
+            self.log(format!("peer {id}: refused: {why}"));
+            let refused = AuthResult {
+                ok: false,
+                reason: Some(why),
+                ..AuthResult::default()
+            };
+            self.handle_auth_result(now, id, serial, key_id, refused);
+            return;
         }
         let ev = ServerEvent::AuthRequest {
             peer: id,
@@ -1499,6 +1513,22 @@ pub fn split_push_reply(options: &[String]) -> Vec<String> {
     }
     msgs.push(cur);
     msgs
+}
+
+/// Why credentials are refused before any check sees them, if they are.
+fn bad_credentials(username: Option<&str>, password: Option<&str>) -> Option<String> {
+    if let Some(u) = username
+        && u.chars().any(char::is_control)
+    {
+        return Some(format!(
+            "username with control characters ({})",
+            u.escape_debug()
+        ));
+    }
+    if password.is_some_and(|p| p.contains(['\n', '\r', '\0'])) {
+        return Some("password with a line break or NUL".into());
+    }
+    None
 }
 
 #[cfg(test)]
