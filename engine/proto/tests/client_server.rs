@@ -825,6 +825,33 @@ fn float_moves_a_peer_to_its_new_address() {
     net.run(Duration::from_secs(5), |n| n.server.counts().peers == 0);
 }
 
+/// A client cannot float onto another live client's address (with forged source addresses it
+/// would take that client's traffic): the float is refused, both keep their addresses.
+#[test]
+fn float_onto_another_clients_address_is_refused() {
+    let pki = pki(2);
+    let mut net = Net::new(
+        server(&pki, ""),
+        vec![client(&pki, 0, ""), client(&pki, 1, "")],
+    );
+    net.run(Duration::from_secs(10), |n| {
+        n.connected(0) && n.connected(1)
+    });
+    let snap = net.server.snapshot();
+    let (a, b) = (
+        PeerAddr::Udp(net.clients[0].0),
+        PeerAddr::Udp(net.clients[1].0),
+    );
+    let (pa, pb) = (snap.by_addr[&a], snap.by_addr[&b]);
+    let session = snap.peers[&pa].session;
+    let g = net.server.generation();
+    net.server.handle_float(pa, session, b);
+    assert_eq!(net.server.generation(), g, "the float went through");
+    let snap = net.server.snapshot();
+    assert_eq!((snap.by_addr[&a], snap.by_addr[&b]), (pa, pb));
+    assert_eq!((snap.peers[&pa].addr, snap.peers[&pb].addr), (a, b));
+}
+
 /// A verdict that comes back after its session is gone never admits the next session that
 /// got the same peer-id (the CVE-2020-15078 class): verdicts are bound to sessions.
 #[test]

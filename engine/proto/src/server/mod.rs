@@ -852,13 +852,25 @@ impl Server {
         if p.addr == addr {
             return;
         }
+        // Never onto an address another live peer holds: a client that can forge source
+        // addresses would take the other one's traffic (2.6 refuses the same float).
+        if let Some(other) = self.by_addr.get(&addr).copied()
+            && other != peer
+            && self.peers.contains_key(&other)
+        {
+            self.log(format!(
+                "peer {peer}: float to {addr} refused: peer {other} is there"
+            ));
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let old = p.addr;
         p.addr = addr;
         if self.by_addr.get(&old) == Some(&peer) {
             self.by_addr.remove(&old);
         }
-        // If another peer was known at this address, that mapping is stale now: the packet
-        // that floated this peer authenticated with this peer's keys.
         self.by_addr.insert(addr, peer);
         self.bump();
         self.log(format!("peer {peer} floated from {old} to {addr}"));
