@@ -304,7 +304,8 @@ pub struct Flushed {
 }
 
 impl Flushed {
-    fn all(ok: bool, packets: u64, bytes: u64) -> Flushed {
+    /// All `packets` (`bytes` in total) sent, or all failed.
+    pub fn all(ok: bool, packets: u64, bytes: u64) -> Flushed {
         if ok {
             Flushed {
                 sent: packets,

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde::Serialize;
+use tunscope_proto::stage::Stage;
 
 /// One tap record read back from a capture.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -147,19 +148,14 @@ pub struct Journey {
 }
 
 const TX_STAGES: [&str; 3] = ["read_tun", "encrypt", "socket_tx"];
-const ORDER: [&str; 6] = [
-    "read_tun",
-    "encrypt",
-    "socket_tx",
-    "socket_rx",
-    "decrypt",
-    "write_tun",
-];
 
 /// Position of a stage in a packet's path (hops are ordered by path, not by clock: the two
 /// hosts' clock reads are per batch).
 fn stage_rank(s: &str) -> usize {
-    ORDER.iter().position(|x| *x == s).unwrap_or(ORDER.len())
+    Stage::DATA_PATH
+        .iter()
+        .position(|x| x.name() == s)
+        .unwrap_or(Stage::DATA_PATH.len())
 }
 
 /// Groups records into journeys.

@@ -19,6 +19,7 @@ use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, Star, TwoHosts};
+use tunscope_proto::stage::Stage;
 
 use crate::{cargo, project_root, run as run_cmd};
 
@@ -76,22 +77,12 @@ fn ping_avg(output: &str) -> Option<f64> {
     nums.split('/').nth(1)?.trim().parse().ok()
 }
 
-/// The data-path stages in path order, as the engine names them.
-const STAGES: [&str; 6] = [
-    "read_tun",
-    "encrypt",
-    "socket_tx",
-    "socket_rx",
-    "decrypt",
-    "write_tun",
-];
-
 /// Busy time per stage from an engine's control socket.
 fn stage_busy(sock: &std::path::Path) -> Option<[u64; 6]> {
     let r = tunscope_engine::control_socket::query(sock).ok()?;
     let mut out = [0u64; 6];
-    for (i, name) in STAGES.iter().enumerate() {
-        out[i] = r.totals.stage(name)?.busy_ns;
+    for (i, stage) in Stage::DATA_PATH.iter().enumerate() {
+        out[i] = r.totals.stage(stage.name())?.busy_ns;
     }
     Some(out)
 }
@@ -109,11 +100,11 @@ fn shares(busy: &[u64; 6]) -> String {
     if total == 0 {
         return "no samples".into();
     }
-    STAGES
+    Stage::DATA_PATH
         .iter()
         .zip(busy)
         .filter(|(_, b)| **b > 0)
-        .map(|(n, b)| format!("{n} {:.0}%", *b as f64 * 100.0 / total as f64))
+        .map(|(n, b)| format!("{} {:.0}%", n.name(), *b as f64 * 100.0 / total as f64))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -152,7 +143,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
 }
 
-fn flag<'a>(args: &'a [&'a str], name: &str) -> Option<&'a str> {
+/// The value after `name` in `args`.
+pub(crate) fn flag<'a>(args: &'a [&'a str], name: &str) -> Option<&'a str> {
     args.windows(2).find(|w| w[0] == name).map(|w| w[1])
 }
 
@@ -641,15 +633,7 @@ fn capture(args: &[&str]) -> Result<()> {
     let reps: usize = flag(args, "--reps")
         .map_or(Ok(3), str::parse)
         .context("--reps")?;
-    crate::deps::ensure()?;
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "tunscope-engine",
-        "--bin",
-        "tunscope",
-    ]))?;
+    build_release()?;
     let ours = project_root().join("target/release/tunscope");
     // The packet count, from our own summary line.
     let out = std::process::Command::new(&ours)

@@ -21,6 +21,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::bench::flag;
 use tunscope_harness::netns::Netns;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
@@ -51,12 +53,6 @@ struct MtuSample {
     overhead: Option<f64>,
     fragments: u64,
     icmp_unreach: u64,
-}
-
-fn flag<'a>(args: &'a [&'a str], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| *a == name)
-        .and_then(|i| args.get(i + 1).copied())
 }
 
 /// Entry point: `bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B]

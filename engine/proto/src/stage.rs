@@ -38,6 +38,16 @@ impl Stage {
         Stage::Control,
     ];
 
+    /// The stages a data packet passes, in path order (all but `control`).
+    pub const DATA_PATH: [Stage; 6] = [
+        Stage::ReadTun,
+        Stage::Encrypt,
+        Stage::SocketTx,
+        Stage::SocketRx,
+        Stage::Decrypt,
+        Stage::WriteTun,
+    ];
+
     /// The stage's name as used in reports and capture interface names.
     pub fn name(self) -> &'static str {
         match self {

@@ -79,35 +79,14 @@ impl Transport {
                 frames.clear();
                 let (n, bytes) = batch.take_frames(frames);
                 match c.send(cid, frames) {
-                    Ok(()) => (
-                        Flushed {
-                            sent: n,
-                            sent_bytes: bytes,
-                            ..Flushed::default()
-                        },
-                        DropReason::SocketError,
-                    ),
-                    Err(r) => (
-                        Flushed {
-                            failed: n,
-                            failed_bytes: bytes,
-                            ..Flushed::default()
-                        },
-                        r,
-                    ),
+                    Ok(()) => (Flushed::all(true, n, bytes), DropReason::SocketError),
+                    Err(r) => (Flushed::all(false, n, bytes), r),
                 }
             }
             _ => {
                 frames.clear();
                 let (n, bytes) = batch.take_frames(frames);
-                (
-                    Flushed {
-                        failed: n,
-                        failed_bytes: bytes,
-                        ..Flushed::default()
-                    },
-                    DropReason::UnknownPeer,
-                )
+                (Flushed::all(false, n, bytes), DropReason::UnknownPeer)
             }
         }
     }
