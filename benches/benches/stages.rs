@@ -44,7 +44,7 @@ fn seal_open(c: &mut Criterion) {
             b.iter(|| {
                 for buf in bufs.iter_mut() {
                     let n = sealer.seal(header, Framing::None, &plain, buf).unwrap();
-                    rx.open(&mut buf[..n], Framing::None, now).unwrap();
+                    rx.open(&mut buf[..n], Framing::None, false, now).unwrap();
                 }
             })
         });

@@ -719,7 +719,12 @@ fn mss_for(
         (Transport::Tcp, false) => 40,
         (Transport::Tcp, true) => 60,
     };
-    let framing_extra = if transport == Transport::Tcp { 2 } else { 0 };
+    // TCP's record length, or the fragment header inside the encryption.
+    let framing_extra = match transport {
+        Transport::Tcp => 2,
+        Transport::Udp if cfg.fragment.is_some() => tunscope_proto::fragment::HEADER_LEN as u16,
+        Transport::Udp => 0,
+    };
     let cipher = plane
         .send
         .as_ref()

@@ -295,6 +295,7 @@ pub fn client(c: &ClientConfig) -> Explanation {
     );
     b.line("compression", c.compression.describe());
     b.line("tun device", format!("{} (MTU {})", c.dev, c.tun_mtu));
+    b.line("fragment", describe_fragment(c.fragment));
     b.line(
         "mssfix",
         c.mssfix.map_or("OpenVPN default (1492 mtu)".into(), |m| {
@@ -462,6 +463,7 @@ pub fn server(c: &ServerConfig) -> Explanation {
     );
     b.line("compression", c.compression.describe());
     b.line("tun device", format!("{} (MTU {})", c.dev, c.tun_mtu));
+    b.line("fragment", describe_fragment(c.fragment));
     b.section("pushed to clients");
     for p in c.pushes.iter().chain(&c.dns) {
         b.line("push", p.clone());
@@ -517,5 +519,17 @@ impl Explanation {
             "sections": sections,
             "warnings": self.warnings.iter().map(|w| serde_json::json!({"line": w.line, "message": w.message})).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// `fragment` as a line of the explanation.
+fn describe_fragment(f: Option<tunscope_proto::fragment::FragmentOption>) -> String {
+    match f {
+        None => "off".into(),
+        Some(f) => format!(
+            "packets over {} bytes per UDP datagram{} are cut into fragments (OpenVPN's own fragmentation)",
+            f.max,
+            if f.encap { " incl. IP/UDP headers" } else { "" }
+        ),
     }
 }

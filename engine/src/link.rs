@@ -367,6 +367,17 @@ impl TxBatch {
         self.buf.truncate(self.committed);
     }
 
+    /// Where the next committed packet goes, for [`TxBatch::packet_at`].
+    pub fn mark(&self) -> (usize, usize) {
+        (self.lens.len(), self.committed)
+    }
+
+    /// The packet committed at `mark` (from [`TxBatch::mark`]), if any was.
+    pub fn packet_at(&self, (index, offset): (usize, usize)) -> Option<&[u8]> {
+        let len = *self.lens.get(index)?;
+        self.buf.get(offset..offset + len)
+    }
+
     /// Packets in the batch.
     pub fn len(&self) -> usize {
         self.lens.len()

@@ -36,7 +36,17 @@ fuzz_target!(|data: &[u8]| {
     let mut rx = Receiver::new();
     rx.install(&Arc::new(DataKeys::new(Cipher::Aes256Gcm, &[1; 256], data.first().map_or(0, |b| b & 7), true)));
     for framing in [Framing::None, Framing::LzoStub, Framing::StubSwap, Framing::StubV2] {
-        let mut buf = data.to_vec();
-        let _ = rx.open(&mut buf, framing, Instant::now());
+        for fragmented in [false, true] {
+            let mut buf = data.to_vec();
+            let _ = rx.open(&mut buf, framing, fragmented, Instant::now());
+        }
+    }
+    // Fragment headers and reassembly as a peer past authentication could send them.
+    let mut r = tunscope_proto::fragment::Reassembly::default();
+    let mut out = vec![0u8; tunscope_proto::fragment::MAX_REASSEMBLED];
+    for chunk in data.chunks(97) {
+        if let Ok(tunscope_proto::fragment::Pushed::Complete) = r.push(chunk, 0..chunk.len(), Instant::now()) {
+            let _ = r.take_into(&mut out);
+        }
     }
 });

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::consts::{PING_MAGIC, PUSH_REQUEST_INTERVAL};
 use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
 use crate::data::{Cipher, DataKeys, Framing, occ_exit_payload};
+use crate::fragment::{FragmentOption, Fragmenter};
 use crate::key_method::{KeyMethod2, client_peer_info, options_string};
 use crate::key_schedule::{KeySchedule, ScheduleConfig, random_jitter};
 use crate::options::client::{ClientConfig, Transport};
@@ -70,6 +71,8 @@ pub struct ClientSetup {
     pub explicit_exit_notify: u32,
     /// Compression stub framing from the config (a pushed value wins).
     pub framing: Framing,
+    /// `fragment`.
+    pub fragment: Option<FragmentOption>,
     /// Whether a tls-auth wrap is configured (for the options string).
     pub tls_auth: bool,
     /// `replay-window`.
@@ -129,6 +132,7 @@ impl ClientSetup {
             ping_exit: cfg.ping_exit,
             explicit_exit_notify: cfg.explicit_exit_notify,
             framing: cfg.framing,
+            fragment: cfg.fragment,
             tls_auth,
             replay_window: cfg.replay_window,
             pull_filters: cfg.pull_filters.clone(),
@@ -246,9 +250,38 @@ pub struct DataPlane {
     pub framing: Framing,
     /// Replay window size (`replay-window`).
     pub replay_window: Option<u32>,
+    /// `fragment`: every packet carries a fragment header; big ones are cut.
+    pub fragment: Option<Fragmenter>,
 }
 
 impl DataPlane {
+    /// Builds the fragmenter for `fragment` with the negotiated cipher (None without it).
+    pub fn fragmenter(
+        option: Option<FragmentOption>,
+        cipher: Cipher,
+        auth: crate::wrap::Digest,
+        v2: bool,
+    ) -> Option<Fragmenter> {
+        let first_seq = crate::control::random_bytes::<1>()[0];
+        option.map(|f| Fragmenter::new(f.payload_max(cipher, auth, v2), first_seq))
+    }
+
+    /// Seals a payload that fits in one packet (pings, OCC messages, small tunnel packets):
+    /// with `fragment`, behind a "whole packet" fragment header.
+    pub fn seal_whole(
+        &self,
+        keys: &DataKeys,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        let prefix: &[u8] = if self.fragment.is_some() {
+            &crate::fragment::WHOLE
+        } else {
+            &[]
+        };
+        keys.seal_prefixed(self.header(keys), prefix, self.framing, plain, out)
+    }
+
     /// The header for sealing with `keys`.
     pub fn header(&self, keys: &DataKeys) -> DataHeader {
         DataHeader {
@@ -573,12 +606,7 @@ impl Client {
         let keys = self.data.send.as_ref().ok_or(DropReason::NoKey)?;
         let start = out.len();
         out.resize(start + plain.len() + crate::data::MAX_OVERHEAD, 0);
-        let n = keys.seal(
-            self.data.header(keys),
-            self.data.framing,
-            plain,
-            &mut out[start..],
-        )?;
+        let n = self.data.seal_whole(keys, plain, &mut out[start..])?;
         out.truncate(start + n);
         Ok(())
     }
@@ -888,6 +916,12 @@ impl Client {
                     self.setup.allow_compression == crate::options::compress::AllowCompression::Yes,
                 ),
             replay_window: self.setup.replay_window,
+            fragment: DataPlane::fragmenter(
+                self.setup.fragment,
+                cipher,
+                self.setup.auth,
+                pushed.peer_id.is_some(),
+            ),
         };
         self.cipher = Some(cipher);
         self.key_started = now;

@@ -33,6 +33,7 @@ use crate::consts::{
     LZO_COMPRESS_BYTE, NO_COMPRESS_BYTE, NO_COMPRESS_BYTE_SWAP, OCC_MAGIC, PING_MAGIC,
     REPLAY_TIME_WINDOW_DEFAULT, REPLAY_WINDOW_DEFAULT,
 };
+use crate::fragment::Pushed;
 use crate::packet_id::ReplayWindow;
 use crate::stage::DropReason;
 use crate::wire::DataHeader;
@@ -203,7 +204,7 @@ impl Framing {
     }
 
     /// Writes `plain` with framing into `out`; returns the written length.
-    fn encode(self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+    pub fn encode(self, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         match self {
             Framing::Lzo => Framing::LzoStub.encode(plain, out),
             Framing::Lz4 => Framing::StubSwap.encode(plain, out),
@@ -337,6 +338,23 @@ impl Framing {
                 _ => Ok(range),
             },
         }
+    }
+}
+
+/// What goes inside the encryption: an optional header (the fragment header), then the
+/// packet in its compression framing.
+#[derive(Clone, Copy)]
+struct Body<'a> {
+    prefix: &'a [u8],
+    framing: Framing,
+    plain: &'a [u8],
+}
+
+impl Body<'_> {
+    fn encode(self, out: &mut [u8]) -> Option<usize> {
+        let p = self.prefix.len();
+        out.get_mut(..p)?.copy_from_slice(self.prefix);
+        Some(p + self.framing.encode(self.plain, out.get_mut(p..)?)?)
     }
 }
 
@@ -524,13 +542,28 @@ impl DataKeys {
         plain: &[u8],
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
+        let body = Body {
+            prefix: &[],
+            framing,
+            plain,
+        };
+        self.seal_body(header, packet_id, body, out)
+    }
+
+    fn seal_body(
+        &self,
+        header: DataHeader,
+        packet_id: u32,
+        body: Body<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
         if let Some(b) = &self.bytes_sealed {
-            b.fetch_add(plain.len() as u64, Ordering::Relaxed);
+            b.fetch_add(body.plain.len() as u64, Ordering::Relaxed);
         }
         let hl = header.len();
         let (enc, hmac, hmac_len) = match &self.seal {
             DirectionKey::Aead { aead, implicit_iv } => {
-                return seal_aead(aead, implicit_iv, header, framing, packet_id, plain, out);
+                return seal_aead(aead, implicit_iv, header, packet_id, body, out);
             }
             DirectionKey::Cbc {
                 enc,
@@ -549,8 +582,8 @@ impl DataKeys {
         let iv: [u8; CBC_BLOCK] = crate::control::random_bytes();
         out[iv_start..ct_start].copy_from_slice(&iv);
         out[ct_start..ct_start + 4].copy_from_slice(&packet_id.to_be_bytes());
-        let body_len = framing
-            .encode(plain, &mut out[ct_start + 4..])
+        let body_len = body
+            .encode(&mut out[ct_start + 4..])
             .ok_or(DropReason::TooBig)?;
         let clear = 4 + body_len;
         let pad = CBC_BLOCK - clear % CBC_BLOCK;
@@ -576,10 +609,28 @@ impl DataKeys {
         plain: &[u8],
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
+        self.seal_prefixed(header, &[], framing, plain, out)
+    }
+
+    /// Seals `prefix ‖ framing(plain)` with the next packet-id: the prefix is a header that
+    /// goes before the compression framing (OpenVPN's fragment header).
+    pub fn seal_prefixed(
+        &self,
+        header: DataHeader,
+        prefix: &[u8],
+        framing: Framing,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
         let pid = self
             .reserve_packet_ids(1)
             .ok_or(DropReason::PacketIdExhausted)?;
-        self.seal_with_id(header, framing, pid, plain, out)
+        let body = Body {
+            prefix,
+            framing,
+            plain,
+        };
+        self.seal_body(header, pid, body, out)
     }
 
     /// Authenticates and decrypts a data packet in place. Returns the packet-id and the
@@ -638,9 +689,8 @@ fn seal_aead(
     aead: &LessSafeKey,
     implicit_iv: &[u8; IMPLICIT_IV_LEN],
     header: DataHeader,
-    framing: Framing,
     packet_id: u32,
-    plain: &[u8],
+    body: Body<'_>,
     out: &mut [u8],
 ) -> Result<usize, DropReason> {
     let hl = header.len();
@@ -650,8 +700,8 @@ fn seal_aead(
     }
     header.write(out);
     out[hl..hl + 4].copy_from_slice(&packet_id.to_be_bytes());
-    let body_len = framing
-        .encode(plain, &mut out[ct_start..])
+    let body_len = body
+        .encode(&mut out[ct_start..])
         .ok_or(DropReason::TooBig)?;
     let (head, body) = out.split_at_mut(ct_start);
     let aad: &[u8] = if header.peer_id.is_some() {
@@ -730,6 +780,11 @@ pub enum Payload {
     /// A tunnel packet the peer compressed, decompressed into [`Receiver::inflated_mut`] at
     /// this range.
     Inflated(Range<usize>),
+    /// A tunnel packet reassembled from fragments (`fragment`), in
+    /// [`Receiver::inflated_mut`] at this range.
+    Reassembled(Range<usize>),
+    /// A fragment held until its packet is complete (`fragment`).
+    Fragment,
     /// A keepalive ping.
     Ping,
     /// An OCC message with this opcode (e.g. [`crate::consts::OCC_EXIT`]).
@@ -758,6 +813,8 @@ pub struct Receiver {
     inflated: Vec<u8>,
     /// Compressed size of the last packet decompressed.
     inflated_from: usize,
+    /// Fragments waiting for the rest of their packets (`fragment`; made at the first).
+    fragments: Option<Box<crate::fragment::Reassembly>>,
 }
 
 impl Receiver {
@@ -800,31 +857,77 @@ impl Receiver {
         }
     }
 
-    /// Opens a data packet in place: key lookup, authentication, replay check, framing.
-    /// Returns the key-id, packet-id and what the packet carried.
+    /// Opens a data packet in place: key lookup, authentication, replay check, fragment
+    /// header (when `fragmented`: OpenVPN's `fragment`), framing. Returns the key-id,
+    /// packet-id and what the packet carried.
     pub fn open(
         &mut self,
         packet: &mut [u8],
         framing: Framing,
+        fragmented: bool,
         now: Instant,
     ) -> Result<Opened, DropReason> {
         let header = DataHeader::parse(packet)?;
         let (keys, window) = self.slots[usize::from(header.key_id)]
             .as_mut()
             .ok_or(DropReason::NoKey)?;
-        let (pid, range) = keys.open_in_place(header, packet)?;
+        let (pid, mut range) = keys.open_in_place(header, packet)?;
         window.check(pid, now)?;
         window.update(pid, now);
+        let opened = |payload| Opened {
+            key_id: header.key_id,
+            packet_id: pid,
+            payload,
+        };
+        if fragmented {
+            let fragments = self.fragments.get_or_insert_with(Box::default);
+            match fragments.push(packet, range, now)? {
+                Pushed::Whole(r) => range = r,
+                Pushed::Held => return Ok(opened(Payload::Fragment)),
+                Pushed::Complete => return self.reassembled(framing).map(opened),
+            }
+        }
         let payload = match framing.decode(packet, range)? {
             Unframed::Plain(range) => classify(packet, range),
             Unframed::Lzo(range) => self.inflate(&packet[range], lzo1x_decompress)?,
             Unframed::Lz4(range) => self.inflate(&packet[range], lz4_decompress)?,
         };
-        Ok(Opened {
-            key_id: header.key_id,
-            packet_id: pid,
-            payload,
+        Ok(opened(payload))
+    }
+
+    /// The packet the last fragment completed: copied into the receiver's buffer and
+    /// unframed there.
+    fn reassembled(&mut self, framing: Framing) -> Result<Payload, DropReason> {
+        self.reserve_buffer();
+        let n = self
+            .fragments
+            .as_mut()
+            .and_then(|f| f.take_into(&mut self.inflated))
+            .ok_or(DropReason::BadFragment)?;
+        Ok(match framing.decode(&mut self.inflated, 0..n)? {
+            Unframed::Plain(r) => match classify(&self.inflated, r) {
+                Payload::Packet(r) => Payload::Reassembled(r),
+                other => other,
+            },
+            // Compressed and fragmented: decompress from a copy (rare: large packets that
+            // did not compress below the fragment size).
+            Unframed::Lzo(r) => {
+                let data = self.inflated[r].to_vec();
+                self.inflate(&data, lzo1x_decompress)?
+            }
+            Unframed::Lz4(r) => {
+                let data = self.inflated[r].to_vec();
+                self.inflate(&data, lz4_decompress)?
+            }
         })
+    }
+
+    /// Makes the receiver's own buffer big enough for any decompressed or reassembled packet.
+    fn reserve_buffer(&mut self) {
+        let size = MAX_INFLATED.max(crate::fragment::MAX_REASSEMBLED);
+        if self.inflated.len() < size {
+            self.inflated = vec![0; size];
+        }
     }
 
     fn inflate(
@@ -832,9 +935,7 @@ impl Receiver {
         data: &[u8],
         decompress: fn(&[u8], &mut [u8]) -> Result<usize, crate::compress::DecompressError>,
     ) -> Result<Payload, DropReason> {
-        if self.inflated.len() < MAX_INFLATED {
-            self.inflated = vec![0; MAX_INFLATED];
-        }
+        self.reserve_buffer();
         let n = decompress(data, &mut self.inflated).map_err(|_| DropReason::BadCompression)?;
         self.inflated_from = data.len();
         Ok(match classify(&self.inflated, 0..n) {
@@ -843,7 +944,7 @@ impl Receiver {
         })
     }
 
-    /// The buffer a [`Payload::Inflated`] range refers to.
+    /// The buffer a [`Payload::Inflated`] or [`Payload::Reassembled`] range refers to.
     pub fn inflated_mut(&mut self) -> &mut [u8] {
         &mut self.inflated
     }
@@ -951,7 +1052,7 @@ mod tests {
                                 }
                             }
                         );
-                        let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+                        let opened = rx.open(&mut buf[..n], framing, false, now).expect("open");
                         let Payload::Packet(r) = opened.payload else {
                             panic!("not a packet");
                         };
@@ -984,7 +1085,7 @@ mod tests {
                 if plain.len() > 100 && plain[1] == plain[8] {
                     assert!(n < plain.len() / 2, "{tx:?}: {n} bytes on the wire");
                 }
-                let opened = rx.open(&mut buf[..n], rx_framing, now).unwrap();
+                let opened = rx.open(&mut buf[..n], rx_framing, false, now).unwrap();
                 let got = match opened.payload {
                     Payload::Packet(r) => buf[r].to_vec(),
                     Payload::Inflated(r) => rx.inflated_mut()[r].to_vec(),
@@ -1032,7 +1133,7 @@ mod tests {
         ] {
             let mut buf = [0u8; 2048];
             let n = client.seal(V2, Framing::None, wire, &mut buf).unwrap();
-            let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+            let opened = rx.open(&mut buf[..n], framing, false, now).expect("open");
             let Payload::Inflated(r) = opened.payload else {
                 panic!("{framing:?}: not inflated: {:?}", opened.payload);
             };
@@ -1045,7 +1146,7 @@ mod tests {
             };
             let n = client.seal(V2, Framing::None, wire, &mut buf).unwrap();
             assert_eq!(
-                rx.open(&mut buf[..n], stub, now),
+                rx.open(&mut buf[..n], stub, false, now),
                 Err(DropReason::Compressed)
             );
             // Corrupt compressed data (inside a valid AEAD packet).
@@ -1053,7 +1154,7 @@ mod tests {
             bad.truncate(wire.len() - 3);
             let n = client.seal(V2, Framing::None, &bad, &mut buf).unwrap();
             assert_eq!(
-                rx.open(&mut buf[..n], framing, now),
+                rx.open(&mut buf[..n], framing, false, now),
                 Err(DropReason::BadCompression),
                 "{framing:?}"
             );
@@ -1064,7 +1165,7 @@ mod tests {
             .seal(V2, Framing::None, b"\x77junk", &mut buf)
             .unwrap();
         assert_eq!(
-            rx.open(&mut buf[..n], Framing::Lzo, now),
+            rx.open(&mut buf[..n], Framing::Lzo, false, now),
             Err(DropReason::BadCompression)
         );
     }
@@ -1095,7 +1196,7 @@ mod tests {
                         assert_eq!(n, 4 + auth.len() + 16 + blocks * 16, "{cipher:?} {auth:?}");
                         assert!(n <= 4 + cipher.overhead(auth) + plain.len() + framing.overhead());
                         let mut copy = buf;
-                        let opened = rx.open(&mut buf[..n], framing, now).expect("open");
+                        let opened = rx.open(&mut buf[..n], framing, false, now).expect("open");
                         let Payload::Packet(r) = opened.payload else {
                             panic!("not a packet")
                         };
@@ -1103,7 +1204,7 @@ mod tests {
                         // The same packet again: a replay.
                         let mut again = copy;
                         assert_eq!(
-                            rx.open(&mut again[..n], framing, now),
+                            rx.open(&mut again[..n], framing, false, now),
                             Err(DropReason::Replay)
                         );
                         // Any flipped byte after the header fails the HMAC.
@@ -1111,13 +1212,13 @@ mod tests {
                             let mut bad = copy;
                             bad[i] ^= 1;
                             assert_eq!(
-                                rx.open(&mut bad[..n], framing, now),
+                                rx.open(&mut bad[..n], framing, false, now),
                                 Err(DropReason::BadHmac)
                             );
                         }
                         // Not a whole number of blocks.
                         assert_eq!(
-                            rx.open(&mut copy[..n - 1], framing, now),
+                            rx.open(&mut copy[..n - 1], framing, false, now),
                             Err(DropReason::Malformed)
                         );
                     }
@@ -1135,7 +1236,7 @@ mod tests {
         let mut rx = Receiver::new();
         rx.install(&server);
         assert_eq!(
-            rx.open(&mut [0x49, 0, 0, 7, 1, 2, 3][..], Framing::None, now),
+            rx.open(&mut [0x49, 0, 0, 7, 1, 2, 3][..], Framing::None, false, now),
             Err(DropReason::Malformed)
         );
     }
@@ -1165,15 +1266,15 @@ mod tests {
         for i in 0..n {
             let mut bad = buf;
             bad[i] ^= 0x80;
-            let r = rx.open(&mut bad[..n], Framing::None, now);
+            let r = rx.open(&mut bad[..n], Framing::None, false, now);
             assert!(r.is_err(), "flip at {i} accepted");
         }
         let mut good = buf;
-        rx.open(&mut good[..n], Framing::None, now)
+        rx.open(&mut good[..n], Framing::None, false, now)
             .expect("original opens");
         let mut again = buf;
         assert_eq!(
-            rx.open(&mut again[..n], Framing::None, now),
+            rx.open(&mut again[..n], Framing::None, false, now),
             Err(DropReason::Replay)
         );
         // Same key-id but another key (e.g. both sides disagree on EKM): bad tag.
@@ -1187,28 +1288,28 @@ mod tests {
         rx2.install(&other);
         let mut copy = buf;
         assert_eq!(
-            rx2.open(&mut copy[..n], Framing::None, now),
+            rx2.open(&mut copy[..n], Framing::None, false, now),
             Err(DropReason::BadTag)
         );
         // Unknown key-id.
         let mut rx3 = Receiver::new();
         let mut copy = buf;
         assert_eq!(
-            rx3.open(&mut copy[..n], Framing::None, now),
+            rx3.open(&mut copy[..n], Framing::None, false, now),
             Err(DropReason::NoKey)
         );
         // Truncated and garbage.
         let mut copy = buf;
         assert_eq!(
-            rx.open(&mut copy[..24], Framing::None, now),
+            rx.open(&mut copy[..24], Framing::None, false, now),
             Err(DropReason::Malformed)
         );
         assert_eq!(
-            rx.open(&mut [], Framing::None, now),
+            rx.open(&mut [], Framing::None, false, now),
             Err(DropReason::Malformed)
         );
         assert_eq!(
-            rx.open(&mut [0xff; 40], Framing::None, now),
+            rx.open(&mut [0xff; 40], Framing::None, false, now),
             Err(DropReason::BadOpcode)
         );
     }
@@ -1224,7 +1325,7 @@ mod tests {
             .seal(V2, Framing::StubSwap, &PING_MAGIC, &mut buf)
             .expect("seal");
         assert_eq!(
-            rx.open(&mut buf[..n], Framing::StubSwap, now)
+            rx.open(&mut buf[..n], Framing::StubSwap, false, now)
                 .expect("ping")
                 .payload,
             Payload::Ping
@@ -1233,7 +1334,7 @@ mod tests {
             .seal(V2, Framing::None, &occ_exit_payload(), &mut buf)
             .expect("seal");
         assert_eq!(
-            rx.open(&mut buf[..n], Framing::None, now)
+            rx.open(&mut buf[..n], Framing::None, false, now)
                 .expect("occ")
                 .payload,
             Payload::Occ(6)
@@ -1252,14 +1353,14 @@ mod tests {
             .seal(V2, Framing::None, b"\x50\x01data", &mut buf)
             .expect("seal");
         assert_eq!(
-            rx.open(&mut buf[..n], Framing::StubV2, now),
+            rx.open(&mut buf[..n], Framing::StubV2, false, now),
             Err(DropReason::Compressed)
         );
         let n = client
             .seal(V2, Framing::None, b"\x66lzo", &mut buf)
             .expect("seal");
         assert_eq!(
-            rx.open(&mut buf[..n], Framing::LzoStub, now),
+            rx.open(&mut buf[..n], Framing::LzoStub, false, now),
             Err(DropReason::Compressed)
         );
     }

@@ -33,6 +33,7 @@ pub mod compress;
 pub mod consts;
 pub mod control;
 pub mod data;
+pub mod fragment;
 pub mod key_method;
 pub mod key_schedule;
 pub mod mss;

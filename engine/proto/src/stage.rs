@@ -125,11 +125,16 @@ pub enum DropReason {
     RateLimited,
     /// The server refused the client (full, disabled, or authentication failed).
     Refused,
+    /// A fragment (`fragment`) kept until its packet is reassembled (consumed, not an error;
+    /// the fragment completing a packet passes instead).
+    Fragment,
+    /// A fragment header that does not parse, or a fragment that would overflow reassembly.
+    BadFragment,
 }
 
 impl DropReason {
     /// All reasons, for tables.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Malformed,
         DropReason::BadOpcode,
         DropReason::BadTag,
@@ -153,6 +158,8 @@ impl DropReason {
         DropReason::BadSource,
         DropReason::RateLimited,
         DropReason::Refused,
+        DropReason::Fragment,
+        DropReason::BadFragment,
     ];
 
     /// The reason's name as used in reports.
@@ -181,6 +188,8 @@ impl DropReason {
             DropReason::BadSource => "bad_source",
             DropReason::RateLimited => "rate_limited",
             DropReason::Refused => "refused",
+            DropReason::Fragment => "fragment",
+            DropReason::BadFragment => "bad_fragment",
         }
     }
 
@@ -191,7 +200,10 @@ impl DropReason {
 
     /// True for reasons that are not errors: the packet was consumed by the engine itself.
     pub fn is_consumed(self) -> bool {
-        matches!(self, DropReason::Keepalive | DropReason::Occ)
+        matches!(
+            self,
+            DropReason::Keepalive | DropReason::Occ | DropReason::Fragment
+        )
     }
 }
 

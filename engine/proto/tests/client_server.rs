@@ -269,7 +269,9 @@ fn assert_data_both_ways(net: &Net, i: usize) {
     for k in &view.plane.recv {
         rx.install(k);
     }
-    let o = rx.open(&mut buf[..n], view.plane.framing, net.now).unwrap();
+    let o = rx
+        .open(&mut buf[..n], view.plane.framing, false, net.now)
+        .unwrap();
     let Payload::Packet(r) = o.payload else {
         panic!()
     };
@@ -288,7 +290,9 @@ fn assert_data_both_ways(net: &Net, i: usize) {
     for k in &cplane.recv {
         rx.install(k);
     }
-    let o = rx.open(&mut buf[..n], cplane.framing, net.now).unwrap();
+    let o = rx
+        .open(&mut buf[..n], cplane.framing, false, net.now)
+        .unwrap();
     let Payload::Packet(r) = o.payload else {
         panic!()
     };

@@ -40,7 +40,7 @@ proptest! {
             rx.install(&Arc::new(DataKeys::new(Cipher::Chacha20Poly1305, &[9; 256], k, false)));
         }
         let mut buf = data.clone();
-        prop_assert!(rx.open(&mut buf, Framing::StubSwap, Instant::now()).is_err());
+        prop_assert!(rx.open(&mut buf, Framing::StubSwap, false, Instant::now()).is_err());
     }
 
     /// Decompressors on arbitrary input, and on real LZ4 data with bytes flipped.
@@ -61,19 +61,42 @@ proptest! {
         }
     }
 
-    /// Every framing, fed arbitrary decrypted payloads through a real AEAD key.
+    /// Every framing, with and without fragment headers, fed arbitrary decrypted payloads
+    /// through a real AEAD key.
     #[test]
     fn compressed_framing(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
         let keys = Arc::new(DataKeys::new(Cipher::Aes256Gcm, &[7; 256], 0, false));
         let peer = DataKeys::new(Cipher::Aes256Gcm, &[7; 256], 0, true);
         for framing in [Framing::Lzo, Framing::Lz4, Framing::Lz4V2, Framing::LzoStub] {
-            let mut rx = Receiver::new();
-            rx.install(&keys);
-            let mut buf = vec![0u8; 512];
-            let header = tunscope_proto::wire::DataHeader { key_id: 0, peer_id: Some(1) };
-            let n = peer.seal(header, Framing::None, &payload, &mut buf).unwrap();
-            let _ = rx.open(&mut buf[..n], framing, Instant::now());
+            for fragmented in [false, true] {
+                let mut rx = Receiver::new();
+                rx.install(&keys);
+                let mut buf = vec![0u8; 512];
+                let header = tunscope_proto::wire::DataHeader { key_id: 0, peer_id: Some(1) };
+                let n = peer.seal(header, Framing::None, &payload, &mut buf).unwrap();
+                let _ = rx.open(&mut buf[..n], framing, fragmented, Instant::now());
+            }
         }
+    }
+
+    /// Arbitrary fragment sequences (headers and sizes as a hostile peer picks them) through
+    /// one receiver: never a panic, and whatever completes fits the reassembly bound.
+    #[test]
+    fn fragment_sequences(frags in proptest::collection::vec(
+        (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..600)), 0..60)) {
+        use tunscope_proto::fragment::{MAX_REASSEMBLED, Pushed, Reassembly};
+        let mut r = Reassembly::default();
+        let mut out = vec![0u8; MAX_REASSEMBLED];
+        let now = Instant::now();
+        for (h, body) in frags {
+            let mut p = h.to_be_bytes().to_vec();
+            p.extend_from_slice(&body);
+            if let Ok(Pushed::Complete) = r.push(&p, 0..p.len(), now) {
+                let n = r.take_into(&mut out);
+                prop_assert!(n.is_some_and(|n| n <= MAX_REASSEMBLED));
+            }
+        }
+        prop_assert!(r.pending() <= tunscope_proto::fragment::SLOTS);
     }
 
     /// tls-crypt-v2: arbitrary WKc bytes and flipped real ones never unwrap nor panic.

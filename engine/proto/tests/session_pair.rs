@@ -315,7 +315,7 @@ fn assert_data_flows(pair: &Pair, key_id: u8) {
         let mut buf = [0u8; 256];
         let n = ck.seal(h, Framing::None, b"\x45 up", &mut buf).unwrap();
         let o = rx_server
-            .open(&mut buf[..n], Framing::None, pair.now)
+            .open(&mut buf[..n], Framing::None, false, pair.now)
             .unwrap();
         let Payload::Packet(r) = o.payload else {
             panic!()
@@ -323,7 +323,7 @@ fn assert_data_flows(pair: &Pair, key_id: u8) {
         assert_eq!(&buf[r], b"\x45 up");
         let n = sk.seal(h, Framing::None, b"\x45 down", &mut buf).unwrap();
         let o = rx_client
-            .open(&mut buf[..n], Framing::None, pair.now)
+            .open(&mut buf[..n], Framing::None, false, pair.now)
             .unwrap();
         let Payload::Packet(r) = o.payload else {
             panic!()

@@ -25,6 +25,7 @@ pub mod control_queue;
 mod control_tx;
 pub mod memory;
 mod rx;
+mod seal;
 pub mod transport;
 mod tx;
 

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tunscope_proto::consts::OCC_EXIT;
-use tunscope_proto::data::{self, Payload};
+use tunscope_proto::data::Payload;
 use tunscope_proto::server::routes::packet_src;
 use tunscope_proto::server::{PeerAddr, PeerId};
 use tunscope_proto::stage::{DropReason, Stage};
 use tunscope_proto::wire::{DataHeader, Opcode, TcpFramer, peek_opcode};
 
 use crate::capture::{Tap, TapMeta, TapRecord, data_ids};
-use crate::link::{Link, Received, RxBatch, UdpEndpoint};
+use crate::link::{Link, Received, RxBatch, TxBatch, UdpEndpoint};
 
 use super::memory::MemPort;
 use crate::server::tcp::{TcpConns, TcpEvent};
@@ -22,6 +22,7 @@ use crate::stats::ns_between as ns;
 use crate::tun::TunWriter;
 
 use super::account::StageBatch;
+use super::seal::seal_packet;
 use super::{Clock, ControlInput, DataPeer, IDLE_WAIT, PeerTable, Shared, Transport, is_ip};
 
 /// A sampled packet's trace id and (peer-id, key-id, packet-id).
@@ -48,7 +49,11 @@ struct Rx<'a> {
     counts: StageBatch,
     floated: HashSet<PeerId>,
     active: HashSet<PeerId>,
-    fwd: Vec<u8>,
+    /// client-to-client: packets sealed for another peer, their TCP records, and the
+    /// framing scratch of a packet to cut into fragments.
+    fwd: TxBatch,
+    frames: Vec<u8>,
+    scratch: Vec<u8>,
     samples: Vec<RxSample>,
     /// Receive time and the end of socket_rx for the current batch.
     t0: Instant,
@@ -68,7 +73,9 @@ impl<'a> Rx<'a> {
             counts: StageBatch::default(),
             floated: HashSet::new(),
             active: HashSet::new(),
-            fwd: vec![0; 2048],
+            fwd: TxBatch::new(),
+            frames: Vec::new(),
+            scratch: Vec::new(),
             samples: Vec::new(),
             t0: now,
             t1: now,
@@ -180,7 +187,8 @@ impl<'a> Rx<'a> {
             }
         };
         let mut rx = dp.rt.receiver();
-        let opened = match rx.open(pkt, dp.view.plane.framing, now) {
+        let plane = &dp.view.plane;
+        let opened = match rx.open(pkt, plane.framing, plane.fragment.is_some(), now) {
             Ok(o) => o,
             Err(r) => {
                 drop(rx);
@@ -202,21 +210,31 @@ impl<'a> Rx<'a> {
                 drop(rx);
                 self.deliver(id, &dp, len, &mut pkt[r], ids, now);
             }
-            Payload::Inflated(r) => {
-                let (from, to) = (rx.compressed_len() as u64, r.len() as u64);
-                // Decompressed into the receiver's buffer: lend it out while delivering.
+            Payload::Inflated(ref r) | Payload::Reassembled(ref r) => {
+                let r = r.clone();
+                if matches!(opened.payload, Payload::Inflated(_)) {
+                    let (from, to) = (rx.compressed_len() as u64, r.len() as u64);
+                    self.shared.stats.add_decompressed(1, from, to);
+                    dp.rt.stats.add_decompressed(1, from, to);
+                }
+                // Decompressed or reassembled into the receiver's buffer: lend it out while
+                // delivering.
                 let mut buf = rx.take_inflated();
                 drop(rx);
-                self.shared.stats.add_decompressed(1, from, to);
-                dp.rt.stats.add_decompressed(1, from, to);
                 match buf.get_mut(r) {
                     Some(p) => self.deliver(id, &dp, len, p, ids, now),
                     None => {
                         self.counts
-                            .drop(Stage::Decrypt, peer, len, DropReason::BadCompression);
+                            .drop(Stage::Decrypt, peer, len, DropReason::Malformed);
                     }
                 }
                 dp.rt.receiver().put_inflated(buf);
+            }
+            Payload::Fragment => {
+                drop(rx);
+                self.counts
+                    .drop(Stage::Decrypt, peer, len, DropReason::Fragment);
+                tap_drop(DropReason::Fragment, pkt);
             }
             Payload::Ping => {
                 drop(rx);
@@ -312,26 +330,23 @@ impl<'a> Rx<'a> {
                 .counts
                 .drop(Stage::Encrypt, t, p.len(), DropReason::NoKey);
         };
-        let need = data::seal_room(p.len());
-        if self.fwd.len() < need {
-            self.fwd.resize(need, 0);
+        let sealed = seal_packet(keys, &dp.view.plane, p, &mut self.scratch, &mut self.fwd);
+        match sealed {
+            Ok(_) => self.counts.pass(Stage::Encrypt, t, p.len()),
+            Err(r) => self.counts.drop(Stage::Encrypt, t, p.len(), r),
         }
-        let n = match keys.seal(
-            dp.view.plane.header(keys),
-            dp.view.plane.framing,
-            p,
-            &mut self.fwd,
-        ) {
-            Ok(n) => n,
-            Err(r) => return self.counts.drop(Stage::Encrypt, t, p.len(), r),
-        };
-        self.counts.pass(Stage::Encrypt, t, p.len());
-        match self.shared.transport.send_one(dp.view.addr, &self.fwd[..n]) {
-            Ok(()) => {
-                self.counts.pass(Stage::SocketTx, t, n);
-                self.shared.stamp(&dp.rt.last_tx_ns, now);
-            }
-            Err(r) => self.counts.drop(Stage::SocketTx, t, n, r),
+        if self.fwd.is_empty() {
+            return;
+        }
+        let (f, why) = self
+            .shared
+            .transport
+            .flush(&mut self.fwd, dp.view.addr, &mut self.frames);
+        self.counts.pass_n(Stage::SocketTx, t, f.sent, f.sent_bytes);
+        self.counts
+            .drop_n(Stage::SocketTx, t, f.failed, f.failed_bytes, why);
+        if f.sent > 0 {
+            self.shared.stamp(&dp.rt.last_tx_ns, now);
         }
     }
 

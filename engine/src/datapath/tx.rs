@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tunscope_proto::data;
 use tunscope_proto::server::PeerId;
 use tunscope_proto::stage::{DropReason, Stage};
 
@@ -15,6 +14,7 @@ use crate::stats::ns_between as ns;
 use crate::tun::TunReader;
 
 use super::account::StageBatch;
+use super::seal::seal_packet;
 use super::{Clock, IDLE_WAIT, PeerTable, Shared, is_ip};
 
 /// A sampled packet of a tx batch, waiting for its socket_tx time.
@@ -45,6 +45,7 @@ pub fn tx_loop(shared: &Shared) {
     let mut generation = u64::MAX;
     let mut counts = StageBatch::default();
     let mut samples: Vec<TxSample> = Vec::new();
+    let mut scratch = Vec::new();
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
     while !shared.stopped() {
@@ -82,27 +83,25 @@ pub fn tx_loop(shared: &Shared) {
             }
             let p = reader.packet(i);
             let batch = batches.entry(dp.view.id).or_default();
-            let out = batch.reserve(data::seal_room(p.len()));
-            match keys.seal(dp.view.plane.header(keys), dp.view.plane.framing, p, out) {
-                Ok(l) => {
+            let before = batch.mark();
+            match seal_packet(keys, &dp.view.plane, p, &mut scratch, batch) {
+                Ok(_) => {
+                    // A sampled packet's journey follows its first data packet.
                     if let Some(tap) = tap
-                        && let Some(ids) = data_ids(&out[..l]).filter(|ids| tap.sampled(ids.2))
+                        && let Some(first) = batch.packet_at(before)
+                        && let Some(ids) = data_ids(first).filter(|ids| tap.sampled(ids.2))
                     {
                         samples.push(TxSample {
                             trace: tap.trace_id(),
                             ids,
                             peer: dp.view.id,
                             plain: p.to_vec(),
-                            sealed: out[..l].to_vec(),
+                            sealed: first.to_vec(),
                         });
                     }
-                    batch.commit(l);
                     counts.pass(Stage::Encrypt, target, len);
                 }
-                Err(r) => {
-                    batch.abort();
-                    counts.drop(Stage::Encrypt, target, len, r);
-                }
+                Err(r) => counts.drop(Stage::Encrypt, target, len, r),
             }
         }
         let t2 = clock.mark(t0);

@@ -398,10 +398,12 @@ fn clamp_mss(cfg: &ServerConfig) -> u16 {
         .map(|c| tunscope_proto::data::overhead_with(*c, cfg.auth_digest, true, cfg.framing))
         .max()
         .unwrap_or(0) as u16
-        + if cfg.transport == ServerTransport::Tcp {
-            2
-        } else {
-            0
+        + match cfg.transport {
+            ServerTransport::Tcp => 2,
+            ServerTransport::Udp if cfg.fragment.is_some() => {
+                tunscope_proto::fragment::HEADER_LEN as u16
+            }
+            ServerTransport::Udp => 0,
         };
     let outer = match (cfg.transport, cfg.ipv6_listen) {
         (ServerTransport::Udp, false) => 28,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
 use crate::data::{Cipher, Framing};
+use crate::fragment::FragmentOption;
 use crate::options::common::Common;
 use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
 use crate::static_key::KeyDirection;
@@ -407,6 +408,8 @@ pub struct ClientConfig {
     pub tun_mtu: u16,
     /// `mssfix` (None = OpenVPN's default of 1492 incl. encapsulation; value 0 = off).
     pub mssfix: Option<Mssfix>,
+    /// `fragment N [mtu]`: OpenVPN's own fragmentation of large packets (UDP only).
+    pub fragment: Option<FragmentOption>,
     /// Compression stub framing from `comp-lzo no` / `compress stub[-v2]`.
     pub framing: Framing,
     /// Seconds between connection attempts (`connect-retry`).
@@ -712,12 +715,6 @@ impl Builder {
             }
             "ifconfig-noexec" => self.ifconfig_noexec = true,
             "up-restart" => ctx.warn(line, "option 'up-restart': the up script runs at every (re)connection"),
-            "fragment" => {
-                return Err(ctx.error(
-                    line,
-                    "option 'fragment' (OpenVPN's own UDP fragmentation) is not supported yet: use mssfix, or tun-mtu below the path MTU",
-                ));
-            }
             "remote" => {
                 let host = ctx.arg(d, 0)?.to_owned();
                 let port = if d.arg(1).is_some() {
@@ -910,6 +907,7 @@ impl Builder {
                 | "tun-mtu"
                 | "tun-mtu-extra"
                 | "link-mtu"
+                | "fragment"
                 | "mssfix" => {
                     if c.name == "bind" || c.name == "float" || c.name == "tun-mtu-extra" {
                         continue;
@@ -1081,7 +1079,15 @@ impl Builder {
                 port: port.unwrap_or(default_port),
                 transport: proto.unwrap_or(default_proto),
             })
-            .collect();
+            .collect::<Vec<Remote>>();
+        if let Some((line, _)) = self.common.fragment
+            && let Some(r) = remotes.iter().find(|r| r.transport != Transport::Udp)
+        {
+            return Err(ctx.error(
+                line,
+                format!("option 'fragment' works over UDP only (as in OpenVPN), but remote '{}' uses TCP: drop 'fragment' (TCP needs none) or use proto udp", r.host),
+            ));
+        }
         let tls_version_min = self.common.tls_min.unwrap_or(TlsVersion::Tls12);
         let tls_version_max = self.common.tls_max.unwrap_or(TlsVersion::Tls13);
         if tls_version_min > tls_version_max {
@@ -1140,6 +1146,7 @@ impl Builder {
             explicit_exit_notify: self.explicit_exit_notify.unwrap_or(1),
             tun_mtu,
             mssfix,
+            fragment: self.common.fragment.map(|(_, f)| f),
             framing: compression.framing,
             connect_retry: secs(self.connect_retry.unwrap_or(1).max(1)),
             connect_retry_max: self.connect_retry_max,
@@ -1223,6 +1230,54 @@ mod tests {
 
     const BASE: &str =
         "client\ndev tun\nproto udp\nremote 198.18.2.2 1194\nca ca.crt\ncert c.crt\nkey c.key\n";
+
+    /// `fragment N [mtu]` as 2.6 reads it: UDP only (an error at its line naming the TCP
+    /// remote otherwise, also inside `<connection>`), mssfix defaults to N (also a bare
+    /// `mssfix`), a given mssfix wins, `mtu-dynamic` names its replacement.
+    #[test]
+    fn fragment_like_2_6() {
+        let c = parse(&format!("{BASE}fragment 1300\n")).expect("parses");
+        assert_eq!(
+            c.fragment,
+            Some(FragmentOption {
+                max: 1300,
+                encap: false
+            })
+        );
+        assert_eq!(
+            c.mssfix,
+            Some(Mssfix {
+                value: 1300,
+                mode: MssMode::Payload
+            })
+        );
+        let c = parse(&format!("{BASE}fragment 1400 mtu\nmssfix\n")).expect("parses");
+        assert_eq!(c.fragment.map(|f| f.encap), Some(true));
+        assert_eq!(
+            c.mssfix.map(|m| (m.value, m.mode)),
+            Some((1400, MssMode::Mtu))
+        );
+        let c = parse(&format!("{BASE}fragment 1400\nmssfix 1200\n")).expect("parses");
+        assert_eq!(c.mssfix.map(|m| m.value), Some(1200));
+        let e = parse(&format!("{BASE}fragment 1300\nremote 198.18.2.3 443 tcp\n"))
+            .expect_err("TCP remote");
+        assert!(
+            e.to_string().contains(":8:") && e.to_string().contains("UDP only"),
+            "{e}"
+        );
+        let e = parse(&format!("{BASE}fragment 40\n")).expect_err("too small");
+        assert!(e.to_string().contains("at least 68"), "{e}");
+        let e = parse(&format!("{BASE}fragment 1300 bogus\n")).expect_err("bad parameter");
+        assert!(e.to_string().contains("'bogus'"), "{e}");
+        let e = parse(&format!("{BASE}mtu-dynamic 1300\n")).expect_err("removed option");
+        assert!(e.to_string().contains("fragment"), "{e}");
+        let conn = "client\ndev tun\nca ca.crt\ncert c.crt\nkey c.key\n\
+                    <connection>\nremote 198.18.2.2 1194 udp\nfragment 1200\n</connection>\n";
+        assert_eq!(
+            parse(conn).expect("parses").fragment.map(|f| f.max),
+            Some(1200)
+        );
+    }
 
     /// 2.6's mssfix when the file gives none: the default for a 1500-byte tunnel, the tunnel's
     /// size for another tun-mtu (a 9000-byte tunnel carries 8960-byte segments), off with

@@ -2,6 +2,7 @@
 //! credentials and checks, timers, MTU and the like. Both config parsers hand every
 //! directive here first.
 
+use crate::fragment::FragmentOption;
 use crate::options::client::{CertType, MssMode, Mssfix, TlsVersion, VerifyX509Name, X509NameKind};
 use crate::options::{ConfigError, Ctx, Directive, Source};
 use crate::tls::names;
@@ -59,6 +60,10 @@ pub(super) struct Common {
     pub ping_restart: Option<u64>,
     pub tun_mtu: Option<u16>,
     pub mssfix: Option<Mssfix>,
+    /// `mssfix` without a value (2.6: the default, which `fragment` sets).
+    pub mssfix_bare: bool,
+    /// `fragment N [mtu]` and its line.
+    pub fragment: Option<(usize, FragmentOption)>,
     pub verb: Option<u8>,
     pub script_security: u8,
     pub tls: TlsOptions,
@@ -74,6 +79,19 @@ impl Common {
     /// 1500-byte tunnel; for another `tun-mtu`, the tunnel's own size (`mssfix N fixed`: a
     /// bigger tunnel carries bigger segments); off when only `link-mtu` was given.
     pub(super) fn effective_mssfix(&self) -> Option<Mssfix> {
+        // With fragment, 2.6 clamps TCP segments to the fragment size (no fragmenting).
+        if let Some((_, f)) = self.fragment
+            && (self.mssfix.is_none() || self.mssfix_bare)
+        {
+            return Some(Mssfix {
+                value: f.max,
+                mode: if f.encap {
+                    MssMode::Mtu
+                } else {
+                    MssMode::Payload
+                },
+            });
+        }
         if self.mssfix.is_some() {
             return self.mssfix;
         }
@@ -228,6 +246,30 @@ impl Common {
                     }
                 };
                 self.mssfix = Some(Mssfix { value, mode });
+                self.mssfix_bare = d.arg(0).is_none();
+            }
+            "fragment" => {
+                let max: u16 = ctx.num(d, 0)?;
+                if max < 68 {
+                    return Err(ctx.error(line, "option 'fragment': the size must be at least 68"));
+                }
+                let encap = match d.arg(1) {
+                    None => false,
+                    Some("mtu") => true,
+                    Some(o) => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'fragment': unknown parameter '{o}' (only 'mtu')"),
+                        ));
+                    }
+                };
+                self.fragment = Some((line, FragmentOption { max, encap }));
+            }
+            "mtu-dynamic" => {
+                return Err(ctx.error(
+                    line,
+                    "option 'mtu-dynamic' was replaced by 'fragment N' in OpenVPN 2.x: write 'fragment 1300' (the largest UDP payload to send)",
+                ));
             }
             "verb" => self.verb = Some(ctx.num(d, 0)?),
             "crl-verify" => {

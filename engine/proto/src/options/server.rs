@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
 use crate::data::{Cipher, Framing};
+use crate::fragment::FragmentOption;
 use crate::options::client::{CertType, Mssfix, TlsVersion, VerifyX509Name, WrapSource};
 use crate::options::common::Common;
 use crate::options::lexer::split_line;
@@ -162,6 +163,8 @@ pub struct ServerConfig {
     pub tun_mtu: u16,
     /// `mssfix`.
     pub mssfix: Option<Mssfix>,
+    /// `fragment N [mtu]`: OpenVPN's own fragmentation of large packets (UDP only).
+    pub fragment: Option<FragmentOption>,
     /// `client-to-client`.
     pub client_to_client: bool,
     /// `duplicate-cn`.
@@ -694,6 +697,14 @@ impl Builder {
         let secs = Duration::from_secs;
         let default_port = self.port.unwrap_or(1194);
         let (transport, ipv6_listen) = self.transport.unwrap_or((ServerTransport::Udp, false));
+        if let Some((line, _)) = self.common.fragment
+            && transport == ServerTransport::Tcp
+        {
+            return Err(ctx.error(
+                line,
+                "option 'fragment' works over UDP only (as in OpenVPN): drop it (TCP needs none) or use proto udp",
+            ));
+        }
         Ok(ServerConfig {
             port: default_port,
             local: self.local,
@@ -725,6 +736,7 @@ impl Builder {
                 }))
                 .unwrap_or(1500),
             mssfix,
+            fragment: self.common.fragment.map(|(_, f)| f),
             client_to_client: self.client_to_client,
             duplicate_cn: self.duplicate_cn,
             max_clients: self.max_clients.unwrap_or(1024),

@@ -1191,6 +1191,9 @@ impl Server {
                 let Some(p) = self.peers.get_mut(&id) else {
                     return;
                 };
+                let config = &self.setup.config;
+                p.plane.fragment =
+                    DataPlane::fragmenter(config.fragment, k.cipher(), config.auth_digest, v2);
                 p.keys.start(now, k);
                 p.sync_keys();
                 p.plane.peer_id = v2.then_some(id);
@@ -1480,12 +1483,7 @@ impl Server {
                     if let Some(keys) = p.plane.send.clone() {
                         let start = out.len();
                         out.resize(start + crate::data::seal_room(PING_MAGIC.len()), 0);
-                        match keys.seal(
-                            p.plane.header(&keys),
-                            p.plane.framing,
-                            &PING_MAGIC,
-                            &mut out[start..],
-                        ) {
+                        match p.plane.seal_whole(&keys, &PING_MAGIC, &mut out[start..]) {
                             Ok(n) => {
                                 out.truncate(start + n);
                                 p.data_tx = Some(now);
