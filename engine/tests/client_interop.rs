@@ -720,3 +720,87 @@ fn pushed_network_config_is_applied_undone_and_recovered_after_a_crash() -> Resu
     ensure!(!state.exists(), "state file left after a clean exit");
     Ok(())
 }
+
+/// A hostile (or broken) server pushing name servers on the client's own loopback: our
+/// client refuses those options with a log line naming them, keeps the tunnel and the
+/// genuine name server, and leaves the host's DNS as it was when the push holds nothing
+/// else.
+#[test]
+fn pushed_loopback_name_servers_are_refused() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    for (genuine, pushes) in [
+        (
+            true,
+            vec![
+                "push \"dhcp-option DNS 127.0.0.1\"",
+                "push \"dhcp-option DNS 198.19.0.1\"",
+                "push \"dhcp-option DNS6 ::1\"",
+            ],
+        ),
+        (false, vec!["push \"dhcp-option DNS 127.0.0.53\""]),
+    ] {
+        let spec = TunnelSpec {
+            server_extra: pushes.iter().map(|p| (*p).to_owned()).collect(),
+            ..TunnelSpec::default()
+        };
+        let hosts = TwoHosts::new()?;
+        hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
+        let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+        let (cert, key) = pki.client("client1")?;
+        let server_conf = hosts.dir.join("server.conf");
+        std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+        let client_conf = hosts.dir.join("client.conf");
+        std::fs::write(
+            &client_conf,
+            spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+        )?;
+        let mut server =
+            subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+        subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+        let before = NetState::record(&hosts.client)?;
+        let mut client = subjects::start_tunscope_client(
+            &hosts.client,
+            &client_conf,
+            &hosts.dir.join("client.log"),
+            &["--dns-backend", "resolv-conf"],
+        )?;
+        subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+        let p = traffic::ping(
+            &hosts.client,
+            &spec.server_tun_ip().to_string(),
+            3,
+            56,
+            false,
+        )?;
+        ensure!(p.received == 3, "tunnel: {}", p.output);
+        let log = client.log();
+        ensure!(
+            log.contains("pushed option refused: dhcp-option DNS 127.0.0"),
+            "no refusal logged:\n{log}"
+        );
+        let during = NetState::record(&hosts.client)?;
+        ensure!(
+            !during.resolv_conf.contains("nameserver 127.") && !during.resolv_conf.contains("::1"),
+            "a loopback name server was installed:\n{}",
+            during.resolv_conf
+        );
+        if genuine {
+            ensure!(
+                during.resolv_conf.contains("nameserver 198.19.0.1"),
+                "the genuine name server is missing:\n{}",
+                during.resolv_conf
+            );
+        } else {
+            ensure!(
+                during.resolv_conf == before.resolv_conf,
+                "resolv.conf changed though nothing valid was pushed:\n{}",
+                during.resolv_conf
+            );
+        }
+        client.signal(Signal::SIGTERM)?;
+        ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+        let diff = before.diff(&NetState::record(&hosts.client)?);
+        ensure!(diff.is_empty(), "not restored: {diff:#?}");
+    }
+    Ok(())
+}

@@ -878,6 +878,10 @@ impl Client {
                 "pushed option not supported, ignored: {u}"
             )));
         }
+        for r in &pushed.refused {
+            self.events
+                .push_back(ClientEvent::Warning(format!("pushed option refused: {r}")));
+        }
         let Some(cipher) = pushed.cipher.or(self.setup.fallback_cipher) else {
             self.fail(
                 "the server did not push a data cipher (no cipher negotiation: OpenVPN before 2.4); add its cipher as data-ciphers-fallback"

@@ -164,6 +164,22 @@ pub struct PushedOptions {
     pub ignored: Vec<String>,
     /// Options we do not know (a warning each).
     pub unsupported: Vec<String>,
+    /// Options refused as harmful, with why (a warning each; the rest of the push applies).
+    pub refused: Vec<String>,
+}
+
+/// Why a pushed name server address cannot be the VPN's: on this host (a forwarding loop
+/// through the split-DNS stub, or the host's own resolver hijacked), unspecified or multicast.
+fn bad_dns_server(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_loopback() {
+        Some(
+            "a name server on this host's loopback is not the VPN's (it would loop or hijack local DNS)",
+        )
+    } else if ip.is_unspecified() || ip.is_multicast() {
+        Some("not a unicast address")
+    } else {
+        None
+    }
 }
 
 /// Result of splitting one PUSH_REPLY message.
@@ -293,11 +309,15 @@ impl PushedOptions {
             "dhcp-option" => {
                 let kind = need(0)?;
                 match kind {
-                    "DNS" | "DNS6" => self.dhcp_dns.push(
-                        need(1)?
+                    "DNS" | "DNS6" => {
+                        let ip: IpAddr = need(1)?
                             .parse()
-                            .map_err(|_| err("bad DNS server address"))?,
-                    ),
+                            .map_err(|_| err("bad DNS server address"))?;
+                        match bad_dns_server(ip) {
+                            Some(why) => self.refused.push(format!("{line}: {why}")),
+                            None => self.dhcp_dns.push(ip),
+                        }
+                    }
                     "DOMAIN" | "ADAPTER_DOMAIN_SUFFIX" => {
                         self.dhcp_domains.push(need(1)?.to_owned())
                     }
@@ -401,9 +421,14 @@ impl PushedOptions {
                 match key {
                     "address" => {
                         for v in vals {
-                            srv.addresses.push(
-                                parse_addr_port(v).ok_or_else(|| err("bad dns server address"))?,
-                            );
+                            let a =
+                                parse_addr_port(v).ok_or_else(|| err("bad dns server address"))?;
+                            match bad_dns_server(a.0) {
+                                Some(why) => {
+                                    self.refused.push(format!("dns server address {v}: {why}"))
+                                }
+                                None => srv.addresses.push(a),
+                            }
                         }
                         if srv.addresses.len() > 8 {
                             return Err(err("more than 8 addresses"));
@@ -510,6 +535,21 @@ mod tests {
         assert_eq!(srv.addresses[1].1, Some(5353));
         assert_eq!(srv.resolve_domains, vec!["corp.example"]);
         assert_eq!(p.dhcp_domains, vec!["corp.example"]);
+    }
+
+    /// A hostile or broken server pushing name servers on the client's own loopback (or
+    /// unspecified/multicast ones): refused with the reason, the rest of the push applies.
+    #[test]
+    fn loopback_name_servers_are_refused() {
+        let p = apply_all(
+            "PUSH_REPLY,dhcp-option DNS 127.0.0.1,dhcp-option DNS6 ::1,dhcp-option DNS 0.0.0.0,dhcp-option DNS 198.19.10.53,dns server 1 address 127.0.0.53 198.19.10.54,route 198.19.10.0 255.255.255.0",
+        )
+        .unwrap();
+        assert_eq!(p.dhcp_dns, vec!["198.19.10.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p.dns_servers[&1].addresses.len(), 1);
+        assert_eq!(p.refused.len(), 4, "{:?}", p.refused);
+        assert!(p.refused[0].contains("127.0.0.1") && p.refused[0].contains("loopback"));
+        assert_eq!(p.routes.len(), 1);
     }
 
     #[test]
