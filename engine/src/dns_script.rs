@@ -84,6 +84,9 @@ pub fn pushed_from_env(env: &[(String, String)]) -> PushedOptions {
             tracing::warn!("ignoring '{l}': {e}");
         }
     }
+    for r in &p.refused {
+        tracing::warn!("pushed option refused: {r}");
+    }
     p
 }
 
