@@ -611,6 +611,121 @@ fn hostile_peer_does_not_disturb_clients() -> Result<()> {
     Ok(())
 }
 
+/// A flood of well-formed hard resets from one attacker address (new session ids at full
+/// speed from 32 ports, and one captured reset replayed over and over) while a stock client
+/// connects: one source only gets its share of the stateless answers, so the new client is
+/// up within 5 s (with one global bucket, the flood took every answer and the client waited
+/// as long as the flood lasted). The flood shows as `rate_limited` at control.
+#[test]
+fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
+    let spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
+    let mut net = start_n(spec, 2, &[])?;
+    let target = SocketAddr::from((SERVER_WAN, 1194));
+    let attacker = net.star.clients[1].spawn(move || -> Result<u64> {
+        let socks: Vec<std::net::UdpSocket> = (0..32)
+            .map(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+            .collect::<std::io::Result<_>>()?;
+        // P_CONTROL_HARD_RESET_CLIENT_V2, key-id 0: session id, no ACKs, message-id 0.
+        let reset = |sid: u64| {
+            let mut p = vec![0x38];
+            p.extend_from_slice(&(sid | 1).to_be_bytes());
+            p.push(0);
+            p.extend_from_slice(&[0; 4]);
+            p
+        };
+        let captured = reset(0x5eed_5eed_5eed_5eed);
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let (mut n, mut x) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+        while Instant::now() < deadline {
+            for s in &socks {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let pkt = if n % 2 == 0 {
+                    reset(x)
+                } else {
+                    captured.clone()
+                };
+                let _ = s.send_to(&pkt, target);
+                n += 1;
+            }
+            if n.is_multiple_of(512) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(n)
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let p = net.start_client(0, Stock, "client0")?;
+    net.clients.push(p);
+    let t = Instant::now();
+    subjects::wait_ready(&mut net.clients[0], Duration::from_secs(5)).with_context(|| {
+        format!(
+            "a new client during the reset flood; server log:\n{}",
+            tail(&net.server.log(), 20)
+        )
+    })?;
+    let connected_in = t.elapsed();
+    let sent = attacker
+        .join()
+        .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
+    ensure!(sent > 20_000, "attacker sent only {sent}");
+    net.traffic(0, 256 << 10)?;
+    eprintln!("connected in {connected_in:?} during a flood of {sent} hard resets");
+    net.server.signal(Signal::SIGTERM)?;
+    net.server.wait_exit(Duration::from_secs(10))?;
+    let log = net.server.log();
+    ensure!(
+        log.lines()
+            .any(|l| l.starts_with("control ") && l.contains("rate_limited=")),
+        "the flood was not counted as rate_limited:\n{}",
+        tail(&log, 12)
+    );
+    Ok(())
+}
+
+/// A client that crashed and restarts from the same address and port (`lport`) reconnects
+/// at once — ours and stock — instead of its packets going to its dead session until that
+/// times out.
+#[test]
+fn restart_from_the_same_lport_reconnects() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, false);
+    spec.client_extra = vec!["lport 41194".into()];
+    spec.keepalive = (10, 120);
+    let mut net = start(spec, &[Stock, Ours])?;
+    net.wait_all()?;
+    for i in 0..2 {
+        net.clients[i].signal(Signal::SIGKILL)?;
+        net.clients[i].wait_exit(Duration::from_secs(5))?;
+    }
+    for (i, which) in [Stock, Ours].into_iter().enumerate() {
+        let p = net.start_client(i, which, &format!("client{i}"))?;
+        net.clients[i] = p;
+    }
+    for (i, c) in net.clients.iter_mut().enumerate() {
+        let t = Instant::now();
+        subjects::wait_ready(c, Duration::from_secs(8)).with_context(|| {
+            format!(
+                "client {i} restarted on its port; server log:\n{}",
+                tail(&net.server.log(), 20)
+            )
+        })?;
+        eprintln!("client {i} reconnected in {:?}", t.elapsed());
+    }
+    for i in 0..2 {
+        net.traffic(i, 128 << 10)?;
+    }
+    let log = net.server.log();
+    ensure!(
+        log.matches("replaced by a new session from the same address")
+            .count()
+            >= 2,
+        "{}",
+        tail(&log, 30)
+    );
+    Ok(())
+}
+
 /// A server's memory in KiB (VmRSS).
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

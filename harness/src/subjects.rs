@@ -190,10 +190,13 @@ impl TunnelSpec {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp-client",
         };
+        // A client given its own port (`lport` in the extra lines) binds it.
+        let bind = self.client_extra.iter().any(|l| l.starts_with("lport"));
         let _ = writeln!(
             c,
-            "client\ndev tun\nproto {proto}\nremote {server} {}\nnobind",
-            self.port
+            "client\ndev tun\nproto {proto}\nremote {server} {}{}",
+            self.port,
+            if bind { "" } else { "\nnobind" }
         );
         let _ = writeln!(
             c,

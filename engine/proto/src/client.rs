@@ -416,6 +416,9 @@ impl Client {
         if self.state == State::Done {
             return Err(DropReason::WrongSession);
         }
+        if wire.len() > crate::consts::MAX_CONTROL_PACKET {
+            return Err(DropReason::TooBig);
+        }
         let r = self.session.handle_packet(now, wire);
         self.process_session_events(now);
         r

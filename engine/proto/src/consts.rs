@@ -36,6 +36,11 @@ pub const PUSH_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default size limit of a control packet including IP and UDP headers (`--max-packet-size`).
 pub const MAX_PACKET_SIZE_DEFAULT: usize = 1250;
+/// Largest control packet accepted from the network: a full control packet (2.6 sends at
+/// most `tls-mtu`, 1250 by default, plus headers and the wrap) with a tls-crypt-v2 client
+/// key behind it (at most 1024 bytes). Anything bigger — a 64 KiB TCP record, say — is
+/// dropped as `too_big` before any parsing or buffering.
+pub const MAX_CONTROL_PACKET: usize = 4096;
 /// A single control-channel text message must stay below this (`TLS_CHANNEL_BUF_SIZE`).
 pub const TLS_CHANNEL_BUF_SIZE: usize = 2048;
 /// Options string limit in the key-method-2 message (`TLS_OPTIONS_LEN`).

@@ -169,8 +169,13 @@ pub struct ServerConfig {
     pub client_to_client: bool,
     /// `duplicate-cn`.
     pub duplicate_cn: bool,
-    /// `max-clients`.
+    /// `max-clients`: clients admitted at once (handshakes in progress are bounded apart).
     pub max_clients: u32,
+    /// `connect-freq-initial N S`: stateless answers to new clients' resets (UDP), N per S
+    /// for all sources together (2.6's default 100 per 10 s); each source gets a share.
+    pub connect_freq_initial: (u32, Duration),
+    /// `connect-freq N S`: new sessions per S seconds.
+    pub connect_freq: Option<(u32, Duration)>,
     /// `verify-client-cert`.
     pub verify_client_cert: ClientCertMode,
     /// `auth-user-pass-verify`.
@@ -298,6 +303,8 @@ struct Builder {
     client_to_client: bool,
     duplicate_cn: bool,
     max_clients: Option<u32>,
+    connect_freq_initial: Option<(u32, Duration)>,
+    connect_freq: Option<(u32, Duration)>,
     verify_client_cert: Option<ClientCertMode>,
     auth_script: Option<(usize, AuthScript)>,
     /// Line of `username-as-common-name`.
@@ -461,6 +468,22 @@ impl Builder {
             "client-to-client" => self.client_to_client = true,
             "duplicate-cn" => self.duplicate_cn = true,
             "max-clients" => self.max_clients = Some(ctx.num(d, 0)?),
+            "connect-freq" | "connect-freq-initial" => {
+                let n: u32 = ctx.num(d, 0)?;
+                let secs: u64 = ctx.num(d, 1)?;
+                if n == 0 || secs == 0 {
+                    return Err(ctx.error(
+                        line,
+                        format!("option '{}': both numbers must be at least 1", d.name),
+                    ));
+                }
+                let limit = Some((n, Duration::from_secs(secs)));
+                if d.name == "connect-freq" {
+                    self.connect_freq = limit;
+                } else {
+                    self.connect_freq_initial = limit;
+                }
+            }
             "verify-client-cert" => {
                 self.verify_client_cert = Some(match ctx.arg(d, 0)? {
                     "none" => ClientCertMode::None,
@@ -740,6 +763,10 @@ impl Builder {
             client_to_client: self.client_to_client,
             duplicate_cn: self.duplicate_cn,
             max_clients: self.max_clients.unwrap_or(1024),
+            connect_freq_initial: self
+                .connect_freq_initial
+                .unwrap_or((100, Duration::from_secs(10))),
+            connect_freq: self.connect_freq,
             verify_client_cert,
             auth_script: self.auth_script.map(|(_, s)| s),
             script_security: self.common.script_security,

@@ -78,39 +78,6 @@ impl CookieJar {
     }
 }
 
-/// Token bucket limiting stateless replies (`connect-freq-initial`, default 100 per 10 s).
-pub struct RateLimit {
-    capacity: u32,
-    tokens: u32,
-    period: Duration,
-    last: Instant,
-}
-
-impl RateLimit {
-    /// `n` replies per `period`.
-    pub fn new(n: u32, period: Duration, now: Instant) -> RateLimit {
-        RateLimit {
-            capacity: n,
-            tokens: n,
-            period,
-            last: now,
-        }
-    }
-
-    /// Takes a token; false when the limit is reached.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.last) >= self.period {
-            self.tokens = self.capacity;
-            self.last = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,14 +106,5 @@ mod tests {
         );
         let other = CookieJar::new([8; 32], t0, Duration::from_secs(60));
         assert!(!other.verify(t0, &a, c, sid), "another secret");
-    }
-
-    #[test]
-    fn rate_limit_refills_per_period() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(3, Duration::from_secs(10), t0);
-        assert!(r.allow(t0) && r.allow(t0) && r.allow(t0));
-        assert!(!r.allow(t0 + Duration::from_secs(9)));
-        assert!(r.allow(t0 + Duration::from_secs(10)));
     }
 }

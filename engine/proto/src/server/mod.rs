@@ -17,6 +17,7 @@
 //! is created only when the client echoes the cookie. Over TCP the connection itself is the
 //! proof of address and the peer is created at the first reset.
 
+pub mod admission;
 pub mod cookie;
 pub mod pool;
 pub mod routes;
@@ -39,7 +40,8 @@ use crate::wire::CONTROL_HEADER_LEN;
 use crate::wire::{ControlPacket, Opcode, SessionId, peek_opcode};
 use crate::wrap::{TlsWrap, WrapConfig};
 
-use self::cookie::{CookieJar, RateLimit};
+use self::admission::{RateLimit, ResetLimiter};
+use self::cookie::CookieJar;
 use self::pool::{Pool4, Pool6};
 pub use self::routes::{PeerId, RouteTable};
 
@@ -219,6 +221,12 @@ pub struct ServerSnapshot {
     pub client_to_client: bool,
 }
 
+/// Sessions still handshaking from one UDP address, at most (TCP connections are bounded
+/// per source by the TCP listener).
+pub const HANDSHAKES_PER_SOURCE: usize = 16;
+/// Handshakes in progress allowed at once even when `max-clients` is smaller.
+pub const MIN_HANDSHAKES: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PeerState {
     /// TLS / key-method-2 in progress.
@@ -262,6 +270,11 @@ struct Peer {
 }
 
 impl Peer {
+    /// Not admitted yet: TLS or the credentials check still running.
+    fn handshaking(&self) -> bool {
+        matches!(self.state, PeerState::Handshake | PeerState::Authenticating)
+    }
+
     /// Schedules the peer's removal at `at`, unless an earlier one is scheduled: nothing a
     /// client sends (EXIT after EXIT, PUSH_REQUEST after AUTH_FAILED) postpones its end.
     fn close_by(&mut self, at: Instant, why: String) {
@@ -307,7 +320,10 @@ pub struct Server {
     pool4: Pool4,
     pool6: Option<Pool6>,
     cookies: CookieJar,
-    rate: RateLimit,
+    /// Stateless answers to hard resets (`connect-freq-initial`, per source, no replays).
+    resets: ResetLimiter,
+    /// New sessions (`connect-freq`).
+    connect_freq: Option<RateLimit>,
     verifier: TlsWrap,
     unix_time: u32,
     generation: u64,
@@ -366,7 +382,13 @@ impl Server {
         Server {
             verifier: TlsWrap::new(&setup.wrap, true, unix_time),
             cookies: CookieJar::new(random_bytes::<32>(), now, cfg.hand_window),
-            rate: RateLimit::new(100, Duration::from_secs(10), now),
+            resets: {
+                let (n, period) = cfg.connect_freq_initial;
+                ResetLimiter::new(n, period, now)
+            },
+            connect_freq: cfg
+                .connect_freq
+                .map(|(n, period)| RateLimit::new(n, period, now)),
             params,
             server_ip,
             netmask,
@@ -496,18 +518,26 @@ impl Server {
         from: PeerAddr,
         wire: &[u8],
     ) -> Result<(), DropReason> {
+        if wire.len() > crate::consts::MAX_CONTROL_PACKET {
+            return Err(DropReason::TooBig);
+        }
         let (op, key_id) = peek_opcode(wire)?;
         if let Some(&id) = self.by_addr.get(&from) {
-            // A new hard reset from a known UDP address is a restarted client: answer it
-            // statelessly; the old peer is replaced when the cookie comes back.
-            let restarted = matches!(
-                op,
-                Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3
-            ) && matches!(from, PeerAddr::Udp(_))
+            // A new session from a known UDP address is a client restarted on the same port
+            // (`lport`): its hard reset is answered statelessly, and its next packet (the
+            // cookie echo, or P_CONTROL_WKC_V1) goes to admission, which replaces the old
+            // peer once the cookie verifies. Packets of the peer's own session stay its.
+            let new_session = matches!(from, PeerAddr::Udp(_))
                 && self.peers.get(&id).is_some_and(|p| {
                     crate::wire::SessionId::read(wire.get(1..).unwrap_or(&[]))
                         != p.session.remote_session_id()
                 });
+            let restarted = new_session
+                && (matches!(
+                    op,
+                    Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3
+                ) || key_id == 0
+                    && matches!(op, Opcode::AckV1 | Opcode::ControlV1 | Opcode::ControlWkcV1));
             if !restarted {
                 // A retransmitted P_CONTROL_WKC_V1 still carries the client key: strip it.
                 let wire = if op == Opcode::ControlWkcV1 {
@@ -578,7 +608,7 @@ impl Server {
         wire: &[u8],
     ) -> Result<(), DropReason> {
         let (client_sid, _) = self.unwrap_reset(wire)?;
-        if !self.rate.allow(now) {
+        if !self.resets.allow(now, addr, client_sid) {
             return Err(DropReason::RateLimited);
         }
         let cookie = self.cookies.session_id(now, &addr, client_sid);
@@ -660,8 +690,12 @@ impl Server {
         wire: &[u8],
     ) -> Result<(), DropReason> {
         let (packet, wrap) = self.open_wkc(wire)?;
-        if matches!(from, PeerAddr::Udp(_)) && !self.rate.allow(now) {
-            return Err(DropReason::RateLimited);
+        if let PeerAddr::Udp(addr) = from {
+            // The session id travels in clear in front of the tls-crypt packet.
+            let sid = SessionId::read(packet.get(1..).unwrap_or(&[])).unwrap_or_default();
+            if !self.resets.allow(now, addr, sid) {
+                return Err(DropReason::RateLimited);
+            }
         }
         // A client announcing early negotiation (wrap packet-id 0x0f……, as 2.6 clients do)
         // gets the stateless cookie reset over UDP, asking it to resend its wrapped key with
@@ -718,7 +752,7 @@ impl Server {
     }
 
     fn admit_tcp(&mut self, now: Instant, from: PeerAddr, wire: &[u8]) -> Result<(), DropReason> {
-        self.check_capacity()?;
+        self.check_capacity(now, from)?;
         let wrap = TlsWrap::new(&self.setup.wrap, true, self.unix_time);
         let sid = SessionId(random_bytes::<8>());
         let session = ControlSession::new_server(
@@ -744,14 +778,47 @@ impl Server {
                 "replaced by a new session from the same address".into(),
             );
         }
-        self.check_capacity()
+        self.check_capacity(now, from)
     }
 
-    fn check_capacity(&self) -> Result<(), DropReason> {
-        if self.peers.len() >= self.setup.config.max_clients as usize {
+    /// Room for a new session from `from`: clients still handshaking are counted apart from
+    /// admitted ones (so a flood of handshakes that never authenticate cannot fill
+    /// `max-clients`), at most `max-clients` (or [`MIN_HANDSHAKES`]) of them at once and
+    /// [`HANDSHAKES_PER_SOURCE`]
+    /// from one UDP address; `connect-freq` bounds how fast sessions are made.
+    fn check_capacity(&mut self, now: Instant, from: PeerAddr) -> Result<(), DropReason> {
+        let max = self.setup.config.max_clients as usize;
+        let source = match from {
+            PeerAddr::Udp(a) => Some(a.ip()),
+            PeerAddr::Tcp(_) => None,
+        };
+        let (mut handshaking, mut same_source) = (0, 0);
+        for p in self.peers.values().filter(|p| p.handshaking()) {
+            handshaking += 1;
+            if source.is_some() && matches!(p.addr, PeerAddr::Udp(a) if Some(a.ip()) == source) {
+                same_source += 1;
+            }
+        }
+        if self.peers.len() - handshaking >= max || handshaking >= max.max(MIN_HANDSHAKES) {
             return Err(DropReason::Refused);
         }
+        if same_source >= HANDSHAKES_PER_SOURCE {
+            return Err(DropReason::RateLimited);
+        }
+        if let Some(limit) = self.connect_freq.as_mut()
+            && !limit.allow(now)
+        {
+            return Err(DropReason::RateLimited);
+        }
         Ok(())
+    }
+
+    /// Clients admitted (authenticated or connected): what `max-clients` bounds.
+    fn admitted(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| matches!(p.state, PeerState::Authenticated | PeerState::Connected))
+            .count()
     }
 
     fn insert_peer(&mut self, now: Instant, addr: PeerAddr, session: ControlSession) -> PeerId {
@@ -965,6 +1032,12 @@ impl Server {
     ) -> Result<(), String> {
         if overrides.disable {
             return Err("client disabled in client-config-dir".into());
+        }
+        if self.admitted() >= self.setup.config.max_clients as usize {
+            return Err(format!(
+                "server full (max-clients {})",
+                self.setup.config.max_clients
+            ));
         }
         let setup = Arc::clone(&self.setup);
         let cfg = &setup.config;
