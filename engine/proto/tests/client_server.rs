@@ -1048,3 +1048,52 @@ fn oversized_control_packets_are_dropped() {
     big[0] = 0x40;
     assert_eq!(c.handle_control(now, &big), Err(DropReason::TooBig));
 }
+
+/// A fixed address (`ifconfig-push`) inside the dynamic pool, reserved from the ccd files at
+/// start: dynamic clients never get it (the pool is exhausted sooner instead), and its owner
+/// connects with it; no two clients ever share an address.
+#[test]
+fn reserved_fixed_addresses_are_never_leased_dynamically() {
+    let pki = pki(3);
+    let clients = (0..3).map(|i| client(&pki, i, "")).collect();
+    let mut s = server(&pki, "ifconfig-pool 198.19.0.2 198.19.0.3\n");
+    let fixed: std::net::Ipv4Addr = "198.19.0.2".parse().unwrap();
+    s.reserve_fixed(&[fixed], &[]);
+    let mut net = Net::new(s, clients);
+    net.auth = Box::new(|e| {
+        let owner =
+            matches!(e, ServerEvent::AuthRequest { common_name: Some(cn), .. } if cn == "client2");
+        AuthResult {
+            ok: true,
+            reason: None,
+            overrides: owner.then(|| {
+                ClientOverrides::parse(
+                    "ifconfig-push 198.19.0.2 255.255.255.0\n",
+                    Path::new("/ccd/client2"),
+                )
+                .unwrap()
+            }),
+        }
+    });
+    net.run(Duration::from_secs(15), |n| {
+        n.connected(2) && (n.connected(0) || n.connected(1))
+    });
+    for _ in 0..20 {
+        net.step();
+        net.advance(Duration::from_millis(100));
+    }
+    let addrs: Vec<std::net::Ipv4Addr> = (0..3)
+        .filter(|i| net.connected(*i))
+        .map(|i| net.clients[i].1.pushed().unwrap().ifconfig.unwrap().0)
+        .collect();
+    assert_eq!(
+        addrs.len(),
+        2,
+        "one dynamic client must be refused: {addrs:?}"
+    );
+    assert_eq!(
+        net.clients[2].1.pushed().unwrap().ifconfig.unwrap().0,
+        fixed
+    );
+    assert!(addrs[0] != addrs[1], "{addrs:?}");
+}

@@ -2,6 +2,7 @@
 //! `client-config-dir` file, run off the control thread (a script may take its time).
 
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +62,47 @@ fn refuse(why: &str) -> AuthResult {
         reason: Some(why.to_owned()),
         overrides: None,
     }
+}
+
+/// Files of `client-config-dir` read at start, at most (a directory that big is a mistake).
+const MAX_CCD_FILES: usize = 100_000;
+/// A ccd file bigger than this is not read at start (it is refused when its client comes).
+const MAX_CCD_BYTES: u64 = 64 * 1024;
+
+/// The fixed addresses (`ifconfig-push`, `ifconfig-ipv6-push`) named in the
+/// `client-config-dir` files, read at start so dynamic leases never hand them out. A file
+/// that does not parse is skipped with a warning; its client gets the error when it comes.
+pub fn ccd_reservations(cfg: &ServerConfig) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    let Some(dir) = &cfg.client_config_dir else {
+        return (v4, v6);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("client-config-dir {}: {e}", dir.display());
+            return (v4, v6);
+        }
+    };
+    for entry in entries.flatten().take(MAX_CCD_FILES) {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_CCD_BYTES);
+        if hidden || !small {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        match ClientOverrides::parse(&text, &path) {
+            Ok(o) => {
+                v4.extend(o.ifconfig_push);
+                v6.extend(o.ifconfig_ipv6_push);
+            }
+            Err(e) => tracing::warn!("{e} (its client will be refused)"),
+        }
+    }
+    (v4, v6)
 }
 
 fn read_ccd(cfg: &ServerConfig, cn: Option<&str>) -> Result<Option<ClientOverrides>, String> {
@@ -194,6 +236,41 @@ mod tests {
             std::env::temp_dir().join(format!("tunscope-auth-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&d).expect("dir");
         d
+    }
+
+    /// The fixed addresses of every ccd file, read at start; broken, hidden and huge files
+    /// are skipped.
+    #[test]
+    fn ccd_reservations_are_read_at_start() {
+        let dir = scratch("ccd-reserve");
+        let ccd = dir.join("ccd");
+        std::fs::create_dir_all(&ccd).expect("dir");
+        std::fs::write(
+            ccd.join("alice"),
+            "ifconfig-push 198.19.0.3 255.255.255.0\n",
+        )
+        .expect("w");
+        std::fs::write(
+            ccd.join("bob"),
+            "ifconfig-ipv6-push 2001:db8::33/64\niroute 198.19.9.0 255.255.255.0\n",
+        )
+        .expect("w");
+        std::fs::write(ccd.join("broken"), "ifconfig-push nonsense\n").expect("w");
+        std::fs::write(
+            ccd.join(".hidden"),
+            "ifconfig-push 198.19.0.9 255.255.255.0\n",
+        )
+        .expect("w");
+        let huge = format!(
+            "ifconfig-push 198.19.0.8 255.255.255.0\n#{}\n",
+            "x".repeat(70_000)
+        );
+        std::fs::write(ccd.join("huge"), huge).expect("w");
+        let cfg = config(&dir.join("none.sh"), "via-env", Some(&ccd));
+        let (v4, v6) = ccd_reservations(&cfg);
+        assert_eq!(v4, vec!["198.19.0.3".parse::<Ipv4Addr>().expect("ip")]);
+        assert_eq!(v6, vec!["2001:db8::33".parse::<Ipv6Addr>().expect("ip")]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn script(dir: &Path, body: &str) -> PathBuf {

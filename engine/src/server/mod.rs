@@ -121,6 +121,8 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     let setup = Arc::new(setup(cfg)?);
     let cfg = &setup.config;
     let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
+    let (fixed4, fixed6) = auth::ccd_reservations(&setup.config);
+    server.reserve_fixed(&fixed4, &fixed6);
 
     // The tun device with the server's own tunnel addresses, and kernel routes into it.
     let (ip, mask) = server.tunnel_address();
@@ -464,6 +466,8 @@ pub fn run_in_memory(
 ) -> Result<()> {
     let setup = Arc::new(setup(cfg)?);
     let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
+    let (fixed4, fixed6) = auth::ccd_reservations(&setup.config);
+    server.reserve_fixed(&fixed4, &fixed6);
     let (ctl_tx, ctl_rx) = datapath::control_channel();
     let dev = tun.name().to_owned();
     let shared = Shared::new(

@@ -491,6 +491,20 @@ impl Server {
         snap
     }
 
+    /// Keeps the fixed addresses of `client-config-dir` files (`ifconfig-push`,
+    /// `ifconfig-ipv6-push`) out of dynamic leases, so a client with a fixed address never
+    /// finds it leased to somebody else.
+    pub fn reserve_fixed(&mut self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]) {
+        for a in v4 {
+            self.pool4.reserve(*a);
+        }
+        if let Some(pool) = self.pool6.as_mut() {
+            for a in v6 {
+                pool.reserve(*a);
+            }
+        }
+    }
+
     /// Next event.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()

@@ -2,7 +2,9 @@
 //!
 //! A client that reconnects gets its previous address back when it is still free (like 2.6
 //! with `ifconfig-pool-persist`, kept in memory). Fixed addresses from `ifconfig-push` are
-//! reserved for the client that owns them. An empty pool is a clear refusal, not a panic.
+//! reserved for the client that owns them: never leased dynamically while held, nor at all
+//! when reserved up front (the server reads every `client-config-dir` file at start), so two
+//! clients never share an address. An empty pool is a clear refusal, not a panic.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -26,8 +28,12 @@ pub enum PoolError {
 struct Range {
     start: u128,
     end: u128,
-    /// Addresses that may be handed out only explicitly (e.g. the server's own).
+    /// Addresses never handed out (the server's own).
     excluded: HashSet<u128>,
+    /// Addresses handed out only as fixed addresses (`ifconfig-push` in a ccd file).
+    reserved: HashSet<u128>,
+    /// Fixed addresses held now.
+    fixed: HashSet<u128>,
     used: HashSet<u128>,
     last_by_cn: HashMap<String, u128>,
     next: u128,
@@ -39,6 +45,8 @@ impl Range {
             start,
             end,
             excluded: excluded.iter().copied().collect(),
+            reserved: HashSet::new(),
+            fixed: HashSet::new(),
             used: HashSet::new(),
             last_by_cn: HashMap::new(),
             next: start,
@@ -50,7 +58,32 @@ impl Range {
     }
 
     fn free(&self, a: u128) -> bool {
-        a >= self.start && a <= self.end && !self.used.contains(&a) && !self.excluded.contains(&a)
+        a >= self.start
+            && a <= self.end
+            && !self.used.contains(&a)
+            && !self.excluded.contains(&a)
+            && !self.reserved.contains(&a)
+            && !self.fixed.contains(&a)
+    }
+
+    /// Takes `a` as a fixed address; false when another client holds it (fixed or leased)
+    /// or it is the server's.
+    fn take_fixed(&mut self, a: u128) -> bool {
+        if self.fixed.contains(&a) || self.used.contains(&a) || self.excluded.contains(&a) {
+            return false;
+        }
+        self.fixed.insert(a);
+        true
+    }
+
+    fn release(&mut self, a: u128) {
+        if !self.fixed.remove(&a) {
+            self.used.remove(&a);
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.used.len() + self.fixed.len()
     }
 
     fn acquire(&mut self, cn: Option<&str>) -> Option<u128> {
@@ -85,7 +118,6 @@ impl Range {
 pub struct Pool4 {
     range: Range,
     network: (u32, u8),
-    fixed: HashSet<u32>,
 }
 
 impl Pool4 {
@@ -98,7 +130,6 @@ impl Pool4 {
                 &[u128::from(u32::from(server))],
             ),
             network: (u32::from(network.0), network.1),
-            fixed: HashSet::new(),
         }
     }
 
@@ -123,32 +154,30 @@ impl Pool4 {
             if !self.in_network(a) {
                 return Err(PoolError::OutOfRange(f.to_string()));
             }
-            if self.fixed.contains(&a)
-                || self.range.used.contains(&u128::from(a))
-                || self.range.excluded.contains(&u128::from(a))
-            {
+            if !self.range.take_fixed(u128::from(a)) {
                 return Err(PoolError::InUse(f.to_string()));
             }
-            self.fixed.insert(a);
             return Ok(f);
         }
         self.range
             .acquire(cn)
             .map(|a| Ipv4Addr::from(a as u32))
-            .ok_or(PoolError::Exhausted(self.range.used.len()))
+            .ok_or(PoolError::Exhausted(self.range.in_use()))
+    }
+
+    /// Keeps `a` for the client whose `ifconfig-push` names it: never leased dynamically.
+    pub fn reserve(&mut self, a: Ipv4Addr) {
+        self.range.reserved.insert(u128::from(u32::from(a)));
     }
 
     /// Returns an address.
     pub fn release(&mut self, a: Ipv4Addr) {
-        let a = u32::from(a);
-        if !self.fixed.remove(&a) {
-            self.range.used.remove(&u128::from(a));
-        }
+        self.range.release(u128::from(u32::from(a)));
     }
 
     /// Addresses in use.
     pub fn in_use(&self) -> usize {
-        self.range.used.len() + self.fixed.len()
+        self.range.in_use()
     }
 }
 
@@ -156,7 +185,6 @@ impl Pool4 {
 #[derive(Clone, Debug)]
 pub struct Pool6 {
     range: Range,
-    fixed: HashSet<u128>,
 }
 
 impl Pool6 {
@@ -172,7 +200,6 @@ impl Pool6 {
         let end = last.min(b + 0xffff);
         Pool6 {
             range: Range::new(b, end, &[u128::from(server)]),
-            fixed: HashSet::new(),
         }
     }
 
@@ -183,25 +210,25 @@ impl Pool6 {
         fixed: Option<Ipv6Addr>,
     ) -> Result<Ipv6Addr, PoolError> {
         if let Some(f) = fixed {
-            let a = u128::from(f);
-            if self.fixed.contains(&a) || self.range.used.contains(&a) {
+            if !self.range.take_fixed(u128::from(f)) {
                 return Err(PoolError::InUse(f.to_string()));
             }
-            self.fixed.insert(a);
             return Ok(f);
         }
         self.range
             .acquire(cn)
             .map(Ipv6Addr::from)
-            .ok_or(PoolError::Exhausted(self.range.used.len()))
+            .ok_or(PoolError::Exhausted(self.range.in_use()))
+    }
+
+    /// Keeps `a` for the client whose `ifconfig-ipv6-push` names it.
+    pub fn reserve(&mut self, a: Ipv6Addr) {
+        self.range.reserved.insert(u128::from(a));
     }
 
     /// Returns an address.
     pub fn release(&mut self, a: Ipv6Addr) {
-        let a = u128::from(a);
-        if !self.fixed.remove(&a) {
-            self.range.used.remove(&a);
-        }
+        self.range.release(u128::from(a));
     }
 }
 
@@ -264,6 +291,36 @@ mod tests {
         );
         p.release(f);
         assert_eq!(p.acquire(Some("y"), Some(f)), Ok(f));
+    }
+
+    /// A fixed address inside the pool: while its client holds it, or once it is reserved
+    /// from the ccd files, no dynamic lease gets it; a dynamic holder makes the fixed client
+    /// a clear refusal, never a shared address.
+    #[test]
+    fn fixed_addresses_inside_the_pool_are_never_shared() {
+        let mut p = pool();
+        let f: Ipv4Addr = "198.19.0.3".parse().unwrap();
+        assert_eq!(p.acquire(Some("fixed"), Some(f)), Ok(f));
+        let dynamic: Vec<Ipv4Addr> = (0..3)
+            .map(|i| p.acquire(Some(&format!("d{i}")), None).unwrap())
+            .collect();
+        assert!(!dynamic.contains(&f), "{dynamic:?}");
+        assert_eq!(p.acquire(Some("d3"), None), Err(PoolError::Exhausted(4)));
+        // Reserved up front: not leased even while its owner is away.
+        let mut p = pool();
+        p.reserve(f);
+        let dynamic: Vec<Ipv4Addr> = (0..3)
+            .map(|i| p.acquire(Some(&format!("d{i}")), None).unwrap())
+            .collect();
+        assert!(!dynamic.contains(&f));
+        assert_eq!(p.acquire(Some("fixed"), Some(f)), Ok(f));
+        // Not reserved and taken dynamically first: the fixed client is refused.
+        let mut p = pool();
+        let first = p.acquire(Some("d"), None).unwrap();
+        assert_eq!(
+            p.acquire(Some("fixed"), Some(first)),
+            Err(PoolError::InUse(first.to_string()))
+        );
     }
 
     #[test]
