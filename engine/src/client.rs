@@ -550,6 +550,7 @@ impl Run<'_> {
                     down: cfg.down.as_deref(),
                     config: &self.opts.config,
                     setenv: &cfg.setenv,
+                    block_ipv6: cfg.block_ipv6,
                 },
                 &self.state_path,
             )

@@ -120,6 +120,8 @@ pub struct Settings<'a> {
     pub config: &'a Path,
     /// `setenv NAME VALUE` pairs for the scripts.
     pub setenv: &'a [(String, String)],
+    /// `block-ipv6` in the config (a server may push it too).
+    pub block_ipv6: bool,
 }
 
 /// Applied network configuration; undo with [`NetConfig::undo`].
@@ -179,6 +181,22 @@ fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
         .truncate(true)
         .open(path)?;
     f.write_all(text.as_bytes())
+}
+
+/// Whether `net/prefix` contains `a`.
+fn covers4(net: Ipv4Addr, prefix: u8, a: Ipv4Addr) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    u32::from(net) & mask == u32::from(a) & mask
+}
+
+/// Whether `net/prefix` contains `a`.
+fn covers6(net: Ipv6Addr, prefix: u8, a: Ipv6Addr) -> bool {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0);
+    u128::from(net) & mask == u128::from(a) & mask
 }
 
 fn prefix_of(mask: Ipv4Addr) -> u8 {
@@ -426,49 +444,81 @@ impl NetConfig {
     fn apply_routes(&mut self, p: &PushedOptions, oif: u32, s: &Settings<'_>) -> Result<()> {
         let gw = p.route_gateway.map(IpAddr::V4);
         let metric = p.route_metric;
-        if let Some(rg) = &p.redirect_gateway {
-            if !rg.no_ipv4 {
-                if !rg.local {
-                    // The tunnel's own packets must keep using the original path.
-                    if let IpAddr::V4(server) = s.remote.ip() {
-                        let orig = netlink::route_get(IpAddr::V4(server))
-                            .context("route to the VPN server")?;
-                        self.add_route(RouteRecord {
-                            dst: IpAddr::V4(server),
-                            prefix: 32,
-                            gateway: orig.gateway,
-                            oif: orig.oif,
-                            metric: None,
-                        })?;
-                    }
-                }
-                if rg.def1 {
-                    for net in [Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(128, 0, 0, 0)] {
-                        self.add_route(RouteRecord {
-                            dst: IpAddr::V4(net),
-                            prefix: 1,
-                            gateway: gw,
-                            oif: Some(oif),
-                            metric,
-                        })?;
-                    }
-                } else {
-                    anyhow::bail!(
-                        "redirect-gateway without def1 (replacing the default route) is not supported; push 'redirect-gateway def1'"
-                    );
-                }
+        let server = s.remote.ip();
+        // Where the tunnel's own packets go now, before any route of the server's.
+        let original = netlink::route_get(server).context("route to the VPN server")?;
+        let rg = p.redirect_gateway.as_ref();
+        let redirect4 = rg.is_some_and(|r| !r.no_ipv4);
+        let redirect6 = rg.is_some_and(|r| r.ipv6) && p.ifconfig_ipv6.is_some();
+        let block_ipv6 = s.block_ipv6 || p.block_ipv6;
+        // Anything routed into the tunnel that covers the server's own address would send the
+        // tunnel into itself: the server keeps a host route on the original path first (as
+        // redirect-gateway does in OpenVPN; for IPv6 servers and pushed routes too).
+        let by_route = match server {
+            IpAddr::V4(a) => p
+                .routes
+                .iter()
+                .find(|r| covers4(r.network, prefix_of(r.netmask), a))
+                .map(|r| format!("route {}/{}", r.network, prefix_of(r.netmask))),
+            IpAddr::V6(a) => p
+                .routes_ipv6
+                .iter()
+                .find(|r| covers6(r.network, r.prefix, a))
+                .map(|r| format!("route-ipv6 {}/{}", r.network, r.prefix)),
+        };
+        let by_redirect = match server {
+            IpAddr::V4(_) => redirect4,
+            IpAddr::V6(a) => {
+                (redirect6 || block_ipv6)
+                    && covers6(Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0), 3, a)
             }
-            if rg.ipv6 && p.ifconfig_ipv6.is_some() {
-                for net in ["2000::", "3000::"] {
-                    let dst: Ipv6Addr = net.parse().context("constant")?;
-                    self.add_route(RouteRecord {
-                        dst: IpAddr::V6(dst),
-                        prefix: 4,
-                        gateway: None,
-                        oif: Some(oif),
-                        metric,
-                    })?;
-                }
+        };
+        let local = rg.is_some_and(|r| r.local);
+        if (by_redirect && !local) || by_route.is_some() {
+            if let Some(r) = &by_route {
+                tracing::warn!(
+                    "pushed {r} covers the VPN server {server}: the server keeps a host route outside the tunnel"
+                );
+            }
+            self.add_route(RouteRecord {
+                dst: server,
+                prefix: if server.is_ipv4() { 32 } else { 128 },
+                gateway: original.gateway,
+                oif: original.oif,
+                metric: None,
+            })?;
+        }
+        if let Some(rg) = rg.filter(|_| redirect4) {
+            if !rg.def1 {
+                anyhow::bail!(
+                    "redirect-gateway without def1 (replacing the default route) is not supported; push 'redirect-gateway def1'"
+                );
+            }
+            for net in [Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(128, 0, 0, 0)] {
+                self.add_route(RouteRecord {
+                    dst: IpAddr::V4(net),
+                    prefix: 1,
+                    gateway: gw,
+                    oif: Some(oif),
+                    metric,
+                })?;
+            }
+            if rg.block_local && !rg.local {
+                self.block_local(&original, server, gw, oif, metric)?;
+            }
+        }
+        if redirect6 || block_ipv6 {
+            // With block-ipv6 and no IPv6 in the tunnel, the server drops what comes (it is
+            // not the client's address): IPv6 never leaves by the local network.
+            for net in ["2000::", "3000::"] {
+                let dst: Ipv6Addr = net.parse().context("constant")?;
+                self.add_route(RouteRecord {
+                    dst: IpAddr::V6(dst),
+                    prefix: 4,
+                    gateway: None,
+                    oif: Some(oif),
+                    metric,
+                })?;
             }
         }
         for r in &p.routes {
@@ -489,6 +539,52 @@ impl NetConfig {
                 metric: r.metric.or(metric),
             })?;
         }
+        Ok(())
+    }
+
+    /// `redirect-gateway … block-local` (TunnelCrack LocalNet): the local network the server
+    /// is reached through goes into the tunnel too, as two halves more specific than its
+    /// connected route (as OpenVPN does); the server's host route keeps the tunnel itself on
+    /// the local path. Without it, a hostile LAN handing out a public prefix sees that
+    /// prefix's traffic in the clear.
+    fn block_local(
+        &mut self,
+        original: &netlink::RouteTo,
+        server: IpAddr,
+        gw: Option<IpAddr>,
+        oif: u32,
+        metric: Option<u32>,
+    ) -> Result<()> {
+        let IpAddr::V4(target) = original.gateway.unwrap_or(server) else {
+            return Ok(());
+        };
+        let dev = original.oif.and_then(netlink::ifname);
+        let local = netlink::dump_routes(false)
+            .context("reading the routing table for block-local")?
+            .into_iter()
+            .filter(|r| r.gateway.is_none() && r.dev == dev && r.table == 254)
+            .filter_map(|r| match r.dst {
+                IpAddr::V4(n) if (1..32).contains(&r.prefix) && covers4(n, r.prefix, target) => {
+                    Some((n, r.prefix))
+                }
+                _ => None,
+            })
+            .max_by_key(|(_, prefix)| *prefix);
+        let Some((net, prefix)) = local else {
+            tracing::warn!("block-local: no local network found for {target}; nothing to block");
+            return Ok(());
+        };
+        let half = 1u32 << (31 - u32::from(prefix));
+        for dst in [u32::from(net), u32::from(net) + half] {
+            self.add_route(RouteRecord {
+                dst: IpAddr::V4(Ipv4Addr::from(dst)),
+                prefix: prefix + 1,
+                gateway: gw,
+                oif: Some(oif),
+                metric,
+            })?;
+        }
+        tracing::info!("block-local: {net}/{prefix} goes through the tunnel");
         Ok(())
     }
 
@@ -664,6 +760,7 @@ mod tests {
             down: None,
             config: Path::new("/etc/c.conf"),
             setenv: &[],
+            block_ipv6: false,
         };
         let env = script_env(&p, &s, "up");
         let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
-use tunscope_harness::process::Proc;
+use tunscope_harness::process::{Proc, tail};
 use tunscope_harness::subjects::{self, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
 use tunscope_harness::traffic::{self, EchoServer};
@@ -802,5 +802,102 @@ fn pushed_loopback_name_servers_are_refused() -> Result<()> {
         let diff = before.diff(&NetState::record(&hosts.client)?);
         ensure!(diff.is_empty(), "not restored: {diff:#?}");
     }
+    Ok(())
+}
+
+/// Routes that would take the tunnel's own packets, or local traffic, where they must not
+/// go, from a stock server: `redirect-gateway def1 block-local` sends the local network
+/// (TunnelCrack LocalNet) through the tunnel as two halves, a pushed route covering the
+/// server's own address gets the server a host route outside the tunnel first (else the
+/// tunnel would carry itself), and the client's `block-ipv6` routes IPv6 to the internet
+/// into the tunnel. The tunnel works throughout; everything is undone on exit.
+#[test]
+fn block_local_block_ipv6_and_routes_covering_the_server() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    let spec = TunnelSpec {
+        server_extra: [
+            "push \"redirect-gateway def1 block-local\"",
+            "push \"route 198.18.1.0 255.255.255.128\"",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        client_extra: vec!["block-ipv6".into()],
+        ..TunnelSpec::default()
+    };
+    let hosts = TwoHosts::new()?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let before = NetState::record(&hosts.client)?;
+    let via = |dst: &str| -> Result<String> { hosts.client.ip(&["route", "get", dst]) };
+    ensure!(via("198.18.1.77")?.contains("dev eth0"), "LAN before");
+    let mut client = subjects::start_tunscope_client(
+        &hosts.client,
+        &client_conf,
+        &hosts.dir.join("client.log"),
+        &[],
+    )?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    // Past the point where a route carrying the tunnel into itself would have broken it.
+    std::thread::sleep(Duration::from_secs(2));
+    let p = traffic::ping(
+        &hosts.client,
+        &spec.server_tun_ip().to_string(),
+        3,
+        56,
+        false,
+    )?;
+    ensure!(
+        p.received == 3,
+        "tunnel: {}\n{}",
+        p.output,
+        tail(&client.log(), 20)
+    );
+    let during = NetState::record(&hosts.client)?;
+    for want in [
+        "198.18.1.1 dev eth0",
+        "198.18.1.0/25 via 198.19.0.1 dev tun0",
+        "198.18.1.128/25 via 198.19.0.1 dev tun0",
+    ] {
+        ensure!(
+            during.routes.iter().any(|r| r.starts_with(want)),
+            "no route '{want}': {:#?}",
+            during.routes
+        );
+    }
+    ensure!(
+        via("198.18.1.77")?.contains("dev tun0"),
+        "the local network is not blocked: {}",
+        via("198.18.1.77")?
+    );
+    ensure!(
+        via("198.18.1.1")?.contains("dev eth0"),
+        "the server must stay outside"
+    );
+    for want in ["2000::/4 dev tun0", "3000::/4 dev tun0"] {
+        ensure!(
+            during.routes6.iter().any(|r| r.starts_with(want)),
+            "no IPv6 route '{want}': {:#?}",
+            during.routes6
+        );
+    }
+    ensure!(
+        client.log().contains("covers the VPN server"),
+        "{}",
+        tail(&client.log(), 20)
+    );
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    let diff = before.diff(&NetState::record(&hosts.client)?);
+    ensure!(diff.is_empty(), "not restored: {diff:#?}");
     Ok(())
 }

@@ -424,6 +424,9 @@ pub struct ClientConfig {
     pub route_nopull: bool,
     /// `route-noexec`: routes are left to the `up` script.
     pub route_noexec: bool,
+    /// `block-ipv6`: IPv6 to the internet goes into the tunnel (and no further) rather than
+    /// around it.
+    pub block_ipv6: bool,
     /// `up CMD` (run after the tun device is configured).
     pub up: Option<Vec<String>>,
     /// `down CMD` (run after the tunnel closed).
@@ -534,6 +537,7 @@ struct Builder {
     replay_window: Option<u32>,
     route_nopull: bool,
     route_noexec: bool,
+    block_ipv6: bool,
     up: Option<(usize, Vec<String>)>,
     down: Option<(usize, Vec<String>)>,
     routes: Vec<String>,
@@ -823,6 +827,7 @@ impl Builder {
             }
             "route-nopull" => self.route_nopull = true,
             "route-noexec" => self.route_noexec = true,
+            "block-ipv6" => self.block_ipv6 = true,
             "up" | "down" => {
                 let cmd = crate::options::lexer::split_line(ctx.arg(d, 0)?)
                     .map_err(|e| ctx.error(line, format!("option '{}': {e}", d.name)))?;
@@ -1154,6 +1159,7 @@ impl Builder {
             verb: self.common.verb.unwrap_or(1),
             route_nopull: self.route_nopull,
             route_noexec: self.route_noexec,
+            block_ipv6: self.block_ipv6,
             up: self.up.map(|(_, c)| c),
             down: self.down.map(|(_, c)| c),
             script_security: self.common.script_security,

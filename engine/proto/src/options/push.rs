@@ -164,6 +164,8 @@ pub struct PushedOptions {
     pub ignored: Vec<String>,
     /// Options we do not know (a warning each).
     pub unsupported: Vec<String>,
+    /// `block-ipv6`.
+    pub block_ipv6: bool,
     /// Options refused as harmful, with why (a warning each; the rest of the push applies).
     pub refused: Vec<String>,
 }
@@ -326,6 +328,7 @@ impl PushedOptions {
                 }
             }
             "dns" => self.apply_dns(args, &err)?,
+            "block-ipv6" => self.block_ipv6 = true,
             "peer-id" => {
                 let id = num(need(0)?)?;
                 if id >= crate::consts::PEER_ID_UNDEF {
