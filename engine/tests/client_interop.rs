@@ -901,3 +901,54 @@ fn block_local_block_ipv6_and_routes_covering_the_server() -> Result<()> {
     ensure!(diff.is_empty(), "not restored: {diff:#?}");
     Ok(())
 }
+
+/// A stock server pushing 100,000 routes (hundreds of push-continuation parts): our client
+/// refuses the push with a clear reason instead of installing them, and the host's routes
+/// and DNS are as they were.
+#[test]
+fn a_push_of_100000_routes_is_refused_cleanly() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    let spec = TunnelSpec {
+        server_extra: (0..100_000u32)
+            .map(|i| {
+                format!(
+                    "push \"route 198.19.{}.{} 255.255.255.255\"",
+                    100 + (i / 250) % 150,
+                    i % 250
+                )
+            })
+            .collect(),
+        ..TunnelSpec::default()
+    };
+    let hosts = TwoHosts::new()?;
+    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(60))?;
+    let before = NetState::record(&hosts.client)?;
+    let mut client = subjects::start_tunscope_client(
+        &hosts.client,
+        &client_conf,
+        &hosts.dir.join("client.log"),
+        &["--dns-backend", "resolv-conf"],
+    )?;
+    let code = client.wait_exit(Duration::from_secs(60))?;
+    let log = client.log();
+    ensure!(
+        code.is_some_and(|c| c != 0) && log.contains("more than 8192 options"),
+        "exit {code:?}:\n{}",
+        tail(&log, 20)
+    );
+    let diff = before.diff(&NetState::record(&hosts.client)?);
+    ensure!(diff.is_empty(), "host changed: {diff:#?}");
+    Ok(())
+}

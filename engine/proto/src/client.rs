@@ -226,6 +226,10 @@ pub enum ClientEvent {
     Closed,
 }
 
+/// Most options one push may carry, all its parts together (real servers push a few dozen;
+/// large split-tunnel setups some hundreds of routes).
+pub const MAX_PUSHED_OPTIONS: usize = 8192;
+
 /// Which kind of packet [`Client::poll_transmit`] produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransmitKind {
@@ -310,6 +314,8 @@ pub struct Client {
     session: ControlSession,
     state: State,
     push: PushedOptions,
+    /// Options received in the PUSH_REPLY parts so far (bounded: [`MAX_PUSHED_OPTIONS`]).
+    push_options: usize,
     pushed: Option<PushedOptions>,
     next_push_request: Option<Instant>,
     cipher: Option<Cipher>,
@@ -355,6 +361,7 @@ impl Client {
             session,
             state: State::Handshake,
             push: PushedOptions::default(),
+            push_options: 0,
             pushed: None,
             next_push_request: None,
             cipher: None,
@@ -842,6 +849,15 @@ impl Client {
         if self.state != State::Push {
             return;
         }
+        // A server that keeps pushing (endless push-continuation, 100,000 routes) is refused
+        // rather than followed into unbounded memory and kernel routes.
+        self.push_options += msg.options.len();
+        if self.push_options > MAX_PUSHED_OPTIONS {
+            self.fail(format!(
+                "the server pushed more than {MAX_PUSHED_OPTIONS} options: refused (a broken or hostile server)"
+            ));
+            return;
+        }
         for o in &msg.options {
             use crate::options::client::PullAction;
             match self.setup.filter(o) {
@@ -876,6 +892,7 @@ impl Client {
 
     fn finish_push(&mut self, now: Instant) {
         let pushed = std::mem::take(&mut self.push);
+        self.push_options = 0;
         for u in &pushed.unsupported {
             self.events.push_back(ClientEvent::Warning(format!(
                 "pushed option not supported, ignored: {u}"

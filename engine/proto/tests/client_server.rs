@@ -1097,3 +1097,32 @@ fn reserved_fixed_addresses_are_never_leased_dynamically() {
     );
     assert!(addrs[0] != addrs[1], "{addrs:?}");
 }
+
+/// A server pushing more options than any real setup (here 9,000 routes, sent in many
+/// push-continuation parts) is refused with a clear reason; 3,000 routes are taken.
+#[test]
+fn endless_pushes_are_refused_large_ones_taken() {
+    let pki = pki(1);
+    let pushes = |n: u32| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "push \"route 198.19.{}.{} 255.255.255.255\"\n",
+                    100 + i / 250,
+                    i % 250
+                )
+            })
+            .collect()
+    };
+    let mut net = Net::new(server(&pki, &pushes(3000)), vec![client(&pki, 0, "")]);
+    net.run(Duration::from_secs(20), |n| n.connected(0));
+    assert!(net.clients[0].1.pushed().unwrap().routes.len() >= 3000);
+    let mut net = Net::new(server(&pki, &pushes(9000)), vec![client(&pki, 0, "")]);
+    net.run(Duration::from_secs(20), |n| {
+        n.clients[0]
+            .2
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Fatal(r) if r.contains("more than 8192 options")))
+    });
+    assert!(!net.connected(0));
+}
