@@ -128,6 +128,9 @@ struct Net {
     /// being answered: a slow verifier the test answers itself.
     held: Option<Vec<(u32, u64, u8)>>,
     drops: Vec<DropReason>,
+    /// When set, what the server sends is lost (counted here): a client that never hears,
+    /// and never acknowledges, the server.
+    blackhole: Option<usize>,
 }
 
 impl Net {
@@ -153,6 +156,7 @@ impl Net {
             }),
             held: None,
             drops: vec![],
+            blackhole: None,
         }
     }
 
@@ -185,6 +189,10 @@ impl Net {
             };
             moved = true;
             if matches!(b[0] >> 3, 6 | 9) {
+                continue;
+            }
+            if let Some(lost) = self.blackhole.as_mut() {
+                *lost += 1;
                 continue;
             }
             if let Some((_, c, evs)) = self
@@ -1125,4 +1133,52 @@ fn endless_pushes_are_refused_large_ones_taken() {
             .any(|e| matches!(e, ClientEvent::Fatal(r) if r.contains("more than 8192 options")))
     });
     assert!(!net.connected(0));
+}
+
+/// A refused client that keeps talking — retransmitting, PUSH_REQUEST after PUSH_REQUEST,
+/// EXIT — and never hears or acknowledges AUTH_FAILED: its slot goes within 3 s of the
+/// refusal all the same (later messages never postpone the end; before, a refused client
+/// whose key never became active kept its slot for good), and what the server sends it
+/// meanwhile stays a handful of retransmissions.
+#[test]
+fn a_refused_client_talking_on_loses_its_slot_on_time() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "")]);
+    net.auth = Box::new(|_| AuthResult {
+        ok: false,
+        reason: Some("test refusal".into()),
+        overrides: None,
+    });
+    net.run(Duration::from_secs(10), |n| {
+        n.server_events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Log(l) if l.contains("refused: test refusal")))
+    });
+    let refused_at = net.now;
+    net.blackhole = Some(0);
+    let mut exited = false;
+    let mut gone_at = None;
+    while net.now < refused_at + Duration::from_secs(12) {
+        net.step();
+        net.advance(Duration::from_millis(100));
+        if !exited && net.now >= refused_at + Duration::from_secs(1) {
+            net.clients[0].1.close(net.now);
+            exited = true;
+        }
+        if gone_at.is_none() && net.server.counts().peers == 0 {
+            gone_at = Some(net.now);
+        }
+    }
+    let gone = gone_at.expect("the refused peer was never removed");
+    assert!(
+        gone <= refused_at + tunscope_proto::server::REFUSED_GRACE + Duration::from_millis(200),
+        "removed {:?} after the refusal",
+        gone - refused_at
+    );
+    assert_eq!(net.server.counts().peers, 0, "it came back");
+    let lost = net.blackhole.unwrap_or(0);
+    assert!(
+        lost <= 12,
+        "{lost} packets sent to a client that never answers"
+    );
 }

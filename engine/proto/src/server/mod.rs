@@ -224,6 +224,8 @@ pub struct ServerSnapshot {
 /// Sessions still handshaking from one UDP address, at most (TCP connections are bounded
 /// per source by the TCP listener).
 pub const HANDSHAKES_PER_SOURCE: usize = 16;
+/// How long a refused client keeps its slot at most (to hear AUTH_FAILED).
+pub const REFUSED_GRACE: Duration = Duration::from_secs(3);
 /// Handshakes in progress allowed at once even when `max-clients` is smaller.
 pub const MIN_HANDSHAKES: usize = 64;
 
@@ -1013,6 +1015,10 @@ impl Server {
                 Err(why) => {
                     p.state = PeerState::Refused;
                     p.refusal = Some(why.clone());
+                    // The slot goes soon whatever the client does: AUTH_FAILED goes out when
+                    // the key state is active (and moves this earlier), but a client that
+                    // never gets that far — or never acknowledges — must not keep it.
+                    p.close_by(now + REFUSED_GRACE, format!("refused: {why}"));
                     self.log(format!("peer {peer}: refused: {why}"));
                 }
             }
@@ -1488,7 +1494,7 @@ impl Server {
         if p.state != PeerState::Connected {
             // A client that never finished (or never asked for its push) is dropped at the
             // hand-window like in 2.6.
-            if now >= p.created + self.setup.config.hand_window && p.state != PeerState::Refused {
+            if now >= p.created + self.setup.config.hand_window {
                 self.remove_peer(
                     now,
                     id,
