@@ -200,7 +200,8 @@ pub struct Capture {
 impl Capture {
     /// Creates the file and starts the writer thread.
     pub fn start(cfg: &CaptureConfig) -> Result<Capture> {
-        let file = File::create(&cfg.path)
+        // 0600: captures hold the control channel's plaintext (PUSH_REPLY, auth-token).
+        let file = crate::private_files::create(&cfg.path)
             .with_context(|| format!("cannot create capture {}", cfg.path.display()))?;
         let (tx, rx) = sync_channel(8192);
         let counters = std::sync::Arc::new(TapCounters::default());

@@ -134,8 +134,29 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         };
         crate::netconfig::default_state_path(&key)
     });
+    // One client per state file: a second instance of the same config would undo the
+    // first one's routes and DNS when it exits.
+    let lock_path = state_path.with_extension("lock");
+    if let Some(dir) = lock_path.parent() {
+        crate::private_files::create_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let _lock = match crate::private_files::Lock::try_take(&lock_path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let holder = crate::private_files::Lock::holder(&lock_path)
+                .map_or_else(String::new, |p| format!(" (pid {p})"));
+            anyhow::bail!(
+                "another tunscope client with this configuration is running{holder}: it owns {}; stop it first, or give this one its own --state-file",
+                state_path.display()
+            );
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+        }
+    };
     // A previous run that crashed left its routes and resolv.conf behind: put them back.
-    if let Some(undone) = crate::netconfig::recover(&state_path)? {
+    if let Some(undone) = crate::netconfig::recover(&state_path, cfg.down.as_deref())? {
         tracing::warn!(
             "undid {} route(s){} left by a previous run ({})",
             undone.routes.len(),
@@ -560,7 +581,7 @@ impl Run<'_> {
             // Without its routes the tunnel is not what the user asked for: stop, after
             // undoing whatever part was applied (the state file lists it).
             Err(e) => {
-                let _ = crate::netconfig::recover(&self.state_path);
+                let _ = crate::netconfig::recover(&self.state_path, self.cfg.down.as_deref());
                 return Ok(Outcome::Fatal(format!("{e:#}")));
             }
         };

@@ -39,6 +39,9 @@ impl Endpoints {
             let _ = std::fs::remove_file(path);
             let l = UnixListener::bind(path)
                 .with_context(|| format!("cannot create control socket {}", path.display()))?;
+            // Connecting needs write permission on the socket: ours alone.
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
             l.set_nonblocking(true)?;
             let (obs, st) = (Arc::clone(&observer), Arc::clone(&stop));
             threads.push(

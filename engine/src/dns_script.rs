@@ -116,7 +116,7 @@ pub fn run(opts: &DnsScriptOptions) -> Result<()> {
 fn up(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
     // Leftovers of a crashed earlier session first.
     stop_daemon(&opts.state_file);
-    recover(&opts.state_file)?;
+    recover(&opts.state_file, None)?;
     match opts.backend {
         DnsBackend::None => Ok(()),
         DnsBackend::ResolvConf => {
@@ -211,7 +211,7 @@ fn stop_daemon(state: &Path) {
 
 fn down(opts: &DnsScriptOptions) -> Result<()> {
     stop_daemon(&opts.state_file);
-    recover(&opts.state_file)?;
+    recover(&opts.state_file, None)?;
     Ok(())
 }
 

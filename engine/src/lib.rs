@@ -29,6 +29,7 @@ pub mod netconfig;
 pub mod netlink;
 pub mod observe;
 pub mod poll;
+pub mod private_files;
 pub mod prompt;
 pub mod proxy;
 pub mod report;

@@ -127,6 +127,8 @@ impl Management {
                 let _ = std::fs::remove_file(path);
                 let l = UnixListener::bind(path)
                     .with_context(|| format!("management: cannot listen on {}", path.display()))?;
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .with_context(|| format!("management: cannot restrict {}", path.display()))?;
                 Self::spawn_acceptor(
                     Arc::clone(&m),
                     l,

@@ -24,6 +24,7 @@ use tunscope_proto::options::push::PushedOptions;
 
 use crate::dns_stub::{Stub, StubConfig};
 use crate::netlink::{self, Route};
+use crate::private_files;
 
 /// How DNS is configured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,26 +133,71 @@ pub struct NetConfig {
 }
 
 fn write_state(path: &Path, a: &Applied) -> Result<()> {
+    use std::io::Write;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private_files::create_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // A fresh temporary file each time (whatever was planted under its name is removed, not
+    // followed), 0600, renamed over the state file.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(a)?)
+    let _ = std::fs::remove_file(&tmp);
+    private_files::create_new(&tmp)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(a)?))
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Undoes what a state file lists (after a crash), then removes it. Returns what was undone.
-pub fn recover(state_path: &Path) -> Result<Option<Applied>> {
-    let Ok(text) = std::fs::read(state_path) else {
+///
+/// The file is believed only when it is ours (a regular file of our user that nobody else
+/// may write): otherwise whoever planted it would choose the routes we delete and the
+/// command we run. Its `down` command runs only when it is `expected_down` (this config's),
+/// and only with OpenVPN's lower-case script variables (never `LD_PRELOAD`, `PATH`, …).
+pub fn recover(state_path: &Path, expected_down: Option<&[String]>) -> Result<Option<Applied>> {
+    if std::fs::symlink_metadata(state_path).is_err() {
         return Ok(None);
-    };
-    let applied: Applied = serde_json::from_slice(&text)
+    }
+    if let Some(why) = private_files::distrust(state_path) {
+        anyhow::bail!(
+            "state file {} is not trusted ({why}): not acted on; remove it if it is yours",
+            state_path.display()
+        );
+    }
+    let text = std::fs::read(state_path)
+        .with_context(|| format!("cannot read state file {}", state_path.display()))?;
+    let mut applied: Applied = serde_json::from_slice(&text)
         .with_context(|| format!("unreadable state file {}", state_path.display()))?;
+    if let Some(down) = applied.down.take() {
+        // The command is the config's `down` followed by OpenVPN's arguments (dev, mtu, …).
+        if expected_down.is_some_and(|e| !e.is_empty() && down.cmd.starts_with(e)) {
+            let env = down
+                .env
+                .into_iter()
+                .filter(|(k, _)| is_script_variable(k))
+                .collect();
+            applied.down = Some(DownScript { cmd: down.cmd, env });
+        } else {
+            tracing::warn!(
+                "state file {}: its down command {:?} is not this config's; not run",
+                state_path.display(),
+                down.cmd
+            );
+        }
+    }
     undo_applied(&applied);
     let _ = std::fs::remove_file(state_path);
     Ok(Some(applied))
+}
+
+/// OpenVPN's script variables are lower case (`dev`, `ifconfig_local`, `foreign_option_1`,
+/// …); nothing a dynamic loader or shell reads.
+fn is_script_variable(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn undo_applied(a: &Applied) {
@@ -697,6 +743,50 @@ pub fn default_state_path(config: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use tunscope_proto::data::Cipher;
+
+    /// A state file is acted on only when it is ours; its down command runs only when it is
+    /// this config's, and without variables a loader or shell would read.
+    #[test]
+    fn recovery_believes_only_our_state_and_our_down_command() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("tunscope-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = dir.join("client.state");
+        let mark = dir.join("ran");
+        let down: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("echo \"[$LD_PRELOAD][$dev]\" > {}", mark.display()),
+        ];
+        let applied = |cmd: Vec<String>| Applied {
+            down: Some(DownScript {
+                cmd,
+                env: vec![
+                    ("LD_PRELOAD".into(), "/tmp/evil.so".into()),
+                    ("dev".into(), "tun0".into()),
+                ],
+            }),
+            ..Applied::default()
+        };
+        // Another config's (or a planted) command: not run.
+        write_state(&state, &applied(down.clone())).expect("write");
+        assert_eq!(std::fs::metadata(&state).expect("m").mode() & 0o777, 0o600);
+        recover(&state, Some(&["/usr/bin/other".to_owned()])).expect("recover");
+        assert!(!mark.exists(), "a down command that is not ours ran");
+        assert!(!state.exists());
+        // Ours: run, with `dev` but without LD_PRELOAD.
+        let mut with_args = down.clone();
+        with_args.extend(["tun0".to_owned(), "1500".to_owned()]);
+        write_state(&state, &applied(with_args)).expect("write");
+        recover(&state, Some(&down)).expect("recover");
+        assert_eq!(std::fs::read_to_string(&mark).expect("ran"), "[][tun0]\n");
+        // A state file others may write is not acted on at all.
+        write_state(&state, &applied(down.clone())).expect("write");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = recover(&state, Some(&down)).expect_err("untrusted");
+        assert!(e.to_string().contains("not trusted"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn pushed(opts: &[&str]) -> PushedOptions {
         let mut p = PushedOptions::default();

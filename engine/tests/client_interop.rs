@@ -952,3 +952,73 @@ fn a_push_of_100000_routes_is_refused_cleanly() -> Result<()> {
     ensure!(diff.is_empty(), "host changed: {diff:#?}");
     Ok(())
 }
+
+/// Local safety: a second client started with the same configuration refuses to run (it
+/// would undo the first one's routes and DNS on exit) and says who holds it; the first keeps
+/// its tunnel. Its capture and control socket are ours alone (0600): the capture holds the
+/// PUSH_REPLY, the socket serves statistics.
+#[test]
+fn a_second_instance_of_one_config_is_refused_and_files_are_private() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let s = stock_server_pair()?;
+    let capture = s.1.dir.join("client.pcapng");
+    let control = s.1.dir.join("client.sock");
+    // One state file, as two runs of one config get by default (/run/tunscope/client-…).
+    let state = s.1.dir.join("client.state");
+    let state = state.to_str().context("path")?;
+    let args = [
+        "--state-file",
+        state,
+        "--capture",
+        capture.to_str().context("path")?,
+        "--control",
+        control.to_str().context("path")?,
+    ];
+    let conf = s.1.dir.join("client.conf");
+    let mut first =
+        subjects::start_tunscope_client(&s.1.client, &conf, &s.1.dir.join("first.log"), &args)?;
+    subjects::wait_ready(&mut first, Duration::from_secs(20))?;
+    let mut second = subjects::start_tunscope_client(
+        &s.1.client,
+        &conf,
+        &s.1.dir.join("second.log"),
+        &["--state-file", state],
+    )?;
+    let code = second.wait_exit(Duration::from_secs(10))?;
+    let log = second.log();
+    ensure!(
+        code.is_some_and(|c| c != 0)
+            && log.contains("another tunscope client with this configuration is running")
+            && log.contains(&format!("pid {}", first.pid().context("pid")?)),
+        "second instance: exit {code:?}\n{log}"
+    );
+    let p = traffic::ping(&s.1.client, &s.2.to_string(), 3, 56, false)?;
+    ensure!(p.received == 3, "the first tunnel suffered: {}", p.output);
+    for f in [&capture, &control] {
+        let mode = std::fs::metadata(f)?.mode() & 0o777;
+        ensure!(mode == 0o600, "{} has mode {mode:o}", f.display());
+    }
+    first.signal(Signal::SIGTERM)?;
+    ensure!(first.wait_exit(Duration::from_secs(10))? == Some(0));
+    drop(s);
+    Ok(())
+}
+
+/// A stock server and our client's config for it, in fresh namespaces: (server, hosts,
+/// server tunnel address).
+fn stock_server_pair() -> Result<(Proc, TwoHosts, std::net::Ipv4Addr)> {
+    let spec = TunnelSpec::default();
+    let hosts = TwoHosts::new()?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    std::fs::write(
+        hosts.dir.join("client.conf"),
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    Ok((server, hosts, spec.server_tun_ip()))
+}

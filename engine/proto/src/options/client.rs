@@ -1104,6 +1104,19 @@ impl Builder {
             &ctx,
             tls_version_max,
         )?;
+        // As 2.6 warns: with only the CA checked, any client certificate of that CA can
+        // pose as the server.
+        let checks_server = self.remote_cert_tls.is_some()
+            || self.common.verify_x509_name.is_some()
+            || self.common.tls.ns_cert_type.is_some()
+            || self.common.tls.remote_cert_eku.is_some()
+            || !self.common.tls.peer_fingerprints.is_empty();
+        if !checks_server {
+            ctx.warn(
+                0,
+                "no server certificate verification beyond the CA (add 'remote-cert-tls server' and/or 'verify-x509-name'): any certificate of this CA, a client's too, is accepted as the server",
+            );
+        }
         let tun_mtu = match (self.common.tun_mtu, self.common.link_mtu) {
             (Some(m), _) => m,
             // link-mtu bounds the encapsulated packet: subtract 2.6's AEAD overhead (opcode
@@ -1355,13 +1368,20 @@ mod tests {
             "ignore-unknown-option frobnicate\n{BASE}frobnicate 1300\n"
         ))
         .expect("ignored");
-        assert_eq!(c.warnings.len(), 1);
+        // (BASE checks the server by its CA only: that warning comes on top.)
+        let others = |c: &ClientConfig| {
+            c.warnings
+                .iter()
+                .filter(|w| !w.message.contains("server certificate verification"))
+                .count()
+        };
+        assert_eq!(others(&c), 1);
         // `setenv opt` marks options OpenVPN may not know: ignored with a warning.
         let c = parse(&format!(
             "{BASE}setenv opt block-outside-dns\nsetenv opt frobnicate 1\n"
         ))
         .expect("ignored");
-        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(others(&c), 2, "{:?}", c.warnings);
         // The tail of a hard-wrapped line is named as such.
         let e = parse(&format!(
             "{BASE}tls-cipher TLS-ECDHE-ECDSA-WITH-C\nHACHA20-POLY1305-SHA256:TLS-X\n"
