@@ -491,6 +491,43 @@ fn wrong_password_refused_others_unaffected() -> Result<()> {
     Ok(())
 }
 
+/// The deferred-auth race (the CVE-2020-15078 class) with a slow verifier: client A (right
+/// password) dies while its 2-second check runs; client B (wrong password) comes from the
+/// same address and port and gets the same peer-id. A's late "yes" must not admit B: B is
+/// told AUTH_FAILED and never gets a tunnel.
+#[test]
+fn a_late_verdict_never_admits_the_next_client() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, true);
+    spec.client_extra = vec!["lport 41194".into()];
+    let mut net = start_n(spec, 1, &[])?;
+    let script = net.star.dir.join("check-password.sh");
+    let check = std::fs::read_to_string(&script)?;
+    std::fs::write(&script, check.replacen("\nu=", "\nsleep 2\nu=", 1))?;
+    let a = net.start_client(0, Ours, "client0")?;
+    net.clients.push(a);
+    // The handshake takes milliseconds; the check runs 2 s: A dies while it runs.
+    std::thread::sleep(Duration::from_millis(700));
+    net.clients[0].signal(Signal::SIGKILL)?;
+    net.clients[0].wait_exit(Duration::from_secs(5))?;
+    let dir = net.star.dir.join("c0");
+    std::fs::write(dir.join("credentials.txt"), "alice\nnot the password\n")?;
+    let mut b = subjects::start_client(
+        Ours,
+        &net.star.clients[0],
+        &dir.join("client.conf"),
+        &dir.join("client-b.log"),
+    )?;
+    let code = b.wait_exit(Duration::from_secs(15))?;
+    let log = b.log();
+    ensure!(
+        log.contains("AUTH_FAILED") && !log.contains("Initialization Sequence Completed"),
+        "client B (wrong password) exit {code:?}:\n{}\nserver:\n{}",
+        tail(&log, 20),
+        tail(&net.server.log(), 20)
+    );
+    Ok(())
+}
+
 /// client-config-dir: a fixed address (ifconfig-push) and a network behind the client
 /// (iroute + server route) that the server reaches through the tunnel.
 #[test]
@@ -620,6 +657,8 @@ fn hostile_peer_does_not_disturb_clients() -> Result<()> {
 fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
     let spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
     let mut net = start_n(spec, 2, &[])?;
+    let pid = net.server.pid().context("server pid")?;
+    let rss0 = rss_kib(pid);
     let target = SocketAddr::from((SERVER_WAN, 1194));
     let attacker = net.star.clients[1].spawn(move || -> Result<u64> {
         let socks: Vec<std::net::UdpSocket> = (0..32)
@@ -670,8 +709,17 @@ fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
     ensure!(sent > 20_000, "attacker sent only {sent}");
+    let peak = rss_kib(pid);
+    ensure!(
+        peak < rss0 + 64 * 1024,
+        "server memory {rss0} -> {peak} KiB"
+    );
+    let after = cpu_over(pid, Duration::from_secs(2));
+    ensure!(after < 50.0, "server at {after:.0} % CPU after the attack");
     net.traffic(0, 256 << 10)?;
-    eprintln!("connected in {connected_in:?} during a flood of {sent} hard resets");
+    eprintln!(
+        "connected in {connected_in:?} during a flood of {sent} hard resets; RSS {rss0} -> {peak} KiB"
+    );
     net.server.signal(Signal::SIGTERM)?;
     net.server.wait_exit(Duration::from_secs(10))?;
     let log = net.server.log();
@@ -927,6 +975,109 @@ fn tcp_idle_flood_past_the_descriptor_limit() -> Result<()> {
         log.contains("closed over the connection caps"),
         "no connection was refused by a cap:\n{}",
         tail(&log, 12)
+    );
+    Ok(())
+}
+
+/// TCP attackers that never become clients: 16 connections sending 64 KiB records of
+/// garbage as fast as they can, and 16 slowloris connections trickling a record one byte at a
+/// time. A stock client connects within 5 s; oversized records are dropped unparsed
+/// (`too_big`), memory stays bounded, the trickling connections are closed at the
+/// hand-window, and CPU and descriptors come back when the attack stops.
+#[test]
+fn tcp_record_flood_and_slowloris() -> Result<()> {
+    use std::io::Write;
+    let mut spec = base(Proto::Tcp, "AES-256-GCM", Wrap::None, false);
+    spec.server_extra.push("hand-window 4".into());
+    let mut net = start_n(spec, 2, &[])?;
+    let pid = net.server.pid().context("server pid")?;
+    let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
+    let target = SocketAddr::from((SERVER_WAN, 1194));
+    let attacker = net.star.clients[1].spawn(move || -> Result<(u64, usize)> {
+        let deadline = Instant::now() + Duration::from_secs(7);
+        let floods: Vec<std::thread::JoinHandle<u64>> = (0..16)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    let mut record = vec![(i as u8) | 0x38; 65_537];
+                    record[..2].copy_from_slice(&[0xff, 0xff]);
+                    while Instant::now() < deadline {
+                        let Ok(mut s) =
+                            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                        else {
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+                        while Instant::now() < deadline && s.write_all(&record).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut slow: Vec<std::net::TcpStream> = (0..16)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)).ok()
+            })
+            .collect();
+        for s in &mut slow {
+            let _ = s.write_all(&[0x00, 0x40]);
+        }
+        let mut trickled = 0usize;
+        while Instant::now() < deadline {
+            for s in &mut slow {
+                if s.write_all(&[0x38]).is_ok() {
+                    trickled += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let records = floods.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        Ok((records, trickled))
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let p = net.start_client(0, Stock, "client0")?;
+    net.clients.push(p);
+    subjects::wait_ready(&mut net.clients[0], Duration::from_secs(5)).with_context(|| {
+        format!(
+            "a client during the TCP flood; server log:\n{}",
+            tail(&net.server.log(), 20)
+        )
+    })?;
+    let peak = rss_kib(pid);
+    let (records, trickled) = attacker
+        .join()
+        .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
+    ensure!(
+        records > 100,
+        "the attacker sent only {records} 64 KiB records"
+    );
+    ensure!(
+        peak < rss0 + 64 * 1024,
+        "server memory grew from {rss0} KiB to {peak} KiB"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cpu_over(pid, Duration::from_secs(2));
+    ensure!(after < 50.0, "server at {after:.0} % CPU after the attack");
+    let fds = fd_count(pid);
+    ensure!(
+        fds <= fds0 + 3,
+        "server holds {fds} descriptors after the attack, {fds0} before (one client since)"
+    );
+    net.traffic(0, 256 << 10)?;
+    eprintln!(
+        "{records} records of 64 KiB and {trickled} trickled bytes; RSS {rss0} -> {peak} KiB; fds {fds0} -> {fds}"
+    );
+    net.server.signal(Signal::SIGTERM)?;
+    net.server.wait_exit(Duration::from_secs(10))?;
+    let log = net.server.log();
+    ensure!(
+        log.lines()
+            .any(|l| l.starts_with("socket_rx ") && l.contains("too_big=")),
+        "oversized records were not dropped as too_big:\n{}",
+        tail(&log, 14)
     );
     Ok(())
 }

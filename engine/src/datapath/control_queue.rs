@@ -46,10 +46,14 @@ pub struct ControlSender {
 }
 
 impl ControlSender {
-    /// Queues a control packet, or refuses it (`QueueFull`) when the queue is at its bound.
-    /// Never blocks.
+    /// Queues a control packet, or refuses it: `TooBig` beyond the largest control packet
+    /// there is (a 64 KiB TCP record never takes queue room from real handshakes), and
+    /// `QueueFull` when the queue is at its bound. Never blocks.
     pub fn packet(&self, from: PeerAddr, packet: &[u8]) -> Result<(), DropReason> {
         let len = packet.len();
+        if len > tunscope_proto::consts::MAX_CONTROL_PACKET {
+            return Err(DropReason::TooBig);
+        }
         if self.bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_BYTES {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(DropReason::QueueFull);
@@ -122,10 +126,12 @@ mod tests {
     fn a_flood_is_bounded_in_inputs_and_bytes_and_the_queue_recovers() {
         let (tx, rx) = control_channel();
         let from = PeerAddr::Tcp(1);
-        let big = vec![0u8; 64 << 10];
-        let queued = (0..1000).filter(|_| tx.packet(from, &big).is_ok()).count();
+        let big = vec![0u8; tunscope_proto::consts::MAX_CONTROL_PACKET];
+        let queued = (0..2000).filter(|_| tx.packet(from, &big).is_ok()).count();
         assert_eq!(queued, MAX_BYTES / big.len(), "bounded by bytes");
         assert_eq!(tx.packet(from, &[1]), Err(DropReason::QueueFull));
+        let jumbo = vec![0x38; tunscope_proto::consts::MAX_CONTROL_PACKET + 1];
+        assert_eq!(tx.packet(from, &jumbo), Err(DropReason::TooBig));
         while rx.try_recv().is_some() {}
         let small = (0..2 * MAX_INPUTS)
             .filter(|_| tx.packet(from, &[0x20; 100]).is_ok())
