@@ -103,6 +103,9 @@ struct Run<'a> {
     mgmt: Option<Arc<crate::management::Management>>,
     /// The last attempt ended in AUTH_FAILED (`auth-retry interact` asks again).
     auth_failed: bool,
+    /// `user`/`group`: whom to become once the first tunnel is up (None when done or not
+    /// asked for).
+    become_user: Option<crate::privileges::Target>,
 }
 
 /// Runs the client until it is told to stop or fails for good.
@@ -134,6 +137,9 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         };
         crate::netconfig::default_state_path(&key)
     });
+    // Resolved now, so a typo fails before anything is set up.
+    let become_user = crate::privileges::lookup(cfg.user.as_deref(), cfg.group.as_deref())
+        .context("option 'user'/'group'")?;
     // One client per state file: a second instance of the same config would undo the
     // first one's routes and DNS when it exits.
     let lock_path = state_path.with_extension("lock");
@@ -183,6 +189,7 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         proxy_credentials: None,
         mgmt: None,
         auth_failed: false,
+        become_user,
     };
     if let Some(m) = &cfg.management {
         let endpoint = match &m.addr {
@@ -600,6 +607,20 @@ impl Run<'_> {
         let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), &plane, v2).unwrap_or(0);
         shared.publish(server_table(sn.addr, plane, sn.rt, mss));
         let mut published = client.data_plane_generation();
+        // The first tunnel is set up: become `user`/`group` (as OpenVPN at this point). This
+        // thread keeps what reconnecting and undoing need (routes, tun, the DNS stub's
+        // port); the state file and resolv.conf are pinned open first.
+        if let Some(t) = self.become_user.take() {
+            crate::netconfig::pin_files(&self.state_path)?;
+            crate::privileges::drop_keeping_net_admin(&t)
+                .with_context(|| format!("cannot become {}", t.name))?;
+            tracing::info!(
+                "privileges dropped: now uid {} gid {} ({}), CAP_NET_ADMIN kept by the control thread only",
+                t.uid,
+                t.gid,
+                t.name
+            );
+        }
         // The line OpenVPN prints at this point; scripts and tests wait for it.
         tracing::info!("Initialization Sequence Completed");
         if let Some(m) = &self.mgmt {
@@ -1016,6 +1037,8 @@ pub fn run_in_memory(
         proxy_credentials: None,
         mgmt: None,
         auth_failed: false,
+        // In-process runs share the test's process: never change its identity.
+        become_user: None,
     };
     let addr = port.server(server);
     run.run_on_transport(&remote, server, datapath::Transport::Memory(port), addr)

@@ -30,6 +30,7 @@ pub mod netlink;
 pub mod observe;
 pub mod poll;
 pub mod private_files;
+pub mod privileges;
 pub mod prompt;
 pub mod proxy;
 pub mod report;

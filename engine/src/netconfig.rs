@@ -25,6 +25,7 @@ use tunscope_proto::options::push::PushedOptions;
 use crate::dns_stub::{Stub, StubConfig};
 use crate::netlink::{self, Route};
 use crate::private_files;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// How DNS is configured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,8 +133,90 @@ pub struct NetConfig {
     stub: Option<Stub>,
 }
 
+/// Files opened while still root, for a client that gives up root (`user`): the state file
+/// and resolv.conf are then written through these descriptors (in place), since their
+/// directories are no longer ours to write.
+struct Pinned {
+    state: Option<(PathBuf, std::fs::File)>,
+    resolv_conf: Option<std::fs::File>,
+}
+
+static PINNED: std::sync::Mutex<Pinned> = std::sync::Mutex::new(Pinned {
+    state: None,
+    resolv_conf: None,
+});
+
+fn pinned() -> std::sync::MutexGuard<'static, Pinned> {
+    PINNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Opens the state file and resolv.conf for later in-place writes (call before dropping
+/// root). A missing resolv.conf is not an error.
+pub fn pin_files(state_path: &Path) -> Result<()> {
+    let state = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(state_path)
+        .with_context(|| format!("cannot open {}", state_path.display()))?;
+    let resolv = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(RESOLV_CONF)
+        .ok();
+    let mut p = pinned();
+    p.state = Some((state_path.to_owned(), state));
+    p.resolv_conf = resolv;
+    Ok(())
+}
+
+/// Replaces a pinned file's content in place.
+fn rewrite(f: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    f.set_len(0)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// The state file's content, through the pinned descriptor when there is one.
+fn read_state(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    if let Some((p, f)) = pinned().state.as_mut()
+        && p == path
+    {
+        let mut out = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.read_to_end(&mut out)?;
+        return Ok(out);
+    }
+    std::fs::read(path)
+}
+
+/// Empties the state file (it is pinned: it cannot be removed without root) or removes it.
+fn clear_state(path: &Path) {
+    if let Some((p, f)) = pinned().state.as_mut()
+        && p == path
+    {
+        let _ = f.set_len(0);
+        return;
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 fn write_state(path: &Path, a: &Applied) -> Result<()> {
     use std::io::Write;
+    if let Some((p, f)) = pinned().state.as_mut()
+        && p == path
+    {
+        let bytes = serde_json::to_vec_pretty(a)?;
+        return rewrite(f, &bytes).with_context(|| format!("cannot write {}", path.display()));
+    }
     if let Some(dir) = path.parent() {
         private_files::create_dir(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -156,17 +239,30 @@ fn write_state(path: &Path, a: &Applied) -> Result<()> {
 /// command we run. Its `down` command runs only when it is `expected_down` (this config's),
 /// and only with OpenVPN's lower-case script variables (never `LD_PRELOAD`, `PATH`, …).
 pub fn recover(state_path: &Path, expected_down: Option<&[String]>) -> Result<Option<Applied>> {
-    if std::fs::symlink_metadata(state_path).is_err() {
+    // A pinned state file is the one this run opened as root: no need (and, without root,
+    // no permission) to look it up again.
+    let pinned_here = pinned()
+        .state
+        .as_ref()
+        .is_some_and(|(p, _)| p == state_path);
+    if !pinned_here {
+        if std::fs::symlink_metadata(state_path).is_err() {
+            return Ok(None);
+        }
+        if let Some(why) = private_files::distrust(state_path) {
+            anyhow::bail!(
+                "state file {} is not trusted ({why}): not acted on; remove it if it is yours",
+                state_path.display()
+            );
+        }
+    }
+    let text = read_state(state_path)
+        .with_context(|| format!("cannot read state file {}", state_path.display()))?;
+    // Emptied by a run that had given up root (it could not remove the file): nothing left.
+    if text.is_empty() {
+        clear_state(state_path);
         return Ok(None);
     }
-    if let Some(why) = private_files::distrust(state_path) {
-        anyhow::bail!(
-            "state file {} is not trusted ({why}): not acted on; remove it if it is yours",
-            state_path.display()
-        );
-    }
-    let text = std::fs::read(state_path)
-        .with_context(|| format!("cannot read state file {}", state_path.display()))?;
     let mut applied: Applied = serde_json::from_slice(&text)
         .with_context(|| format!("unreadable state file {}", state_path.display()))?;
     if let Some(down) = applied.down.take() {
@@ -187,7 +283,7 @@ pub fn recover(state_path: &Path, expected_down: Option<&[String]>) -> Result<Op
         }
     }
     undo_applied(&applied);
-    let _ = std::fs::remove_file(state_path);
+    clear_state(state_path);
     Ok(Some(applied))
 }
 
@@ -222,6 +318,11 @@ fn undo_applied(a: &Applied) {
 /// Writes a file in place (truncate + write) so that a bind mount of it stays intact.
 fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    if path == Path::new(RESOLV_CONF)
+        && let Some(f) = pinned().resolv_conf.as_mut()
+    {
+        return rewrite(f, text.as_bytes());
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -709,7 +810,7 @@ impl NetConfig {
             stub.stop();
         }
         undo_applied(&std::mem::take(&mut self.applied));
-        let _ = std::fs::remove_file(&self.state_path);
+        clear_state(&self.state_path);
     }
 
     /// What was applied.

@@ -47,7 +47,8 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Why a file we are about to trust is not trustworthy; `None` when it is: a regular file
-/// (not a symlink), owned by our effective user, writable by nobody else.
+/// (not a symlink), owned by our effective user or by root (a client that gave up root
+/// still trusts the state file it made as root), writable by nobody else.
 pub fn distrust(path: &Path) -> Option<String> {
     let m = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -59,7 +60,7 @@ pub fn distrust(path: &Path) -> Option<String> {
         Some("it is a symbolic link".into())
     } else if !m.is_file() {
         Some("it is not a regular file".into())
-    } else if m.uid() != me {
+    } else if m.uid() != me && m.uid() != 0 {
         Some(format!("it belongs to uid {}, not to us ({me})", m.uid()))
     } else if m.mode() & 0o022 != 0 {
         Some(format!("others may write it (mode {:o})", m.mode() & 0o777))

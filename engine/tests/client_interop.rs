@@ -1022,3 +1022,100 @@ fn stock_server_pair() -> Result<(Proc, TwoHosts, std::net::Ipv4Addr)> {
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
     Ok((server, hosts, spec.server_tun_ip()))
 }
+
+/// `user nobody` / `group nogroup` in our client: once the tunnel is up every thread runs as
+/// nobody; the control thread alone keeps CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, the others
+/// (the data path's) have no capability. It still reconnects after the server restarts
+/// (routes and resolv.conf applied again without root) and restores everything on exit.
+#[test]
+fn our_client_gives_up_root_and_still_reconnects_and_restores() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    let spec = TunnelSpec {
+        server_extra: [
+            "push \"route 198.19.20.0 255.255.255.0\"",
+            "push \"dhcp-option DNS 198.19.0.1\"",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        client_extra: vec!["user nobody".into(), "group nogroup".into()],
+        keepalive: (1, 4),
+        ..TunnelSpec::default()
+    };
+    let hosts = TwoHosts::new()?;
+    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
+    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
+    let (cert, key) = pki.client("client1")?;
+    let server_conf = hosts.dir.join("server.conf");
+    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
+    std::fs::write(
+        &client_conf,
+        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
+    )?;
+    let start_server = |log: &str| -> Result<Proc> {
+        let mut s = subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join(log))?;
+        subjects::wait_ready(&mut s, Duration::from_secs(15))?;
+        Ok(s)
+    };
+    let mut server = start_server("server1.log")?;
+    let before = NetState::record(&hosts.client)?;
+    let mut client = subjects::start_tunscope_client(
+        &hosts.client,
+        &client_conf,
+        &hosts.dir.join("client.log"),
+        &["--dns-backend", "resolv-conf"],
+    )?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    let pid = client.pid().context("pid")?;
+    let ids = tunscope_harness::process::thread_identities(pid)?;
+    let net_admin = (1u64 << 12) | (1 << 10);
+    ensure!(
+        ids.iter().all(|(uid, _)| *uid == 65534),
+        "threads not all nobody: {ids:?}"
+    );
+    ensure!(
+        ids.iter().filter(|(_, cap)| *cap == net_admin).count() == 1
+            && ids.iter().all(|(_, cap)| *cap == 0 || *cap == net_admin),
+        "capabilities per thread: {ids:?}"
+    );
+    let dst = spec.server_tun_ip().to_string();
+    let p = traffic::ping(&hosts.client, &dst, 3, 56, false)?;
+    ensure!(p.received == 3, "tunnel: {}", p.output);
+    // The server restarts: ping-restart, reconnect, routes and DNS again — without root.
+    server.stop(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
+    let _server2 = start_server("server2.log")?;
+    client
+        .wait_for_log_count(
+            "Initialization Sequence Completed",
+            2,
+            Duration::from_secs(30),
+        )
+        .with_context(|| tail(&client.log(), 30))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let p = traffic::ping(&hosts.client, &dst, 3, 56, false)?;
+    ensure!(
+        p.received == 3,
+        "after the reconnect: {}\n{}",
+        p.output,
+        tail(&client.log(), 20)
+    );
+    let during = NetState::record(&hosts.client)?;
+    ensure!(
+        during
+            .routes
+            .iter()
+            .any(|r| r.starts_with("198.19.20.0/24 via 198.19.0.1 dev tun0"))
+            && during.resolv_conf.contains("nameserver 198.19.0.1"),
+        "not reapplied after the reconnect: {during:#?}"
+    );
+    client.signal(Signal::SIGTERM)?;
+    ensure!(
+        client.wait_exit(Duration::from_secs(10))? == Some(0),
+        "{}",
+        tail(&client.log(), 20)
+    );
+    let diff = before.diff(&NetState::record(&hosts.client)?);
+    ensure!(diff.is_empty(), "not restored: {diff:#?}");
+    Ok(())
+}

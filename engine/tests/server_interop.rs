@@ -1082,6 +1082,33 @@ fn tcp_record_flood_and_slowloris() -> Result<()> {
     Ok(())
 }
 
+/// `user nobody` / `group nogroup` on our server: once set up, every thread runs as nobody
+/// with no capability at all; a stock client and ours connect and carry data. (Scripts run
+/// from then on — auth, down — run as nobody, as in OpenVPN.)
+#[test]
+fn our_server_gives_up_root() -> Result<()> {
+    let mut spec = base(Proto::Udp, "AES-256-GCM", Wrap::TlsCrypt, false);
+    spec.server_extra
+        .extend(["user nobody".into(), "group nogroup".into()]);
+    let mut net = start(spec, &[Stock, Ours])?;
+    net.wait_all()?;
+    let pid = net.server.pid().context("server pid")?;
+    let ids = tunscope_harness::process::thread_identities(pid)?;
+    ensure!(
+        ids.iter().all(|&(uid, cap)| uid == 65534 && cap == 0),
+        "server threads (uid, CapEff): {ids:?}"
+    );
+    ensure!(
+        net.server.log().contains("privileges dropped"),
+        "{}",
+        tail(&net.server.log(), 10)
+    );
+    for i in 0..2 {
+        net.traffic(i, 256 << 10)?;
+    }
+    Ok(())
+}
+
 /// 50 clients at once (25 stock, 25 ours): all connect, all ping through the tunnel, all
 /// leave; the server ends with no peers and the threads and file descriptors it started with.
 #[test]

@@ -149,3 +149,22 @@ pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// What the threads of process `pid` run as: (uid, effective capabilities) per thread.
+pub fn thread_identities(pid: u32) -> Result<Vec<(u32, u64)>> {
+    let mut out = vec![];
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(t?.path().join("status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let uid = field("Uid:").parse().unwrap_or(u32::MAX);
+        let cap = u64::from_str_radix(&field("CapEff:"), 16).unwrap_or(u64::MAX);
+        out.push((uid, cap));
+    }
+    Ok(out)
+}

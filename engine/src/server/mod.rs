@@ -120,6 +120,9 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     }
     let setup = Arc::new(setup(cfg)?);
     let cfg = &setup.config;
+    // Resolved now, so a typo fails before anything is set up.
+    let become_user = crate::privileges::lookup(cfg.user.as_deref(), cfg.group.as_deref())
+        .context("option 'user'/'group'")?;
     let mut server = Server::new(Arc::clone(&setup), Instant::now(), unix_now());
     let (fixed4, fixed6) = auth::ccd_reservations(&setup.config);
     server.reserve_fixed(&fixed4, &fixed6);
@@ -248,6 +251,18 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     );
     if let Some(ep) = shared.transport.udp().first() {
         observer.set_socket(ep.socket().try_clone().ok().map(std::os::fd::OwnedFd::from));
+    }
+    // Everything privileged is done (tun, routes, sockets, capture, scripts): as OpenVPN,
+    // become `user`/`group`, here with no capability left in any thread. Scripts run from
+    // now on (auth, down) run as that user.
+    if let Some(t) = &become_user {
+        crate::privileges::drop_all(t).with_context(|| format!("cannot become {}", t.name))?;
+        tracing::info!(
+            "privileges dropped: now uid {} gid {} ({})",
+            t.uid,
+            t.gid,
+            t.name
+        );
     }
     tracing::info!("Initialization Sequence Completed");
     serve(&mut server, &shared, &ctl_rx, &term, &dev, &observer)?;

@@ -30,8 +30,6 @@ pub const IGNORED: &[(&str, &str)] = &[
         "replays are counted, not logged one by one",
     ),
     ("mute", "log rate limiting is not implemented"),
-    ("user", "privileges are not dropped"),
-    ("group", "privileges are not dropped"),
     ("float", "the server address is fixed per connection"),
     ("suppress-timestamps", "log format is fixed"),
     ("sndbuf", "socket buffers are sized by tunscope"),
@@ -433,6 +431,10 @@ pub struct ClientConfig {
     pub down: Option<Vec<String>>,
     /// `script-security` level.
     pub script_security: u8,
+    /// `user`: the user to become once the tunnel is set up.
+    pub user: Option<String>,
+    /// `group`: the group to become.
+    pub group: Option<String>,
     /// Routes from the config file itself (`route`), added like pushed ones.
     pub routes: Vec<String>,
     /// `redirect-gateway` from the config file itself (its arguments).
@@ -1176,6 +1178,8 @@ impl Builder {
             up: self.up.map(|(_, c)| c),
             down: self.down.map(|(_, c)| c),
             script_security: self.common.script_security,
+            user: self.common.user.clone(),
+            group: self.common.group.clone(),
             routes: self.routes,
             redirect_gateway: self.redirect_gateway,
             auth_nocache: self.auth_nocache,

@@ -66,6 +66,8 @@ pub(super) struct Common {
     pub fragment: Option<(usize, FragmentOption)>,
     pub verb: Option<u8>,
     pub script_security: u8,
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub tls: TlsOptions,
     /// Where `tls-cipher` was given (TLS 1.2 without a usable suite is an error only when
     /// TLS 1.3 is off too).
@@ -425,6 +427,8 @@ impl Common {
                 self.setenv.push((k, v));
             }
             "script-security" => self.script_security = ctx.num(d, 0)?,
+            "user" => self.user = Some(ctx.arg(d, 0)?.to_owned()),
+            "group" => self.group = Some(ctx.arg(d, 0)?.to_owned()),
             _ => return Ok(false),
         }
         Ok(true)

@@ -33,8 +33,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("status-version", "use the control socket / stats instead"),
     ("log", "logs go to stderr"),
     ("log-append", "logs go to stderr"),
-    ("user", "privileges are not dropped"),
-    ("group", "privileges are not dropped"),
     ("mute", "log rate limiting is not implemented"),
     (
         "mute-replay-warnings",
@@ -182,6 +180,10 @@ pub struct ServerConfig {
     pub auth_script: Option<AuthScript>,
     /// `script-security`.
     pub script_security: u8,
+    /// `user`: the user to become once the tunnel is set up.
+    pub user: Option<String>,
+    /// `group`: the group to become.
+    pub group: Option<String>,
     /// `username-as-common-name`.
     pub username_as_common_name: bool,
     /// `client-config-dir`.
@@ -770,6 +772,8 @@ impl Builder {
             verify_client_cert,
             auth_script: self.auth_script.map(|(_, s)| s),
             script_security: self.common.script_security,
+            user: self.common.user.clone(),
+            group: self.common.group.clone(),
             username_as_common_name: self.username_as_common_name.is_some(),
             client_config_dir: self.client_config_dir,
             ccd_exclusive: self.ccd_exclusive,
