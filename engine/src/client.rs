@@ -233,6 +233,18 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
     result
 }
 
+impl Drop for Run<'_> {
+    /// Credentials kept across attempts are wiped when the client ends.
+    fn drop(&mut self) {
+        for creds in [self.credentials.as_mut(), self.proxy_credentials.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            zeroize::Zeroize::zeroize(&mut creds.1);
+        }
+    }
+}
+
 impl Run<'_> {
     fn mgmt_state(&self, s: crate::management::State, detail: &str, peer: Option<SocketAddr>) {
         if let Some(m) = &self.mgmt {
@@ -264,6 +276,9 @@ impl Run<'_> {
                     // auth-retry: reconnect; `interact` asks for new credentials first.
                     tracing::warn!("{reason}: retrying (auth-retry)");
                     if cfg.auth_retry == tunscope_proto::options::client::AuthRetry::Interact {
+                        if let Some((_, p)) = self.credentials.as_mut() {
+                            zeroize::Zeroize::zeroize(p);
+                        }
                         self.credentials = None;
                         self.auth_failed = true;
                     }

@@ -88,6 +88,15 @@ pub struct ClientSetup {
     pub announce_ekm: bool,
 }
 
+impl Drop for ClientSetup {
+    /// The `auth-user-pass` password is wiped with the setup.
+    fn drop(&mut self) {
+        if let Some((_, password)) = self.credentials.as_mut() {
+            zeroize::Zeroize::zeroize(password);
+        }
+    }
+}
+
 impl ClientSetup {
     /// When to renegotiate and how long old keys stay: `reneg-sec` randomised to 90–100 %
     /// like a 2.6 server does, so that clients started together do not renegotiate together.
@@ -776,7 +785,10 @@ impl Client {
 
     /// The data-channel key block of a key state: TLS-EKM, or the legacy PRF for servers
     /// without it.
-    fn key_material(&self, key_id: u8) -> Option<[u8; crate::consts::KEY2_LEN]> {
+    fn key_material(
+        &self,
+        key_id: u8,
+    ) -> Option<zeroize::Zeroizing<[u8; crate::consts::KEY2_LEN]>> {
         if self.legacy_prf {
             self.session.prf_key_material(key_id)
         } else {

@@ -772,7 +772,7 @@ impl ControlSession {
     }
 
     /// Exports the 256-byte data-channel key block of an active key state (TLS-EKM).
-    pub fn export_key_material(&self, key_id: u8) -> Option<[u8; KEY2_LEN]> {
+    pub fn export_key_material(&self, key_id: u8) -> Option<zeroize::Zeroizing<[u8; KEY2_LEN]>> {
         let ks = self
             .keys
             .iter()
@@ -780,11 +780,12 @@ impl ControlSession {
         let tls = ks.tls.as_ref()?;
         tls.export_keying_material([0u8; KEY2_LEN], EKM_LABEL_DATAKEYS, None)
             .ok()
+            .map(zeroize::Zeroizing::new)
     }
 
     /// The 256-byte key block of the legacy derivation (TLS 1.0 PRF over both key-method-2
     /// messages and the session ids), for peers without TLS-EKM.
-    pub fn prf_key_material(&self, key_id: u8) -> Option<[u8; KEY2_LEN]> {
+    pub fn prf_key_material(&self, key_id: u8) -> Option<zeroize::Zeroizing<[u8; KEY2_LEN]>> {
         let ks = self
             .keys
             .iter()
@@ -805,6 +806,7 @@ impl ControlSession {
             (own, peer, self.local_sid, remote)
         };
         crate::prf::key_expansion(source(client), source(server), csid.0, ssid.0)
+            .map(zeroize::Zeroizing::new)
     }
 
     /// The peer's certificate chain (leaf first) of a key state, once TLS is up.

@@ -50,6 +50,22 @@ pub struct KeyMethod2 {
     pub peer_info: Option<String>,
 }
 
+impl Drop for KeyMethod2 {
+    /// The pre-master secret, the randoms (legacy key derivation input) and the password
+    /// are wiped when the message is dropped.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        if let Some(p) = self.pre_master.as_mut() {
+            p.zeroize();
+        }
+        self.random1.zeroize();
+        self.random2.zeroize();
+        if let Some(p) = self.password.as_mut() {
+            p.zeroize();
+        }
+    }
+}
+
 impl fmt::Debug for KeyMethod2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyMethod2")

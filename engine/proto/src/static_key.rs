@@ -61,6 +61,13 @@ pub enum StaticKeyError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key2(pub [u8; KEY2_LEN]);
 
+impl Drop for Key2 {
+    /// Key material does not outlive its use in freed memory.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for Key2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key2(..)")

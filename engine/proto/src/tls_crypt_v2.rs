@@ -63,6 +63,15 @@ pub struct ServerKey {
     raw: [u8; 128],
 }
 
+impl Drop for ServerKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.ke.zeroize();
+        self.ka.zeroize();
+        self.raw.zeroize();
+    }
+}
+
 impl std::fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ServerKey(..)")

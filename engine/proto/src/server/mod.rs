@@ -1236,8 +1236,9 @@ impl Server {
             session: p.serial,
             key_id,
             common_name: p.common_name.clone(),
-            username: msg.username,
-            password: msg.password,
+            username: msg.username.clone(),
+            // Handed to the shell's verifier; the message's copy is wiped when it drops.
+            password: msg.password.clone(),
             addr: p.addr,
         };
         self.events.push_back(ev);
