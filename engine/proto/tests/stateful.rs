@@ -12,6 +12,12 @@
 //! - what the server sends in one step stays bounded (nothing piles up for a peer that does
 //!   not listen).
 //!
+//! The client gets the same treatment from the other side: a server (ours, with a push that
+//! varies from case to case) whose packets are lost, replayed, mangled or mixed with
+//! garbage, restarted servers, time passing, renegotiations, and a local close; checked
+//! after every step: what the client sends and the events it emits in one step stay
+//! bounded, and whenever it says it is connected it has data keys and the push it reported.
+//!
 //! Runs in every `cargo test` for a bounded number of cases (`PROPTEST_CASES` raises it);
 //! a failing case is shrunk and can be replayed from proptest's regression file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use tunscope_proto::client::Client;
+use tunscope_proto::client::{Client, ClientEvent};
 use tunscope_proto::server::{AuthResult, PeerAddr, Server, ServerEvent};
 
 mod common;
@@ -310,4 +316,246 @@ fn a_plain_sequence_connects_clients() {
         w.apply(&Op::Advance(50)).unwrap();
     }
     assert_eq!(w.server.counts().connected, MAX_CLIENTS);
+}
+
+/// What happens to a client, from the network and from its user.
+#[derive(Clone, Debug)]
+enum ClientOp {
+    /// The client sends; what it sends reaches the server.
+    ClientSends,
+    /// The server sends; each packet is lost with this probability (per mille), and with
+    /// `mangle` one bit of the first is flipped (without a control-channel wrap that ends
+    /// the TLS session: the client must restart or give up cleanly).
+    ServerSends(u16, bool),
+    /// The server verifies (or refuses) the pending clients.
+    Verdicts(bool),
+    /// A packet the client got before comes again.
+    ReplayToClient(usize),
+    /// Garbage reaches the client.
+    Garbage(Vec<u8>),
+    /// The server restarts (a new session on the same address).
+    ServerRestart,
+    Advance(u16),
+    /// The user closes the client.
+    Close,
+}
+
+fn client_op() -> impl Strategy<Value = ClientOp> {
+    // Progress is likely, endings (a restart, a close) rare: most sequences connect, then
+    // get disturbed.
+    prop_oneof![
+        48 => Just(ClientOp::ClientSends),
+        48 => (prop_oneof![3 => Just(0u16), 1 => 0u16..500], proptest::bool::weighted(0.03))
+            .prop_map(|(l, m)| ClientOp::ServerSends(l, m)),
+        16 => proptest::bool::weighted(0.85).prop_map(ClientOp::Verdicts),
+        6 => (0usize..64).prop_map(ClientOp::ReplayToClient),
+        6 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(ClientOp::Garbage),
+        1 => Just(ClientOp::ServerRestart),
+        10 => (0u16..3000).prop_map(ClientOp::Advance),
+        1 => Just(ClientOp::Close),
+    ]
+}
+
+/// A push the server makes, varied per case.
+fn server_extra() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("reneg-sec 3\n".to_owned()),
+        Just("push \"comp-lzo no\"\n".to_owned()),
+        (1u32..300).prop_map(|n| (0..n)
+            .map(|i| format!(
+                "push \"route 198.19.{}.{} 255.255.255.255\"\n",
+                100 + i / 200,
+                i % 200
+            ))
+            .collect()),
+        Just(
+            "push \"dhcp-option DNS 127.0.0.1\"\npush \"redirect-gateway def1 block-local\"\n"
+                .to_owned()
+        ),
+    ]
+}
+
+struct ClientWorld {
+    now: Instant,
+    server: Server,
+    extra: String,
+    client: Client,
+    seen: Vec<Vec<u8>>,
+    rng: u64,
+    connected_events: usize,
+}
+
+const CLIENT_ADDR: usize = 0;
+
+impl ClientWorld {
+    fn new(extra: String) -> ClientWorld {
+        let p = shared_pki();
+        ClientWorld {
+            now: Instant::now(),
+            server: server(p, &extra),
+            extra,
+            client: client(p, 0, ""),
+            seen: vec![],
+            rng: 0x9e37_79b9_7f4a_7c15,
+            connected_events: 0,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn deliver(&mut self, b: &[u8]) -> Result<(), TestCaseError> {
+        let _ = self.client.handle_control(self.now, b);
+        self.drain()
+    }
+
+    /// Takes the client's events; bounded per step, and a connection comes with keys. A
+    /// restart makes a new client, as the engine does.
+    fn drain(&mut self) -> Result<(), TestCaseError> {
+        let mut n = 0;
+        while let Some(e) = self.client.poll_event() {
+            n += 1;
+            if let ClientEvent::Restart(_) = &e {
+                self.client = client(shared_pki(), 0, "");
+                continue;
+            }
+            prop_assert!(
+                n <= 10_000,
+                "the client emitted over 10,000 events in one step"
+            );
+            if let ClientEvent::Connected(c) = &e {
+                self.connected_events += 1;
+                prop_assert!(
+                    self.client.data_plane().send.is_some(),
+                    "connected without a key"
+                );
+                prop_assert!(
+                    c.pushed.routes.len() <= tunscope_proto::client::MAX_PUSHED_OPTIONS,
+                    "pushed {} routes",
+                    c.pushed.routes.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &ClientOp) -> Result<(), TestCaseError> {
+        let from = addr(CLIENT_ADDR);
+        match op {
+            ClientOp::ClientSends => {
+                let mut sent = 0usize;
+                loop {
+                    let mut b = vec![];
+                    if self.client.poll_transmit(self.now, &mut b).is_none() {
+                        break;
+                    }
+                    sent += b.len();
+                    prop_assert!(
+                        sent <= STEP_BYTES,
+                        "the client sent {sent} bytes in one step"
+                    );
+                    if !matches!(b[0] >> 3, 6 | 9) {
+                        let _ = self.server.handle_control(self.now, from, &b);
+                    }
+                }
+            }
+            ClientOp::ServerSends(loss, mangle) => loop {
+                let mut b = vec![];
+                if self.server.poll_transmit(self.now, &mut b).is_none() {
+                    break;
+                }
+                if self.random() % 1000 < u64::from(*loss) || matches!(b[0] >> 3, 6 | 9) {
+                    continue;
+                }
+                if *mangle && self.seen.len().is_multiple_of(7) && !b.is_empty() {
+                    let i = (self.random() as usize) % b.len();
+                    b[i] ^= 1 << (self.random() % 8);
+                }
+                if self.seen.len() < 64 {
+                    self.seen.push(b.clone());
+                }
+                self.deliver(&b)?;
+            },
+            ClientOp::Verdicts(ok) => {
+                while let Some(e) = self.server.poll_event() {
+                    if let ServerEvent::AuthRequest {
+                        peer,
+                        session,
+                        key_id,
+                        ..
+                    } = e
+                    {
+                        let result = AuthResult {
+                            ok: *ok,
+                            reason: (!ok).then(|| "fuzz refusal".into()),
+                            overrides: None,
+                        };
+                        self.server
+                            .handle_auth_result(self.now, peer, session, key_id, result);
+                    }
+                }
+            }
+            ClientOp::ReplayToClient(i) => {
+                if let Some(b) = self.seen.get(i % self.seen.len().max(1)).cloned() {
+                    self.deliver(&b)?;
+                }
+            }
+            ClientOp::Garbage(g) => self.deliver(g)?,
+            ClientOp::ServerRestart => self.server = server(shared_pki(), &self.extra),
+            ClientOp::Advance(ms) => {
+                self.now += Duration::from_millis(u64::from(*ms));
+                self.client.handle_timeout(self.now);
+                self.server.handle_timeout(self.now);
+            }
+            ClientOp::Close => self.client.close(self.now),
+        }
+        self.drain()?;
+        if self.client.is_connected() {
+            prop_assert!(
+                self.client.data_plane().send.is_some(),
+                "connected without a send key"
+            );
+            prop_assert!(self.client.pushed().is_some(), "connected without a push");
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn client_invariants_hold_for_any_server_behaviour(
+        extra in server_extra(),
+        ops in proptest::collection::vec(client_op(), 1..300),
+    ) {
+        let mut w = ClientWorld::new(extra);
+        for op in &ops {
+            w.apply(op)?;
+        }
+    }
+}
+
+/// The client fuzzer reaches a connection with a friendly sequence, whatever the push.
+#[test]
+fn a_plain_sequence_connects_the_client() {
+    for extra in ["", "push \"comp-lzo no\"\n"] {
+        let mut w = ClientWorld::new(extra.to_owned());
+        for _ in 0..60 {
+            w.apply(&ClientOp::ClientSends).unwrap();
+            w.apply(&ClientOp::ServerSends(0, false)).unwrap();
+            w.apply(&ClientOp::Verdicts(true)).unwrap();
+            w.apply(&ClientOp::Advance(50)).unwrap();
+        }
+        assert_eq!(w.connected_events, 1, "push {extra:?}");
+    }
 }
