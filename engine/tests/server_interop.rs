@@ -917,6 +917,7 @@ fn tcp_idle_flood_past_the_descriptor_limit() -> Result<()> {
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
     let pid = server.pid().context("server pid")?;
     let baseline = fd_count(pid);
+    let rss0 = rss_kib(pid);
     let mut net = Net {
         star,
         pki,
@@ -947,12 +948,17 @@ fn tcp_idle_flood_past_the_descriptor_limit() -> Result<()> {
             tail(&net.server.log(), 20)
         )
     })?;
+    let peak = rss_kib(pid);
     let opened = attacker
         .join()
         .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
     ensure!(
         opened >= 1000,
         "the attacker opened only {opened} connections"
+    );
+    ensure!(
+        peak <= rss0 + 64 * 1024,
+        "server memory {rss0} -> {peak} KiB with 1,100 hostile connections"
     );
     ensure!(
         busy < 50.0,

@@ -48,7 +48,7 @@ fn run_command() -> Result<()> {
         Some("suite") => scenario::suite(&rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  diff A B [OPTIONS]  compare two captures (tunscope diff; exit 0 same, 1 different, 2 error)\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  bench capture F  tunscope normalize vs tshark on capture F (packets/s)\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz)"
+                "usage: cargo xtask <command>\n\n  scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\n                   play scenarios/NAME.toml in namespaces (root)\n  suite [--out DIR]  every scenario and pairing; JUnit XML\n  diff A B [OPTIONS]  compare two captures (tunscope diff; exit 0 same, 1 different, 2 error)\n  test [FILTER…]   install deps, tidy, run all tests (root)\n  deps             install system packages (openvpn, iproute2, tshark, …)\n  tidy             fmt, clippy, architecture rules\n  bench tunnel     end-to-end throughput, side by side with the references\n  bench capture F  tunscope normalize vs tshark on capture F (packets/s)\n  fuzz [SECONDS]   run every fuzz target (installs cargo-fuzz) and the stateful fuzzers"
             );
             bail!("unknown command");
         }
@@ -136,17 +136,36 @@ fn fuzz(args: &[&str]) -> Result<()> {
     {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    let root = project_root();
     for target in ["packets", "config", "push", "decompress", "tls_crypt_v2"] {
+        // The working corpus (fuzz/corpus, not committed) grows from the committed seeds:
+        // fuzz/seeds/TARGET, and for configs the 80 real-world files of the corpus test.
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = if target == "config" {
+            root.join("engine/tests/corpus/real-world-ovpn")
+        } else {
+            root.join("fuzz/seeds").join(target)
+        };
         run(cargo()
-            .current_dir(project_root().join("fuzz"))
+            .current_dir(root.join("fuzz"))
             .env("RUSTC_BOOTSTRAP", "1")
-            .args([
-                "fuzz",
-                "run",
-                target,
-                "--",
-                &format!("-max_total_time={secs}"),
-            ]))?;
+            .args(["fuzz", "run", target])
+            .arg(&corpus)
+            .arg(&seeds)
+            .args(["--", &format!("-max_total_time={secs}")]))?;
     }
+    // The stateful fuzzers of the server and the client (proptest; a bounded run of them is
+    // part of every `cargo test`): about 50 sequences per second given.
+    run(cargo()
+        .env("PROPTEST_CASES", (secs * 50).max(100).to_string())
+        .args([
+            "test",
+            "-p",
+            "tunscope-proto",
+            "--test",
+            "stateful",
+            "--release",
+        ]))?;
     Ok(())
 }
