@@ -395,6 +395,19 @@ impl Client {
         self.pushed.as_ref()
     }
 
+    /// The setup this client runs with.
+    pub fn setup(&self) -> Arc<ClientSetup> {
+        Arc::clone(&self.setup)
+    }
+
+    /// Uses `setup` for the key negotiations from now on (a renewed certificate, new
+    /// credentials) while the session goes on. A server locks the common name and username
+    /// across renegotiations, so a different identity ends the session there.
+    pub fn renew_setup(&mut self, setup: Arc<ClientSetup>) {
+        self.session.set_tls_config(setup.tls.clone());
+        self.setup = setup;
+    }
+
     /// The data path's keys.
     pub fn data_plane(&self) -> DataPlane {
         self.data.clone()

@@ -373,6 +373,14 @@ pub struct ControlStats {
 }
 
 impl ControlSession {
+    /// The TLS configuration key negotiations use from now on (a client's renewed
+    /// certificate); a server session keeps its own.
+    pub fn set_tls_config(&mut self, tls: Arc<rustls::ClientConfig>) {
+        if let TlsRole::Client(_) = self.tls_role {
+            self.tls_role = TlsRole::Client(tls);
+        }
+    }
+
     /// A client session: queues the hard reset for key-id 0.
     pub fn new_client(
         tls: Arc<rustls::ClientConfig>,

@@ -1087,3 +1087,60 @@ fn a_refused_client_talking_on_loses_its_slot_on_time() {
         "{lost} packets sent to a client that never answers"
     );
 }
+
+/// 2.6's common-name lock: a client that renegotiates with another certificate (here the
+/// CA's other client certificate) loses its session rather than keeping the address and
+/// rights the first identity got.
+#[test]
+fn a_renegotiation_with_another_certificate_ends_the_session() {
+    let pki = pki(2);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "reneg-sec 2\n")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    // The next key negotiation presents client1's certificate.
+    let other = client_with(&pki, 1, "reneg-sec 2\n", |_| {});
+    let setup = other.setup();
+    net.clients[0].1.renew_setup(setup);
+    net.run(Duration::from_secs(10), |n| {
+        n.server_events.iter().any(
+            |e| matches!(e, ServerEvent::PeerGone { reason, .. } if reason.contains("common name changed")),
+        )
+    });
+    assert_eq!(net.server.counts().peers, 0);
+}
+
+/// A client may start a renegotiation once a second at most: one that renegotiates after
+/// every packet (`reneg-pkts 1`, sending all the time) has soft resets held back
+/// (`rate_limited`), resent, and taken a moment later: renegotiations go on at the paced
+/// rate and data still flows.
+#[test]
+fn client_renegotiations_are_paced() {
+    let pki = pki(1);
+    let mut net = Net::new(server(&pki, ""), vec![client(&pki, 0, "reneg-pkts 1\n")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let start = net.now;
+    let mut buf = vec![0u8; 256];
+    while net.now < start + Duration::from_secs(10) {
+        let plane = net.clients[0].1.data_plane();
+        if let Some(k) = plane.send.clone() {
+            let _ = k.seal(plane.header(&k), plane.framing, b"\x45x", &mut buf);
+        }
+        if !net.step() {
+            net.advance(Duration::from_millis(20));
+        }
+    }
+    let renegotiations = net
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Log(l) if l.contains("client started renegotiation")))
+        .count();
+    assert!(
+        net.drops.contains(&DropReason::RateLimited),
+        "{:?}",
+        net.drops
+    );
+    assert!(
+        (5..=11).contains(&renegotiations),
+        "{renegotiations} client renegotiations in 10 s"
+    );
+    assert_data_both_ways(&net, 0);
+}

@@ -224,6 +224,8 @@ pub struct ServerSnapshot {
 /// Sessions still handshaking from one UDP address, at most (TCP connections are bounded
 /// per source by the TCP listener).
 pub const HANDSHAKES_PER_SOURCE: usize = 16;
+/// How often a client may start a renegotiation.
+pub const MIN_CLIENT_RENEG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a refused client keeps its slot at most (to hear AUTH_FAILED).
 pub const REFUSED_GRACE: Duration = Duration::from_secs(3);
 /// Handshakes in progress allowed at once even when `max-clients` is smaller.
@@ -269,6 +271,11 @@ struct Peer {
     /// AUTH_FAILED went out (it is sent once).
     auth_failed_sent: bool,
     created: Instant,
+    /// The certificate's common name at connect: a renegotiation must present the same
+    /// (2.6's common-name lock), as the username must stay the same.
+    cert_cn: Option<String>,
+    /// When the client last started a renegotiation it was allowed, and for which key-id.
+    client_reneg: Option<(Instant, u8)>,
 }
 
 impl Peer {
@@ -554,6 +561,16 @@ impl Server {
                     Opcode::ControlHardResetClientV2 | Opcode::ControlHardResetClientV3
                 ) || key_id == 0
                     && matches!(op, Opcode::AckV1 | Opcode::ControlV1 | Opcode::ControlWkcV1));
+            // A client may start a renegotiation once a second at most: each is a TLS
+            // handshake's work for the server. Resends of the one in progress pass.
+            if op == Opcode::ControlSoftResetV1
+                && let Some(p) = self.peers.get(&id)
+                && let Some((at, k)) = p.client_reneg
+                && k != key_id
+                && now.saturating_duration_since(at) < MIN_CLIENT_RENEG_INTERVAL
+            {
+                return Err(DropReason::RateLimited);
+            }
             if !restarted {
                 // A retransmitted P_CONTROL_WKC_V1 still carries the client key: strip it.
                 let wire = if op == Opcode::ControlWkcV1 {
@@ -886,6 +903,8 @@ impl Server {
                 close_at: None,
                 auth_failed_sent: false,
                 created: now,
+                cert_cn: None,
+                client_reneg: None,
             },
         );
         self.by_addr.insert(addr, id);
@@ -1162,6 +1181,7 @@ impl Server {
                 SessionEvent::TlsStarted { .. } => {}
                 SessionEvent::Renegotiating { key_id } => {
                     p.keys.started(now);
+                    p.client_reneg = Some((now, key_id));
                     self.log(format!(
                         "peer {id}: client started renegotiation of key-id {key_id}"
                     ));
@@ -1199,16 +1219,37 @@ impl Server {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
+        let cert_cn = p
+            .session
+            .peer_certificates(key_id)
+            .and_then(|c| {
+                c.first()
+                    .and_then(|der| crate::tls::peer_identity(der).ok())
+            })
+            .map(|i| i.common_name);
+        if key_id != 0 && p.state == PeerState::Connected {
+            // A renegotiation is the same client: another certificate or another username
+            // ends the session (2.6 locks both; otherwise a client could swap identities
+            // and keep the address, routes and ccd rights it got for the first).
+            let changed = if cert_cn != p.cert_cn {
+                Some(format!(
+                    "common name changed in renegotiation ({} -> {})",
+                    p.cert_cn.as_deref().unwrap_or("none"),
+                    cert_cn.as_deref().unwrap_or("none")
+                ))
+            } else if msg.username.is_some() && msg.username != p.username {
+                Some("username changed in renegotiation".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = changed {
+                self.remove_peer(now, id, why);
+                return;
+            }
+        }
         if key_id == 0 || p.state != PeerState::Connected {
             p.peer_info = PeerInfo::parse(msg.peer_info.as_deref().unwrap_or(""));
-            let cert_cn = p
-                .session
-                .peer_certificates(key_id)
-                .and_then(|c| {
-                    c.first()
-                        .and_then(|der| crate::tls::peer_identity(der).ok())
-                })
-                .map(|i| i.common_name);
+            p.cert_cn = cert_cn.clone();
             p.username = msg.username.clone();
             p.common_name = if self.setup.config.username_as_common_name {
                 msg.username.clone().or(cert_cn)
