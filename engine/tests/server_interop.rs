@@ -650,17 +650,17 @@ fn hostile_peer_does_not_disturb_clients() -> Result<()> {
 
 /// A flood of well-formed hard resets from one attacker address (new session ids at full
 /// speed from 32 ports, and one captured reset replayed over and over) while a stock client
-/// connects: one source only gets its share of the stateless answers, so the new client is
-/// up within 5 s (with one global bucket, the flood took every answer and the client waited
+/// and ours connect: one source only gets its share of the stateless answers, so both are
+/// up within 5 s and carry data during the flood (with one global bucket, the flood took every answer and the client waited
 /// as long as the flood lasted). The flood shows as `rate_limited` at control.
 #[test]
 fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
     let spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
-    let mut net = start_n(spec, 2, &[])?;
+    let mut net = start_n(spec, 3, &[])?;
     let pid = net.server.pid().context("server pid")?;
     let rss0 = rss_kib(pid);
     let target = SocketAddr::from((SERVER_WAN, 1194));
-    let attacker = net.star.clients[1].spawn(move || -> Result<u64> {
+    let attacker = net.star.clients[2].spawn(move || -> Result<u64> {
         let socks: Vec<std::net::UdpSocket> = (0..32)
             .map(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
             .collect::<std::io::Result<_>>()?;
@@ -695,16 +695,25 @@ fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
         Ok(n)
     })?;
     std::thread::sleep(Duration::from_secs(1));
-    let p = net.start_client(0, Stock, "client0")?;
-    net.clients.push(p);
+    // A stock client and ours, each new during the flood.
     let t = Instant::now();
-    subjects::wait_ready(&mut net.clients[0], Duration::from_secs(5)).with_context(|| {
-        format!(
-            "a new client during the reset flood; server log:\n{}",
-            tail(&net.server.log(), 20)
-        )
-    })?;
+    for (i, which) in [Stock, Ours].into_iter().enumerate() {
+        let p = net.start_client(i, which, &format!("client{i}"))?;
+        net.clients.push(p);
+    }
+    for i in 0..2 {
+        subjects::wait_ready(&mut net.clients[i], Duration::from_secs(5)).with_context(|| {
+            format!(
+                "client {i}, new during the reset flood; server log:\n{}",
+                tail(&net.server.log(), 20)
+            )
+        })?;
+    }
     let connected_in = t.elapsed();
+    // Both keep their tunnels while the flood goes on.
+    for i in 0..2 {
+        net.traffic(i, 128 << 10)?;
+    }
     let sent = attacker
         .join()
         .map_err(|_| anyhow::anyhow!("attacker panicked"))??;
