@@ -23,6 +23,7 @@ pub mod datapath;
 pub mod dns_script;
 pub mod dns_stub;
 pub mod explain;
+pub mod legacy_pem;
 pub mod link;
 pub mod management;
 pub mod netconfig;

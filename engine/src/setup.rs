@@ -123,18 +123,19 @@ pub fn resolve_local(host: &str, ipv6: bool) -> Result<std::net::IpAddr> {
         .with_context(|| format!("option 'local': '{host}' has no address"))
 }
 
-/// A private key (`key`): PEM, or encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa
-/// writes keys with a passphrase), its password from `askpass FILE` or the terminal.
+/// A private key (`key`): PEM, encrypted PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa 3
+/// writes keys with a passphrase) or a traditional encrypted PEM key (`Proc-Type: 4,ENCRYPTED`,
+/// easy-rsa 2 and `openssl genrsa -des3`), its password from `askpass FILE` or the terminal.
 pub fn load_key(
     src: &Source,
     askpass: Option<&Option<Source>>,
 ) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
     let text = read_source(src, "key")?;
     let what = format!("option 'key' ({})", src.describe());
-    if text.contains("Proc-Type: 4,ENCRYPTED") {
-        bail!(
-            "{what}: an encrypted traditional PEM key; convert it to PKCS#8 (openssl pkcs8 -topk8 -in KEY -out NEW) or use pkcs12"
-        );
+    if crate::legacy_pem::is_encrypted(&text) {
+        let password = key_password(askpass)?;
+        return crate::legacy_pem::decrypt(&text, password.as_bytes())
+            .map_err(|e| anyhow!("{what}: an encrypted traditional PEM key: {e}"));
     }
     let Some(start) = text.find("-----BEGIN ENCRYPTED PRIVATE KEY-----") else {
         return Ok(tls::key_from_pem(&what, &text)?);

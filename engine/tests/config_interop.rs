@@ -743,7 +743,7 @@ fn management_interface_like_network_manager() -> Result<()> {
 /// `pkcs12` instead of `ca`/`cert`/`key`: files made by `openssl pkcs12 -export` with
 /// OpenSSL 3's default encryption (AES-256-CBC, PBKDF2) and with 3DES/SHA1 as older tools
 /// write them, the password from `askpass FILE`; the CA comes out of the file. Encrypted
-/// PKCS#8 `key`s likewise. A wrong password is a clear error.
+/// PKCS#8 and traditional encrypted PEM `key`s likewise. A wrong password is a clear error.
 #[test]
 fn pkcs12_credentials() -> Result<()> {
     let s = stock_server(TunnelSpec::default())?;
@@ -794,15 +794,20 @@ fn pkcs12_credentials() -> Result<()> {
         client.signal(Signal::SIGTERM)?;
         client.wait_exit(Duration::from_secs(10))?;
     }
-    // Encrypted PKCS#8 keys (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa writes keys with a
-    // passphrase): PBES2 with AES-256-CBC (OpenSSL 3's default) and with 3DES.
-    for (name, scheme) in [
-        ("enc-aes.key", vec!["-v2", "aes-256-cbc"]),
-        ("enc-3des.key", vec!["-v2", "des3"]),
+    // Encrypted PKCS#8 keys (`BEGIN ENCRYPTED PRIVATE KEY`, as easy-rsa 3 writes keys with a
+    // passphrase): PBES2 with AES-256-CBC (OpenSSL 3's default) and with 3DES; and
+    // traditional encrypted PEM keys (`Proc-Type: 4,ENCRYPTED`, easy-rsa 2 and old bundles)
+    // with AES-256-CBC and DES-EDE3-CBC.
+    for (name, tool, scheme) in [
+        ("enc-aes.key", "pkcs8", vec!["-topk8", "-v2", "aes-256-cbc"]),
+        ("enc-3des.key", "pkcs8", vec!["-topk8", "-v2", "des3"]),
+        ("trad-aes.key", "ec", vec!["-aes256"]),
+        ("trad-3des.key", "ec", vec!["-des3"]),
     ] {
         let enc = dir.join(name);
         let out = std::process::Command::new("openssl")
-            .args(["pkcs8", "-topk8", "-passout", "pass:s3cret", "-in"])
+            .arg(tool)
+            .args(["-passout", "pass:s3cret", "-in"])
             .arg(&key)
             .arg("-out")
             .arg(&enc)
