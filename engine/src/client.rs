@@ -620,7 +620,15 @@ impl Run<'_> {
         )]);
         let v2 = plane.peer_id.is_some_and(|p| p != PEER_ID_UNDEF);
         let mss = mss_for(cfg, remote.transport, peer.is_ipv6(), &plane, v2).unwrap_or(0);
-        shared.publish(server_table(sn.addr, plane, sn.rt, mss));
+        // block-ipv6 without IPv6 in the tunnel: IPv6 is answered "no route" locally.
+        let block_ipv6 = (cfg.block_ipv6 || connected.pushed.block_ipv6)
+            && connected.pushed.ifconfig_ipv6.is_none();
+        let table = |plane: DataPlane| {
+            let mut t = server_table(sn.addr, plane, sn.rt, mss);
+            t.block_ipv6 = block_ipv6;
+            t
+        };
+        shared.publish(table(plane));
         let mut published = client.data_plane_generation();
         // The first tunnel is set up: become `user`/`group` (as OpenVPN at this point). This
         // thread keeps what reconnecting and undoing need (routes, tun, the DNS stub's
@@ -717,7 +725,7 @@ impl Run<'_> {
             transmit(&mut client, sn, &mut buf, now);
             if client.data_plane_generation() != published {
                 published = client.data_plane_generation();
-                shared.publish(server_table(sn.addr, client.data_plane(), sn.rt, mss));
+                shared.publish(table(client.data_plane()));
             }
             if let Some(o) = drain_events(&mut client, &self.stats) {
                 break o;

@@ -895,6 +895,32 @@ fn block_local_block_ipv6_and_routes_covering_the_server() -> Result<()> {
         "{}",
         tail(&client.log(), 20)
     );
+    // IPv6 from a dual-stack LAN address goes into the tunnel, where the client answers
+    // "no route" at once (no IPv6 in this tunnel) instead of leaking or hanging.
+    hosts.client.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let t = std::time::Instant::now();
+    let out = hosts
+        .client
+        .command("ping")
+        .args(["-6", "-n", "-c", "1", "-W", "3", "2001:db8:99::1"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        text.contains("Destination unreachable") && t.elapsed() < Duration::from_secs(2),
+        "IPv6 with block-ipv6 ({:?}): {text}",
+        t.elapsed()
+    );
+    hosts
+        .client
+        .ip(&["-6", "addr", "del", "2001:db8:1::2/64", "dev", "eth0"])?;
     client.signal(Signal::SIGTERM)?;
     ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
     let diff = before.diff(&NetState::record(&hosts.client)?);

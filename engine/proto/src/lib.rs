@@ -34,6 +34,7 @@ pub mod consts;
 pub mod control;
 pub mod data;
 pub mod fragment;
+pub mod icmp6;
 pub mod key_method;
 pub mod key_schedule;
 pub mod mss;

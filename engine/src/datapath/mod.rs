@@ -122,6 +122,9 @@ pub struct PeerTable {
     pub per_peer_stats: bool,
     /// TCP MSS to clamp SYNs to (0 = off).
     pub mss: u16,
+    /// A client with `block-ipv6` and no IPv6 in the tunnel: IPv6 read from the tun device
+    /// goes nowhere and is answered "no route" (ICMPv6) at once.
+    pub block_ipv6: bool,
 }
 
 impl PeerTable {
@@ -146,6 +149,7 @@ impl PeerTable {
             check_sources: false,
             per_peer_stats: false,
             mss,
+            block_ipv6: false,
         }
     }
 

@@ -46,6 +46,9 @@ pub fn tx_loop(shared: &Shared) {
     let mut counts = StageBatch::default();
     let mut samples: Vec<TxSample> = Vec::new();
     let mut scratch = Vec::new();
+    // ICMPv6 answers (block-ipv6) written back into the tun device after each batch.
+    let mut icmp: Vec<Vec<u8>> = Vec::new();
+    let mut icmp_writer: Option<crate::tun::TunWriter> = None;
     let tap = shared.tap.as_deref();
     let clock = Clock::new(tap.is_some());
     while !shared.stopped() {
@@ -63,6 +66,14 @@ pub fn tx_loop(shared: &Shared) {
             let len = reader.packet(i).len();
             if !is_ip(reader.packet(i)) {
                 counts.drop(Stage::ReadTun, None, len, DropReason::NotIp);
+                continue;
+            }
+            if table.block_ipv6 && reader.packet(i)[0] >> 4 == 6 {
+                counts.pass(Stage::ReadTun, None, len);
+                counts.drop(Stage::Encrypt, None, len, DropReason::NoRoute);
+                if let Some(reply) = tunscope_proto::icmp6::unreachable_no_route(reader.packet(i)) {
+                    icmp.push(reply);
+                }
                 continue;
             }
             // A client sends everything to its server: no lookup.
@@ -102,6 +113,15 @@ pub fn tx_loop(shared: &Shared) {
                     counts.pass(Stage::Encrypt, target, len);
                 }
                 Err(r) => counts.drop(Stage::Encrypt, target, len, r),
+            }
+        }
+        if !icmp.is_empty() {
+            let w = icmp_writer.get_or_insert_with(|| crate::tun::TunWriter::new(tun));
+            for r in icmp.drain(..) {
+                w.push(&r);
+            }
+            if let Err(e) = w.flush(tun) {
+                tracing::debug!("ICMPv6 answer not written: {e}");
             }
         }
         let t2 = clock.mark(t0);

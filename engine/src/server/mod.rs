@@ -689,5 +689,6 @@ fn build_table(
         check_sources: true,
         per_peer_stats: true,
         mss,
+        block_ipv6: false,
     }
 }
