@@ -16,6 +16,7 @@
 
 pub mod capture;
 pub mod filter;
+pub mod impair;
 pub mod netns;
 pub mod netstate;
 pub mod network;

@@ -54,7 +54,7 @@ pub mod addr {
 pub const HOSTS: [&str; 4] = ["client", "router", "server", "corp"];
 
 /// Topology options of a scenario.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TopologySpec {
     /// MTU of the router's interface toward the server (the server itself keeps 1500 and
@@ -68,6 +68,10 @@ pub struct TopologySpec {
     /// The server masquerades tunnel clients to its public address (full tunnel).
     #[serde(default)]
     pub server_nat: bool,
+    /// An impaired client WAN link (loss, delay, reordering, …): a `wire` namespace
+    /// bridges it in userspace (see [`crate::impair`]).
+    #[serde(default)]
+    pub impair: Option<crate::impair::LinkImpairment>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -82,6 +86,8 @@ pub struct Network {
     pub server: Netns,
     /// Corporate LAN namespace.
     pub corp: Netns,
+    /// The impairment's namespace on the client's WAN link (with `impair` only).
+    pub wire: Option<Netns>,
     /// DNS servers (public, corp).
     pub dns: Vec<DnsServer>,
     /// Web servers (public, corp, on the VPN host).
@@ -108,7 +114,63 @@ impl Network {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
-        netns::veth(&client, "eth0", &router, "c0")?;
+        // With an impairment the client's link runs through `wire` (to-client ↔ to-router),
+        // which forwards frames itself; otherwise it is one veth.
+        let wire = match &spec.impair {
+            Some(i) => {
+                i.validate()?;
+                let w = Netns::create(&prefix, "wire")?;
+                w.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+                w.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+                netns::veth(&client, "eth0", &w, "to-client")?;
+                netns::veth(&w, "to-router", &router, "c0")?;
+                for dev in ["to-client", "to-router"] {
+                    netns::sh(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            w.name(),
+                            "ethtool",
+                            "-K",
+                            dev,
+                            "tso",
+                            "off",
+                            "gso",
+                            "off",
+                            "gro",
+                            "off",
+                            "tx-udp-segmentation",
+                            "off",
+                        ],
+                    )?;
+                    ip(&w, &format!("link set {dev} promisc on"))?;
+                }
+                // Frames the element reads with AF_PACKET must carry their checksums: a
+                // veth leaves them to be filled in later (checksum offload), and a frame
+                // sent on from userspace would then arrive with a wrong one.
+                for (ns, dev) in [(&client, "eth0"), (&router, "c0")] {
+                    netns::sh(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            ns.name(),
+                            "ethtool",
+                            "-K",
+                            dev,
+                            "tx",
+                            "off",
+                        ],
+                    )?;
+                }
+                Some(w)
+            }
+            None => {
+                netns::veth(&client, "eth0", &router, "c0")?;
+                None
+            }
+        };
         netns::veth(&router, "s0", &server, "eth0")?;
         netns::veth(&server, "lan0", &corp, "eth0")?;
         // Wire-sized packets on every link, as on a real path: without segmentation
@@ -215,6 +277,7 @@ impl Network {
             router,
             server,
             corp,
+            wire,
             dns: vec![],
             web: vec![],
         })
@@ -303,6 +366,9 @@ impl Network {
         self.router.keep();
         self.server.keep();
         self.corp.keep();
+        if let Some(w) = &mut self.wire {
+            w.keep();
+        }
     }
 }
 

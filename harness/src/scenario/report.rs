@@ -88,6 +88,9 @@ pub struct RunReport {
     pub capture: PcapngSummary,
     /// Packets the kernel dropped before the capture sockets read them.
     pub capture_drops: u64,
+    /// What the link impairment did (scenarios with `[topology.impair]`).
+    #[serde(default)]
+    pub impairment: Option<crate::impair::ImpairReport>,
     /// Files.
     pub files: RunFiles,
 }

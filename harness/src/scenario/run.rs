@@ -125,6 +125,13 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     for (host, ns) in net.hosts() {
         captures.push(NsCapture::start(ns, host)?);
     }
+    let impairment = match (&net.wire, &s.topology.impair) {
+        (Some(w), Some(spec)) => {
+            progress.line(&format!("client WAN link impaired: {spec:?}"));
+            Some(crate::impair::Impairment::start(w, spec)?)
+        }
+        _ => None,
+    };
     net.start_services()?;
     progress.line("capturing every interface; DNS (public 198.18.100.53, corp 198.19.10.53) and web servers up");
     let before = NetState::record(&net.client)?;
@@ -192,7 +199,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         )?,
         Implementation::OpenVpn => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
     };
-    subjects::wait_ready(&mut client, Duration::from_secs(20)).with_context(|| {
+    // Over an impaired link the handshake's lost packets wait for retransmission timers.
+    let up_within = Duration::from_secs(if s.topology.impair.is_some() { 60 } else { 20 });
+    subjects::wait_ready(&mut client, up_within).with_context(|| {
         format!(
             "the tunnel did not come up; server log:\n{}",
             log_tail(&server_log, 15)
@@ -240,6 +249,26 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     progress.line("client and server stopped");
 
     let mut frames = vec![];
+    let impair_report = match impairment {
+        Some(i) => {
+            let (r, f) = i.finish()?;
+            progress.line(&format!(
+                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted; to the client {} frames, {} lost, {} in outages",
+                r.to_server.frames,
+                r.to_server.lost,
+                r.to_server.outage,
+                r.to_server.reordered,
+                r.to_server.duplicated,
+                r.to_server.corrupted,
+                r.to_client.frames,
+                r.to_client.lost,
+                r.to_client.outage
+            ));
+            frames.extend(f);
+            Some(r)
+        }
+        None => None,
+    };
     let mut capture_drops = 0u64;
     for c in captures {
         let got = c.finish()?;
@@ -303,6 +332,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         web,
         capture: summary,
         capture_drops,
+        impairment: impair_report,
         files: RunFiles {
             report: out.join("report.json"),
             summary: out.join("summary.txt"),

@@ -1,0 +1,514 @@
+//! A link impairment in userspace (this kernel has no netem): a namespace of its own, `wire`,
+//! sits on the client's WAN link as a transparent two-port bridge. Every Ethernet frame is
+//! read with AF_PACKET on one side and, unless the impairment decides otherwise, written out
+//! on the other: lost (at random, or in Gilbert-Elliott bursts), delayed with jitter,
+//! reordered, duplicated, corrupted, or dropped during a scheduled outage. Decisions come from
+//! a seeded generator, one per direction, so a run can be repeated; every frame the element
+//! drops, corrupts or duplicates is counted and kept for the scenario pcapng (interface
+//! `wire/impair`, with the reason as the packet comment).
+//!
+//! ```text
+//!  client eth0 ── to-client [wire: impairment] to-router ── c0 router
+//! ```
+
+use std::collections::BinaryHeap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::Frame;
+use crate::netns::Netns;
+
+/// One direction's impairment, as written in a scenario (`[topology.impair]` for both
+/// directions, or `to_server`/`to_client` for one).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImpairSpec {
+    /// Probability that a frame is lost (0 to 1).
+    #[serde(default)]
+    pub loss: f64,
+    /// Gilbert-Elliott bursts instead: [p(good→bad), p(bad→good), loss in bad].
+    #[serde(default)]
+    pub burst: Option<[f64; 3]>,
+    /// Delay added to every frame, ms.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Up to this much more or less delay, uniformly, ms.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Probability that a frame is held back (by `delay_ms` + 10 ms more) so later ones pass it.
+    #[serde(default)]
+    pub reorder: f64,
+    /// Probability that a frame is sent twice.
+    #[serde(default)]
+    pub duplicate: f64,
+    /// Probability that one bit of a frame (past its Ethernet header) is flipped.
+    #[serde(default)]
+    pub corrupt: f64,
+    /// `[start_s, duration_s]`: everything is dropped from `start_s` after the start for
+    /// `duration_s` (a link that goes away and comes back).
+    #[serde(default)]
+    pub outage: Option<[f64; 2]>,
+}
+
+/// The impairment of the client's WAN link (`[topology.impair]`): the fields of
+/// [`ImpairSpec`] for both directions, `to_server`/`to_client` tables to set one apart.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkImpairment {
+    /// Seed of the decisions (the same seed, the same decisions for the same frames).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// As [`ImpairSpec::loss`], both directions.
+    #[serde(default)]
+    pub loss: f64,
+    /// As [`ImpairSpec::burst`].
+    #[serde(default)]
+    pub burst: Option<[f64; 3]>,
+    /// As [`ImpairSpec::delay_ms`].
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// As [`ImpairSpec::jitter_ms`].
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// As [`ImpairSpec::reorder`].
+    #[serde(default)]
+    pub reorder: f64,
+    /// As [`ImpairSpec::duplicate`].
+    #[serde(default)]
+    pub duplicate: f64,
+    /// As [`ImpairSpec::corrupt`].
+    #[serde(default)]
+    pub corrupt: f64,
+    /// As [`ImpairSpec::outage`].
+    #[serde(default)]
+    pub outage: Option<[f64; 2]>,
+    /// From the client toward the server, instead of the above.
+    #[serde(default)]
+    pub to_server: Option<ImpairSpec>,
+    /// From the server toward the client, instead of the above.
+    #[serde(default)]
+    pub to_client: Option<ImpairSpec>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+impl LinkImpairment {
+    /// Checks the numbers; an error names the field.
+    pub fn validate(&self) -> Result<()> {
+        for (dir, s) in self.directions() {
+            for (name, p) in [
+                ("loss", s.loss),
+                ("reorder", s.reorder),
+                ("duplicate", s.duplicate),
+                ("corrupt", s.corrupt),
+            ] {
+                if !(0.0..=1.0).contains(&p) {
+                    bail!("impair {dir}: {name} must be between 0 and 1, not {p}");
+                }
+            }
+            if let Some(b) = s.burst
+                && b.iter().any(|p| !(0.0..=1.0).contains(p))
+            {
+                bail!("impair {dir}: burst probabilities must be between 0 and 1");
+            }
+            if s.delay_ms > 10_000 || s.jitter_ms > s.delay_ms.max(1) * 10 {
+                bail!("impair {dir}: delay_ms up to 10000, jitter_ms up to ten times the delay");
+            }
+        }
+        Ok(())
+    }
+
+    fn both(&self) -> ImpairSpec {
+        ImpairSpec {
+            loss: self.loss,
+            burst: self.burst,
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            reorder: self.reorder,
+            duplicate: self.duplicate,
+            corrupt: self.corrupt,
+            outage: self.outage,
+        }
+    }
+
+    fn directions(&self) -> [(&'static str, ImpairSpec); 2] {
+        [
+            (
+                "to-server",
+                self.to_server.clone().unwrap_or_else(|| self.both()),
+            ),
+            (
+                "to-client",
+                self.to_client.clone().unwrap_or_else(|| self.both()),
+            ),
+        ]
+    }
+}
+
+/// What one direction did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectionCounts {
+    /// Frames that came in.
+    pub frames: u64,
+    /// Sent on (duplicates included).
+    pub sent: u64,
+    /// Lost at random or in a burst.
+    pub lost: u64,
+    /// Dropped during an outage.
+    pub outage: u64,
+    /// Delayed (any delay).
+    pub delayed: u64,
+    /// Held back so later frames passed them.
+    pub reordered: u64,
+    /// Sent twice.
+    pub duplicated: u64,
+    /// With one bit flipped.
+    pub corrupted: u64,
+}
+
+/// What the element did, per direction.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImpairReport {
+    /// Client → server.
+    pub to_server: DirectionCounts,
+    /// Server → client.
+    pub to_client: DirectionCounts,
+}
+
+/// What one direction's thread ends with: its counts and the frames for the capture.
+type DirectionResult = (DirectionCounts, Vec<Frame>);
+
+/// The running element.
+pub struct Impairment {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<DirectionResult>>>,
+}
+
+/// Frames dropped/corrupted/duplicated kept for the capture, at most (bounded memory).
+const MAX_KEPT: usize = 20_000;
+
+impl Impairment {
+    /// Starts forwarding between `to-client` and `to-router` of `wire`.
+    pub fn start(wire: &Netns, spec: &LinkImpairment) -> Result<Impairment> {
+        spec.validate()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let [(_, up), (_, down)] = spec.directions();
+        let mut threads = vec![];
+        for (from, to, s, seed) in [
+            ("to-client", "to-router", up, spec.seed),
+            (
+                "to-router",
+                "to-client",
+                down,
+                spec.seed ^ 0x9e37_79b9_7f4a_7c15,
+            ),
+        ] {
+            let st = Arc::clone(&stop);
+            threads.push(wire.spawn(move || forward(from, to, &s, seed, &st))?);
+        }
+        Ok(Impairment { stop, threads })
+    }
+
+    /// Stops and returns the counts and the frames for the capture.
+    pub fn finish(mut self) -> Result<(ImpairReport, Vec<Frame>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = ImpairReport::default();
+        let mut frames = vec![];
+        for (i, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            let (c, f) = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("impairment thread panicked"))??;
+            if i == 0 {
+                report.to_server = c;
+            } else {
+                report.to_client = c;
+            }
+            frames.extend(f);
+        }
+        Ok((report, frames))
+    }
+}
+
+impl Drop for Impairment {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A seeded xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A frame waiting for its release time.
+struct Held {
+    at: Instant,
+    seq: u64,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    // Earliest first in a max-heap.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+fn packet_socket(ifname: &str) -> Result<OwnedFd> {
+    let index = nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no {ifname}"))?;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_ll is valid; the fields set below make it a bind address.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the given size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("binding AF_PACKET");
+    }
+    // Our own transmissions on this interface are not read back.
+    let one: libc::c_int = 1;
+    // SAFETY: an int option.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Forwards frames from `from` to `to` with impairment `s` until `stop`.
+fn forward(
+    from: &str,
+    to: &str,
+    s: &ImpairSpec,
+    seed: u64,
+    stop: &AtomicBool,
+) -> Result<DirectionResult> {
+    let rx = packet_socket(from)?;
+    let tx = packet_socket(to)?;
+    let start = Instant::now();
+    let mut rng = Rng(seed.max(1));
+    let mut bad = false;
+    let mut c = DirectionCounts::default();
+    let mut kept: Vec<Frame> = vec![];
+    let keep = |kept: &mut Vec<Frame>, data: &[u8], why: String| {
+        if kept.len() < MAX_KEPT {
+            kept.push(Frame {
+                iface: "wire/impair".into(),
+                link: tunscope_capture::file::LinkType::Ethernet,
+                ts_ns: now_ns(),
+                outgoing: None,
+                data: data.to_vec(),
+                orig_len: data.len() as u32,
+                comment: Some(why),
+            });
+        }
+    };
+    let mut held: BinaryHeap<Held> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut buf = vec![0u8; 65_536];
+    let dir = if from == "to-client" {
+        "to-server"
+    } else {
+        "to-client"
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let next = held.peek().map(|h| h.at);
+        let wait_ms = next.map_or(50, |t| {
+            t.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(50) as i32
+        });
+        let mut pfd = libc::pollfd {
+            fd: rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        loop {
+            // SAFETY: buf is valid for its length; non-blocking read.
+            let n = unsafe {
+                libc::recv(
+                    rx.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            let mut frame = buf[..n as usize].to_vec();
+            c.frames += 1;
+            let t = start.elapsed().as_secs_f64();
+            if let Some([at, dur]) = s.outage
+                && t >= at
+                && t < at + dur
+            {
+                c.outage += 1;
+                keep(&mut kept, &frame, format!("impair {dir}: dropped (outage)"));
+                continue;
+            }
+            let lost = match s.burst {
+                Some([to_bad, to_good, loss_bad]) => {
+                    bad = if bad {
+                        rng.unit() >= to_good
+                    } else {
+                        rng.unit() < to_bad
+                    };
+                    bad && rng.unit() < loss_bad
+                }
+                None => rng.unit() < s.loss,
+            };
+            if lost {
+                c.lost += 1;
+                keep(&mut kept, &frame, format!("impair {dir}: dropped (loss)"));
+                continue;
+            }
+            if frame.len() > 14 && rng.unit() < s.corrupt {
+                let i = 14 + (rng.next() as usize) % (frame.len() - 14);
+                frame[i] ^= 1 << (rng.next() % 8);
+                c.corrupted += 1;
+                keep(
+                    &mut kept,
+                    &frame,
+                    format!("impair {dir}: corrupted byte {i}"),
+                );
+            }
+            let jitter = if s.jitter_ms > 0 {
+                (rng.next() % (2 * s.jitter_ms + 1)) as i64 - s.jitter_ms as i64
+            } else {
+                0
+            };
+            let mut delay = (s.delay_ms as i64 + jitter).max(0) as u64;
+            if rng.unit() < s.reorder {
+                delay += s.delay_ms + 10;
+                c.reordered += 1;
+            }
+            let copies = if rng.unit() < s.duplicate {
+                c.duplicated += 1;
+                keep(&mut kept, &frame, format!("impair {dir}: duplicated"));
+                2
+            } else {
+                1
+            };
+            if delay > 0 {
+                c.delayed += 1;
+            }
+            let at = Instant::now() + Duration::from_millis(delay);
+            for _ in 0..copies {
+                seq += 1;
+                held.push(Held {
+                    at,
+                    seq,
+                    data: frame.clone(),
+                });
+            }
+        }
+        // Release what is due.
+        let now = Instant::now();
+        while held.peek().is_some_and(|x| x.at <= now) {
+            if let Some(x) = held.pop() {
+                // SAFETY: x.data is a valid buffer; the socket is bound to the egress device.
+                let r =
+                    unsafe { libc::send(tx.as_raw_fd(), x.data.as_ptr().cast(), x.data.len(), 0) };
+                if r >= 0 {
+                    c.sent += 1;
+                }
+            }
+        }
+    }
+    Ok((c, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_are_checked() {
+        let t: LinkImpairment = toml::from_str(
+            "seed = 7\nloss = 0.05\ndelay_ms = 20\njitter_ms = 5\n[to_client]\nburst = [0.01, 0.3, 0.5]\n",
+        )
+        .expect("parses");
+        assert_eq!(t.seed, 7);
+        let [(_, up), (_, down)] = t.directions();
+        assert_eq!((up.loss, up.delay_ms), (0.05, 20));
+        assert_eq!(down.burst, Some([0.01, 0.3, 0.5]));
+        assert!(t.validate().is_ok());
+        let bad: LinkImpairment = toml::from_str("loss = 1.5\n").expect("parses");
+        assert!(bad.validate().unwrap_err().to_string().contains("loss"));
+        assert!(
+            toml::from_str::<LinkImpairment>("lose = 0.1\n").is_err(),
+            "unknown field"
+        );
+    }
+
+    #[test]
+    fn decisions_repeat_with_the_seed() {
+        let draw = |seed| {
+            let mut r = Rng(seed);
+            (0..1000).map(|_| r.unit() < 0.05).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+        let lost = draw(42).iter().filter(|l| **l).count();
+        assert!((25..=80).contains(&lost), "{lost} of 1000 at 5 %");
+    }
+}
