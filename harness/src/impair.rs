@@ -14,7 +14,7 @@
 use std::collections::BinaryHeap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -49,8 +49,8 @@ pub struct ImpairSpec {
     /// Probability that one bit of a frame (past its Ethernet header) is flipped.
     #[serde(default)]
     pub corrupt: f64,
-    /// `[start_s, duration_s]`: everything is dropped from `start_s` after the start for
-    /// `duration_s` (a link that goes away and comes back).
+    /// `[start_s, duration_s]`: everything is dropped from `start_s` after the tunnel came
+    /// up for `duration_s` (a link that goes away mid-run and comes back).
     #[serde(default)]
     pub outage: Option<[f64; 2]>,
 }
@@ -188,6 +188,10 @@ type DirectionResult = (DirectionCounts, Vec<Frame>);
 /// The running element.
 pub struct Impairment {
     stop: Arc<AtomicBool>,
+    /// When the tunnel came up, in ms after the start plus one (0: not yet): outages count
+    /// from there.
+    origin: Arc<AtomicU64>,
+    started: Instant,
     threads: Vec<std::thread::JoinHandle<Result<DirectionResult>>>,
 }
 
@@ -199,6 +203,8 @@ impl Impairment {
     pub fn start(wire: &Netns, spec: &LinkImpairment) -> Result<Impairment> {
         spec.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let origin = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
         let [(_, up), (_, down)] = spec.directions();
         let mut threads = vec![];
         for (from, to, s, seed) in [
@@ -210,10 +216,23 @@ impl Impairment {
                 spec.seed ^ 0x9e37_79b9_7f4a_7c15,
             ),
         ] {
-            let st = Arc::clone(&stop);
-            threads.push(wire.spawn(move || forward(from, to, &s, seed, &st))?);
+            let (st, o) = (Arc::clone(&stop), Arc::clone(&origin));
+            threads.push(wire.spawn(move || forward(from, to, &s, seed, &st, &o, started))?);
         }
-        Ok(Impairment { stop, threads })
+        Ok(Impairment {
+            stop,
+            origin,
+            started,
+            threads,
+        })
+    }
+
+    /// The tunnel is up: scheduled outages count from now.
+    pub fn tunnel_up(&self) {
+        let ms = self.started.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .origin
+            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Stops and returns the counts and the frames for the capture.
@@ -338,10 +357,11 @@ fn forward(
     s: &ImpairSpec,
     seed: u64,
     stop: &AtomicBool,
+    origin: &AtomicU64,
+    start: Instant,
 ) -> Result<DirectionResult> {
     let rx = packet_socket(from)?;
     let tx = packet_socket(to)?;
-    let start = Instant::now();
     let mut rng = Rng(seed.max(1));
     let mut bad = false;
     let mut c = DirectionCounts::default();
@@ -396,8 +416,11 @@ fn forward(
             }
             let mut frame = buf[..n as usize].to_vec();
             c.frames += 1;
-            let t = start.elapsed().as_secs_f64();
+            // Seconds since the tunnel came up (outages wait for that).
+            let up_ms = origin.load(Ordering::Relaxed);
+            let t = (start.elapsed().as_millis() as f64 - up_ms as f64 + 1.0) / 1000.0;
             if let Some([at, dur]) = s.outage
+                && up_ms > 0
                 && t >= at
                 && t < at + dur
             {

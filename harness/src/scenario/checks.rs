@@ -171,6 +171,21 @@ pub struct TcpMssCheck {
 #[serde(deny_unknown_fields)]
 pub struct TeardownCheck {}
 
+/// `kind = "reconnect"`: the client comes back on its own — its log shows the tunnel up
+/// once more (OpenVPN's "Initialization Sequence Completed", ours and stock alike) within
+/// `within_s` seconds — after an outage of the link, say.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectCheck {
+    /// How long to wait.
+    #[serde(default = "thirty")]
+    pub within_s: u64,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
 /// What a check asserts.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -191,6 +206,8 @@ pub enum CheckSpec {
     Leak(LeakCheck),
     /// MSS clamping.
     TcpMss(TcpMssCheck),
+    /// The client reconnects by itself.
+    Reconnect(ReconnectCheck),
     /// The prior state is back.
     Teardown(TeardownCheck),
 }
@@ -243,6 +260,7 @@ impl Check {
             "http" => CheckSpec::Http(v.try_into().map_err(err)?),
             "transfer" => CheckSpec::Transfer(v.try_into().map_err(err)?),
             "ping" => CheckSpec::Ping(v.try_into().map_err(err)?),
+            "reconnect" => CheckSpec::Reconnect(v.try_into().map_err(err)?),
             "mtu" => CheckSpec::Mtu(v.try_into().map_err(err)?),
             "leak" => CheckSpec::Leak(v.try_into().map_err(err)?),
             "tcp-mss" => CheckSpec::TcpMss(v.try_into().map_err(err)?),
@@ -301,7 +319,10 @@ impl Check {
                     Filter::parse(f).map_err(|e| bad(e.to_string()))?;
                 }
             }
-            CheckSpec::Ping(_) | CheckSpec::Mtu(_) | CheckSpec::Teardown(_) => {}
+            CheckSpec::Ping(_)
+            | CheckSpec::Mtu(_)
+            | CheckSpec::Teardown(_)
+            | CheckSpec::Reconnect(_) => {}
         }
         Ok(Check { name, line, spec })
     }
@@ -314,6 +335,7 @@ impl Check {
             CheckSpec::Http(_) => "http",
             CheckSpec::Transfer(_) => "transfer",
             CheckSpec::Ping(_) => "ping",
+            CheckSpec::Reconnect(_) => "reconnect",
             CheckSpec::Mtu(_) => "mtu",
             CheckSpec::Leak(_) => "leak",
             CheckSpec::TcpMss(_) => "tcp-mss",
@@ -459,6 +481,7 @@ pub fn act(check: &Check, net: &Network, dir: &Path) -> Result<Live> {
         CheckSpec::Http(h) => act_http(h, net, dir, &mut live)?,
         CheckSpec::Transfer(t) => act_transfer(t, net, dir, &mut live)?,
         CheckSpec::Ping(p) => act_ping(p, net, &mut live)?,
+        CheckSpec::Reconnect(r) => act_reconnect(r, dir, &mut live)?,
         CheckSpec::Mtu(m) => act_mtu(m, net, &mut live)?,
         CheckSpec::Leak(_) | CheckSpec::TcpMss(_) | CheckSpec::Teardown(_) => {}
     }
@@ -799,6 +822,45 @@ fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -
         return Ok(());
     }
     check_via(t.via.as_ref(), local, net, live);
+    Ok(())
+}
+
+/// Waits for the client's log (`client.log` in the run directory) to show the tunnel up once
+/// more than it did when the check started.
+fn act_reconnect(r: &ReconnectCheck, dir: &Path, live: &mut Live) -> Result<()> {
+    const UP: &str = "Initialization Sequence Completed";
+    let log = dir.join("client.log");
+    let ups = || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.matches(UP).count())
+            .unwrap_or(0)
+    };
+    let before = ups();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(r.within_s);
+    while ups() <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = ups();
+    if after > before {
+        live.summary = format!(
+            "the client reconnected after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        live.evidence.extend(
+            text.lines()
+                .filter(|l| l.contains("restart") || l.contains("Restart") || l.contains(UP))
+                .map(str::to_owned)
+                .take(10),
+        );
+    } else {
+        live.summary = "no reconnection".into();
+        live.failures.push(format!(
+            "the client did not come back within {} s",
+            r.within_s
+        ));
+    }
     Ok(())
 }
 

@@ -208,6 +208,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         )
     })?;
     let tunnel_up_s = client_started.elapsed().as_secs_f64();
+    if let Some(i) = &impairment {
+        i.tunnel_up();
+    }
     let during = NetState::record(&net.client)?;
     let tun_addr = during
         .addresses
