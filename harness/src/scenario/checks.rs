@@ -171,6 +171,27 @@ pub struct TcpMssCheck {
 #[serde(deny_unknown_fields)]
 pub struct TeardownCheck {}
 
+/// `kind = "counter"`: a stage counter of one of our engines, from the table it logs when it
+/// stops (`who` = `client` or `server`; the side must be ours): packets in/out at `stage`, or
+/// drops for `drop` reason there; at least `min` and at most `max`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CounterCheck {
+    /// `client` or `server`.
+    pub who: String,
+    /// Stage name (`decrypt`, `socket_rx`, …).
+    pub stage: String,
+    /// A drop reason (`replay`, `bad_tag`, …); without it, packets out of the stage.
+    #[serde(default)]
+    pub drop: Option<String>,
+    /// Lower bound.
+    #[serde(default)]
+    pub min: u64,
+    /// Upper bound.
+    #[serde(default)]
+    pub max: Option<u64>,
+}
+
 /// `kind = "reconnect"`: the client comes back on its own — its log shows the tunnel up
 /// once more (OpenVPN's "Initialization Sequence Completed", ours and stock alike) within
 /// `within_s` seconds — after an outage of the link, say.
@@ -208,6 +229,8 @@ pub enum CheckSpec {
     TcpMss(TcpMssCheck),
     /// The client reconnects by itself.
     Reconnect(ReconnectCheck),
+    /// An engine's stage counter.
+    Counter(CounterCheck),
     /// The prior state is back.
     Teardown(TeardownCheck),
 }
@@ -261,6 +284,7 @@ impl Check {
             "transfer" => CheckSpec::Transfer(v.try_into().map_err(err)?),
             "ping" => CheckSpec::Ping(v.try_into().map_err(err)?),
             "reconnect" => CheckSpec::Reconnect(v.try_into().map_err(err)?),
+            "counter" => CheckSpec::Counter(v.try_into().map_err(err)?),
             "mtu" => CheckSpec::Mtu(v.try_into().map_err(err)?),
             "leak" => CheckSpec::Leak(v.try_into().map_err(err)?),
             "tcp-mss" => CheckSpec::TcpMss(v.try_into().map_err(err)?),
@@ -319,6 +343,14 @@ impl Check {
                     Filter::parse(f).map_err(|e| bad(e.to_string()))?;
                 }
             }
+            CheckSpec::Counter(c) => {
+                if c.who != "client" && c.who != "server" {
+                    return Err(bad(format!(
+                        "who must be client or server, not '{}'",
+                        c.who
+                    )));
+                }
+            }
             CheckSpec::Ping(_)
             | CheckSpec::Mtu(_)
             | CheckSpec::Teardown(_)
@@ -336,6 +368,7 @@ impl Check {
             CheckSpec::Transfer(_) => "transfer",
             CheckSpec::Ping(_) => "ping",
             CheckSpec::Reconnect(_) => "reconnect",
+            CheckSpec::Counter(_) => "counter",
             CheckSpec::Mtu(_) => "mtu",
             CheckSpec::Leak(_) => "leak",
             CheckSpec::TcpMss(_) => "tcp-mss",
@@ -347,7 +380,10 @@ impl Check {
     pub fn is_live(&self) -> bool {
         !matches!(
             self.spec,
-            CheckSpec::Leak(_) | CheckSpec::TcpMss(_) | CheckSpec::Teardown(_)
+            CheckSpec::Leak(_)
+                | CheckSpec::TcpMss(_)
+                | CheckSpec::Teardown(_)
+                | CheckSpec::Counter(_)
         )
     }
 }
@@ -413,6 +449,10 @@ pub struct RunData {
     pub during: NetState,
     /// After the client stopped.
     pub after: NetState,
+    /// The client's and the server's logs (our engines end theirs with the stage table).
+    pub client_log: String,
+    /// The server's log.
+    pub server_log: String,
 }
 
 /// The verdict on one check.
@@ -483,7 +523,10 @@ pub fn act(check: &Check, net: &Network, dir: &Path) -> Result<Live> {
         CheckSpec::Ping(p) => act_ping(p, net, &mut live)?,
         CheckSpec::Reconnect(r) => act_reconnect(r, dir, &mut live)?,
         CheckSpec::Mtu(m) => act_mtu(m, net, &mut live)?,
-        CheckSpec::Leak(_) | CheckSpec::TcpMss(_) | CheckSpec::Teardown(_) => {}
+        CheckSpec::Leak(_)
+        | CheckSpec::TcpMss(_)
+        | CheckSpec::Teardown(_)
+        | CheckSpec::Counter(_) => {}
     }
     live.t1_ns = now_ns();
     if live.summary.is_empty() {
@@ -1082,6 +1125,36 @@ pub fn judge(check: &Check, live: &Live, data: &RunData) -> Verdict {
                 }
             }
         }
+        CheckSpec::Counter(c) => {
+            let log = if c.who == "client" {
+                &data.client_log
+            } else {
+                &data.server_log
+            };
+            match stage_counter(log, &c.stage, c.drop.as_deref()) {
+                Some((n, line)) => {
+                    evidence.push(line);
+                    let what = c.drop.as_deref().map_or_else(
+                        || format!("{} {} out", c.who, c.stage),
+                        |d| format!("{} {} drops '{d}'", c.who, c.stage),
+                    );
+                    if n < c.min || c.max.is_some_and(|m| n > m) {
+                        failures.push(format!(
+                            "{what}: {n}, expected {}{}",
+                            c.min,
+                            c.max
+                                .map_or_else(|| " or more".to_owned(), |m| format!("..={m}"))
+                        ));
+                    } else {
+                        evidence.insert(0, format!("{what}: {n}"));
+                    }
+                }
+                None => failures.push(format!(
+                    "no '{}' stage in the {} log's counter table (is that side ours?)",
+                    c.stage, c.who
+                )),
+            }
+        }
         CheckSpec::Teardown(_) => {
             let diff = data.before.diff(&data.after);
             if diff.is_empty() {
@@ -1179,4 +1252,20 @@ fn judge_leak(
         ));
         evidence.extend(bad.into_iter().take(8));
     }
+}
+
+/// From an engine's exit table (`stage in out bytes … drops`), the packets out of `stage`, or
+/// its drops for `reason`; with the line it came from.
+fn stage_counter(log: &str, stage: &str, reason: Option<&str>) -> Option<(u64, String)> {
+    let line = log
+        .lines()
+        .rfind(|l| l.split_whitespace().next() == Some(stage))?;
+    let n = match reason {
+        None => line.split_whitespace().nth(2)?.parse().ok()?,
+        Some(r) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{r}=")))
+            .map_or(Some(0), |v| v.parse().ok())?,
+    };
+    Some((n, line.trim().to_owned()))
 }

@@ -299,6 +299,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         before,
         during,
         after,
+        client_log: std::fs::read_to_string(&client_log).unwrap_or_default(),
+        server_log: std::fs::read_to_string(&server_log).unwrap_or_default(),
     };
     let mut reports = vec![];
     for (c, live) in s.checks.iter().zip(&lives) {
