@@ -773,7 +773,18 @@ fn act_http(h: &HttpCheck, net: &Network, dir: &Path, live: &mut Live) -> Result
     Ok(())
 }
 
+/// TCP segments the client namespace retransmitted so far (`RetransSegs` of its
+/// /proc/net/snmp): the inner connections' and, with a TCP tunnel, the outer one's.
+fn tcp_retransmits(ns: &Netns) -> Option<u64> {
+    let out = run_in(ns, "cat", &["/proc/net/snmp"], Duration::from_secs(5)).ok()?;
+    let mut tcp = out.stdout.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RetransSegs")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -> Result<()> {
+    let retrans_before = tcp_retransmits(&net.client);
     let started = Instant::now();
     let base = t.url.trim_end_matches('/');
     let (r, what) = if t.upload {
@@ -834,9 +845,15 @@ fn act_transfer(t: &TransferCheck, net: &Network, dir: &Path, live: &mut Live) -
             format!(", {err}")
         }
     ));
+    let retransmitted = match (retrans_before, tcp_retransmits(&net.client)) {
+        (Some(a), Some(b)) => format!(", {} TCP segments retransmitted", b.saturating_sub(a)),
+        _ => String::new(),
+    };
+    live.evidence
+        .push(format!("client namespace{retransmitted}"));
     live.summary = if ok {
         format!(
-            "{what}: ok, {:.0} Mbit/s",
+            "{what}: ok, {:.1} Mbit/s{retransmitted}",
             t.bytes as f64 * 8.0 / secs / 1e6
         )
     } else {
