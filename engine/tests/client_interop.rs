@@ -35,16 +35,7 @@ fn bring_up_with(
     spec: TunnelSpec,
     before_client: impl FnOnce(&TwoHosts) -> Result<()>,
 ) -> Result<Pair> {
-    let hosts = TwoHosts::new()?;
-    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-    let (cert, key) = pki.client("client1")?;
-    let server_conf = hosts.dir.join("server.conf");
-    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-    let client_conf = hosts.dir.join("client.conf");
-    std::fs::write(
-        &client_conf,
-        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-    )?;
+    let (hosts, server_conf, client_conf) = configured(&spec, None)?;
     let mut server =
         subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15)).context("stock openvpn server")?;
@@ -641,17 +632,7 @@ fn pushed_network_config_is_applied_undone_and_recovered_after_a_crash() -> Resu
         .to_vec(),
         ..TunnelSpec::default()
     };
-    let hosts = TwoHosts::new()?;
-    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
-    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-    let (cert, key) = pki.client("client1")?;
-    let server_conf = hosts.dir.join("server.conf");
-    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-    let client_conf = hosts.dir.join("client.conf");
-    std::fs::write(
-        &client_conf,
-        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-    )?;
+    let (hosts, server_conf, client_conf) = configured(&spec, Some("nameserver 198.18.1.1\n"))?;
     let mut server =
         subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
@@ -743,17 +724,7 @@ fn pushed_loopback_name_servers_are_refused() -> Result<()> {
             server_extra: pushes.iter().map(|p| (*p).to_owned()).collect(),
             ..TunnelSpec::default()
         };
-        let hosts = TwoHosts::new()?;
-        hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
-        let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-        let (cert, key) = pki.client("client1")?;
-        let server_conf = hosts.dir.join("server.conf");
-        std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-        let client_conf = hosts.dir.join("client.conf");
-        std::fs::write(
-            &client_conf,
-            spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-        )?;
+        let (hosts, server_conf, client_conf) = configured(&spec, Some("nameserver 198.18.1.1\n"))?;
         let mut server =
             subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
         subjects::wait_ready(&mut server, Duration::from_secs(15))?;
@@ -824,16 +795,7 @@ fn block_local_block_ipv6_and_routes_covering_the_server() -> Result<()> {
         client_extra: vec!["block-ipv6".into()],
         ..TunnelSpec::default()
     };
-    let hosts = TwoHosts::new()?;
-    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-    let (cert, key) = pki.client("client1")?;
-    let server_conf = hosts.dir.join("server.conf");
-    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-    let client_conf = hosts.dir.join("client.conf");
-    std::fs::write(
-        &client_conf,
-        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-    )?;
+    let (hosts, server_conf, client_conf) = configured(&spec, None)?;
     let mut server =
         subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
@@ -946,17 +908,7 @@ fn a_push_of_100000_routes_is_refused_cleanly() -> Result<()> {
             .collect(),
         ..TunnelSpec::default()
     };
-    let hosts = TwoHosts::new()?;
-    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
-    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-    let (cert, key) = pki.client("client1")?;
-    let server_conf = hosts.dir.join("server.conf");
-    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-    let client_conf = hosts.dir.join("client.conf");
-    std::fs::write(
-        &client_conf,
-        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-    )?;
+    let (hosts, server_conf, client_conf) = configured(&spec, Some("nameserver 198.18.1.1\n"))?;
     let mut server =
         subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(60))?;
@@ -1030,19 +982,33 @@ fn a_second_instance_of_one_config_is_refused_and_files_are_private() -> Result<
     Ok(())
 }
 
-/// A stock server and our client's config for it, in fresh namespaces: (server, hosts,
-/// server tunnel address).
-fn stock_server_pair() -> Result<(Proc, TwoHosts, std::net::Ipv4Addr)> {
-    let spec = TunnelSpec::default();
+/// Fresh namespaces for `spec`, the client's resolv.conf set to `resolv` when given, with
+/// the server's and the client's configs written: (hosts, server config, client config).
+fn configured(
+    spec: &TunnelSpec,
+    resolv: Option<&str>,
+) -> Result<(TwoHosts, std::path::PathBuf, std::path::PathBuf)> {
     let hosts = TwoHosts::new()?;
+    if let Some(r) = resolv {
+        hosts.client.set_resolv_conf(r)?;
+    }
     let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
     let (cert, key) = pki.client("client1")?;
     let server_conf = hosts.dir.join("server.conf");
     std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
+    let client_conf = hosts.dir.join("client.conf");
     std::fs::write(
-        hosts.dir.join("client.conf"),
+        &client_conf,
         spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
     )?;
+    Ok((hosts, server_conf, client_conf))
+}
+
+/// A stock server and our client's config for it, in fresh namespaces: (server, hosts,
+/// server tunnel address).
+fn stock_server_pair() -> Result<(Proc, TwoHosts, std::net::Ipv4Addr)> {
+    let spec = TunnelSpec::default();
+    let (hosts, server_conf, _) = configured(&spec, None)?;
     let mut server =
         subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
@@ -1067,17 +1033,7 @@ fn our_client_gives_up_root_and_still_reconnects_and_restores() -> Result<()> {
         keepalive: (1, 4),
         ..TunnelSpec::default()
     };
-    let hosts = TwoHosts::new()?;
-    hosts.client.set_resolv_conf("nameserver 198.18.1.1\n")?;
-    let pki = tunscope_harness::pki::Pki::generate(&hosts.dir.join("pki"))?;
-    let (cert, key) = pki.client("client1")?;
-    let server_conf = hosts.dir.join("server.conf");
-    std::fs::write(&server_conf, spec.server_config(&pki, &hosts.dir)?)?;
-    let client_conf = hosts.dir.join("client.conf");
-    std::fs::write(
-        &client_conf,
-        spec.client_config(&pki, &cert, &key, SERVER_WAN, &hosts.dir)?,
-    )?;
+    let (hosts, server_conf, client_conf) = configured(&spec, Some("nameserver 198.18.1.1\n"))?;
     let start_server = |log: &str| -> Result<Proc> {
         let mut s = subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join(log))?;
         subjects::wait_ready(&mut s, Duration::from_secs(15))?;

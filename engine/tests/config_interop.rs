@@ -311,17 +311,6 @@ fn cbc_hmac_data_channel_with_stock_server() -> Result<()> {
     Ok(())
 }
 
-/// The number after `decrypt` … `fragment=` in an engine's exit table (fragments it held
-/// for reassembly).
-fn fragments_held(log: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.starts_with("decrypt "))
-        .filter_map(|l| l.split("fragment=").nth(1))
-        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
-        .next_back()
-        .unwrap_or(0)
-}
-
 /// `fragment 600` (OpenVPN's own fragmentation) with a stock server: 1,400-byte pings and a
 /// transfer with 1,500-byte packets (`mssfix 0`) are cut into fragments by each side and
 /// reassembled by the other. Our client's counters show the fragments it reassembled.
@@ -344,7 +333,8 @@ fn fragment_with_stock_server() -> Result<()> {
     client.signal(Signal::SIGTERM)?;
     client.wait_exit(Duration::from_secs(10))?;
     let log = client.log();
-    let held = fragments_held(&log);
+    let held = tunscope_harness::process::stage_counter(&log, "decrypt", Some("fragment"))
+        .map_or(0, |(n, _)| n);
     ensure!(
         held >= 100,
         "only {held} fragments reassembled:\n{}",

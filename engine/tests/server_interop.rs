@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::pki::Pki;
-use tunscope_harness::process::{Proc, tail};
+use tunscope_harness::process::{Proc, stage_counter, tail};
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, Star};
 use tunscope_harness::traffic::{self, EchoServer};
@@ -206,13 +206,7 @@ fn fragment_with_stock_and_our_clients() -> Result<()> {
     net.server.signal(Signal::SIGTERM)?;
     net.server.wait_exit(Duration::from_secs(10))?;
     let log = net.server.log();
-    let held: u64 = log
-        .lines()
-        .filter(|l| l.starts_with("decrypt "))
-        .filter_map(|l| l.split("fragment=").nth(1))
-        .filter_map(|n| n.split_whitespace().next()?.parse().ok())
-        .next_back()
-        .unwrap_or(0);
+    let held = stage_counter(&log, "decrypt", Some("fragment")).map_or(0, |(n, _)| n);
     ensure!(
         held >= 200,
         "only {held} fragments held:\n{}",
@@ -733,8 +727,7 @@ fn reset_flood_and_replays_from_one_source_leave_room() -> Result<()> {
     net.server.wait_exit(Duration::from_secs(10))?;
     let log = net.server.log();
     ensure!(
-        log.lines()
-            .any(|l| l.starts_with("control ") && l.contains("rate_limited=")),
+        stage_counter(&log, "control", Some("rate_limited")).is_some_and(|(n, _)| n > 0),
         "the flood was not counted as rate_limited:\n{}",
         tail(&log, 12)
     );
@@ -1089,8 +1082,7 @@ fn tcp_record_flood_and_slowloris() -> Result<()> {
     net.server.wait_exit(Duration::from_secs(10))?;
     let log = net.server.log();
     ensure!(
-        log.lines()
-            .any(|l| l.starts_with("socket_rx ") && l.contains("too_big=")),
+        stage_counter(&log, "socket_rx", Some("too_big")).is_some_and(|(n, _)| n > 0),
         "oversized records were not dropped as too_big:\n{}",
         tail(&log, 14)
     );

@@ -57,6 +57,8 @@ pub struct ImpairSpec {
 
 /// The impairment of the client's WAN link (`[topology.impair]`): the fields of
 /// [`ImpairSpec`] for both directions, `to_server`/`to_client` tables to set one apart.
+/// (The fields are repeated, not `#[serde(flatten)]`ed: serde cannot deny unknown fields
+/// through a flatten, and a misspelt impairment must be an error, not a perfect link.)
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LinkImpairment {

@@ -94,6 +94,18 @@ pub struct Network {
     pub web: Vec<WebServer>,
 }
 
+/// Offloads that make the kernel build super-packets: off, so each frame is one datagram.
+const WIRE_SIZED: &[&str] = &["tso", "gso", "gro", "tx-udp-segmentation"];
+
+/// `ethtool -K DEV FEATURE off …` inside `ns`.
+fn ethtool_off(ns: &Netns, dev: &str, features: &[&str]) -> Result<()> {
+    let mut args = vec!["netns", "exec", ns.name(), "ethtool", "-K", dev];
+    for f in features {
+        args.extend([*f, "off"]);
+    }
+    netns::sh("ip", &args).map(|_| ())
+}
+
 fn ip(ns: &Netns, args: &str) -> Result<()> {
     let a: Vec<&str> = args.split_whitespace().collect();
     ns.ip(&a).map(|_| ())
@@ -125,44 +137,14 @@ impl Network {
                 netns::veth(&client, "eth0", &w, "to-client")?;
                 netns::veth(&w, "to-router", &router, "c0")?;
                 for dev in ["to-client", "to-router"] {
-                    netns::sh(
-                        "ip",
-                        &[
-                            "netns",
-                            "exec",
-                            w.name(),
-                            "ethtool",
-                            "-K",
-                            dev,
-                            "tso",
-                            "off",
-                            "gso",
-                            "off",
-                            "gro",
-                            "off",
-                            "tx-udp-segmentation",
-                            "off",
-                        ],
-                    )?;
+                    ethtool_off(&w, dev, WIRE_SIZED)?;
                     ip(&w, &format!("link set {dev} promisc on"))?;
                 }
                 // Frames the element reads with AF_PACKET must carry their checksums: a
                 // veth leaves them to be filled in later (checksum offload), and a frame
                 // sent on from userspace would then arrive with a wrong one.
                 for (ns, dev) in [(&client, "eth0"), (&router, "c0")] {
-                    netns::sh(
-                        "ip",
-                        &[
-                            "netns",
-                            "exec",
-                            ns.name(),
-                            "ethtool",
-                            "-K",
-                            dev,
-                            "tx",
-                            "off",
-                        ],
-                    )?;
+                    ethtool_off(ns, dev, &["tx"])?;
                 }
                 Some(w)
             }
@@ -184,25 +166,7 @@ impl Network {
             (&server, "lan0"),
             (&corp, "eth0"),
         ] {
-            netns::sh(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns.name(),
-                    "ethtool",
-                    "-K",
-                    dev,
-                    "tso",
-                    "off",
-                    "gso",
-                    "off",
-                    "gro",
-                    "off",
-                    "tx-udp-segmentation",
-                    "off",
-                ],
-            )?;
+            ethtool_off(ns, dev, WIRE_SIZED)?;
         }
 
         ip(&client, &format!("addr add {CLIENT_WAN}/24 dev eth0"))?;

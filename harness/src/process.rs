@@ -168,3 +168,20 @@ pub fn thread_identities(pid: u32) -> Result<Vec<(u32, u64)>> {
     }
     Ok(out)
 }
+
+/// From the stage table our engines log when they stop (`stage in out bytes … drops`): the
+/// packets out of `stage`, or its drops for `reason` (0 when none was counted), with the line
+/// it came from. `None` when the log has no such stage line (not our engine, or no table).
+pub fn stage_counter(log: &str, stage: &str, reason: Option<&str>) -> Option<(u64, String)> {
+    let line = log
+        .lines()
+        .rfind(|l| l.split_whitespace().next() == Some(stage))?;
+    let n = match reason {
+        None => line.split_whitespace().nth(2)?.parse().ok()?,
+        Some(r) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{r}=")))
+            .map_or(Some(0), |v| v.parse().ok())?,
+    };
+    Some((n, line.trim().to_owned()))
+}

@@ -53,6 +53,14 @@ fn addr(i: usize) -> PeerAddr {
     )))
 }
 
+/// The next value of a xorshift generator (the fuzzers' own randomness, seeded per case).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// One thing that happens to the server.
 #[derive(Clone, Debug)]
 enum Op {
@@ -128,10 +136,7 @@ impl World {
     }
 
     fn random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        xorshift(&mut self.rng)
     }
 
     fn drain_events(&mut self) {
@@ -403,10 +408,7 @@ impl ClientWorld {
     }
 
     fn random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        xorshift(&mut self.rng)
     }
 
     fn deliver(&mut self, b: &[u8]) -> Result<(), TestCaseError> {

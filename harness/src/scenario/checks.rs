@@ -1148,7 +1148,7 @@ pub fn judge(check: &Check, live: &Live, data: &RunData) -> Verdict {
             } else {
                 &data.server_log
             };
-            match stage_counter(log, &c.stage, c.drop.as_deref()) {
+            match crate::process::stage_counter(log, &c.stage, c.drop.as_deref()) {
                 Some((n, line)) => {
                     evidence.push(line);
                     let what = c.drop.as_deref().map_or_else(
@@ -1269,20 +1269,4 @@ fn judge_leak(
         ));
         evidence.extend(bad.into_iter().take(8));
     }
-}
-
-/// From an engine's exit table (`stage in out bytes … drops`), the packets out of `stage`, or
-/// its drops for `reason`; with the line it came from.
-fn stage_counter(log: &str, stage: &str, reason: Option<&str>) -> Option<(u64, String)> {
-    let line = log
-        .lines()
-        .rfind(|l| l.split_whitespace().next() == Some(stage))?;
-    let n = match reason {
-        None => line.split_whitespace().nth(2)?.parse().ok()?,
-        Some(r) => line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{r}=")))
-            .map_or(Some(0), |v| v.parse().ok())?,
-    };
-    Some((n, line.trim().to_owned()))
 }
