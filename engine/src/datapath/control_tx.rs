@@ -32,6 +32,9 @@ pub fn send_from_control(
     if data {
         encrypt.pass(packet.len());
     }
+    // The tap's time is taken before the send: the peer's answer can be recorded by the rx
+    // thread before this thread runs again, and a capture must never show it first.
+    let at = Instant::now();
     let sent = shared.transport.send_one(to, packet);
     match sent {
         Ok(()) => socket_tx.pass(packet.len()),
@@ -44,7 +47,7 @@ pub fn send_from_control(
         let ids = data_ids(packet).filter(|_| data);
         tap.emit(TapRecord {
             stage: Stage::SocketTx,
-            at: Instant::now(),
+            at,
             data: packet.to_vec(),
             wire: shared
                 .transport
