@@ -155,11 +155,34 @@ impl Pair {
         bail!("client not connected within 20 s")
     }
 
+    /// Both reports once the counters have stopped moving. A data thread publishes a
+    /// batch's counts after its tun write, so a test that has just read the last packet
+    /// can see that batch uncounted; wait until two snapshots 100 ms apart agree (at most
+    /// 5 s: a side that never goes quiet is reported as it is).
     fn reports(&self) -> (EngineReport, EngineReport) {
-        (
-            self.client_obs.observer.report(),
-            self.server_obs.observer.report(),
-        )
+        let snapshot = || {
+            (
+                self.client_obs.observer.report(),
+                self.server_obs.observer.report(),
+            )
+        };
+        let counts = |r: &EngineReport| -> Vec<(u64, u64, u64, u64)> {
+            let st = &r.totals.stages;
+            st.iter()
+                .map(|s| (s.packets_in, s.packets_out, s.bytes_in, s.bytes_out))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = snapshot();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = snapshot();
+            let quiet = counts(&now.0) == counts(&last.0) && counts(&now.1) == counts(&last.1);
+            if quiet || Instant::now() >= deadline {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// Stops both sides and returns how the client's attempt ended, with both observatories
