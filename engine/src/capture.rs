@@ -47,6 +47,9 @@ pub struct CaptureConfig {
     pub max_bytes: u64,
     /// Host name in interface names (`client`, `server`, or `--capture-name`).
     pub host: String,
+    /// A tap engine: the data stages carry Ethernet frames (link type Ethernet; encrypted
+    /// records get an Ethernet header in front of their synthesized IP/UDP headers).
+    pub ethernet: bool,
 }
 
 /// Where a link-stage packet travelled: addresses and transport, for the synthesized headers.
@@ -212,10 +215,10 @@ impl Capture {
             next_trace: AtomicU64::new(1),
         });
         let host = cfg.host.clone();
-        let max = cfg.max_bytes;
+        let (max, ethernet) = (cfg.max_bytes, cfg.ethernet);
         let writer = std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || write_loop(BufWriter::new(file), &host, max, rx, &counters))?;
+            .spawn(move || write_loop(BufWriter::new(file), &host, max, ethernet, rx, &counters))?;
         Ok(Capture {
             tap,
             writer: Some(writer),
@@ -265,6 +268,7 @@ fn write_loop(
     out: BufWriter<File>,
     host: &str,
     max: u64,
+    ethernet: bool,
     rx: Receiver<TapRecord>,
     tap: &TapCounters,
 ) -> Result<()> {
@@ -279,6 +283,8 @@ fn write_loop(
         w.write_pcapng_block(InterfaceDescriptionBlock {
             linktype: if *stage == Stage::Control {
                 DataLink::WIRESHARK_UPPER_PDU
+            } else if ethernet {
+                DataLink::ETHERNET
             } else {
                 DataLink::RAW
             },
@@ -313,6 +319,10 @@ fn write_loop(
             None => &rec.data,
             Some(wire) => {
                 encapsulate(&wire, &rec.data, &mut tcp_seq, &mut buf);
+                if ethernet {
+                    let h = crate::datapath::ethernet::header_for_ip(&buf);
+                    buf.splice(0..0, h);
+                }
                 &buf
             }
         };

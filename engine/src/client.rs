@@ -27,6 +27,7 @@ use tunscope_proto::client::{Client, ClientEvent, Connected, DataPlane, Transmit
 use tunscope_proto::consts::PEER_ID_UNDEF;
 use tunscope_proto::data;
 use tunscope_proto::options::client::{ClientConfig, Mssfix, Remote, Transport};
+use tunscope_proto::options::common::DevType;
 use tunscope_proto::options::push::{PushedOptions, Topology};
 use tunscope_proto::server::{PeerAddr, PeerView};
 use tunscope_proto::stage::Stage;
@@ -127,7 +128,11 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
         observer,
         capture,
         endpoints,
-    } = opts.observe.start("client")?;
+    } = crate::observe::ObserveOptions {
+        ethernet: cfg.dev_type == DevType::Tap,
+        ..opts.observe.clone()
+    }
+    .start("client")?;
     let state_path = opts.state_file.clone().unwrap_or_else(|| {
         // Options-only runs are told apart by their options.
         let key = if opts.config.as_os_str().is_empty() {
@@ -542,9 +547,10 @@ impl Run<'_> {
         );
         let plane = client.data_plane();
         let mtu = connected.pushed.tun_mtu.unwrap_or(cfg.tun_mtu);
-        let addrs = tun_addresses(&connected.pushed)?;
+        let tap = cfg.dev_type == DevType::Tap;
+        let addrs = tun_addresses(&connected.pushed, tap)?;
         if shared.tun.get().is_none() {
-            let t = Tun::create(Some(&cfg.dev), mtu, !self.opts.no_offload)
+            let t = Tun::create(Some(&cfg.dev), mtu, !self.opts.no_offload, tap)
                 .context("cannot create tun device")?;
             t.set_nonblocking()?;
             let _ = shared.tun.set(t);
@@ -625,7 +631,8 @@ impl Run<'_> {
             && connected.pushed.ifconfig_ipv6.is_none();
         let table = |plane: DataPlane| {
             let mut t = server_table(sn.addr, plane, sn.rt, mss);
-            t.block_ipv6 = block_ipv6;
+            t.block_ipv6 = block_ipv6 && !tap;
+            t.ethernet = tap;
             t
         };
         shared.publish(table(plane));
@@ -647,7 +654,7 @@ impl Run<'_> {
         // The line OpenVPN prints at this point; scripts and tests wait for it.
         tracing::info!("Initialization Sequence Completed");
         if let Some(m) = &self.mgmt {
-            let local_ip = tun_addresses(&connected.pushed)
+            let local_ip = tun_addresses(&connected.pushed, tap)
                 .ok()
                 .and_then(|a| a.ipv4)
                 .map_or(String::new(), |(a, _, _)| a.to_string());
@@ -1001,19 +1008,18 @@ fn prefix_len(mask: std::net::Ipv4Addr) -> Option<u8> {
     (m.checked_shl(n).unwrap_or(0) == 0).then_some(n as u8)
 }
 
-/// Interface addresses from the pushed `ifconfig`/`ifconfig-ipv6` and topology.
-pub fn tun_addresses(p: &PushedOptions) -> Result<TunAddresses> {
+/// Interface addresses from the pushed `ifconfig`/`ifconfig-ipv6` and topology (a tap
+/// device's `ifconfig` is always address and netmask).
+pub fn tun_addresses(p: &PushedOptions, tap: bool) -> Result<TunAddresses> {
     let ipv4 = match p.ifconfig {
         None => None,
-        Some((local, second)) => match p.topology {
-            Topology::Subnet => {
-                let prefix = prefix_len(second).with_context(|| {
-                    format!("pushed ifconfig netmask {second} is not contiguous")
-                })?;
-                Some((local, prefix, None))
-            }
-            Topology::Net30 | Topology::P2p => Some((local, 32, Some(second))),
-        },
+        Some((local, mask)) if tap || p.topology == Topology::Subnet => {
+            let prefix = prefix_len(mask)
+                .with_context(|| format!("pushed ifconfig netmask {mask} is not contiguous"))?;
+            Some((local, prefix, None))
+        }
+        // net30/p2p: the second address is the point-to-point peer.
+        Some((local, peer)) => Some((local, 32, Some(peer))),
     };
     Ok(TunAddresses {
         ipv4,

@@ -404,11 +404,56 @@ pub fn server(c: &ServerConfig) -> Explanation {
     );
     b.line("max-clients", c.max_clients.to_string());
     b.section("addresses");
+    use tunscope_proto::options::common::DevType;
+    use tunscope_proto::options::server::PushedGateway;
     b.line(
-        "tunnel network",
-        format!("{}/{} (topology subnet)", c.network.0, c.network.1),
+        "device",
+        match c.dev_type {
+            DevType::Tun => format!("{} (tun: routed IP packets)", c.dev),
+            DevType::Tap => format!("{} (tap: bridged Ethernet frames)", c.dev),
+        },
     );
-    b.line("pool", format!("{} – {}", c.pool.0, c.pool.1));
+    match (c.dev_type, c.pushed_gateway) {
+        (_, PushedGateway::Dhcp | PushedGateway::None) => b.line(
+            "tunnel network",
+            "the LAN's (server-bridge without a pool: clients ask the LAN's DHCP server)"
+                .to_owned(),
+        ),
+        (DevType::Tun, _) => b.line(
+            "tunnel network",
+            format!("{}/{} (topology subnet)", c.network.0, c.network.1),
+        ),
+        (DevType::Tap, _) => b.line(
+            "tunnel network",
+            format!(
+                "{}/{}, server {} {}",
+                c.network.0,
+                c.network.1,
+                c.server_ip,
+                if c.ifconfig_local {
+                    "on the tap device"
+                } else {
+                    "on the LAN's bridge (server-bridge)"
+                }
+            ),
+        ),
+    };
+    match c.pool {
+        Some((a, z)) => b.line("pool", format!("{a} – {z}")),
+        None => b.line(
+            "pool",
+            "none (fixed ifconfig-push addresses only)".to_owned(),
+        ),
+    };
+    match c.pushed_gateway {
+        PushedGateway::Address(g) => {
+            b.line("route-gateway", g.to_string());
+        }
+        PushedGateway::Dhcp => {
+            b.line("route-gateway", "dhcp".to_owned());
+        }
+        PushedGateway::None => {}
+    }
     if let Some((n, bits)) = c.pool6 {
         b.line("IPv6 pool", format!("{n}/{bits}"));
     }

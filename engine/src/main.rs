@@ -129,6 +129,7 @@ impl From<Observe> for ObserveOptions {
             capture_name: o.capture_name,
             control: o.control,
             prometheus: o.prometheus,
+            ethernet: false,
         }
     }
 }

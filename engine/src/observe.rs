@@ -27,6 +27,9 @@ pub struct ObserveOptions {
     pub control: Option<PathBuf>,
     /// Address for the Prometheus endpoint.
     pub prometheus: Option<SocketAddr>,
+    /// The engine runs a tap device (set from its config, not a flag): captures carry
+    /// Ethernet frames.
+    pub ethernet: bool,
 }
 
 impl ObserveOptions {
@@ -44,6 +47,7 @@ impl ObserveOptions {
                 .capture_name
                 .clone()
                 .unwrap_or_else(|| default_host.to_owned()),
+            ethernet: self.ethernet,
         })
     }
 

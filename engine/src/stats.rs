@@ -13,6 +13,7 @@
 //! With the `probes` feature off all of this compiles to nothing (see `cargo xtask bench
 //! probes` for the measured difference).
 
+use crate::datapath::ethernet::{FrameCounts, FrameReport};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -274,6 +275,8 @@ pub struct EngineStats {
     control: Mutex<ControlMetrics>,
     /// Packets the peer compressed that decrypt inflated: packets, bytes before, after.
     decompressed: [AtomicU64; 3],
+    /// A tap engine's frames by kind: read from the device (into the tunnel), written to it.
+    frames: [FrameCounts; 2],
 }
 
 impl Default for EngineStats {
@@ -290,7 +293,14 @@ impl EngineStats {
             hist: Mutex::new(LocalHist::new(sigfig)),
             control: Mutex::new(ControlMetrics::default()),
             decompressed: Default::default(),
+            frames: Default::default(),
         }
+    }
+
+    /// Counts a frame a tap engine read from its device (`to_tunnel`) or wrote to it.
+    #[inline]
+    pub fn count_frame(&self, to_tunnel: bool, f: &[u8]) {
+        self.frames[usize::from(!to_tunnel)].count(f);
     }
 
     /// The counters of a stage.
@@ -369,6 +379,13 @@ impl EngineStats {
                 decompressed_packets: self.decompressed[0].load(Ordering::Relaxed),
                 compressed_bytes: self.decompressed[1].load(Ordering::Relaxed),
                 inflated_bytes: self.decompressed[2].load(Ordering::Relaxed),
+            },
+            ethernet: {
+                let (to, from) = (self.frames[0].report(), self.frames[1].report());
+                (to.total() + from.total() > 0).then_some(EthernetReport {
+                    to_tunnel: to,
+                    from_tunnel: from,
+                })
             },
         }
     }
@@ -507,6 +524,18 @@ pub struct ScopeReport {
     /// Decompression at the decrypt stage.
     #[serde(default)]
     pub compression: CompressionReport,
+    /// A tap engine's Ethernet frames by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethernet: Option<EthernetReport>,
+}
+
+/// A tap engine's frames by kind in each direction.
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EthernetReport {
+    /// Read from the tap device (read_tun), into the tunnel.
+    pub to_tunnel: FrameReport,
+    /// Written to the tap device (write_tun), out of the tunnel.
+    pub from_tunnel: FrameReport,
 }
 
 /// Packets the peer compressed, inflated at decrypt (their drops are `bad_compression`).
@@ -574,6 +603,17 @@ impl ScopeReport {
                 "compression: {} packet(s) decompressed, {} -> {} bytes\n",
                 z.decompressed_packets, z.compressed_bytes, z.inflated_bytes
             ));
+        }
+        if let Some(e) = &self.ethernet {
+            for (what, f) in [
+                ("into tunnel", e.to_tunnel),
+                ("out of tunnel", e.from_tunnel),
+            ] {
+                s.push_str(&format!(
+                    "frames {what}: {} unicast, {} broadcast, {} multicast; {} ARP, {} VLAN-tagged\n",
+                    f.unicast, f.broadcast, f.multicast, f.arp, f.vlan
+                ));
+            }
         }
         s
     }

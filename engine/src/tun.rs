@@ -63,11 +63,18 @@ pub struct TunAddresses {
 }
 
 impl Tun {
-    /// Creates the device. `name` of `tun` (or `None`) lets the kernel pick `tunN`.
-    pub fn create(name: Option<&str>, mtu: u16, offload: bool) -> io::Result<Tun> {
+    /// Creates the device. `name` of `tun`/`tap` (or `None`) lets the kernel pick `tunN` /
+    /// `tapN`; a name that exists already as a persistent device (`ip tuntap add`, e.g. a
+    /// port of a bridge) is opened. `tap` makes a layer-2 device (Ethernet frames), without
+    /// offload: the segmentation offload splits IP packets only.
+    pub fn create(name: Option<&str>, mtu: u16, offload: bool, tap: bool) -> io::Result<Tun> {
+        let offload = offload && !tap;
         let build = |offload: bool| {
             let mut b = DeviceBuilder::new().mtu(mtu).offload(offload);
-            if let Some(n) = name.filter(|n| *n != "tun") {
+            if tap {
+                b = b.layer(tun_rs::Layer::L2);
+            }
+            if let Some(n) = name.filter(|n| *n != "tun" && *n != "tap") {
                 b = b.name(n);
             }
             b.build_sync()

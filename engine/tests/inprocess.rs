@@ -619,3 +619,157 @@ fn taps_join_into_complete_journeys() -> Result<()> {
     );
     Ok(())
 }
+
+/// An Ethernet frame from `src` to `dst` of `ethertype` around `payload`.
+fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends `frames` into `from` and returns what came out of `to` within `wait`.
+fn exchange(
+    from: &MemTunHandle,
+    to: &MemTunHandle,
+    frames: &[Vec<u8>],
+    wait: Duration,
+) -> Result<Vec<Vec<u8>>> {
+    for f in frames {
+        from.to_engine
+            .send(f.clone())
+            .map_err(|_| anyhow::anyhow!("tun closed"))?;
+    }
+    let mut got = vec![];
+    let deadline = Instant::now() + wait;
+    while got.len() < frames.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match to.from_engine.recv_timeout(left) {
+            Ok(f) => got.push(f),
+            Err(_) => break,
+        }
+    }
+    Ok(got)
+}
+
+/// `dev tap`: frames cross unchanged both ways; the server sends a frame to the client that
+/// sent from its destination address, a broadcast to every client, an unknown destination
+/// nowhere; a client cannot make the server learn more than its share of addresses; frames
+/// are counted by kind.
+#[test]
+fn tap_frames_are_switched_by_learned_address() -> Result<()> {
+    let spec = TunnelSpec {
+        tap: true,
+        ..TunnelSpec::default()
+    };
+    let (pair, _) = Pair::start("tap", &spec, false)?;
+    let (client_mac, station) = ([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 0x01]);
+    let up: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            let ip = ipv4_udp(pair.client_ip, SERVER_TUN, i, 100 + i as usize * 50);
+            frame(station, client_mac, 0x0800, &ip)
+        })
+        .collect();
+    let got = exchange(
+        &pair.client_tun,
+        &pair.server_tun,
+        &up,
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        got == up,
+        "{} of 20 frames reached the server intact",
+        got.len()
+    );
+    // The server learned the client's address: frames to it go to the client.
+    let down: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            let ip = ipv4_udp(SERVER_TUN, pair.client_ip, i, 900 - i as usize * 30);
+            frame(client_mac, station, 0x0800, &ip)
+        })
+        .collect();
+    let got = exchange(
+        &pair.server_tun,
+        &pair.client_tun,
+        &down,
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        got == down,
+        "{} of 20 frames reached the client intact",
+        got.len()
+    );
+    // A broadcast (an ARP request) reaches the client; an unknown destination does not.
+    let arp = frame([0xff; 6], station, 0x0806, &[0u8; 28]);
+    let unknown = frame([2, 0, 0, 0, 0, 0x99], station, 0x0800, &down[0][14..]);
+    let got = exchange(
+        &pair.server_tun,
+        &pair.client_tun,
+        &[unknown, arp.clone()],
+        Duration::from_millis(1500),
+    )?;
+    ensure!(
+        got == [arp],
+        "got {} frames, expected the ARP broadcast only",
+        got.len()
+    );
+    // A runt frame stops at the client's read_tun.
+    pair.client_tun
+        .to_engine
+        .send(vec![0u8; 10])
+        .map_err(|_| anyhow::anyhow!("tun closed"))?;
+    // A client sending from 300 made-up addresses gets no more than its share learned.
+    let flood: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            let ip = ipv4_udp(pair.client_ip, SERVER_TUN, i, 64);
+            frame(station, [2, 0x42, b[0], b[1], b[2], b[3]], 0x0800, &ip)
+        })
+        .collect();
+    let mut got = 0;
+    for chunk in flood.chunks(30) {
+        got += exchange(
+            &pair.client_tun,
+            &pair.server_tun,
+            chunk,
+            Duration::from_millis(700),
+        )?
+        .len();
+    }
+    // The client's own address already counts against its share of 256.
+    ensure!(got == 255, "{got} flood frames delivered, expected 255");
+    let (c, s) = pair.reports();
+    assert_conserved(&c, &s)?;
+    let drops = |r: &EngineReport, st: &str, why: &str| -> Result<u64> {
+        Ok(stage(r, st)?.drops.get(why).copied().unwrap_or(0))
+    };
+    ensure!(
+        drops(&s, "write_tun", "mac_limit")? == 45,
+        "server: {}",
+        s.totals.table()
+    );
+    ensure!(
+        drops(&s, "encrypt", "no_route")? == 1,
+        "server: {}",
+        s.totals.table()
+    );
+    ensure!(
+        drops(&c, "read_tun", "runt_frame")? == 1,
+        "client: {}",
+        c.totals.table()
+    );
+    let ce = c.totals.ethernet.context("client counts frames")?;
+    ensure!(
+        ce.from_tunnel.broadcast == 1 && ce.from_tunnel.arp == 1 && ce.from_tunnel.unicast == 20,
+        "client frames: {ce:?}"
+    );
+    let se = s.totals.ethernet.context("server counts frames")?;
+    ensure!(
+        se.to_tunnel.broadcast == 1 && se.to_tunnel.unicast == 21,
+        "server frames: {se:?}"
+    );
+    pair.stop()?;
+    Ok(())
+}

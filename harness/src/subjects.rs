@@ -67,6 +67,9 @@ pub struct TunnelSpec {
     pub server_extra: Vec<String>,
     /// Extra client config lines.
     pub client_extra: Vec<String>,
+    /// `dev tap` on both sides (Ethernet frames; the server's `server` line then gives the
+    /// tap device its address and pushes `route-gateway`).
+    pub tap: bool,
 }
 
 impl Default for TunnelSpec {
@@ -89,6 +92,7 @@ impl Default for TunnelSpec {
             explicit_exit_notify: None,
             server_extra: vec![],
             client_extra: vec![],
+            tap: false,
         }
     }
 }
@@ -112,7 +116,7 @@ impl TunnelSpec {
                 .map_or("default", String::as_str),
             self.wrap,
             if self.auth_user_pass { "/password" } else { "" }
-        )
+        ) + if self.tap { "/tap" } else { "" }
     }
 
     /// The control-channel wrap's config lines; `key_direction` 0 on the server, 1 on the
@@ -133,11 +137,12 @@ impl TunnelSpec {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp-server",
         };
-        let _ = writeln!(
-            c,
-            "port {}\nproto {proto}\ndev tun\ntopology subnet",
-            self.port
-        );
+        let dev = if self.tap {
+            "dev tap"
+        } else {
+            "dev tun\ntopology subnet"
+        };
+        let _ = writeln!(c, "port {}\nproto {proto}\n{dev}", self.port);
         let _ = writeln!(c, "server {} 255.255.255.0", self.tunnel_net);
         let _ = writeln!(
             c,
@@ -194,7 +199,8 @@ impl TunnelSpec {
         let bind = self.client_extra.iter().any(|l| l.starts_with("lport"));
         let _ = writeln!(
             c,
-            "client\ndev tun\nproto {proto}\nremote {server} {}{}",
+            "client\ndev {}\nproto {proto}\nremote {server} {}{}",
+            if self.tap { "tap" } else { "tun" },
             self.port,
             if bind { "" } else { "\nnobind" }
         );

@@ -49,6 +49,8 @@ pub struct ClientSetup {
     pub credentials: Option<(String, String)>,
     /// Our tun MTU.
     pub tun_mtu: u16,
+    /// `dev tap`: Ethernet frames (announced in the options string).
+    pub tap: bool,
     /// `reneg-sec` (zero = never initiate).
     pub reneg_sec: Duration,
     /// `reneg-pkts`: renegotiate after this many packets sent with a key.
@@ -130,6 +132,7 @@ impl ClientSetup {
             auth: cfg.auth_digest,
             credentials,
             tun_mtu: cfg.tun_mtu,
+            tap: cfg.dev_type == crate::options::common::DevType::Tap,
             reneg_sec: cfg.reneg_sec,
             reneg_pkts: cfg.reneg_pkts,
             reneg_bytes: cfg.reneg_bytes,
@@ -710,6 +713,7 @@ impl Client {
                 false,
                 self.setup.transport == Transport::Tcp,
                 self.setup.tun_mtu,
+                self.setup.tap,
                 cipher,
                 self.setup.tls_auth,
             ),

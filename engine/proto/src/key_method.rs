@@ -266,6 +266,7 @@ pub fn options_string(
     is_server: bool,
     tcp: bool,
     tun_mtu: u16,
+    tap: bool,
     cipher: crate::data::Cipher,
     tls_auth: bool,
 ) -> String {
@@ -276,7 +277,8 @@ pub fn options_string(
     };
     let link_mtu = u32::from(tun_mtu) + 49;
     let mut s = format!(
-        "V4,dev-type tun,link-mtu {link_mtu},tun-mtu {tun_mtu},proto {proto},cipher {},auth [null-digest],keysize {}",
+        "V4,dev-type {},link-mtu {link_mtu},tun-mtu {tun_mtu},proto {proto},cipher {},auth [null-digest],keysize {}",
+        if tap { "tap" } else { "tun" },
         cipher.name(),
         cipher.key_len() * 8
     );
@@ -383,7 +385,7 @@ mod tests {
 
     #[test]
     fn options_string_never_mentions_compression() {
-        let s = options_string(false, true, 1500, Cipher::Aes256Gcm, true);
+        let s = options_string(false, true, 1500, false, Cipher::Aes256Gcm, true);
         assert!(s.starts_with("V4,"));
         assert!(s.contains("proto TCPv4_CLIENT"));
         assert!(s.ends_with("tls-client"));

@@ -130,11 +130,16 @@ pub enum DropReason {
     Fragment,
     /// A fragment header that does not parse, or a fragment that would overflow reassembly.
     BadFragment,
+    /// A tap frame shorter than an Ethernet header (14 bytes).
+    RuntFrame,
+    /// A tap client sent from more source MAC addresses than a client may own (OpenVPN's
+    /// `max-routes-per-client`); frames from addresses beyond it are not learned or forwarded.
+    MacLimit,
 }
 
 impl DropReason {
     /// All reasons, for tables.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Malformed,
         DropReason::BadOpcode,
         DropReason::BadTag,
@@ -160,6 +165,8 @@ impl DropReason {
         DropReason::Refused,
         DropReason::Fragment,
         DropReason::BadFragment,
+        DropReason::RuntFrame,
+        DropReason::MacLimit,
     ];
 
     /// The reason's name as used in reports.
@@ -190,6 +197,8 @@ impl DropReason {
             DropReason::Refused => "refused",
             DropReason::Fragment => "fragment",
             DropReason::BadFragment => "bad_fragment",
+            DropReason::RuntFrame => "runt_frame",
+            DropReason::MacLimit => "mac_limit",
         }
     }
 

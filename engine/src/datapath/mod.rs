@@ -23,6 +23,7 @@
 pub mod account;
 pub mod control_queue;
 mod control_tx;
+pub mod ethernet;
 pub mod memory;
 mod rx;
 mod seal;
@@ -125,6 +126,9 @@ pub struct PeerTable {
     /// A client with `block-ipv6` and no IPv6 in the tunnel: IPv6 read from the tun device
     /// goes nowhere and is answered "no route" (ICMPv6) at once.
     pub block_ipv6: bool,
+    /// `dev tap`: the device carries Ethernet frames; a server forwards them by learned MAC
+    /// address ([`ethernet::MacTable`]) instead of by route.
+    pub ethernet: bool,
 }
 
 impl PeerTable {
@@ -150,6 +154,7 @@ impl PeerTable {
             per_peer_stats: false,
             mss,
             block_ipv6: false,
+            ethernet: false,
         }
     }
 
@@ -233,6 +238,8 @@ pub struct Shared {
     /// The tun device: a client creates it once the server's push says how, so the data
     /// threads start before it exists (control packets flow from the first one on).
     pub tun: OnceLock<Tun>,
+    /// A tap server's learned MAC addresses (written by rx threads, read by the tx thread).
+    pub macs: ethernet::MacTable,
 }
 
 impl Shared {
@@ -260,11 +267,16 @@ impl Shared {
             control,
             tap,
             tun: cell,
+            macs: ethernet::MacTable::default(),
         }
     }
 
-    /// Installs a new table.
+    /// Installs a new table (a tap server forgets the addresses of peers that left).
     pub fn publish(&self, t: PeerTable) {
+        if t.ethernet && t.default_peer.is_none() {
+            self.macs
+                .retain(|p, s| t.peers.get(&p).is_some_and(|dp| dp.view.session == s));
+        }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
         self.generation.fetch_add(1, Ordering::Release);
     }

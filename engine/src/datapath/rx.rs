@@ -23,7 +23,9 @@ use crate::tun::TunWriter;
 
 use super::account::StageBatch;
 use super::seal::seal_packet;
-use super::{Clock, ControlInput, DataPeer, IDLE_WAIT, PeerTable, Shared, Transport, is_ip};
+use super::{
+    Clock, ControlInput, DataPeer, IDLE_WAIT, PeerTable, Shared, Transport, ethernet, is_ip,
+};
 
 /// A sampled packet's trace id and (peer-id, key-id, packet-id).
 type SampleIds = (u64, (Option<u32>, u8, u32));
@@ -269,7 +271,9 @@ impl<'a> Rx<'a> {
     ) {
         let peer = Some(id);
         self.counts.pass(Stage::Decrypt, peer, sealed_len);
-        let verdict = if !is_ip(p) {
+        let verdict = if self.table.ethernet {
+            self.frame_verdict(id, dp, p)
+        } else if !is_ip(p) {
             Some(DropReason::NotIp)
         } else if self.table.check_sources && !packet_src(p).is_some_and(|s| dp.view.owns_source(s))
         {
@@ -293,7 +297,14 @@ impl<'a> Rx<'a> {
             return;
         }
         if self.table.mss != 0 {
-            tunscope_proto::mss::clamp(p, self.table.mss);
+            let ip = if self.table.ethernet {
+                ethernet::ip_payload_mut(p)
+            } else {
+                Some(&mut *p)
+            };
+            if let Some(ip) = ip {
+                tunscope_proto::mss::clamp(ip, self.table.mss);
+            }
         }
         if let Some((trace, ids)) = sample {
             self.samples.push(RxSample {
@@ -302,11 +313,19 @@ impl<'a> Rx<'a> {
                 plain: p.to_vec(),
             });
         }
-        if self.table.client_to_client
-            && let Some(target) = self.table.routes.lookup_packet(p).filter(|t| *t != id)
-        {
-            self.counts.pass(Stage::WriteTun, peer, p.len());
-            return self.forward(target, p, now);
+        if self.table.client_to_client {
+            let target = if self.table.ethernet {
+                self.frame_target(id, p, now)
+            } else {
+                self.table.routes.lookup_packet(p).filter(|t| *t != id)
+            };
+            if let Some(target) = target {
+                self.counts.pass(Stage::WriteTun, peer, p.len());
+                return self.forward(target, p, now);
+            }
+        }
+        if self.table.ethernet {
+            self.shared.stats.count_frame(false, p);
         }
         if self.writer.as_ref().is_some_and(TunWriter::is_full) {
             self.flush_tun();
@@ -315,6 +334,51 @@ impl<'a> Rx<'a> {
             w.push(p);
             self.queued.push((id, p.len()));
         }
+    }
+
+    /// Whether a tap peer's decrypted frame may be delivered: a server learns its source
+    /// address (a client may own only so many), and never accepts a group address as source.
+    fn frame_verdict(&self, id: PeerId, dp: &DataPeer, f: &[u8]) -> Option<DropReason> {
+        if !ethernet::is_frame(f) {
+            return Some(DropReason::RuntFrame);
+        }
+        if self.table.default_peer.is_none() {
+            let src = ethernet::src(f);
+            if ethernet::is_group(&src) {
+                return Some(DropReason::BadSource);
+            }
+            if self.shared.macs.learn(src, id, dp.view.session) == ethernet::Learn::Full {
+                return Some(DropReason::MacLimit);
+            }
+        }
+        self.writer.is_none().then_some(DropReason::TunWriteError)
+    }
+
+    /// client-to-client for a tap server's frame from `id`: the client owning the unicast
+    /// destination, if another; a broadcast or multicast frame is sent to every other
+    /// client here and still written to the device (None).
+    fn frame_target(&mut self, id: PeerId, f: &[u8], now: Instant) -> Option<PeerId> {
+        let dst = ethernet::dst(f);
+        if ethernet::is_group(&dst) {
+            let others: Vec<PeerId> = self
+                .table
+                .peers
+                .iter()
+                .filter(|(p, dp)| **p != id && dp.view.plane.send.is_some())
+                .map(|(p, _)| *p)
+                .collect();
+            for t in others {
+                self.forward(t, f, now);
+            }
+            return None;
+        }
+        let (t, session) = self.shared.macs.lookup(&dst)?;
+        let alive = self
+            .table
+            .peers
+            .get(&t)
+            .is_some_and(|dp| dp.view.session == session);
+        (alive && t != id).then_some(t)
     }
 
     /// client-to-client: straight back out to the other client, without the kernel.

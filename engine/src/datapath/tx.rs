@@ -1,5 +1,6 @@
 //! The send half: `read_tun → (peer by inner destination) → encrypt → socket_tx`, one GSO
-//! batch per peer.
+//! batch per peer. A tap server's broadcast frame is one packet at read_tun and one per
+//! client from encrypt on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::tun::TunReader;
 
 use super::account::StageBatch;
 use super::seal::seal_packet;
-use super::{Clock, IDLE_WAIT, PeerTable, Shared, is_ip};
+use super::{Clock, IDLE_WAIT, PeerTable, Shared, ethernet, is_ip};
 
 /// A sampled packet of a tx batch, waiting for its socket_tx time.
 struct TxSample {
@@ -46,6 +47,8 @@ pub fn tx_loop(shared: &Shared) {
     let mut counts = StageBatch::default();
     let mut samples: Vec<TxSample> = Vec::new();
     let mut scratch = Vec::new();
+    // The peers a packet goes to (several for a tap server's broadcast frames).
+    let mut fanout: Vec<PeerId> = Vec::new();
     // ICMPv6 answers (block-ipv6) written back into the tun device after each batch.
     let mut icmp: Vec<Vec<u8>> = Vec::new();
     let mut icmp_writer: Option<crate::tun::TunWriter> = None;
@@ -64,7 +67,13 @@ pub fn tx_loop(shared: &Shared) {
         }
         for i in 0..n {
             let len = reader.packet(i).len();
-            if !is_ip(reader.packet(i)) {
+            if table.ethernet {
+                if !ethernet::is_frame(reader.packet(i)) {
+                    counts.drop(Stage::ReadTun, None, len, DropReason::RuntFrame);
+                    continue;
+                }
+                shared.stats.count_frame(true, reader.packet(i));
+            } else if !is_ip(reader.packet(i)) {
                 counts.drop(Stage::ReadTun, None, len, DropReason::NotIp);
                 continue;
             }
@@ -76,43 +85,80 @@ pub fn tx_loop(shared: &Shared) {
                 }
                 continue;
             }
-            // A client sends everything to its server: no lookup.
-            let target = table
-                .default_peer
-                .or_else(|| table.routes.lookup_packet(reader.packet(i)));
+            // Where it goes: a client sends everything to its server; a server looks up the
+            // inner destination (an IP route, or a tap frame's learned MAC address; a
+            // broadcast or multicast frame goes to every client).
+            fanout.clear();
+            let target = if let Some(p) = table.default_peer {
+                Some(p)
+            } else if table.ethernet {
+                let dst = ethernet::dst(reader.packet(i));
+                if ethernet::is_group(&dst) {
+                    fanout.extend(
+                        table
+                            .peers
+                            .iter()
+                            .filter(|(_, dp)| dp.view.plane.send.is_some())
+                            .map(|(id, _)| *id),
+                    );
+                    None
+                } else {
+                    shared
+                        .macs
+                        .lookup(&dst)
+                        .filter(|(p, s)| table.peers.get(p).is_some_and(|dp| dp.view.session == *s))
+                        .map(|(p, _)| p)
+                }
+            } else {
+                table.routes.lookup_packet(reader.packet(i))
+            };
             counts.pass(Stage::ReadTun, target, len);
-            let Some(dp) = target.and_then(|t| table.peers.get(&t)) else {
-                counts.drop(Stage::Encrypt, target, len, DropReason::NoRoute);
-                continue;
-            };
-            let Some(keys) = dp.view.plane.send.as_ref() else {
-                counts.drop(Stage::Encrypt, target, len, DropReason::NoKey);
-                continue;
-            };
             if table.mss != 0 {
-                tunscope_proto::mss::clamp(reader.packet_mut(i), table.mss);
+                let p = reader.packet_mut(i);
+                let ip = if table.ethernet {
+                    ethernet::ip_payload_mut(p)
+                } else {
+                    Some(p)
+                };
+                if let Some(ip) = ip {
+                    tunscope_proto::mss::clamp(ip, table.mss);
+                }
+            }
+            if fanout.is_empty() {
+                fanout.push(target.unwrap_or(PeerId::MAX));
             }
             let p = reader.packet(i);
-            let batch = batches.entry(dp.view.id).or_default();
-            let before = batch.mark();
-            match seal_packet(keys, &dp.view.plane, p, &mut scratch, batch) {
-                Ok(_) => {
-                    // A sampled packet's journey follows its first data packet.
-                    if let Some(tap) = tap
-                        && let Some(first) = batch.packet_at(before)
-                        && let Some(ids) = data_ids(first).filter(|ids| tap.sampled(ids.2))
-                    {
-                        samples.push(TxSample {
-                            trace: tap.trace_id(),
-                            ids,
-                            peer: dp.view.id,
-                            plain: p.to_vec(),
-                            sealed: first.to_vec(),
-                        });
+            for &to in &fanout {
+                let peer = Some(to).filter(|t| *t != PeerId::MAX);
+                let Some(dp) = peer.and_then(|t| table.peers.get(&t)) else {
+                    counts.drop(Stage::Encrypt, peer, len, DropReason::NoRoute);
+                    continue;
+                };
+                let Some(keys) = dp.view.plane.send.as_ref() else {
+                    counts.drop(Stage::Encrypt, peer, len, DropReason::NoKey);
+                    continue;
+                };
+                let batch = batches.entry(dp.view.id).or_default();
+                let before = batch.mark();
+                match seal_packet(keys, &dp.view.plane, p, &mut scratch, batch) {
+                    Ok(_) => {
+                        // A sampled packet's journey follows its first data packet.
+                        if let Some(tap) = tap
+                            && let Some(first) = batch.packet_at(before)
+                            && let Some(ids) = data_ids(first).filter(|ids| tap.sampled(ids.2))
+                        {
+                            samples.push(TxSample {
+                                trace: tap.trace_id(),
+                                ids,
+                                peer: dp.view.id,
+                                plain: p.to_vec(),
+                                sealed: first.to_vec(),
+                            });
+                        }
+                        counts.pass(Stage::Encrypt, peer, len);
                     }
-                    counts.pass(Stage::Encrypt, target, len);
+                    Err(r) => counts.drop(Stage::Encrypt, peer, len, r),
                 }
-                Err(r) => counts.drop(Stage::Encrypt, target, len, r),
             }
         }
         if !icmp.is_empty() {

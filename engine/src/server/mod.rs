@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use tunscope_proto::options::client::Mssfix;
+use tunscope_proto::options::common::DevType;
 use tunscope_proto::options::server::{ServerConfig, ServerTransport};
 use tunscope_proto::server::{PeerAddr, PeerId, Server, ServerEvent, ServerSetup};
 use tunscope_proto::tls::{self, Identity};
@@ -130,11 +131,13 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     // The tun device with the server's own tunnel addresses, and kernel routes into it.
     let (ip, mask) = server.tunnel_address();
     let prefix = u32::from(mask).leading_ones() as u8;
-    let tun = Tun::create(Some(&cfg.dev), cfg.tun_mtu, !opts.no_offload)
+    let tap = cfg.dev_type == DevType::Tap;
+    let tun = Tun::create(Some(&cfg.dev), cfg.tun_mtu, !opts.no_offload, tap)
         .context("cannot create tun device")?;
     tun.set_nonblocking()?;
+    // server-bridge: the device is a port of the LAN's bridge, which holds the address.
     let addrs = TunAddresses {
-        ipv4: Some((ip, prefix, None)),
+        ipv4: cfg.ifconfig_local.then_some((ip, prefix, None)),
         ipv6: server.tunnel_address6(),
     };
     tun.configure(&addrs, cfg.tun_mtu)
@@ -171,7 +174,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         let mut env = vec![
             ("script_type".to_owned(), script_type.to_owned()),
             ("dev".to_owned(), dev.clone()),
-            ("dev_type".to_owned(), "tun".to_owned()),
+            ("dev_type".to_owned(), cfg.dev_type.name().to_owned()),
             ("tun_mtu".to_owned(), cfg.tun_mtu.to_string()),
             ("ifconfig_local".to_owned(), ip.to_string()),
             ("ifconfig_netmask".to_owned(), mask.to_string()),
@@ -226,7 +229,11 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
         observer,
         capture,
         endpoints,
-    } = opts.observe.start("server")?;
+    } = crate::observe::ObserveOptions {
+        ethernet: tap,
+        ..opts.observe.clone()
+    }
+    .start("server")?;
     let (ctl_tx, ctl_rx) = datapath::control_channel();
     let shared = Shared::new(
         transport,
@@ -671,6 +678,7 @@ fn build_table(
     replay_window: u32,
 ) -> PeerTable {
     let snap = server.snapshot();
+    let ethernet = server.config().dev_type == DevType::Tap;
     let mut peers = HashMap::with_capacity(snap.peers.len());
     for (id, view) in snap.peers {
         let rt = runtimes
@@ -690,5 +698,6 @@ fn build_table(
         per_peer_stats: true,
         mss,
         block_ipv6: false,
+        ethernet,
     }
 }

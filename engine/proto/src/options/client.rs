@@ -352,6 +352,8 @@ pub struct ClientConfig {
     pub lport: Option<u16>,
     /// tun device name (`dev tun` = kernel picks `tunN`).
     pub dev: String,
+    /// `dev tun` (IP packets) or `dev tap` (Ethernet frames).
+    pub dev_type: crate::options::common::DevType,
     /// CA certificates (None only with `peer-fingerprint`).
     pub ca: Option<Source>,
     /// Client certificate.
@@ -1061,6 +1063,7 @@ impl Builder {
                 "'tls-crypt-v2' cannot be combined with 'tls-auth' or 'tls-crypt'",
             ));
         }
+        let dev_type = self.common.resolved_dev_type();
         let wrap = match (self.tls_auth, self.common.tls_crypt) {
             _ if let Some(src) = v2 => WrapSource::CryptV2(src),
             (Some(_), Some(_)) => {
@@ -1137,6 +1140,7 @@ impl Builder {
         Ok(ClientConfig {
             remotes,
             lport: self.lport,
+            dev_type,
             dev: self.common.dev.unwrap_or_else(|| "tun".into()),
             ca,
             cert: self.common.cert,
@@ -1404,8 +1408,15 @@ mod tests {
         assert!(e.message.contains("unknown algorithm 'zstd'"), "{e}");
         let e = parse(&format!("{BASE}allow-compression no\ncomp-lzo\n")).unwrap_err();
         assert!(e.message.contains("allow-compression no"), "{e}");
-        let e = parse(&format!("{BASE}dev tap0\n")).unwrap_err();
-        assert!(e.message.contains("tap"), "{e}");
+        let c = parse(&format!("{BASE}dev tap0\n")).unwrap();
+        assert_eq!(c.dev_type, crate::options::common::DevType::Tap);
+        let c = parse(&format!("{BASE}dev vpn0\ndev-type tap\n")).unwrap();
+        assert_eq!(
+            (c.dev.as_str(), c.dev_type),
+            ("vpn0", crate::options::common::DevType::Tap)
+        );
+        let e = parse(&format!("{BASE}dev-type ppp\n")).unwrap_err();
+        assert!(e.message.contains("neither tun nor tap"), "{e}");
         let e = parse(&format!("{BASE}<key>\nabc\n")).unwrap_err();
         assert_eq!(e.line, 8);
         let e = parse(&format!("{BASE}remote x 1194 sctp\n")).unwrap_err();

@@ -31,10 +31,32 @@ pub struct TlsOptions {
     pub groups: Option<Vec<rustls::NamedGroup>>,
 }
 
+/// Layer 3 (`dev tun`: IP packets) or layer 2 (`dev tap`: Ethernet frames).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DevType {
+    /// IP packets.
+    #[default]
+    Tun,
+    /// Ethernet frames.
+    Tap,
+}
+
+impl DevType {
+    /// The name OpenVPN uses (options string, `dev_type` script variable).
+    pub fn name(self) -> &'static str {
+        match self {
+            DevType::Tun => "tun",
+            DevType::Tap => "tap",
+        }
+    }
+}
+
 /// The settings of the shared directives, as read so far.
 #[derive(Default)]
 pub(super) struct Common {
     pub dev: Option<String>,
+    /// `dev-type`, when given (else the device name decides).
+    pub dev_type: Option<DevType>,
     pub ca: Option<Source>,
     pub cert: Option<Source>,
     pub key: Option<Source>,
@@ -77,6 +99,14 @@ pub(super) struct Common {
 }
 
 impl Common {
+    /// The device type: `dev-type` when given, else the device name's prefix (as OpenVPN).
+    pub fn resolved_dev_type(&self) -> DevType {
+        self.dev_type.unwrap_or(match &self.dev {
+            Some(d) if d.starts_with("tap") => DevType::Tap,
+            _ => DevType::Tun,
+        })
+    }
+
     /// `mssfix` as 2.6 settles it when the file says nothing: the 1492-byte default for a
     /// 1500-byte tunnel; for another `tun-mtu`, the tunnel's own size (`mssfix N fixed`: a
     /// bigger tunnel carries bigger segments); off when only `link-mtu` was given.
@@ -135,12 +165,6 @@ impl Common {
         match d.name.as_str() {
             "dev" => {
                 let dev = ctx.arg(d, 0)?;
-                if dev.starts_with("tap") {
-                    return Err(ctx.error(
-                        line,
-                        "option 'dev': tap devices (layer 2) are not supported yet: use dev tun",
-                    ));
-                }
                 if dev.len() > 15 {
                     return Err(ctx.error(
                         line,
@@ -150,9 +174,16 @@ impl Common {
                 self.dev = Some(dev.to_owned());
             }
             "dev-type" => {
-                if ctx.arg(d, 0)? != "tun" {
-                    return Err(ctx.error(line, "option 'dev-type': only tun is supported"));
-                }
+                self.dev_type = Some(match ctx.arg(d, 0)? {
+                    "tun" => DevType::Tun,
+                    "tap" => DevType::Tap,
+                    t => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'dev-type': '{t}' is neither tun nor tap"),
+                        ));
+                    }
+                })
             }
             "ca" => self.ca = Some(ctx.source(d)?),
             "pkcs12" => self.pkcs12 = Some(ctx.source(d)?),

@@ -13,7 +13,7 @@ use crate::consts::{HAND_WINDOW_DEFAULT, TLS_TIMEOUT_DEFAULT};
 use crate::data::{Cipher, Framing};
 use crate::fragment::FragmentOption;
 use crate::options::client::{CertType, Mssfix, TlsVersion, VerifyX509Name, WrapSource};
-use crate::options::common::Common;
+use crate::options::common::{Common, DevType};
 use crate::options::lexer::split_line;
 use crate::options::push::parse_v6_prefix;
 use crate::options::{ConfigError, ConfigWarning, Ctx, Directive, Source, parse_directives};
@@ -112,6 +112,31 @@ pub struct ServerRoute {
     pub prefix: u8,
 }
 
+/// What the server tells its clients about their IPv4 gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushedGateway {
+    /// `route-gateway ADDR` (the server's tunnel address, or `server-bridge`'s gateway).
+    Address(Ipv4Addr),
+    /// `route-gateway dhcp`: `server-bridge` without a pool, addresses from the LAN's DHCP.
+    Dhcp,
+    /// Nothing (`server-bridge nogw`).
+    None,
+}
+
+/// `server-bridge` as given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bridge {
+    /// `server-bridge GATEWAY NETMASK POOL-START POOL-END`.
+    Pool {
+        gateway: Ipv4Addr,
+        prefix: u8,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+    },
+    /// `server-bridge [nogw]`: DHCP-proxy mode, no pool.
+    Dhcp { push_gateway: bool },
+}
+
 /// Parsed server config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -125,6 +150,8 @@ pub struct ServerConfig {
     pub ipv6_listen: bool,
     /// tun device name.
     pub dev: String,
+    /// `dev tun` (routed, IP packets) or `dev tap` (bridged, Ethernet frames).
+    pub dev_type: crate::options::common::DevType,
     /// CA certificates (the server refuses to start without).
     pub ca: Option<Source>,
     /// Server certificate (required to start).
@@ -141,10 +168,21 @@ pub struct ServerConfig {
     pub auth_digest: Digest,
     /// Ciphers offered to clients, in the server's preference order.
     pub data_ciphers: Vec<Cipher>,
-    /// Tunnel network and prefix (`server NET MASK`).
+    /// Tunnel network and prefix (`server NET MASK`, or `server-bridge`'s gateway and
+    /// netmask); 0.0.0.0/0 in `server-bridge`'s DHCP-proxy mode, where the LAN owns it.
     pub network: (Ipv4Addr, u8),
-    /// Client address pool (`ifconfig-pool START END`), default: .2 to the end of the subnet.
-    pub pool: (Ipv4Addr, Ipv4Addr),
+    /// The server's address in the tunnel network (`server`: network + 1; `server-bridge`:
+    /// the gateway, which lives on the LAN's bridge); never leased.
+    pub server_ip: Ipv4Addr,
+    /// Whether the server puts `server_ip` on its own device (`server`; not `server-bridge`,
+    /// whose device is a port of a bridge that holds the address).
+    pub ifconfig_local: bool,
+    /// Client address pool (`ifconfig-pool START END`), default: .2 to the end of the subnet;
+    /// None with `nopool` and in `server-bridge`'s DHCP-proxy mode (clients without a
+    /// fixed `ifconfig-push` get no IPv4 address from the server).
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `route-gateway` pushed to clients.
+    pub pushed_gateway: PushedGateway,
     /// IPv6 tunnel network (`server-ipv6`).
     pub network6: Option<(Ipv6Addr, u8)>,
     /// IPv6 pool base and prefix (`ifconfig-ipv6-pool`).
@@ -256,6 +294,23 @@ fn prefix_of(ctx: &Ctx<'_>, d: &Directive, mask: &str) -> Result<u8, ConfigError
     Ok(n as u8)
 }
 
+/// How clients get IPv4 addresses, from `server` or `server-bridge`.
+struct Addressing {
+    network: (Ipv4Addr, u8),
+    server_ip: Ipv4Addr,
+    ifconfig_local: bool,
+    pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pushed_gateway: PushedGateway,
+}
+
+fn mask_of(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
 fn ip4(ctx: &Ctx<'_>, d: &Directive, i: usize) -> Result<Ipv4Addr, ConfigError> {
     let s = ctx.arg(d, i)?;
     s.parse().map_err(|_| {
@@ -296,7 +351,11 @@ struct Builder {
     key_direction: Option<KeyDirection>,
     data_ciphers: Option<Vec<Cipher>>,
     network: Option<(Ipv4Addr, u8, usize)>,
-    pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// `server … nopool`.
+    nopool: bool,
+    /// `server-bridge` and its line.
+    bridge: Option<(Bridge, usize)>,
+    pool: Option<(Ipv4Addr, Ipv4Addr, usize)>,
     network6: Option<(Ipv6Addr, u8)>,
     pool6: Option<(Ipv6Addr, u8)>,
     topology_line: Option<usize>,
@@ -349,15 +408,39 @@ impl Builder {
             "server" => {
                 let net = ip4(ctx, d, 0)?;
                 let prefix = prefix_of(ctx, d, ctx.arg(d, 1)?)?;
-                if prefix > 29 {
-                    return Err(
-                        ctx.error(line, "option 'server': the network must be /29 or larger")
-                    );
-                }
-                if d.arg(2) == Some("nopool") {
-                    return Err(ctx.error(line, "option 'server … nopool' is not supported"));
+                match d.arg(2) {
+                    None => {}
+                    Some("nopool") => self.nopool = true,
+                    Some(x) => {
+                        return Err(ctx.error(
+                            line,
+                            format!("option 'server': unknown flag '{x}' (only 'nopool')"),
+                        ));
+                    }
                 }
                 self.network = Some((net, prefix, line));
+                self.server_mode = true;
+            }
+            "server-bridge" => {
+                let bridge = match d.args.len() {
+                    0 => Bridge::Dhcp { push_gateway: true },
+                    1 if d.args[0] == "nogw" => Bridge::Dhcp {
+                        push_gateway: false,
+                    },
+                    4 => Bridge::Pool {
+                        gateway: ip4(ctx, d, 0)?,
+                        prefix: prefix_of(ctx, d, ctx.arg(d, 1)?)?,
+                        start: ip4(ctx, d, 2)?,
+                        end: ip4(ctx, d, 3)?,
+                    },
+                    _ => {
+                        return Err(ctx.error(
+                            line,
+                            "option 'server-bridge': give GATEWAY NETMASK POOL-START POOL-END, 'nogw', or nothing (addresses from the LAN's DHCP server)",
+                        ));
+                    }
+                };
+                self.bridge = Some((bridge, line));
                 self.server_mode = true;
             }
             "server-ipv6" => {
@@ -376,7 +459,7 @@ impl Builder {
                 }
                 self.network6 = Some((net, bits));
             }
-            "ifconfig-pool" => self.pool = Some((ip4(ctx, d, 0)?, ip4(ctx, d, 1)?)),
+            "ifconfig-pool" => self.pool = Some((ip4(ctx, d, 0)?, ip4(ctx, d, 1)?, line)),
             "ifconfig-ipv6-pool" => {
                 let a = ctx.arg(d, 0)?;
                 self.pool6 = Some(parse_v6_prefix(a).ok_or_else(|| {
@@ -602,14 +685,110 @@ impl Builder {
         if !self.server_mode {
             return Err(ctx.error(0, "missing 'server NETWORK NETMASK' (or 'mode server'): only server mode is supported"));
         }
-        let Some((net, prefix, server_line)) = self.network else {
-            return Err(ctx.error(0, "missing 'server NETWORK NETMASK': the tunnel network is needed for the address pool"));
+        let dev_type = self.common.resolved_dev_type();
+        let tap = dev_type == DevType::Tap;
+        let addressing = match (self.network, self.bridge) {
+            (Some(_), Some((_, line))) => {
+                return Err(ctx.error(line, "'server' and 'server-bridge' cannot be used together"));
+            }
+            (None, None) => {
+                return Err(ctx.error(0, "missing 'server NETWORK NETMASK' (or 'server-bridge' with dev tap): the tunnel network is needed for the address pool"));
+            }
+            (_, Some((_, line))) if !tap => {
+                return Err(ctx.error(
+                    line,
+                    "option 'server-bridge' only makes sense with dev tap (a bridged server); use 'server NETWORK NETMASK' with dev tun",
+                ));
+            }
+            (Some((net, prefix, line)), None) => {
+                let (max, what) = if tap { (30, "tap") } else { (29, "tun") };
+                if prefix > max {
+                    return Err(ctx.error(
+                        line,
+                        format!(
+                            "option 'server': with dev {what} the network must be /{max} or larger"
+                        ),
+                    ));
+                }
+                if !tap && self.topology_line.is_none() {
+                    ctx.warn(
+                        line,
+                        "no 'topology' given: OpenVPN 2.6 would use net30, tunscope uses subnet (add 'topology subnet' to silence this)",
+                    );
+                }
+                let netu = u32::from(net);
+                if netu & !mask_of(prefix) != 0 {
+                    return Err(ctx.error(
+                        line,
+                        format!("option 'server': {net} has bits outside the netmask"),
+                    ));
+                }
+                let server_ip = Ipv4Addr::from(netu + 1);
+                let broadcast = netu | !mask_of(prefix);
+                let default_pool = (Ipv4Addr::from(netu + 2), Ipv4Addr::from(broadcast - 1));
+                // OpenVPN refuses `ifconfig-pool` next to `server` unless `nopool`; its
+                // meaning (a narrower pool) is safe, so it is honoured either way.
+                let pool = match (self.nopool, self.pool) {
+                    (_, Some((a, b, _))) => Some((a, b)),
+                    (true, None) => None,
+                    (false, None) => Some(default_pool),
+                };
+                Addressing {
+                    network: (net, prefix),
+                    server_ip,
+                    ifconfig_local: true,
+                    pool,
+                    pushed_gateway: PushedGateway::Address(server_ip),
+                }
+            }
+            (None, Some((bridge, line))) => {
+                if let Some((_, _, l)) = self.pool {
+                    return Err(ctx.error(
+                        l,
+                        "option 'ifconfig-pool': 'server-bridge' already defines the pool (as in OpenVPN)",
+                    ));
+                }
+                match bridge {
+                    Bridge::Pool {
+                        gateway,
+                        prefix,
+                        start,
+                        end,
+                    } => {
+                        let m = mask_of(prefix);
+                        let same = |a: Ipv4Addr| u32::from(a) & m == u32::from(gateway) & m;
+                        if !same(start) || !same(end) {
+                            return Err(ctx.error(
+                                line,
+                                format!("option 'server-bridge': the pool {start}-{end} is not in the gateway's subnet {gateway}/{prefix}"),
+                            ));
+                        }
+                        Addressing {
+                            network: (Ipv4Addr::from(u32::from(gateway) & m), prefix),
+                            server_ip: gateway,
+                            ifconfig_local: false,
+                            pool: Some((start, end)),
+                            pushed_gateway: PushedGateway::Address(gateway),
+                        }
+                    }
+                    Bridge::Dhcp { push_gateway } => Addressing {
+                        network: (Ipv4Addr::UNSPECIFIED, 0),
+                        server_ip: Ipv4Addr::UNSPECIFIED,
+                        ifconfig_local: false,
+                        pool: None,
+                        pushed_gateway: if push_gateway {
+                            PushedGateway::Dhcp
+                        } else {
+                            PushedGateway::None
+                        },
+                    },
+                }
+            }
         };
-        if self.topology_line.is_none() {
-            ctx.warn(
-                server_line,
-                "no 'topology' given: OpenVPN 2.6 would use net30, tunscope uses subnet (add 'topology subnet' to silence this)",
-            );
+        if let Some((a, b)) = addressing.pool
+            && u32::from(a) > u32::from(b)
+        {
+            return Err(ctx.error(0, "ifconfig-pool: start is above end"));
         }
         // Like OpenVPN's option parser, a server file without its credentials is read; the
         // server refuses to start without them.
@@ -633,25 +812,6 @@ impl Builder {
                 0,
                 "no 'dh' given: ECDHE is used, as with 'dh none' (OpenVPN 2.6 requires the option)",
             );
-        }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        let netu = u32::from(net);
-        if netu & !mask != 0 {
-            return Err(ctx.error(
-                server_line,
-                format!("option 'server': {net} has bits outside the netmask"),
-            ));
-        }
-        let broadcast = netu | !mask;
-        let pool = self
-            .pool
-            .unwrap_or((Ipv4Addr::from(netu + 2), Ipv4Addr::from(broadcast - 1)));
-        if u32::from(pool.0) > u32::from(pool.1) {
-            return Err(ctx.error(0, "ifconfig-pool: start is above end"));
         }
         let verify_client_cert = self.verify_client_cert.unwrap_or(ClientCertMode::Require);
         if verify_client_cert != ClientCertMode::Require && self.auth_script.is_none() {
@@ -736,6 +896,7 @@ impl Builder {
             transport,
             ipv6_listen,
             dev: self.common.dev.unwrap_or_else(|| "tun".into()),
+            dev_type,
             ca,
             cert,
             key,
@@ -744,8 +905,11 @@ impl Builder {
             wrap,
             auth_digest: self.common.auth_digest.unwrap_or(Digest::Sha1),
             data_ciphers: self.data_ciphers.unwrap_or_else(|| Cipher::ALL.to_vec()),
-            network: (net, prefix),
-            pool,
+            network: addressing.network,
+            server_ip: addressing.server_ip,
+            ifconfig_local: addressing.ifconfig_local,
+            pool: addressing.pool,
+            pushed_gateway: addressing.pushed_gateway,
             network6: self.network6,
             pool6,
             pushes: self.pushes,
@@ -904,6 +1068,56 @@ mod tests {
     const BASE: &str = "port 1194\nproto udp\ndev tun\nca ca.crt\ncert s.crt\nkey s.key\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\n";
 
     #[test]
+    fn tap_servers_routed_and_bridged() {
+        const TAP: &str =
+            "port 1194\nproto udp\ndev tap0\nca ca.crt\ncert s.crt\nkey s.key\ndh none\n";
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // `server` with dev tap: the device gets .1/prefix; /30 is allowed (tun needs /29).
+        let c = parse(&format!("{TAP}server 198.19.0.0 255.255.255.252\n")).unwrap();
+        assert_eq!(c.dev_type, DevType::Tap);
+        assert!(c.ifconfig_local);
+        assert_eq!(c.pushed_gateway, PushedGateway::Address(ip("198.19.0.1")));
+        assert_eq!(c.pool, Some((ip("198.19.0.2"), ip("198.19.0.2"))));
+        assert!(c.warnings.iter().all(|w| !w.message.contains("topology")));
+        // server-bridge with a pool: the gateway lives on the bridge, not on the device.
+        let c = parse(&format!(
+            "{TAP}server-bridge 198.19.0.1 255.255.255.0 198.19.0.100 198.19.0.150\n"
+        ))
+        .unwrap();
+        assert!(!c.ifconfig_local);
+        assert_eq!(c.network, (ip("198.19.0.0"), 24));
+        assert_eq!(c.server_ip, ip("198.19.0.1"));
+        assert_eq!(c.pool, Some((ip("198.19.0.100"), ip("198.19.0.150"))));
+        // DHCP-proxy mode: no pool; `route-gateway dhcp`, or nothing with nogw.
+        let c = parse(&format!("{TAP}server-bridge\n")).unwrap();
+        assert_eq!((c.pool, c.pushed_gateway), (None, PushedGateway::Dhcp));
+        let c = parse(&format!("{TAP}server-bridge nogw\n")).unwrap();
+        assert_eq!(c.pushed_gateway, PushedGateway::None);
+        // `server … nopool` with an own pool.
+        let c = parse(
+            &format!("{BASE}ifconfig-pool 198.19.0.50 198.19.0.60\n")
+                .replace("255.255.255.0\n", "255.255.255.0 nopool\n"),
+        )
+        .unwrap();
+        assert_eq!(c.pool, Some((ip("198.19.0.50"), ip("198.19.0.60"))));
+        // Mistakes OpenVPN refuses too, with the line.
+        let e = parse(&format!("{BASE}server-bridge\n")).unwrap_err();
+        assert!(e.message.contains("cannot be used together"), "{e}");
+        let e =
+            parse(&BASE.replace("server 198.19.0.0 255.255.255.0", "server-bridge")).unwrap_err();
+        assert!(e.message.contains("only makes sense with dev tap"), "{e}");
+        let c = parse(&BASE.replace("255.255.255.0\n", "255.255.255.0 nopool\n")).unwrap();
+        assert_eq!(c.pool, None);
+        let e = parse(&format!(
+            "{TAP}server-bridge 198.19.0.1 255.255.255.0 198.19.1.100 198.19.1.150\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("not in the gateway's subnet"), "{e}");
+        let e = parse(&format!("{TAP}server-bridge 198.19.0.1\n")).unwrap_err();
+        assert_eq!(e.line, 8);
+    }
+
+    #[test]
     fn typical_server_config() {
         let c = parse(&format!(
             "{BASE}keepalive 10 120\npush \"route 198.19.10.0 255.255.255.0\"\npush \"dhcp-option DNS 198.19.10.53\"\nclient-to-client\nserver-ipv6 2001:db8:100::/64\ntls-crypt ta.key\ndns server 0 address 198.19.10.53\ndns server 0 resolve-domains corp.example\npersist-key\nclient-config-dir ccd\n"
@@ -912,10 +1126,10 @@ mod tests {
         assert_eq!(c.network, ("198.19.0.0".parse().unwrap(), 24));
         assert_eq!(
             c.pool,
-            (
+            Some((
                 "198.19.0.2".parse().unwrap(),
                 "198.19.0.254".parse().unwrap()
-            )
+            ))
         );
         assert_eq!(
             c.pushes,

@@ -33,8 +33,9 @@ use crate::control::{ControlSession, SessionEvent, SessionParams, random_bytes};
 use crate::data::{Cipher, DataKeys};
 use crate::key_method::{KeyMethod2, PeerInfo, options_string};
 use crate::key_schedule::{KeySchedule, ScheduleConfig, random_jitter};
+use crate::options::common::DevType;
 use crate::options::push::PushedOptions;
-use crate::options::server::{ClientOverrides, ServerConfig, ServerTransport};
+use crate::options::server::{ClientOverrides, PushedGateway, ServerConfig, ServerTransport};
 use crate::stage::DropReason;
 use crate::wire::CONTROL_HEADER_LEN;
 use crate::wire::{ControlPacket, Opcode, SessionId, peek_opcode};
@@ -358,8 +359,8 @@ impl Server {
     /// A server at `now`; `unix_time` seeds the wrap's replay timestamps.
     pub fn new(setup: Arc<ServerSetup>, now: Instant, unix_time: u32) -> Server {
         let cfg = &setup.config;
-        let (net, prefix) = cfg.network;
-        let server_ip = Ipv4Addr::from(u32::from(net) + 1);
+        let prefix = cfg.network.1;
+        let server_ip = cfg.server_ip;
         let netmask = Ipv4Addr::from(if prefix == 0 {
             0
         } else {
@@ -368,7 +369,10 @@ impl Server {
         let server_ip6 = cfg
             .network6
             .map(|(n, bits)| (Ipv6Addr::from(u128::from(n) + 1), bits));
-        let pool4 = Pool4::new(cfg.pool.0, cfg.pool.1, cfg.network, server_ip);
+        let pool4 = match cfg.pool {
+            Some((start, end)) => Pool4::new(start, end, cfg.network, server_ip),
+            None => Pool4::fixed_only(cfg.network, server_ip),
+        };
         let pool6 = cfg.pool6.map(|(base, bits)| {
             Pool6::new(
                 base,
@@ -1125,13 +1129,15 @@ impl Server {
         let lease = cn.as_deref().filter(|_| !cfg.duplicate_cn);
         let ipv4 = self
             .pool4
-            .acquire(lease, overrides.ifconfig_push)
+            .lease(lease, overrides.ifconfig_push)
             .map_err(|e| e.to_string())?;
         let ipv6 = match self.pool6.as_mut() {
             Some(pool) => match pool.acquire(lease, overrides.ifconfig_ipv6_push) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    self.pool4.release(ipv4);
+                    if let Some(a) = ipv4 {
+                        self.pool4.release(a);
+                    }
                     return Err(e.to_string());
                 }
             },
@@ -1141,7 +1147,7 @@ impl Server {
             return Err("peer gone".into());
         };
         p.cipher = Some(cipher);
-        p.ipv4 = Some(ipv4);
+        p.ipv4 = ipv4;
         p.ipv6 = ipv6;
         p.overrides = overrides;
         Ok(())
@@ -1157,6 +1163,7 @@ impl Server {
                 true,
                 cfg.transport == ServerTransport::Tcp,
                 cfg.tun_mtu,
+                cfg.dev_type == DevType::Tap,
                 cfg.data_ciphers
                     .first()
                     .copied()
@@ -1444,8 +1451,15 @@ impl Server {
                 o.push(format!("dhcp-option DOMAIN-SEARCH {dom}"));
             }
         }
-        o.push(format!("route-gateway {}", self.server_ip));
-        o.push("topology subnet".into());
+        match cfg.pushed_gateway {
+            PushedGateway::Address(gw) => o.push(format!("route-gateway {gw}")),
+            PushedGateway::Dhcp => o.push("route-gateway dhcp".into()),
+            PushedGateway::None => {}
+        }
+        // A tap client's address always comes with a netmask: topology is a tun matter.
+        if cfg.dev_type == DevType::Tun {
+            o.push("topology subnet".into());
+        }
         if let (Some(ping), Some(restart)) = (cfg.ping, cfg.ping_restart) {
             o.push(format!("ping {}", ping.as_secs()));
             o.push(format!("ping-restart {}", restart.as_secs()));

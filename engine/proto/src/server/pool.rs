@@ -118,6 +118,8 @@ impl Range {
 pub struct Pool4 {
     range: Range,
     network: (u32, u8),
+    /// False with `nopool` / `server-bridge` without a pool: only fixed addresses.
+    dynamic: bool,
 }
 
 impl Pool4 {
@@ -130,7 +132,16 @@ impl Pool4 {
                 &[u128::from(u32::from(server))],
             ),
             network: (u32::from(network.0), network.1),
+            dynamic: true,
         }
+    }
+
+    /// No pool (`nopool`, `server-bridge` in DHCP-proxy mode): clients get a fixed address
+    /// from `ifconfig-push` inside `network`, or none.
+    pub fn fixed_only(network: (Ipv4Addr, u8), server: Ipv4Addr) -> Pool4 {
+        let mut p = Pool4::new(network.0, network.0, network, server);
+        p.dynamic = false;
+        p
     }
 
     fn in_network(&self, a: u32) -> bool {
@@ -141,6 +152,19 @@ impl Pool4 {
             u32::MAX << (32 - prefix)
         };
         a & mask == net && a != net && a != net | !mask
+    }
+
+    /// Leases an address: `fixed` (ifconfig-push) or one from the pool; none when there
+    /// is no pool and no fixed address.
+    pub fn lease(
+        &mut self,
+        cn: Option<&str>,
+        fixed: Option<Ipv4Addr>,
+    ) -> Result<Option<Ipv4Addr>, PoolError> {
+        if fixed.is_none() && !self.dynamic {
+            return Ok(None);
+        }
+        self.acquire(cn, fixed).map(Some)
     }
 
     /// Leases an address: `fixed` (ifconfig-push) or one from the pool.
