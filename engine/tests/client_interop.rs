@@ -212,6 +212,43 @@ fn ipv6_inside_the_tunnel() -> Result<()> {
     Ok(())
 }
 
+/// `dev tap` against a stock tap server: the pushed address and netmask land on the tap
+/// device, ARP resolves the server across the tunnel, ping and 4 MiB of echo pass, and the
+/// exit table counts the frames by kind.
+#[test]
+fn tap_against_a_stock_tap_server() -> Result<()> {
+    let mut pair = bring_up(TunnelSpec {
+        tap: true,
+        ..TunnelSpec::default()
+    })?;
+    pair.wait_connected()?;
+    pair.traffic(4 << 20, None)?;
+    let addr = pair.hosts.client.ip(&["-4", "addr", "show", "dev", "tap0"])?;
+    ensure!(
+        addr.contains("inet 198.19.0.") && addr.contains("/24"),
+        "pushed address and netmask missing on tap0:\n{addr}"
+    );
+    let neigh = pair.hosts.client.ip(&["neigh", "show", "dev", "tap0"])?;
+    ensure!(
+        neigh.contains("198.19.0.1 lladdr"),
+        "the server's address was not resolved by ARP across the tunnel:\n{neigh}"
+    );
+    pair.client.signal(Signal::SIGTERM)?;
+    let code = pair.client.wait_exit(Duration::from_secs(10))?;
+    let log = pair.client.log();
+    ensure!(code == Some(0), "client exit code {code:?}; log:\n{log}");
+    let frames = log
+        .lines()
+        .find(|l| l.contains("frames into tunnel:"))
+        .with_context(|| format!("no frame counts at exit:\n{}", tail(&log, 40)))?;
+    eprintln!("our tap client: {}", frames.trim());
+    ensure!(
+        !frames.contains(" 0 ARP") && !frames.contains(": 0 unicast"),
+        "ARP and unicast frames expected: {frames}"
+    );
+    Ok(())
+}
+
 /// A PUSH_REPLY too long for one message arrives in parts (push-continuation); 60 pushed
 /// routes and DNS options must all be received.
 #[test]

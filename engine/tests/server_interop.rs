@@ -96,12 +96,13 @@ impl Net {
 
     /// The tunnel address client `i` was given (from its tun device).
     fn client_tun_ip(&self, i: usize) -> Result<Ipv4Addr> {
-        let out = self.star.clients[i].ip(&["-4", "-o", "addr", "show", "dev", "tun0"])?;
+        let dev = if self.spec.tap { "tap0" } else { "tun0" };
+        let out = self.star.clients[i].ip(&["-4", "-o", "addr", "show", "dev", dev])?;
         let cidr = out
             .split_whitespace()
             .skip_while(|w| *w != "inet")
             .nth(1)
-            .context("no IPv4 address on tun0")?;
+            .context("no IPv4 address on the tunnel device")?;
         Ok(cidr.split('/').next().unwrap_or("").parse()?)
     }
 }
@@ -155,6 +156,52 @@ fn check_stock_client(net: &Net, i: usize) -> Result<()> {
 /// Stock 2.6 clients compressing what they send (`allow-compression yes`, LZ4-v2 and LZO)
 /// to our server, which decompresses: compressible pings and a transfer arrive intact and the
 /// server's counters show the packets it inflated.
+/// `dev tap`: our server with a stock client and one of ours. Each pings and echoes through
+/// the server's tap device (ARP across the tunnel); with client-to-client they reach each
+/// other through the server's table of learned MAC addresses; the server counts frames.
+#[test]
+fn tap_server_with_stock_and_our_clients() -> Result<()> {
+    let spec = TunnelSpec {
+        tap: true,
+        server_extra: vec!["client-to-client".into()],
+        ..TunnelSpec::default()
+    };
+    let mut net = start(spec, &[Stock, Ours])?;
+    net.wait_all()?;
+    for i in 0..2 {
+        net.traffic(i, 1 << 20)?;
+    }
+    let other = net.client_tun_ip(1)?;
+    let p = traffic::ping(&net.star.clients[0], &other.to_string(), 3, 56, false)?;
+    ensure!(
+        p.received == 3,
+        "stock client → our client through the server's switch: {}",
+        p.output
+    );
+    let neigh = net.star.clients[0].ip(&["neigh", "show", "dev", "tap0"])?;
+    ensure!(
+        neigh.contains(&format!("{other} lladdr")),
+        "the other client was not resolved by ARP:\n{neigh}"
+    );
+    net.server.signal(Signal::SIGTERM)?;
+    net.server.wait_exit(Duration::from_secs(10))?;
+    let log = net.server.log();
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .map(str::to_owned)
+            .with_context(|| format!("no '{what}' counts at exit:\n{}", tail(&log, 40)))
+    };
+    // The clients' ARP requests are broadcasts into the server's device.
+    let out = line("frames out of tunnel:")?;
+    eprintln!("our tap server: {}", out.trim());
+    ensure!(!out.contains(" 0 broadcast") && !out.contains(" 0 ARP"), "{out}");
+    let (limited, wt) = stage_counter(&log, "write_tun", Some("mac_limit"))
+        .with_context(|| format!("no write_tun line at exit:\n{}", tail(&log, 30)))?;
+    ensure!(limited == 0, "a client exceeded its addresses: {wt}");
+    Ok(())
+}
+
 #[test]
 fn stock_clients_compressing_are_decompressed() -> Result<()> {
     for alg in ["compress lz4-v2", "comp-lzo yes"] {
