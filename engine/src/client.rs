@@ -797,6 +797,11 @@ fn mss_for(
         Transport::Tcp => 2,
         Transport::Udp if cfg.fragment.is_some() => tunscope_proto::fragment::HEADER_LEN as u16,
         Transport::Udp => 0,
+    } + if cfg.dev_type == DevType::Tap {
+        // A tap frame carries its Ethernet header inside the tunnel.
+        datapath::ethernet::HEADER as u16
+    } else {
+        0
     };
     let cipher = plane
         .send

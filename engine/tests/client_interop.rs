@@ -223,7 +223,10 @@ fn tap_against_a_stock_tap_server() -> Result<()> {
     })?;
     pair.wait_connected()?;
     pair.traffic(4 << 20, None)?;
-    let addr = pair.hosts.client.ip(&["-4", "addr", "show", "dev", "tap0"])?;
+    let addr = pair
+        .hosts
+        .client
+        .ip(&["-4", "addr", "show", "dev", "tap0"])?;
     ensure!(
         addr.contains("inet 198.19.0.") && addr.contains("/24"),
         "pushed address and netmask missing on tap0:\n{addr}"

@@ -195,7 +195,10 @@ fn tap_server_with_stock_and_our_clients() -> Result<()> {
     // The clients' ARP requests are broadcasts into the server's device.
     let out = line("frames out of tunnel:")?;
     eprintln!("our tap server: {}", out.trim());
-    ensure!(!out.contains(" 0 broadcast") && !out.contains(" 0 ARP"), "{out}");
+    ensure!(
+        !out.contains(" 0 broadcast") && !out.contains(" 0 ARP"),
+        "{out}"
+    );
     let (limited, wt) = stage_counter(&log, "write_tun", Some("mac_limit"))
         .with_context(|| format!("no write_tun line at exit:\n{}", tail(&log, 30)))?;
     ensure!(limited == 0, "a client exceeded its addresses: {wt}");

@@ -15,6 +15,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod capture;
+pub mod dhcp;
 pub mod filter;
 pub mod impair;
 pub mod netns;

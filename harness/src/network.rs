@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,15 @@ pub mod addr {
     pub const TUNNEL_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
     /// The corporate LAN.
     pub const CORP_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 0);
+    /// First address the corp LAN's DHCP server leases (bridged topology).
+    pub const DHCP_FIRST: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 100);
+    /// Last address it leases.
+    pub const DHCP_LAST: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 150);
 }
+
+/// The server's tap device in the bridged topology (created persistent, a port of `br0`;
+/// the VPN server opens it by name).
+pub const BRIDGE_TAP: &str = "tap0";
 
 /// Hosts in the order they appear in reports and captures.
 pub const HOSTS: [&str; 4] = ["client", "router", "server", "corp"];
@@ -72,6 +81,12 @@ pub struct TopologySpec {
     /// bridges it in userspace (see [`crate::impair`]).
     #[serde(default)]
     pub impair: Option<crate::impair::LinkImpairment>,
+    /// A bridged VPN (OpenVPN's `server-bridge`): the server's `tap0` and its corp LAN port
+    /// are joined on a Linux bridge `br0` that holds the server's corp address, and a DHCP
+    /// server (dnsmasq) on the corp LAN hands out [`addr::DHCP_FIRST`]…[`addr::DHCP_LAST`],
+    /// to tunnel clients too. Needs `dev = "tap"` in `[tunnel]`.
+    #[serde(default)]
+    pub bridge: bool,
 }
 
 /// The namespaces and services of one scenario run.
@@ -92,6 +107,8 @@ pub struct Network {
     pub dns: Vec<DnsServer>,
     /// Web servers (public, corp, on the VPN host).
     pub web: Vec<WebServer>,
+    /// The corp LAN's DHCP server (bridged topology).
+    pub dhcp: Option<crate::process::Proc>,
 }
 
 /// Offloads that make the kernel build super-packets: off, so each frame is one datagram.
@@ -186,7 +203,23 @@ impl Network {
             &server,
             &format!("route add default via {ROUTER_SERVER_SIDE}"),
         )?;
-        ip(&server, &format!("addr add {CORP_GW}/24 dev lan0"))?;
+        if spec.bridge {
+            // As OpenVPN's bridge-start script: a persistent tap joined with the LAN port
+            // on a bridge, which takes the server's LAN address.
+            ip(&server, &format!("tuntap add dev {BRIDGE_TAP} mode tap"))?;
+            // No multicast on the bridge: its IGMP reports come at times of their own and
+            // would make runs differ.
+            ip(&server, "link add br0 type bridge mcast_snooping 0")?;
+            ip(&server, "link set br0 multicast off")?;
+            for port in ["lan0", BRIDGE_TAP] {
+                ip(&server, &format!("link set {port} master br0"))?;
+                ip(&server, &format!("link set {port} up"))?;
+            }
+            ip(&server, "link set br0 up")?;
+            ip(&server, &format!("addr add {CORP_GW}/24 dev br0"))?;
+        } else {
+            ip(&server, &format!("addr add {CORP_GW}/24 dev lan0"))?;
+        }
         server.sysctl("net.ipv4.ip_forward", "1")?;
 
         ip(&corp, &format!("addr add {CORP_DNS}/24 dev eth0"))?;
@@ -244,6 +277,7 @@ impl Network {
             wire,
             dns: vec![],
             web: vec![],
+            dhcp: None,
         })
     }
 
@@ -303,6 +337,42 @@ impl Network {
         Ok(())
     }
 
+    /// Starts the corp LAN's DHCP server (dnsmasq, DHCP only: DNS stays with the corp
+    /// resolver) with its log and leases in `dir`. It hands out no router, so a bridged
+    /// client keeps its own default route; name server and domain are the corp ones.
+    pub fn start_dhcp(&mut self, dir: &Path) -> Result<()> {
+        use addr::*;
+        let leases = dir.join("dhcp.leases");
+        let mut cmd = self.corp.command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--user=root",
+            "--group=root",
+            "--pid-file=",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--dhcp-authoritative",
+            // The first free address, not one hashed from the (random) MAC: runs repeat.
+            "--dhcp-sequential-ip",
+            // No ping before an offer (a 3 s wait, and echoes that are not the client's).
+            "--no-ping",
+            &format!("--dhcp-range={DHCP_FIRST},{DHCP_LAST},255.255.255.0,10m"),
+            "--dhcp-option=3",
+            &format!("--dhcp-option=6,{CORP_DNS}"),
+            "--dhcp-option=15,corp.example",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()));
+        self.dhcp = Some(
+            crate::process::Proc::spawn("dnsmasq", cmd, &dir.join("dhcp-server.log"))
+                .context("the corp LAN's DHCP server (dnsmasq)")?,
+        );
+        Ok(())
+    }
+
     /// The namespace of a host name (`client`, `router`, `server`, `corp`).
     pub fn host(&self, name: &str) -> Option<&Netns> {
         match name {
@@ -341,5 +411,6 @@ impl Drop for Network {
         // Services first: their threads live in the namespaces.
         self.dns.clear();
         self.web.clear();
+        self.dhcp = None;
     }
 }

@@ -70,6 +70,12 @@ pub struct TunnelSpec {
     /// `dev tap` on both sides (Ethernet frames; the server's `server` line then gives the
     /// tap device its address and pushes `route-gateway`).
     pub tap: bool,
+    /// The server's device by name (an existing persistent one, e.g. a bridge port) instead
+    /// of one the kernel names.
+    pub server_dev: Option<String>,
+    /// `server-bridge ARGS` instead of `server NET MASK` (a bridged tap server; empty ARGS:
+    /// addresses from the LAN's DHCP server).
+    pub server_bridge: Option<String>,
 }
 
 impl Default for TunnelSpec {
@@ -93,6 +99,8 @@ impl Default for TunnelSpec {
             server_extra: vec![],
             client_extra: vec![],
             tap: false,
+            server_dev: None,
+            server_bridge: None,
         }
     }
 }
@@ -137,13 +145,21 @@ impl TunnelSpec {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp-server",
         };
-        let dev = if self.tap {
-            "dev tap"
-        } else {
-            "dev tun\ntopology subnet"
+        let dev = match (&self.server_dev, self.tap) {
+            (Some(d), true) => format!("dev {d}\ndev-type tap"),
+            (Some(d), false) => format!("dev {d}\ndev-type tun\ntopology subnet"),
+            (None, true) => "dev tap".to_owned(),
+            (None, false) => "dev tun\ntopology subnet".to_owned(),
         };
         let _ = writeln!(c, "port {}\nproto {proto}\n{dev}", self.port);
-        let _ = writeln!(c, "server {} 255.255.255.0", self.tunnel_net);
+        match &self.server_bridge {
+            Some(args) => {
+                let _ = writeln!(c, "server-bridge {args}");
+            }
+            None => {
+                let _ = writeln!(c, "server {} 255.255.255.0", self.tunnel_net);
+            }
+        }
         let _ = writeln!(
             c,
             "ca {}\ncert {}\nkey {}\ndh none",

@@ -123,3 +123,8 @@ fn golden_mtu() {
 fn golden_interop() {
     golden("interop");
 }
+
+#[test]
+fn golden_bridged() {
+    golden("bridged");
+}

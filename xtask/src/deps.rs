@@ -25,6 +25,10 @@ const NEEDED: &[(&str, &str)] = &[
     // Proxies the client is tested through (http-proxy, socks-proxy).
     ("tinyproxy", "tinyproxy"),
     ("danted", "dante-server"),
+    // The bridged scenario: the corp LAN's DHCP server (the binary only, no system service)
+    // and the client's DHCP client on its tap device.
+    ("dnsmasq", "dnsmasq-base"),
+    ("udhcpc", "udhcpc"),
 ];
 
 fn have(cmd: &str) -> bool {

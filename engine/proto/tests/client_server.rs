@@ -20,7 +20,7 @@ use tunscope_proto::tls::{self, PeerCheck};
 use tunscope_proto::wrap::WrapConfig;
 
 mod common;
-use common::{Pki, client, client_with, identity, pki, server, server_with};
+use common::{Pki, client, client_with, identity, pki, server, server_from, server_with};
 
 /// Several clients and one server on a loss-free simulated network.
 struct Net {
@@ -239,6 +239,51 @@ fn cookie_handshake_push_and_data() {
     assert_data_both_ways(&net, 0);
     // Only the cookie echo created state: no drops on the way.
     assert!(net.drops.is_empty(), "{:?}", net.drops);
+}
+
+/// A bridged tap server: with a pool, clients lease from it and are told the bridge's
+/// gateway; without one (DHCP-proxy mode) they get no address and `route-gateway dhcp`;
+/// either way no `topology` (a tun matter) and data flows.
+#[test]
+fn tap_bridge_with_a_pool_and_in_dhcp_mode() {
+    let pki = pki(2);
+    const TAP: &str =
+        "port 1194\nproto udp\ndev tap0\nca ca\ncert c\nkey k\ndh none\nkeepalive 10 60\n";
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+    let s = server_from(
+        &pki,
+        &format!("{TAP}server-bridge 198.19.0.1 255.255.255.0 198.19.0.100 198.19.0.101\n"),
+        WrapConfig::None,
+    );
+    let clients = (0..2).map(|i| client(&pki, i, "dev tap\n")).collect();
+    let mut net = Net::new(s, clients);
+    net.run(Duration::from_secs(10), |n| {
+        n.connected(0) && n.connected(1)
+    });
+    let mut leased = vec![];
+    for i in 0..2 {
+        let p = net.clients[i].1.pushed().unwrap().clone();
+        let (a, mask) = p.ifconfig.unwrap();
+        assert_eq!(mask, ip("255.255.255.0"));
+        assert_eq!(p.route_gateway, Some(ip("198.19.0.1")));
+        // No `topology` pushed: the client keeps 2.6's default.
+        assert_eq!(
+            p.topology,
+            tunscope_proto::options::push::Topology::default()
+        );
+        leased.push(a);
+        assert_data_both_ways(&net, i);
+    }
+    leased.sort();
+    assert_eq!(leased, [ip("198.19.0.100"), ip("198.19.0.101")]);
+
+    let s = server_from(&pki, &format!("{TAP}server-bridge\n"), WrapConfig::None);
+    let mut net = Net::new(s, vec![client(&pki, 0, "dev tap\n")]);
+    net.run(Duration::from_secs(10), |n| n.connected(0));
+    let p = net.clients[0].1.pushed().unwrap().clone();
+    assert_eq!((p.ifconfig, p.route_gateway), (None, None));
+    assert!(p.route_gateway_dhcp);
+    assert_data_both_ways(&net, 0);
 }
 
 #[test]

@@ -428,6 +428,12 @@ fn clamp_mss(cfg: &ServerConfig) -> u16 {
                 tunscope_proto::fragment::HEADER_LEN as u16
             }
             ServerTransport::Udp => 0,
+        }
+        // A tap frame carries its Ethernet header inside the tunnel.
+        + if cfg.dev_type == DevType::Tap {
+            crate::datapath::ethernet::HEADER as u16
+        } else {
+            0
         };
     let outer = match (cfg.transport, cfg.ipv6_listen) {
         (ServerTransport::Udp, false) => 28,

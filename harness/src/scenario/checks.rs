@@ -6,7 +6,7 @@
 //! address a web server saw (its log), whether anything leaked on an interface.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -207,6 +207,49 @@ fn thirty() -> u64 {
     30
 }
 
+/// `kind = "link"`: the state of a client interface while the tunnel is up: its IPv4
+/// address lies in `address_in` (`A.B.C.D-E.F.G.H` or `A.B.C.D/N`: e.g. a DHCP server's
+/// range), and `neighbor` answers a ping after its MAC address was resolved on `dev` (ARP
+/// across a tap tunnel).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkCheck {
+    /// Client interface.
+    pub dev: String,
+    /// Range or prefix the interface's IPv4 address must lie in.
+    pub address_in: Option<String>,
+    /// Address that must be resolved on `dev` (lladdr known).
+    pub neighbor: Option<Ipv4Addr>,
+}
+
+/// `A-B` or `A/N` → inclusive range.
+fn parse_range(r: &str) -> Result<(u32, u32), String> {
+    let ip = |s: &str| {
+        s.trim()
+            .parse::<Ipv4Addr>()
+            .map(u32::from)
+            .map_err(|_| format!("'{s}' in '{r}' is not an IPv4 address"))
+    };
+    if let Some((a, b)) = r.split_once('-') {
+        let (a, b) = (ip(a)?, ip(b)?);
+        if a > b {
+            return Err(format!("range '{r}' ends before it starts"));
+        }
+        return Ok((a, b));
+    }
+    let (a, n) = r
+        .split_once('/')
+        .ok_or_else(|| format!("'{r}' is neither A-B nor A/N"))?;
+    let n: u32 = n
+        .parse()
+        .ok()
+        .filter(|n| *n <= 32)
+        .ok_or_else(|| format!("bad prefix length in '{r}'"))?;
+    let mask = if n == 0 { 0 } else { u32::MAX << (32 - n) };
+    let base = ip(a)? & mask;
+    Ok((base, base | !mask))
+}
+
 /// What a check asserts.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -233,6 +276,8 @@ pub enum CheckSpec {
     Counter(CounterCheck),
     /// The prior state is back.
     Teardown(TeardownCheck),
+    /// A client interface's address and neighbours.
+    Link(LinkCheck),
 }
 
 /// One check of a scenario.
@@ -271,7 +316,7 @@ impl Check {
             Some(toml::Value::String(s)) => s,
             _ => {
                 return Err(format!(
-                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, teardown)"
+                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, reconnect, counter, teardown)"
                 ));
             }
         };
@@ -289,9 +334,10 @@ impl Check {
             "leak" => CheckSpec::Leak(v.try_into().map_err(err)?),
             "tcp-mss" => CheckSpec::TcpMss(v.try_into().map_err(err)?),
             "teardown" => CheckSpec::Teardown(v.try_into().map_err(err)?),
+            "link" => CheckSpec::Link(v.try_into().map_err(err)?),
             other => {
                 return Err(format!(
-                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, teardown)"
+                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, reconnect, counter, teardown)"
                 ));
             }
         };
@@ -351,6 +397,14 @@ impl Check {
                     )));
                 }
             }
+            CheckSpec::Link(l) => {
+                if let Some(r) = &l.address_in {
+                    parse_range(r).map_err(bad)?;
+                }
+                if l.address_in.is_none() && l.neighbor.is_none() {
+                    return Err(bad("a link check needs 'address_in' or 'neighbor'".into()));
+                }
+            }
             CheckSpec::Ping(_)
             | CheckSpec::Mtu(_)
             | CheckSpec::Teardown(_)
@@ -373,6 +427,7 @@ impl Check {
             CheckSpec::Leak(_) => "leak",
             CheckSpec::TcpMss(_) => "tcp-mss",
             CheckSpec::Teardown(_) => "teardown",
+            CheckSpec::Link(_) => "link",
         }
     }
 
@@ -523,6 +578,7 @@ pub fn act(check: &Check, net: &Network, dir: &Path) -> Result<Live> {
         CheckSpec::Ping(p) => act_ping(p, net, &mut live)?,
         CheckSpec::Reconnect(r) => act_reconnect(r, dir, &mut live)?,
         CheckSpec::Mtu(m) => act_mtu(m, net, &mut live)?,
+        CheckSpec::Link(l) => act_link(l, net, &mut live)?,
         CheckSpec::Leak(_)
         | CheckSpec::TcpMss(_)
         | CheckSpec::Teardown(_)
@@ -921,6 +977,58 @@ fn act_reconnect(r: &ReconnectCheck, dir: &Path, live: &mut Live) -> Result<()> 
             r.within_s
         ));
     }
+    Ok(())
+}
+
+fn act_link(l: &LinkCheck, net: &Network, live: &mut Live) -> Result<()> {
+    let mut seen = vec![];
+    if let Some(r) = &l.address_in {
+        let (lo, hi) = parse_range(r).map_err(anyhow::Error::msg)?;
+        let out = net
+            .client
+            .ip(&["-4", "-o", "addr", "show", "dev", &l.dev])
+            .unwrap_or_else(|e| format!("({e:#})"));
+        live.evidence
+            .push(format!("ip -4 addr show dev {}: {}", l.dev, out.trim()));
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let addrs: Vec<Ipv4Addr> = words
+            .windows(2)
+            .filter(|w| w[0] == "inet")
+            .filter_map(|w| w[1].split('/').next()?.parse().ok())
+            .collect();
+        match addrs.iter().find(|a| (lo..=hi).contains(&u32::from(**a))) {
+            Some(a) => seen.push(format!("{} has {a} (in {r})", l.dev)),
+            None => live
+                .failures
+                .push(format!("{} has no IPv4 address in {r} ({addrs:?})", l.dev)),
+        }
+    }
+    if let Some(n) = l.neighbor {
+        let p = crate::traffic::ping(&net.client, &n.to_string(), 1, 56, false)?;
+        let out = net
+            .client
+            .ip(&["-4", "neigh", "show", "dev", &l.dev, &n.to_string()])
+            .unwrap_or_else(|e| format!("({e:#})"));
+        let line = out.lines().next().unwrap_or("").trim().to_owned();
+        live.evidence.push(format!(
+            "ping {n}: {}/{} replies; ip neigh: {}",
+            p.received,
+            p.transmitted,
+            if line.is_empty() { "(no entry)" } else { &line }
+        ));
+        let resolved =
+            line.contains("lladdr") && !line.contains("FAILED") && !line.contains("INCOMPLETE");
+        if resolved && p.received > 0 {
+            // The MAC address is in the evidence; the summary stays the same across runs.
+            seen.push(format!("{n} resolved on {}", l.dev));
+        } else {
+            live.failures.push(format!(
+                "{n} not resolved on {} ({} of 1 pings answered)",
+                l.dev, p.received
+            ));
+        }
+    }
+    live.summary = format!("link {}: {}", l.dev, seen.join("; "));
     Ok(())
 }
 

@@ -144,6 +144,17 @@ pub enum WrapName {
     TlsCrypt,
 }
 
+/// The tunnel device: routed IP packets or bridged Ethernet frames.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DevName {
+    /// `dev tun`.
+    #[default]
+    Tun,
+    /// `dev tap`.
+    Tap,
+}
+
 /// The tunnel: transport, ciphers, what the server pushes, how the client applies DNS.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +162,9 @@ pub struct TunnelOpts {
     /// `udp` (default) or `tcp`.
     #[serde(default)]
     pub proto: TransportName,
+    /// `tun` (default) or `tap`.
+    #[serde(default)]
+    pub dev: DevName,
     /// Server `data-ciphers` (default: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305).
     #[serde(default)]
     pub ciphers: Option<Vec<String>>,
@@ -250,6 +264,11 @@ impl Scenario {
         }
         if checks.is_empty() {
             bail!("{file}: no [[check]] entries; a scenario must assert something");
+        }
+        if raw.topology.bridge && raw.tunnel.dev != DevName::Tap {
+            bail!(
+                "{file}: [topology] bridge = true bridges Ethernet frames: it needs dev = \"tap\" in [tunnel]"
+            );
         }
         Ok(Scenario {
             name: path

@@ -21,7 +21,7 @@ use crate::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 
 use super::checks::{self, Live, RunData};
 use super::report::{CheckReport, RunFiles, RunReport, States};
-use super::{ClientDns, Pairing, Scenario, TransportName, WrapName};
+use super::{ClientDns, DevName, Pairing, Scenario, TransportName, WrapName};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -74,8 +74,14 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
         },
         tunnel_net: addr::TUNNEL_NET,
         explicit_exit_notify: Some(1),
+        tap: t.dev == DevName::Tap,
         ..TunnelSpec::default()
     };
+    if s.topology.bridge {
+        // The server's tap is a port of the corp LAN's bridge; clients ask its DHCP server.
+        spec.server_dev = Some(crate::network::BRIDGE_TAP.to_owned());
+        spec.server_bridge = Some(String::new());
+    }
     if let Some(c) = &t.ciphers {
         spec.server_ciphers = c.clone();
     }
@@ -134,6 +140,14 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     };
     net.start_services()?;
     progress.line("capturing every interface; DNS (public 198.18.100.53, corp 198.19.10.53) and web servers up");
+    if s.topology.bridge {
+        net.start_dhcp(&out)?;
+        progress.line(&format!(
+            "server tap0 bridged with the corp LAN on br0; DHCP server on the corp LAN ({}–{})",
+            addr::DHCP_FIRST,
+            addr::DHCP_LAST
+        ));
+    }
     let before = NetState::record(&net.client)?;
 
     let pki = Pki::generate(&out.join("pki"))?;
@@ -211,13 +225,30 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     if let Some(i) = &impairment {
         i.tunnel_up();
     }
+    if s.topology.bridge {
+        // As a bridged client's user would: ask the LAN's DHCP server through the tunnel.
+        let l = crate::dhcp::lease(&net.client, "tap0", &out).with_context(|| {
+            format!(
+                "DHCP over the tunnel failed; DHCP server log:\n{}",
+                log_tail(&out.join("dhcp-server.log"), 15)
+            )
+        })?;
+        progress.line(&format!(
+            "DHCP over the tunnel: {} netmask {} (name server {}, domain {}) in {:.2} s",
+            l.address,
+            l.netmask,
+            l.dns,
+            l.domain,
+            l.took.as_secs_f64()
+        ));
+    }
     let during = NetState::record(&net.client)?;
     let tun_addr = during
         .addresses
         .iter()
-        .find(|l| l.starts_with("tun"))
+        .find(|l| l.starts_with("tun") || l.starts_with("tap"))
         .cloned()
-        .unwrap_or_else(|| "no tun address".into());
+        .unwrap_or_else(|| "no tunnel address".into());
     progress.line(&format!("tunnel up in {tunnel_up_s:.2} s: {tun_addr}"));
 
     let mut lives: Vec<Live> = Vec::with_capacity(s.checks.len());

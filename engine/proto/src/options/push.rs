@@ -118,6 +118,9 @@ pub struct PushedOptions {
     pub ifconfig_ipv6: Option<(Ipv6Addr, u8, Option<Ipv6Addr>)>,
     /// `route-gateway`.
     pub route_gateway: Option<Ipv4Addr>,
+    /// `route-gateway dhcp`: a bridged (tap) server leaves the address to the LAN's DHCP
+    /// server, which the client asks through the tunnel.
+    pub route_gateway_dhcp: bool,
     /// `route` entries.
     pub routes: Vec<Route>,
     /// `route-ipv6` entries.
@@ -247,7 +250,9 @@ impl PushedOptions {
             }
             "route-gateway" => {
                 // `route-gateway dhcp` is for tap; meaningless on tun.
-                if need(0)? != "dhcp" {
+                if need(0)? == "dhcp" {
+                    self.route_gateway_dhcp = true;
+                } else {
                     self.route_gateway = Some(ip4(need(0)?)?);
                 }
             }

@@ -72,7 +72,12 @@ pub fn server_with(pki: &Pki, extra: &str, wrap: WrapConfig) -> Server {
     let text = format!(
         "port 1194\nproto udp\ndev tun\nca ca\ncert c\nkey k\ndh none\nserver 198.19.0.0 255.255.255.0\ntopology subnet\nkeepalive 10 60\npush \"route 198.19.10.0 255.255.255.0\"\ndns server 0 address 198.19.10.53\ndns server 0 resolve-domains corp.example\n{extra}"
     );
-    let config = ServerConfig::parse(&text, Path::new("/t/server.conf")).unwrap();
+    server_from(pki, &text, wrap)
+}
+
+/// A server from the whole config text (credentials come from `pki`).
+pub fn server_from(pki: &Pki, text: &str, wrap: WrapConfig) -> Server {
+    let config = ServerConfig::parse(text, Path::new("/t/server.conf")).unwrap();
     let ca = tls::certs_from_pem("ca", &pki.ca_pem).unwrap();
     let tls = tls::server_config(
         &ca,
