@@ -28,6 +28,7 @@
 //! | `ovpn.ctl_size` | a control packet's size instead of `size` (certificates and signatures vary by a byte or two per key) | masked |
 //! | `dns.msg` | `query A name` / `answer A name NOERROR [addresses]` | kept |
 //! | `dns.id` | query id | masked |
+//! | `dhcp.msg` | `discover`, `offer ADDR`, `request ADDR`, `ack ADDR` … (inside tap tunnels too) | kept |
 //! | `text` | plaintext control message (engine control taps); version strings in peer-info (`IV_VER`, `IV_SSL`, `IV_PLAT_VER`, `IV_HWADDR`, `IV_GUI_VER`) as `*` | kept |
 //! | `tap.drop`, `tap.key`, `tap.peer` | from an engine tap's comment | kept |
 //! | `tap.trace`, `tap.pid`, `tap.stage_ns` | per-run counters and timings | masked |
@@ -108,6 +109,7 @@ pub const FIELDS: &[&str] = &[
     "ovpn.ctl_size",
     "dns.id",
     "dns.msg",
+    "dhcp.msg",
     "text",
     "tap.key",
     "tap.peer",
@@ -217,6 +219,11 @@ impl Event {
                 k.push(' ');
                 k.push_str(v);
             }
+        }
+        if let Some(d) = self.get("dhcp.msg") {
+            // The message type, not the address.
+            k.push(' ');
+            k.push_str(d.split_whitespace().next().unwrap_or(""));
         }
         if let Some(d) = self.get("dns.msg") {
             // query/answer and type, not the name.
@@ -782,6 +789,9 @@ fn short_kind(f: &Fields) -> String {
     if let Some(d) = f.get_str("dns.msg") {
         return format!("dns {d}");
     }
+    if let Some(d) = f.get_str("dhcp.msg") {
+        return format!("dhcp {d}");
+    }
     if let Some(op) = f.get_str("ovpn.op") {
         return op.into_owned();
     }
@@ -972,6 +982,9 @@ fn describe_l3(
                         layers.push("dns".into());
                         f.insert("dns.id", d.id);
                         f.insert("dns.msg", d.describe());
+                    } else if let Some(d) = pkt.dhcp() {
+                        layers.push("dhcp".into());
+                        f.insert("dhcp.msg", d.describe());
                     } else if let Some(wrap) = ovpn {
                         ovpn_fields(pkt.payload, wrap, f, layers, bulk, ph);
                     }

@@ -162,6 +162,95 @@ impl Pkt<'_> {
     }
 }
 
+impl Pkt<'_> {
+    /// The DHCP message in a UDP packet between ports 67 and 68.
+    pub fn dhcp(&self) -> Option<DhcpInfo> {
+        match self.l4 {
+            L4::Udp { sport, dport }
+                if matches!((sport, dport), (67, 68) | (68, 67) | (67, 67)) =>
+            {
+                dhcp_info(self.payload)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a DHCP message that say what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpInfo {
+    /// Transaction id.
+    pub xid: u32,
+    /// Message type (`discover`, `offer`, `request`, `ack`, `nak`, …); `bootp` without one.
+    pub kind: &'static str,
+    /// The address it is about: offered/acknowledged (`yiaddr`), requested (option 50),
+    /// or the client's own (`ciaddr`).
+    pub address: Option<Ipv4Addr>,
+}
+
+impl DhcpInfo {
+    /// `discover` / `offer 198.19.10.100` / `ack 198.19.10.100`.
+    pub fn describe(&self) -> String {
+        match self.address {
+            Some(a) => format!("{} {a}", self.kind),
+            None => self.kind.to_owned(),
+        }
+    }
+}
+
+/// Decodes a BOOTP/DHCP message (RFC 2131/2132): fixed header, magic cookie, options.
+pub fn dhcp_info(p: &[u8]) -> Option<DhcpInfo> {
+    const COOKIE: [u8; 4] = [99, 130, 83, 99];
+    let op = *p.first()?;
+    if !(op == 1 || op == 2) || p.get(236..240)? != COOKIE {
+        return None;
+    }
+    let xid = be32(p, 4)?;
+    let ip_at = |at: usize| -> Option<Ipv4Addr> {
+        let b: [u8; 4] = p.get(at..at + 4)?.try_into().ok()?;
+        Some(Ipv4Addr::from(b)).filter(|a| !a.is_unspecified())
+    };
+    let (ciaddr, yiaddr) = (ip_at(12), ip_at(16));
+    let mut kind = None;
+    let mut requested = None;
+    let mut i = 240;
+    while let Some(&code) = p.get(i) {
+        match code {
+            0 => i += 1,
+            255 => break,
+            _ => {
+                let len = usize::from(*p.get(i + 1)?);
+                let v = p.get(i + 2..i + 2 + len)?;
+                match (code, v) {
+                    (53, [t]) => kind = Some(*t),
+                    (50, [a, b, c, d]) => requested = Some(Ipv4Addr::new(*a, *b, *c, *d)),
+                    _ => {}
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    let kind = match kind {
+        None => "bootp",
+        Some(1) => "discover",
+        Some(2) => "offer",
+        Some(3) => "request",
+        Some(4) => "decline",
+        Some(5) => "ack",
+        Some(6) => "nak",
+        Some(7) => "release",
+        Some(8) => "inform",
+        Some(_) => "dhcp",
+    };
+    let address = match kind {
+        "offer" | "ack" => yiaddr,
+        "request" | "decline" => requested.or(ciaddr),
+        "discover" | "nak" => None,
+        _ => ciaddr.or(yiaddr),
+    };
+    Some(DhcpInfo { xid, kind, address })
+}
+
 /// Flags as letters (`S`, `S.`, `F.`, `R`, `P.`).
 pub fn tcp_flags(f: u8) -> String {
     let mut s = String::new();
@@ -564,5 +653,56 @@ mod tests {
                 ..
             }
         ));
+    }
+}
+
+#[cfg(test)]
+mod dhcp_tests {
+    use super::*;
+
+    /// A DHCP message of `kind` (option 53) with `yiaddr` and options `extra`.
+    fn message(op: u8, kind: u8, yiaddr: [u8; 4], extra: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; 240];
+        m[0] = op;
+        m[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        m[16..20].copy_from_slice(&yiaddr);
+        m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        m.extend_from_slice(&[53, 1, kind]);
+        m.extend_from_slice(extra);
+        m.push(255);
+        m
+    }
+
+    #[test]
+    fn messages_are_named_with_their_address() {
+        let d = dhcp_info(&message(1, 1, [0; 4], &[0, 0])).unwrap();
+        assert_eq!((d.describe(), d.xid), ("discover".into(), 0x1234_5678));
+        let o = dhcp_info(&message(2, 2, [198, 19, 10, 100], &[])).unwrap();
+        assert_eq!(o.describe(), "offer 198.19.10.100");
+        let r = dhcp_info(&message(1, 3, [0; 4], &[50, 4, 198, 19, 10, 100])).unwrap();
+        assert_eq!(r.describe(), "request 198.19.10.100");
+        let a = dhcp_info(&message(2, 5, [198, 19, 10, 100], &[])).unwrap();
+        assert_eq!(a.describe(), "ack 198.19.10.100");
+    }
+
+    #[test]
+    fn truncated_or_foreign_payloads_are_not_dhcp_and_never_panic() {
+        let m = message(
+            1,
+            3,
+            [0; 4],
+            &[50, 4, 198, 19, 10, 100, 61, 7, 1, 2, 3, 4, 5, 6, 7],
+        );
+        for n in 0..m.len() {
+            // Cut anywhere: either not DHCP, or decoded from what is there.
+            let _ = dhcp_info(&m[..n]);
+        }
+        assert!(dhcp_info(&m[..200]).is_none(), "no magic cookie");
+        let mut bad = m.clone();
+        bad[241] = 200; // an option length running past the end
+        assert_eq!(dhcp_info(&bad), None);
+        let mut not = m;
+        not[0] = 9;
+        assert_eq!(dhcp_info(&not), None);
     }
 }
