@@ -64,6 +64,18 @@ mod tempdir {
     }
 }
 
+/// The seed of the engines' core randomness in this run: `TUNSCOPE_SEED` replays a failed
+/// run's choices (session ids, key-method randoms, renegotiation jitter, cookie secrets), else
+/// a fresh one, printed so a failure shows it.
+fn seed() -> u64 {
+    let seed = std::env::var("TUNSCOPE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from_le_bytes(tunscope_proto::rng::bytes()));
+    eprintln!("in-process seed {seed} (replay: TUNSCOPE_SEED={seed})");
+    seed
+}
+
 fn observatory(dir: &Path, who: &'static str, capture: bool) -> Result<Arc<Observatory>> {
     let opts = ObserveOptions {
         capture: capture.then(|| dir.join(format!("{who}.pcapng"))),
@@ -103,21 +115,29 @@ impl Pair {
         let client_obs = observatory(&dir.0, "client", capture)?;
         let (stun, server_tun) = Tun::memory("tun-s", 1500);
         let (ctun, client_tun) = Tun::memory("tun-c", 1500);
+        // Each side draws its core randomness from a stream of its own, from the seed.
+        let seed = seed();
         let server = {
             let (obs, term) = (Arc::clone(&server_obs), Arc::clone(&term));
             let port = Arc::new(server_port);
-            std::thread::spawn(move || {
-                tunscope_engine::server::run_in_memory(scfg, &obs, &term, stun, port)
-            })
+            std::thread::Builder::new()
+                .name("server".into())
+                .spawn(move || {
+                    tunscope_proto::rng::seed_thread(seed ^ 0x5e);
+                    tunscope_engine::server::run_in_memory(scfg, &obs, &term, stun, port)
+                })?
         };
         let handle = MemHandle::default();
         let client = {
             let (obs, term) = (Arc::clone(&client_obs), Arc::clone(&term));
             let h = handle.clone();
-            std::thread::spawn(move || {
-                let port = h.hold(client_port);
-                tunscope_engine::client::run_in_memory(&ccfg, &obs, &term, ctun, port, SERVER)
-            })
+            std::thread::Builder::new()
+                .name("client".into())
+                .spawn(move || {
+                    tunscope_proto::rng::seed_thread(seed ^ 0xc1);
+                    let port = h.hold(client_port);
+                    tunscope_engine::client::run_in_memory(&ccfg, &obs, &term, ctun, port, SERVER)
+                })?
         };
         let mut pair = Pair {
             net,

@@ -31,6 +31,7 @@ pub fn run() -> Result<()> {
         "warnings",
     ]))?;
     sans_io_invariant(Path::new("engine/proto/src"))?;
+    seed_only_in_tests(&["engine/src", "engine/proto/src", "harness/src", "xtask/src"])?;
     eprintln!("tidy: ok");
     Ok(())
 }
@@ -57,6 +58,32 @@ fn sans_io_invariant(dir: &Path) -> Result<()> {
             }
         }
     })?;
+    if !violations.is_empty() {
+        bail!("architecture invariant broken:\n{}", violations.join("\n"));
+    }
+    Ok(())
+}
+
+/// A seeded random stream is predictable: only tests may seed (`rng::seed_thread`).
+fn seed_only_in_tests(dirs: &[&str]) -> Result<()> {
+    let mut violations = vec![];
+    for dir in dirs {
+        visit(Path::new(dir), &mut |path, text| {
+            if path.ends_with("rng.rs") || path.ends_with("tidy.rs") {
+                return;
+            }
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (i, line) in code.lines().enumerate() {
+                if !line.trim_start().starts_with("//") && line.contains("seed_thread(") {
+                    violations.push(format!(
+                        "{}:{}: seeds the core's randomness outside a test",
+                        path.display(),
+                        i + 1
+                    ));
+                }
+            }
+        })?;
+    }
     if !violations.is_empty() {
         bail!("architecture invariant broken:\n{}", violations.join("\n"));
     }

@@ -988,20 +988,14 @@ fn describe_tls_error(e: &rustls::Error) -> String {
 }
 
 fn random_session_id() -> SessionId {
-    let mut b = [0u8; 8];
-    // A CSPRNG failure is not recoverable and not caused by input.
-    #[allow(clippy::expect_used)]
-    aws_lc_rs::rand::fill(&mut b).expect("system random");
+    let mut b = crate::rng::bytes::<8>();
     if b == [0; 8] {
         b[0] = 1;
     }
     SessionId(b)
 }
 
-/// Random bytes for key-method-2 fields and session ids.
+/// Random bytes for key-method-2 fields and session ids ([`crate::rng`]: seedable in tests).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    #[allow(clippy::expect_used)]
-    aws_lc_rs::rand::fill(&mut b).expect("system random");
-    b
+    crate::rng::bytes()
 }

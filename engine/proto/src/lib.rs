@@ -42,6 +42,7 @@ pub mod options;
 pub mod packet_id;
 pub mod prf;
 pub mod reliable;
+pub mod rng;
 pub mod server;
 pub mod stage;
 pub mod static_key;
