@@ -49,6 +49,38 @@ pub mod addr {
     pub const TUNNEL_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
     /// The corporate LAN.
     pub const CORP_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 0);
+
+    /// IPv6 (dual-stack topology): every link gets a /64 of 2001:db8::/32 whose third
+    /// group reads like the IPv4 link's third octet (client LAN `1`, server LAN `2`, corp
+    /// `10`, public services `100`), hosts keep their IPv4 host part (`::53`, `::80`).
+    pub mod v6 {
+        use std::net::Ipv6Addr;
+        const fn a(link: u16, host: u16) -> Ipv6Addr {
+            Ipv6Addr::new(0x2001, 0xdb8, link, 0, 0, 0, 0, host)
+        }
+        /// Client's WAN address.
+        pub const CLIENT_WAN: Ipv6Addr = a(1, 2);
+        /// Router on the client side.
+        pub const ROUTER_CLIENT_SIDE: Ipv6Addr = a(1, 1);
+        /// Router on the server side.
+        pub const ROUTER_SERVER_SIDE: Ipv6Addr = a(2, 1);
+        /// The VPN server's public address.
+        pub const SERVER_WAN: Ipv6Addr = a(2, 2);
+        /// Public DNS resolver.
+        pub const PUBLIC_DNS: Ipv6Addr = a(0x100, 0x53);
+        /// Public web server.
+        pub const PUBLIC_WEB: Ipv6Addr = a(0x100, 0x80);
+        /// Server's address on the corporate LAN.
+        pub const CORP_GW: Ipv6Addr = a(0x10, 1);
+        /// Corporate DNS resolver.
+        pub const CORP_DNS: Ipv6Addr = a(0x10, 0x53);
+        /// Corporate web server.
+        pub const CORP_WEB: Ipv6Addr = a(0x10, 0x80);
+        /// The corporate LAN (/64).
+        pub const CORP_NET: Ipv6Addr = a(0x10, 0);
+        /// The tunnel's IPv6 network (/64) when the server has `server-ipv6`.
+        pub const TUNNEL_NET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0);
+    }
     /// First address the corp LAN's DHCP server leases (bridged topology).
     pub const DHCP_FIRST: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 100);
     /// Last address it leases.
@@ -87,6 +119,11 @@ pub struct TopologySpec {
     /// to tunnel clients too. Needs `dev = "tap"` in `[tunnel]`.
     #[serde(default)]
     pub bridge: bool,
+    /// Dual stack: IPv6 on every link beside IPv4 ([`addr::v6`]), public and corp DNS and
+    /// web over IPv6 too (AAAA records), routers forwarding IPv6. Off: IPv6 is disabled
+    /// in every namespace.
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 /// The namespaces and services of one scenario run.
@@ -109,6 +146,8 @@ pub struct Network {
     pub web: Vec<WebServer>,
     /// The corp LAN's DHCP server (bridged topology).
     pub dhcp: Option<crate::process::Proc>,
+    /// Dual stack (the services answer over IPv6 too).
+    pub ipv6: bool,
 }
 
 /// Offloads that make the kernel build super-packets: off, so each frame is one datagram.
@@ -140,8 +179,18 @@ impl Network {
         let server = Netns::create(&prefix, "server")?;
         let corp = Netns::create(&prefix, "corp")?;
         for ns in [&client, &router, &server, &corp] {
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            if spec.ipv6 {
+                // Addresses usable at once (no duplicate detection), no autoconfiguration
+                // and no router solicitations: only what the scenario causes.
+                for scope in ["all", "default"] {
+                    ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+                    ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_ra"), "0")?;
+                    ns.sysctl(&format!("net.ipv6.conf.{scope}.router_solicitations"), "0")?;
+                }
+            } else {
+                ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+                ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            }
         }
         // With an impairment the client's link runs through `wire` (to-client ↔ to-router),
         // which forwards frames itself; otherwise it is one veth.
@@ -226,6 +275,45 @@ impl Network {
         ip(&corp, &format!("addr add {CORP_WEB}/24 dev eth0"))?;
         ip(&corp, &format!("route add default via {CORP_GW}"))?;
 
+        if spec.ipv6 {
+            use v6::*;
+            ip(
+                &client,
+                &format!("-6 addr add {CLIENT_WAN}/64 dev eth0 nodad"),
+            )?;
+            ip(
+                &client,
+                &format!("-6 route add default via {ROUTER_CLIENT_SIDE}"),
+            )?;
+            ip(
+                &router,
+                &format!("-6 addr add {ROUTER_CLIENT_SIDE}/64 dev c0 nodad"),
+            )?;
+            ip(
+                &router,
+                &format!("-6 addr add {ROUTER_SERVER_SIDE}/64 dev s0 nodad"),
+            )?;
+            ip(&router, &format!("-6 addr add {PUBLIC_DNS}/128 dev lo"))?;
+            ip(&router, &format!("-6 addr add {PUBLIC_WEB}/128 dev lo"))?;
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            ip(
+                &server,
+                &format!("-6 addr add {SERVER_WAN}/64 dev eth0 nodad"),
+            )?;
+            ip(
+                &server,
+                &format!("-6 route add default via {ROUTER_SERVER_SIDE}"),
+            )?;
+            let lan = if spec.bridge { "br0" } else { "lan0" };
+            ip(
+                &server,
+                &format!("-6 addr add {CORP_GW}/64 dev {lan} nodad"),
+            )?;
+            server.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            ip(&corp, &format!("-6 addr add {CORP_DNS}/64 dev eth0 nodad"))?;
+            ip(&corp, &format!("-6 addr add {CORP_WEB}/64 dev eth0 nodad"))?;
+            ip(&corp, &format!("-6 route add default via {CORP_GW}"))?;
+        }
         if let Some(mtu) = spec.underlay_mtu {
             // Only the router's side: the server keeps 1500 and does not know, like two hosts
             // behind a smaller transit link. Toward the server, larger packets need
@@ -260,6 +348,14 @@ impl Network {
             ));
         }
         nat.push_str("\t}\n}\n");
+        if spec.ipv6 && spec.server_nat {
+            // Full tunnel over IPv6 too: the internet has no route to the tunnel's prefix.
+            nat.push_str(&format!(
+                "table ip6 ts_nat6 {{\n\tchain post {{ type nat hook postrouting priority 100; policy accept;\n\
+                 \t\tip6 saddr {}/64 oifname \"eth0\" masquerade\n\t}}\n}}\n",
+                v6::TUNNEL_NET
+            ));
+        }
         server.nft(&nat)?;
 
         let public_resolver = format!("nameserver {PUBLIC_DNS}\n");
@@ -278,62 +374,79 @@ impl Network {
             dns: vec![],
             web: vec![],
             dhcp: None,
+            ipv6: spec.ipv6,
         })
     }
 
-    /// Starts the DNS and web servers.
+    /// Starts the DNS and web servers (over IPv6 too, with AAAA records, when dual-stack).
     pub fn start_services(&mut self) -> Result<()> {
         use addr::*;
-        let records = |list: &[(&str, Ipv4Addr)]| -> BTreeMap<String, Vec<IpAddr>> {
-            list.iter()
-                .map(|(n, a)| ((*n).to_owned(), vec![IpAddr::V4(*a)]))
-                .collect()
-        };
-        self.dns.push(
-            DnsServer::start(
-                &self.router,
-                DnsConfig {
-                    label: "public-dns".into(),
-                    listen: IpAddr::V4(PUBLIC_DNS),
-                    records: records(&[
-                        ("www.example.com", PUBLIC_WEB),
-                        ("vpn.example.com", SERVER_WAN),
-                    ]),
-                    upstream: None,
-                },
-            )
-            .context("public DNS")?,
-        );
-        self.dns.push(
-            DnsServer::start(
-                &self.corp,
-                DnsConfig {
-                    label: "corp-dns".into(),
-                    listen: IpAddr::V4(CORP_DNS),
-                    records: records(&[
-                        ("intranet.corp.example", CORP_WEB),
-                        ("dns.corp.example", CORP_DNS),
-                    ]),
-                    upstream: Some(SocketAddr::new(IpAddr::V4(PUBLIC_DNS), 53)),
-                },
-            )
-            .context("corp DNS")?,
-        );
-        self.web.push(WebServer::start(
-            &self.router,
-            "public-web",
-            IpAddr::V4(PUBLIC_WEB),
-        )?);
-        self.web.push(WebServer::start(
-            &self.corp,
-            "corp-web",
-            IpAddr::V4(CORP_WEB),
-        )?);
-        self.web.push(WebServer::start(
-            &self.server,
-            "vpn-host-web",
-            IpAddr::V4(SERVER_WAN),
-        )?);
+        let v6 = self.ipv6;
+        let records =
+            |list: &[(&str, Ipv4Addr, std::net::Ipv6Addr)]| -> BTreeMap<String, Vec<IpAddr>> {
+                list.iter()
+                    .map(|(n, a4, a6)| {
+                        let mut addrs = vec![IpAddr::V4(*a4)];
+                        if v6 {
+                            addrs.push(IpAddr::V6(*a6));
+                        }
+                        ((*n).to_owned(), addrs)
+                    })
+                    .collect()
+            };
+        let public = records(&[
+            ("www.example.com", PUBLIC_WEB, v6::PUBLIC_WEB),
+            ("vpn.example.com", SERVER_WAN, v6::SERVER_WAN),
+        ]);
+        let corp = records(&[
+            ("intranet.corp.example", CORP_WEB, v6::CORP_WEB),
+            ("dns.corp.example", CORP_DNS, v6::CORP_DNS),
+        ]);
+        let mut listen = vec![(IpAddr::V4(PUBLIC_DNS), IpAddr::V4(CORP_DNS))];
+        if v6 {
+            listen.push((IpAddr::V6(v6::PUBLIC_DNS), IpAddr::V6(v6::CORP_DNS)));
+        }
+        for (public_at, corp_at) in listen {
+            self.dns.push(
+                DnsServer::start(
+                    &self.router,
+                    DnsConfig {
+                        label: "public-dns".into(),
+                        listen: public_at,
+                        records: public.clone(),
+                        upstream: None,
+                    },
+                )
+                .context("public DNS")?,
+            );
+            self.dns.push(
+                DnsServer::start(
+                    &self.corp,
+                    DnsConfig {
+                        label: "corp-dns".into(),
+                        listen: corp_at,
+                        records: corp.clone(),
+                        upstream: Some(SocketAddr::new(IpAddr::V4(PUBLIC_DNS), 53)),
+                    },
+                )
+                .context("corp DNS")?,
+            );
+        }
+        let mut webs = vec![
+            (&self.router, "public-web", IpAddr::V4(PUBLIC_WEB)),
+            (&self.corp, "corp-web", IpAddr::V4(CORP_WEB)),
+            (&self.server, "vpn-host-web", IpAddr::V4(SERVER_WAN)),
+        ];
+        if v6 {
+            webs.extend([
+                (&self.router, "public-web", IpAddr::V6(v6::PUBLIC_WEB)),
+                (&self.corp, "corp-web", IpAddr::V6(v6::CORP_WEB)),
+                (&self.server, "vpn-host-web", IpAddr::V6(v6::SERVER_WAN)),
+            ]);
+        }
+        for (ns, label, at) in webs {
+            self.web.push(WebServer::start(ns, label, at)?);
+        }
         Ok(())
     }
 

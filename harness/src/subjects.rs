@@ -203,9 +203,10 @@ impl TunnelSpec {
         pki: &Pki,
         cert: &Path,
         key: &Path,
-        server: Ipv4Addr,
+        server: impl Into<std::net::IpAddr>,
         dir: &Path,
     ) -> Result<String> {
+        let server: std::net::IpAddr = server.into();
         let mut c = String::new();
         let proto = match self.proto {
             Proto::Udp => "udp",

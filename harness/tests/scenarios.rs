@@ -94,6 +94,16 @@ fn broken_scenario_files_name_file_and_line() {
             "host must be one of",
         ),
         ("description = \"x\"\n", "broken.toml", "no [[check]]"),
+        (
+            "description = \"x\"\n[[check]]\nname = \"a\"\nkind = \"teardown\"\nexpected_failure = \"\"\n",
+            "broken.toml:2",
+            "expected_failure must say why",
+        ),
+        (
+            "description = \"x\"\n[topology]\nbridge = true\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "needs dev = \"tap\"",
+        ),
     ];
     for (text, place, what) in cases {
         let e = format!("{:#}", Scenario::parse(path, text).unwrap_err());
@@ -226,6 +236,13 @@ name = "WRONG: corp web expected unreachable"
 kind = "ping"
 to = "198.19.10.80"
 fails = true
+
+[[check]]
+name = "WRONG: a working corp route declared a known failure"
+kind = "route"
+to = "198.19.10.80"
+dev = "tun0"
+expected_failure = "pretend the corp route is broken"
 "#,
     );
     let s = Scenario::parse(&scenario::scenarios_dir().join("negative.toml"), &text).unwrap();
@@ -249,6 +266,10 @@ fails = true
         ("WRONG: the intranet", "does not contain \"public-web\""),
         ("WRONG: no DNS", "break the rules; first:"),
         ("WRONG: corp web", "answered 3 of 3 pings, expected none"),
+        (
+            "WRONG: a working corp route",
+            "expected to fail (pretend the corp route is broken), but passed",
+        ),
     ] {
         let c = get(name);
         assert!(!c.passed, "{name} passed");

@@ -289,6 +289,9 @@ pub struct Check {
     pub line: usize,
     /// What it asserts.
     pub spec: CheckSpec,
+    /// `expected_failure = "why"`: the scenario shows a problem (a leak, a misconfiguration)
+    /// whose evidence is the check failing; it passes when it fails and fails when it passes.
+    pub expected_failure: Option<String>,
 }
 
 fn check_iface(on: &str) -> Result<(), String> {
@@ -311,6 +314,15 @@ impl Check {
             Some(toml::Value::String(s)) => s,
             Some(_) => return Err("check 'name' must be a string".into()),
             None => return Err("check without a 'name'".into()),
+        };
+        let expected_failure = match t.remove("expected_failure") {
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s),
+            Some(_) => {
+                return Err(format!(
+                    "check '{name}': expected_failure must say why (a non-empty string)"
+                ));
+            }
+            None => None,
         };
         let kind = match t.remove("kind") {
             Some(toml::Value::String(s)) => s,
@@ -410,7 +422,12 @@ impl Check {
             | CheckSpec::Teardown(_)
             | CheckSpec::Reconnect(_) => {}
         }
-        Ok(Check { name, line, spec })
+        Ok(Check {
+            name,
+            line,
+            spec,
+            expected_failure,
+        })
     }
 
     /// The kind as written in files.
@@ -672,7 +689,14 @@ fn act_resolve(r: &ResolveCheck, net: &Network, live: &mut Live) -> Result<()> {
     let out = run_in(
         &net.client,
         "getent",
-        &["ahostsv4", &r.host],
+        &[
+            if r.answer.is_some_and(|a| a.is_ipv6()) {
+                "ahostsv6"
+            } else {
+                "ahostsv4"
+            },
+            &r.host,
+        ],
         Duration::from_secs(12),
     )?;
     let addrs: BTreeSet<IpAddr> = out
@@ -682,7 +706,7 @@ fn act_resolve(r: &ResolveCheck, net: &Network, live: &mut Live) -> Result<()> {
         .collect();
     let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     live.evidence.push(format!(
-        "getent ahostsv4 {}: {}",
+        "getent {}: {}",
         r.host,
         if addrs.is_empty() {
             format!(
@@ -1112,6 +1136,23 @@ fn act_mtu(m: &MtuCheck, net: &Network, live: &mut Live) -> Result<()> {
 
 /// Judges a check with everything the run recorded.
 pub fn judge(check: &Check, live: &Live, data: &RunData) -> Verdict {
+    let v = judge_check(check, live, data);
+    match &check.expected_failure {
+        None => v,
+        Some(why) if v.passed => Verdict {
+            passed: false,
+            message: format!("expected to fail ({why}), but passed: {}", v.message),
+            evidence: v.evidence,
+        },
+        Some(why) => Verdict {
+            passed: true,
+            message: format!("fails as expected ({why}): {}", v.message),
+            evidence: v.evidence,
+        },
+    }
+}
+
+fn judge_check(check: &Check, live: &Live, data: &RunData) -> Verdict {
     let mut failures = live.failures.clone();
     let mut evidence = live.evidence.clone();
     // Client addresses: WAN and tunnel (from the state while the tunnel was up).

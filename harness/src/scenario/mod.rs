@@ -165,6 +165,10 @@ pub struct TunnelOpts {
     /// `tun` (default) or `tap`.
     #[serde(default)]
     pub dev: DevName,
+    /// The tunnel itself over IPv6: the server listens on IPv6 (`proto udp6`/`tcp6-server`)
+    /// and the client connects to its IPv6 address (needs `ipv6` in `[topology]`).
+    #[serde(default)]
+    pub outer_ipv6: bool,
     /// Server `data-ciphers` (default: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305).
     #[serde(default)]
     pub ciphers: Option<Vec<String>>,
@@ -264,6 +268,9 @@ impl Scenario {
         }
         if checks.is_empty() {
             bail!("{file}: no [[check]] entries; a scenario must assert something");
+        }
+        if raw.tunnel.outer_ipv6 && !raw.topology.ipv6 {
+            bail!("{file}: [tunnel] outer_ipv6 = true needs ipv6 = true in [topology]");
         }
         if raw.topology.bridge && raw.tunnel.dev != DevName::Tap {
             bail!(

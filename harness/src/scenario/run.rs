@@ -93,6 +93,15 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
         .chain(t.server_options.iter().cloned())
         .collect();
     spec.client_extra = t.client_options.clone();
+    if s.tunnel.outer_ipv6 {
+        spec.server_extra.push(
+            match t.proto {
+                TransportName::Udp => "proto udp6",
+                TransportName::Tcp => "proto tcp6-server",
+            }
+            .to_owned(),
+        );
+    }
     spec
 }
 
@@ -155,7 +164,12 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let spec = tunnel_spec(s);
     let server_conf = out.join("server.conf");
     std::fs::write(&server_conf, spec.server_config(&pki, &out)?)?;
-    let mut client_text = spec.client_config(&pki, &ccert, &ckey, addr::SERVER_WAN, &out)?;
+    let server_at: std::net::IpAddr = if s.tunnel.outer_ipv6 {
+        addr::v6::SERVER_WAN.into()
+    } else {
+        addr::SERVER_WAN.into()
+    };
+    let mut client_text = spec.client_config(&pki, &ccert, &ckey, server_at, &out)?;
     let bin = subjects::tunscope_bin()?;
     let client_impl = opts.pairing.client.implementation();
     if client_impl == Implementation::OpenVpn && s.tunnel.client_dns != ClientDns::None {
