@@ -296,3 +296,44 @@ expected_failure = "pretend the corp route is broken"
     assert_eq!(json["passed"], false);
     let _ = std::fs::remove_dir_all(&r.files.dir);
 }
+
+/// The automatic leak oracle's negative control: a scenario that declares no leak check at
+/// all, with one request forced out of the WAN interface to a destination the tunnel routes.
+/// The request's own check passes (it fails, as it says); the oracle fails the run and names
+/// the packet.
+#[test]
+fn the_leak_oracle_catches_what_no_check_declared() {
+    let text = r#"
+description = "oracle negative control"
+[tunnel]
+push = ["route 198.19.10.0 255.255.255.0"]
+
+[[check]]
+name = "the corp web answers through the tunnel"
+kind = "http"
+url = "http://198.19.10.80/"
+body = "corp-web"
+via = "tun0"
+
+[[check]]
+name = "a request to the corp web forced out of the WAN interface"
+kind = "http"
+url = "http://198.19.10.80/"
+interface = "eth0"
+fails = true
+"#;
+    let s = Scenario::parse(&scenario::scenarios_dir().join("oracle.toml"), text).unwrap();
+    let r = play(&s, "oracle");
+    assert!(!r.passed, "{}", r.verdict_lines());
+    let failed: Vec<_> = r.checks.iter().filter(|c| !c.passed).collect();
+    assert_eq!(failed.len(), 1, "{}", r.verdict_lines());
+    assert_eq!(failed[0].kind, "leak-oracle");
+    assert!(
+        failed[0]
+            .message
+            .contains("198.19.10.80 is routed into the tunnel"),
+        "{}",
+        failed[0].message
+    );
+    let _ = std::fs::remove_dir_all(&r.files.dir);
+}

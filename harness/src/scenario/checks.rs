@@ -85,6 +85,9 @@ pub struct HttpCheck {
     /// The request must fail.
     #[serde(default)]
     pub fails: bool,
+    /// Force the request out of this client interface (`curl --interface`), whatever the
+    /// routes say: a deliberately misrouted request (the leak oracle's negative control).
+    pub interface: Option<String>,
 }
 
 /// `kind = "transfer"`: a verified bulk download (`GET URL/bytes/N`) or upload
@@ -808,7 +811,10 @@ fn act_http(h: &HttpCheck, net: &Network, dir: &Path, live: &mut Live) -> Result
         local,
         body,
         stderr: err,
-    } = curl(net, &[&h.url], 8)?;
+    } = match &h.interface {
+        Some(i) => curl(net, &["--interface", i, &h.url], 8)?,
+        None => curl(net, &[&h.url], 8)?,
+    };
     live.evidence.push(format!(
         "curl {}: exit {:?}, HTTP {code}, body {:?}{}",
         h.url,

@@ -27,6 +27,7 @@
 
 pub mod checks;
 pub mod golden;
+pub mod oracle;
 pub mod report;
 pub mod run;
 

@@ -109,6 +109,63 @@ fn log_tail(p: &Path, n: usize) -> String {
     crate::process::tail(&std::fs::read_to_string(p).unwrap_or_default(), n)
 }
 
+/// The automatic leak oracle's verdict ([`super::oracle`]): the client's interfaces before
+/// the tunnel (but `lo`) are its underlay, those that appeared with it the tunnel's.
+fn leak_oracle(s: &Scenario, data: &RunData, from_ns: u64, to_ns: u64) -> CheckReport {
+    let devs = |st: &NetState| -> Vec<String> {
+        let mut d: Vec<String> = st
+            .addresses
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .filter(|d| d != "lo")
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let before = devs(&data.before);
+    let tunnel: Vec<String> = devs(&data.during)
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    let underlay: Vec<String> = before.iter().map(|d| format!("client/{d}")).collect();
+    let routes: Vec<String> = data
+        .during
+        .routes
+        .iter()
+        .chain(&data.during.routes6)
+        .cloned()
+        .collect();
+    let table = super::oracle::Table::new(&routes, &tunnel);
+    let domains = super::oracle::pushed_domains(&s.tunnel.push);
+    let f = super::oracle::judge(&data.frames, &underlay, &table, &domains, from_ns, to_ns);
+    let summary = format!(
+        "{} packets on {} while the tunnel ({}) was up, {} in clear that the tunnel routes{}",
+        f.inspected,
+        underlay.join(", "),
+        tunnel.join(", "),
+        f.count,
+        if domains.is_empty() {
+            String::new()
+        } else {
+            format!(" or that ask for {}", domains.join(", "))
+        }
+    );
+    CheckReport {
+        name: "automatic leak oracle: nothing the tunnel routes appears in clear on the underlay"
+            .into(),
+        kind: "leak-oracle".into(),
+        line: 0,
+        passed: f.count == 0,
+        message: match f.leaks.first() {
+            Some(first) => format!("{} leaked packet(s); first: {first}", f.count),
+            None => summary.clone(),
+        },
+        evidence: std::iter::once(summary).chain(f.leaks).collect(),
+        duration_ms: 0,
+    }
+}
+
 /// Runs a scenario once with one pairing.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let progress = Progress {
@@ -257,6 +314,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         ));
     }
     let during = NetState::record(&net.client)?;
+    let tunnel_up_ns = checks::now_ns();
     let tun_addr = during
         .addresses
         .iter()
@@ -291,6 +349,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     }
 
     // Teardown: the client first, so "after" is what it leaves behind.
+    let client_stop_ns = checks::now_ns();
     client.stop(Duration::from_secs(5));
     let after = NetState::record(&net.client)?;
     server.stop(Duration::from_secs(5));
@@ -360,6 +419,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             duration_ms: live.t1_ns.saturating_sub(live.t0_ns) / 1_000_000,
         });
     }
+    reports.push(leak_oracle(s, &data, tunnel_up_ns, client_stop_ns));
     let mut dns = data.dns;
     dns.sort_by_key(|q| q.at_ns);
     let mut web = data.web;
