@@ -209,9 +209,18 @@ pub fn run(opts: &ClientOptions) -> Result<()> {
                 ))
             }
         };
+        let password = match &m.password_file {
+            None => None,
+            Some(f) if f.as_os_str() == "stdin" => Some(crate::prompt::ask(
+                "Enter management interface password",
+                true,
+            )?),
+            Some(f) => Some(crate::management::read_password_file(f)?),
+        };
         let st = Arc::clone(&stats);
         let mgmt = crate::management::Management::start(
             &endpoint,
+            password,
             m.hold,
             Arc::clone(&term),
             Box::new(move || {

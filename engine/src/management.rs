@@ -78,6 +78,40 @@ pub struct Management {
     pub restart: AtomicBool,
     /// Bytes in/out for `>BYTECOUNT:`, read when due.
     bytes: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+    /// The password a client must give first (pw-file), if any.
+    password: Option<String>,
+}
+
+/// The management password: the first line of `path` (OpenVPN's pw-file).
+pub fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "management: cannot read the password file {}",
+            path.display()
+        )
+    })?;
+    let pw = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_owned();
+    if pw.is_empty() {
+        anyhow::bail!(
+            "management: the password file {} has an empty first line",
+            path.display()
+        );
+    }
+    Ok(pw)
+}
+
+/// Compares without returning early at the first difference (no timing hint).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 struct Inner {
@@ -98,9 +132,11 @@ struct Inner {
 const MAX_LINE: usize = 4096;
 
 impl Management {
-    /// Starts listening; `hold` makes the engine wait for `hold release`.
+    /// Starts listening; `hold` makes the engine wait for `hold release`; with `password`,
+    /// a client must send it first (OpenVPN's pw-file).
     pub fn start(
         endpoint: &Endpoint,
+        password: Option<String>,
         hold: bool,
         term: Arc<AtomicBool>,
         bytes: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
@@ -117,6 +153,7 @@ impl Management {
                 pass: None,
                 pending_query: None,
             }),
+            password,
             cond: Condvar::new(),
             term,
             restart: AtomicBool::new(false),
@@ -192,8 +229,44 @@ impl Management {
         }
     }
 
+    /// Asks a new client for the password (3 tries, a second's pause after each wrong
+    /// one, as the acceptor serves one client at a time this paces guessing); true when it
+    /// gave it.
+    fn authenticate(&self, writer: &mut (dyn Write + Send), reader: &mut impl BufRead) -> bool {
+        let Some(want) = &self.password else {
+            return true;
+        };
+        for _ in 0..3 {
+            if writer.write_all(b"ENTER PASSWORD:").is_err() {
+                return false;
+            }
+            let mut line = Vec::new();
+            let mut limited = std::io::Read::take(&mut *reader, MAX_LINE as u64 + 1);
+            match limited.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            let got = String::from_utf8_lossy(&line);
+            let got = got.trim_end_matches(['\r', '\n']);
+            if constant_time_eq(got.as_bytes(), want.as_bytes()) {
+                return writer
+                    .write_all(b"SUCCESS: password is correct\r\n")
+                    .is_ok();
+            }
+            tracing::warn!("management: a client gave a wrong password");
+            std::thread::sleep(Duration::from_secs(1));
+            if writer.write_all(b"ERROR: bad password\r\n").is_err() {
+                return false;
+            }
+        }
+        false
+    }
+
     /// Serves one management client until it leaves.
-    fn serve(&self, writer: Box<dyn Write + Send>, mut reader: impl BufRead) {
+    fn serve(&self, mut writer: Box<dyn Write + Send>, mut reader: impl BufRead) {
+        if !self.authenticate(writer.as_mut(), &mut reader) {
+            return;
+        }
         {
             let mut i = self.lock();
             i.out = Some(writer);

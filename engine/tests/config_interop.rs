@@ -730,6 +730,96 @@ fn management_interface_like_network_manager() -> Result<()> {
     Ok(())
 }
 
+/// Reads raw management output until it contains `want` (prompts end without a newline).
+fn mgmt_raw_until(r: &mut impl std::io::Read, want: &str, secs: u64) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&seen).contains(want) {
+                    return Ok(String::from_utf8_lossy(&seen).into_owned());
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!(
+        "management: no '{want}' within {secs} s; got: {:?}",
+        String::from_utf8_lossy(&seen)
+    )
+}
+
+/// `management IP PORT PW-FILE`: a TCP management client must give the file's password
+/// first. Three wrong answers close the connection (a second's pause after each); the right
+/// one opens the usual dialogue, which then controls the tunnel.
+#[test]
+fn management_over_tcp_asks_for_the_password_file() -> Result<()> {
+    use std::io::Write;
+    let s = stock_server(TunnelSpec::default())?;
+    let pw = s.hosts.dir.join("mgmt-pw.txt");
+    std::fs::write(&pw, "s3cret\n")?;
+    let pw_s = pw.display().to_string();
+    let conf = s.hosts.dir.join("mgmt.conf");
+    std::fs::write(&conf, &s.client_conf)?;
+    let mut client = subjects::start_tunscope_client(
+        &s.hosts.client,
+        &conf,
+        &s.hosts.dir.join("mgmt-tcp.log"),
+        &[
+            "--",
+            "--management",
+            "127.0.0.1",
+            "7505",
+            &pw_s,
+            "--management-hold",
+        ],
+    )?;
+    // The listener lives in the client's namespace: connect from there.
+    let connect = || -> Result<std::net::TcpStream> {
+        for _ in 0..50 {
+            let c = s
+                .hosts
+                .client
+                .run(|| Ok(std::net::TcpStream::connect(("127.0.0.1", 7505))?));
+            if let Ok(c) = c {
+                c.set_read_timeout(Some(Duration::from_millis(300)))?;
+                return Ok(c);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("management port never opened:\n{}", tail(&client.log(), 20))
+    };
+    let mut guesser = connect()?;
+    for guess in ["wrong", "s3cret ", "S3CRET"] {
+        mgmt_raw_until(&mut guesser, "ENTER PASSWORD:", 5)?;
+        guesser.write_all(format!("{guess}\n").as_bytes())?;
+        mgmt_raw_until(&mut guesser, "ERROR: bad password", 5)?;
+    }
+    let rest = mgmt_raw_until(&mut guesser, "never", 3).unwrap_or_default();
+    ensure!(!rest.contains(">HOLD"), "a guesser got in: {rest:?}");
+    let mut c = connect()?;
+    mgmt_raw_until(&mut c, "ENTER PASSWORD:", 5)?;
+    c.write_all(b"s3cret\n")?;
+    mgmt_raw_until(&mut c, ">HOLD:", 5)?;
+    c.write_all(b"state on\nhold release\n")?;
+    mgmt_raw_until(&mut c, ",CONNECTED,SUCCESS,", 20)?;
+    c.write_all(b"signal SIGTERM\n")?;
+    let code = client.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        code == Some(0),
+        "exit {code:?}:\n{}",
+        tail(&client.log(), 20)
+    );
+    Ok(())
+}
+
 /// `pkcs12` instead of `ca`/`cert`/`key`: files made by `openssl pkcs12 -export` with
 /// OpenSSL 3's default encryption (AES-256-CBC, PBKDF2) and with 3DES/SHA1 as older tools
 /// write them, the password from `askpass FILE`; the CA comes out of the file. Encrypted

@@ -53,6 +53,17 @@ pub struct ImpairSpec {
     /// up for `duration_s` (a link that goes away mid-run and comes back).
     #[serde(default)]
     pub outage: Option<[f64; 2]>,
+    /// Link rate in kbit/s (0: unlimited): frames leave one after another at this rate,
+    /// after their delay; what would wait longer than `queue_ms` is dropped (tail drop).
+    #[serde(default)]
+    pub rate_kbit: u64,
+    /// The rate limiter's queue, in ms of the rate (default 100).
+    #[serde(default)]
+    pub queue_ms: Option<u64>,
+    /// MTU cap: frames carrying more than this many bytes past the Ethernet header are
+    /// dropped without a word (a smaller link in the path that sends no ICMP).
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
 
 /// The impairment of the client's WAN link (`[topology.impair]`): the fields of
@@ -89,6 +100,15 @@ pub struct LinkImpairment {
     /// As [`ImpairSpec::outage`].
     #[serde(default)]
     pub outage: Option<[f64; 2]>,
+    /// As [`ImpairSpec::rate_kbit`].
+    #[serde(default)]
+    pub rate_kbit: u64,
+    /// As [`ImpairSpec::queue_ms`].
+    #[serde(default)]
+    pub queue_ms: Option<u64>,
+    /// As [`ImpairSpec::mtu`].
+    #[serde(default)]
+    pub mtu: Option<u16>,
     /// From the client toward the server, instead of the above.
     #[serde(default)]
     pub to_server: Option<ImpairSpec>,
@@ -123,6 +143,12 @@ impl LinkImpairment {
             if s.delay_ms > 10_000 || s.jitter_ms > s.delay_ms.max(1) * 10 {
                 bail!("impair {dir}: delay_ms up to 10000, jitter_ms up to ten times the delay");
             }
+            if s.rate_kbit > 10_000_000 || s.queue_ms.is_some_and(|q| q == 0 || q > 10_000) {
+                bail!("impair {dir}: rate_kbit up to 10000000, queue_ms between 1 and 10000");
+            }
+            if s.mtu.is_some_and(|m| !(576..=9000).contains(&m)) {
+                bail!("impair {dir}: mtu between 576 and 9000");
+            }
         }
         Ok(())
     }
@@ -137,6 +163,9 @@ impl LinkImpairment {
             duplicate: self.duplicate,
             corrupt: self.corrupt,
             outage: self.outage,
+            rate_kbit: self.rate_kbit,
+            queue_ms: self.queue_ms,
+            mtu: self.mtu,
         }
     }
 
@@ -173,6 +202,42 @@ pub struct DirectionCounts {
     pub duplicated: u64,
     /// With one bit flipped.
     pub corrupted: u64,
+    /// Dropped by the rate limiter (its queue was full).
+    #[serde(default)]
+    pub rate_dropped: u64,
+    /// Dropped for exceeding the MTU cap.
+    #[serde(default)]
+    pub too_big: u64,
+}
+
+/// The rate limiter: frames leave one after another, each taking `len × 8 / rate` on the
+/// link; a frame that would wait longer than the queue allows is dropped.
+struct Shaper {
+    bytes_per_s: f64,
+    queue: Duration,
+    free_at: Option<Instant>,
+}
+
+impl Shaper {
+    fn new(rate_kbit: u64, queue_ms: Option<u64>) -> Option<Shaper> {
+        (rate_kbit > 0).then(|| Shaper {
+            bytes_per_s: rate_kbit as f64 * 1000.0 / 8.0,
+            queue: Duration::from_millis(queue_ms.unwrap_or(100)),
+            free_at: None,
+        })
+    }
+
+    /// When a frame of `len` bytes, ready at `ready`, leaves (None: dropped); `now` is its
+    /// arrival.
+    fn admit(&mut self, now: Instant, ready: Instant, len: usize) -> Option<Instant> {
+        let start = self.free_at.map_or(ready, |f| f.max(ready));
+        if start.saturating_duration_since(now.max(ready)) > self.queue {
+            return None;
+        }
+        let done = start + Duration::from_secs_f64(len as f64 / self.bytes_per_s);
+        self.free_at = Some(done);
+        Some(done)
+    }
 }
 
 /// What the element did, per direction.
@@ -382,6 +447,7 @@ fn forward(
         }
     };
     let mut held: BinaryHeap<Held> = BinaryHeap::new();
+    let mut shaper = Shaper::new(s.rate_kbit, s.queue_ms);
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65_536];
     let dir = if from == "to-client" {
@@ -446,6 +512,20 @@ fn forward(
                 keep(&mut kept, &frame, format!("impair {dir}: dropped (loss)"));
                 continue;
             }
+            if let Some(m) = s.mtu
+                && frame.len().saturating_sub(14) > usize::from(m)
+            {
+                c.too_big += 1;
+                keep(
+                    &mut kept,
+                    &frame,
+                    format!(
+                        "impair {dir}: dropped ({} bytes over the MTU cap {m})",
+                        frame.len() - 14
+                    ),
+                );
+                continue;
+            }
             if frame.len() > 14 && rng.unit() < s.corrupt {
                 let i = 14 + (rng.next() as usize) % (frame.len() - 14);
                 frame[i] ^= 1 << (rng.next() % 8);
@@ -476,7 +556,22 @@ fn forward(
             if delay > 0 {
                 c.delayed += 1;
             }
-            let at = Instant::now() + Duration::from_millis(delay);
+            let now = Instant::now();
+            let mut at = now + Duration::from_millis(delay);
+            if let Some(sh) = shaper.as_mut() {
+                match sh.admit(now, at, frame.len()) {
+                    Some(t) => at = t,
+                    None => {
+                        c.rate_dropped += 1;
+                        keep(
+                            &mut kept,
+                            &frame,
+                            format!("impair {dir}: dropped (rate limit queue full)"),
+                        );
+                        continue;
+                    }
+                }
+            }
             for _ in 0..copies {
                 seq += 1;
                 held.push(Held {
@@ -523,6 +618,33 @@ mod tests {
             toml::from_str::<LinkImpairment>("lose = 0.1\n").is_err(),
             "unknown field"
         );
+    }
+
+    #[test]
+    fn the_rate_limiter_paces_and_drops_past_its_queue() {
+        // 8 Mbit/s = 1 MB/s: a 1000-byte frame takes 1 ms; the queue holds 5 ms.
+        let mut sh = Shaper::new(8000, Some(5)).expect("limited");
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut leave = vec![];
+        for _ in 0..8 {
+            leave.push(sh.admit(t0, t0, 1000));
+        }
+        // Six leave 1 ms apart (the sixth waits exactly 5 ms); the rest find the queue full.
+        let sent: Vec<Instant> = leave.iter().flatten().copied().collect();
+        assert_eq!(sent.len(), 6, "{leave:?}");
+        for (i, t) in sent.iter().enumerate() {
+            let want = t0 + ms(i as u64 + 1);
+            assert!(
+                t.saturating_duration_since(want) < Duration::from_micros(10),
+                "frame {i}"
+            );
+        }
+        // Later, the link is idle again: no wait.
+        let later = t0 + ms(100);
+        let t = sh.admit(later, later, 1000).expect("admitted");
+        assert!(t.saturating_duration_since(later + ms(1)) < Duration::from_micros(10));
+        assert!(Shaper::new(0, None).is_none(), "0 is unlimited");
     }
 
     #[test]

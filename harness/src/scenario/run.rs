@@ -360,16 +360,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         Some(i) => {
             let (r, f) = i.finish()?;
             progress.line(&format!(
-                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted; to the client {} frames, {} lost, {} in outages",
+                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big; to the client {} frames, {} lost, {} in outages, {} over the rate, {} too big",
                 r.to_server.frames,
                 r.to_server.lost,
                 r.to_server.outage,
                 r.to_server.reordered,
                 r.to_server.duplicated,
                 r.to_server.corrupted,
+                r.to_server.rate_dropped,
+                r.to_server.too_big,
                 r.to_client.frames,
                 r.to_client.lost,
-                r.to_client.outage
+                r.to_client.outage,
+                r.to_client.rate_dropped,
+                r.to_client.too_big
             ));
             frames.extend(f);
             Some(r)

@@ -231,6 +231,9 @@ pub struct ManagementSettings {
     pub query_passwords: bool,
     /// `management-hold`: wait for `hold release` before connecting.
     pub hold: bool,
+    /// `management … PW-FILE`: a client must first send the password in this file's first
+    /// line (`stdin`: asked on the terminal at start).
+    pub password_file: Option<PathBuf>,
 }
 
 /// `remote-cert-tls client|server`.
@@ -519,6 +522,7 @@ struct Builder {
     proxy: Option<(usize, ProxySettings)>,
     proxy_options: Vec<(usize, Vec<String>)>,
     management: Option<ManagementAddr>,
+    management_pw: Option<PathBuf>,
     fixed_ifconfig: Vec<(usize, String)>,
     management_query_passwords: bool,
     management_hold: bool,
@@ -692,9 +696,12 @@ impl Builder {
                         ));
                     }
                 });
-                if d.arg(2).is_some() && d.arg(1) != Some("unix") {
-                    ctx.warn(line, "management: the password file is not used (listen on a unix socket or a namespace-local address)");
-                }
+                self.management_pw = match (d.arg(1), d.arg(2)) {
+                    // `PATH unix PW-FILE` and `IP PORT PW-FILE`.
+                    (Some(_), Some(f)) if f == "stdin" => Some(PathBuf::from("stdin")),
+                    (Some(_), Some(f)) => Some(ctx.path(f)),
+                    _ => None,
+                };
             }
             "management-query-passwords" => self.management_query_passwords = true,
             "management-hold" => self.management_hold = true,
@@ -1192,6 +1199,7 @@ impl Builder {
                 addr,
                 query_passwords: self.management_query_passwords,
                 hold: self.management_hold,
+                password_file: self.management_pw,
             }),
             auth_retry: self.auth_retry,
             ifconfig_noexec: self.ifconfig_noexec,
