@@ -698,7 +698,7 @@ impl Builder {
                 });
                 self.management_pw = match (d.arg(1), d.arg(2)) {
                     // `PATH unix PW-FILE` and `IP PORT PW-FILE`.
-                    (Some(_), Some(f)) if f == "stdin" => Some(PathBuf::from("stdin")),
+                    (Some(_), Some("stdin")) => Some(PathBuf::from("stdin")),
                     (Some(_), Some(f)) => Some(ctx.path(f)),
                     _ => None,
                 };
