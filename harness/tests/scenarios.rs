@@ -337,3 +337,29 @@ fails = true
     );
     let _ = std::fs::remove_dir_all(&r.files.dir);
 }
+
+/// `cargo xtask suite --partition K/N`: for any N the shards add up to the whole suite, no
+/// run in two shards, none missed; a run's shard depends only on its label.
+#[test]
+fn suite_shards_add_up_to_the_suite() {
+    let runs = scenario::suite_runs().unwrap();
+    let labels: Vec<String> = runs.iter().map(|r| r.label()).collect();
+    assert!(labels.len() > 30, "{} runs", labels.len());
+    let unique: std::collections::BTreeSet<&String> = labels.iter().collect();
+    assert_eq!(unique.len(), labels.len(), "every run has its own label");
+    for n in 1..=6u32 {
+        let mut seen = std::collections::BTreeMap::new();
+        for k in 1..=n {
+            for l in labels.iter().filter(|l| scenario::in_shard(l, k, n)) {
+                assert!(
+                    seen.insert(l.clone(), k).is_none(),
+                    "{l} in two shards of {n}"
+                );
+            }
+        }
+        assert_eq!(seen.len(), labels.len(), "shards of {n} miss runs");
+    }
+    assert!(scenario::parse_partition("0/3").is_err());
+    assert!(scenario::parse_partition("4/3").is_err());
+    assert_eq!(scenario::parse_partition("2/3").unwrap(), (2, 3));
+}

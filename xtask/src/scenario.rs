@@ -16,6 +16,10 @@ struct Args {
     server: Option<Subject>,
     keep: bool,
     out: Option<PathBuf>,
+    /// `suite --list`: print the runs, play none.
+    list: bool,
+    /// `suite --partition K/N`: only shard K of N.
+    partition: Option<(u32, u32)>,
 }
 
 fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
@@ -25,6 +29,8 @@ fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
         server: None,
         keep: false,
         out: None,
+        list: false,
+        partition: None,
     };
     let mut it = args.iter();
     while let Some(&arg) = it.next() {
@@ -46,6 +52,12 @@ fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
                 );
             }
             "--keep" => a.keep = true,
+            "--list" if !want_name => a.list = true,
+            "--partition" if !want_name => {
+                a.partition = Some(scenario::parse_partition(
+                    it.next().context("--partition needs K/N")?,
+                )?);
+            }
             "--out" => a.out = Some(PathBuf::from(it.next().context("--out needs a directory")?)),
             s if s.starts_with("--") => bail!("unknown option {s}"),
             s if want_name && a.name.is_none() => a.name = Some(s.to_owned()),
@@ -136,6 +148,34 @@ pub fn scenario(args: &[&str]) -> Result<()> {
 /// `cargo xtask suite [--out DIR]`: every scenario, every pairing it names; JUnit XML.
 pub fn suite(args: &[&str]) -> Result<()> {
     let a = parse_args(args, false)?;
+    // Every scenario with its pairings, or with the one `--client`/`--server` make.
+    let mut all = vec![];
+    for path in scenario::list()? {
+        let s = Scenario::load(&path)?;
+        for p in pairings(&s, &a) {
+            all.push(scenario::SuiteRun {
+                scenario: s.clone(),
+                pairing: p,
+            });
+        }
+    }
+    let total = all.len();
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|r| {
+            a.partition
+                .is_none_or(|(k, n)| scenario::in_shard(&r.label(), k, n))
+        })
+        .collect();
+    if a.list {
+        for r in &mine {
+            println!("{}", r.label());
+        }
+        return Ok(());
+    }
+    if let Some((k, n)) = a.partition {
+        println!("shard {k}/{n}: {} of {total} runs", mine.len());
+    }
     tunscope_harness::netns::require_root()?;
     deps::ensure()?;
     build_engine()?;
@@ -146,31 +186,27 @@ pub fn suite(args: &[&str]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut runs = vec![];
     let mut errors = vec![];
-    for path in scenario::list()? {
-        let s = Scenario::load(&path)?;
-        for p in pairings(&s, &a) {
-            println!("── {} [{}]", s.name, p.label());
-            match run(
-                &s,
-                &RunOptions {
-                    pairing: p,
-                    keep: false,
-                    out: out.join(&s.name).join(p.label()),
-                    verbose: true,
-                },
-            ) {
-                Ok(r) => {
-                    print_report(&r);
-                    runs.push(r);
-                }
-                Err(e) => {
-                    println!("ERROR {} [{}]: {e:#}", s.name, p.label());
-                    errors.push(RunError {
-                        scenario: s.name.clone(),
-                        pairing: p.label(),
-                        error: format!("{e:#}"),
-                    });
-                }
+    for r in &mine {
+        let (s, p) = (&r.scenario, r.pairing);
+        println!("── {} [{}]", s.name, p.label());
+        let opts = RunOptions {
+            pairing: p,
+            keep: false,
+            out: out.join(&s.name).join(p.label()),
+            verbose: true,
+        };
+        match run(s, &opts) {
+            Ok(r) => {
+                print_report(&r);
+                runs.push(r);
+            }
+            Err(e) => {
+                println!("ERROR {} [{}]: {e:#}", s.name, p.label());
+                errors.push(RunError {
+                    scenario: s.name.clone(),
+                    pairing: p.label(),
+                    error: format!("{e:#}"),
+                });
             }
         }
     }

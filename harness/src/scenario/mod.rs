@@ -324,6 +324,63 @@ pub fn find(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// One run of a suite: a scenario with one pairing.
+#[derive(Clone, Debug)]
+pub struct SuiteRun {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Who plays client and server.
+    pub pairing: Pairing,
+}
+
+impl SuiteRun {
+    /// `scenario pairing` (what `cargo xtask suite --list` prints).
+    pub fn label(&self) -> String {
+        format!("{} {}", self.scenario.name, self.pairing.label())
+    }
+}
+
+/// Every run of the suite, in file and pairing order.
+pub fn suite_runs() -> Result<Vec<SuiteRun>> {
+    let mut runs = vec![];
+    for path in list()? {
+        let s = Scenario::load(&path)?;
+        for p in &s.pairings {
+            runs.push(SuiteRun {
+                scenario: s.clone(),
+                pairing: *p,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Whether the run labelled `label` belongs to shard `k` of `n` (1-based): by a hash of the
+/// label (FNV-1a), so a run stays in its shard on every machine and when others are added.
+pub fn in_shard(label: &str, k: u32, n: u32) -> bool {
+    let h = label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    n > 0 && h % u64::from(n) == u64::from(k.saturating_sub(1))
+}
+
+/// Parses `K/N` (1 ≤ K ≤ N).
+pub fn parse_partition(s: &str) -> Result<(u32, u32)> {
+    let (k, n) = s
+        .split_once('/')
+        .with_context(|| format!("--partition '{s}': write K/N, e.g. 2/4"))?;
+    let (k, n): (u32, u32) = (
+        k.parse()
+            .with_context(|| format!("--partition '{s}': bad K"))?,
+        n.parse()
+            .with_context(|| format!("--partition '{s}': bad N"))?,
+    );
+    if n == 0 || k == 0 || k > n {
+        bail!("--partition '{s}': need 1 <= K <= N");
+    }
+    Ok((k, n))
+}
+
 /// Every scenario file, sorted by name.
 pub fn list() -> Result<Vec<PathBuf>> {
     let dir = scenarios_dir();
