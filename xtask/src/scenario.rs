@@ -97,6 +97,48 @@ fn pairings(s: &Scenario, a: &Args) -> Vec<Pairing> {
     }]
 }
 
+/// `cargo xtask suite --merge DIR… [--out DIR]`: one JUnit report from the shards' (each
+/// DIR holds a shard's `junit.xml`); fails when a shard failed or a run is in two shards.
+fn merge(args: &[&str]) -> Result<()> {
+    let mut dirs = vec![];
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        match a {
+            "--out" => out = Some(PathBuf::from(it.next().context("--out needs a directory")?)),
+            d => dirs.push(PathBuf::from(d)),
+        }
+    }
+    if dirs.is_empty() {
+        bail!("usage: cargo xtask suite --merge DIR… [--out DIR]");
+    }
+    let mut files = vec![];
+    for d in &dirs {
+        let p = d.join("junit.xml");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        files.push((p.display().to_string(), text));
+    }
+    let (xml, t) = tunscope_harness::scenario::report::merge_junit(&files)?;
+    let out = out.unwrap_or_else(|| project_root().join("target/scenarios/merged"));
+    std::fs::create_dir_all(&out)?;
+    let junit = out.join("junit.xml");
+    std::fs::write(&junit, xml).with_context(|| format!("cannot write {}", junit.display()))?;
+    println!(
+        "merged {} shard(s): {} runs, {} checks, {} failed, {} broken → {}",
+        dirs.len(),
+        t.suites,
+        t.tests,
+        t.failures,
+        t.errors,
+        junit.display()
+    );
+    if t.failures + t.errors > 0 {
+        bail!("{} failed check(s), {} broken run(s)", t.failures, t.errors);
+    }
+    Ok(())
+}
+
 fn print_report(r: &RunReport) {
     print!("{}", r.verdict_lines());
     println!("pcapng: {}", r.files.pcapng.display());
@@ -147,6 +189,9 @@ pub fn scenario(args: &[&str]) -> Result<()> {
 
 /// `cargo xtask suite [--out DIR]`: every scenario, every pairing it names; JUnit XML.
 pub fn suite(args: &[&str]) -> Result<()> {
+    if args.first() == Some(&"--merge") {
+        return merge(&args[1..]);
+    }
     let a = parse_args(args, false)?;
     // Every scenario with its pairings, or with the one `--client`/`--server` make.
     let mut all = vec![];
@@ -234,4 +279,48 @@ pub fn suite(args: &[&str]) -> Result<()> {
         bail!("{failed_runs} failed and {} broken run(s)", errors.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GitHub Actions workflow parses, fans the suite out over a matrix of shards with
+    /// `--partition K/N` for every K of its N, and merges them with `--merge`.
+    #[test]
+    fn the_workflow_fans_out_and_merges() {
+        let path = project_root().join(".github/workflows/suite.yml");
+        let text = std::fs::read_to_string(&path).expect("workflow exists");
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("valid YAML");
+        let w = &docs[0];
+        let shards = w["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+            .as_vec()
+            .expect("a shard matrix");
+        let n = shards.len();
+        let ks: Vec<i64> = shards.iter().filter_map(|k| k.as_i64()).collect();
+        assert_eq!(ks, (1..=n as i64).collect::<Vec<_>>(), "shards 1..N");
+        let runs: Vec<String> = w["jobs"]["shard"]["steps"]
+            .as_vec()
+            .expect("steps")
+            .iter()
+            .filter_map(|s| s["run"].as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            runs.iter()
+                .any(|r| r.contains(&format!("--partition ${{{{ matrix.shard }}}}/{n}"))),
+            "{runs:?}"
+        );
+        assert_eq!(w["jobs"]["merge"]["needs"].as_str(), Some("shard"));
+        let merge: Vec<String> = w["jobs"]["merge"]["steps"]
+            .as_vec()
+            .expect("steps")
+            .iter()
+            .filter_map(|s| s["run"].as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            merge
+                .iter()
+                .any(|r| r.contains("cargo xtask suite --merge"))
+        );
+    }
 }

@@ -235,8 +235,109 @@ pub fn junit_xml(runs: &[RunReport], errors: &[RunError]) -> String {
     x
 }
 
-/// Writes JUnit XML.
+/// Totals of a merged JUnit report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JunitTotals {
+    /// Scenario runs (test suites).
+    pub suites: usize,
+    /// Checks (test cases).
+    pub tests: usize,
+    /// Failed checks.
+    pub failures: usize,
+    /// Runs that broke before judging.
+    pub errors: usize,
+}
+
+fn attr(tag: &str, name: &str) -> Option<usize> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    tag[start..].split('"').next()?.parse().ok()
+}
+
+/// Merges the JUnit files of a suite's shards (as [`junit_xml`] writes them) into one: their
+/// test suites side by side, the totals summed. A run found in two shards is an error.
+pub fn merge_junit(files: &[(String, String)]) -> Result<(String, JunitTotals)> {
+    let mut t = JunitTotals::default();
+    let mut body = String::new();
+    let mut names = std::collections::BTreeMap::new();
+    for (from, text) in files {
+        let open = text
+            .find("<testsuites")
+            .and_then(|i| text[i..].find('>').map(|j| (i, i + j)))
+            .with_context(|| format!("{from}: no <testsuites> element"))?;
+        let head = &text[open.0..=open.1];
+        let close = text
+            .rfind("</testsuites>")
+            .with_context(|| format!("{from}: no </testsuites>"))?;
+        let inner = &text[open.1 + 1..close];
+        for line in inner
+            .lines()
+            .filter(|l| l.trim_start().starts_with("<testsuite "))
+        {
+            let name = line
+                .split("name=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned();
+            if let Some(other) = names.insert(name.clone(), from.clone()) {
+                anyhow::bail!("{name} is in two shards: {other} and {from}");
+            }
+            t.suites += 1;
+        }
+        t.tests += attr(head, "tests").unwrap_or(0);
+        t.failures += attr(head, "failures").unwrap_or(0);
+        t.errors += attr(head, "errors").unwrap_or(0);
+        body.push_str(inner.trim_matches('\n'));
+        body.push('\n');
+    }
+    let x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"tunscope scenarios\" tests=\"{}\" failures=\"{}\" errors=\"{}\">\n{body}</testsuites>\n",
+        t.tests, t.failures, t.errors
+    );
+    Ok((x, t))
+}
+
+/// Writes the JUnit XML of a suite.
 pub fn write_junit(path: &Path, runs: &[RunReport], errors: &[RunError]) -> Result<()> {
     std::fs::write(path, junit_xml(runs, errors))
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(name: &str, tests: usize, failures: usize) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"tunscope scenarios\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  <testsuite name=\"{name} [ours-ours]\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" time=\"1.000\">\n    <testcase classname=\"{name}.ours-ours\" name=\"c\" time=\"0.001\"/>\n  </testsuite>\n</testsuites>\n"
+        )
+    }
+
+    #[test]
+    fn shards_merge_into_one_report_and_a_run_twice_is_an_error() {
+        let (x, t) = merge_junit(&[
+            ("a".into(), shard("split-tunnel", 12, 0)),
+            ("b".into(), shard("mtu", 9, 2)),
+        ])
+        .expect("merges");
+        assert_eq!(
+            t,
+            JunitTotals {
+                suites: 2,
+                tests: 21,
+                failures: 2,
+                errors: 0
+            }
+        );
+        assert!(x.contains("tests=\"21\" failures=\"2\""));
+        assert!(x.contains("split-tunnel [ours-ours]") && x.contains("mtu [ours-ours]"));
+        assert_eq!(x.matches("<testsuites").count(), 1);
+        let e = merge_junit(&[
+            ("a".into(), shard("mtu", 9, 0)),
+            ("b".into(), shard("mtu", 9, 0)),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("in two shards"), "{e}");
+        assert!(merge_junit(&[("c".into(), "garbage".into())]).is_err());
+    }
 }
