@@ -97,6 +97,29 @@ fn pairings(s: &Scenario, a: &Args) -> Vec<Pairing> {
     }]
 }
 
+/// `3/42, 1m12s elapsed, ~14m left`: runs started so far, time spent, and the rest at the
+/// pace so far (plain text: the runs' own output interleaves, so no status line redrawn).
+fn progress(done: usize, total: usize, elapsed: std::time::Duration) -> String {
+    let fmt = |s: u64| {
+        if s >= 60 {
+            format!("{}m{:02}s", s / 60, s % 60)
+        } else {
+            format!("{s}s")
+        }
+    };
+    let spent = elapsed.as_secs();
+    let left = if done == 0 {
+        "time left unknown yet".to_owned()
+    } else {
+        let per = elapsed.as_secs_f64() / done as f64;
+        format!(
+            "~{} left",
+            fmt((per * (total - done) as f64).round() as u64)
+        )
+    };
+    format!("{}/{total}, {} elapsed, {left}", done + 1, fmt(spent))
+}
+
 /// `cargo xtask suite --merge DIR… [--out DIR]`: one JUnit report from the shards' (each
 /// DIR holds a shard's `junit.xml`); fails when a shard failed or a run is in two shards.
 fn merge(args: &[&str]) -> Result<()> {
@@ -231,9 +254,14 @@ pub fn suite(args: &[&str]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut runs = vec![];
     let mut errors = vec![];
-    for r in &mine {
+    for (i, r) in mine.iter().enumerate() {
         let (s, p) = (&r.scenario, r.pairing);
-        println!("── {} [{}]", s.name, p.label());
+        println!(
+            "── {} [{}]  ({})",
+            s.name,
+            p.label(),
+            progress(i, mine.len(), started.elapsed())
+        );
         let opts = RunOptions {
             pairing: p,
             keep: false,
@@ -284,6 +312,20 @@ pub fn suite(args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_counts_runs_and_estimates_from_the_pace() {
+        use std::time::Duration;
+        assert_eq!(
+            progress(0, 42, Duration::from_secs(0)),
+            "1/42, 0s elapsed, time left unknown yet"
+        );
+        // 10 runs in 100 s: 32 more at 10 s each.
+        assert_eq!(
+            progress(10, 42, Duration::from_secs(100)),
+            "11/42, 1m40s elapsed, ~5m20s left"
+        );
+    }
 
     /// The GitHub Actions workflow parses, fans the suite out over a matrix of shards with
     /// `--partition K/N` for every K of its N, and merges them with `--merge`.
