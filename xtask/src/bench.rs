@@ -203,9 +203,17 @@ fn tunnel(args: &[&str]) -> Result<()> {
             .collect::<Result<_>>()?,
     };
     let mut rows = vec![];
-    for anchor in chosen {
+    let total = chosen.len() * reps;
+    let started = std::time::Instant::now();
+    for (a, anchor) in chosen.into_iter().enumerate() {
         let mut samples = vec![];
         for rep in 0..reps {
+            eprintln!(
+                "── {} rep {}  ({})",
+                anchor.label(),
+                rep + 1,
+                crate::scenario::progress(a * reps + rep, total, started.elapsed())
+            );
             let s = measure(anchor, &spec, secs, streams, clients, threads)
                 .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
             eprintln!(

@@ -99,7 +99,7 @@ fn pairings(s: &Scenario, a: &Args) -> Vec<Pairing> {
 
 /// `3/42, 1m12s elapsed, ~14m left`: runs started so far, time spent, and the rest at the
 /// pace so far (plain text: the runs' own output interleaves, so no status line redrawn).
-fn progress(done: usize, total: usize, elapsed: std::time::Duration) -> String {
+pub(crate) fn progress(done: usize, total: usize, elapsed: std::time::Duration) -> String {
     let fmt = |s: u64| {
         if s >= 60 {
             format!("{}m{:02}s", s / 60, s % 60)
