@@ -341,24 +341,23 @@ mod tests {
         let n = shards.len();
         let ks: Vec<i64> = shards.iter().filter_map(|k| k.as_i64()).collect();
         assert_eq!(ks, (1..=n as i64).collect::<Vec<_>>(), "shards 1..N");
-        let runs: Vec<String> = w["jobs"]["shard"]["steps"]
-            .as_vec()
-            .expect("steps")
-            .iter()
-            .filter_map(|s| s["run"].as_str().map(str::to_owned))
-            .collect();
+        // The shell commands of a job's steps.
+        let commands = |job: &str| -> Vec<String> {
+            w["jobs"][job]["steps"]
+                .as_vec()
+                .expect("steps")
+                .iter()
+                .filter_map(|s| s["run"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let runs = commands("shard");
         assert!(
             runs.iter()
                 .any(|r| r.contains(&format!("--partition ${{{{ matrix.shard }}}}/{n}"))),
             "{runs:?}"
         );
         assert_eq!(w["jobs"]["merge"]["needs"].as_str(), Some("shard"));
-        let merge: Vec<String> = w["jobs"]["merge"]["steps"]
-            .as_vec()
-            .expect("steps")
-            .iter()
-            .filter_map(|s| s["run"].as_str().map(str::to_owned))
-            .collect();
+        let merge = commands("merge");
         assert!(
             merge
                 .iter()

@@ -36,50 +36,39 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Checks [`PROTO_FORBIDDEN`] over the crate's sources, skipping comments and `#[cfg(test)]`
-/// modules at the end of files.
+/// Checks [`PROTO_FORBIDDEN`] over the crate's sources.
 fn sans_io_invariant(dir: &Path) -> Result<()> {
-    let mut violations = vec![];
-    visit(dir, &mut |path, text| {
-        let code = text.split("#[cfg(test)]").next().unwrap_or("");
-        for (i, line) in code.lines().enumerate() {
-            let l = line.trim_start();
-            if l.starts_with("//") {
-                continue;
-            }
-            for w in PROTO_FORBIDDEN {
-                if l.contains(w) {
-                    violations.push(format!(
-                        "{}:{}: `{w}` in the sans-I/O core",
-                        path.display(),
-                        i + 1
-                    ));
-                }
-            }
-        }
-    })?;
-    if !violations.is_empty() {
-        bail!("architecture invariant broken:\n{}", violations.join("\n"));
-    }
-    Ok(())
+    forbid_outside_tests(&[dir], &[], PROTO_FORBIDDEN, "in the sans-I/O core")
 }
 
 /// A seeded random stream is predictable: only tests may seed (`rng::seed_thread`).
 fn seed_only_in_tests(dirs: &[&str]) -> Result<()> {
+    let dirs: Vec<&Path> = dirs.iter().map(Path::new).collect();
+    forbid_outside_tests(
+        &dirs,
+        &["rng.rs", "tidy.rs"],
+        &["seed_thread("],
+        "seeds the core's randomness outside a test",
+    )
+}
+
+/// Fails when one of `words` appears in non-test code under `dirs` (comments and the
+/// `#[cfg(test)]` modules at the end of files skipped; files named in `skip` too).
+fn forbid_outside_tests(dirs: &[&Path], skip: &[&str], words: &[&str], why: &str) -> Result<()> {
     let mut violations = vec![];
     for dir in dirs {
-        visit(Path::new(dir), &mut |path, text| {
-            if path.ends_with("rng.rs") || path.ends_with("tidy.rs") {
+        visit(dir, &mut |path, text| {
+            if skip.iter().any(|f| path.ends_with(f)) {
                 return;
             }
             let code = text.split("#[cfg(test)]").next().unwrap_or("");
             for (i, line) in code.lines().enumerate() {
-                if !line.trim_start().starts_with("//") && line.contains("seed_thread(") {
-                    violations.push(format!(
-                        "{}:{}: seeds the core's randomness outside a test",
-                        path.display(),
-                        i + 1
-                    ));
+                let l = line.trim_start();
+                if l.starts_with("//") {
+                    continue;
+                }
+                for w in words.iter().filter(|w| l.contains(*w)) {
+                    violations.push(format!("{}:{}: `{w}` {why}", path.display(), i + 1));
                 }
             }
         })?;

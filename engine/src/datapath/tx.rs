@@ -47,8 +47,9 @@ pub fn tx_loop(shared: &Shared) {
     let mut counts = StageBatch::default();
     let mut samples: Vec<TxSample> = Vec::new();
     let mut scratch = Vec::new();
-    // The peers a packet goes to (several for a tap server's broadcast frames).
-    let mut fanout: Vec<PeerId> = Vec::new();
+    // The peers a packet goes to (several for a tap server's broadcast frames; `None`: no
+    // route, counted as such at encrypt).
+    let mut fanout: Vec<Option<PeerId>> = Vec::new();
     // ICMPv6 answers (block-ipv6) written back into the tun device after each batch.
     let mut icmp: Vec<Vec<u8>> = Vec::new();
     let mut icmp_writer: Option<crate::tun::TunWriter> = None;
@@ -99,7 +100,7 @@ pub fn tx_loop(shared: &Shared) {
                             .peers
                             .iter()
                             .filter(|(_, dp)| dp.view.plane.send.is_some())
-                            .map(|(id, _)| *id),
+                            .map(|(id, _)| Some(*id)),
                     );
                     None
                 } else {
@@ -125,11 +126,10 @@ pub fn tx_loop(shared: &Shared) {
                 }
             }
             if fanout.is_empty() {
-                fanout.push(target.unwrap_or(PeerId::MAX));
+                fanout.push(target);
             }
             let p = reader.packet(i);
-            for &to in &fanout {
-                let peer = Some(to).filter(|t| *t != PeerId::MAX);
+            for &peer in &fanout {
                 let Some(dp) = peer.and_then(|t| table.peers.get(&t)) else {
                     counts.drop(Stage::Encrypt, peer, len, DropReason::NoRoute);
                     continue;
