@@ -360,6 +360,7 @@ impl EngineStats {
                     .map(|r| (r.name().to_owned(), s.drops_for(*r)))
                     .collect(),
                 latency_ns: Quantiles::of(&h.latency[stage.index()]),
+                latency_histogram: log2_buckets(&h.latency[stage.index()]),
                 batch_size: Quantiles::of(&h.batch[stage.index()]),
                 conserved: s.conserved(),
             })
@@ -442,6 +443,20 @@ pub struct Quantiles {
     pub max: f64,
 }
 
+/// A histogram's counts in power-of-two buckets: `(upper bound, count)` where the bucket
+/// holds values in `(upper/2, upper]`, empty buckets left out.
+fn log2_buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = vec![];
+    for v in h.iter_recorded() {
+        let upper = v.value_iterated_to().max(1).next_power_of_two();
+        match out.last_mut() {
+            Some((u, c)) if *u == upper => *c += v.count_at_value(),
+            _ => out.push((upper, v.count_at_value())),
+        }
+    }
+    out
+}
+
 impl Quantiles {
     fn of(h: &Histogram<u64>) -> Quantiles {
         if h.is_empty() {
@@ -491,6 +506,10 @@ pub struct StageReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Time spent in the stage per packet.
     pub latency_ns: Quantiles,
+    /// The same as a histogram: packets per power-of-two bucket of ns, `(upper bound, count)`
+    /// for the buckets that hold any (what a report draws).
+    #[serde(default)]
+    pub latency_histogram: Vec<(u64, u64)>,
     /// Packets per batch.
     pub batch_size: Quantiles,
     /// `in == out + drops`.
@@ -663,7 +682,17 @@ mod tests {
                 d.latency_ns
             );
             assert_eq!(d.batch_size.p50, 10.0);
+            // 5 µs per packet lies in the (4096, 8192] ns bucket.
+            assert_eq!(d.latency_histogram, vec![(8192, 10)]);
             assert!(r.conservation_violations().is_empty());
+        }
+        // Later packets of another speed fill their own bucket, in order.
+        local.record(Stage::Decrypt, 3, 300);
+        stats.publish_hist(&mut local, Instant::now(), true);
+        if PROBES {
+            let r = stats.report();
+            let h = &r.stage("decrypt").expect("stage").latency_histogram;
+            assert_eq!(h, &vec![(512, 3), (8192, 10)]);
         }
         // A counter published by hand (not through BatchCounts) is caught by the check.
         let mut r = stats.report();

@@ -17,6 +17,7 @@
 pub mod capture;
 pub mod dhcp;
 pub mod filter;
+pub mod html;
 pub mod impair;
 pub mod netns;
 pub mod netstate;

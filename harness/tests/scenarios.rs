@@ -196,7 +196,66 @@ fn split_tunnel_passes_and_its_pcapng_names_every_interface_and_stage() {
         data_packets > 1000,
         "only {data_packets} P_DATA_V2 packets decoded on client/eth0"
     );
+    the_run_page_shows_what_a_person_looks_for(&r);
     let _ = std::fs::remove_dir_all(&r.files.dir);
+}
+
+/// The run's HTML page, opened in headless Chromium: the verdict, every check with its
+/// verdict, the network's namespaces, the client's changes undone, both engines' six stages
+/// each with a non-empty latency histogram, packet journeys, and a screenshot.
+fn the_run_page_shows_what_a_person_looks_for(r: &RunReport) {
+    use tunscope_harness::html::browser::{count, dump_dom, screenshot};
+    let dom = dump_dom(&r.files.html).expect("chromium reads the page");
+    assert!(dom.contains("data-verdict=\"pass\">PASSED</span>"));
+    for c in &r.checks {
+        let cell = format!(
+            "data-check=\"{}\" data-verdict=\"pass\"",
+            tunscope_harness::html::esc(&c.name)
+        );
+        assert!(dom.contains(&cell), "no PASS cell for {:?}", c.name);
+    }
+    assert_eq!(r.topology.len(), 4);
+    for h in &r.topology {
+        assert!(h.namespace.starts_with("ts-"), "{}", h.namespace);
+        assert_eq!(
+            count(&dom, "g", &[&format!("data-namespace=\"{}\"", h.namespace)]),
+            1,
+            "namespace {} not drawn",
+            h.namespace
+        );
+    }
+    assert_eq!(count(&dom, "path", &["class=\"tunnel\""]), 1);
+    assert!(dom.contains("data-restored=\"true\""));
+    assert!(dom.contains("intranet.corp.example"), "DNS transcript");
+    for stage in [
+        "read_tun",
+        "encrypt",
+        "socket_tx",
+        "socket_rx",
+        "decrypt",
+        "write_tun",
+    ] {
+        let hists = count(
+            &dom,
+            "div",
+            &["class=\"hist\"", &format!("data-stage=\"{stage}\"")],
+        );
+        assert_eq!(hists, 2, "{stage}: one histogram per engine");
+    }
+    // Every histogram has packets in it (a bucket of height > 0).
+    let filled = dom
+        .split("<div class=\"hist\"")
+        .skip(1)
+        .filter_map(|h| h.split("</div>").next())
+        .filter(|h| h.matches("data-count=\"").count() > h.matches("data-count=\"0\"").count())
+        .count();
+    assert_eq!(filled, 12, "every stage histogram holds packets");
+    let journeys = count(&dom, "g", &["class=\"journey\""]);
+    assert!(journeys >= 8, "{journeys} journeys drawn");
+    assert!(count(&dom, "rect", &["class=\"hop\""]) >= journeys * 6);
+    let png = r.files.dir.join("report.png");
+    let bytes = screenshot(&r.files.html, &png, 3000).expect("screenshot");
+    assert!(bytes > 50_000, "a {bytes}-byte screenshot of a full page");
 }
 
 /// Deliberately wrong expectations against a working tunnel: each must FAIL and say why,
@@ -294,7 +353,61 @@ expected_failure = "pretend the corp route is broken"
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&r.files.report).unwrap()).unwrap();
     assert_eq!(json["passed"], false);
+    failures_show_on_the_run_and_suite_pages(&r);
     let _ = std::fs::remove_dir_all(&r.files.dir);
+}
+
+/// The failed run's page says FAILED and marks each wrong check; a suite page holding the
+/// run and a broken run shows both cells, the failing one linking to that page.
+fn failures_show_on_the_run_and_suite_pages(r: &RunReport) {
+    use tunscope_harness::html::browser::{count, dump_dom, screenshot};
+    use tunscope_harness::html::suite::{self, SuiteRow};
+    use tunscope_harness::scenario::report::RunError;
+    let dom = dump_dom(&r.files.html).expect("chromium reads the run page");
+    assert!(dom.contains("data-verdict=\"fail\">FAILED</span>"));
+    let failed = count(&dom, "td", &["data-verdict=\"fail\""]);
+    assert_eq!(failed, r.checks.iter().filter(|c| !c.passed).count());
+    // A failing check's evidence is open to read.
+    assert!(dom.contains("<details open=\"\">") || dom.contains("<details open>"));
+
+    let dir = r.files.dir.parent().unwrap().join("suite-page");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = vec![
+        SuiteRow::of_run(r, &dir),
+        SuiteRow::of_error(&RunError {
+            scenario: "split-tunnel".into(),
+            pairing: "openvpn-ours".into(),
+            error: "the tunnel did not come up".into(),
+        }),
+    ];
+    let page = suite::write(&dir, "suite test", &rows, r.wall_s).unwrap();
+    let dom = dump_dom(&page).expect("chromium reads the suite page");
+    let cell = format!("data-run=\"{} [ours-ours]\"", r.scenario);
+    assert_eq!(
+        count(&dom, "td", &["class=\"cell fail\"", &cell]),
+        1,
+        "{dom}"
+    );
+    assert_eq!(
+        count(
+            &dom,
+            "td",
+            &[
+                "class=\"cell error\"",
+                "data-run=\"split-tunnel [openvpn-ours]\""
+            ]
+        ),
+        1
+    );
+    assert!(dom.contains("the tunnel did not come up"));
+    assert!(dom.contains("2 runs: <span class=\"pass\">0 passed</span>, <span class=\"fail\">1 failed</span>, 1 broken"));
+    // The failing cell's link reaches the run's page.
+    let href = rows[0].href.clone().unwrap();
+    assert!(dom.contains(&format!("href=\"{href}\"")));
+    assert!(dir.join(&href).exists(), "{href} from {}", dir.display());
+    let bytes = screenshot(&page, &dir.join("suite.png"), 600).expect("screenshot");
+    assert!(bytes > 5_000, "{bytes}-byte screenshot");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The automatic leak oracle's negative control: a scenario that declares no leak check at

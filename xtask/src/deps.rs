@@ -29,6 +29,8 @@ const NEEDED: &[(&str, &str)] = &[
     // and the client's DHCP client on its tap device.
     ("dnsmasq", "dnsmasq-base"),
     ("udhcpc", "udhcpc"),
+    // Headless, it opens the HTML reports in their tests as a person's browser would.
+    ("chromium", "chromium"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use tunscope_harness::html;
 use tunscope_harness::scenario::report::{RunError, RunReport, write_junit};
 use tunscope_harness::scenario::run::{RunOptions, default_out, run};
 use tunscope_harness::scenario::{self, Pairing, Scenario, Subject};
@@ -147,14 +148,31 @@ fn merge(args: &[&str]) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let junit = out.join("junit.xml");
     std::fs::write(&junit, xml).with_context(|| format!("cannot write {}", junit.display()))?;
+    // The pages: every shard's rows in one grid, linking into the shards' directories.
+    let mut shards = vec![];
+    for d in &dirs {
+        let p = d.join("suite.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        shards.push((d.clone(), text));
+    }
+    let rows = html::suite::merge(&shards, &out)?;
+    let wall: f64 = rows.iter().map(|r| r.wall_s).sum();
+    let page = html::suite::write(
+        &out,
+        &format!("tunscope suite ({} shards merged)", dirs.len()),
+        &rows,
+        wall,
+    )?;
     println!(
-        "merged {} shard(s): {} runs, {} checks, {} failed, {} broken → {}",
+        "merged {} shard(s): {} runs, {} checks, {} failed, {} broken → {}, {}",
         dirs.len(),
         t.suites,
         t.tests,
         t.failures,
         t.errors,
-        junit.display()
+        junit.display(),
+        page.display()
     );
     if t.failures + t.errors > 0 {
         bail!("{} failed check(s), {} broken run(s)", t.failures, t.errors);
@@ -165,7 +183,11 @@ fn merge(args: &[&str]) -> Result<()> {
 fn print_report(r: &RunReport) {
     print!("{}", r.verdict_lines());
     println!("pcapng: {}", r.files.pcapng.display());
-    println!("report: {}", r.files.report.display());
+    println!(
+        "report: {} (page: {})",
+        r.files.report.display(),
+        r.files.html.display()
+    );
     println!("golden summary: {}", r.files.summary.display());
     println!(
         "{} {}",
@@ -302,7 +324,18 @@ pub fn suite(args: &[&str]) -> Result<()> {
     for e in &errors {
         println!("  ERROR  {} [{}]", e.scenario, e.pairing);
     }
+    let rows: Vec<html::suite::SuiteRow> = runs
+        .iter()
+        .map(|r| html::suite::SuiteRow::of_run(r, &out))
+        .chain(errors.iter().map(html::suite::SuiteRow::of_error))
+        .collect();
+    let title = match a.partition {
+        Some((k, n)) => format!("tunscope suite, shard {k}/{n}"),
+        None => "tunscope suite".to_owned(),
+    };
+    let page = html::suite::write(&out, &title, &rows, started.elapsed().as_secs_f64())?;
     println!("JUnit XML: {}", junit.display());
+    println!("suite page: {}", page.display());
     if failed_runs + errors.len() > 0 {
         bail!("{failed_runs} failed and {} broken run(s)", errors.len());
     }

@@ -51,6 +51,8 @@ pub struct RunFiles {
     pub pcapng: PathBuf,
     /// This report.
     pub report: PathBuf,
+    /// The same as a page to look at (`report.html`).
+    pub html: PathBuf,
     /// The golden summary (`summary.txt`).
     pub summary: PathBuf,
     /// Client log.
@@ -91,8 +93,34 @@ pub struct RunReport {
     /// What the link impairment did (scenarios with `[topology.impair]`).
     #[serde(default)]
     pub impairment: Option<crate::impair::ImpairReport>,
+    /// Every namespace of the network with its addresses, recorded while the tunnel was up.
+    pub topology: Vec<HostView>,
+    /// Our engines' own reports at the end of the checks (stock openvpn has none).
+    pub engines: Engines,
+    /// A sample of packet journeys across both hosts (`tunscope trace --json`).
+    pub journeys: Vec<serde_json::Value>,
     /// Files.
     pub files: RunFiles,
+}
+
+/// One namespace of a scenario's network.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostView {
+    /// Role (`client`, `router`, `server`, `corp`).
+    pub host: String,
+    /// The namespace's name (`ts-…-client`).
+    pub namespace: String,
+    /// `<ifname> <address>/<len>` per address.
+    pub addresses: Vec<String>,
+}
+
+/// Our engines' reports (`tunscope stats --json`), `None` for stock openvpn.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Engines {
+    /// The client's.
+    pub client: Option<serde_json::Value>,
+    /// The server's.
+    pub server: Option<serde_json::Value>,
 }
 
 impl RunReport {

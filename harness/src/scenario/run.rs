@@ -20,7 +20,7 @@ use crate::process::Proc;
 use crate::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 
 use super::checks::{self, Live, RunData};
-use super::report::{CheckReport, RunFiles, RunReport, States};
+use super::report::{CheckReport, Engines, HostView, RunFiles, RunReport, States};
 use super::{ClientDns, DevName, Pairing, Scenario, TransportName, WrapName};
 
 /// How to run.
@@ -166,6 +166,54 @@ fn leak_oracle(s: &Scenario, data: &RunData, from_ns: u64, to_ns: u64) -> CheckR
     }
 }
 
+/// An engine's live report (`tunscope stats --json`) when it serves a control socket (ours).
+fn engine_report(bin: &Path, sock: &Path) -> Option<serde_json::Value> {
+    if !sock.exists() {
+        return None;
+    }
+    let out = std::process::Command::new(bin)
+        .arg("stats")
+        .arg(sock)
+        .arg("--json")
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// How many packet journeys a report keeps: enough for a waterfall, small enough to read.
+const JOURNEYS_KEPT: usize = 16;
+
+/// A sample of packet journeys from our engines' stage captures (`tunscope trace --json`):
+/// every journey that did not end delivered first (they are what a reader looks for), then
+/// delivered ones spread over the run.
+fn journey_sample(bin: &Path, taps: &[&Path]) -> Vec<serde_json::Value> {
+    let files: Vec<&&Path> = taps.iter().filter(|p| p.exists()).collect();
+    if files.is_empty() {
+        return vec![];
+    }
+    let Ok(out) = std::process::Command::new(bin)
+        .arg("trace")
+        .arg("--json")
+        .args(files)
+        .output()
+    else {
+        return vec![];
+    };
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let delivered = |j: &serde_json::Value| j["outcome"] == "Delivered";
+    let mut kept: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|j| !delivered(j))
+        .take(JOURNEYS_KEPT / 2)
+        .cloned()
+        .collect();
+    let ok: Vec<&serde_json::Value> = all.iter().filter(|j| delivered(j)).collect();
+    let want = JOURNEYS_KEPT - kept.len();
+    let step = ok.len().div_ceil(want.max(1)).max(1);
+    kept.extend(ok.into_iter().step_by(step).take(want).cloned());
+    kept
+}
+
 /// Runs a scenario once with one pairing.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let progress = Progress {
@@ -249,6 +297,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let client_log = out.join("client.log");
     let server_taps = out.join("server-stages.pcapng");
     let client_taps = out.join("client-stages.pcapng");
+    // Our engines' live statistics, read once the checks are done (for the HTML report).
+    let server_sock = out.join("server.sock");
+    let client_sock = out.join("client.sock");
     let mut server: Proc = match opts.pairing.server.implementation() {
         Implementation::Ours => subjects::start_tunscope_server_with(
             &net.server,
@@ -259,6 +310,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 &server_taps.display().to_string(),
                 "--capture-name",
                 "server",
+                "--control",
+                &server_sock.display().to_string(),
             ],
         )?,
         Implementation::OpenVpn => subjects::start_openvpn(&net.server, &server_conf, &server_log)?,
@@ -280,6 +333,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 &client_taps.display().to_string(),
                 "--capture-name",
                 "client",
+                "--control",
+                &client_sock.display().to_string(),
             ],
         )?,
         Implementation::OpenVpn => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
@@ -314,6 +369,14 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         ));
     }
     let during = NetState::record(&net.client)?;
+    let mut topology = vec![];
+    for (host, ns) in net.hosts() {
+        topology.push(HostView {
+            host: host.to_owned(),
+            namespace: ns.name().to_owned(),
+            addresses: NetState::record(ns)?.addresses,
+        });
+    }
     let tunnel_up_ns = checks::now_ns();
     let tun_addr = during
         .addresses
@@ -348,6 +411,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         }
     }
 
+    let engines = Engines {
+        client: engine_report(&bin, &client_sock),
+        server: engine_report(&bin, &server_sock),
+    };
     // Teardown: the client first, so "after" is what it leaves behind.
     let client_stop_ns = checks::now_ns();
     client.stop(Duration::from_secs(5));
@@ -424,6 +491,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         });
     }
     reports.push(leak_oracle(s, &data, tunnel_up_ns, client_stop_ns));
+    let journeys = journey_sample(&bin, &[&client_taps, &server_taps]);
     let mut dns = data.dns;
     dns.sort_by_key(|q| q.at_ns);
     let mut web = data.web;
@@ -447,8 +515,12 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         capture: summary,
         capture_drops,
         impairment: impair_report,
+        topology,
+        engines,
+        journeys,
         files: RunFiles {
             report: out.join("report.json"),
+            html: out.join("report.html"),
             summary: out.join("summary.txt"),
             dir: out.clone(),
             pcapng,
@@ -457,6 +529,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         },
     };
     report.write_json()?;
+    let html = crate::html::run::render(&report);
+    std::fs::write(&report.files.html, html)
+        .with_context(|| format!("cannot write {}", report.files.html.display()))?;
     let cap = tunscope_capture::file::read(&report.files.pcapng)?;
     std::fs::write(
         &report.files.summary,
