@@ -21,6 +21,7 @@ use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, Star, TwoHosts};
 use tunscope_proto::stage::Stage;
 
+use crate::bench_report::{BenchRun, Machine, PathResult, Rep};
 use crate::{cargo, project_root, run as run_cmd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,19 @@ struct Sample {
     stages: [Option<[u64; 6]>; 2],
     /// Average ping round trip through the path while idle (ms).
     rtt_ms: f64,
+}
+
+impl Sample {
+    /// The repetition as the bench's files keep it.
+    fn rep(&self) -> Rep {
+        Rep {
+            gbps: self.gbps,
+            retransmits: self.retransmits,
+            cpu: self.split,
+            stages: self.stages,
+            rtt_ms: self.rtt_ms,
+        }
+    }
 }
 
 /// Average RTT (ms) from ping's summary line (`rtt min/avg/max/mdev = a/b/c/d ms`).
@@ -138,7 +152,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--paths veth,stock,client,server,both]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -202,34 +216,166 @@ fn tunnel(args: &[&str]) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    let mut rows = vec![];
-    let total = chosen.len() * reps;
+    // `--scaling`: the whole measurement confined to the first 1, 2, … N CPUs in turn (the
+    // processes it starts inherit the affinity), our server with as many receive threads.
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scaling = args.contains(&"--scaling");
+    let core_counts: Vec<usize> = if scaling {
+        (1..=ncpu).collect()
+    } else {
+        vec![ncpu]
+    };
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut results = vec![];
+    let total = core_counts.len() * chosen.len() * reps;
     let started = std::time::Instant::now();
-    for (a, anchor) in chosen.into_iter().enumerate() {
-        let mut samples = vec![];
-        for rep in 0..reps {
-            eprintln!(
-                "── {} rep {}  ({})",
-                anchor.label(),
-                rep + 1,
-                crate::scenario::progress(a * reps + rep, total, started.elapsed())
-            );
-            let s = measure(anchor, &spec, secs, streams, clients, threads)
-                .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
-            eprintln!(
-                "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
-                anchor.label(),
-                rep + 1,
-                s.gbps,
-                s.retransmits,
-                s.cpu_client,
-                s.cpu_server,
-                s.rtt_ms
-            );
-            samples.push(s);
+    let mut done = 0;
+    for &cores in &core_counts {
+        let threads = if scaling { cores } else { threads };
+        if scaling {
+            confine_to(cores)?;
         }
-        rows.push((anchor, samples));
+        let mut rows = vec![];
+        for &anchor in &chosen {
+            let mut samples = vec![];
+            for rep in 0..reps {
+                eprintln!(
+                    "── {} rep {}{}  ({})",
+                    anchor.label(),
+                    rep + 1,
+                    if scaling {
+                        format!(", {cores} core(s)")
+                    } else {
+                        String::new()
+                    },
+                    crate::scenario::progress(done, total, started.elapsed())
+                );
+                done += 1;
+                let s = measure(anchor, &spec, secs, streams, clients, threads)
+                    .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
+                eprintln!(
+                    "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
+                    anchor.label(),
+                    rep + 1,
+                    s.gbps,
+                    s.retransmits,
+                    s.cpu_client,
+                    s.cpu_server,
+                    s.rtt_ms
+                );
+                samples.push(s);
+            }
+            rows.push((anchor, samples));
+        }
+        println!(
+            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), our server with {threads} receive thread(s), {secs} s × {reps}{} (median; clients summed)\n",
+            if scaling {
+                format!(", confined to {cores} of {ncpu} CPUs")
+            } else {
+                String::new()
+            }
+        );
+        print_tables(&rows);
+        for (anchor, samples) in rows {
+            results.push(PathResult {
+                key: all
+                    .iter()
+                    .find(|(_, a)| *a == anchor)
+                    .map_or("?", |(k, _)| *k)
+                    .to_owned(),
+                label: anchor.label().to_owned(),
+                cores,
+                threads,
+                reps: samples.iter().map(Sample::rep).collect(),
+            });
+        }
     }
+    if scaling {
+        confine_to(ncpu)?;
+    }
+    let run = BenchRun {
+        started_unix,
+        machine: Machine::this(),
+        proto: format!("{proto:?}"),
+        cipher: cipher.clone(),
+        seconds: secs,
+        streams,
+        clients,
+        paths: results,
+    };
+    let scaling_rows = run.scaling();
+    if !scaling_rows.is_empty() {
+        println!(
+            "\nScaling over cores (median Gbit/s; Amdahl fitted to the speedup at {ncpu} cores)\n"
+        );
+        println!(
+            "| path | Gbit/s at 1..{ncpu} cores | speedup | serial fraction | predicted on 16 cores |"
+        );
+        println!("|---|---|---|---|---|");
+        for crate::bench_report::ScalingRow {
+            label,
+            gbps: figs,
+            fit,
+        } in &scaling_rows
+        {
+            let f: Vec<String> = figs.iter().map(|g| format!("{g:.3}")).collect();
+            let speedup = figs.last().copied().unwrap_or(f64::NAN)
+                / figs.first().copied().unwrap_or(f64::NAN);
+            let (serial, pred) = fit.map_or(("no fit".to_owned(), "—".to_owned()), |(s, p)| {
+                (
+                    format!("{s:.2}"),
+                    format!(
+                        "{:.3} Gbit/s ({p:.2}×)",
+                        figs.first().copied().unwrap_or(f64::NAN) * p
+                    ),
+                )
+            });
+            println!(
+                "| {label} | {} | {speedup:.2}× | {serial} | {pred} |",
+                f.join(" → ")
+            );
+        }
+    }
+    let out = flag(args, "--out").map_or_else(
+        || {
+            project_root()
+                .join("target/bench")
+                .join(format!("tunnel-{started_unix}"))
+        },
+        std::path::PathBuf::from,
+    );
+    let page = run.write(&out)?;
+    println!(
+        "\nbench.json, bench.csv: {}\npage: {}",
+        out.display(),
+        page.display()
+    );
+    Ok(())
+}
+
+/// Confines this process, and so every process it starts from now on, to the first `n` CPUs.
+fn confine_to(n: usize) -> Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..n {
+        // SAFETY: cpu < n ≤ the CPUs this machine has, well inside CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is this thread; the set is valid for its size.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        bail!(
+            "sched_setaffinity to {n} CPUs: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The terminal tables of one core count: throughput per path, then the time shares.
+fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
     let median = |v: &[Sample]| median_of(v, |s| s.gbps);
     let median_rtt = |v: &[Sample]| median_of(v, |s| s.rtt_ms);
     let of_path = |anchor: Anchor, f: &dyn Fn(&[Sample]) -> f64| {
@@ -239,13 +385,10 @@ fn tunnel(args: &[&str]) -> Result<()> {
     };
     let stock = of_path(Anchor::Stock, &median);
     println!(
-        "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), our server with {threads} receive thread(s), {secs} s × {reps} (median; clients summed)\n"
-    );
-    println!(
         "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms |"
     );
     println!("|---|---|---|---|---|---|");
-    for (anchor, s) in &rows {
+    for (anchor, s) in rows {
         let m = median(s);
         let reps: Vec<String> = s.iter().map(|x| format!("{:.3}", x.gbps)).collect();
         let cpu = if *anchor == Anchor::Veth {
@@ -280,7 +423,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
     );
     println!("| path | side | CPU user / sys | stage shares of data-path time |");
     println!("|---|---|---|---|");
-    for (anchor, s) in &rows {
+    for (anchor, s) in rows {
         if *anchor == Anchor::Veth {
             continue;
         }
@@ -295,7 +438,6 @@ fn tunnel(args: &[&str]) -> Result<()> {
             println!("| {} | {side} | {u:.0} / {y:.0} | {st} |", anchor.label());
         }
     }
-    Ok(())
 }
 
 /// `bench probes`: tunscope ↔ tunscope throughput with stage probes compiled in (the

@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_mtu;
+mod bench_report;
 mod deps;
 mod scenario;
 mod tidy;
