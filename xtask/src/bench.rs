@@ -298,7 +298,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let run = BenchRun {
         started_unix,
         machine: Machine::this(),
-        proto: format!("{proto:?}"),
+        proto: format!("{proto:?}").to_uppercase(),
         cipher: cipher.clone(),
         seconds: secs,
         streams,

@@ -423,12 +423,18 @@ impl BenchRun {
         const COLOURS: [&str; 6] = [
             "#3b7dd8", "#7fb0ea", "#2f9e6e", "#87d0ac", "#e0832b", "#f0bd85",
         ];
+        let many_cores = self.core_counts().len() > 1;
         let mut rows = vec![];
         for p in &self.paths {
             let Some(rep) = p.median_rep() else { continue };
             for (i, side) in ["client", "server"].iter().enumerate() {
                 if let Some(busy) = rep.stages[i] {
-                    rows.push((format!("{} · {side}", p.label), busy, p.cores));
+                    let label = if many_cores {
+                        format!("{} · {side} · {} core(s)", p.label, p.cores)
+                    } else {
+                        format!("{} · {side}", p.label)
+                    };
+                    rows.push((label, busy, p.cores));
                 }
             }
         }
