@@ -113,16 +113,24 @@ pub fn run(opts: &DnsScriptOptions) -> Result<()> {
     }
 }
 
+/// The tunnel device OpenVPN names in the script's environment.
+fn dev(env: &[(String, String)]) -> &str {
+    env.iter()
+        .find(|(k, _)| k == "dev")
+        .map_or("", |(_, v)| v.as_str())
+}
+
 fn up(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
     // Leftovers of a crashed earlier session first.
     stop_daemon(&opts.state_file);
     recover(&opts.state_file, None)?;
     match opts.backend {
         DnsBackend::None => Ok(()),
-        DnsBackend::ResolvConf => {
+        DnsBackend::ResolvConf | DnsBackend::Resolved => {
             let p = pushed_from_env(env);
-            // Applied and recorded; `down` restores from the state file.
-            let nc = NetConfig::apply_dns_only(&p, DnsBackend::ResolvConf, &opts.state_file)?;
+            // Applied and recorded; `down` restores from the state file (resolv.conf, or
+            // the resolved link reverted).
+            let nc = NetConfig::apply_dns_only(&p, opts.backend, dev(env), &opts.state_file)?;
             // Stays applied after this process: `down` restores it from the state file.
             std::mem::forget(nc);
             Ok(())
@@ -168,7 +176,7 @@ fn up(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
 fn serve(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
     use std::io::Write;
     let p = pushed_from_env(env);
-    let nc = NetConfig::apply_dns_only(&p, opts.backend, &opts.state_file)?;
+    let nc = NetConfig::apply_dns_only(&p, opts.backend, dev(env), &opts.state_file)?;
     let pid_file = pid_path(&opts.state_file);
     std::fs::write(&pid_file, std::process::id().to_string())
         .with_context(|| format!("cannot write {}", pid_file.display()))?;

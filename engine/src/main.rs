@@ -145,8 +145,9 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
-        /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), or stub
-        /// (split-DNS forwarder on 127.0.0.1:53).
+        /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), stub
+        /// (split-DNS forwarder on 127.0.0.1:53), or resolved (systemd-resolved over D-Bus:
+        /// the tunnel's link gets the pushed servers and domains).
         #[arg(long, value_name = "BACKEND", default_value = "none")]
         dns_backend: tunscope_engine::netconfig::DnsBackend,
         /// Record applied routes/DNS here so a crashed run is undone at the next start.
@@ -203,7 +204,7 @@ enum Command {
     /// Apply pushed DNS as OpenVPN's `up`/`down` script (for stock `openvpn`):
     /// `up "tunscope dns --backend stub --state-file F"` and the same as `down`.
     Dns {
-        /// resolv-conf or stub.
+        /// resolv-conf, stub or resolved.
         #[arg(long, value_name = "BACKEND")]
         backend: tunscope_engine::netconfig::DnsBackend,
         /// Records what was changed, for `down` and crash recovery.

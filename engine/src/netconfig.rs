@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tunscope_proto::options::push::PushedOptions;
 
+use crate::dbus::{MessageWriter, SystemBus};
 use crate::dns_stub::{Stub, StubConfig};
 use crate::netlink::{self, Route};
 use crate::private_files;
@@ -37,6 +38,9 @@ pub enum DnsBackend {
     ResolvConf,
     /// Split-DNS forwarder on loopback.
     Stub,
+    /// systemd-resolved over D-Bus: the tunnel's link gets the pushed servers, its domains
+    /// as routing (and search) domains, and the default route only for a full tunnel.
+    Resolved,
 }
 
 impl std::str::FromStr for DnsBackend {
@@ -46,8 +50,9 @@ impl std::str::FromStr for DnsBackend {
             "none" => Ok(DnsBackend::None),
             "resolv-conf" | "resolvconf" => Ok(DnsBackend::ResolvConf),
             "stub" => Ok(DnsBackend::Stub),
+            "resolved" | "systemd-resolved" => Ok(DnsBackend::Resolved),
             o => Err(format!(
-                "unknown DNS backend '{o}' (none, resolv-conf, stub)"
+                "unknown DNS backend '{o}' (none, resolv-conf, stub, resolved)"
             )),
         }
     }
@@ -64,6 +69,9 @@ pub struct Applied {
     pub resolv_conf: Option<String>,
     /// The down command and its environment, run on undo.
     pub down: Option<DownScript>,
+    /// The interface index whose DNS we gave systemd-resolved (reverted on undo).
+    #[serde(default)]
+    pub resolved_link: Option<i32>,
 }
 
 /// The `down` script to run on undo: its command line and OpenVPN environment.
@@ -131,6 +139,9 @@ pub struct NetConfig {
     state_path: PathBuf,
     applied: Applied,
     stub: Option<Stub>,
+    /// The bus connection the link was configured over, kept so the revert goes out with the
+    /// same (root) credentials after a client gives up root.
+    bus: Option<SystemBus>,
 }
 
 /// Files opened while still root, for a client that gives up root (`user`): the state file
@@ -310,8 +321,126 @@ fn undo_applied(a: &Applied) {
     {
         tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
     }
+    if let Some(ifindex) = a.resolved_link {
+        match SystemBus::connect() {
+            Ok(mut bus) => revert_resolved_link(&mut bus, ifindex),
+            Err(e) => tracing::warn!("cannot revert systemd-resolved link {ifindex}: {e}"),
+        }
+    }
     if let Some(DownScript { cmd, env }) = &a.down {
         run_script(cmd, env, "down");
+    }
+}
+
+const RESOLVE1: &str = "org.freedesktop.resolve1";
+const RESOLVE1_PATH: &str = "/org/freedesktop/resolve1";
+const RESOLVE1_MANAGER: &str = "org.freedesktop.resolve1.Manager";
+
+/// What systemd-resolved is told about the tunnel's link.
+struct ResolvedLink<'a> {
+    ifindex: i32,
+    servers: &'a [IpAddr],
+    /// Domains routed to the tunnel's servers only (`~corp.example`).
+    split: &'a [String],
+    /// Search domains (routed too).
+    search: &'a [String],
+    /// Whether names outside every routing domain may go here (a full tunnel's DNS).
+    default_route: bool,
+}
+
+impl ResolvedLink<'_> {
+    /// `(domain, routing only)` pairs: search domains as such, split-only domains as routing
+    /// domains; a full tunnel adds `~.` so every name may go to its servers.
+    fn domains(&self) -> Vec<(String, bool)> {
+        let mut d: Vec<(String, bool)> = self.search.iter().map(|s| (s.clone(), false)).collect();
+        for s in self.split {
+            if !self.search.contains(s) {
+                d.push((s.clone(), true));
+            }
+        }
+        if self.default_route {
+            d.push((".".into(), true));
+        }
+        d
+    }
+
+    /// SetLinkDNS, SetLinkDomains, SetLinkDefaultRoute (what `resolvectl dns/domain/
+    /// default-route` send; org.freedesktop.resolve1(5)).
+    fn apply(&self, bus: &mut SystemBus) -> Result<(), crate::dbus::DbusError> {
+        let mut w = MessageWriter::default();
+        w.i32(self.ifindex);
+        w.array(8, |w| {
+            for a in self.servers {
+                w.structure(|w| match a {
+                    IpAddr::V4(v4) => {
+                        w.i32(libc::AF_INET);
+                        w.bytes(&v4.octets())
+                    }
+                    IpAddr::V6(v6) => {
+                        w.i32(libc::AF_INET6);
+                        w.bytes(&v6.octets())
+                    }
+                })?;
+            }
+            Ok(())
+        })?;
+        bus.call(
+            RESOLVE1,
+            RESOLVE1_PATH,
+            RESOLVE1_MANAGER,
+            "SetLinkDNS",
+            "ia(iay)",
+            &w.into_bytes(),
+        )?;
+        let mut w = MessageWriter::default();
+        w.i32(self.ifindex);
+        w.array(8, |w| {
+            for (d, route_only) in self.domains() {
+                w.structure(|w| {
+                    w.string(&d)?;
+                    w.bool(route_only);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+        bus.call(
+            RESOLVE1,
+            RESOLVE1_PATH,
+            RESOLVE1_MANAGER,
+            "SetLinkDomains",
+            "ia(sb)",
+            &w.into_bytes(),
+        )?;
+        let mut w = MessageWriter::default();
+        w.i32(self.ifindex);
+        w.bool(self.default_route);
+        bus.call(
+            RESOLVE1,
+            RESOLVE1_PATH,
+            RESOLVE1_MANAGER,
+            "SetLinkDefaultRoute",
+            "ib",
+            &w.into_bytes(),
+        )
+    }
+}
+
+/// RevertLink: the link's DNS back to what resolved had before us. A link that is gone (the
+/// tun device closed first) has nothing left to revert.
+fn revert_resolved_link(bus: &mut SystemBus, ifindex: i32) {
+    let mut w = MessageWriter::default();
+    w.i32(ifindex);
+    match bus.call(
+        RESOLVE1,
+        RESOLVE1_PATH,
+        RESOLVE1_MANAGER,
+        "RevertLink",
+        "i",
+        &w.into_bytes(),
+    ) {
+        Ok(()) => tracing::info!("systemd-resolved: link {ifindex} reverted"),
+        Err(e) => tracing::debug!("systemd-resolved: reverting link {ifindex}: {e}"),
     }
 }
 
@@ -513,6 +642,7 @@ impl NetConfig {
             state_path: PathBuf::new(),
             applied: Applied::default(),
             stub: None,
+            bus: None,
         }
     }
 
@@ -522,12 +652,13 @@ impl NetConfig {
             state_path: state_path.to_owned(),
             applied: Applied::default(),
             stub: None,
+            bus: None,
         };
         let oif = netlink::ifindex(s.dev).with_context(|| format!("no interface {}", s.dev))?;
         if !s.route_noexec {
             nc.apply_routes(p, oif, s)?;
         }
-        nc.apply_dns(p, s.dns)?;
+        nc.apply_dns(p, s.dns, s.dev)?;
         let env = script_env(p, s, "up");
         if let Some(up) = s.up {
             // OpenVPN's arguments: dev tun_mtu link_mtu ifconfig_local ifconfig_netmask init.
@@ -739,32 +870,68 @@ impl NetConfig {
     pub fn apply_dns_only(
         p: &PushedOptions,
         dns: DnsBackend,
+        dev: &str,
         state_path: &Path,
     ) -> Result<NetConfig> {
         let mut nc = NetConfig {
             state_path: state_path.to_owned(),
             applied: Applied::default(),
             stub: None,
+            bus: None,
         };
-        nc.apply_dns(p, dns)?;
+        nc.apply_dns(p, dns, dev)?;
         Ok(nc)
     }
 
-    fn apply_dns(&mut self, p: &PushedOptions, dns: DnsBackend) -> Result<()> {
+    fn apply_dns(&mut self, p: &PushedOptions, dns: DnsBackend, dev: &str) -> Result<()> {
         let servers = pushed_servers(p);
         if dns == DnsBackend::None || servers.is_empty() {
             return Ok(());
         }
-        let original = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+        let full_tunnel = p
+            .redirect_gateway
+            .as_ref()
+            .is_some_and(|r| r.def1 && !r.no_ipv4);
         let (split, search) = pushed_domains(p);
+        if dns == DnsBackend::Resolved {
+            let ifindex = netlink::ifindex(dev).with_context(|| format!("no interface {dev}"))?;
+            let ifindex = i32::try_from(ifindex).context("interface index")?;
+            let link = ResolvedLink {
+                ifindex,
+                servers: &servers,
+                split: &split,
+                search: &search,
+                default_route: full_tunnel,
+            };
+            let mut bus =
+                SystemBus::connect().context("cannot reach systemd-resolved: no system D-Bus")?;
+            // Recorded first: a crash half-way still reverts the link.
+            self.applied.resolved_link = Some(ifindex);
+            self.save()?;
+            link.apply(&mut bus)
+                .with_context(|| format!("systemd-resolved refused the DNS of {dev}"))?;
+            tracing::info!(
+                "systemd-resolved: {dev} → {:?}, domains {}, default route {}",
+                servers,
+                link.domains()
+                    .iter()
+                    .map(|(d, route_only)| if *route_only {
+                        format!("~{d}")
+                    } else {
+                        d.clone()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if full_tunnel { "yes" } else { "no" }
+            );
+            self.bus = Some(bus);
+            return Ok(());
+        }
+        let original = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
         let text = match dns {
-            DnsBackend::None => return Ok(()),
+            DnsBackend::None | DnsBackend::Resolved => return Ok(()),
             DnsBackend::ResolvConf => resolv_conf_text(&servers, &search),
             DnsBackend::Stub => {
-                let full_tunnel = p
-                    .redirect_gateway
-                    .as_ref()
-                    .is_some_and(|r| r.def1 && !r.no_ipv4);
                 let stub = Stub::start(StubConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 53)),
                     split_domains: if full_tunnel {
@@ -809,7 +976,13 @@ impl NetConfig {
         if let Some(stub) = self.stub.take() {
             stub.stop();
         }
-        undo_applied(&std::mem::take(&mut self.applied));
+        let mut applied = std::mem::take(&mut self.applied);
+        if let (Some(ifindex), Some(bus)) = (applied.resolved_link, self.bus.as_mut()) {
+            revert_resolved_link(bus, ifindex);
+            applied.resolved_link = None;
+        }
+        self.bus = None;
+        undo_applied(&applied);
         clear_state(&self.state_path);
     }
 
@@ -823,7 +996,7 @@ impl Drop for NetConfig {
     /// Also on an early return or a panic unwinding through the connection: whatever is
     /// still applied is undone (only a killed process leaves it to the state file).
     fn drop(&mut self) {
-        if self.stub.is_some() || self.applied != Applied::default() {
+        if self.stub.is_some() || self.bus.is_some() || self.applied != Applied::default() {
             self.undo_now();
         }
     }
@@ -895,6 +1068,38 @@ mod tests {
             p.apply(o, &Cipher::ALL).unwrap();
         }
         p
+    }
+
+    /// What systemd-resolved is told: search domains stay search domains, split-only ones
+    /// become routing domains (`~d`), and only a full tunnel routes every name (`~.`).
+    #[test]
+    fn resolved_domains_route_only_what_the_push_says() {
+        let servers = [IpAddr::V4(Ipv4Addr::new(198, 19, 10, 53))];
+        let split = vec!["corp.example".to_owned(), "lab.example".to_owned()];
+        let search = vec!["corp.example".to_owned()];
+        let link = ResolvedLink {
+            ifindex: 4,
+            servers: &servers,
+            split: &split,
+            search: &search,
+            default_route: false,
+        };
+        assert_eq!(
+            link.domains(),
+            vec![
+                ("corp.example".to_owned(), false),
+                ("lab.example".to_owned(), true)
+            ]
+        );
+        let full = ResolvedLink {
+            default_route: true,
+            ..link
+        };
+        assert_eq!(full.domains().last(), Some(&(".".to_owned(), true)));
+        assert_eq!(
+            "systemd-resolved".parse::<DnsBackend>(),
+            Ok(DnsBackend::Resolved)
+        );
     }
 
     #[test]

@@ -742,6 +742,99 @@ fn pushed_network_config_is_applied_undone_and_recovered_after_a_crash() -> Resu
     Ok(())
 }
 
+/// `--dns-backend resolved` against a real systemd-resolved (its own D-Bus, in the client's
+/// namespace): the tunnel's link gets the pushed server and domain, not the default route;
+/// a clean exit reverts the link; after a crash (SIGKILL) the link is gone with its device,
+/// the next start reverts what the state file recorded, and a clean exit leaves no state.
+#[test]
+fn resolved_backend_configures_the_link_and_reverts_it() -> Result<()> {
+    let spec = TunnelSpec {
+        server_extra: [
+            "push \"route 198.19.20.0 255.255.255.0\"",
+            "push \"dhcp-option DNS 198.19.0.1\"",
+            "push \"dhcp-option DOMAIN corp.example\"",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..TunnelSpec::default()
+    };
+    let (hosts, server_conf, client_conf) = configured(&spec, None)?;
+    let resolved = tunscope_harness::resolved::Resolved::start(&hosts.client, &hosts.dir)?;
+    resolved.configure_uplink(&hosts.client, "eth0", &["198.18.1.1".to_owned()])?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let state = hosts.dir.join("client.state");
+    let bus = resolved.bus_address();
+    let start = |log: &str| {
+        subjects::start_tunscope_client_env(
+            &hosts.client,
+            &client_conf,
+            &hosts.dir.join(log),
+            &[
+                "--dns-backend",
+                "resolved",
+                "--state-file",
+                state.to_str().context("path")?,
+            ],
+            &[("DBUS_SYSTEM_BUS_ADDRESS", bus.as_str())],
+        )
+    };
+    let status = || resolved.resolvectl(&hosts.client, &["status"]);
+
+    let mut client = start("client1.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    let tun0 = resolved.resolvectl(&hosts.client, &["status", "tun0"])?;
+    for want in [
+        "DNS Servers: 198.19.0.1",
+        "DNS Domain: corp.example",
+        "-DefaultRoute",
+    ] {
+        ensure!(tun0.contains(want), "tun0 lacks {want:?}:\n{tun0}");
+    }
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    ensure!(
+        client.log().contains("reverted"),
+        "no revert in the log:\n{}",
+        tail(&client.log(), 15)
+    );
+    ensure!(
+        !status()?.contains("198.19.0.1"),
+        "left behind:\n{}",
+        status()?
+    );
+    ensure!(!state.exists(), "state file left after a clean exit");
+
+    // A crash: the device goes with the process, and resolved forgets its link.
+    let mut client = start("client2.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    ensure!(status()?.contains("198.19.0.1"));
+    client.signal(Signal::SIGKILL)?;
+    client.wait_exit(Duration::from_secs(5))?;
+    ensure!(
+        state.exists(),
+        "the crash left no state file to recover from"
+    );
+    let mut client = start("client3.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    ensure!(
+        client.log().contains("left by a previous run"),
+        "no recovery in the log:\n{}",
+        tail(&client.log(), 15)
+    );
+    ensure!(status()?.contains("DNS Domain: corp.example"));
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    let after = status()?;
+    ensure!(
+        !after.contains("198.19.0.1") && after.contains("198.18.1.1"),
+        "after the tunnel:\n{after}"
+    );
+    ensure!(!state.exists());
+    Ok(())
+}
+
 /// A hostile (or broken) server pushing name servers on the client's own loopback: our
 /// client refuses those options with a log line naming them, keeps the tunnel and the
 /// genuine name server, and leaves the host's DNS as it was when the push holds nothing

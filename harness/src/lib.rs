@@ -24,6 +24,7 @@ pub mod netstate;
 pub mod network;
 pub mod pki;
 pub mod process;
+pub mod resolved;
 pub use tunscope_capture::packet;
 pub mod scenario;
 pub mod services;

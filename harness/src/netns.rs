@@ -100,6 +100,15 @@ impl Netns {
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
     }
 
+    /// Makes the namespace's resolv.conf a symbolic link to `target` (a file another program
+    /// keeps up to date, as a desktop's /etc/resolv.conf links to systemd-resolved's).
+    pub fn link_resolv_conf(&self, target: &std::path::Path) -> Result<()> {
+        let p = self.resolv_conf_path();
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p)
+            .with_context(|| format!("cannot link {} to {}", p.display(), target.display()))
+    }
+
     /// The namespace's resolv.conf as it is now.
     pub fn resolv_conf(&self) -> String {
         std::fs::read_to_string(self.resolv_conf_path()).unwrap_or_default()

@@ -124,6 +124,11 @@ pub struct TopologySpec {
     /// in every namespace.
     #[serde(default)]
     pub ipv6: bool,
+    /// The client's DNS stack is a desktop's: a real systemd-resolved ([`crate::resolved`])
+    /// with a D-Bus of its own, resolv.conf pointing at its stub 127.0.0.53, and the WAN
+    /// link's DNS (the public resolver) given to it over D-Bus as NetworkManager does.
+    #[serde(default)]
+    pub resolved: bool,
 }
 
 /// The namespaces and services of one scenario run.
@@ -146,6 +151,8 @@ pub struct Network {
     pub web: Vec<WebServer>,
     /// The corp LAN's DHCP server (bridged topology).
     pub dhcp: Option<crate::process::Proc>,
+    /// The client's systemd-resolved (`resolved = true`).
+    pub resolved: Option<crate::resolved::Resolved>,
     /// Dual stack (the services answer over IPv6 too).
     pub ipv6: bool,
 }
@@ -374,6 +381,7 @@ impl Network {
             dns: vec![],
             web: vec![],
             dhcp: None,
+            resolved: None,
             ipv6: spec.ipv6,
         })
     }
@@ -486,6 +494,21 @@ impl Network {
         Ok(())
     }
 
+    /// Starts systemd-resolved in the client namespace as a desktop has it: resolv.conf on its
+    /// stub, the WAN link's DNS (the public resolver) set over D-Bus. Files go to `dir`.
+    pub fn start_resolved(&mut self, dir: &Path) -> Result<()> {
+        use addr::*;
+        let r = crate::resolved::Resolved::start(&self.client, dir)?;
+        self.client.link_resolv_conf(&r.stub_resolv_conf)?;
+        let mut uplink = vec![PUBLIC_DNS.to_string()];
+        if self.ipv6 {
+            uplink.push(v6::PUBLIC_DNS.to_string());
+        }
+        r.configure_uplink(&self.client, "eth0", &uplink)?;
+        self.resolved = Some(r);
+        Ok(())
+    }
+
     /// The namespace of a host name (`client`, `router`, `server`, `corp`).
     pub fn host(&self, name: &str) -> Option<&Netns> {
         match name {
@@ -525,5 +548,6 @@ impl Drop for Network {
         self.dns.clear();
         self.web.clear();
         self.dhcp = None;
+        self.resolved = None;
     }
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// (command that must exist, Debian package providing it).
 const NEEDED: &[(&str, &str)] = &[
@@ -29,6 +29,8 @@ const NEEDED: &[(&str, &str)] = &[
     // and the client's DHCP client on its tap device.
     ("dnsmasq", "dnsmasq-base"),
     ("udhcpc", "udhcpc"),
+    // The bus of the client namespace's systemd-resolved (scenarios with resolved = true).
+    ("dbus-daemon", "dbus-daemon"),
     // Headless, it opens the HTML reports in their tests as a person's browser would.
     ("chromium", "chromium"),
 ];
@@ -45,6 +47,72 @@ fn have(cmd: &str) -> bool {
 
 /// Installs whatever is missing.
 pub fn ensure() -> Result<()> {
+    ensure_packages()?;
+    ensure_resolved()
+}
+
+/// systemd-resolved for the client namespaces, unpacked (not installed) into
+/// `target/systemd-resolved/`: installing Debian's package would point the host's
+/// `/etc/resolv.conf` at its stub. `libsystemd-shared` of the same version comes along, so
+/// the daemon does not depend on the host's systemd version.
+fn ensure_resolved() -> Result<()> {
+    let root = tunscope_harness::resolved::root();
+    if tunscope_harness::resolved::daemon(&root).exists() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("systemd-resolved is not unpacked yet; run as root once (cargo xtask deps)");
+    }
+    let version = |pkg: &str| -> Option<String> {
+        let out = Command::new("apt-cache")
+            .args(["show", "--no-all-versions", pkg])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
+    };
+    let v = match version("systemd-resolved") {
+        Some(v) => v,
+        None => {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+            version("systemd-resolved").context("apt knows no systemd-resolved package")?
+        }
+    };
+    let debs = root.with_extension("debs");
+    std::fs::create_dir_all(&debs)?;
+    eprintln!("unpacking systemd-resolved {v} into {}", root.display());
+    let ok = Command::new("apt-get")
+        .current_dir(&debs)
+        .args(["download", "-q"])
+        .arg(format!("systemd-resolved={v}"))
+        .arg(format!("libsystemd-shared={v}"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("apt-get download systemd-resolved={v} libsystemd-shared={v} failed");
+    }
+    for deb in std::fs::read_dir(&debs)? {
+        let deb = deb?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            let ok = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&root)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                bail!("dpkg-deb -x {} failed", deb.display());
+            }
+        }
+    }
+    if !tunscope_harness::resolved::daemon(&root).exists() {
+        bail!("the unpacked packages hold no systemd-resolved");
+    }
+    Ok(())
+}
+
+fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = NEEDED
         .iter()
         .filter(|(c, _)| !have(c))

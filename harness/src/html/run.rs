@@ -302,6 +302,15 @@ fn states(r: &RunReport) -> String {
         line_diff(&a, &b),
         line_diff(&b, &c)
     );
+    if let [a, b, c] = r.resolvectl.as_slice() {
+        let (a, b, c) = (lines(a), lines(b), lines(c));
+        let _ = write!(
+            s,
+            "<table class=\"states resolvectl\"><tr><th>resolvectl status</th><td>{}</td><td>{}</td></tr></table>",
+            line_diff(&a, &b),
+            line_diff(&b, &c)
+        );
+    }
     let restored = st.before.routes == st.after.routes
         && st.before.routes6 == st.after.routes6
         && st.before.addresses == st.after.addresses

@@ -253,6 +253,22 @@ fn parse_range(r: &str) -> Result<(u32, u32), String> {
     Ok((base, base | !mask))
 }
 
+/// `kind = "resolvectl"`: what systemd-resolved says of a client link while the tunnel is
+/// up (`resolvectl status LINK`, as a user asks it): every text of `shows` appears in it and
+/// none of `lacks`. Needs `[topology] resolved = true`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvectlCheck {
+    /// The link (`tun0`, `eth0`).
+    pub link: String,
+    /// Texts that must appear (`198.19.10.53`, `corp.example`, `-DefaultRoute`).
+    #[serde(default)]
+    pub shows: Vec<String>,
+    /// Texts that must not appear.
+    #[serde(default)]
+    pub lacks: Vec<String>,
+}
+
 /// What a check asserts.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -281,6 +297,8 @@ pub enum CheckSpec {
     Teardown(TeardownCheck),
     /// A client interface's address and neighbours.
     Link(LinkCheck),
+    /// What systemd-resolved holds for a link.
+    Resolvectl(ResolvectlCheck),
 }
 
 /// One check of a scenario.
@@ -331,7 +349,7 @@ impl Check {
             Some(toml::Value::String(s)) => s,
             _ => {
                 return Err(format!(
-                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, reconnect, counter, teardown)"
+                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, counter, teardown)"
                 ));
             }
         };
@@ -350,9 +368,10 @@ impl Check {
             "tcp-mss" => CheckSpec::TcpMss(v.try_into().map_err(err)?),
             "teardown" => CheckSpec::Teardown(v.try_into().map_err(err)?),
             "link" => CheckSpec::Link(v.try_into().map_err(err)?),
+            "resolvectl" => CheckSpec::Resolvectl(v.try_into().map_err(err)?),
             other => {
                 return Err(format!(
-                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, reconnect, counter, teardown)"
+                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, counter, teardown)"
                 ));
             }
         };
@@ -420,6 +439,11 @@ impl Check {
                     return Err(bad("a link check needs 'address_in' or 'neighbor'".into()));
                 }
             }
+            CheckSpec::Resolvectl(r) => {
+                if r.shows.is_empty() && r.lacks.is_empty() {
+                    return Err(bad("a resolvectl check needs 'shows' or 'lacks'".into()));
+                }
+            }
             CheckSpec::Ping(_)
             | CheckSpec::Mtu(_)
             | CheckSpec::Teardown(_)
@@ -448,6 +472,7 @@ impl Check {
             CheckSpec::TcpMss(_) => "tcp-mss",
             CheckSpec::Teardown(_) => "teardown",
             CheckSpec::Link(_) => "link",
+            CheckSpec::Resolvectl(_) => "resolvectl",
         }
     }
 
@@ -599,6 +624,7 @@ pub fn act(check: &Check, net: &Network, dir: &Path) -> Result<Live> {
         CheckSpec::Reconnect(r) => act_reconnect(r, dir, &mut live)?,
         CheckSpec::Mtu(m) => act_mtu(m, net, &mut live)?,
         CheckSpec::Link(l) => act_link(l, net, &mut live)?,
+        CheckSpec::Resolvectl(r) => act_resolvectl(r, net, &mut live),
         CheckSpec::Leak(_)
         | CheckSpec::TcpMss(_)
         | CheckSpec::Teardown(_)
@@ -1060,6 +1086,48 @@ fn act_link(l: &LinkCheck, net: &Network, live: &mut Live) -> Result<()> {
     }
     live.summary = format!("link {}: {}", l.dev, seen.join("; "));
     Ok(())
+}
+
+fn act_resolvectl(r: &ResolvectlCheck, net: &Network, live: &mut Live) {
+    let Some(resolved) = &net.resolved else {
+        live.failures
+            .push("not applicable: the client runs no systemd-resolved".into());
+        return;
+    };
+    let out = match resolved.resolvectl(&net.client, &["status", &r.link]) {
+        Ok(o) => o,
+        Err(e) => {
+            live.failures.push(format!("{e:#}"));
+            return;
+        }
+    };
+    live.evidence.extend(
+        std::iter::once(format!("resolvectl status {}:", r.link))
+            .chain(out.lines().map(|l| format!("  {}", l.trim_end()))),
+    );
+    for s in &r.shows {
+        if !out.contains(s.as_str()) {
+            live.failures
+                .push(format!("resolvectl status {} does not show {s:?}", r.link));
+        }
+    }
+    for s in &r.lacks {
+        if out.contains(s.as_str()) {
+            live.failures
+                .push(format!("resolvectl status {} shows {s:?}", r.link));
+        }
+    }
+    live.summary = format!(
+        "resolvectl status {}: {}",
+        r.link,
+        if live.failures.is_empty() {
+            let mut seen: Vec<String> = r.shows.iter().map(|s| format!("shows {s}")).collect();
+            seen.extend(r.lacks.iter().map(|s| format!("lacks {s}")));
+            seen.join(", ")
+        } else {
+            live.failures.join("; ")
+        }
+    );
 }
 
 fn act_ping(p: &PingCheck, net: &Network, live: &mut Live) -> Result<()> {

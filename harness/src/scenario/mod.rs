@@ -108,6 +108,8 @@ pub enum ClientDns {
     ResolvConf,
     /// Split-DNS stub on 127.0.0.1.
     Stub,
+    /// systemd-resolved over D-Bus (needs `[topology] resolved = true`).
+    Resolved,
 }
 
 impl ClientDns {
@@ -117,6 +119,7 @@ impl ClientDns {
             ClientDns::None => "none",
             ClientDns::ResolvConf => "resolv-conf",
             ClientDns::Stub => "stub",
+            ClientDns::Resolved => "resolved",
         }
     }
 }
@@ -210,6 +213,9 @@ struct RawScenario {
     tunnel: TunnelOpts,
     #[serde(default)]
     check: Vec<toml::Spanned<toml::Table>>,
+    /// The automatic leak oracle is expected to find a leak: the scenario shows one.
+    #[serde(default)]
+    oracle_expected_failure: Option<String>,
 }
 
 /// A loaded scenario.
@@ -229,6 +235,9 @@ pub struct Scenario {
     pub tunnel: TunnelOpts,
     /// The checks, in file order.
     pub checks: Vec<Check>,
+    /// `oracle_expected_failure = "why"`: the scenario shows a leak, so the automatic leak
+    /// oracle passes when it finds one and fails when it does not.
+    pub oracle_expected_failure: Option<String>,
 }
 
 /// 1-based line of a byte offset.
@@ -273,6 +282,29 @@ impl Scenario {
         if raw.tunnel.outer_ipv6 && !raw.topology.ipv6 {
             bail!("{file}: [tunnel] outer_ipv6 = true needs ipv6 = true in [topology]");
         }
+        if raw
+            .oracle_expected_failure
+            .as_ref()
+            .is_some_and(|w| w.trim().is_empty())
+        {
+            bail!("{file}: oracle_expected_failure must say why (a non-empty string)");
+        }
+        if !raw.topology.resolved {
+            if raw.tunnel.client_dns == ClientDns::Resolved {
+                bail!(
+                    "{file}: client_dns = \"resolved\" needs a systemd-resolved on the client: resolved = true in [topology]"
+                );
+            }
+            if let Some(c) = checks
+                .iter()
+                .find(|c| matches!(c.spec, checks::CheckSpec::Resolvectl(_)))
+            {
+                bail!(
+                    "{file}:{}: a resolvectl check needs resolved = true in [topology]",
+                    c.line
+                );
+            }
+        }
         if raw.topology.bridge && raw.tunnel.dev != DevName::Tap {
             bail!(
                 "{file}: [topology] bridge = true bridges Ethernet frames: it needs dev = \"tap\" in [tunnel]"
@@ -288,6 +320,7 @@ impl Scenario {
             pairings,
             tunnel: raw.tunnel,
             checks,
+            oracle_expected_failure: raw.oracle_expected_failure,
         })
     }
 }

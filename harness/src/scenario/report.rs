@@ -95,6 +95,9 @@ pub struct RunReport {
     pub impairment: Option<crate::impair::ImpairReport>,
     /// Every namespace of the network with its addresses, recorded while the tunnel was up.
     pub topology: Vec<HostView>,
+    /// `resolvectl status` before, during and after the tunnel, when the client runs
+    /// systemd-resolved (empty otherwise).
+    pub resolvectl: Vec<String>,
     /// Our engines' own reports at the end of the checks (stock openvpn has none).
     pub engines: Engines,
     /// A sample of packet journeys across both hosts (`tunscope trace --json`).
