@@ -126,10 +126,10 @@ fn up(opts: &DnsScriptOptions, env: &[(String, String)]) -> Result<()> {
     recover(&opts.state_file, None)?;
     match opts.backend {
         DnsBackend::None => Ok(()),
-        DnsBackend::ResolvConf | DnsBackend::Resolved => {
+        DnsBackend::ResolvConf | DnsBackend::Resolved | DnsBackend::Dnsmasq => {
             let p = pushed_from_env(env);
-            // Applied and recorded; `down` restores from the state file (resolv.conf, or
-            // the resolved link reverted).
+            // Applied and recorded; `down` restores from the state file (resolv.conf, the
+            // resolved link reverted, dnsmasq stopped). dnsmasq runs on in its own session.
             let nc = NetConfig::apply_dns_only(&p, opts.backend, dev(env), &opts.state_file)?;
             // Stays applied after this process: `down` restores it from the state file.
             std::mem::forget(nc);

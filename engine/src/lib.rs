@@ -21,6 +21,7 @@ pub mod client;
 pub mod control_socket;
 pub mod datapath;
 pub mod dbus;
+pub mod dns_dnsmasq;
 pub mod dns_script;
 pub mod dns_stub;
 pub mod explain;

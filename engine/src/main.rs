@@ -146,8 +146,9 @@ enum Command {
         #[arg(long)]
         no_offload: bool,
         /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), stub
-        /// (split-DNS forwarder on 127.0.0.1:53), or resolved (systemd-resolved over D-Bus:
-        /// the tunnel's link gets the pushed servers and domains).
+        /// (split-DNS forwarder on 127.0.0.1:53), resolved (systemd-resolved over D-Bus:
+        /// the tunnel's link gets the pushed servers and domains), or dnsmasq (a dnsmasq on
+        /// 127.0.0.1:53 with per-domain servers, as NetworkManager's dns=dnsmasq).
         #[arg(long, value_name = "BACKEND", default_value = "none")]
         dns_backend: tunscope_engine::netconfig::DnsBackend,
         /// Record applied routes/DNS here so a crashed run is undone at the next start.
@@ -204,7 +205,7 @@ enum Command {
     /// Apply pushed DNS as OpenVPN's `up`/`down` script (for stock `openvpn`):
     /// `up "tunscope dns --backend stub --state-file F"` and the same as `down`.
     Dns {
-        /// resolv-conf, stub or resolved.
+        /// resolv-conf, stub, resolved or dnsmasq.
         #[arg(long, value_name = "BACKEND")]
         backend: tunscope_engine::netconfig::DnsBackend,
         /// Records what was changed, for `down` and crash recovery.

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tunscope_proto::options::push::PushedOptions;
 
 use crate::dbus::{MessageWriter, SystemBus};
+use crate::dns_dnsmasq::{Dnsmasq, DnsmasqConfig, DnsmasqRecord};
 use crate::dns_stub::{Stub, StubConfig};
 use crate::netlink::{self, Route};
 use crate::private_files;
@@ -41,6 +42,8 @@ pub enum DnsBackend {
     /// systemd-resolved over D-Bus: the tunnel's link gets the pushed servers, its domains
     /// as routing (and search) domains, and the default route only for a full tunnel.
     Resolved,
+    /// A dnsmasq on 127.0.0.1:53 with per-domain servers, as NetworkManager's `dns=dnsmasq`.
+    Dnsmasq,
 }
 
 impl std::str::FromStr for DnsBackend {
@@ -51,8 +54,9 @@ impl std::str::FromStr for DnsBackend {
             "resolv-conf" | "resolvconf" => Ok(DnsBackend::ResolvConf),
             "stub" => Ok(DnsBackend::Stub),
             "resolved" | "systemd-resolved" => Ok(DnsBackend::Resolved),
+            "dnsmasq" => Ok(DnsBackend::Dnsmasq),
             o => Err(format!(
-                "unknown DNS backend '{o}' (none, resolv-conf, stub, resolved)"
+                "unknown DNS backend '{o}' (none, resolv-conf, stub, resolved, dnsmasq)"
             )),
         }
     }
@@ -72,6 +76,9 @@ pub struct Applied {
     /// The interface index whose DNS we gave systemd-resolved (reverted on undo).
     #[serde(default)]
     pub resolved_link: Option<i32>,
+    /// The dnsmasq we started (stopped on undo).
+    #[serde(default)]
+    pub dnsmasq: Option<DnsmasqRecord>,
 }
 
 /// The `down` script to run on undo: its command line and OpenVPN environment.
@@ -142,6 +149,8 @@ pub struct NetConfig {
     /// The bus connection the link was configured over, kept so the revert goes out with the
     /// same (root) credentials after a client gives up root.
     bus: Option<SystemBus>,
+    /// The dnsmasq of the `dnsmasq` backend.
+    dnsmasq: Option<Dnsmasq>,
 }
 
 /// Files opened while still root, for a client that gives up root (`user`): the state file
@@ -320,6 +329,9 @@ fn undo_applied(a: &Applied) {
         && let Err(e) = write_in_place(Path::new(RESOLV_CONF), orig)
     {
         tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
+    }
+    if let Some(d) = &a.dnsmasq {
+        crate::dns_dnsmasq::stop_recorded(d);
     }
     if let Some(ifindex) = a.resolved_link {
         match SystemBus::connect() {
@@ -643,6 +655,7 @@ impl NetConfig {
             applied: Applied::default(),
             stub: None,
             bus: None,
+            dnsmasq: None,
         }
     }
 
@@ -653,6 +666,7 @@ impl NetConfig {
             applied: Applied::default(),
             stub: None,
             bus: None,
+            dnsmasq: None,
         };
         let oif = netlink::ifindex(s.dev).with_context(|| format!("no interface {}", s.dev))?;
         if !s.route_noexec {
@@ -878,6 +892,7 @@ impl NetConfig {
             applied: Applied::default(),
             stub: None,
             bus: None,
+            dnsmasq: None,
         };
         nc.apply_dns(p, dns, dev)?;
         Ok(nc)
@@ -931,6 +946,35 @@ impl NetConfig {
         let text = match dns {
             DnsBackend::None | DnsBackend::Resolved => return Ok(()),
             DnsBackend::ResolvConf => resolv_conf_text(&servers, &search),
+            DnsBackend::Dnsmasq => {
+                let previous = resolv_nameservers(&original);
+                let pid_file = self.state_path.with_extension("dnsmasq.pid");
+                let cfg = DnsmasqConfig {
+                    servers: &servers,
+                    split: &split,
+                    previous: &previous,
+                    full_tunnel,
+                    pid_file: &pid_file,
+                };
+                // Recorded before it serves: a crash from here on still stops it.
+                let d = Dnsmasq::start(&cfg, |rec| {
+                    self.applied.dnsmasq = Some(rec.clone());
+                    self.save()
+                })?;
+                tracing::info!(
+                    "dnsmasq on 127.0.0.1:53 (pid {}): {} → {:?}, everything else → {:?}",
+                    d.record.pid,
+                    if full_tunnel {
+                        "all names".to_owned()
+                    } else {
+                        split.join(", ")
+                    },
+                    servers,
+                    previous
+                );
+                self.dnsmasq = Some(d);
+                resolv_conf_text(&[IpAddr::V4(Ipv4Addr::LOCALHOST)], &search)
+            }
             DnsBackend::Stub => {
                 let stub = Stub::start(StubConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 53)),
@@ -977,6 +1021,10 @@ impl NetConfig {
             stub.stop();
         }
         let mut applied = std::mem::take(&mut self.applied);
+        if let Some(d) = self.dnsmasq.take() {
+            d.stop();
+            applied.dnsmasq = None;
+        }
         if let (Some(ifindex), Some(bus)) = (applied.resolved_link, self.bus.as_mut()) {
             revert_resolved_link(bus, ifindex);
             applied.resolved_link = None;
@@ -996,7 +1044,11 @@ impl Drop for NetConfig {
     /// Also on an early return or a panic unwinding through the connection: whatever is
     /// still applied is undone (only a killed process leaves it to the state file).
     fn drop(&mut self) {
-        if self.stub.is_some() || self.bus.is_some() || self.applied != Applied::default() {
+        if self.stub.is_some()
+            || self.bus.is_some()
+            || self.dnsmasq.is_some()
+            || self.applied != Applied::default()
+        {
             self.undo_now();
         }
     }

@@ -835,6 +835,86 @@ fn resolved_backend_configures_the_link_and_reverts_it() -> Result<()> {
     Ok(())
 }
 
+/// `--dns-backend dnsmasq`: a dnsmasq answers on 127.0.0.1 with the pushed domain sent to
+/// the pushed server; a crash (SIGKILL) leaves it running in its own session, and the next
+/// start stops exactly that process (its pid and pid file from the state file) before
+/// starting its own; a clean exit leaves no dnsmasq and resolv.conf as it was.
+#[test]
+fn dnsmasq_backend_runs_one_dnsmasq_and_a_crash_leaves_none_behind() -> Result<()> {
+    use tunscope_harness::netstate::NetState;
+    let spec = TunnelSpec {
+        server_extra: [
+            "push \"dhcp-option DNS 198.19.0.1\"",
+            "push \"dhcp-option DOMAIN corp.example\"",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..TunnelSpec::default()
+    };
+    let (hosts, server_conf, client_conf) = configured(&spec, Some("nameserver 198.18.1.1\n"))?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let before = NetState::record(&hosts.client)?;
+    let state = hosts.dir.join("client.state");
+    let args = [
+        "--dns-backend",
+        "dnsmasq",
+        "--state-file",
+        state.to_str().context("path")?,
+    ];
+    let start = |log: &str| {
+        subjects::start_tunscope_client(&hosts.client, &client_conf, &hosts.dir.join(log), &args)
+    };
+    // The dnsmasq serving this client: the pid in its pid file, if that process lives.
+    let pid_file = state.with_extension("dnsmasq.pid");
+    let running = || -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .starts_with("dnsmasq")
+            .then_some(pid)
+    };
+
+    let mut client = start("client1.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    let during = NetState::record(&hosts.client)?;
+    ensure!(
+        during.resolv_conf.contains("nameserver 127.0.0.1")
+            && during.resolv_conf.contains("search corp.example"),
+        "resolv.conf while connected:\n{}",
+        during.resolv_conf
+    );
+    let first = running().context("no dnsmasq while connected")?;
+    client.signal(Signal::SIGKILL)?;
+    client.wait_exit(Duration::from_secs(5))?;
+    ensure!(
+        running() == Some(first),
+        "the crash should leave dnsmasq {first} running"
+    );
+
+    let mut client = start("client2.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{first}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{first}/cmdline")).is_ok_and(|c| c.is_empty()),
+        "the crashed run's dnsmasq {first} still runs"
+    );
+    let second = running().context("no dnsmasq after the restart")?;
+    ensure!(second != first);
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    ensure!(running().is_none(), "dnsmasq left after a clean exit");
+    let after = NetState::record(&hosts.client)?;
+    let diff = before.diff(&after);
+    ensure!(diff.is_empty(), "not restored: {diff:#?}");
+    Ok(())
+}
+
 /// A hostile (or broken) server pushing name servers on the client's own loopback: our
 /// client refuses those options with a log line naming them, keeps the tunnel and the
 /// genuine name server, and leaves the host's DNS as it was when the push holds nothing

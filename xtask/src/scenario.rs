@@ -360,6 +360,65 @@ mod tests {
         );
     }
 
+    /// Two shards' directories merged: one JUnit report and one page whose grid holds both
+    /// runs, each cell's link reaching that run's page inside its shard's directory (read
+    /// back through headless Chromium).
+    #[test]
+    fn merged_shards_make_one_page_whose_links_reach_the_runs() {
+        use tunscope_harness::html::browser::dump_dom;
+        use tunscope_harness::html::suite::{SuiteRow, relative};
+        let base = std::env::temp_dir().join(format!("tunscope-merge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mut dirs = vec![];
+        for (shard, scenario, verdict) in [("s1", "split-tunnel", "pass"), ("s2", "mtu", "pass")] {
+            let dir = base.join(shard);
+            let run = dir.join(scenario).join("ours-ours");
+            std::fs::create_dir_all(&run).expect("dirs");
+            let page = run.join("report.html");
+            std::fs::write(&page, format!("<!DOCTYPE html><title>{scenario}</title>"))
+                .expect("page");
+            let rows = vec![SuiteRow {
+                scenario: scenario.into(),
+                pairing: "ours-ours".into(),
+                verdict: verdict.into(),
+                wall_s: 2.0,
+                checks: (5, 5),
+                detail: String::new(),
+                href: Some(relative(&dir, &page)),
+            }];
+            html::suite::write(&dir, shard, &rows, 2.0).expect("shard page");
+            std::fs::write(
+                dir.join("junit.xml"),
+                tunscope_harness::scenario::report::junit_xml(&[], &[]),
+            )
+            .expect("junit");
+            dirs.push(dir.display().to_string());
+        }
+        let out = base.join("merged");
+        let mut args: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        let out_s = out.display().to_string();
+        args.extend(["--out", out_s.as_str()]);
+        merge(&args).expect("merges");
+        let dom = dump_dom(&out.join("suite.html")).expect("chromium reads the merged page");
+        assert!(dom.contains("data-run=\"split-tunnel [ours-ours]\""));
+        assert!(dom.contains("data-run=\"mtu [ours-ours]\""));
+        let hrefs: Vec<&str> = dom
+            .split("href=\"")
+            .skip(1)
+            .filter_map(|h| h.split('"').next())
+            .collect();
+        assert_eq!(hrefs.len(), 2, "{hrefs:?}");
+        for h in hrefs {
+            assert!(h.starts_with("../s"), "{h}");
+            assert!(
+                out.join(h).exists(),
+                "{h} does not reach a page from {}",
+                out.display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     /// The GitHub Actions workflow parses, fans the suite out over a matrix of shards with
     /// `--partition K/N` for every K of its N, and merges them with `--merge`.
     #[test]

@@ -110,6 +110,8 @@ pub enum ClientDns {
     Stub,
     /// systemd-resolved over D-Bus (needs `[topology] resolved = true`).
     Resolved,
+    /// A dnsmasq on 127.0.0.1 with per-domain servers (NetworkManager's `dns=dnsmasq`).
+    Dnsmasq,
 }
 
 impl ClientDns {
@@ -120,6 +122,7 @@ impl ClientDns {
             ClientDns::ResolvConf => "resolv-conf",
             ClientDns::Stub => "stub",
             ClientDns::Resolved => "resolved",
+            ClientDns::Dnsmasq => "dnsmasq",
         }
     }
 }
