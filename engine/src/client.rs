@@ -58,6 +58,9 @@ pub struct ClientOptions {
     pub dns: DnsBackend,
     /// Where applied network changes are recorded (default: per config file, under /run).
     pub state_file: Option<PathBuf>,
+    /// While the tunnel is up, let nothing but the tunnel and its transport leave
+    /// ([`crate::killswitch`]).
+    pub kill_switch: bool,
 }
 
 /// How one connection attempt ended.
@@ -609,6 +612,7 @@ impl Run<'_> {
                     config: &self.opts.config,
                     setenv: &cfg.setenv,
                     block_ipv6: cfg.block_ipv6,
+                    kill_switch: self.opts.kill_switch,
                 },
                 &self.state_path,
             )
@@ -1059,6 +1063,7 @@ pub fn run_in_memory(
         observe: ObserveOptions::default(),
         dns: DnsBackend::None,
         state_file: None,
+        kill_switch: false,
     };
     let remote = cfg
         .remotes

@@ -75,18 +75,6 @@ pub fn args(cfg: &DnsmasqConfig<'_>) -> Vec<String> {
     a
 }
 
-/// dnsmasq's path: on `PATH`, else where distributions put it (OpenVPN runs its scripts
-/// with no `PATH` at all).
-fn program() -> PathBuf {
-    let dirs = std::env::var("PATH").unwrap_or_default();
-    dirs.split(':')
-        .filter(|d| !d.is_empty())
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin"])
-        .map(|d| Path::new(d).join("dnsmasq"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("dnsmasq"))
-}
-
 /// A dnsmasq we started.
 pub struct Dnsmasq {
     child: Child,
@@ -108,7 +96,7 @@ impl Dnsmasq {
         let log = cfg.pid_file.with_extension("log");
         let logf = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = Command::new(program());
+        let mut cmd = Command::new(crate::netconfig::system_program("dnsmasq"));
         {
             use std::os::unix::process::CommandExt;
             // argv[0] as recovery recognises it, whatever the path.

@@ -25,6 +25,7 @@ pub mod dns_dnsmasq;
 pub mod dns_script;
 pub mod dns_stub;
 pub mod explain;
+pub mod killswitch;
 pub mod legacy_pem;
 pub mod link;
 pub mod management;

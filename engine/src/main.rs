@@ -151,6 +151,11 @@ enum Command {
         /// 127.0.0.1:53 with per-domain servers, as NetworkManager's dns=dnsmasq).
         #[arg(long, value_name = "BACKEND", default_value = "none")]
         dns_backend: tunscope_engine::netconfig::DnsBackend,
+        /// While the tunnel is up, drop everything that would leave another interface than
+        /// the tunnel, except the tunnel's own packets to the server and DHCP (nftables;
+        /// against routes the tunnel does not control: rogue DHCP option 121, LocalNet).
+        #[arg(long)]
+        kill_switch: bool,
         /// Record applied routes/DNS here so a crashed run is undone at the next start.
         #[arg(long, value_name = "FILE")]
         state_file: Option<PathBuf>,
@@ -201,6 +206,13 @@ enum Command {
         /// Print all journeys as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The kill switch as OpenVPN's `up`/`down` script (for stock `openvpn`): `up` lets only
+    /// the tunnel device and the server's address carry traffic, `down` removes it.
+    KillSwitch {
+        /// Arguments OpenVPN appends (device, MTU, …); ignored, the environment has it all.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        openvpn_args: Vec<String>,
     },
     /// Apply pushed DNS as OpenVPN's `up`/`down` script (for stock `openvpn`):
     /// `up "tunscope dns --backend stub --state-file F"` and the same as `down`.
@@ -393,6 +405,7 @@ fn as_openvpn(args: Vec<String>) -> anyhow::Result<()> {
             observe: ObserveOptions::default(),
             dns: Default::default(),
             state_file: None,
+            kill_switch: false,
         }),
     }
 }
@@ -471,6 +484,7 @@ fn main() -> ExitCode {
             config,
             no_offload,
             dns_backend,
+            kill_switch,
             state_file,
             observe,
             options,
@@ -481,7 +495,9 @@ fn main() -> ExitCode {
             observe: observe.into(),
             dns: dns_backend,
             state_file,
+            kill_switch,
         }),
+        Command::KillSwitch { openvpn_args: _ } => tunscope_engine::killswitch::run_hook(),
         Command::Dns {
             backend,
             state_file,

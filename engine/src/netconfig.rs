@@ -64,6 +64,18 @@ impl std::str::FromStr for DnsBackend {
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// A system program's path: on `PATH`, else where distributions put it (OpenVPN runs its
+/// scripts with no `PATH` at all).
+pub(crate) fn system_program(name: &str) -> PathBuf {
+    let dirs = std::env::var("PATH").unwrap_or_default();
+    dirs.split(':')
+        .filter(|d| !d.is_empty())
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// What has been applied, as recorded in the state file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Applied {
@@ -79,6 +91,9 @@ pub struct Applied {
     /// The dnsmasq we started (stopped on undo).
     #[serde(default)]
     pub dnsmasq: Option<DnsmasqRecord>,
+    /// The kill switch is installed (removed on undo).
+    #[serde(default)]
+    pub kill_switch: bool,
 }
 
 /// The `down` script to run on undo: its command line and OpenVPN environment.
@@ -139,6 +154,8 @@ pub struct Settings<'a> {
     pub setenv: &'a [(String, String)],
     /// `block-ipv6` in the config (a server may push it too).
     pub block_ipv6: bool,
+    /// Install the kill switch ([`crate::killswitch`]) while the tunnel is up.
+    pub kill_switch: bool,
 }
 
 /// Applied network configuration; undo with [`NetConfig::undo`].
@@ -332,6 +349,9 @@ fn undo_applied(a: &Applied) {
     }
     if let Some(d) = &a.dnsmasq {
         crate::dns_dnsmasq::stop_recorded(d);
+    }
+    if a.kill_switch {
+        crate::killswitch::remove();
     }
     if let Some(ifindex) = a.resolved_link {
         match SystemBus::connect() {
@@ -673,6 +693,12 @@ impl NetConfig {
             nc.apply_routes(p, oif, s)?;
         }
         nc.apply_dns(p, s.dns, s.dev)?;
+        if s.kill_switch {
+            // Recorded first: a crash after this still removes it at the next start.
+            nc.applied.kill_switch = true;
+            nc.save()?;
+            crate::killswitch::install(s.dev, s.remote.ip())?;
+        }
         let env = script_env(p, s, "up");
         if let Some(up) = s.up {
             // OpenVPN's arguments: dev tun_mtu link_mtu ifconfig_local ifconfig_netmask init.
@@ -1209,6 +1235,7 @@ mod tests {
             config: Path::new("/etc/c.conf"),
             setenv: &[],
             block_ipv6: false,
+            kill_switch: false,
         };
         let env = script_env(&p, &s, "up");
         let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());

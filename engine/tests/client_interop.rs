@@ -915,6 +915,87 @@ fn dnsmasq_backend_runs_one_dnsmasq_and_a_crash_leaves_none_behind() -> Result<(
     Ok(())
 }
 
+/// `--kill-switch`: the nftables table is there while the tunnel is up and gone after a
+/// clean exit; a crash leaves it (failing closed: only the server's address gets out, so the
+/// tunnel can come back) until the next start replaces it, whose clean exit removes it.
+#[test]
+fn kill_switch_is_owned_by_the_client_and_fails_closed_after_a_crash() -> Result<()> {
+    let spec = TunnelSpec::default();
+    let (hosts, server_conf, client_conf) = configured(&spec, None)?;
+    let mut server =
+        subjects::start_openvpn(&hosts.server, &server_conf, &hosts.dir.join("server.log"))?;
+    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
+    let state = hosts.dir.join("client.state");
+    let args = [
+        "--kill-switch",
+        "--state-file",
+        state.to_str().context("path")?,
+    ];
+    let start = |log: &str| {
+        subjects::start_tunscope_client(&hosts.client, &client_conf, &hosts.dir.join(log), &args)
+    };
+    let table = || -> Result<Option<String>> {
+        let out = hosts
+            .client
+            .command("nft")
+            .args(["list", "table", "inet", "tunscope_killswitch"])
+            .output()?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    ensure!(
+        table()?.is_none(),
+        "a kill switch before the client started"
+    );
+    let mut client = start("client1.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    let t = table()?.context("no kill switch while connected")?;
+    ensure!(
+        t.contains("oifname \"tun0\" accept")
+            && t.contains(&format!("ip daddr {SERVER_WAN} accept")),
+        "{t}"
+    );
+    // The tunnel works through it.
+    let p = traffic::ping(
+        &hosts.client,
+        &spec.server_tun_ip().to_string(),
+        3,
+        56,
+        false,
+    )?;
+    ensure!(p.received == 3, "{}", p.output);
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    ensure!(table()?.is_none(), "kill switch left after a clean exit");
+    ensure!(client.log().contains("kill switch removed"));
+
+    let mut client = start("client2.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    client.signal(Signal::SIGKILL)?;
+    client.wait_exit(Duration::from_secs(5))?;
+    ensure!(
+        table()?.is_some(),
+        "a crash should leave the kill switch (fail closed)"
+    );
+    let mut client = start("client3.log")?;
+    subjects::wait_ready(&mut client, Duration::from_secs(20))?;
+    ensure!(
+        client.log().contains("left by a previous run"),
+        "{}",
+        tail(&client.log(), 10)
+    );
+    ensure!(table()?.is_some());
+    client.signal(Signal::SIGTERM)?;
+    ensure!(client.wait_exit(Duration::from_secs(10))? == Some(0));
+    ensure!(
+        table()?.is_none(),
+        "kill switch left after the recovered run"
+    );
+    Ok(())
+}
+
 /// A hostile (or broken) server pushing name servers on the client's own loopback: our
 /// client refuses those options with a log line naming them, keeps the tunnel and the
 /// genuine name server, and leaves the host's DNS as it was when the push holds nothing

@@ -29,17 +29,20 @@ pub struct Lease {
 }
 
 /// Brings `dev` up in `ns` and obtains a lease for it (at most ~15 s); files go to `dir`.
-pub fn lease(ns: &Netns, dev: &str, dir: &Path) -> Result<Lease> {
+/// With `routes`, the lease's classless static routes (option 121) are applied too, as
+/// NetworkManager and dhclient do.
+pub fn lease(ns: &Netns, dev: &str, dir: &Path, routes: bool) -> Result<Lease> {
     let script = dir.join("dhcp-client.sh");
     let record = dir.join("dhcp-lease.txt");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# udhcpc event hook: the address only (no router, no resolv.conf).\n\
+            "#!/bin/sh\n# udhcpc event hook: the address and, when asked for, classless static\n# routes (option 121); no default route, no resolv.conf.\n\
              case \"$1\" in\n\
              bound|renew)\n\
-             \tip -4 addr flush dev \"$interface\"\n\
-             \tip addr add \"$ip/$subnet\" dev \"$interface\"\n\
+             \tip addr replace \"$ip/$subnet\" dev \"$interface\"\n\
+             \tset -- $staticroutes\n\
+             \twhile [ $# -ge 2 ]; do ip route replace \"$1\" via \"$2\" dev \"$interface\"; shift 2; done\n\
              \tprintf '%s\\n%s\\n%s\\n%s\\n' \"$ip\" \"$subnet\" \"$dns\" \"$domain\" > '{}'\n\
              \t;;\n\
              esac\n",
@@ -56,6 +59,11 @@ pub fn lease(ns: &Netns, dev: &str, dir: &Path) -> Result<Lease> {
         .command("udhcpc")
         .args(["-i", dev, "-f", "-q", "-n", "-t", "6", "-T", "2", "-s"])
         .arg(&script)
+        .args(if routes {
+            &["-O", "staticroutes"][..]
+        } else {
+            &[]
+        })
         .output()
         .context("cannot run udhcpc")?;
     let took = started.elapsed();

@@ -129,6 +129,12 @@ pub struct TopologySpec {
     /// link's DNS (the public resolver) given to it over D-Bus as NetworkManager does.
     #[serde(default)]
     pub resolved: bool,
+    /// A hostile DHCP server on the client's LAN (TunnelVision, CVE-2024-3661): the router's
+    /// LAN side leases the client its own address with these prefixes as classless static
+    /// routes via the router (option 121), and the client's DHCP client applies them before
+    /// the VPN starts. Prefixes inside 198.18.0.0/15.
+    #[serde(default)]
+    pub rogue_dhcp_routes: Vec<String>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -491,6 +497,46 @@ impl Network {
             crate::process::Proc::spawn("dnsmasq", cmd, &dir.join("dhcp-server.log"))
                 .context("the corp LAN's DHCP server (dnsmasq)")?,
         );
+        Ok(())
+    }
+
+    /// The hostile LAN of TunnelVision: a DHCP server (dnsmasq) on the router's client side
+    /// that leases the client its address with `routes` as option 121 routes via the router,
+    /// and the client's DHCP client (udhcpc) taking the lease on eth0, routes included.
+    pub fn start_rogue_dhcp(&mut self, routes: &[String], dir: &Path) -> Result<()> {
+        use addr::*;
+        let option121: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{r},{ROUTER_CLIENT_SIDE}"))
+            .collect();
+        let mut cmd = self.router.command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=c0",
+            "--bind-interfaces",
+            "--user=root",
+            "--group=root",
+            "--pid-file=",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--dhcp-authoritative",
+            "--no-ping",
+            &format!("--dhcp-range={CLIENT_WAN},{CLIENT_WAN},255.255.255.0,10m"),
+            &format!("--dhcp-option=3,{ROUTER_CLIENT_SIDE}"),
+            &format!("--dhcp-option=121,{}", option121.join(",")),
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("rogue-dhcp.leases").display()
+        ));
+        self.dhcp = Some(
+            crate::process::Proc::spawn("dnsmasq (rogue)", cmd, &dir.join("rogue-dhcp.log"))
+                .context("the rogue DHCP server (dnsmasq)")?,
+        );
+        crate::dhcp::lease(&self.client, "eth0", dir, true)
+            .context("the client's DHCP client on the rogue LAN")?;
         Ok(())
     }
 

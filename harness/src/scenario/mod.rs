@@ -191,6 +191,10 @@ pub struct TunnelOpts {
     /// Extra client config lines.
     #[serde(default)]
     pub client_options: Vec<String>,
+    /// The client's kill switch: ours with `--kill-switch`, stock openvpn with `tunscope
+    /// kill-switch` as its up/down script.
+    #[serde(default)]
+    pub kill_switch: bool,
     /// Extra server config lines.
     #[serde(default)]
     pub server_options: Vec<String>,
@@ -291,6 +295,18 @@ impl Scenario {
             .is_some_and(|w| w.trim().is_empty())
         {
             bail!("{file}: oracle_expected_failure must say why (a non-empty string)");
+        }
+        for r in &raw.topology.rogue_dhcp_routes {
+            let ok = r.split_once('/').is_some_and(|(a, l)| {
+                a.parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|a| a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18)
+                    && l.parse::<u8>().is_ok_and(|l| (15..=32).contains(&l))
+            });
+            if !ok {
+                bail!(
+                    "{file}: rogue_dhcp_routes: '{r}' is not a prefix inside 198.18.0.0/15 (A.B.C.D/N)"
+                );
+            }
         }
         if !raw.topology.resolved {
             if raw.tunnel.client_dns == ClientDns::Resolved {

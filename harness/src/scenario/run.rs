@@ -279,6 +279,13 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         net.start_resolved(&out)?;
         progress.line("systemd-resolved in the client namespace with its own D-Bus; resolv.conf → 127.0.0.53, eth0's DNS → the public resolver");
     }
+    if !s.topology.rogue_dhcp_routes.is_empty() {
+        net.start_rogue_dhcp(&s.topology.rogue_dhcp_routes, &out)?;
+        progress.line(&format!(
+            "hostile LAN: a rogue DHCP server leased the client its address with option 121 routes {} via the router",
+            s.topology.rogue_dhcp_routes.join(", ")
+        ));
+    }
     // `resolvectl status` at the three moments, when the client runs systemd-resolved.
     let resolvectl = |net: &Network| -> Option<String> {
         let r = net.resolved.as_ref()?;
@@ -323,6 +330,18 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 r.bus_address()
             ));
         }
+    }
+    if client_impl == Implementation::OpenVpn && s.tunnel.kill_switch {
+        if s.tunnel.client_dns != ClientDns::None {
+            anyhow::bail!(
+                "stock openvpn takes one up/down script: kill_switch together with client_dns is not supported for an openvpn client"
+            );
+        }
+        // As a user of stock openvpn would: the kill switch as its up/down script.
+        let hook = format!("{} kill-switch", bin.display());
+        client_text.push_str(&format!(
+            "script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n"
+        ));
     }
     let client_conf = out.join("client.conf");
     std::fs::write(&client_conf, client_text)?;
@@ -375,7 +394,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 "client",
                 "--control",
                 &client_sock.display().to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(s.tunnel.kill_switch.then_some("--kill-switch"))
+            .collect::<Vec<&str>>(),
             &bus_env,
         )?,
         Implementation::OpenVpn => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
@@ -394,7 +416,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     }
     if s.topology.bridge {
         // As a bridged client's user would: ask the LAN's DHCP server through the tunnel.
-        let l = crate::dhcp::lease(&net.client, "tap0", &out).with_context(|| {
+        let l = crate::dhcp::lease(&net.client, "tap0", &out, false).with_context(|| {
             format!(
                 "DHCP over the tunnel failed; DHCP server log:\n{}",
                 log_tail(&out.join("dhcp-server.log"), 15)
