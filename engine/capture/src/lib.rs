@@ -23,4 +23,5 @@ pub mod openvpn;
 pub mod packet;
 pub mod read;
 pub mod summary;
+pub mod vpn;
 pub mod write;

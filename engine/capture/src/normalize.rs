@@ -29,6 +29,13 @@
 //! | `dns.msg` | `query A name` / `answer A name NOERROR [addresses]` | kept |
 //! | `dns.id` | query id | masked |
 //! | `dhcp.msg` | `discover`, `offer ADDR`, `request ADDR`, `ack ADDR` … (inside tap tunnels too) | kept |
+//! | `wg.msg` | WireGuard `handshake-initiation`, `handshake-response`, `cookie-reply`, `transport` (any UDP port) | kept |
+//! | `wg.idx`, `wg.counter` | sender/receiver indices, the transport counter | masked |
+//! | `ike.msg` | `IKE_SA_INIT request`, `IKE_AUTH response` …, `ISAKMP Identity Protection` … (UDP 500/4500) | kept |
+//! | `ike.spi` | initiator/responder SPIs | masked |
+//! | `ike.mid` | IKE message id | kept |
+//! | `esp.spi`, `esp.seq` | ESP (IP protocol 50, or UDP 4500) SPI and sequence number | masked |
+//! | `tls.rec` | TLS (TCP 443, first record of a segment) and DTLS (every record of a datagram) record kinds, `handshake client_hello` … | kept |
 //! | `text` | plaintext control message (engine control taps); version strings in peer-info (`IV_VER`, `IV_SSL`, `IV_PLAT_VER`, `IV_HWADDR`, `IV_GUI_VER`) as `*` | kept |
 //! | `tap.drop`, `tap.key`, `tap.peer` | from an engine tap's comment | kept |
 //! | `tap.trace`, `tap.pid`, `tap.stage_ns` | per-run counters and timings | masked |
@@ -73,6 +80,11 @@ pub const DEFAULT_MASKS: &[&str] = &[
     "ovpn.pid",
     "ovpn.ctl_size",
     "dns.id",
+    "wg.idx",
+    "wg.counter",
+    "esp.spi",
+    "esp.seq",
+    "ike.spi",
     "tap.trace",
     "tap.pid",
     "tap.stage_ns",
@@ -110,6 +122,15 @@ pub const FIELDS: &[&str] = &[
     "dns.id",
     "dns.msg",
     "dhcp.msg",
+    "wg.msg",
+    "wg.idx",
+    "wg.counter",
+    "esp.spi",
+    "esp.seq",
+    "ike.msg",
+    "ike.spi",
+    "ike.mid",
+    "tls.rec",
     "text",
     "tap.key",
     "tap.peer",
@@ -792,6 +813,18 @@ fn short_kind(f: &Fields) -> String {
     if let Some(d) = f.get_str("dhcp.msg") {
         return format!("dhcp {d}");
     }
+    if let Some(w) = f.get_str("wg.msg") {
+        return format!("wireguard {w}");
+    }
+    if let Some(m) = f.get_str("ike.msg") {
+        return m.into_owned();
+    }
+    if f.get("esp.spi").is_some() {
+        return "esp".into();
+    }
+    if let Some(r) = f.get_str("tls.rec") {
+        return format!("tls {r}");
+    }
     if let Some(op) = f.get_str("ovpn.op") {
         return op.into_owned();
     }
@@ -881,6 +914,7 @@ fn describe_l3(
                 L4::Tcp { sport, dport, .. } => ("tcp", Some((*sport, *dport))),
                 L4::Udp { sport, dport } => ("udp", Some((*sport, *dport))),
                 L4::Icmp { .. } => (if v6 { "icmp6" } else { "icmp" }, None),
+                L4::Esp(_) => ("esp", None),
                 L4::None if h.fragment => ("frag", None),
                 L4::None => ("ip", None),
             };
@@ -975,6 +1009,16 @@ fn describe_l3(
                         && let Some(rec) = pkt.payload.get(2..)
                     {
                         ovpn_fields(rec, wrap, f, layers, bulk, ph);
+                    } else if (*sport == 443 || *dport == 443)
+                        && let Some(r) = crate::vpn::TlsRecord::parse(pkt.payload, false)
+                    {
+                        // TLS on 443 (openconnect): the first record of the segment; a
+                        // handshake record in the clear is an event, the rest is bulk.
+                        layers.push("tls".into());
+                        f.insert("tls.rec", r.describe());
+                        if r.content == 22 && r.handshake.is_some() && !retransmitted {
+                            *bulk = false;
+                        }
                     }
                 }
                 L4::Udp { .. } => {
@@ -987,15 +1031,86 @@ fn describe_l3(
                         f.insert("dhcp.msg", d.describe());
                     } else if let Some(wrap) = ovpn {
                         ovpn_fields(pkt.payload, wrap, f, layers, bulk, ph);
+                    } else if let Some((s, d)) = ports {
+                        other_vpn_fields(pkt.payload, s, d, f, layers, bulk);
                     }
                 }
                 L4::Icmp { typ, code } => {
                     f.insert("icmp", icmp_name(v6, *typ, *code));
                 }
+                L4::Esp(e) => esp_fields(e, f, bulk),
                 L4::None => {}
             }
             (Some(src), Some(dst), proto.to_owned(), ports)
         }
+    }
+}
+
+fn esp_fields(e: &crate::vpn::Esp, f: &mut Fields, bulk: &mut bool) {
+    // SPIs are chosen anew by every negotiation and sequence numbers count traffic: both
+    // masked by default; the packets are counted per flow.
+    f.insert("esp.spi", format!("0x{:08x}", e.spi));
+    f.insert("esp.seq", e.seq);
+    *bulk = true;
+}
+
+/// WireGuard (any port), IKE and ESP-in-UDP (500/4500), DTLS (any port, when every record
+/// of the datagram parses and they fill it exactly).
+fn other_vpn_fields(
+    p: &[u8],
+    sport: u16,
+    dport: u16,
+    f: &mut Fields,
+    layers: &mut Vec<String>,
+    bulk: &mut bool,
+) {
+    use crate::vpn::{Esp, Ike, TlsRecord, WireGuard};
+    let ike_port = [500, 4500].contains(&sport) || [500, 4500].contains(&dport);
+    if ike_port {
+        let nat_t = sport == 4500 || dport == 4500;
+        let (ike, rest) = match p.get(..4) {
+            Some([0, 0, 0, 0]) if nat_t => (true, &p[4..]),
+            Some(_) if nat_t => (false, p),
+            _ => (true, p),
+        };
+        if ike {
+            if let Some(h) = Ike::parse(rest) {
+                layers.push(if h.major == 2 { "ikev2" } else { "isakmp" }.into());
+                f.insert("ike.msg", h.describe());
+                f.insert("ike.spi", format!("{:016x}/{:016x}", h.ispi, h.rspi));
+                f.insert("ike.mid", h.mid);
+                *bulk = false;
+            }
+        } else if let Some(e) = Esp::parse(rest) {
+            layers.push("esp".into());
+            esp_fields(&e, f, bulk);
+        }
+        return;
+    }
+    if let Some(w) = WireGuard::parse(p) {
+        layers.push("wireguard".into());
+        f.insert("wg.msg", w.kind());
+        match w {
+            WireGuard::Initiation { sender } => f.insert("wg.idx", format!("{sender:08x}")),
+            WireGuard::Response { sender, receiver } => {
+                f.insert("wg.idx", format!("{sender:08x}/{receiver:08x}"))
+            }
+            WireGuard::CookieReply { receiver } => f.insert("wg.idx", format!("{receiver:08x}")),
+            WireGuard::Transport { receiver, counter } => {
+                f.insert("wg.idx", format!("{receiver:08x}"));
+                f.insert("wg.counter", counter);
+            }
+        }
+        // Transport data and keepalives come with traffic and timers: counted, not events.
+        *bulk = matches!(w, WireGuard::Transport { .. });
+        return;
+    }
+    let records = TlsRecord::all(p, true);
+    if !records.is_empty() && records.iter().map(|r| r.len).sum::<usize>() == p.len() {
+        layers.push("dtls".into());
+        let kinds: Vec<String> = records.iter().map(TlsRecord::describe).collect();
+        f.insert("tls.rec", kinds.join(", "));
+        *bulk = records.iter().all(|r| r.content == 23);
     }
 }
 

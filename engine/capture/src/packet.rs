@@ -83,6 +83,8 @@ pub enum L4 {
         /// Code.
         code: u8,
     },
+    /// IPsec ESP (IP protocol 50).
+    Esp(crate::vpn::Esp),
     /// Not decoded (non-first fragment, other protocol, or no IP).
     None,
 }
@@ -136,6 +138,7 @@ impl Pkt<'_> {
                     L4::Tcp { flags, .. } => format!("TCP [{}]", tcp_flags(*flags)),
                     L4::Udp { .. } => "UDP".to_owned(),
                     L4::Icmp { typ, code } => format!("ICMP type {typ} code {code}"),
+                    L4::Esp(e) => format!("ESP spi 0x{:08x} seq {}", e.spi, e.seq),
                     L4::None if h.fragment => format!("fragment (proto {})", h.proto),
                     L4::None => format!("proto {}", h.proto),
                 };
@@ -526,6 +529,7 @@ fn transport(hdr: IpHdr, body: &[u8], later_fragment: bool) -> Pkt<'_> {
                 },
                 body.len().min(8),
             )),
+            50 => crate::vpn::Esp::parse(body).map(|e| (L4::Esp(e), 8)),
             _ => None,
         }
     };
