@@ -31,3 +31,4 @@ pub mod services;
 pub mod subjects;
 pub mod topo;
 pub mod traffic;
+pub mod wireguard;

@@ -29,6 +29,9 @@ const NEEDED: &[(&str, &str)] = &[
     // and the client's DHCP client on its tap device.
     ("dnsmasq", "dnsmasq-base"),
     ("udhcpc", "udhcpc"),
+    // WireGuard as a scenario subject (userspace: this kernel has no WireGuard module).
+    ("wireguard-go", "wireguard-go"),
+    ("wg", "wireguard-tools"),
     // The bus of the client namespace's systemd-resolved (scenarios with resolved = true).
     ("dbus-daemon", "dbus-daemon"),
     // Headless, it opens the HTML reports in their tests as a person's browser would.

@@ -41,7 +41,7 @@
 //! | `tap.trace`, `tap.pid`, `tap.stage_ns` | per-run counters and timings | masked |
 //! | `time` | ms since the first packet of the capture | masked (timing is compared separately, per flow, with a tolerance) |
 //!
-//! Ports below 1024 and the configured service ports (1194) are kept; any other port is
+//! Ports below 1024 and the configured service ports (1194, 4500) are kept; any other port is
 //! ephemeral and becomes `ephN`, numbered in order of first appearance among connections
 //! between the same host and service. Session ids become `S1`, `S2` … in order of first
 //! appearance. Masks are adjustable ([`Rules::mask`], [`Rules::unmask`]; `tunscope diff
@@ -149,7 +149,7 @@ const VOLATILE_PEER_INFO: &[&str] = &["IV_VER", "IV_SSL", "IV_PLAT_VER", "IV_HWA
 pub struct Rules {
     /// Masked fields (not compared, not shown).
     pub masks: BTreeSet<String>,
-    /// Ports ≥ 1024 kept literally (service ports); 1194 by default.
+    /// Ports ≥ 1024 kept literally (service ports); 1194 and 4500 by default.
     pub service_ports: BTreeSet<u16>,
     /// Ports whose UDP/TCP payload is decoded as OpenVPN.
     pub openvpn_ports: BTreeSet<u16>,
@@ -161,7 +161,9 @@ impl Default for Rules {
     fn default() -> Self {
         Rules {
             masks: DEFAULT_MASKS.iter().map(|s| (*s).to_owned()).collect(),
-            service_ports: [1194].into_iter().collect(),
+            // OpenVPN and IPsec NAT traversal. (Not WireGuard's 51820: it lies in Linux's
+            // ephemeral range, so a client port could take it by chance.)
+            service_ports: [1194, 4500].into_iter().collect(),
             openvpn_ports: [1194].into_iter().collect(),
             aggregate_bulk: true,
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{esc, fmt_ns, histogram, line_diff, page, table, td, td_num, verdict};
 use crate::scenario::report::{HostView, RunReport};
+use crate::scenario::run::NOT_APPLICABLE;
 
 /// The data-path stages in a packet's order (as the engine reports them).
 const STAGES: [&str; 6] = [
@@ -228,12 +229,19 @@ fn checks(r: &RunReport) -> String {
                 )
             };
             vec![
-                format!(
-                    "<td data-check=\"{}\" data-verdict=\"{}\">{}</td>",
-                    esc(&c.name),
-                    if c.passed { "pass" } else { "fail" },
-                    verdict(c.passed)
-                ),
+                if c.passed && c.message.starts_with(NOT_APPLICABLE) {
+                    format!(
+                        "<td data-check=\"{}\" data-verdict=\"not-applicable\"><span class=\"na\">N/A</span></td>",
+                        esc(&c.name)
+                    )
+                } else {
+                    format!(
+                        "<td data-check=\"{}\" data-verdict=\"{}\">{}</td>",
+                        esc(&c.name),
+                        if c.passed { "pass" } else { "fail" },
+                        verdict(c.passed)
+                    )
+                },
                 td(&c.name),
                 td(&c.kind),
                 td_num(&if c.line == 0 {
@@ -407,11 +415,11 @@ fn engine(side: &str, report: Option<&Value>, implementation: &str) -> String {
     let Some(r) = report else {
         let _ = write!(
             s,
-            "<p class=\"na\" data-side=\"{side}\">not applicable: {} — stock openvpn has no stage probes; its packets are in the capture.</p>",
-            if implementation == "openvpn" {
-                "stock openvpn"
-            } else {
-                "no report was read"
+            "<p class=\"na\" data-side=\"{side}\">not applicable: {}</p>",
+            match implementation {
+                "openvpn" => "stock openvpn has no stage probes; its packets are in the capture.",
+                "wireguard" => "wireguard-go has no stage probes; its packets are in the capture.",
+                _ => "no report was read from this engine.",
             }
         );
         return s;

@@ -49,14 +49,17 @@ pub enum Subject {
     Ours,
     /// Stock OpenVPN 2.6.
     Openvpn,
+    /// WireGuard (wireguard-go + wg), both roles ([`crate::wireguard`]).
+    Wireguard,
 }
 
 impl Subject {
-    /// The harness's implementation handle.
-    pub fn implementation(self) -> Implementation {
+    /// The harness's OpenVPN implementation handle (none for another VPN).
+    pub fn implementation(self) -> Option<Implementation> {
         match self {
-            Subject::Ours => Implementation::Ours,
-            Subject::Openvpn => Implementation::OpenVpn,
+            Subject::Ours => Some(Implementation::Ours),
+            Subject::Openvpn => Some(Implementation::OpenVpn),
+            Subject::Wireguard => None,
         }
     }
 
@@ -65,6 +68,7 @@ impl Subject {
         match self {
             Subject::Ours => "ours",
             Subject::Openvpn => "openvpn",
+            Subject::Wireguard => "wireguard",
         }
     }
 }
@@ -75,7 +79,8 @@ impl std::str::FromStr for Subject {
         match s {
             "ours" | "tunscope" => Ok(Subject::Ours),
             "openvpn" => Ok(Subject::Openvpn),
-            o => Err(format!("unknown subject '{o}' (ours, openvpn)")),
+            "wireguard" | "wg" => Ok(Subject::Wireguard),
+            o => Err(format!("unknown subject '{o}' (ours, openvpn, wireguard)")),
         }
     }
 }
@@ -288,6 +293,22 @@ impl Scenario {
         }
         if raw.tunnel.outer_ipv6 && !raw.topology.ipv6 {
             bail!("{file}: [tunnel] outer_ipv6 = true needs ipv6 = true in [topology]");
+        }
+        for p in &pairings {
+            if (p.client == Subject::Wireguard) != (p.server == Subject::Wireguard) {
+                bail!(
+                    "{file}: pairing {}: WireGuard talks only to WireGuard (client and server both wireguard)",
+                    p.label()
+                );
+            }
+            if p.client == Subject::Wireguard
+                && (raw.tunnel.dev == DevName::Tap || raw.tunnel.kill_switch)
+            {
+                bail!(
+                    "{file}: pairing {}: the wireguard subject has no tap mode and no kill switch here",
+                    p.label()
+                );
+            }
         }
         if raw
             .oracle_expected_failure

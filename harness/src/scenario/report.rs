@@ -230,7 +230,13 @@ pub fn junit_xml(runs: &[RunReport], errors: &[RunError]) -> String {
                 xml_escape(&c.name),
                 c.duration_ms as f64 / 1000.0
             );
-            if c.passed {
+            if c.passed && c.message.starts_with(super::run::NOT_APPLICABLE) {
+                let _ = writeln!(
+                    x,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml_escape(&c.message)
+                );
+            } else if c.passed {
                 x.push_str("/>\n");
             } else {
                 let _ = writeln!(

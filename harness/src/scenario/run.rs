@@ -21,7 +21,7 @@ use crate::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 
 use super::checks::{self, Live, RunData};
 use super::report::{CheckReport, Engines, HostView, RunFiles, RunReport, States};
-use super::{ClientDns, DevName, Pairing, Scenario, TransportName, WrapName};
+use super::{ClientDns, DevName, Pairing, Scenario, Subject, TransportName, WrapName};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -227,6 +227,25 @@ fn journey_sample(bin: &Path, taps: &[&Path]) -> Vec<serde_json::Value> {
     kept
 }
 
+/// How a report says a check does not apply to a subject (a pass that is not silent).
+pub const NOT_APPLICABLE: &str = "not applicable: ";
+
+/// Why a check cannot apply to this pairing's subjects, if it cannot.
+fn not_applicable(c: &checks::Check, p: Pairing) -> Option<&'static str> {
+    if p.client != Subject::Wireguard {
+        return None;
+    }
+    match c.spec {
+        checks::CheckSpec::Counter(_) => {
+            Some("WireGuard (wireguard-go) has no stage probes; its packets are in the capture")
+        }
+        checks::CheckSpec::Reconnect(_) => {
+            Some("WireGuard has no connection to re-establish; it handshakes again on demand")
+        }
+        _ => None,
+    }
+}
+
 /// Runs a scenario once with one pairing.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let progress = Progress {
@@ -311,7 +330,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let mut client_text = spec.client_config(&pki, &ccert, &ckey, server_at, &out)?;
     let bin = subjects::tunscope_bin()?;
     let client_impl = opts.pairing.client.implementation();
-    if client_impl == Implementation::OpenVpn && s.tunnel.client_dns != ClientDns::None {
+    if client_impl == Some(Implementation::OpenVpn) && s.tunnel.client_dns != ClientDns::None {
         // Stock openvpn applies no DNS on Linux by itself; the same backends as ours, as its
         // up/down script hook.
         let hook = format!(
@@ -331,7 +350,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             ));
         }
     }
-    if client_impl == Implementation::OpenVpn && s.tunnel.kill_switch {
+    if client_impl == Some(Implementation::OpenVpn) && s.tunnel.kill_switch {
         if s.tunnel.client_dns != ClientDns::None {
             anyhow::bail!(
                 "stock openvpn takes one up/down script: kill_switch together with client_dns is not supported for an openvpn client"
@@ -353,63 +372,82 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     // Our engines' live statistics, read once the checks are done (for the HTML report).
     let server_sock = out.join("server.sock");
     let client_sock = out.join("client.sock");
-    let mut server: Proc = match opts.pairing.server.implementation() {
-        Implementation::Ours => subjects::start_tunscope_server_with(
-            &net.server,
-            &server_conf,
-            &server_log,
-            &[
-                "--capture",
-                &server_taps.display().to_string(),
-                "--capture-name",
-                "server",
-                "--control",
-                &server_sock.display().to_string(),
-            ],
-        )?,
-        Implementation::OpenVpn => subjects::start_openvpn(&net.server, &server_conf, &server_log)?,
-    };
-    subjects::wait_ready(&mut server, Duration::from_secs(15))
-        .context("the VPN server did not start")?;
-    let client_started = Instant::now();
-    let bus_env: Vec<(&str, String)> = net
-        .resolved
-        .iter()
-        .map(|r| ("DBUS_SYSTEM_BUS_ADDRESS", r.bus_address()))
-        .collect();
-    let bus_env: Vec<(&str, &str)> = bus_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut client: Proc = match client_impl {
-        Implementation::Ours => subjects::start_tunscope_client_env(
-            &net.client,
-            &client_conf,
-            &client_log,
-            &[
-                "--dns-backend",
-                s.tunnel.client_dns.arg(),
-                "--state-file",
-                &out.join("client.state").display().to_string(),
-                "--capture",
-                &client_taps.display().to_string(),
-                "--capture-name",
-                "client",
-                "--control",
-                &client_sock.display().to_string(),
-            ]
-            .into_iter()
-            .chain(s.tunnel.kill_switch.then_some("--kill-switch"))
-            .collect::<Vec<&str>>(),
-            &bus_env,
-        )?,
-        Implementation::OpenVpn => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
-    };
     // Over an impaired link the handshake's lost packets wait for retransmission timers.
     let up_within = Duration::from_secs(if s.topology.impair.is_some() { 60 } else { 20 });
-    subjects::wait_ready(&mut client, up_within).with_context(|| {
-        format!(
-            "the tunnel did not come up; server log:\n{}",
-            log_tail(&server_log, 15)
-        )
-    })?;
+    let mut server: Option<Proc> = None;
+    let mut client: Option<Proc> = None;
+    let mut wireguard: Option<crate::wireguard::WireGuard> = None;
+    let client_started;
+    if opts.pairing.client == Subject::Wireguard {
+        client_started = Instant::now();
+        let dns = (s.tunnel.client_dns != ClientDns::None).then(|| crate::wireguard::DnsHook {
+            bin: &bin,
+            backend: s.tunnel.client_dns.arg(),
+            state: out.join("client-dns.state"),
+        });
+        wireguard = Some(
+            crate::wireguard::WireGuard::start(&net, &s.tunnel.push, dns, &out, up_within)
+                .context("the WireGuard tunnel did not come up")?,
+        );
+    } else {
+        let mut srv: Proc = match opts.pairing.server.implementation() {
+            Some(Implementation::Ours) => subjects::start_tunscope_server_with(
+                &net.server,
+                &server_conf,
+                &server_log,
+                &[
+                    "--capture",
+                    &server_taps.display().to_string(),
+                    "--capture-name",
+                    "server",
+                    "--control",
+                    &server_sock.display().to_string(),
+                ],
+            )?,
+            _ => subjects::start_openvpn(&net.server, &server_conf, &server_log)?,
+        };
+        subjects::wait_ready(&mut srv, Duration::from_secs(15))
+            .context("the VPN server did not start")?;
+        client_started = Instant::now();
+        let bus_env: Vec<(&str, String)> = net
+            .resolved
+            .iter()
+            .map(|r| ("DBUS_SYSTEM_BUS_ADDRESS", r.bus_address()))
+            .collect();
+        let bus_env: Vec<(&str, &str)> = bus_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut cl: Proc = match client_impl {
+            Some(Implementation::Ours) => subjects::start_tunscope_client_env(
+                &net.client,
+                &client_conf,
+                &client_log,
+                &[
+                    "--dns-backend",
+                    s.tunnel.client_dns.arg(),
+                    "--state-file",
+                    &out.join("client.state").display().to_string(),
+                    "--capture",
+                    &client_taps.display().to_string(),
+                    "--capture-name",
+                    "client",
+                    "--control",
+                    &client_sock.display().to_string(),
+                ]
+                .into_iter()
+                .chain(s.tunnel.kill_switch.then_some("--kill-switch"))
+                .collect::<Vec<&str>>(),
+                &bus_env,
+            )?,
+            _ => subjects::start_openvpn(&net.client, &client_conf, &client_log)?,
+        };
+        subjects::wait_ready(&mut cl, up_within).with_context(|| {
+            format!(
+                "the tunnel did not come up; server log:\n{}",
+                log_tail(&server_log, 15)
+            )
+        })?;
+        server = Some(srv);
+        client = Some(cl);
+    }
     let tunnel_up_s = client_started.elapsed().as_secs_f64();
     if let Some(i) = &impairment {
         i.tunnel_up();
@@ -452,7 +490,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
 
     let mut lives: Vec<Live> = Vec::with_capacity(s.checks.len());
     for c in &s.checks {
-        if c.is_live() {
+        if c.is_live() && not_applicable(c, opts.pairing).is_none() {
             let live = checks::act(c, &net, &out)?;
             progress.line(&live.summary);
             lives.push(live);
@@ -481,10 +519,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     };
     // Teardown: the client first, so "after" is what it leaves behind.
     let client_stop_ns = checks::now_ns();
-    client.stop(Duration::from_secs(5));
+    if let Some(c) = client.as_mut() {
+        c.stop(Duration::from_secs(5));
+    }
+    if let Some(w) = wireguard.as_mut() {
+        w.stop_client(&net.client);
+    }
     let after = NetState::record(&net.client)?;
     resolvectl_states.extend(resolvectl(&net));
-    server.stop(Duration::from_secs(5));
+    if let Some(sv) = server.as_mut() {
+        sv.stop(Duration::from_secs(5));
+    }
+    if let Some(w) = wireguard.as_mut() {
+        w.stop_server();
+    }
     progress.line("client and server stopped");
 
     let mut frames = vec![];
@@ -544,6 +592,18 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     };
     let mut reports = vec![];
     for (c, live) in s.checks.iter().zip(&lives) {
+        if let Some(why) = not_applicable(c, opts.pairing) {
+            reports.push(CheckReport {
+                name: c.name.clone(),
+                kind: c.kind().to_owned(),
+                line: c.line,
+                passed: true,
+                message: format!("{NOT_APPLICABLE}{why}"),
+                evidence: vec![],
+                duration_ms: 0,
+            });
+            continue;
+        }
         let v = checks::judge(c, live, &data);
         reports.push(CheckReport {
             name: c.name.clone(),

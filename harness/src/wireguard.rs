@@ -1,0 +1,361 @@
+//! WireGuard as a scenario subject: wireguard-go (this kernel has no WireGuard module)
+//! configured with wg(8) in the client and server namespaces, set up as a user's wg-quick
+//! would, from the same scenario file as the OpenVPN subjects.
+//!
+//! * The tunnel network is the OpenVPN subjects' (server 198.19.0.1, client 198.19.0.2 on a
+//!   device called `tun0`, so every check names the same interface): wireguard-go creates a
+//!   device with a run-unique name (its UAPI socket in `/var/run/wireguard/` is shared by
+//!   every namespace), wg(8) configures it through that name, then the device is renamed.
+//! * What the OpenVPN server would push becomes the client's `AllowedIPs` and routes:
+//!   `route NET MASK` → NET/len; `redirect-gateway def1` → 0.0.0.0/1 and 128.0.0.0/1, plus a
+//!   host route to the server over the WAN (wg-quick uses policy routing instead; a host route
+//!   is what OpenVPN does and what the checks expect).
+//! * Pushed DNS is applied by the same hook stock openvpn uses (`tunscope dns`, given
+//!   OpenVPN's script environment: `foreign_option_N`), as a user's PostUp script would.
+//! * WireGuard handshakes lazily: the tunnel counts as up once a ping through it answers.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+use crate::network::{Network, addr};
+use crate::process::Proc;
+
+/// The server's UDP port.
+pub const PORT: u16 = 51820;
+
+/// What the client's routes and AllowedIPs are made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routes {
+    /// Prefixes sent into the tunnel.
+    pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// `redirect-gateway def1`: the server needs a host route over the WAN.
+    pub full_tunnel: bool,
+}
+
+/// The client's routes from what an OpenVPN server would push.
+pub fn routes_from_push(push: &[String]) -> Routes {
+    let mut r = Routes {
+        prefixes: vec![],
+        full_tunnel: false,
+    };
+    for p in push {
+        let w: Vec<&str> = p.split_whitespace().collect();
+        match w.as_slice() {
+            ["route", net, mask, ..] => {
+                if let (Ok(n), Ok(m)) = (net.parse::<Ipv4Addr>(), mask.parse::<Ipv4Addr>()) {
+                    let len = u32::from(m).leading_ones() as u8;
+                    r.prefixes.push((n, len));
+                }
+            }
+            ["redirect-gateway", rest @ ..] if rest.contains(&"def1") => {
+                r.full_tunnel = true;
+                r.prefixes.push((Ipv4Addr::new(0, 0, 0, 0), 1));
+                r.prefixes.push((Ipv4Addr::new(128, 0, 0, 0), 1));
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// A run-unique device name for wireguard-go (at most 15 bytes).
+fn device_name(prefix: &str, side: char) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in prefix.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("tsw{h:08x}{side}")
+}
+
+fn keypair(dir: &Path, side: &str) -> Result<(PathBuf, String)> {
+    let key = dir.join(format!("wg-{side}.key"));
+    let out = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .context("wg genkey")?;
+    if !out.status.success() {
+        bail!("wg genkey failed");
+    }
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key)?
+            .write_all(&out.stdout)?;
+    }
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("wg pubkey")?;
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("wg pubkey stdin")?
+            .write_all(&out.stdout)?;
+    }
+    let public = child.wait_with_output()?;
+    Ok((
+        key,
+        String::from_utf8_lossy(&public.stdout).trim().to_owned(),
+    ))
+}
+
+fn run(ns: &Netns, prog: &str, args: &[&str]) -> Result<String> {
+    let out = ns
+        .command(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts wireguard-go for `dev` in `ns` and waits for its UAPI socket.
+fn start_device(ns: &Netns, dev: &str, log: &Path) -> Result<Proc> {
+    let sock = Path::new("/var/run/wireguard").join(format!("{dev}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = ns.command("wireguard-go");
+    cmd.args(["-f", dev])
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .env("LOG_LEVEL", "error");
+    let p = Proc::spawn("wireguard-go", cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            bail!("wireguard-go did not create {}", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(p)
+}
+
+/// A running WireGuard tunnel between the scenario's client and server.
+pub struct WireGuard {
+    /// The client's wireguard-go.
+    pub client: Proc,
+    /// The server's.
+    pub server: Proc,
+    host_route: Option<String>,
+    dns_hook: Option<(PathBuf, Vec<String>, PathBuf)>,
+}
+
+/// How the client applies pushed DNS: `tunscope dns --backend BACKEND` (or not at all).
+pub struct DnsHook<'a> {
+    /// The tunscope binary.
+    pub bin: &'a Path,
+    /// `stub`, `resolv-conf`, …
+    pub backend: &'a str,
+    /// Its state file.
+    pub state: PathBuf,
+}
+
+impl WireGuard {
+    /// Sets up both ends and waits until the tunnel carries a ping (at most `within`).
+    pub fn start(
+        net: &Network,
+        push: &[String],
+        dns: Option<DnsHook<'_>>,
+        out: &Path,
+        within: Duration,
+    ) -> Result<WireGuard> {
+        let server_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
+        let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);
+        let (skey, spub) = keypair(out, "server")?;
+        let (ckey, cpub) = keypair(out, "client")?;
+        let (sdev, cdev) = (device_name(&net.prefix, 's'), device_name(&net.prefix, 'c'));
+
+        let server = start_device(&net.server, &sdev, &out.join("server.log"))?;
+        let port = PORT.to_string();
+        run(
+            &net.server,
+            "wg",
+            &[
+                "set",
+                &sdev,
+                "private-key",
+                &skey.display().to_string(),
+                "listen-port",
+                &port,
+                "peer",
+                &cpub,
+                "allowed-ips",
+                &format!("{client_ip}/32"),
+            ],
+        )?;
+        up_as_tun0(&net.server, &sdev, server_ip)?;
+
+        let client = start_device(&net.client, &cdev, &out.join("client.log"))?;
+        let routes = routes_from_push(push);
+        let mut allowed: Vec<String> = vec![format!("{}/24", addr::TUNNEL_NET)];
+        allowed.extend(routes.prefixes.iter().map(|(n, l)| format!("{n}/{l}")));
+        run(
+            &net.client,
+            "wg",
+            &[
+                "set",
+                &cdev,
+                "private-key",
+                &ckey.display().to_string(),
+                "peer",
+                &spub,
+                "endpoint",
+                &format!("{}:{PORT}", addr::SERVER_WAN),
+                "allowed-ips",
+                &allowed.join(","),
+            ],
+        )?;
+        up_as_tun0(&net.client, &cdev, client_ip)?;
+        let mut wg = WireGuard {
+            client,
+            server,
+            host_route: None,
+            dns_hook: None,
+        };
+        if routes.full_tunnel {
+            let r = format!(
+                "{} via {} dev eth0",
+                addr::SERVER_WAN,
+                addr::ROUTER_CLIENT_SIDE
+            );
+            run(
+                &net.client,
+                "ip",
+                &["route", "add"]
+                    .into_iter()
+                    .chain(r.split_whitespace())
+                    .collect::<Vec<_>>(),
+            )?;
+            wg.host_route = Some(r);
+        }
+        for (n, l) in &routes.prefixes {
+            run(
+                &net.client,
+                "ip",
+                &["route", "add", &format!("{n}/{l}"), "dev", "tun0"],
+            )?;
+        }
+        if let Some(h) = dns {
+            // OpenVPN's script environment, so `tunscope dns` reads the pushes as it does
+            // under stock openvpn.
+            let mut env = vec![("dev".to_owned(), "tun0".to_owned())];
+            for (i, p) in push.iter().enumerate() {
+                env.push((format!("foreign_option_{}", i + 1), p.clone()));
+            }
+            let args = vec![
+                "dns".to_owned(),
+                "--backend".to_owned(),
+                h.backend.to_owned(),
+                "--state-file".to_owned(),
+                h.state.display().to_string(),
+            ];
+            let mut cmd = net.client.command(&h.bin.display().to_string());
+            cmd.args(&args).env("script_type", "up");
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            let o = cmd.output().context("tunscope dns (up)")?;
+            if !o.status.success() {
+                bail!(
+                    "tunscope dns --backend {} (up): {}",
+                    h.backend,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            wg.dns_hook = Some((h.bin.to_owned(), args, out.join("dns-hook.log")));
+        }
+        // Lazy handshake: the first packet starts it.
+        let deadline = Instant::now() + within;
+        loop {
+            let p = crate::traffic::ping(&net.client, &server_ip.to_string(), 1, 56, false)?;
+            if p.received > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no ping through the WireGuard tunnel within {} s:\n{}",
+                    within.as_secs(),
+                    run(&net.client, "wg", &["show", &cdev]).unwrap_or_default()
+                );
+            }
+        }
+        Ok(wg)
+    }
+
+    /// Takes the client down as its user would: DNS hook `down`, wireguard-go stopped (its
+    /// device and routes go with it), the host route to the server removed.
+    pub fn stop_client(&mut self, ns: &Netns) {
+        if let Some((bin, args, _)) = self.dns_hook.take() {
+            let _ = ns
+                .command(&bin.display().to_string())
+                .args(&args)
+                .env("script_type", "down")
+                .env("dev", "tun0")
+                .output();
+        }
+        self.client.stop(Duration::from_secs(5));
+        if let Some(r) = self.host_route.take() {
+            let _ = ns
+                .command("ip")
+                .args(["route", "del"])
+                .args(r.split_whitespace())
+                .output();
+        }
+    }
+
+    /// Stops the server.
+    pub fn stop_server(&mut self) {
+        self.server.stop(Duration::from_secs(5));
+    }
+}
+
+/// Renames wireguard-go's device to `tun0`, gives it `ip`/24 and brings it up.
+fn up_as_tun0(ns: &Netns, dev: &str, ip: Ipv4Addr) -> Result<()> {
+    run(ns, "ip", &["link", "set", dev, "name", "tun0"])?;
+    run(
+        ns,
+        "ip",
+        &["addr", "add", &format!("{ip}/24"), "dev", "tun0"],
+    )?;
+    run(ns, "ip", &["link", "set", "tun0", "up"])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_become_allowed_ips_and_routes() {
+        let r = routes_from_push(&[
+            "route 198.19.10.0 255.255.255.0".to_owned(),
+            "dhcp-option DNS 198.19.10.53".to_owned(),
+        ]);
+        assert_eq!(r.prefixes, vec![(Ipv4Addr::new(198, 19, 10, 0), 24)]);
+        assert!(!r.full_tunnel);
+        let f = routes_from_push(&["redirect-gateway def1".to_owned()]);
+        assert!(f.full_tunnel);
+        assert_eq!(f.prefixes.len(), 2);
+        let n = device_name("ts-4194304-999", 'c');
+        assert!(n.len() <= 15 && n.ends_with('c'), "{n}");
+        assert_ne!(n, device_name("ts-4194304-998", 'c'));
+    }
+}
