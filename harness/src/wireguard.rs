@@ -158,6 +158,20 @@ pub struct WireGuard {
     dns_hook: Option<(PathBuf, Vec<String>, PathBuf)>,
 }
 
+/// Where the two ends live.
+pub struct Ends<'a> {
+    /// The client's namespace.
+    pub client: &'a Netns,
+    /// The server's namespace.
+    pub server: &'a Netns,
+    /// The server's address on the client's path (the endpoint).
+    pub endpoint: Ipv4Addr,
+    /// The client's gateway toward it (a full tunnel's host route), when there is one.
+    pub gateway: Option<Ipv4Addr>,
+    /// The run's namespace prefix (device names derive from it).
+    pub prefix: &'a str,
+}
+
 /// How the client applies pushed DNS: `tunscope dns --backend BACKEND` (or not at all).
 pub struct DnsHook<'a> {
     /// The tunscope binary.
@@ -169,9 +183,28 @@ pub struct DnsHook<'a> {
 }
 
 impl WireGuard {
-    /// Sets up both ends and waits until the tunnel carries a ping (at most `within`).
+    /// Sets up both ends in a scenario's network and waits until the tunnel carries a ping
+    /// (at most `within`).
     pub fn start(
         net: &Network,
+        push: &[String],
+        dns: Option<DnsHook<'_>>,
+        out: &Path,
+        within: Duration,
+    ) -> Result<WireGuard> {
+        let ends = Ends {
+            client: &net.client,
+            server: &net.server,
+            endpoint: addr::SERVER_WAN,
+            gateway: Some(addr::ROUTER_CLIENT_SIDE),
+            prefix: &net.prefix,
+        };
+        WireGuard::between(&ends, push, dns, out, within)
+    }
+
+    /// Sets up both ends anywhere (the bench's two hosts, a scenario's network).
+    pub fn between(
+        ends: &Ends<'_>,
         push: &[String],
         dns: Option<DnsHook<'_>>,
         out: &Path,
@@ -181,12 +214,12 @@ impl WireGuard {
         let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);
         let (skey, spub) = keypair(out, "server")?;
         let (ckey, cpub) = keypair(out, "client")?;
-        let (sdev, cdev) = (device_name(&net.prefix, 's'), device_name(&net.prefix, 'c'));
+        let (sdev, cdev) = (device_name(ends.prefix, 's'), device_name(ends.prefix, 'c'));
 
-        let server = start_device(&net.server, &sdev, &out.join("server.log"))?;
+        let server = start_device(ends.server, &sdev, &out.join("server.log"))?;
         let port = PORT.to_string();
         run(
-            &net.server,
+            ends.server,
             "wg",
             &[
                 "set",
@@ -201,14 +234,14 @@ impl WireGuard {
                 &format!("{client_ip}/32"),
             ],
         )?;
-        up_as_tun0(&net.server, &sdev, server_ip)?;
+        up_as_tun0(ends.server, &sdev, server_ip)?;
 
-        let client = start_device(&net.client, &cdev, &out.join("client.log"))?;
+        let client = start_device(ends.client, &cdev, &out.join("client.log"))?;
         let routes = routes_from_push(push);
         let mut allowed: Vec<String> = vec![format!("{}/24", addr::TUNNEL_NET)];
         allowed.extend(routes.prefixes.iter().map(|(n, l)| format!("{n}/{l}")));
         run(
-            &net.client,
+            ends.client,
             "wg",
             &[
                 "set",
@@ -218,26 +251,24 @@ impl WireGuard {
                 "peer",
                 &spub,
                 "endpoint",
-                &format!("{}:{PORT}", addr::SERVER_WAN),
+                &format!("{}:{PORT}", ends.endpoint),
                 "allowed-ips",
                 &allowed.join(","),
             ],
         )?;
-        up_as_tun0(&net.client, &cdev, client_ip)?;
+        up_as_tun0(ends.client, &cdev, client_ip)?;
         let mut wg = WireGuard {
             client,
             server,
             host_route: None,
             dns_hook: None,
         };
-        if routes.full_tunnel {
-            let r = format!(
-                "{} via {} dev eth0",
-                addr::SERVER_WAN,
-                addr::ROUTER_CLIENT_SIDE
-            );
+        if routes.full_tunnel
+            && let Some(gw) = ends.gateway
+        {
+            let r = format!("{} via {gw} dev eth0", ends.endpoint);
             run(
-                &net.client,
+                ends.client,
                 "ip",
                 &["route", "add"]
                     .into_iter()
@@ -248,7 +279,7 @@ impl WireGuard {
         }
         for (n, l) in &routes.prefixes {
             run(
-                &net.client,
+                ends.client,
                 "ip",
                 &["route", "add", &format!("{n}/{l}"), "dev", "tun0"],
             )?;
@@ -267,7 +298,7 @@ impl WireGuard {
                 "--state-file".to_owned(),
                 h.state.display().to_string(),
             ];
-            let mut cmd = net.client.command(&h.bin.display().to_string());
+            let mut cmd = ends.client.command(&h.bin.display().to_string());
             cmd.args(&args).env("script_type", "up");
             for (k, v) in &env {
                 cmd.env(k, v);
@@ -285,7 +316,7 @@ impl WireGuard {
         // Lazy handshake: the first packet starts it.
         let deadline = Instant::now() + within;
         loop {
-            let p = crate::traffic::ping(&net.client, &server_ip.to_string(), 1, 56, false)?;
+            let p = crate::traffic::ping(ends.client, &server_ip.to_string(), 1, 56, false)?;
             if p.received > 0 {
                 break;
             }
@@ -293,7 +324,7 @@ impl WireGuard {
                 bail!(
                     "no ping through the WireGuard tunnel within {} s:\n{}",
                     within.as_secs(),
-                    run(&net.client, "wg", &["show", &cdev]).unwrap_or_default()
+                    run(ends.client, "wg", &["show", &cdev]).unwrap_or_default()
                 );
             }
         }

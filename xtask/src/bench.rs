@@ -4,7 +4,8 @@
 //! * `veth` — plain veth between the namespaces (no tunnel; the machine's ceiling);
 //! * `openvpn↔openvpn` — stock OpenVPN 2.6 client and server (the reference to beat);
 //! * `tunscope↔openvpn` — our client against the stock server;
-//! * `openvpn↔tunscope`, `tunscope↔tunscope` — stock and our client against our server.
+//! * `openvpn↔tunscope`, `tunscope↔tunscope` — stock and our client against our server;
+//! * `wireguard-go↔wireguard-go` — userspace WireGuard (Debian's), the other VPN beside us.
 //!
 //! iperf3 single stream, client → server, `--seconds` per repetition, median of `--reps`.
 //! CPU is the tunnel processes' user+system time over the run, in % of one core.
@@ -19,6 +20,7 @@ use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, Star, TwoHosts};
+use tunscope_harness::wireguard::{Ends, WireGuard};
 use tunscope_proto::stage::Stage;
 
 use crate::bench_report::{BenchRun, Machine, PathResult, Rep};
@@ -31,6 +33,8 @@ enum Anchor {
     Ours,
     OursServer,
     OursBoth,
+    /// wireguard-go ↔ wireguard-go (the userspace WireGuard on this machine).
+    WireGuard,
 }
 
 impl Anchor {
@@ -41,6 +45,7 @@ impl Anchor {
             Anchor::Ours => "tunscope client ↔ openvpn server",
             Anchor::OursServer => "openvpn client ↔ tunscope server",
             Anchor::OursBoth => "tunscope client ↔ tunscope server",
+            Anchor::WireGuard => "wireguard-go ↔ wireguard-go",
         }
     }
 
@@ -152,7 +157,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -194,16 +199,23 @@ fn tunnel(args: &[&str]) -> Result<()> {
         client_ciphers: Some(vec![cipher.clone()]),
         ..TunnelSpec::default()
     };
-    // `--paths veth,stock,client,server,both`: a subset (profiling one path); all by default.
+    // `--paths veth,stock,client,server,both,wireguard`: a subset (profiling one path); all by
+    // default.
     let all = [
         ("veth", Anchor::Veth),
         ("stock", Anchor::Stock),
         ("client", Anchor::Ours),
         ("server", Anchor::OursServer),
         ("both", Anchor::OursBoth),
+        ("wireguard", Anchor::WireGuard),
     ];
     let chosen: Vec<Anchor> = match flag(args, "--paths") {
-        None => all.iter().map(|(_, a)| *a).collect(),
+        // WireGuard here has one peer: with several clients it sits out unless asked for.
+        None => all
+            .iter()
+            .map(|(_, a)| *a)
+            .filter(|a| clients == 1 || *a != Anchor::WireGuard)
+            .collect(),
         Some(list) => list
             .split(',')
             .map(|n| {
@@ -211,7 +223,9 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     .find(|(k, _)| *k == n)
                     .map(|(_, a)| *a)
                     .with_context(|| {
-                        format!("--paths: unknown path {n} (veth, stock, client, server, both)")
+                        format!(
+                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard)"
+                        )
                     })
             })
             .collect::<Result<_>>()?,
@@ -434,7 +448,7 @@ fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
         };
         for (i, side) in ["client", "server"].iter().enumerate() {
             let (u, y) = mid.split[i];
-            let st = mid.stages[i].map_or("(stock openvpn: no probes)".to_owned(), |b| shares(&b));
+            let st = mid.stages[i].map_or("(not ours: no probes)".to_owned(), |b| shares(&b));
             println!("| {} | {side} | {u:.0} / {y:.0} | {st} |", anchor.label());
         }
     }
@@ -584,6 +598,27 @@ fn measure(
     let mut procs: Vec<Proc> = vec![];
     let target: Ipv4Addr = if anchor == Anchor::Veth {
         SERVER_WAN
+    } else if anchor == Anchor::WireGuard {
+        let Topo::Two(two) = &hosts else {
+            bail!("the wireguard path runs with one client (--clients 1)");
+        };
+        let wg = WireGuard::between(
+            &Ends {
+                client: &two.client,
+                server: &two.server,
+                endpoint: SERVER_WAN,
+                gateway: None,
+                prefix: &two.prefix,
+            },
+            &[],
+            None,
+            &dir,
+            Duration::from_secs(15),
+        )?;
+        // Client first, the server last, as for the other paths.
+        procs.push(wg.client);
+        procs.push(wg.server);
+        spec.server_tun_ip()
     } else {
         let pki = Pki::generate(&dir.join("pki"))?;
         let sconf = dir.join("server.conf");
