@@ -135,6 +135,11 @@ pub struct TopologySpec {
     /// the VPN starts. Prefixes inside 198.18.0.0/15.
     #[serde(default)]
     pub rogue_dhcp_routes: Vec<String>,
+    /// A hostile LAN claiming a public prefix (TunnelCrack's LocalNet): the client's eth0 also
+    /// gets the prefix's `.2` as its LAN address, and the LAN's gateway (the router) reaches
+    /// it there, so every host of the prefix is on-link for the client. Inside 198.18.0.0/15.
+    #[serde(default)]
+    pub rogue_lan_prefix: Option<String>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -537,6 +542,20 @@ impl Network {
         );
         crate::dhcp::lease(&self.client, "eth0", dir, true)
             .context("the client's DHCP client on the rogue LAN")?;
+        Ok(())
+    }
+
+    /// The hostile LAN of LocalNet: the client is handed `.2` of `prefix` on eth0 (the LAN
+    /// "is" that public network), and the router, its gateway, answers for the prefix's hosts
+    /// there (they are its own addresses) and routes the client's LAN address back over the LAN.
+    pub fn start_rogue_lan(&mut self, prefix: &str) -> Result<()> {
+        let (net, len) = prefix
+            .split_once('/')
+            .and_then(|(a, l)| Some((a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?)))
+            .with_context(|| format!("rogue_lan_prefix '{prefix}' is not A.B.C.D/N"))?;
+        let mine = Ipv4Addr::from(u32::from(net) + 2);
+        ip(&self.client, &format!("addr add {mine}/{len} dev eth0"))?;
+        ip(&self.router, &format!("route add {mine}/32 dev c0"))?;
         Ok(())
     }
 

@@ -317,7 +317,12 @@ impl Scenario {
         {
             bail!("{file}: oracle_expected_failure must say why (a non-empty string)");
         }
-        for r in &raw.topology.rogue_dhcp_routes {
+        for r in raw
+            .topology
+            .rogue_dhcp_routes
+            .iter()
+            .chain(&raw.topology.rogue_lan_prefix)
+        {
             let ok = r.split_once('/').is_some_and(|(a, l)| {
                 a.parse::<std::net::Ipv4Addr>()
                     .is_ok_and(|a| a.octets()[0] == 198 && (a.octets()[1] & 0xfe) == 18)
@@ -325,7 +330,7 @@ impl Scenario {
             });
             if !ok {
                 bail!(
-                    "{file}: rogue_dhcp_routes: '{r}' is not a prefix inside 198.18.0.0/15 (A.B.C.D/N)"
+                    "{file}: rogue_dhcp_routes / rogue_lan_prefix: '{r}' is not a prefix inside 198.18.0.0/15 (A.B.C.D/N)"
                 );
             }
         }

@@ -298,6 +298,12 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         net.start_resolved(&out)?;
         progress.line("systemd-resolved in the client namespace with its own D-Bus; resolv.conf → 127.0.0.53, eth0's DNS → the public resolver");
     }
+    if let Some(p) = &s.topology.rogue_lan_prefix {
+        net.start_rogue_lan(p)?;
+        progress.line(&format!(
+            "hostile LAN: it claims {p}; the client has an address in it on eth0, its hosts are on-link"
+        ));
+    }
     if !s.topology.rogue_dhcp_routes.is_empty() {
         net.start_rogue_dhcp(&s.topology.rogue_dhcp_routes, &out)?;
         progress.line(&format!(
