@@ -613,6 +613,7 @@ impl Run<'_> {
                     setenv: &cfg.setenv,
                     block_ipv6: cfg.block_ipv6,
                     kill_switch: self.opts.kill_switch,
+                    remote_tcp: remote.transport == Transport::Tcp,
                 },
                 &self.state_path,
             )

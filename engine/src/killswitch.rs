@@ -14,7 +14,7 @@
 //! start removes it, or `down` does when it runs as OpenVPN's hook (`tunscope kill-switch`).
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -22,9 +22,13 @@ use anyhow::{Context, Result, bail};
 /// The table's name.
 pub const TABLE: &str = "tunscope_killswitch";
 
-/// The ruleset for tunnel device `dev` and server address `server`.
-pub fn ruleset(dev: &str, server: IpAddr) -> String {
+/// The ruleset for tunnel device `dev` and the tunnel's transport to `server` (its address
+/// and port, over TCP or UDP): only the tunnel's own packets may go to the server, so a
+/// spoofed server address (TunnelCrack's ServerIP) does not open a path for anything else.
+pub fn ruleset(dev: &str, server: SocketAddr, tcp: bool) -> String {
     let family = if server.is_ipv4() { "ip" } else { "ip6" };
+    let proto = if tcp { "tcp" } else { "udp" };
+    let (ip, port) = (server.ip(), server.port());
     format!(
         r#"table inet {TABLE} {{
   counter blocked {{ }}
@@ -32,7 +36,7 @@ pub fn ruleset(dev: &str, server: IpAddr) -> String {
     type filter hook output priority 0; policy accept;
     oifname "lo" accept
     oifname "{dev}" accept
-    {family} daddr {server} accept
+    {family} daddr {ip} {proto} dport {port} accept
     udp sport 68 udp dport 67 accept
     icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept
     counter name "blocked" reject with icmpx admin-prohibited
@@ -63,7 +67,7 @@ fn nft(script: &str) -> Result<String> {
 }
 
 /// Installs (or replaces) the kill switch, in one transaction.
-pub fn install(dev: &str, server: IpAddr) -> Result<()> {
+pub fn install(dev: &str, server: SocketAddr, tcp: bool) -> Result<()> {
     if dev.is_empty()
         || !dev
             .bytes()
@@ -74,10 +78,13 @@ pub fn install(dev: &str, server: IpAddr) -> Result<()> {
     // `table … ` first makes the delete valid when no table of ours exists yet.
     nft(&format!(
         "table inet {TABLE}\ndelete table inet {TABLE}\n{}",
-        ruleset(dev, server)
+        ruleset(dev, server, tcp)
     ))
     .context("cannot install the kill switch")?;
-    tracing::info!("kill switch: only {dev}, loopback and {server} carry traffic");
+    tracing::info!(
+        "kill switch: only {dev}, loopback and the tunnel's {} to {server} carry traffic",
+        if tcp { "TCP" } else { "UDP" }
+    );
     Ok(())
 }
 
@@ -103,16 +110,21 @@ pub fn remove() {
 }
 
 /// `tunscope kill-switch` as OpenVPN's `up`/`down` script: `up` installs it for `dev`
-/// and the server OpenVPN connected to (`trusted_ip`/`trusted_ip6`), `down` removes it.
+/// and the server OpenVPN connected to (`trusted_ip`/`trusted_ip6`, `trusted_port`,
+/// `proto_1`), `down` removes it.
 pub fn run_hook() -> Result<()> {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     match var("script_type").as_str() {
         "up" => {
-            let server: IpAddr = [var("trusted_ip"), var("trusted_ip6")]
+            let ip: IpAddr = [var("trusted_ip"), var("trusted_ip6")]
                 .iter()
                 .find_map(|v| v.parse().ok())
                 .context("kill switch: OpenVPN named no server address (trusted_ip)")?;
-            install(&var("dev"), server)
+            let port: u16 = var("trusted_port")
+                .parse()
+                .context("kill switch: OpenVPN named no server port (trusted_port)")?;
+            let tcp = var("proto_1").starts_with("tcp");
+            install(&var("dev"), SocketAddr::new(ip, port), tcp)
         }
         "down" => {
             remove();
@@ -129,12 +141,19 @@ mod tests {
 
     #[test]
     fn the_ruleset_lets_only_the_tunnel_and_its_transport_out() {
-        let r = ruleset("tun0", "198.18.2.2".parse().expect("ip"));
+        let r = ruleset("tun0", "198.18.2.2:1194".parse().expect("addr"), false);
         assert!(r.contains("oifname \"tun0\" accept"));
-        assert!(r.contains("ip daddr 198.18.2.2 accept"));
+        assert!(r.contains("ip daddr 198.18.2.2 udp dport 1194 accept"));
         assert!(r.contains("counter name \"blocked\" reject with icmpx admin-prohibited"));
-        let r6 = ruleset("tun0", "2001:db8:2::2".parse().expect("ip"));
-        assert!(r6.contains("ip6 daddr 2001:db8:2::2 accept"));
-        assert!(install("tun0; flush ruleset", "198.18.2.2".parse().expect("ip")).is_err());
+        let r6 = ruleset("tun0", "[2001:db8:2::2]:443".parse().expect("addr"), true);
+        assert!(r6.contains("ip6 daddr 2001:db8:2::2 tcp dport 443 accept"));
+        assert!(
+            install(
+                "tun0; flush ruleset",
+                "198.18.2.2:1194".parse().expect("addr"),
+                false
+            )
+            .is_err()
+        );
     }
 }

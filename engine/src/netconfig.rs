@@ -156,6 +156,8 @@ pub struct Settings<'a> {
     pub block_ipv6: bool,
     /// Install the kill switch ([`crate::killswitch`]) while the tunnel is up.
     pub kill_switch: bool,
+    /// The tunnel's transport to `remote` is TCP (else UDP).
+    pub remote_tcp: bool,
 }
 
 /// Applied network configuration; undo with [`NetConfig::undo`].
@@ -697,7 +699,7 @@ impl NetConfig {
             // Recorded first: a crash after this still removes it at the next start.
             nc.applied.kill_switch = true;
             nc.save()?;
-            crate::killswitch::install(s.dev, s.remote.ip())?;
+            crate::killswitch::install(s.dev, s.remote, s.remote_tcp)?;
         }
         let env = script_env(p, s, "up");
         if let Some(up) = s.up {
@@ -1236,6 +1238,7 @@ mod tests {
             setenv: &[],
             block_ipv6: false,
             kill_switch: false,
+            remote_tcp: false,
         };
         let env = script_env(&p, &s, "up");
         let get = |k: &str| env.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());

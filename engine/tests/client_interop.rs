@@ -954,7 +954,7 @@ fn kill_switch_is_owned_by_the_client_and_fails_closed_after_a_crash() -> Result
     let t = table()?.context("no kill switch while connected")?;
     ensure!(
         t.contains("oifname \"tun0\" accept")
-            && t.contains(&format!("ip daddr {SERVER_WAN} accept")),
+            && t.contains(&format!("ip daddr {SERVER_WAN} udp dport 1194 accept")),
         "{t}"
     );
     // The tunnel works through it.

@@ -140,6 +140,13 @@ pub struct TopologySpec {
     /// it there, so every host of the prefix is on-link for the client. Inside 198.18.0.0/15.
     #[serde(default)]
     pub rogue_lan_prefix: Option<String>,
+    /// A hostile network spoofing the VPN server's name (TunnelCrack's ServerIP): the
+    /// resolver the client asks answers `vpn.example.com` with this address, and the
+    /// on-path router forwards the VPN's port there to the real server, so the tunnel works
+    /// and the client's route "to its server" sends this address around the tunnel. The
+    /// client connects by name (`remote vpn.example.com`). Inside 198.18.0.0/15.
+    #[serde(default)]
+    pub spoofed_server_dns: Option<Ipv4Addr>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -166,6 +173,8 @@ pub struct Network {
     pub resolved: Option<crate::resolved::Resolved>,
     /// Dual stack (the services answer over IPv6 too).
     pub ipv6: bool,
+    /// What the public resolver answers for `vpn.example.com` (the server, unless spoofed).
+    pub vpn_name_at: Ipv4Addr,
 }
 
 /// Offloads that make the kernel build super-packets: off, so each frame is one datagram.
@@ -356,6 +365,15 @@ impl Network {
                  }\n",
             )?;
         }
+        if let Some(spoof) = spec.spoofed_server_dns {
+            // The attacker on the path: the VPN's port at the spoofed address reaches the
+            // real server (replies are un-NATed by conntrack).
+            router.nft(&format!(
+                "table ip ts_serverip {{\n\tchain pre {{ type nat hook prerouting priority -100; policy accept;\n\
+                 \t\tip daddr {spoof} udp dport 1194 counter dnat to {SERVER_WAN}\n\
+                 \t\tip daddr {spoof} tcp dport 1194 counter dnat to {SERVER_WAN}\n\t}}\n}}\n"
+            ))?;
+        }
         let mut nat = format!(
             "table ip ts_nat {{\n\tchain post {{ type nat hook postrouting priority 100; policy accept;\n\
              \t\tip saddr {CORP_NET}/24 oifname \"eth0\" masquerade\n"
@@ -394,6 +412,7 @@ impl Network {
             dhcp: None,
             resolved: None,
             ipv6: spec.ipv6,
+            vpn_name_at: spec.spoofed_server_dns.unwrap_or(SERVER_WAN),
         })
     }
 
@@ -415,7 +434,7 @@ impl Network {
             };
         let public = records(&[
             ("www.example.com", PUBLIC_WEB, v6::PUBLIC_WEB),
-            ("vpn.example.com", SERVER_WAN, v6::SERVER_WAN),
+            ("vpn.example.com", self.vpn_name_at, v6::SERVER_WAN),
         ]);
         let corp = records(&[
             ("intranet.corp.example", CORP_WEB, v6::CORP_WEB),

@@ -334,6 +334,13 @@ impl Scenario {
                 );
             }
         }
+        if let Some(a) = raw.topology.spoofed_server_dns
+            && (a.octets()[0] != 198 || (a.octets()[1] & 0xfe) != 18 || raw.tunnel.outer_ipv6)
+        {
+            bail!(
+                "{file}: spoofed_server_dns {a} must lie inside 198.18.0.0/15, with the tunnel over IPv4"
+            );
+        }
         if !raw.topology.resolved {
             if raw.tunnel.client_dns == ClientDns::Resolved {
                 bail!(

@@ -334,6 +334,14 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         addr::SERVER_WAN.into()
     };
     let mut client_text = spec.client_config(&pki, &ccert, &ckey, server_at, &out)?;
+    if s.topology.spoofed_server_dns.is_some() {
+        // The client finds its server by name, as users' configs do (`remote NAME PORT`).
+        client_text = client_text.replacen(
+            &format!("remote {server_at} "),
+            "remote vpn.example.com ",
+            1,
+        );
+    }
     let bin = subjects::tunscope_bin()?;
     let client_impl = opts.pairing.client.implementation();
     if client_impl == Some(Implementation::OpenVpn) && s.tunnel.client_dns != ClientDns::None {
