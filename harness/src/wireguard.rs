@@ -23,45 +23,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 use crate::network::{Network, addr};
+use crate::p2p::{ClientNet, DnsHook, Ends, routes_from_push, run, up_as_tun0, wait_for_ping};
 use crate::process::Proc;
 
 /// The server's UDP port.
 pub const PORT: u16 = 51820;
-
-/// What the client's routes and AllowedIPs are made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Routes {
-    /// Prefixes sent into the tunnel.
-    pub prefixes: Vec<(Ipv4Addr, u8)>,
-    /// `redirect-gateway def1`: the server needs a host route over the WAN.
-    pub full_tunnel: bool,
-}
-
-/// The client's routes from what an OpenVPN server would push.
-pub fn routes_from_push(push: &[String]) -> Routes {
-    let mut r = Routes {
-        prefixes: vec![],
-        full_tunnel: false,
-    };
-    for p in push {
-        let w: Vec<&str> = p.split_whitespace().collect();
-        match w.as_slice() {
-            ["route", net, mask, ..] => {
-                if let (Ok(n), Ok(m)) = (net.parse::<Ipv4Addr>(), mask.parse::<Ipv4Addr>()) {
-                    let len = u32::from(m).leading_ones() as u8;
-                    r.prefixes.push((n, len));
-                }
-            }
-            ["redirect-gateway", rest @ ..] if rest.contains(&"def1") => {
-                r.full_tunnel = true;
-                r.prefixes.push((Ipv4Addr::new(0, 0, 0, 0), 1));
-                r.prefixes.push((Ipv4Addr::new(128, 0, 0, 0), 1));
-            }
-            _ => {}
-        }
-    }
-    r
-}
 
 /// A run-unique device name for wireguard-go (at most 15 bytes).
 fn device_name(prefix: &str, side: char) -> String {
@@ -113,22 +79,6 @@ fn keypair(dir: &Path, side: &str) -> Result<(PathBuf, String)> {
     ))
 }
 
-fn run(ns: &Netns, prog: &str, args: &[&str]) -> Result<String> {
-    let out = ns
-        .command(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Starts wireguard-go for `dev` in `ns` and waits for its UAPI socket.
 fn start_device(ns: &Netns, dev: &str, log: &Path) -> Result<Proc> {
     let sock = Path::new("/var/run/wireguard").join(format!("{dev}.sock"));
@@ -154,32 +104,7 @@ pub struct WireGuard {
     pub client: Proc,
     /// The server's.
     pub server: Proc,
-    host_route: Option<String>,
-    dns_hook: Option<(PathBuf, Vec<String>, PathBuf)>,
-}
-
-/// Where the two ends live.
-pub struct Ends<'a> {
-    /// The client's namespace.
-    pub client: &'a Netns,
-    /// The server's namespace.
-    pub server: &'a Netns,
-    /// The server's address on the client's path (the endpoint).
-    pub endpoint: Ipv4Addr,
-    /// The client's gateway toward it (a full tunnel's host route), when there is one.
-    pub gateway: Option<Ipv4Addr>,
-    /// The run's namespace prefix (device names derive from it).
-    pub prefix: &'a str,
-}
-
-/// How the client applies pushed DNS: `tunscope dns --backend BACKEND` (or not at all).
-pub struct DnsHook<'a> {
-    /// The tunscope binary.
-    pub bin: &'a Path,
-    /// `stub`, `resolv-conf`, …
-    pub backend: &'a str,
-    /// Its state file.
-    pub state: PathBuf,
+    net: ClientNet,
 }
 
 impl WireGuard {
@@ -257,117 +182,30 @@ impl WireGuard {
             ],
         )?;
         up_as_tun0(ends.client, &cdev, client_ip)?;
-        let mut wg = WireGuard {
+        let net = ClientNet::apply(ends, &routes, push, dns)?;
+        let wg = WireGuard {
             client,
             server,
-            host_route: None,
-            dns_hook: None,
+            net,
         };
-        if routes.full_tunnel
-            && let Some(gw) = ends.gateway
-        {
-            let r = format!("{} via {gw} dev eth0", ends.endpoint);
-            run(
-                ends.client,
-                "ip",
-                &["route", "add"]
-                    .into_iter()
-                    .chain(r.split_whitespace())
-                    .collect::<Vec<_>>(),
-            )?;
-            wg.host_route = Some(r);
-        }
-        for (n, l) in &routes.prefixes {
-            run(
-                ends.client,
-                "ip",
-                &["route", "add", &format!("{n}/{l}"), "dev", "tun0"],
-            )?;
-        }
-        if let Some(h) = dns {
-            // OpenVPN's script environment, so `tunscope dns` reads the pushes as it does
-            // under stock openvpn.
-            let mut env = vec![("dev".to_owned(), "tun0".to_owned())];
-            for (i, p) in push.iter().enumerate() {
-                env.push((format!("foreign_option_{}", i + 1), p.clone()));
-            }
-            let args = vec![
-                "dns".to_owned(),
-                "--backend".to_owned(),
-                h.backend.to_owned(),
-                "--state-file".to_owned(),
-                h.state.display().to_string(),
-            ];
-            let mut cmd = ends.client.command(&h.bin.display().to_string());
-            cmd.args(&args).env("script_type", "up");
-            for (k, v) in &env {
-                cmd.env(k, v);
-            }
-            let o = cmd.output().context("tunscope dns (up)")?;
-            if !o.status.success() {
-                bail!(
-                    "tunscope dns --backend {} (up): {}",
-                    h.backend,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-            }
-            wg.dns_hook = Some((h.bin.to_owned(), args, out.join("dns-hook.log")));
-        }
         // Lazy handshake: the first packet starts it.
-        let deadline = Instant::now() + within;
-        loop {
-            let p = crate::traffic::ping(ends.client, &server_ip.to_string(), 1, 56, false)?;
-            if p.received > 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no ping through the WireGuard tunnel within {} s:\n{}",
-                    within.as_secs(),
-                    run(ends.client, "wg", &["show", &cdev]).unwrap_or_default()
-                );
-            }
-        }
+        wait_for_ping(ends.client, server_ip, within)
+            .with_context(|| run(ends.client, "wg", &["show", &cdev]).unwrap_or_default())?;
         Ok(wg)
     }
 
     /// Takes the client down as its user would: DNS hook `down`, wireguard-go stopped (its
     /// device and routes go with it), the host route to the server removed.
     pub fn stop_client(&mut self, ns: &Netns) {
-        if let Some((bin, args, _)) = self.dns_hook.take() {
-            let _ = ns
-                .command(&bin.display().to_string())
-                .args(&args)
-                .env("script_type", "down")
-                .env("dev", "tun0")
-                .output();
-        }
+        self.net.before_stop(ns);
         self.client.stop(Duration::from_secs(5));
-        if let Some(r) = self.host_route.take() {
-            let _ = ns
-                .command("ip")
-                .args(["route", "del"])
-                .args(r.split_whitespace())
-                .output();
-        }
+        self.net.after_stop(ns);
     }
 
     /// Stops the server.
     pub fn stop_server(&mut self) {
         self.server.stop(Duration::from_secs(5));
     }
-}
-
-/// Renames wireguard-go's device to `tun0`, gives it `ip`/24 and brings it up.
-fn up_as_tun0(ns: &Netns, dev: &str, ip: Ipv4Addr) -> Result<()> {
-    run(ns, "ip", &["link", "set", dev, "name", "tun0"])?;
-    run(
-        ns,
-        "ip",
-        &["addr", "add", &format!("{ip}/24"), "dev", "tun0"],
-    )?;
-    run(ns, "ip", &["link", "set", "tun0", "up"])?;
-    Ok(())
 }
 
 #[cfg(test)]

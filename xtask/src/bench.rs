@@ -5,7 +5,8 @@
 //! * `openvpn↔openvpn` — stock OpenVPN 2.6 client and server (the reference to beat);
 //! * `tunscope↔openvpn` — our client against the stock server;
 //! * `openvpn↔tunscope`, `tunscope↔tunscope` — stock and our client against our server;
-//! * `wireguard-go↔wireguard-go` — userspace WireGuard (Debian's), the other VPN beside us.
+//! * `wireguard-go↔wireguard-go` — userspace WireGuard (Debian's), and `ssh -w↔sshd` —
+//!   OpenSSH's tunnel: the other VPNs beside us.
 //!
 //! iperf3 single stream, client → server, `--seconds` per repetition, median of `--reps`.
 //! CPU is the tunnel processes' user+system time over the run, in % of one core.
@@ -16,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tunscope_harness::netns::Netns;
+use tunscope_harness::p2p::Ends;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
+use tunscope_harness::ssh::Ssh;
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec};
 use tunscope_harness::topo::{SERVER_WAN, Star, TwoHosts};
-use tunscope_harness::wireguard::{Ends, WireGuard};
+use tunscope_harness::wireguard::WireGuard;
 use tunscope_proto::stage::Stage;
 
 use crate::bench_report::{BenchRun, Machine, PathResult, Rep};
@@ -35,6 +38,8 @@ enum Anchor {
     OursBoth,
     /// wireguard-go ↔ wireguard-go (the userspace WireGuard on this machine).
     WireGuard,
+    /// ssh -w ↔ sshd (OpenSSH's point-to-point tunnel).
+    Ssh,
 }
 
 impl Anchor {
@@ -46,6 +51,7 @@ impl Anchor {
             Anchor::OursServer => "openvpn client ↔ tunscope server",
             Anchor::OursBoth => "tunscope client ↔ tunscope server",
             Anchor::WireGuard => "wireguard-go ↔ wireguard-go",
+            Anchor::Ssh => "ssh -w ↔ sshd",
         }
     }
 
@@ -157,7 +163,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -208,13 +214,14 @@ fn tunnel(args: &[&str]) -> Result<()> {
         ("server", Anchor::OursServer),
         ("both", Anchor::OursBoth),
         ("wireguard", Anchor::WireGuard),
+        ("ssh", Anchor::Ssh),
     ];
     let chosen: Vec<Anchor> = match flag(args, "--paths") {
         // WireGuard here has one peer: with several clients it sits out unless asked for.
         None => all
             .iter()
             .map(|(_, a)| *a)
-            .filter(|a| clients == 1 || *a != Anchor::WireGuard)
+            .filter(|a| clients == 1 || !matches!(a, Anchor::WireGuard | Anchor::Ssh))
             .collect(),
         Some(list) => list
             .split(',')
@@ -224,7 +231,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     .map(|(_, a)| *a)
                     .with_context(|| {
                         format!(
-                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard)"
+                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard, ssh)"
                         )
                     })
             })
@@ -534,8 +541,26 @@ fn probes(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// utime and stime of a process in clock ticks.
+/// utime and stime of a process and its descendants (sshd serves a tunnel from a grandchild
+/// of the listener), in clock ticks.
 fn cpu_ticks(pid: u32) -> (u64, u64) {
+    fn tree(pid: u32, depth: u32) -> (u64, u64) {
+        let own = own_cpu_ticks(pid);
+        if depth == 0 {
+            return own;
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .map(|c| tree(c, depth - 1))
+            .fold(own, |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+    tree(pid, 3)
+}
+
+/// utime and stime of one process in clock ticks.
+fn own_cpu_ticks(pid: u32) -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return (0, 0);
     };
@@ -598,26 +623,28 @@ fn measure(
     let mut procs: Vec<Proc> = vec![];
     let target: Ipv4Addr = if anchor == Anchor::Veth {
         SERVER_WAN
-    } else if anchor == Anchor::WireGuard {
+    } else if matches!(anchor, Anchor::WireGuard | Anchor::Ssh) {
         let Topo::Two(two) = &hosts else {
-            bail!("the wireguard path runs with one client (--clients 1)");
+            bail!("the wireguard and ssh paths run with one client (--clients 1)");
         };
-        let wg = WireGuard::between(
-            &Ends {
-                client: &two.client,
-                server: &two.server,
-                endpoint: SERVER_WAN,
-                gateway: None,
-                prefix: &two.prefix,
-            },
-            &[],
-            None,
-            &dir,
-            Duration::from_secs(15),
-        )?;
+        let ends = Ends {
+            client: &two.client,
+            server: &two.server,
+            endpoint: SERVER_WAN,
+            gateway: None,
+            prefix: &two.prefix,
+        };
+        let within = Duration::from_secs(15);
         // Client first, the server last, as for the other paths.
-        procs.push(wg.client);
-        procs.push(wg.server);
+        if anchor == Anchor::Ssh {
+            let t = Ssh::between(&ends, &[], None, &dir, within)?;
+            procs.push(t.client);
+            procs.push(t.server);
+        } else {
+            let wg = WireGuard::between(&ends, &[], None, &dir, within)?;
+            procs.push(wg.client);
+            procs.push(wg.server);
+        }
         spec.server_tun_ip()
     } else {
         let pki = Pki::generate(&dir.join("pki"))?;

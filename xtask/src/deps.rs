@@ -51,20 +51,38 @@ fn have(cmd: &str) -> bool {
 /// Installs whatever is missing.
 pub fn ensure() -> Result<()> {
     ensure_packages()?;
-    ensure_resolved()
+    ensure_unpacked()
 }
 
-/// systemd-resolved for the client namespaces, unpacked (not installed) into
-/// `target/systemd-resolved/`: installing Debian's package would point the host's
-/// `/etc/resolv.conf` at its stub. `libsystemd-shared` of the same version comes along, so
-/// the daemon does not depend on the host's systemd version.
-fn ensure_resolved() -> Result<()> {
-    let root = tunscope_harness::resolved::root();
-    if tunscope_harness::resolved::daemon(&root).exists() {
+/// Daemons the scenarios run that Debian would start on the host if installed, unpacked
+/// into `target/` instead: systemd-resolved (installing it points the host's
+/// `/etc/resolv.conf` at its stub; `libsystemd-shared` of the same version comes along, so
+/// the daemon does not depend on the host's systemd) and openssh-server (installing it
+/// starts an sshd on the host).
+fn ensure_unpacked() -> Result<()> {
+    let resolved = tunscope_harness::resolved::root();
+    unpack(
+        &resolved,
+        &tunscope_harness::resolved::daemon(&resolved),
+        &["systemd-resolved", "libsystemd-shared"],
+    )?;
+    let ssh = tunscope_harness::ssh::root();
+    unpack(
+        &ssh,
+        &tunscope_harness::ssh::sshd(&ssh),
+        &["openssh-server"],
+    )
+}
+
+/// Downloads `packages` (all at the first one's candidate version) and unpacks them into
+/// `root`, unless `marker` is there already.
+fn unpack(root: &std::path::Path, marker: &std::path::Path, packages: &[&str]) -> Result<()> {
+    if marker.exists() {
         return Ok(());
     }
+    let first = packages.first().context("no package to unpack")?;
     if !nix_is_root() {
-        bail!("systemd-resolved is not unpacked yet; run as root once (cargo xtask deps)");
+        bail!("{first} is not unpacked yet; run as root once (cargo xtask deps)");
     }
     let version = |pkg: &str| -> Option<String> {
         let out = Command::new("apt-cache")
@@ -75,25 +93,25 @@ fn ensure_resolved() -> Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
     };
-    let v = match version("systemd-resolved") {
+    let v = match version(first) {
         Some(v) => v,
         None => {
             let _ = Command::new("apt-get").args(["update", "-q"]).status();
-            version("systemd-resolved").context("apt knows no systemd-resolved package")?
+            version(first).with_context(|| format!("apt knows no {first} package"))?
         }
     };
     let debs = root.with_extension("debs");
     std::fs::create_dir_all(&debs)?;
-    eprintln!("unpacking systemd-resolved {v} into {}", root.display());
+    eprintln!("unpacking {packages:?} {v} into {}", root.display());
+    let wanted: Vec<String> = packages.iter().map(|p| format!("{p}={v}")).collect();
     let ok = Command::new("apt-get")
         .current_dir(&debs)
         .args(["download", "-q"])
-        .arg(format!("systemd-resolved={v}"))
-        .arg(format!("libsystemd-shared={v}"))
+        .args(&wanted)
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        bail!("apt-get download systemd-resolved={v} libsystemd-shared={v} failed");
+        bail!("apt-get download {wanted:?} failed");
     }
     for deb in std::fs::read_dir(&debs)? {
         let deb = deb?.path();
@@ -101,7 +119,7 @@ fn ensure_resolved() -> Result<()> {
             let ok = Command::new("dpkg-deb")
                 .arg("-x")
                 .arg(&deb)
-                .arg(&root)
+                .arg(root)
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
@@ -109,8 +127,8 @@ fn ensure_resolved() -> Result<()> {
             }
         }
     }
-    if !tunscope_harness::resolved::daemon(&root).exists() {
-        bail!("the unpacked packages hold no systemd-resolved");
+    if !marker.exists() {
+        bail!("the unpacked packages hold no {}", marker.display());
     }
     Ok(())
 }

@@ -710,7 +710,7 @@ fn compare_flow(
             }
             Some(_) => {}
         }
-        if ca.tcp_stream != cb.tcp_stream {
+        if ca.tcp_stream != cb.tcp_stream && !crate::normalize::ssh_flow(&key) {
             vol(
                 "tcp stream bytes",
                 ca.tcp_stream.unwrap_or(0),

@@ -40,9 +40,11 @@ pub fn summary(n: &Normalized) -> String {
             if !bw.is_empty() {
                 let _ = write!(s, "{} ← {bw}", if fw.is_empty() { "" } else { " |" });
             }
-            // Stream lengths of TCP connections closed from both sides are exact.
+            // Stream lengths of TCP connections closed from both sides are exact — but SSH's
+            // ([`crate::normalize::ssh_flow`]).
             let closed = |d: usize| f.kinds[d].iter().any(|k| k.starts_with("tcp F"));
-            if closed(0)
+            if !crate::normalize::ssh_flow(&f.key)
+                && closed(0)
                 && closed(1)
                 && let (Some(a), Some(b)) = (f.counts[0].tcp_stream, f.counts[1].tcp_stream)
             {

@@ -419,6 +419,7 @@ fn engine(side: &str, report: Option<&Value>, implementation: &str) -> String {
             match implementation {
                 "openvpn" => "stock openvpn has no stage probes; its packets are in the capture.",
                 "wireguard" => "wireguard-go has no stage probes; its packets are in the capture.",
+                "ssh" => "ssh has no stage probes; its packets are in the capture.",
                 _ => "no report was read from this engine.",
             }
         );

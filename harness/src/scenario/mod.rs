@@ -51,6 +51,8 @@ pub enum Subject {
     Openvpn,
     /// WireGuard (wireguard-go + wg), both roles ([`crate::wireguard`]).
     Wireguard,
+    /// OpenSSH's `ssh -w` point-to-point tunnel to sshd, both roles ([`crate::ssh`]).
+    Ssh,
 }
 
 impl Subject {
@@ -59,7 +61,7 @@ impl Subject {
         match self {
             Subject::Ours => Some(Implementation::Ours),
             Subject::Openvpn => Some(Implementation::OpenVpn),
-            Subject::Wireguard => None,
+            Subject::Wireguard | Subject::Ssh => None,
         }
     }
 
@@ -69,6 +71,7 @@ impl Subject {
             Subject::Ours => "ours",
             Subject::Openvpn => "openvpn",
             Subject::Wireguard => "wireguard",
+            Subject::Ssh => "ssh",
         }
     }
 }
@@ -80,7 +83,10 @@ impl std::str::FromStr for Subject {
             "ours" | "tunscope" => Ok(Subject::Ours),
             "openvpn" => Ok(Subject::Openvpn),
             "wireguard" | "wg" => Ok(Subject::Wireguard),
-            o => Err(format!("unknown subject '{o}' (ours, openvpn, wireguard)")),
+            "ssh" => Ok(Subject::Ssh),
+            o => Err(format!(
+                "unknown subject '{o}' (ours, openvpn, wireguard, ssh)"
+            )),
         }
     }
 }
@@ -295,18 +301,20 @@ impl Scenario {
             bail!("{file}: [tunnel] outer_ipv6 = true needs ipv6 = true in [topology]");
         }
         for p in &pairings {
-            if (p.client == Subject::Wireguard) != (p.server == Subject::Wireguard) {
+            let other = p.client.implementation().is_none() || p.server.implementation().is_none();
+            if other && p.client != p.server {
                 bail!(
-                    "{file}: pairing {}: WireGuard talks only to WireGuard (client and server both wireguard)",
-                    p.label()
+                    "{file}: pairing {}: {} and {} do not talk to each other (WireGuard and ssh need the same subject on both sides)",
+                    p.label(),
+                    p.client.name(),
+                    p.server.name()
                 );
             }
-            if p.client == Subject::Wireguard
-                && (raw.tunnel.dev == DevName::Tap || raw.tunnel.kill_switch)
-            {
+            if other && (raw.tunnel.dev == DevName::Tap || raw.tunnel.kill_switch) {
                 bail!(
-                    "{file}: pairing {}: the wireguard subject has no tap mode and no kill switch here",
-                    p.label()
+                    "{file}: pairing {}: the {} subject has no tap mode and no kill switch here",
+                    p.label(),
+                    p.client.name()
                 );
             }
         }

@@ -227,20 +227,29 @@ fn journey_sample(bin: &Path, taps: &[&Path]) -> Vec<serde_json::Value> {
     kept
 }
 
+/// The VPNs other than OpenVPN that a scenario can run.
+enum OtherVpn {
+    WireGuard(crate::wireguard::WireGuard),
+    Ssh(crate::ssh::Ssh),
+}
+
 /// How a report says a check does not apply to a subject (a pass that is not silent).
 pub const NOT_APPLICABLE: &str = "not applicable: ";
 
 /// Why a check cannot apply to this pairing's subjects, if it cannot.
 fn not_applicable(c: &checks::Check, p: Pairing) -> Option<&'static str> {
-    if p.client != Subject::Wireguard {
-        return None;
-    }
-    match c.spec {
-        checks::CheckSpec::Counter(_) => {
+    match (p.client, &c.spec) {
+        (Subject::Wireguard, checks::CheckSpec::Counter(_)) => {
             Some("WireGuard (wireguard-go) has no stage probes; its packets are in the capture")
         }
-        checks::CheckSpec::Reconnect(_) => {
+        (Subject::Wireguard, checks::CheckSpec::Reconnect(_)) => {
             Some("WireGuard has no connection to re-establish; it handshakes again on demand")
+        }
+        (Subject::Ssh, checks::CheckSpec::Counter(_)) => {
+            Some("ssh has no stage probes; its packets are in the capture")
+        }
+        (Subject::Ssh, checks::CheckSpec::Reconnect(_)) => {
+            Some("ssh -w does not reconnect by itself (a user's loop around it would)")
         }
         _ => None,
     }
@@ -390,19 +399,26 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let up_within = Duration::from_secs(if s.topology.impair.is_some() { 60 } else { 20 });
     let mut server: Option<Proc> = None;
     let mut client: Option<Proc> = None;
-    let mut wireguard: Option<crate::wireguard::WireGuard> = None;
+    let mut other: Option<OtherVpn> = None;
     let client_started;
-    if opts.pairing.client == Subject::Wireguard {
+    if opts.pairing.client.implementation().is_none() {
         client_started = Instant::now();
-        let dns = (s.tunnel.client_dns != ClientDns::None).then(|| crate::wireguard::DnsHook {
+        let dns = (s.tunnel.client_dns != ClientDns::None).then(|| crate::p2p::DnsHook {
             bin: &bin,
             backend: s.tunnel.client_dns.arg(),
             state: out.join("client-dns.state"),
         });
-        wireguard = Some(
-            crate::wireguard::WireGuard::start(&net, &s.tunnel.push, dns, &out, up_within)
-                .context("the WireGuard tunnel did not come up")?,
-        );
+        let push = &s.tunnel.push;
+        other = Some(match opts.pairing.client {
+            Subject::Ssh => OtherVpn::Ssh(
+                crate::ssh::Ssh::start(&net, push, dns, &out, up_within)
+                    .context("the ssh -w tunnel did not come up")?,
+            ),
+            _ => OtherVpn::WireGuard(
+                crate::wireguard::WireGuard::start(&net, push, dns, &out, up_within)
+                    .context("the WireGuard tunnel did not come up")?,
+            ),
+        });
     } else {
         let mut srv: Proc = match opts.pairing.server.implementation() {
             Some(Implementation::Ours) => subjects::start_tunscope_server_with(
@@ -536,16 +552,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     if let Some(c) = client.as_mut() {
         c.stop(Duration::from_secs(5));
     }
-    if let Some(w) = wireguard.as_mut() {
-        w.stop_client(&net.client);
+    match other.as_mut() {
+        Some(OtherVpn::WireGuard(w)) => w.stop_client(&net.client),
+        Some(OtherVpn::Ssh(t)) => t.stop_client(&net.client),
+        None => {}
     }
     let after = NetState::record(&net.client)?;
     resolvectl_states.extend(resolvectl(&net));
     if let Some(sv) = server.as_mut() {
         sv.stop(Duration::from_secs(5));
     }
-    if let Some(w) = wireguard.as_mut() {
-        w.stop_server();
+    match other.as_mut() {
+        Some(OtherVpn::WireGuard(w)) => w.stop_server(),
+        Some(OtherVpn::Ssh(t)) => t.stop_server(),
+        None => {}
     }
     progress.line("client and server stopped");
 

@@ -1,0 +1,203 @@
+//! OpenSSH's tunnel as a scenario subject: `ssh -w 0:0 -o Tunnel=point-to-point` from the
+//! client to an sshd with `PermitTunnel yes` in the server namespace — the layer-3 VPN every
+//! Linux host already has. Both ends get a `tun0`; the harness gives them the tunnel
+//! network's addresses and, on the client, the routes and DNS the scenario's pushes describe
+//! ([`crate::p2p`]), as a user's script around `ssh -w` would.
+//!
+//! sshd comes from Debian's openssh-server package, unpacked (not installed: installing
+//! would start an sshd on the host) into `target/openssh-server/` by `cargo xtask deps`. It
+//! runs in a mount namespace of its own: a tmpfs on `/run` for its privilege-separation
+//! directory, its `sshd` user in a private copy of `/etc/passwd`. Keys are made per run.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+use crate::network::{Network, addr};
+use crate::p2p::{ClientNet, DnsHook, Ends, routes_from_push, run, up_as_tun0, wait_for_ping};
+use crate::process::Proc;
+
+/// Where `cargo xtask deps` unpacks openssh-server (`TUNSCOPE_SSHD_ROOT` overrides).
+pub fn root() -> PathBuf {
+    std::env::var_os("TUNSCOPE_SSHD_ROOT").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map_or_else(|| PathBuf::from("target"), |p| p.join("target"))
+                .join("openssh-server")
+        },
+        PathBuf::from,
+    )
+}
+
+/// The sshd binary inside [`root`].
+pub fn sshd(root: &Path) -> PathBuf {
+    root.join("usr/sbin/sshd")
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .context("cannot run ssh-keygen")?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A running `ssh -w` tunnel.
+pub struct Ssh {
+    /// The client's ssh.
+    pub client: Proc,
+    /// The server's sshd.
+    pub server: Proc,
+    net: ClientNet,
+}
+
+impl Ssh {
+    /// Sets up both ends in a scenario's network and waits until a ping crosses.
+    pub fn start(
+        net: &Network,
+        push: &[String],
+        dns: Option<DnsHook<'_>>,
+        out: &Path,
+        within: Duration,
+    ) -> Result<Ssh> {
+        let ends = Ends {
+            client: &net.client,
+            server: &net.server,
+            endpoint: addr::SERVER_WAN,
+            gateway: Some(addr::ROUTER_CLIENT_SIDE),
+            prefix: &net.prefix,
+        };
+        Ssh::between(&ends, push, dns, out, within)
+    }
+
+    /// Sets up both ends anywhere.
+    pub fn between(
+        ends: &Ends<'_>,
+        push: &[String],
+        dns: Option<DnsHook<'_>>,
+        out: &Path,
+        within: Duration,
+    ) -> Result<Ssh> {
+        let root = root();
+        if !sshd(&root).exists() {
+            bail!(
+                "no sshd at {} (cargo xtask deps unpacks it)",
+                sshd(&root).display()
+            );
+        }
+        let dir = out.join("ssh");
+        std::fs::create_dir_all(&dir)?;
+        let (host, key) = (dir.join("host"), dir.join("client"));
+        keygen(&host)?;
+        keygen(&key)?;
+        std::fs::copy(key.with_extension("pub"), dir.join("authorized_keys"))?;
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress {endpoint}\nPort 22\nHostKey {host}\nPermitRootLogin prohibit-password\n\
+                 AuthorizedKeysFile {dir}/authorized_keys\nPubkeyAuthentication yes\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 PermitTunnel point-to-point\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n",
+                endpoint = ends.endpoint,
+                host = host.display(),
+                dir = dir.display(),
+            ),
+        )?;
+        let script = dir.join("start.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# sshd in a private mount namespace (tunscope harness).\nset -e\n\
+                 mount -t tmpfs -o mode=755 tmpfs /run\nmkdir -p /run/sshd\n\
+                 cp /etc/passwd {dir}/passwd\n\
+                 grep -q '^sshd:' {dir}/passwd || echo 'sshd:x:992:65534::/run/sshd:/usr/sbin/nologin' >> {dir}/passwd\n\
+                 mount --bind {dir}/passwd /etc/passwd\n\
+                 exec {sshd} -D -e -f {config}\n",
+                dir = dir.display(),
+                sshd = sshd(&root).display(),
+                config = config.display(),
+            ),
+        )?;
+        let mut cmd = ends.server.command("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh"])
+            .arg(&script);
+        let mut server = Proc::spawn("sshd", cmd, &out.join("server.log"))?;
+        server
+            .wait_for_log("Server listening", Duration::from_secs(10))
+            .context("sshd did not start")?;
+
+        let mut cmd = ends.client.command("ssh");
+        cmd.args(["-F", "/dev/null", "-i"])
+            .arg(&key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "Tunnel=point-to-point",
+                "-w",
+                "0:0",
+                "-N",
+            ])
+            .arg(format!("root@{}", ends.endpoint));
+        let client = Proc::spawn("ssh -w", cmd, &out.join("client.log"))?;
+        let mut ssh = Ssh {
+            client,
+            server,
+            net: ClientNet::apply(ends, &routes_from_push(&[]), &[], None)?,
+        };
+        // ssh creates tun0 on both ends once the channel is open.
+        let deadline = Instant::now() + within;
+        for ns in [ends.client, ends.server] {
+            while run(ns, "ip", &["link", "show", "tun0"]).is_err() {
+                if Instant::now() > deadline || !ssh.client.is_running() {
+                    bail!(
+                        "ssh -w made no tun0 within {} s:\n{}",
+                        within.as_secs(),
+                        crate::process::tail(&ssh.client.log(), 10)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let server_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
+        let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);
+        up_as_tun0(ends.server, "tun0", server_ip)?;
+        up_as_tun0(ends.client, "tun0", client_ip)?;
+        ssh.net = ClientNet::apply(ends, &routes_from_push(push), push, dns)?;
+        wait_for_ping(ends.client, server_ip, within)?;
+        Ok(ssh)
+    }
+
+    /// Takes the client down as its user would: DNS hook `down`, ssh stopped (both tun0
+    /// devices go with the channel), the host route removed.
+    pub fn stop_client(&mut self, ns: &Netns) {
+        self.net.before_stop(ns);
+        self.client.stop(Duration::from_secs(5));
+        self.net.after_stop(ns);
+    }
+
+    /// Stops sshd.
+    pub fn stop_server(&mut self) {
+        self.server.stop(Duration::from_secs(5));
+    }
+}
