@@ -78,6 +78,14 @@ pub struct ClientNet {
 }
 
 impl ClientNet {
+    /// Nothing set up yet.
+    pub fn none() -> ClientNet {
+        ClientNet {
+            host_route: None,
+            dns_hook: None,
+        }
+    }
+
     /// Routes into `tun0` (and the host route), then the DNS hook's `up`.
     pub fn apply(
         ends: &Ends<'_>,
@@ -85,10 +93,7 @@ impl ClientNet {
         push: &[String],
         dns: Option<DnsHook<'_>>,
     ) -> Result<ClientNet> {
-        let mut net = ClientNet {
-            host_route: None,
-            dns_hook: None,
-        };
+        let mut net = ClientNet::none();
         if routes.full_tunnel
             && let Some(gw) = ends.gateway
         {

@@ -160,10 +160,11 @@ impl Ssh {
             ])
             .arg(format!("root@{}", ends.endpoint));
         let client = Proc::spawn("ssh -w", cmd, &out.join("client.log"))?;
+        // Owned from here, so an error below stops both processes.
         let mut ssh = Ssh {
             client,
             server,
-            net: ClientNet::apply(ends, &routes_from_push(&[]), &[], None)?,
+            net: ClientNet::none(),
         };
         // ssh creates tun0 on both ends once the channel is open.
         let deadline = Instant::now() + within;
