@@ -370,6 +370,23 @@ const RESOLVE1: &str = "org.freedesktop.resolve1";
 const RESOLVE1_PATH: &str = "/org/freedesktop/resolve1";
 const RESOLVE1_MANAGER: &str = "org.freedesktop.resolve1.Manager";
 
+/// Calls a method of systemd-resolved's manager with the body `w` wrote.
+fn resolve1(
+    bus: &mut SystemBus,
+    member: &str,
+    signature: &str,
+    w: MessageWriter,
+) -> Result<(), crate::dbus::DbusError> {
+    bus.call(
+        RESOLVE1,
+        RESOLVE1_PATH,
+        RESOLVE1_MANAGER,
+        member,
+        signature,
+        &w.into_bytes(),
+    )
+}
+
 /// What systemd-resolved is told about the tunnel's link.
 struct ResolvedLink<'a> {
     ifindex: i32,
@@ -418,14 +435,7 @@ impl ResolvedLink<'_> {
             }
             Ok(())
         })?;
-        bus.call(
-            RESOLVE1,
-            RESOLVE1_PATH,
-            RESOLVE1_MANAGER,
-            "SetLinkDNS",
-            "ia(iay)",
-            &w.into_bytes(),
-        )?;
+        resolve1(bus, "SetLinkDNS", "ia(iay)", w)?;
         let mut w = MessageWriter::default();
         w.i32(self.ifindex);
         w.array(8, |w| {
@@ -438,25 +448,11 @@ impl ResolvedLink<'_> {
             }
             Ok(())
         })?;
-        bus.call(
-            RESOLVE1,
-            RESOLVE1_PATH,
-            RESOLVE1_MANAGER,
-            "SetLinkDomains",
-            "ia(sb)",
-            &w.into_bytes(),
-        )?;
+        resolve1(bus, "SetLinkDomains", "ia(sb)", w)?;
         let mut w = MessageWriter::default();
         w.i32(self.ifindex);
         w.bool(self.default_route);
-        bus.call(
-            RESOLVE1,
-            RESOLVE1_PATH,
-            RESOLVE1_MANAGER,
-            "SetLinkDefaultRoute",
-            "ib",
-            &w.into_bytes(),
-        )
+        resolve1(bus, "SetLinkDefaultRoute", "ib", w)
     }
 }
 
@@ -465,14 +461,7 @@ impl ResolvedLink<'_> {
 fn revert_resolved_link(bus: &mut SystemBus, ifindex: i32) {
     let mut w = MessageWriter::default();
     w.i32(ifindex);
-    match bus.call(
-        RESOLVE1,
-        RESOLVE1_PATH,
-        RESOLVE1_MANAGER,
-        "RevertLink",
-        "i",
-        &w.into_bytes(),
-    ) {
+    match resolve1(bus, "RevertLink", "i", w) {
         Ok(()) => tracing::info!("systemd-resolved: link {ifindex} reverted"),
         Err(e) => tracing::debug!("systemd-resolved: reverting link {ifindex}: {e}"),
     }

@@ -177,6 +177,36 @@ pub struct Network {
     pub vpn_name_at: Ipv4Addr,
 }
 
+/// A DHCP-only dnsmasq (no DNS, no daemon, no system files) on `iface` in `ns`, with
+/// `options` for what it hands out, its leases and log at the given paths.
+fn dhcp_server(
+    ns: &Netns,
+    iface: &str,
+    options: &[String],
+    leases: &Path,
+    log: &Path,
+) -> Result<crate::process::Proc> {
+    let mut cmd = ns.command("dnsmasq");
+    cmd.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--bind-interfaces",
+        "--user=root",
+        "--group=root",
+        "--pid-file=",
+        "--log-dhcp",
+        "--log-facility=-",
+        "--dhcp-authoritative",
+        // No ping before an offer (a 3 s wait, and echoes that are not the client's).
+        "--no-ping",
+    ])
+    .arg(format!("--interface={iface}"))
+    .args(options)
+    .arg(format!("--dhcp-leasefile={}", leases.display()));
+    crate::process::Proc::spawn("dnsmasq", cmd, log)
+}
+
 /// Offloads that make the kernel build super-packets: off, so each frame is one datagram.
 const WIRE_SIZED: &[&str] = &["tso", "gso", "gro", "tx-udp-segmentation"];
 
@@ -493,34 +523,22 @@ impl Network {
     /// client keeps its own default route; name server and domain are the corp ones.
     pub fn start_dhcp(&mut self, dir: &Path) -> Result<()> {
         use addr::*;
-        let leases = dir.join("dhcp.leases");
-        let mut cmd = self.corp.command("dnsmasq");
-        cmd.args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--user=root",
-            "--group=root",
-            "--pid-file=",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--dhcp-authoritative",
-            // The first free address, not one hashed from the (random) MAC: runs repeat.
-            "--dhcp-sequential-ip",
-            // No ping before an offer (a 3 s wait, and echoes that are not the client's).
-            "--no-ping",
-            &format!("--dhcp-range={DHCP_FIRST},{DHCP_LAST},255.255.255.0,10m"),
-            "--dhcp-option=3",
-            &format!("--dhcp-option=6,{CORP_DNS}"),
-            "--dhcp-option=15,corp.example",
-        ])
-        .arg(format!("--dhcp-leasefile={}", leases.display()));
-        self.dhcp = Some(
-            crate::process::Proc::spawn("dnsmasq", cmd, &dir.join("dhcp-server.log"))
-                .context("the corp LAN's DHCP server (dnsmasq)")?,
-        );
+        let proc = dhcp_server(
+            &self.corp,
+            "eth0",
+            &[
+                // The first free address, not one hashed from the (random) MAC: runs repeat.
+                "--dhcp-sequential-ip".to_owned(),
+                format!("--dhcp-range={DHCP_FIRST},{DHCP_LAST},255.255.255.0,10m"),
+                "--dhcp-option=3".to_owned(),
+                format!("--dhcp-option=6,{CORP_DNS}"),
+                "--dhcp-option=15,corp.example".to_owned(),
+            ],
+            &dir.join("dhcp.leases"),
+            &dir.join("dhcp-server.log"),
+        )
+        .context("the corp LAN's DHCP server (dnsmasq)")?;
+        self.dhcp = Some(proc);
         Ok(())
     }
 
@@ -533,32 +551,19 @@ impl Network {
             .iter()
             .map(|r| format!("{r},{ROUTER_CLIENT_SIDE}"))
             .collect();
-        let mut cmd = self.router.command("dnsmasq");
-        cmd.args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--interface=c0",
-            "--bind-interfaces",
-            "--user=root",
-            "--group=root",
-            "--pid-file=",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--dhcp-authoritative",
-            "--no-ping",
-            &format!("--dhcp-range={CLIENT_WAN},{CLIENT_WAN},255.255.255.0,10m"),
-            &format!("--dhcp-option=3,{ROUTER_CLIENT_SIDE}"),
-            &format!("--dhcp-option=121,{}", option121.join(",")),
-        ])
-        .arg(format!(
-            "--dhcp-leasefile={}",
-            dir.join("rogue-dhcp.leases").display()
-        ));
-        self.dhcp = Some(
-            crate::process::Proc::spawn("dnsmasq (rogue)", cmd, &dir.join("rogue-dhcp.log"))
-                .context("the rogue DHCP server (dnsmasq)")?,
-        );
+        let proc = dhcp_server(
+            &self.router,
+            "c0",
+            &[
+                format!("--dhcp-range={CLIENT_WAN},{CLIENT_WAN},255.255.255.0,10m"),
+                format!("--dhcp-option=3,{ROUTER_CLIENT_SIDE}"),
+                format!("--dhcp-option=121,{}", option121.join(",")),
+            ],
+            &dir.join("rogue-dhcp.leases"),
+            &dir.join("rogue-dhcp.log"),
+        )
+        .context("the rogue DHCP server (dnsmasq)")?;
+        self.dhcp = Some(proc);
         crate::dhcp::lease(&self.client, "eth0", dir, true)
             .context("the client's DHCP client on the rogue LAN")?;
         Ok(())

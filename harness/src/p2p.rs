@@ -61,6 +61,20 @@ pub struct Ends<'a> {
     pub prefix: &'a str,
 }
 
+impl<'a> Ends<'a> {
+    /// The client and server of a scenario's network (the server at its WAN address, the
+    /// client's gateway the router).
+    pub fn in_network(net: &'a crate::network::Network) -> Ends<'a> {
+        Ends {
+            client: &net.client,
+            server: &net.server,
+            endpoint: crate::network::addr::SERVER_WAN,
+            gateway: Some(crate::network::addr::ROUTER_CLIENT_SIDE),
+            prefix: &net.prefix,
+        }
+    }
+}
+
 /// How the client applies pushed DNS: `tunscope dns --backend BACKEND` (or not at all).
 pub struct DnsHook<'a> {
     /// The tunscope binary.

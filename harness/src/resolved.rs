@@ -24,12 +24,18 @@ use crate::process::Proc;
 
 /// Where `cargo xtask deps` unpacks the packages (`TUNSCOPE_RESOLVED_ROOT` overrides).
 pub fn root() -> PathBuf {
-    std::env::var_os("TUNSCOPE_RESOLVED_ROOT").map_or_else(
+    unpacked_root("TUNSCOPE_RESOLVED_ROOT", "systemd-resolved")
+}
+
+/// `target/NAME` of the workspace, where `cargo xtask deps` unpacks a package (the
+/// environment variable `var` overrides).
+pub fn unpacked_root(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var).map_or_else(
         || {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
                 .map_or_else(|| PathBuf::from("target"), |p| p.join("target"))
-                .join("systemd-resolved")
+                .join(name)
         },
         PathBuf::from,
     )

@@ -22,15 +22,7 @@ use crate::process::Proc;
 
 /// Where `cargo xtask deps` unpacks openssh-server (`TUNSCOPE_SSHD_ROOT` overrides).
 pub fn root() -> PathBuf {
-    std::env::var_os("TUNSCOPE_SSHD_ROOT").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map_or_else(|| PathBuf::from("target"), |p| p.join("target"))
-                .join("openssh-server")
-        },
-        PathBuf::from,
-    )
+    crate::resolved::unpacked_root("TUNSCOPE_SSHD_ROOT", "openssh-server")
 }
 
 /// The sshd binary inside [`root`].
@@ -73,13 +65,7 @@ impl Ssh {
         out: &Path,
         within: Duration,
     ) -> Result<Ssh> {
-        let ends = Ends {
-            client: &net.client,
-            server: &net.server,
-            endpoint: addr::SERVER_WAN,
-            gateway: Some(addr::ROUTER_CLIENT_SIDE),
-            prefix: &net.prefix,
-        };
+        let ends = Ends::in_network(net);
         Ssh::between(&ends, push, dns, out, within)
     }
 

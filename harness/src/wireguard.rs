@@ -117,13 +117,7 @@ impl WireGuard {
         out: &Path,
         within: Duration,
     ) -> Result<WireGuard> {
-        let ends = Ends {
-            client: &net.client,
-            server: &net.server,
-            endpoint: addr::SERVER_WAN,
-            gateway: Some(addr::ROUTER_CLIENT_SIDE),
-            prefix: &net.prefix,
-        };
+        let ends = Ends::in_network(net);
         WireGuard::between(&ends, push, dns, out, within)
     }
 

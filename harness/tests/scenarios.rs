@@ -227,14 +227,7 @@ fn the_run_page_shows_what_a_person_looks_for(r: &RunReport) {
     assert_eq!(count(&dom, "path", &["class=\"tunnel\""]), 1);
     assert!(dom.contains("data-restored=\"true\""));
     assert!(dom.contains("intranet.corp.example"), "DNS transcript");
-    for stage in [
-        "read_tun",
-        "encrypt",
-        "socket_tx",
-        "socket_rx",
-        "decrypt",
-        "write_tun",
-    ] {
+    for stage in tunscope_proto::stage::Stage::DATA_PATH.map(|s| s.name()) {
         let hists = count(
             &dom,
             "div",

@@ -9,16 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use tunscope_harness::html::{self, BarRow, esc, table, td, td_num};
+use tunscope_proto::stage::Stage;
 
 /// The data-path stages in order, as the shares are listed.
-pub const STAGES: [&str; 6] = [
-    "read_tun",
-    "encrypt",
-    "socket_tx",
-    "socket_rx",
-    "decrypt",
-    "write_tun",
-];
+fn stage_name(k: usize) -> &'static str {
+    Stage::DATA_PATH.get(k).map_or("?", |s| s.name())
+}
 
 /// One repetition of one path.
 #[derive(Clone, Debug, Serialize)]
@@ -231,7 +227,7 @@ impl BenchRun {
             "started_unix,commit,proto,cipher,streams,clients,path,cores,threads,rep,gbps,retransmits,client_cpu_user,client_cpu_sys,server_cpu_user,server_cpu_sys,rtt_ms",
         );
         for side in ["client", "server"] {
-            for st in STAGES {
+            for st in Stage::DATA_PATH.map(|s| s.name()) {
                 let _ = write!(s, ",{side}_{st}_busy_ns");
             }
         }
@@ -468,10 +464,10 @@ impl BenchRun {
                 let _ = write!(
                     s,
                     "<rect class=\"share\" data-stage=\"{}\" data-share=\"{share:.3}\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{}\"><title>{} {:.0}%</title></rect>",
-                    STAGES[k],
+                    stage_name(k),
                     ROW_H - 6.0,
                     COLOURS[k],
-                    STAGES[k],
+                    stage_name(k),
                     share * 100.0
                 );
                 if share >= 0.07 {
@@ -488,7 +484,7 @@ impl BenchRun {
         }
         let y = rows.len() as f64 * ROW_H + 18.0;
         let mut x = LABEL_W;
-        for (k, st) in STAGES.iter().enumerate() {
+        for (k, st) in Stage::DATA_PATH.map(|s| s.name()).iter().enumerate() {
             let _ = write!(
                 s,
                 "<rect x=\"{x:.0}\" y=\"{:.0}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.0}\" y=\"{y:.0}\" font-size=\"11\">{st}</text>",

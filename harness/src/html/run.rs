@@ -6,20 +6,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::Value;
+use tunscope_proto::stage::Stage;
 
 use super::{esc, fmt_ns, histogram, line_diff, page, table, td, td_num, verdict};
 use crate::scenario::report::{HostView, RunReport};
 use crate::scenario::run::NOT_APPLICABLE;
-
-/// The data-path stages in a packet's order (as the engine reports them).
-const STAGES: [&str; 6] = [
-    "read_tun",
-    "encrypt",
-    "socket_tx",
-    "socket_rx",
-    "decrypt",
-    "write_tun",
-];
 
 /// Renders a run's report page.
 pub fn render(r: &RunReport) -> String {
@@ -429,7 +420,10 @@ fn engine(side: &str, report: Option<&Value>, implementation: &str) -> String {
         .as_array()
         .map(|a| {
             a.iter()
-                .filter(|st| STAGES.contains(&st["stage"].as_str().unwrap_or("")))
+                .filter(|st| {
+                    let name = st["stage"].as_str().unwrap_or("");
+                    Stage::DATA_PATH.iter().any(|d| d.name() == name)
+                })
                 .collect()
         })
         .unwrap_or_default();
