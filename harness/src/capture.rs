@@ -74,7 +74,8 @@ pub struct NsCapture {
 
 impl NsCapture {
     /// Starts capturing every interface of `ns`; frames are named `<host>/<ifname>`.
-    pub fn start(ns: &Netns, host: &str) -> Result<NsCapture> {
+    /// Frames are cut at `snaplen` bytes when given (their wire length kept).
+    pub fn start(ns: &Netns, host: &str, snaplen: Option<usize>) -> Result<NsCapture> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (st, host) = (Arc::clone(&stop), host.to_owned());
@@ -87,7 +88,7 @@ impl NsCapture {
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            capture_loop(&fd, &host, &st)
+            capture_loop(&fd, &host, &st, snaplen.unwrap_or(SNAPLEN))
         })?;
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
@@ -163,7 +164,7 @@ fn open_socket() -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool) -> Result<Captured> {
+fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool, snaplen: usize) -> Result<Captured> {
     let mut out = Captured::default();
     let mut kept = 0usize;
     let mut names: BTreeMap<i32, String> = BTreeMap::new();
@@ -190,11 +191,11 @@ fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool) -> Result<Captured>
         if is_loopback && r.pkttype != libc::PACKET_OUTGOING {
             continue;
         }
-        if kept + r.caplen > MAX_BYTES {
+        if kept + r.caplen.min(snaplen) > MAX_BYTES {
             out.over_limit += 1;
             continue;
         }
-        kept += r.caplen;
+        kept += r.caplen.min(snaplen);
         // Interface indexes are resolved while the interface exists (tun0 goes away at the
         // end); a new device reusing an index keeps the first name, which is rare enough.
         let name = names
@@ -210,7 +211,9 @@ fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool) -> Result<Captured>
         };
         let frames = segments.unwrap_or_else(|| vec![data.to_vec()]);
         let whole = frames.len() == 1;
-        for d in frames {
+        for mut d in frames {
+            let orig_len = if whole { r.len as u32 } else { d.len() as u32 };
+            d.truncate(snaplen);
             out.frames.push(Frame {
                 iface: format!("{host}/{name}"),
                 link: if r.hatype == libc::ARPHRD_NONE {
@@ -220,7 +223,7 @@ fn capture_loop(fd: &OwnedFd, host: &str, stop: &AtomicBool) -> Result<Captured>
                 },
                 ts_ns: r.ts_ns,
                 outgoing: Some(r.pkttype == libc::PACKET_OUTGOING),
-                orig_len: if whole { r.len as u32 } else { d.len() as u32 },
+                orig_len,
                 data: d,
                 comment: None,
             });

@@ -81,6 +81,15 @@ pub mod addr {
         /// The tunnel's IPv6 network (/64) when the server has `server-ipv6`.
         pub const TUNNEL_NET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0);
     }
+    /// WAN address of client `i` (2–4, `[topology] clients`): each further client has an
+    /// access link of its own, `198.18.(i+1).0/24` (the first client's is `198.18.1.0/24`).
+    pub const fn more_client_wan(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, i + 1, 2)
+    }
+    /// The router's address on client `i`'s access link.
+    pub const fn more_client_gateway(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, i + 1, 1)
+    }
     /// First address the corp LAN's DHCP server leases (bridged topology).
     pub const DHCP_FIRST: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 100);
     /// Last address it leases.
@@ -93,6 +102,17 @@ pub const BRIDGE_TAP: &str = "tap0";
 
 /// Hosts in the order they appear in reports and captures.
 pub const HOSTS: [&str; 4] = ["client", "router", "server", "corp"];
+
+/// The most VPN clients a topology has (`[topology] clients`).
+pub const MAX_CLIENTS: u8 = 4;
+
+/// A host a scenario may name: the canonical four, or a further client `client2`….
+pub fn is_host_name(h: &str) -> bool {
+    HOSTS.contains(&h)
+        || h.strip_prefix("client")
+            .and_then(|n| n.parse::<u8>().ok())
+            .is_some_and(|n| (2..=MAX_CLIENTS).contains(&n))
+}
 
 /// Topology options of a scenario.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -147,6 +167,12 @@ pub struct TopologySpec {
     /// client connects by name (`remote vpn.example.com`). Inside 198.18.0.0/15.
     #[serde(default)]
     pub spoofed_server_dns: Option<Ipv4Addr>,
+    /// VPN clients (1–4). The first is `client`, where checks run; `client2`… each reach the
+    /// router over an access link of their own ([`addr::more_client_wan`]), run the same
+    /// subject with a certificate of their own, and are named by `from` in ping checks and
+    /// traffic.
+    #[serde(default)]
+    pub clients: Option<u8>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -163,6 +189,8 @@ pub struct Network {
     pub corp: Netns,
     /// The impairment's namespace on the client's WAN link (with `impair` only).
     pub wire: Option<Netns>,
+    /// Further VPN clients `client2`… (`clients` in the topology), with their host names.
+    pub more_clients: Vec<(String, Netns)>,
     /// DNS servers (public, corp).
     pub dns: Vec<DnsServer>,
     /// Web servers (public, corp, on the VPN host).
@@ -278,6 +306,28 @@ impl Network {
         };
         netns::veth(&router, "s0", &server, "eth0")?;
         netns::veth(&server, "lan0", &corp, "eth0")?;
+        let mut more_clients = vec![];
+        for i in 2..=spec.clients.unwrap_or(1) {
+            let host = format!("client{i}");
+            let ns = Netns::create(&prefix, &host)?;
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            let port = format!("c{i}");
+            netns::veth(&ns, "eth0", &router, &port)?;
+            ethtool_off(&ns, "eth0", WIRE_SIZED)?;
+            ethtool_off(&router, &port, WIRE_SIZED)?;
+            ip(&ns, &format!("addr add {}/24 dev eth0", more_client_wan(i)))?;
+            ip(
+                &ns,
+                &format!("route add default via {}", more_client_gateway(i)),
+            )?;
+            ip(
+                &router,
+                &format!("addr add {}/24 dev {port}", more_client_gateway(i)),
+            )?;
+            ns.set_resolv_conf(&format!("nameserver {PUBLIC_DNS}\n"))?;
+            more_clients.push((host, ns));
+        }
         // Wire-sized packets on every link, as on a real path: without segmentation
         // offloads the kernel cuts TCP and UDP-GSO super-packets before the capture sees
         // them, so each captured frame is one datagram (one OpenVPN packet per UDP frame).
@@ -437,6 +487,7 @@ impl Network {
             server,
             corp,
             wire,
+            more_clients,
             dns: vec![],
             web: vec![],
             dhcp: None,
@@ -598,25 +649,25 @@ impl Network {
         Ok(())
     }
 
-    /// The namespace of a host name (`client`, `router`, `server`, `corp`).
+    /// The namespace of a host name (`client`, `router`, `server`, `corp`, `client2`…).
     pub fn host(&self, name: &str) -> Option<&Netns> {
-        match name {
-            "client" => Some(&self.client),
-            "router" => Some(&self.router),
-            "server" => Some(&self.server),
-            "corp" => Some(&self.corp),
-            _ => None,
-        }
+        self.hosts()
+            .into_iter()
+            .find(|(h, _)| *h == name)
+            .map(|(_, ns)| ns)
     }
 
-    /// All namespaces with their host names.
-    pub fn hosts(&self) -> [(&'static str, &Netns); 4] {
-        [
+    /// All namespaces with their host names, in report order (the canonical four, then
+    /// further clients).
+    pub fn hosts(&self) -> Vec<(&str, &Netns)> {
+        let mut v = vec![
             ("client", &self.client),
             ("router", &self.router),
             ("server", &self.server),
             ("corp", &self.corp),
-        ]
+        ];
+        v.extend(self.more_clients.iter().map(|(h, ns)| (h.as_str(), ns)));
+        v
     }
 
     /// Leaves the namespaces in place when dropped (`--keep`).
@@ -625,6 +676,9 @@ impl Network {
         self.router.keep();
         self.server.keep();
         self.corp.keep();
+        for (_, ns) in &mut self.more_clients {
+            ns.keep();
+        }
         if let Some(w) = &mut self.wire {
             w.keep();
         }

@@ -104,6 +104,31 @@ fn broken_scenario_files_name_file_and_line() {
             "broken.toml",
             "needs dev = \"tap\"",
         ),
+        (
+            "description = \"x\"\n[topology]\nclients = 9\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "clients must be 1–4",
+        ),
+        (
+            "description = \"x\"\n[subjects]\nclient = \"wireguard\"\nserver = \"wireguard\"\n[topology]\nclients = 2\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "runs OpenVPN clients",
+        ),
+        (
+            "description = \"x\"\n[topology]\nclients = 2\n\n[[check]]\nname = \"a\"\nkind = \"ping\"\nfrom = \"client3\"\nto = \"198.19.10.80\"\n",
+            "broken.toml:5",
+            "no host 'client3' here",
+        ),
+        (
+            "description = \"x\"\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n\n[[traffic]]\nname = \"t\"\nkind = \"dns\"\nhost = \"a.example\"\nfrom = \"client2\"\n",
+            "broken.toml:6",
+            "no host 'client2' here",
+        ),
+        (
+            "description = \"x\"\n[capture]\nsnaplen = 40\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "snaplen must be at least 128",
+        ),
     ];
     for (text, place, what) in cases {
         let e = format!("{:#}", Scenario::parse(path, text).unwrap_err());
@@ -468,4 +493,93 @@ fn suite_shards_add_up_to_the_suite() {
     assert!(scenario::parse_partition("0/3").is_err());
     assert!(scenario::parse_partition("4/3").is_err());
     assert_eq!(scenario::parse_partition("2/3").unwrap(), (2, 3));
+}
+
+/// `[[traffic]]`: the corp-load scenario's loads run at once and pass, and loads with wrong
+/// expectations next to them fail and say why — a rate the tunnel cannot reach, a name the
+/// corp resolver does not know, an address no namespace holds.
+#[test]
+fn traffic_loads_run_at_once_and_wrong_expectations_fail() {
+    let mut text =
+        std::fs::read_to_string(scenario::scenarios_dir().join("corp-load.toml")).unwrap();
+    text.push_str(
+        r#"
+[[traffic]]
+name = "WRONG: 900 Mbit/s asked of a 10 Mbit/s stream"
+kind = "iperf3"
+to = "198.19.10.80"
+seconds = 2
+mbps = 10
+min_mbps = 900
+
+[[traffic]]
+name = "WRONG: a name the corp resolver does not know"
+kind = "dns"
+host = "nosuch.corp.example"
+queries = 5
+rate = 10
+
+[[traffic]]
+name = "WRONG: an address no host of the scenario holds"
+kind = "iperf3"
+to = "198.18.99.99"
+seconds = 1
+"#,
+    );
+    let s = Scenario::parse(&scenario::scenarios_dir().join("load-negative.toml"), &text).unwrap();
+    assert_eq!(s.traffic.len(), 7);
+    let r = play(&s, "load-negative");
+    let get = |prefix: &str| {
+        r.checks
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix}"))
+    };
+    for (name, says) in [
+        ("WRONG: 900", "below the 900 Mbit/s asked for"),
+        ("WRONG: a name", "5 of 5 questions failed"),
+        (
+            "WRONG: an address",
+            "no namespace of the scenario holds 198.18.99.99",
+        ),
+    ] {
+        let c = get(name);
+        assert!(!c.passed, "{name} passed");
+        assert!(c.message.contains(says), "{name}: {:?}", c.message);
+        assert!(c.kind.starts_with("traffic-"), "{}", c.kind);
+    }
+    assert!(
+        get("WRONG: a name")
+            .evidence
+            .iter()
+            .any(|e| e.contains("failed: answer")),
+        "the DNS answer's code is in the evidence"
+    );
+    let right: Vec<_> = r
+        .checks
+        .iter()
+        .filter(|c| !c.name.starts_with("WRONG"))
+        .collect();
+    assert!(right.iter().all(|c| c.passed), "{}", r.verdict_lines());
+    // The two 3 s iperf3 loads measured what they asked for, within their bounds.
+    let up = get("two TCP streams upload");
+    assert!(
+        up.message
+            .contains("iperf3 TCP 2 stream(s) for 3 s to 198.19.10.80")
+    );
+    assert!(up.duration_ms >= 3000, "{}", up.duration_ms);
+    // Run at once, not one after another: the loads' durations add up to more than the
+    // whole run took.
+    let busy: u64 = r
+        .checks
+        .iter()
+        .filter(|c| c.kind.starts_with("traffic-"))
+        .map(|c| c.duration_ms)
+        .sum();
+    assert!(
+        busy as f64 / 1000.0 > r.wall_s,
+        "loads took {busy} ms in all, the run {:.1} s",
+        r.wall_s
+    );
+    let _ = std::fs::remove_dir_all(&r.files.dir);
 }

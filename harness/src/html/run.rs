@@ -124,7 +124,8 @@ fn files(r: &RunReport) -> String {
 }
 
 /// The namespaces side by side with their interfaces and addresses; veth links between
-/// neighbours; the tunnel as a dashed arc from the client to the server.
+/// neighbours; further clients (`client2`…) in a second row, linked to the router; the
+/// tunnel as a dashed arc from the client to the server.
 fn topology(hosts: &[HostView]) -> String {
     const BOX_W: f64 = 270.0;
     const GAP: f64 = 26.0;
@@ -132,26 +133,46 @@ fn topology(hosts: &[HostView]) -> String {
     if hosts.is_empty() {
         return "<p class=\"na\">topology not recorded</p>".into();
     }
+    let is_more = |h: &HostView| {
+        crate::network::is_host_name(&h.host) && h.host.starts_with("client") && h.host != "client"
+    };
+    let row1: Vec<&HostView> = hosts.iter().filter(|h| !is_more(h)).collect();
+    let row2: Vec<&HostView> = hosts.iter().filter(|h| is_more(h)).collect();
     let tallest = hosts.iter().map(|h| h.addresses.len()).max().unwrap_or(0);
     let box_h = 44.0 + LINE * tallest as f64;
     let top = 64.0;
-    let w = hosts.len() as f64 * (BOX_W + GAP);
-    let h = top + box_h + 10.0;
+    let top2 = top + box_h + 2.0 * GAP;
+    let w = row1.len().max(row2.len()) as f64 * (BOX_W + GAP);
+    let h = if row2.is_empty() { top } else { top2 } + box_h + 10.0;
     let mut s = format!(
         "<svg class=\"topology\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">"
     );
     let x_of = |i: usize| i as f64 * (BOX_W + GAP) + 2.0;
-    for i in 1..hosts.len() {
-        let y = top + box_h / 2.0;
+    let link = |s: &mut String, (x1, y1): (f64, f64), (x2, y2): (f64, f64)| {
         let _ = write!(
             s,
-            "<line class=\"link\" x1=\"{:.0}\" y1=\"{y:.0}\" x2=\"{:.0}\" y2=\"{y:.0}\" stroke=\"#555\" stroke-width=\"3\"/>",
-            x_of(i - 1) + BOX_W,
-            x_of(i)
+            "<line class=\"link\" x1=\"{x1:.0}\" y1=\"{y1:.0}\" x2=\"{x2:.0}\" y2=\"{y2:.0}\" stroke=\"#555\" stroke-width=\"3\"/>"
         );
+    };
+    let y = top + box_h / 2.0;
+    for i in 1..row1.len() {
+        link(&mut s, (x_of(i - 1) + BOX_W, y), (x_of(i), y));
     }
-    for (i, host) in hosts.iter().enumerate() {
-        let x = x_of(i);
+    if let Some(r) = row1.iter().position(|h| h.host == "router") {
+        for k in 0..row2.len() {
+            link(
+                &mut s,
+                (x_of(k) + BOX_W / 2.0, top2),
+                (x_of(r) + BOX_W / 2.0, top + box_h),
+            );
+        }
+    }
+    let rows = row1
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (x_of(i), top, *h))
+        .chain(row2.iter().enumerate().map(|(k, h)| (x_of(k), top2, *h)));
+    for (x, top, host) in rows {
         let _ = write!(
             s,
             "<g class=\"namespace\" data-namespace=\"{}\"><rect x=\"{x:.0}\" y=\"{top}\" width=\"{BOX_W}\" height=\"{box_h:.0}\" rx=\"6\" fill=\"#f4f7fb\" stroke=\"#345\"/>\
@@ -178,6 +199,7 @@ fn topology(hosts: &[HostView]) -> String {
         }
         s.push_str("</g>");
     }
+    let hosts = &row1;
     let client = hosts.iter().position(|h| h.host == "client");
     let server = hosts.iter().position(|h| h.host == "server");
     if let (Some(c), Some(sv)) = (client, server) {

@@ -112,10 +112,13 @@ pub struct TransferCheck {
     pub timeout_s: u64,
 }
 
-/// `kind = "ping"`: the system `ping` from the client.
+/// `kind = "ping"`: the system `ping` from the client (or another client, `from`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PingCheck {
+    /// The client that pings (`client2`… with `[topology] clients`); default `client`.
+    #[serde(default)]
+    pub from: Option<String>,
     /// Destination.
     pub to: IpAddr,
     /// Echo requests.
@@ -319,9 +322,9 @@ fn check_iface(on: &str) -> Result<(), String> {
     let (host, ifname) = on
         .split_once('/')
         .ok_or_else(|| format!("'{on}' is not <host>/<interface>"))?;
-    if !HOSTS.contains(&host) || ifname.is_empty() {
+    if !crate::network::is_host_name(host) || ifname.is_empty() {
         return Err(format!(
-            "'{on}': host must be one of {} followed by /<interface>",
+            "'{on}': host must be one of {}, client2…client4 followed by /<interface>",
             HOSTS.join(", ")
         ));
     }
@@ -567,15 +570,15 @@ pub struct Verdict {
 }
 
 /// Output of a command run inside a namespace.
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    timed_out: bool,
+pub(crate) struct Output {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) timed_out: bool,
 }
 
 /// Runs `prog args` in `ns` (its own /etc, so its own resolv.conf) with a deadline.
-fn run_in(ns: &Netns, prog: &str, args: &[&str], timeout: Duration) -> Result<Output> {
+pub(crate) fn run_in(ns: &Netns, prog: &str, args: &[&str], timeout: Duration) -> Result<Output> {
     use std::process::Stdio;
     let mut child = ns
         .command(prog)
@@ -1131,9 +1134,17 @@ fn act_resolvectl(r: &ResolvectlCheck, net: &Network, live: &mut Live) {
 }
 
 fn act_ping(p: &PingCheck, net: &Network, live: &mut Live) -> Result<()> {
-    let r = crate::traffic::ping(&net.client, &p.to.to_string(), p.count, p.size, false)?;
-    live.evidence.push(format!("ping {}: {}", p.to, r.output));
-    live.summary = format!("ping {}: {}/{} replies", p.to, r.received, r.transmitted);
+    let from = p.from.as_deref().unwrap_or("client");
+    let ns = net
+        .host(from)
+        .with_context(|| format!("no host '{from}' in this topology"))?;
+    let r = crate::traffic::ping(ns, &p.to.to_string(), p.count, p.size, false)?;
+    live.evidence
+        .push(format!("ping {} from {from}: {}", p.to, r.output));
+    live.summary = format!(
+        "ping {} from {from}: {}/{} replies",
+        p.to, r.received, r.transmitted
+    );
     if p.fails {
         if r.received > 0 {
             live.failures.push(format!(

@@ -30,6 +30,7 @@ pub mod golden;
 pub mod oracle;
 pub mod report;
 pub mod run;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,7 @@ use crate::network::TopologySpec;
 use crate::subjects::Implementation;
 
 pub use checks::{Check, CheckSpec};
+pub use traffic::Traffic;
 
 /// Which implementation plays a role, as written in scenario files.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -211,6 +213,21 @@ pub struct TunnelOpts {
     pub server_options: Vec<String>,
 }
 
+/// `[capture]`: how much of each frame the scenario's captures keep.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureOpts {
+    /// Bytes kept of each frame on the namespaces' interfaces (at least 128: headers, the
+    /// OpenVPN opcode and packet-id, a DNS question); the wire length is kept. Absent: whole
+    /// frames. For scenarios with `[[traffic]]`, whose payload nobody reads.
+    #[serde(default)]
+    pub snaplen: Option<u32>,
+    /// Our engines' stage taps keep one data packet in this many (by packet-id, so both
+    /// ends keep the same packets and journeys stay whole; 1–1000). Absent: every packet.
+    #[serde(default)]
+    pub stage_sample: Option<u32>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSubjects {
@@ -230,7 +247,11 @@ struct RawScenario {
     #[serde(default)]
     tunnel: TunnelOpts,
     #[serde(default)]
+    capture: CaptureOpts,
+    #[serde(default)]
     check: Vec<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    traffic: Vec<toml::Spanned<toml::Table>>,
     /// The automatic leak oracle is expected to find a leak: the scenario shows one.
     #[serde(default)]
     oracle_expected_failure: Option<String>,
@@ -251,8 +272,12 @@ pub struct Scenario {
     pub pairings: Vec<Pairing>,
     /// The tunnel.
     pub tunnel: TunnelOpts,
+    /// Capture options.
+    pub capture: CaptureOpts,
     /// The checks, in file order.
     pub checks: Vec<Check>,
+    /// Bounded load run together once the tunnel is up, each judged as a check.
+    pub traffic: Vec<Traffic>,
     /// `oracle_expected_failure = "why"`: the scenario shows a leak, so the automatic leak
     /// oracle passes when it finds one and fails when it does not.
     pub oracle_expected_failure: Option<String>,
@@ -293,6 +318,28 @@ impl Scenario {
             let check = Check::from_table(spanned.into_inner(), line)
                 .map_err(|e| anyhow::anyhow!("{file}:{line}: {e}"))?;
             checks.push(check);
+        }
+        let mut traffic = vec![];
+        for spanned in raw.traffic {
+            let line = line_of(text, spanned.span().start);
+            let t = Traffic::from_table(spanned.into_inner(), line)
+                .map_err(|e| anyhow::anyhow!("{file}:{line}: {e}"))?;
+            traffic.push(t);
+        }
+        if raw.capture.snaplen.is_some_and(|n| n < 128) {
+            bail!(
+                "{file}: [capture] snaplen must be at least 128 bytes (headers and DNS questions)"
+            );
+        }
+        if raw
+            .capture
+            .stage_sample
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            bail!("{file}: [capture] stage_sample must be 1–1000");
+        }
+        if traffic.len() > 8 {
+            bail!("{file}: at most 8 [[traffic]] entries (they run at once)");
         }
         if checks.is_empty() {
             bail!("{file}: no [[check]] entries; a scenario must assert something");
@@ -365,6 +412,47 @@ impl Scenario {
                 );
             }
         }
+        let clients = raw.topology.clients.unwrap_or(1);
+        if !(1..=crate::network::MAX_CLIENTS).contains(&clients) {
+            bail!(
+                "{file}: [topology] clients must be 1–{}",
+                crate::network::MAX_CLIENTS
+            );
+        }
+        if clients > 1 {
+            if let Some(p) = pairings
+                .iter()
+                .find(|p| p.client.implementation().is_none())
+            {
+                bail!(
+                    "{file}: [topology] clients = {clients} runs OpenVPN clients (ours, openvpn); pairing {} has none",
+                    p.label()
+                );
+            }
+            if raw.tunnel.kill_switch || raw.tunnel.client_dns == ClientDns::Resolved {
+                bail!(
+                    "{file}: [topology] clients = {clients} with kill_switch or client_dns = \"resolved\" is not supported (both belong to the first client's namespace)"
+                );
+            }
+        }
+        // A host named by a check or a load must exist in this topology.
+        let named = checks
+            .iter()
+            .filter_map(|c| match &c.spec {
+                CheckSpec::Ping(p) => p.from.as_deref().map(|h| (c.line, h)),
+                CheckSpec::Leak(l) => l.on.split('/').next().map(|h| (c.line, h)),
+                CheckSpec::TcpMss(m) => m.on.split('/').next().map(|h| (c.line, h)),
+                _ => None,
+            })
+            .chain(traffic.iter().map(|t| (t.line, t.from.as_str())));
+        for (line, host) in named {
+            let more = host
+                .strip_prefix("client")
+                .and_then(|n| n.parse::<u8>().ok());
+            if more.is_some_and(|n| n > clients) || !crate::network::is_host_name(host) {
+                bail!("{file}:{line}: no host '{host}' here ([topology] clients = {clients})");
+            }
+        }
         if raw.topology.bridge && raw.tunnel.dev != DevName::Tap {
             bail!(
                 "{file}: [topology] bridge = true bridges Ethernet frames: it needs dev = \"tap\" in [tunnel]"
@@ -379,7 +467,9 @@ impl Scenario {
             topology: raw.topology,
             pairings,
             tunnel: raw.tunnel,
+            capture: raw.capture,
             checks,
+            traffic,
             oracle_expected_failure: raw.oracle_expected_failure,
         })
     }

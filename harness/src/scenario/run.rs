@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::capture::{self, NsCapture};
 use crate::netstate::NetState;
-use crate::network::{HOSTS, Network, addr};
+use crate::network::{Network, addr};
 use crate::pki::Pki;
 use crate::process::Proc;
 use crate::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
@@ -277,14 +277,21 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
 
     // Declared first, dropped last: processes and services go before the namespaces.
     let mut net = Network::build(&s.topology)?;
+    let host_names: Vec<String> = net.hosts().iter().map(|(h, _)| (*h).to_owned()).collect();
     progress.line(&format!(
         "network up: {}-{{{}}}",
         net.prefix,
-        HOSTS.join(",")
+        host_names.join(",")
     ));
+    // Our engines' stage taps keep one data packet in this many (`[capture] stage_sample`).
+    let stage_sample = s.capture.stage_sample.unwrap_or(1).to_string();
     let mut captures = vec![];
     for (host, ns) in net.hosts() {
-        captures.push(NsCapture::start(ns, host)?);
+        captures.push(NsCapture::start(
+            ns,
+            host,
+            s.capture.snaplen.map(|n| n as usize),
+        )?);
     }
     let impairment = match (&net.wire, &s.topology.impair) {
         (Some(w), Some(spec)) => {
@@ -353,18 +360,19 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     }
     let bin = subjects::tunscope_bin()?;
     let client_impl = opts.pairing.client.implementation();
-    if client_impl == Some(Implementation::OpenVpn) && s.tunnel.client_dns != ClientDns::None {
-        // Stock openvpn applies no DNS on Linux by itself; the same backends as ours, as its
-        // up/down script hook.
+    // Stock openvpn applies no DNS on Linux by itself; the same backends as ours, as its
+    // up/down script hook (a state file per client).
+    let stock_dns_hook = |state: &Path| -> String {
         let hook = format!(
             "{} dns --backend {} --state-file {}",
             bin.display(),
             s.tunnel.client_dns.arg(),
-            out.join("client-dns.state").display()
+            state.display()
         );
-        client_text.push_str(&format!(
-            "script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n"
-        ));
+        format!("script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n")
+    };
+    if client_impl == Some(Implementation::OpenVpn) && s.tunnel.client_dns != ClientDns::None {
+        client_text.push_str(&stock_dns_hook(&out.join("client-dns.state")));
         if let Some(r) = &net.resolved {
             // The hook finds the namespace's bus as a desktop's finds the system bus.
             client_text.push_str(&format!(
@@ -432,6 +440,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                     "server",
                     "--control",
                     &server_sock.display().to_string(),
+                    "--capture-sample",
+                    &stage_sample,
                 ],
             )?,
             _ => subjects::start_openvpn(&net.server, &server_conf, &server_log)?,
@@ -461,6 +471,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                     "client",
                     "--control",
                     &client_sock.display().to_string(),
+                    "--capture-sample",
+                    &stage_sample,
                 ]
                 .into_iter()
                 .chain(s.tunnel.kill_switch.then_some("--kill-switch"))
@@ -479,6 +491,42 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         client = Some(cl);
     }
     let tunnel_up_s = client_started.elapsed().as_secs_f64();
+    // Further clients (`[topology] clients`): the same subject and options, a certificate
+    // each, up before the checks.
+    let mut more_clients: Vec<Proc> = vec![];
+    for (host, ns) in &net.more_clients {
+        let Some(imp) = client_impl else { break };
+        let (cert, key) = pki.client(host)?;
+        let mut text = spec.client_config(&pki, &cert, &key, server_at, &out)?;
+        let conf = out.join(format!("{host}.conf"));
+        let log = out.join(format!("{host}.log"));
+        let state = out.join(format!("{host}.state"));
+        let mut p = if imp == Implementation::Ours {
+            std::fs::write(&conf, text)?;
+            subjects::start_tunscope_client_env(
+                ns,
+                &conf,
+                &log,
+                &[
+                    "--dns-backend",
+                    s.tunnel.client_dns.arg(),
+                    "--state-file",
+                    &state.display().to_string(),
+                ],
+                &[],
+            )?
+        } else {
+            if s.tunnel.client_dns != ClientDns::None {
+                text.push_str(&stock_dns_hook(&state));
+            }
+            std::fs::write(&conf, text)?;
+            subjects::start_openvpn(ns, &conf, &log)?
+        };
+        subjects::wait_ready(&mut p, up_within)
+            .with_context(|| format!("{host}'s tunnel did not come up"))?;
+        progress.line(&format!("{host}: tunnel up"));
+        more_clients.push(p);
+    }
     if let Some(i) = &impairment {
         i.tunnel_up();
     }
@@ -518,6 +566,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         .unwrap_or_else(|| "no tunnel address".into());
     progress.line(&format!("tunnel up in {tunnel_up_s:.2} s: {tun_addr}"));
 
+    // Bounded load first, all of it at once; its rows join the checks'.
+    let traffic_reports = if s.traffic.is_empty() {
+        vec![]
+    } else {
+        let r = super::traffic::run_all(&s.traffic, &net, &out)?;
+        for t in &r {
+            progress.line(&format!(
+                "traffic: {}{}",
+                if t.passed { "" } else { "FAILED: " },
+                t.message
+            ));
+        }
+        r
+    };
     let mut lives: Vec<Live> = Vec::with_capacity(s.checks.len());
     for c in &s.checks {
         if c.is_live() && not_applicable(c, opts.pairing).is_none() {
@@ -531,9 +593,12 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
 
     if opts.keep {
         net.keep();
+        let p = &net.prefix;
+        let kept: Vec<String> = host_names.iter().map(|h| format!("{p}-{h}")).collect();
         println!(
-            "namespaces kept: {p}-client, {p}-router, {p}-server, {p}-corp\n  enter one: ip netns exec {p}-client bash\n  remove them: for n in client router server corp; do ip netns del {p}-$n; done (or the next run removes them)",
-            p = net.prefix
+            "namespaces kept: {}\n  enter one: ip netns exec {p}-client bash\n  remove them: for n in {}; do ip netns del {p}-$n; done (or the next run removes them)",
+            kept.join(", "),
+            host_names.join(" ")
         );
         // SAFETY: isatty on fd 0 has no preconditions.
         if unsafe { libc::isatty(0) } == 1 {
@@ -550,6 +615,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     // Teardown: the client first, so "after" is what it leaves behind.
     let client_stop_ns = checks::now_ns();
     if let Some(c) = client.as_mut() {
+        c.stop(Duration::from_secs(5));
+    }
+    for c in &mut more_clients {
         c.stop(Duration::from_secs(5));
     }
     match other.as_mut() {
@@ -606,7 +674,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         }
     }
     let pcapng = out.join(format!("{}.pcapng", s.name));
-    let summary = capture::write_run_pcapng(&pcapng, &mut frames, &HOSTS)?;
+    let order: Vec<&str> = host_names.iter().map(String::as_str).collect();
+    let summary = capture::write_run_pcapng(&pcapng, &mut frames, &order)?;
     progress.line(&format!(
         "{} packets on {} interfaces and stages → {}",
         summary.packets,
@@ -649,6 +718,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             duration_ms: live.t1_ns.saturating_sub(live.t0_ns) / 1_000_000,
         });
     }
+    reports.extend(traffic_reports);
     reports.push(leak_oracle(s, &data, tunnel_up_ns, client_stop_ns));
     let journeys = journey_sample(&bin, &[&client_taps, &server_taps]);
     let mut dns = data.dns;
