@@ -90,6 +90,12 @@ pub mod addr {
     pub const fn more_client_gateway(i: u8) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, i + 1, 1)
     }
+    /// The LAN behind the client (`client_lan`): the client's `lan0`, its gateway.
+    pub const HOME_GW: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 1);
+    /// A host on the LAN behind the client (`home`, with a web server).
+    pub const HOME_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 10);
+    /// The LAN behind the client.
+    pub const HOME_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 0);
     /// First address the corp LAN's DHCP server leases (bridged topology).
     pub const DHCP_FIRST: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 100);
     /// Last address it leases.
@@ -109,6 +115,7 @@ pub const MAX_CLIENTS: u8 = 4;
 /// A host a scenario may name: the canonical four, or a further client `client2`….
 pub fn is_host_name(h: &str) -> bool {
     HOSTS.contains(&h)
+        || h == "home"
         || h.strip_prefix("client")
             .and_then(|n| n.parse::<u8>().ok())
             .is_some_and(|n| (2..=MAX_CLIENTS).contains(&n))
@@ -173,6 +180,13 @@ pub struct TopologySpec {
     /// traffic.
     #[serde(default)]
     pub clients: Option<u8>,
+    /// A LAN behind the client (site-to-site): a `home` namespace at
+    /// [`addr::HOME_HOST`] (with a web server) whose gateway is the client's `lan0`
+    /// ([`addr::HOME_GW`]); the client forwards, and the server routes
+    /// [`addr::HOME_NET`]/24 to it (`route` + the client's `iroute` in a
+    /// `client-config-dir`), so corp and home reach each other through the tunnel.
+    #[serde(default)]
+    pub client_lan: bool,
 }
 
 /// The namespaces and services of one scenario run.
@@ -191,6 +205,8 @@ pub struct Network {
     pub wire: Option<Netns>,
     /// Further VPN clients `client2`… (`clients` in the topology), with their host names.
     pub more_clients: Vec<(String, Netns)>,
+    /// The LAN behind the client (`client_lan`).
+    pub home: Option<Netns>,
     /// DNS servers (public, corp).
     pub dns: Vec<DnsServer>,
     /// Web servers (public, corp, on the VPN host).
@@ -306,6 +322,22 @@ impl Network {
         };
         netns::veth(&router, "s0", &server, "eth0")?;
         netns::veth(&server, "lan0", &corp, "eth0")?;
+        let home = if spec.client_lan {
+            let h = Netns::create(&prefix, "home")?;
+            h.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            h.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            netns::veth(&client, "lan0", &h, "eth0")?;
+            ethtool_off(&client, "lan0", WIRE_SIZED)?;
+            ethtool_off(&h, "eth0", WIRE_SIZED)?;
+            ip(&client, &format!("addr add {HOME_GW}/24 dev lan0"))?;
+            ip(&h, &format!("addr add {HOME_HOST}/24 dev eth0"))?;
+            ip(&h, &format!("route add default via {HOME_GW}"))?;
+            client.sysctl("net.ipv4.ip_forward", "1")?;
+            h.set_resolv_conf(&format!("nameserver {PUBLIC_DNS}\n"))?;
+            Some(h)
+        } else {
+            None
+        };
         let mut more_clients = vec![];
         for i in 2..=spec.clients.unwrap_or(1) {
             let host = format!("client{i}");
@@ -488,6 +520,7 @@ impl Network {
             corp,
             wire,
             more_clients,
+            home,
             dns: vec![],
             web: vec![],
             dhcp: None,
@@ -556,6 +589,9 @@ impl Network {
             (&self.corp, "corp-web", IpAddr::V4(CORP_WEB)),
             (&self.server, "vpn-host-web", IpAddr::V4(SERVER_WAN)),
         ];
+        if let Some(h) = &self.home {
+            webs.push((h, "home-web", IpAddr::V4(HOME_HOST)));
+        }
         if v6 {
             webs.extend([
                 (&self.router, "public-web", IpAddr::V6(v6::PUBLIC_WEB)),
@@ -666,6 +702,7 @@ impl Network {
             ("server", &self.server),
             ("corp", &self.corp),
         ];
+        v.extend(self.home.iter().map(|ns| ("home", ns)));
         v.extend(self.more_clients.iter().map(|(h, ns)| (h.as_str(), ns)));
         v
     }
@@ -678,6 +715,9 @@ impl Network {
         self.corp.keep();
         for (_, ns) in &mut self.more_clients {
             ns.keep();
+        }
+        if let Some(h) = &mut self.home {
+            h.keep();
         }
         if let Some(w) = &mut self.wire {
             w.keep();

@@ -125,6 +125,11 @@ fn broken_scenario_files_name_file_and_line() {
             "no host 'client2' here",
         ),
         (
+            "description = \"x\"\n\n[[check]]\nname = \"a\"\nkind = \"ping\"\nfrom = \"home\"\nto = \"198.19.10.80\"\n",
+            "broken.toml:3",
+            "no host 'home' here",
+        ),
+        (
             "description = \"x\"\n[capture]\nsnaplen = 40\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
             "broken.toml",
             "snaplen must be at least 128",

@@ -133,11 +133,17 @@ fn topology(hosts: &[HostView]) -> String {
     if hosts.is_empty() {
         return "<p class=\"na\">topology not recorded</p>".into();
     }
-    let is_more = |h: &HostView| {
-        crate::network::is_host_name(&h.host) && h.host.starts_with("client") && h.host != "client"
+    // The second row's hosts and the first-row host each hangs off: further clients off the
+    // router, the LAN behind the client off the client.
+    let anchor = |h: &HostView| match h.host.as_str() {
+        "home" => Some("client"),
+        c if c != "client" && c.starts_with("client") && crate::network::is_host_name(c) => {
+            Some("router")
+        }
+        _ => None,
     };
-    let row1: Vec<&HostView> = hosts.iter().filter(|h| !is_more(h)).collect();
-    let row2: Vec<&HostView> = hosts.iter().filter(|h| is_more(h)).collect();
+    let row1: Vec<&HostView> = hosts.iter().filter(|h| anchor(h).is_none()).collect();
+    let row2: Vec<&HostView> = hosts.iter().filter(|h| anchor(h).is_some()).collect();
     let tallest = hosts.iter().map(|h| h.addresses.len()).max().unwrap_or(0);
     let box_h = 44.0 + LINE * tallest as f64;
     let top = 64.0;
@@ -158,12 +164,12 @@ fn topology(hosts: &[HostView]) -> String {
     for i in 1..row1.len() {
         link(&mut s, (x_of(i - 1) + BOX_W, y), (x_of(i), y));
     }
-    if let Some(r) = row1.iter().position(|h| h.host == "router") {
-        for k in 0..row2.len() {
+    for (k, h) in row2.iter().enumerate() {
+        if let Some(a) = row1.iter().position(|r| Some(r.host.as_str()) == anchor(h)) {
             link(
                 &mut s,
                 (x_of(k) + BOX_W / 2.0, top2),
-                (x_of(r) + BOX_W / 2.0, top + box_h),
+                (x_of(a) + BOX_W / 2.0, top + box_h),
             );
         }
     }

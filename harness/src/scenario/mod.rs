@@ -449,9 +449,27 @@ impl Scenario {
             let more = host
                 .strip_prefix("client")
                 .and_then(|n| n.parse::<u8>().ok());
-            if more.is_some_and(|n| n > clients) || !crate::network::is_host_name(host) {
+            if more.is_some_and(|n| n > clients)
+                || (host == "home" && !raw.topology.client_lan)
+                || !crate::network::is_host_name(host)
+            {
                 bail!("{file}:{line}: no host '{host}' here ([topology] clients = {clients})");
             }
+        }
+        if raw.topology.client_lan
+            && let Some(p) = pairings
+                .iter()
+                .find(|p| p.client.implementation().is_none())
+        {
+            bail!(
+                "{file}: [topology] client_lan routes a LAN behind an OpenVPN client (iroute); pairing {} has none",
+                p.label()
+            );
+        }
+        if raw.topology.client_lan && raw.tunnel.dev == DevName::Tap {
+            bail!(
+                "{file}: [topology] client_lan needs dev = \"tun\" (iroute is for routed tunnels)"
+            );
         }
         if raw.topology.bridge && raw.tunnel.dev != DevName::Tap {
             bail!(

@@ -93,6 +93,12 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
         .chain(t.server_options.iter().cloned())
         .collect();
     spec.client_extra = t.client_options.clone();
+    if s.topology.client_lan {
+        // Site-to-site: the kernel route to the LAN behind the client, and (in the client's
+        // client-config-dir file, written with the PKI) the iroute naming that client.
+        spec.server_extra
+            .push(format!("route {} 255.255.255.0", addr::HOME_NET));
+    }
     if s.tunnel.outer_ipv6 {
         spec.server_extra.push(
             match t.proto {
@@ -341,7 +347,17 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
 
     let pki = Pki::generate(&out.join("pki"))?;
     let (ccert, ckey) = pki.client("client")?;
-    let spec = tunnel_spec(s);
+    let mut spec = tunnel_spec(s);
+    if s.topology.client_lan {
+        let ccd = out.join("ccd");
+        std::fs::create_dir_all(&ccd)?;
+        std::fs::write(
+            ccd.join("client"),
+            format!("iroute {} 255.255.255.0\n", addr::HOME_NET),
+        )?;
+        spec.server_extra
+            .push(format!("client-config-dir {}", ccd.display()));
+    }
     let server_conf = out.join("server.conf");
     std::fs::write(&server_conf, spec.server_config(&pki, &out)?)?;
     let server_at: std::net::IpAddr = if s.tunnel.outer_ipv6 {

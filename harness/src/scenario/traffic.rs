@@ -203,13 +203,13 @@ impl Traffic {
         let from = match t.remove("from") {
             None => "client".to_owned(),
             Some(toml::Value::String(s))
-                if s.starts_with("client") && crate::network::is_host_name(&s) =>
+                if (s.starts_with("client") || s == "home") && crate::network::is_host_name(&s) =>
             {
                 s
             }
             Some(_) => {
                 return Err(format!(
-                    "traffic '{name}': from must be client or client2…client4"
+                    "traffic '{name}': from must be client, client2…client4 or home"
                 ));
             }
         };
