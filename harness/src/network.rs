@@ -90,6 +90,16 @@ pub mod addr {
     pub const fn more_client_gateway(i: u8) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, i + 1, 1)
     }
+    /// The second VPN server's public address (`servers = 2`), on a link of its own.
+    pub const SERVER2_WAN: Ipv4Addr = Ipv4Addr::new(198, 18, 12, 2);
+    /// The router on the second server's link.
+    pub const ROUTER_SERVER2_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 12, 1);
+    /// The second server's address on its link to the corp LAN.
+    pub const SERVER2_LAN: Ipv4Addr = Ipv4Addr::new(198, 19, 11, 1);
+    /// The corp host's address on that link.
+    pub const CORP_TO_SERVER2: Ipv4Addr = Ipv4Addr::new(198, 19, 11, 10);
+    /// The second server's tunnel network (its clients' addresses tell which server they use).
+    pub const TUNNEL2_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 0);
     /// The LAN behind the client (`client_lan`): the client's `lan0`, its gateway.
     pub const HOME_GW: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 1);
     /// A host on the LAN behind the client (`home`, with a web server).
@@ -116,6 +126,7 @@ pub const MAX_CLIENTS: u8 = 4;
 pub fn is_host_name(h: &str) -> bool {
     HOSTS.contains(&h)
         || h == "home"
+        || h == "server2"
         || h.strip_prefix("client")
             .and_then(|n| n.parse::<u8>().ok())
             .is_some_and(|n| (2..=MAX_CLIENTS).contains(&n))
@@ -187,6 +198,11 @@ pub struct TopologySpec {
     /// `client-config-dir`), so corp and home reach each other through the tunnel.
     #[serde(default)]
     pub client_lan: bool,
+    /// VPN servers (1–2). A second, `server2`, for failover: its own link to the router
+    /// ([`addr::SERVER2_WAN`]) and to the corp host ([`addr::SERVER2_LAN`]), its own tunnel
+    /// network ([`addr::TUNNEL2_NET`]); the client lists it as a second `remote`.
+    #[serde(default)]
+    pub servers: Option<u8>,
 }
 
 /// The namespaces and services of one scenario run.
@@ -207,6 +223,8 @@ pub struct Network {
     pub more_clients: Vec<(String, Netns)>,
     /// The LAN behind the client (`client_lan`).
     pub home: Option<Netns>,
+    /// The second VPN server (`servers = 2`).
+    pub server2: Option<Netns>,
     /// DNS servers (public, corp).
     pub dns: Vec<DnsServer>,
     /// Web servers (public, corp, on the VPN host).
@@ -335,6 +353,44 @@ impl Network {
             client.sysctl("net.ipv4.ip_forward", "1")?;
             h.set_resolv_conf(&format!("nameserver {PUBLIC_DNS}\n"))?;
             Some(h)
+        } else {
+            None
+        };
+        let server2 = if spec.servers == Some(2) {
+            let s2 = Netns::create(&prefix, "server2")?;
+            s2.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            s2.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            netns::veth(&router, "s2", &s2, "eth0")?;
+            netns::veth(&s2, "lan0", &corp, "eth1")?;
+            for (ns, dev) in [
+                (&router, "s2"),
+                (&s2, "eth0"),
+                (&s2, "lan0"),
+                (&corp, "eth1"),
+            ] {
+                ethtool_off(ns, dev, WIRE_SIZED)?;
+            }
+            ip(
+                &router,
+                &format!("addr add {ROUTER_SERVER2_SIDE}/24 dev s2"),
+            )?;
+            ip(&s2, &format!("addr add {SERVER2_WAN}/24 dev eth0"))?;
+            ip(&s2, &format!("route add default via {ROUTER_SERVER2_SIDE}"))?;
+            ip(&s2, &format!("addr add {SERVER2_LAN}/24 dev lan0"))?;
+            // The corp services live on the corp host's first link; it answers for them on
+            // this one too, and sends the second tunnel's replies back this way.
+            ip(
+                &s2,
+                &format!("route add {CORP_NET}/24 via {CORP_TO_SERVER2}"),
+            )?;
+            ip(&corp, &format!("addr add {CORP_TO_SERVER2}/24 dev eth1"))?;
+            ip(
+                &corp,
+                &format!("route add {TUNNEL2_NET}/24 via {SERVER2_LAN}"),
+            )?;
+            s2.sysctl("net.ipv4.ip_forward", "1")?;
+            s2.set_resolv_conf(&format!("nameserver {PUBLIC_DNS}\n"))?;
+            Some(s2)
         } else {
             None
         };
@@ -521,6 +577,7 @@ impl Network {
             wire,
             more_clients,
             home,
+            server2,
             dns: vec![],
             web: vec![],
             dhcp: None,
@@ -702,6 +759,7 @@ impl Network {
             ("server", &self.server),
             ("corp", &self.corp),
         ];
+        v.extend(self.server2.iter().map(|ns| ("server2", ns)));
         v.extend(self.home.iter().map(|ns| ("home", ns)));
         v.extend(self.more_clients.iter().map(|(h, ns)| (h.as_str(), ns)));
         v
@@ -716,8 +774,8 @@ impl Network {
         for (_, ns) in &mut self.more_clients {
             ns.keep();
         }
-        if let Some(h) = &mut self.home {
-            h.keep();
+        for ns in self.home.iter_mut().chain(self.server2.iter_mut()) {
+            ns.keep();
         }
         if let Some(w) = &mut self.wire {
             w.keep();

@@ -130,6 +130,16 @@ fn broken_scenario_files_name_file_and_line() {
             "no host 'home' here",
         ),
         (
+            "description = \"x\"\n\n[[check]]\nname = \"a\"\nkind = \"failover\"\n",
+            "broken.toml:3",
+            "needs a second server",
+        ),
+        (
+            "description = \"x\"\n[subjects]\nclient = \"ssh\"\nserver = \"ssh\"\n[topology]\nservers = 2\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "runs OpenVPN servers",
+        ),
+        (
             "description = \"x\"\n[capture]\nsnaplen = 40\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
             "broken.toml",
             "snaplen must be at least 128",

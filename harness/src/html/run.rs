@@ -137,6 +137,7 @@ fn topology(hosts: &[HostView]) -> String {
     // router, the LAN behind the client off the client.
     let anchor = |h: &HostView| match h.host.as_str() {
         "home" => Some("client"),
+        "server2" => Some("router"),
         c if c != "client" && c.starts_with("client") && crate::network::is_host_name(c) => {
             Some("router")
         }

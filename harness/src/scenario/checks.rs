@@ -213,6 +213,17 @@ fn thirty() -> u64 {
     30
 }
 
+/// `kind = "failover"` (needs `[topology] servers = 2`): the first server is stopped, and the
+/// client must come back up within `within_s`, on the second server (its tunnel address in
+/// the second server's network).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverCheck {
+    /// How long to wait.
+    #[serde(default = "thirty")]
+    pub within_s: u64,
+}
+
 /// `kind = "link"`: the state of a client interface while the tunnel is up: its IPv4
 /// address lies in `address_in` (`A.B.C.D-E.F.G.H` or `A.B.C.D/N`: e.g. a DHCP server's
 /// range), and `neighbor` answers a ping after its MAC address was resolved on `dev` (ARP
@@ -302,6 +313,8 @@ pub enum CheckSpec {
     Link(LinkCheck),
     /// What systemd-resolved holds for a link.
     Resolvectl(ResolvectlCheck),
+    /// The client moves to the second server when the first goes away.
+    Failover(FailoverCheck),
 }
 
 /// One check of a scenario.
@@ -352,7 +365,7 @@ impl Check {
             Some(toml::Value::String(s)) => s,
             _ => {
                 return Err(format!(
-                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, counter, teardown)"
+                    "check '{name}' needs kind = \"…\" (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, failover, counter, teardown)"
                 ));
             }
         };
@@ -365,6 +378,7 @@ impl Check {
             "transfer" => CheckSpec::Transfer(v.try_into().map_err(err)?),
             "ping" => CheckSpec::Ping(v.try_into().map_err(err)?),
             "reconnect" => CheckSpec::Reconnect(v.try_into().map_err(err)?),
+            "failover" => CheckSpec::Failover(v.try_into().map_err(err)?),
             "counter" => CheckSpec::Counter(v.try_into().map_err(err)?),
             "mtu" => CheckSpec::Mtu(v.try_into().map_err(err)?),
             "leak" => CheckSpec::Leak(v.try_into().map_err(err)?),
@@ -374,7 +388,7 @@ impl Check {
             "resolvectl" => CheckSpec::Resolvectl(v.try_into().map_err(err)?),
             other => {
                 return Err(format!(
-                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, counter, teardown)"
+                    "check '{name}': unknown kind '{other}' (route, resolve, http, transfer, ping, mtu, leak, tcp-mss, link, resolvectl, reconnect, failover, counter, teardown)"
                 ));
             }
         };
@@ -450,7 +464,8 @@ impl Check {
             CheckSpec::Ping(_)
             | CheckSpec::Mtu(_)
             | CheckSpec::Teardown(_)
-            | CheckSpec::Reconnect(_) => {}
+            | CheckSpec::Reconnect(_)
+            | CheckSpec::Failover(_) => {}
         }
         Ok(Check {
             name,
@@ -476,6 +491,7 @@ impl Check {
             CheckSpec::Teardown(_) => "teardown",
             CheckSpec::Link(_) => "link",
             CheckSpec::Resolvectl(_) => "resolvectl",
+            CheckSpec::Failover(_) => "failover",
         }
     }
 
@@ -625,6 +641,7 @@ pub fn act(check: &Check, net: &Network, dir: &Path) -> Result<Live> {
         CheckSpec::Transfer(t) => act_transfer(t, net, dir, &mut live)?,
         CheckSpec::Ping(p) => act_ping(p, net, &mut live)?,
         CheckSpec::Reconnect(r) => act_reconnect(r, dir, &mut live)?,
+        CheckSpec::Failover(f) => act_failover(f, net, dir, &mut live)?,
         CheckSpec::Mtu(m) => act_mtu(m, net, &mut live)?,
         CheckSpec::Link(l) => act_link(l, net, &mut live)?,
         CheckSpec::Resolvectl(r) => act_resolvectl(r, net, &mut live),
@@ -1034,6 +1051,47 @@ fn act_reconnect(r: &ReconnectCheck, dir: &Path, live: &mut Live) -> Result<()> 
         live.failures.push(format!(
             "the client did not come back within {} s",
             r.within_s
+        ));
+    }
+    Ok(())
+}
+
+/// The first server has just been stopped (by the runner): the client's next tunnel must
+/// be the second server's.
+fn act_failover(f: &FailoverCheck, net: &Network, dir: &Path, live: &mut Live) -> Result<()> {
+    act_reconnect(
+        &ReconnectCheck {
+            within_s: f.within_s,
+        },
+        dir,
+        live,
+    )?;
+    if !live.failures.is_empty() {
+        return Ok(());
+    }
+    let net2 = crate::network::addr::TUNNEL2_NET.octets();
+    let state = NetState::record(&net.client)?;
+    let tun = state
+        .addresses
+        .iter()
+        .find(|a| a.starts_with("tun") || a.starts_with("tap"))
+        .cloned();
+    live.evidence.push(format!(
+        "tunnel address now: {}",
+        tun.as_deref().unwrap_or("none")
+    ));
+    let on_second = tun.as_deref().is_some_and(|a| {
+        a.split_whitespace()
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .is_some_and(|ip| ip.octets()[..3] == net2[..3])
+    });
+    if on_second {
+        live.summary = format!("{} — on the second server", live.summary);
+    } else {
+        live.failures.push(format!(
+            "the client came back, but not on the second server (its tunnel address is not in {}/24)",
+            crate::network::addr::TUNNEL2_NET
         ));
     }
     Ok(())

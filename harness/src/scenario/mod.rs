@@ -466,6 +466,40 @@ impl Scenario {
                 p.label()
             );
         }
+        let servers = raw.topology.servers.unwrap_or(1);
+        if !(1..=2).contains(&servers) {
+            bail!("{file}: [topology] servers must be 1 or 2");
+        }
+        if servers == 2 {
+            if let Some(p) = pairings
+                .iter()
+                .find(|p| p.server.implementation().is_none())
+            {
+                bail!(
+                    "{file}: [topology] servers = 2 runs OpenVPN servers (ours, openvpn); pairing {} has none",
+                    p.label()
+                );
+            }
+            if raw.topology.ipv6
+                || raw.topology.bridge
+                || raw.tunnel.outer_ipv6
+                || raw.topology.spoofed_server_dns.is_some()
+            {
+                bail!(
+                    "{file}: [topology] servers = 2 is IPv4 and routed only (no ipv6, bridge, outer_ipv6 or spoofed_server_dns)"
+                );
+            }
+        }
+        if servers < 2
+            && let Some(c) = checks
+                .iter()
+                .find(|c| matches!(c.spec, CheckSpec::Failover(_)))
+        {
+            bail!(
+                "{file}:{}: a failover check needs a second server: servers = 2 in [topology]",
+                c.line
+            );
+        }
         if raw.topology.client_lan && raw.tunnel.dev == DevName::Tap {
             bail!(
                 "{file}: [topology] client_lan needs dev = \"tun\" (iroute is for routed tunnels)"

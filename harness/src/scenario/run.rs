@@ -111,6 +111,16 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
     spec
 }
 
+/// A client config with a second `remote` line, the failover server's, after the first.
+fn with_second_remote(text: &str, first: std::net::IpAddr, port: u16) -> String {
+    let line = format!("remote {first} {port}\n");
+    text.replacen(
+        &line,
+        &format!("{line}remote {} {port}\n", addr::SERVER2_WAN),
+        1,
+    )
+}
+
 fn log_tail(p: &Path, n: usize) -> String {
     crate::process::tail(&std::fs::read_to_string(p).unwrap_or_default(), n)
 }
@@ -409,6 +419,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             "script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n"
         ));
     }
+    if net.server2.is_some() {
+        // Failover: the second server as the next `remote`, tried when the first fails.
+        client_text = with_second_remote(&client_text, server_at, spec.port);
+    }
     let client_conf = out.join("client.conf");
     std::fs::write(&client_conf, client_text)?;
 
@@ -422,6 +436,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     // Over an impaired link the handshake's lost packets wait for retransmission timers.
     let up_within = Duration::from_secs(if s.topology.impair.is_some() { 60 } else { 20 });
     let mut server: Option<Proc> = None;
+    let mut server2: Option<Proc> = None;
     let mut client: Option<Proc> = None;
     let mut other: Option<OtherVpn> = None;
     let client_started;
@@ -464,6 +479,22 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         };
         subjects::wait_ready(&mut srv, Duration::from_secs(15))
             .context("the VPN server did not start")?;
+        if let Some(ns2) = &net.server2 {
+            // The failover server: the same implementation and options, its own tunnel
+            // network (its clients' addresses say which server they reached).
+            let mut spec2 = spec.clone();
+            spec2.tunnel_net = addr::TUNNEL2_NET;
+            let conf2 = out.join("server2.conf");
+            std::fs::write(&conf2, spec2.server_config(&pki, &out)?)?;
+            let log2 = out.join("server2.log");
+            let mut p = match opts.pairing.server.implementation() {
+                Some(imp) => subjects::start_server(imp, ns2, &conf2, &log2)?,
+                None => anyhow::bail!("a second server needs an OpenVPN subject"),
+            };
+            subjects::wait_ready(&mut p, Duration::from_secs(15))
+                .context("the second VPN server did not start")?;
+            server2 = Some(p);
+        }
         client_started = Instant::now();
         let bus_env: Vec<(&str, String)> = net
             .resolved
@@ -514,6 +545,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         let Some(imp) = client_impl else { break };
         let (cert, key) = pki.client(host)?;
         let mut text = spec.client_config(&pki, &cert, &key, server_at, &out)?;
+        if net.server2.is_some() {
+            text = with_second_remote(&text, server_at, spec.port);
+        }
         let conf = out.join(format!("{host}.conf"));
         let log = out.join(format!("{host}.log"));
         let state = out.join(format!("{host}.state"));
@@ -599,6 +633,14 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let mut lives: Vec<Live> = Vec::with_capacity(s.checks.len());
     for c in &s.checks {
         if c.is_live() && not_applicable(c, opts.pairing).is_none() {
+            if matches!(c.spec, checks::CheckSpec::Failover(_))
+                && let Some(sv) = server.as_mut()
+            {
+                // The first server goes away (as on shutdown: it tells its clients to
+                // restart); the check then watches where the client comes back.
+                sv.stop(Duration::from_secs(5));
+                progress.line("failover: the first server stopped");
+            }
             let live = checks::act(c, &net, &out)?;
             progress.line(&live.summary);
             lives.push(live);
@@ -643,7 +685,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     }
     let after = NetState::record(&net.client)?;
     resolvectl_states.extend(resolvectl(&net));
-    if let Some(sv) = server.as_mut() {
+    for sv in server.iter_mut().chain(server2.iter_mut()) {
         sv.stop(Duration::from_secs(5));
     }
     match other.as_mut() {
