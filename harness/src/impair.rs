@@ -1,5 +1,7 @@
 //! A link impairment in userspace (this kernel has no netem): a namespace of its own, `wire`,
-//! sits on the client's WAN link as a transparent two-port bridge. Every Ethernet frame is
+//! sits on one link of the topology (the client's WAN link unless `link` says otherwise) as
+//! a transparent two-port bridge: port `near` faces the client's end of the path, `far` the
+//! other. Every Ethernet frame is
 //! read with AF_PACKET on one side and, unless the impairment decides otherwise, written out
 //! on the other: lost (at random, or in Gilbert-Elliott bursts), delayed with jitter,
 //! reordered, duplicated, corrupted, or dropped during a scheduled outage. Decisions come from
@@ -8,7 +10,9 @@
 //! `wire/impair`, with the reason as the packet comment).
 //!
 //! ```text
-//!  client eth0 ── to-client [wire: impairment] to-router ── c0 router
+//!  client eth0 ── near [wire: impairment] far ── c0 router        (link = "client")
+//!  router s0   ── near [wire: impairment] far ── eth0 server      (link = "server")
+//!  server lan0 ── near [wire: impairment] far ── eth0 corp        (link = "corp")
 //! ```
 
 use std::collections::BinaryHeap;
@@ -112,6 +116,10 @@ pub struct LinkImpairment {
     /// From the client toward the server, instead of the above.
     #[serde(default)]
     pub to_server: Option<ImpairSpec>,
+    /// The link it sits on: `client` (the client's WAN link, default), `server` (the VPN
+    /// server's uplink to the router), `corp` (between the server and the corp LAN).
+    #[serde(default)]
+    pub link: ImpairedLink,
     /// From the server toward the client, instead of the above.
     #[serde(default)]
     pub to_client: Option<ImpairSpec>,
@@ -119,6 +127,30 @@ pub struct LinkImpairment {
 
 fn default_seed() -> u64 {
     1
+}
+
+/// Which link of the scenario network an impairment sits on.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ImpairedLink {
+    /// The client's WAN link (client eth0 ↔ router c0).
+    #[default]
+    Client,
+    /// The VPN server's uplink (router s0 ↔ server eth0).
+    Server,
+    /// The server's corp LAN link (server lan0 ↔ corp eth0).
+    Corp,
+}
+
+impl ImpairedLink {
+    /// What the link joins, for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImpairedLink::Client => "client WAN",
+            ImpairedLink::Server => "server uplink",
+            ImpairedLink::Corp => "server ↔ corp LAN",
+        }
+    }
 }
 
 impl LinkImpairment {
@@ -243,6 +275,9 @@ impl Shaper {
 /// What the element did, per direction.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImpairReport {
+    /// The link it sat on.
+    #[serde(default)]
+    pub link: ImpairedLink,
     /// Client → server.
     pub to_server: DirectionCounts,
     /// Server → client.
@@ -259,6 +294,7 @@ pub struct Impairment {
     /// from there.
     origin: Arc<AtomicU64>,
     started: Instant,
+    link: ImpairedLink,
     threads: Vec<std::thread::JoinHandle<Result<DirectionResult>>>,
 }
 
@@ -266,7 +302,7 @@ pub struct Impairment {
 const MAX_KEPT: usize = 20_000;
 
 impl Impairment {
-    /// Starts forwarding between `to-client` and `to-router` of `wire`.
+    /// Starts forwarding between `near` and `far` of `wire`.
     pub fn start(wire: &Netns, spec: &LinkImpairment) -> Result<Impairment> {
         spec.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -275,13 +311,8 @@ impl Impairment {
         let [(_, up), (_, down)] = spec.directions();
         let mut threads = vec![];
         for (from, to, s, seed) in [
-            ("to-client", "to-router", up, spec.seed),
-            (
-                "to-router",
-                "to-client",
-                down,
-                spec.seed ^ 0x9e37_79b9_7f4a_7c15,
-            ),
+            ("near", "far", up, spec.seed),
+            ("far", "near", down, spec.seed ^ 0x9e37_79b9_7f4a_7c15),
         ] {
             let (st, o) = (Arc::clone(&stop), Arc::clone(&origin));
             threads.push(wire.spawn(move || forward(from, to, &s, seed, &st, &o, started))?);
@@ -290,6 +321,7 @@ impl Impairment {
             stop,
             origin,
             started,
+            link: spec.link,
             threads,
         })
     }
@@ -305,7 +337,10 @@ impl Impairment {
     /// Stops and returns the counts and the frames for the capture.
     pub fn finish(mut self) -> Result<(ImpairReport, Vec<Frame>)> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut report = ImpairReport::default();
+        let mut report = ImpairReport {
+            link: self.link,
+            ..ImpairReport::default()
+        };
         let mut frames = vec![];
         for (i, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             let (c, f) = t
@@ -450,7 +485,7 @@ fn forward(
     let mut shaper = Shaper::new(s.rate_kbit, s.queue_ms);
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65_536];
-    let dir = if from == "to-client" {
+    let dir = if from == "near" {
         "to-server"
     } else {
         "to-client"

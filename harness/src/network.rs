@@ -147,8 +147,9 @@ pub struct TopologySpec {
     /// The server masquerades tunnel clients to its public address (full tunnel).
     #[serde(default)]
     pub server_nat: bool,
-    /// An impaired client WAN link (loss, delay, reordering, …): a `wire` namespace
-    /// bridges it in userspace (see [`crate::impair`]).
+    /// An impaired link (loss, delay, reordering, …; the client's WAN link unless its
+    /// `link` says `server` or `corp`): a `wire` namespace bridges it in userspace (see
+    /// [`crate::impair`]).
     #[serde(default)]
     pub impair: Option<crate::impair::LinkImpairment>,
     /// A bridged VPN (OpenVPN's `server-bridge`): the server's `tap0` and its corp LAN port
@@ -178,6 +179,12 @@ pub struct TopologySpec {
     /// it there, so every host of the prefix is on-link for the client. Inside 198.18.0.0/15.
     #[serde(default)]
     pub rogue_lan_prefix: Option<String>,
+    /// With `rogue_lan_prefix`: the hostile LAN's gateway is inside the claimed prefix (its
+    /// `.1`, the router) and the client's default route goes through it, as when the LAN's
+    /// DHCP server hands out the prefix as the LAN itself. `redirect-gateway block-local`
+    /// then finds that prefix as the local network and routes it into the tunnel.
+    #[serde(default)]
+    pub rogue_lan_gateway: bool,
     /// A hostile network spoofing the VPN server's name (TunnelCrack's ServerIP): the
     /// resolver the client asks answers `vpn.example.com` with this address, and the
     /// on-path router forwards the VPN's port there to the real server, so the tunnel works
@@ -217,7 +224,7 @@ pub struct Network {
     pub server: Netns,
     /// Corporate LAN namespace.
     pub corp: Netns,
-    /// The impairment's namespace on the client's WAN link (with `impair` only).
+    /// The impairment's namespace on the impaired link (with `impair` only).
     pub wire: Option<Netns>,
     /// Further VPN clients `client2`… (`clients` in the topology), with their host names.
     pub more_clients: Vec<(String, Netns)>,
@@ -311,35 +318,43 @@ impl Network {
                 ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
             }
         }
-        // With an impairment the client's link runs through `wire` (to-client ↔ to-router),
-        // which forwards frames itself; otherwise it is one veth.
+        // With an impairment its link runs through `wire` (`near` ↔ `far`, near facing the
+        // client's end of the path), which forwards frames itself; every link else is one veth.
+        use crate::impair::ImpairedLink;
+        let impaired = spec.impair.as_ref().map(|i| i.link);
         let wire = match &spec.impair {
             Some(i) => {
                 i.validate()?;
                 let w = Netns::create(&prefix, "wire")?;
                 w.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
                 w.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-                netns::veth(&client, "eth0", &w, "to-client")?;
-                netns::veth(&w, "to-router", &router, "c0")?;
-                for dev in ["to-client", "to-router"] {
-                    ethtool_off(&w, dev, WIRE_SIZED)?;
-                    ip(&w, &format!("link set {dev} promisc on"))?;
-                }
-                // Frames the element reads with AF_PACKET must carry their checksums: a
-                // veth leaves them to be filled in later (checksum offload), and a frame
-                // sent on from userspace would then arrive with a wrong one.
-                for (ns, dev) in [(&client, "eth0"), (&router, "c0")] {
-                    ethtool_off(ns, dev, &["tx"])?;
-                }
                 Some(w)
             }
-            None => {
-                netns::veth(&client, "eth0", &router, "c0")?;
-                None
-            }
+            None => None,
         };
-        netns::veth(&router, "s0", &server, "eth0")?;
-        netns::veth(&server, "lan0", &corp, "eth0")?;
+        let links = [
+            (ImpairedLink::Client, (&client, "eth0"), (&router, "c0")),
+            (ImpairedLink::Server, (&router, "s0"), (&server, "eth0")),
+            (ImpairedLink::Corp, (&server, "lan0"), (&corp, "eth0")),
+        ];
+        for (link, (a, a_if), (b, b_if)) in links {
+            match &wire {
+                Some(w) if impaired == Some(link) => {
+                    netns::veth(a, a_if, w, "near")?;
+                    netns::veth(w, "far", b, b_if)?;
+                    for dev in ["near", "far"] {
+                        ethtool_off(w, dev, WIRE_SIZED)?;
+                        ip(w, &format!("link set {dev} promisc on"))?;
+                    }
+                    // Frames the element reads with AF_PACKET must carry their checksums:
+                    // a veth leaves them to be filled in later (checksum offload), and a
+                    // frame sent on from userspace would then arrive with a wrong one.
+                    ethtool_off(a, a_if, &["tx"])?;
+                    ethtool_off(b, b_if, &["tx"])?;
+                }
+                _ => netns::veth(a, a_if, b, b_if)?,
+            }
+        }
         let home = if spec.client_lan {
             let h = Netns::create(&prefix, "home")?;
             h.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -716,7 +731,7 @@ impl Network {
     /// The hostile LAN of LocalNet: the client is handed `.2` of `prefix` on eth0 (the LAN
     /// "is" that public network), and the router, its gateway, answers for the prefix's hosts
     /// there (they are its own addresses) and routes the client's LAN address back over the LAN.
-    pub fn start_rogue_lan(&mut self, prefix: &str) -> Result<()> {
+    pub fn start_rogue_lan(&mut self, prefix: &str, gateway_inside: bool) -> Result<()> {
         let (net, len) = prefix
             .split_once('/')
             .and_then(|(a, l)| Some((a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?)))
@@ -724,6 +739,16 @@ impl Network {
         let mine = Ipv4Addr::from(u32::from(net) + 2);
         ip(&self.client, &format!("addr add {mine}/{len} dev eth0"))?;
         ip(&self.router, &format!("route add {mine}/32 dev c0"))?;
+        if gateway_inside {
+            // The LAN's gateway at `.1` of the prefix (an address of the router, answered
+            // for on the LAN like the prefix's other hosts), and the client's way out.
+            let gw = Ipv4Addr::from(u32::from(net) + 1);
+            ip(&self.router, &format!("addr add {gw}/32 dev lo"))?;
+            ip(
+                &self.client,
+                &format!("route replace default via {gw} dev eth0"),
+            )?;
+        }
         Ok(())
     }
 

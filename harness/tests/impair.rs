@@ -42,9 +42,9 @@ fn link() -> Result<Link> {
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
     }
-    netns::veth(&a, "eth0", &wire, "to-client")?;
-    netns::veth(&wire, "to-router", &b, "eth0")?;
-    for dev in ["to-client", "to-router"] {
+    netns::veth(&a, "eth0", &wire, "near")?;
+    netns::veth(&wire, "far", &b, "eth0")?;
+    for dev in ["near", "far"] {
         off(&wire, dev, &["tso", "gso", "gro", "tx-udp-segmentation"])?;
         wire.ip(&["link", "set", dev, "promisc", "on"])?;
     }

@@ -140,6 +140,16 @@ fn broken_scenario_files_name_file_and_line() {
             "runs OpenVPN servers",
         ),
         (
+            "description = \"x\"\n[topology]\nrogue_lan_gateway = true\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml",
+            "needs rogue_lan_prefix",
+        ),
+        (
+            "description = \"x\"\n[topology.impair]\nlink = \"moon\"\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
+            "broken.toml:3",
+            "unknown variant `moon`",
+        ),
+        (
             "description = \"x\"\n[capture]\nsnaplen = 40\n[[check]]\nname = \"a\"\nkind = \"teardown\"\n",
             "broken.toml",
             "snaplen must be at least 128",

@@ -47,7 +47,7 @@ pub fn render(r: &RunReport) -> String {
     }
     b.push_str(&journeys(&r.journeys));
     if let Some(i) = &r.impairment {
-        b.push_str("<h2>Link impairment (client WAN)</h2>");
+        let _ = write!(b, "<h2>Link impairment ({})</h2>", esc(i.link.describe()));
         let row = |dir: &str, c: &crate::impair::DirectionCounts| {
             vec![
                 td(dir),

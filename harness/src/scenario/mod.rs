@@ -389,6 +389,9 @@ impl Scenario {
                 );
             }
         }
+        if raw.topology.rogue_lan_gateway && raw.topology.rogue_lan_prefix.is_none() {
+            bail!("{file}: rogue_lan_gateway = true needs rogue_lan_prefix");
+        }
         if let Some(a) = raw.topology.spoofed_server_dns
             && (a.octets()[0] != 198 || (a.octets()[1] & 0xfe) != 18 || raw.tunnel.outer_ipv6)
         {

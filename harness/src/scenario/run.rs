@@ -311,7 +311,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     }
     let impairment = match (&net.wire, &s.topology.impair) {
         (Some(w), Some(spec)) => {
-            progress.line(&format!("client WAN link impaired: {spec:?}"));
+            progress.line(&format!("{} link impaired: {spec:?}", spec.link.describe()));
             Some(crate::impair::Impairment::start(w, spec)?)
         }
         _ => None,
@@ -331,9 +331,14 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         progress.line("systemd-resolved in the client namespace with its own D-Bus; resolv.conf → 127.0.0.53, eth0's DNS → the public resolver");
     }
     if let Some(p) = &s.topology.rogue_lan_prefix {
-        net.start_rogue_lan(p)?;
+        net.start_rogue_lan(p, s.topology.rogue_lan_gateway)?;
         progress.line(&format!(
-            "hostile LAN: it claims {p}; the client has an address in it on eth0, its hosts are on-link"
+            "hostile LAN: it claims {p}; the client has an address in it on eth0, its hosts are on-link{}",
+            if s.topology.rogue_lan_gateway {
+                ", its gateway is the prefix's .1"
+            } else {
+                ""
+            }
         ));
     }
     if !s.topology.rogue_dhcp_routes.is_empty() {
