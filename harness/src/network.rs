@@ -288,6 +288,18 @@ fn ethtool_off(ns: &Netns, dev: &str, features: &[&str]) -> Result<()> {
     netns::sh("ip", &args).map(|_| ())
 }
 
+/// A namespace of the run with IPv6 switched off (captures hold only what the scenario caused).
+fn ipv4_host(prefix: &str, role: &str) -> Result<Netns> {
+    let ns = Netns::create(prefix, role)?;
+    ipv6_off(&ns)?;
+    Ok(ns)
+}
+
+fn ipv6_off(ns: &Netns) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+}
+
 fn ip(ns: &Netns, args: &str) -> Result<()> {
     let a: Vec<&str> = args.split_whitespace().collect();
     ns.ip(&a).map(|_| ())
@@ -314,8 +326,7 @@ impl Network {
                     ns.sysctl(&format!("net.ipv6.conf.{scope}.router_solicitations"), "0")?;
                 }
             } else {
-                ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-                ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+                ipv6_off(ns)?;
             }
         }
         // With an impairment its link runs through `wire` (`near` ↔ `far`, near facing the
@@ -325,10 +336,7 @@ impl Network {
         let wire = match &spec.impair {
             Some(i) => {
                 i.validate()?;
-                let w = Netns::create(&prefix, "wire")?;
-                w.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-                w.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-                Some(w)
+                Some(ipv4_host(&prefix, "wire")?)
             }
             None => None,
         };
@@ -356,9 +364,7 @@ impl Network {
             }
         }
         let home = if spec.client_lan {
-            let h = Netns::create(&prefix, "home")?;
-            h.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            h.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            let h = ipv4_host(&prefix, "home")?;
             netns::veth(&client, "lan0", &h, "eth0")?;
             ethtool_off(&client, "lan0", WIRE_SIZED)?;
             ethtool_off(&h, "eth0", WIRE_SIZED)?;
@@ -372,9 +378,7 @@ impl Network {
             None
         };
         let server2 = if spec.servers == Some(2) {
-            let s2 = Netns::create(&prefix, "server2")?;
-            s2.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            s2.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            let s2 = ipv4_host(&prefix, "server2")?;
             netns::veth(&router, "s2", &s2, "eth0")?;
             netns::veth(&s2, "lan0", &corp, "eth1")?;
             for (ns, dev) in [
@@ -412,9 +416,7 @@ impl Network {
         let mut more_clients = vec![];
         for i in 2..=spec.clients.unwrap_or(1) {
             let host = format!("client{i}");
-            let ns = Netns::create(&prefix, &host)?;
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            let ns = ipv4_host(&prefix, &host)?;
             let port = format!("c{i}");
             netns::veth(&ns, "eth0", &router, &port)?;
             ethtool_off(&ns, "eth0", WIRE_SIZED)?;

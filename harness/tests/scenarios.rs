@@ -38,6 +38,35 @@ fn play(s: &Scenario, name: &str) -> RunReport {
     r
 }
 
+/// The report row whose name starts with `prefix`.
+fn row<'a>(r: &'a RunReport, prefix: &str) -> &'a tunscope_harness::scenario::report::CheckReport {
+    r.checks
+        .iter()
+        .find(|c| c.name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row {prefix}"))
+}
+
+/// Each named row failed, its message saying what is given.
+fn assert_fail_saying(r: &RunReport, expect: &[(&str, &str)]) {
+    for (name, says) in expect {
+        let c = row(r, name);
+        assert!(!c.passed, "{name} passed");
+        assert!(c.message.contains(says), "{name}: message {:?}", c.message);
+    }
+}
+
+/// Every row not named "WRONG…" passed.
+fn assert_right_ones_pass(r: &RunReport) {
+    assert!(
+        r.checks
+            .iter()
+            .filter(|c| !c.name.starts_with("WRONG"))
+            .all(|c| c.passed),
+        "{}",
+        r.verdict_lines()
+    );
+}
+
 fn split_tunnel_text() -> String {
     std::fs::read_to_string(scenario::scenarios_dir().join("split-tunnel.toml")).unwrap()
 }
@@ -350,33 +379,27 @@ expected_failure = "pretend the corp route is broken"
     let s = Scenario::parse(&scenario::scenarios_dir().join("negative.toml"), &text).unwrap();
     let r = play(&s, "negative");
     assert!(!r.passed);
-    let get = |prefix: &str| {
-        r.checks
-            .iter()
-            .find(|c| c.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no check {prefix}"))
-    };
-    for (name, says) in [
-        (
-            "WRONG: corp route",
-            "route 198.19.10.0/24 is present, expected absent",
-        ),
-        (
-            "WRONG: corp name",
-            "was asked of corp-dns by the client, expected public-dns only",
-        ),
-        ("WRONG: the intranet", "does not contain \"public-web\""),
-        ("WRONG: no DNS", "break the rules; first:"),
-        ("WRONG: corp web", "answered 3 of 3 pings, expected none"),
-        (
-            "WRONG: a working corp route",
-            "expected to fail (pretend the corp route is broken), but passed",
-        ),
-    ] {
-        let c = get(name);
-        assert!(!c.passed, "{name} passed");
-        assert!(c.message.contains(says), "{name}: message {:?}", c.message);
-    }
+    let get = |prefix: &str| row(&r, prefix);
+    assert_fail_saying(
+        &r,
+        &[
+            (
+                "WRONG: corp route",
+                "route 198.19.10.0/24 is present, expected absent",
+            ),
+            (
+                "WRONG: corp name",
+                "was asked of corp-dns by the client, expected public-dns only",
+            ),
+            ("WRONG: the intranet", "does not contain \"public-web\""),
+            ("WRONG: no DNS", "break the rules; first:"),
+            ("WRONG: corp web", "answered 3 of 3 pings, expected none"),
+            (
+                "WRONG: a working corp route",
+                "expected to fail (pretend the corp route is broken), but passed",
+            ),
+        ],
+    );
     // The WAN DNS leak names the offending packet; the via mismatch is in the evidence.
     assert!(get("WRONG: no DNS").message.contains("198.18.100.53:53"));
     assert!(
@@ -386,12 +409,7 @@ expected_failure = "pretend the corp route is broken"
             .any(|e| e.contains("left the client on tun0, expected eth0"))
     );
     // The correct checks of the same run are unaffected.
-    let right: Vec<_> = r
-        .checks
-        .iter()
-        .filter(|c| !c.name.starts_with("WRONG"))
-        .collect();
-    assert!(right.iter().all(|c| c.passed), "{}", r.verdict_lines());
+    assert_right_ones_pass(&r);
     // The report says so too.
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&r.files.report).unwrap()).unwrap();
@@ -554,24 +572,20 @@ seconds = 1
     let s = Scenario::parse(&scenario::scenarios_dir().join("load-negative.toml"), &text).unwrap();
     assert_eq!(s.traffic.len(), 7);
     let r = play(&s, "load-negative");
-    let get = |prefix: &str| {
-        r.checks
-            .iter()
-            .find(|c| c.name.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no row {prefix}"))
-    };
-    for (name, says) in [
-        ("WRONG: 900", "below the 900 Mbit/s asked for"),
-        ("WRONG: a name", "5 of 5 questions failed"),
-        (
-            "WRONG: an address",
-            "no namespace of the scenario holds 198.18.99.99",
-        ),
-    ] {
-        let c = get(name);
-        assert!(!c.passed, "{name} passed");
-        assert!(c.message.contains(says), "{name}: {:?}", c.message);
-        assert!(c.kind.starts_with("traffic-"), "{}", c.kind);
+    let get = |prefix: &str| row(&r, prefix);
+    assert_fail_saying(
+        &r,
+        &[
+            ("WRONG: 900", "below the 900 Mbit/s asked for"),
+            ("WRONG: a name", "5 of 5 questions failed"),
+            (
+                "WRONG: an address",
+                "no namespace of the scenario holds 198.18.99.99",
+            ),
+        ],
+    );
+    for name in ["WRONG: 900", "WRONG: a name", "WRONG: an address"] {
+        assert!(get(name).kind.starts_with("traffic-"), "{}", get(name).kind);
     }
     assert!(
         get("WRONG: a name")
@@ -580,12 +594,7 @@ seconds = 1
             .any(|e| e.contains("failed: answer")),
         "the DNS answer's code is in the evidence"
     );
-    let right: Vec<_> = r
-        .checks
-        .iter()
-        .filter(|c| !c.name.starts_with("WRONG"))
-        .collect();
-    assert!(right.iter().all(|c| c.passed), "{}", r.verdict_lines());
+    assert_right_ones_pass(&r);
     // The two 3 s iperf3 loads measured what they asked for, within their bounds.
     let up = get("two TCP streams upload");
     assert!(
