@@ -1,8 +1,13 @@
 //! OpenSSH's tunnel as a scenario subject: `ssh -w 0:0 -o Tunnel=point-to-point` from the
-//! client to an sshd with `PermitTunnel yes` in the server namespace — the layer-3 VPN every
+//! client to an sshd with `PermitTunnel` in the server namespace — the layer-3 VPN every
 //! Linux host already has. Both ends get a `tun0`; the harness gives them the tunnel
 //! network's addresses and, on the client, the routes and DNS the scenario's pushes describe
 //! ([`crate::p2p`]), as a user's script around `ssh -w` would.
+//!
+//! In ethernet mode (`-o Tunnel=ethernet`, a scenario with `dev = "tap"` and a bridged
+//! topology) both ends get a `tap0`: on the server sshd attaches to the persistent `tap0`
+//! that is a port of the corp LAN's bridge, and the client's `tap0` is only brought up — its
+//! address comes from the LAN's DHCP server through the tunnel, as for a bridged OpenVPN.
 //!
 //! sshd comes from Debian's openssh-server package, unpacked (not installed: installing
 //! would start an sshd on the host) into `target/openssh-server/` by `cargo xtask deps`. It
@@ -64,19 +69,26 @@ impl Ssh {
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
+        ethernet: bool,
     ) -> Result<Ssh> {
         let ends = Ends::in_network(net);
-        Ssh::between(&ends, push, dns, out, within)
+        Ssh::between(&ends, push, dns, out, within, ethernet)
     }
 
-    /// Sets up both ends anywhere.
+    /// Sets up both ends anywhere (`ethernet`: `tap0` devices, see the module text).
     pub fn between(
         ends: &Ends<'_>,
         push: &[String],
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
+        ethernet: bool,
     ) -> Result<Ssh> {
+        let (mode, dev) = if ethernet {
+            ("ethernet", "tap0")
+        } else {
+            ("point-to-point", "tun0")
+        };
         let root = root();
         if !sshd(&root).exists() {
             bail!(
@@ -97,7 +109,7 @@ impl Ssh {
                 "ListenAddress {endpoint}\nPort 22\nHostKey {host}\nPermitRootLogin prohibit-password\n\
                  AuthorizedKeysFile {dir}/authorized_keys\nPubkeyAuthentication yes\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 PermitTunnel point-to-point\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n",
+                 PermitTunnel {mode}\nStrictModes no\nPidFile none\nLogLevel VERBOSE\n",
                 endpoint = ends.endpoint,
                 host = host.display(),
                 dir = dir.display(),
@@ -139,7 +151,7 @@ impl Ssh {
                 "-o",
                 "ServerAliveInterval=5",
                 "-o",
-                "Tunnel=point-to-point",
+                &format!("Tunnel={mode}"),
                 "-w",
                 "0:0",
                 "-N",
@@ -152,19 +164,34 @@ impl Ssh {
             server,
             net: ClientNet::none(),
         };
-        // ssh creates tun0 on both ends once the channel is open.
+        // ssh creates the devices on both ends once the channel is open (a persistent tap0
+        // on the server exists already: wait for sshd to have opened it instead).
         let deadline = Instant::now() + within;
+        let opened = |ns: &Netns| {
+            if ethernet && std::ptr::eq(ns, ends.server) {
+                // A persistent tap has no carrier until a process attaches to it.
+                run(ns, "ip", &["link", "show", dev]).is_ok_and(|l| l.contains("LOWER_UP"))
+            } else {
+                run(ns, "ip", &["link", "show", dev]).is_ok()
+            }
+        };
         for ns in [ends.client, ends.server] {
-            while run(ns, "ip", &["link", "show", "tun0"]).is_err() {
+            while !opened(ns) {
                 if Instant::now() > deadline || !ssh.client.is_running() {
                     bail!(
-                        "ssh -w made no tun0 within {} s:\n{}",
+                        "ssh -w made no {dev} within {} s:\n{}",
                         within.as_secs(),
                         crate::process::tail(&ssh.client.log(), 10)
                     );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        if ethernet {
+            // A LAN station: the address comes from the LAN's DHCP server over the tunnel.
+            run(ends.client, "ip", &["link", "set", dev, "up"])?;
+            ssh.net = ClientNet::apply(ends, &routes_from_push(push), push, dns)?;
+            return Ok(ssh);
         }
         let server_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
         let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);

@@ -637,7 +637,7 @@ fn measure(
         let within = Duration::from_secs(15);
         // Client first, the server last, as for the other paths.
         if anchor == Anchor::Ssh {
-            let t = Ssh::between(&ends, &[], None, &dir, within)?;
+            let t = Ssh::between(&ends, &[], None, &dir, within, false)?;
             procs.push(t.client);
             procs.push(t.server);
         } else {

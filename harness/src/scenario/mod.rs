@@ -357,9 +357,10 @@ impl Scenario {
                     p.server.name()
                 );
             }
-            if other && (raw.tunnel.dev == DevName::Tap || raw.tunnel.kill_switch) {
+            let ssh_tap = p.client == Subject::Ssh && raw.topology.bridge;
+            if other && ((raw.tunnel.dev == DevName::Tap && !ssh_tap) || raw.tunnel.kill_switch) {
                 bail!(
-                    "{file}: pairing {}: the {} subject has no tap mode and no kill switch here",
+                    "{file}: pairing {}: the {} subject has no kill switch here, and tap mode only for ssh in a bridged topology",
                     p.label(),
                     p.client.name()
                 );

@@ -455,8 +455,15 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         let push = &s.tunnel.push;
         other = Some(match opts.pairing.client {
             Subject::Ssh => OtherVpn::Ssh(
-                crate::ssh::Ssh::start(&net, push, dns, &out, up_within)
-                    .context("the ssh -w tunnel did not come up")?,
+                crate::ssh::Ssh::start(
+                    &net,
+                    push,
+                    dns,
+                    &out,
+                    up_within,
+                    s.tunnel.dev == DevName::Tap,
+                )
+                .context("the ssh -w tunnel did not come up")?,
             ),
             _ => OtherVpn::WireGuard(
                 crate::wireguard::WireGuard::start(&net, push, dns, &out, up_within)
