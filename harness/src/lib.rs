@@ -22,6 +22,7 @@ pub mod impair;
 pub mod netns;
 pub mod netstate;
 pub mod network;
+pub mod openconnect;
 pub mod p2p;
 pub mod pki;
 pub mod process;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tunscope_harness::netns::Netns;
+use tunscope_harness::openconnect::OpenConnect;
 use tunscope_harness::p2p::Ends;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::Proc;
@@ -40,6 +41,8 @@ enum Anchor {
     WireGuard,
     /// ssh -w ↔ sshd (OpenSSH's point-to-point tunnel).
     Ssh,
+    /// openconnect ↔ ocserv (the AnyConnect protocol, DTLS data channel).
+    OpenConnect,
 }
 
 impl Anchor {
@@ -52,7 +55,13 @@ impl Anchor {
             Anchor::OursBoth => "tunscope client ↔ tunscope server",
             Anchor::WireGuard => "wireguard-go ↔ wireguard-go",
             Anchor::Ssh => "ssh -w ↔ sshd",
+            Anchor::OpenConnect => "openconnect ↔ ocserv",
         }
+    }
+
+    /// Not OpenVPN: one client, set up by the harness's subject module.
+    fn is_other_vpn(self) -> bool {
+        matches!(self, Anchor::WireGuard | Anchor::Ssh | Anchor::OpenConnect)
     }
 
     fn client(self) -> Implementation {
@@ -215,13 +224,14 @@ fn tunnel(args: &[&str]) -> Result<()> {
         ("both", Anchor::OursBoth),
         ("wireguard", Anchor::WireGuard),
         ("ssh", Anchor::Ssh),
+        ("openconnect", Anchor::OpenConnect),
     ];
     let chosen: Vec<Anchor> = match flag(args, "--paths") {
         // WireGuard here has one peer: with several clients it sits out unless asked for.
         None => all
             .iter()
             .map(|(_, a)| *a)
-            .filter(|a| clients == 1 || !matches!(a, Anchor::WireGuard | Anchor::Ssh))
+            .filter(|a| clients == 1 || !a.is_other_vpn())
             .collect(),
         Some(list) => list
             .split(',')
@@ -231,7 +241,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     .map(|(_, a)| *a)
                     .with_context(|| {
                         format!(
-                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard, ssh)"
+                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard, ssh, openconnect)"
                         )
                     })
             })
@@ -623,9 +633,9 @@ fn measure(
     let mut procs: Vec<Proc> = vec![];
     let target: Ipv4Addr = if anchor == Anchor::Veth {
         SERVER_WAN
-    } else if matches!(anchor, Anchor::WireGuard | Anchor::Ssh) {
+    } else if anchor.is_other_vpn() {
         let Topo::Two(two) = &hosts else {
-            bail!("the wireguard and ssh paths run with one client (--clients 1)");
+            bail!("the wireguard, ssh and openconnect paths run with one client (--clients 1)");
         };
         let ends = Ends {
             client: &two.client,
@@ -640,6 +650,12 @@ fn measure(
             let t = Ssh::between(&ends, &[], None, &dir, within, false)?;
             procs.push(t.client);
             procs.push(t.server);
+        } else if anchor == Anchor::OpenConnect {
+            // Split: only the tunnel network (ocserv gives a full tunnel without routes).
+            let push = ["route 198.19.0.0 255.255.255.0".to_owned()];
+            let oc = OpenConnect::between(&ends, &push, None, &dir, within)?;
+            procs.push(oc.client);
+            procs.push(oc.server);
         } else {
             let wg = WireGuard::between(&ends, &[], None, &dir, within)?;
             procs.push(wg.client);

@@ -36,7 +36,40 @@ const NEEDED: &[(&str, &str)] = &[
     ("dbus-daemon", "dbus-daemon"),
     // Headless, it opens the HTML reports in their tests as a person's browser would.
     ("chromium", "chromium"),
+    // OpenConnect as a scenario subject: the client (vpnc-scripts comes with it); ocserv is
+    // unpacked, see ensure_unpacked.
+    ("openconnect", "openconnect"),
 ];
+
+/// Libraries an unpacked daemon links against (ocserv's), installed as packages: plain
+/// libraries, no services.
+const LIBRARIES: &[&str] = &[
+    "libev4",
+    "libgnutls30",
+    "libgssapi-krb5-2",
+    "libhttp-parser2.9",
+    "liblz4-1",
+    "libmaxminddb0",
+    "libnettle8",
+    "libnl-3-200",
+    "libnl-route-3-200",
+    "liboath0",
+    "libpam0g",
+    "libprotobuf-c1",
+    "libradcli4",
+    "libreadline8",
+    "libseccomp2",
+    "libtalloc2",
+    "libtasn1-6",
+];
+
+/// Whether dpkg has `pkg` installed.
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -57,8 +90,9 @@ pub fn ensure() -> Result<()> {
 /// Daemons the scenarios run that Debian would start on the host if installed, unpacked
 /// into `target/` instead: systemd-resolved (installing it points the host's
 /// `/etc/resolv.conf` at its stub; `libsystemd-shared` of the same version comes along, so
-/// the daemon does not depend on the host's systemd) and openssh-server (installing it
-/// starts an sshd on the host).
+/// the daemon does not depend on the host's systemd), openssh-server (installing it
+/// starts an sshd on the host) and ocserv (its package ships an init script and a socket
+/// unit listening on the host's port 443).
 fn ensure_unpacked() -> Result<()> {
     let resolved = tunscope_harness::resolved::root();
     unpack(
@@ -71,6 +105,12 @@ fn ensure_unpacked() -> Result<()> {
         &ssh,
         &tunscope_harness::ssh::sshd(&ssh),
         &["openssh-server"],
+    )?;
+    let ocserv = tunscope_harness::openconnect::root();
+    unpack(
+        &ocserv,
+        &tunscope_harness::openconnect::ocserv(&ocserv),
+        &["ocserv"],
     )
 }
 
@@ -138,6 +178,7 @@ fn ensure_packages() -> Result<()> {
         .iter()
         .filter(|(c, _)| !have(c))
         .map(|(_, p)| *p)
+        .chain(LIBRARIES.iter().copied().filter(|p| !installed(p)))
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -710,7 +710,7 @@ fn compare_flow(
             }
             Some(_) => {}
         }
-        if ca.tcp_stream != cb.tcp_stream && !crate::normalize::ssh_flow(&key) {
+        if ca.tcp_stream != cb.tcp_stream && !crate::normalize::variable_stream(&key) {
             vol(
                 "tcp stream bytes",
                 ca.tcp_stream.unwrap_or(0),

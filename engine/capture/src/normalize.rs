@@ -36,6 +36,7 @@
 //! | `ike.mid` | IKE message id | kept |
 //! | `esp.spi`, `esp.seq` | ESP (IP protocol 50, or UDP 4500) SPI and sequence number | masked |
 //! | `tls.rec` | TLS (TCP 443, first record of a segment) and DTLS (every record of a datagram) record kinds, `handshake client_hello` … | kept |
+//! | `tls.hs_size` | a TLS handshake segment's size instead of `size` and `tcp.len` (certificates and signatures vary by a byte or two per key) | masked |
 //! | `text` | plaintext control message (engine control taps); version strings in peer-info (`IV_VER`, `IV_SSL`, `IV_PLAT_VER`, `IV_HWADDR`, `IV_GUI_VER`) as `*` | kept |
 //! | `tap.drop`, `tap.key`, `tap.peer` | from an engine tap's comment | kept |
 //! | `tap.trace`, `tap.pid`, `tap.stage_ns` | per-run counters and timings | masked |
@@ -79,6 +80,7 @@ pub const DEFAULT_MASKS: &[&str] = &[
     "ovpn.acks",
     "ovpn.pid",
     "ovpn.ctl_size",
+    "tls.hs_size",
     "dns.id",
     "wg.idx",
     "wg.counter",
@@ -131,6 +133,7 @@ pub const FIELDS: &[&str] = &[
     "ike.spi",
     "ike.mid",
     "tls.rec",
+    "tls.hs_size",
     "text",
     "tap.key",
     "tap.peer",
@@ -1020,6 +1023,11 @@ fn describe_l3(
                         f.insert("tls.rec", r.describe());
                         if r.content == 22 && r.handshake.is_some() && !retransmitted {
                             *bulk = false;
+                            // Certificates and signatures: a byte or two more or less per key.
+                            if let Some(size) = f.remove("size") {
+                                f.insert("tls.hs_size", size);
+                            }
+                            f.remove("tcp.len");
                         }
                     }
                 }
@@ -1048,11 +1056,15 @@ fn describe_l3(
     }
 }
 
-/// A flow key (`… tcp A:P <-> B:22`) of an SSH connection: its byte counts follow SSH's own
-/// padding and, for an `ssh -w` tunnel, how the traffic inside was packed — timing, not
-/// behaviour — so summaries leave its stream length out and diffs do not compare it exactly.
-pub fn ssh_flow(key: &str) -> bool {
-    key.contains(" tcp ") && key.split(' ').any(|e| e.ends_with(":22"))
+/// A flow key of an encrypted stream whose length is not behaviour: SSH (`… tcp A:P <->
+/// B:22`: its own padding and, for an `ssh -w` tunnel, how the traffic inside was packed)
+/// and TLS on 443 (HTTPS and AnyConnect's CSTP: the HTTP inside carries dates and cookies of
+/// varying length). Summaries leave its stream length out and diffs do not compare it exactly.
+pub fn variable_stream(key: &str) -> bool {
+    key.contains(" tcp ")
+        && key
+            .split(' ')
+            .any(|e| e.ends_with(":22") || e.ends_with(":443"))
 }
 
 fn esp_fields(e: &crate::vpn::Esp, f: &mut Fields, bulk: &mut bool) {

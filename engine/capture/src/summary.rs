@@ -40,10 +40,10 @@ pub fn summary(n: &Normalized) -> String {
             if !bw.is_empty() {
                 let _ = write!(s, "{} ← {bw}", if fw.is_empty() { "" } else { " |" });
             }
-            // Stream lengths of TCP connections closed from both sides are exact — but SSH's
-            // ([`crate::normalize::ssh_flow`]).
+            // Stream lengths of TCP connections closed from both sides are exact — but SSH's and TLS's
+            // ([`crate::normalize::variable_stream`]).
             let closed = |d: usize| f.kinds[d].iter().any(|k| k.starts_with("tcp F"));
-            if !crate::normalize::ssh_flow(&f.key)
+            if !crate::normalize::variable_stream(&f.key)
                 && closed(0)
                 && closed(1)
                 && let (Some(a), Some(b)) = (f.counts[0].tcp_stream, f.counts[1].tcp_stream)

@@ -55,6 +55,9 @@ pub enum Subject {
     Wireguard,
     /// OpenSSH's `ssh -w` point-to-point tunnel to sshd, both roles ([`crate::ssh`]).
     Ssh,
+    /// openconnect (AnyConnect protocol, vpnc-script) to ocserv, both roles
+    /// ([`crate::openconnect`]).
+    Openconnect,
 }
 
 impl Subject {
@@ -63,7 +66,7 @@ impl Subject {
         match self {
             Subject::Ours => Some(Implementation::Ours),
             Subject::Openvpn => Some(Implementation::OpenVpn),
-            Subject::Wireguard | Subject::Ssh => None,
+            Subject::Wireguard | Subject::Ssh | Subject::Openconnect => None,
         }
     }
 
@@ -74,6 +77,7 @@ impl Subject {
             Subject::Openvpn => "openvpn",
             Subject::Wireguard => "wireguard",
             Subject::Ssh => "ssh",
+            Subject::Openconnect => "openconnect",
         }
     }
 }
@@ -86,8 +90,9 @@ impl std::str::FromStr for Subject {
             "openvpn" => Ok(Subject::Openvpn),
             "wireguard" | "wg" => Ok(Subject::Wireguard),
             "ssh" => Ok(Subject::Ssh),
+            "openconnect" | "anyconnect" => Ok(Subject::Openconnect),
             o => Err(format!(
-                "unknown subject '{o}' (ours, openvpn, wireguard, ssh)"
+                "unknown subject '{o}' (ours, openvpn, wireguard, ssh, openconnect)"
             )),
         }
     }

@@ -247,6 +247,7 @@ fn journey_sample(bin: &Path, taps: &[&Path]) -> Vec<serde_json::Value> {
 enum OtherVpn {
     WireGuard(crate::wireguard::WireGuard),
     Ssh(crate::ssh::Ssh),
+    OpenConnect(crate::openconnect::OpenConnect),
 }
 
 /// How a report says a check does not apply to a subject (a pass that is not silent).
@@ -266,6 +267,9 @@ fn not_applicable(c: &checks::Check, p: Pairing) -> Option<&'static str> {
         }
         (Subject::Ssh, checks::CheckSpec::Reconnect(_)) => {
             Some("ssh -w does not reconnect by itself (a user's loop around it would)")
+        }
+        (Subject::Openconnect, checks::CheckSpec::Counter(_)) => {
+            Some("openconnect and ocserv have no stage probes; their packets are in the capture")
         }
         _ => None,
     }
@@ -464,6 +468,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                     s.tunnel.dev == DevName::Tap,
                 )
                 .context("the ssh -w tunnel did not come up")?,
+            ),
+            Subject::Openconnect => OtherVpn::OpenConnect(
+                crate::openconnect::OpenConnect::start(&net, push, dns, &out, up_within)
+                    .context("the OpenConnect tunnel did not come up")?,
             ),
             _ => OtherVpn::WireGuard(
                 crate::wireguard::WireGuard::start(&net, push, dns, &out, up_within)
@@ -693,6 +701,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     match other.as_mut() {
         Some(OtherVpn::WireGuard(w)) => w.stop_client(&net.client),
         Some(OtherVpn::Ssh(t)) => t.stop_client(&net.client),
+        Some(OtherVpn::OpenConnect(o)) => o.stop_client(&net.client),
         None => {}
     }
     let after = NetState::record(&net.client)?;
@@ -703,6 +712,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     match other.as_mut() {
         Some(OtherVpn::WireGuard(w)) => w.stop_server(),
         Some(OtherVpn::Ssh(t)) => t.stop_server(),
+        Some(OtherVpn::OpenConnect(o)) => o.stop_server(),
         None => {}
     }
     progress.line("client and server stopped");
