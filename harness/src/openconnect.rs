@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::Netns;
 use crate::network::{Network, addr};
-use crate::p2p::{ClientNet, DnsHook, Ends, Routes, run};
+use crate::p2p::{ClientNet, DnsHook, Ends, Routes, Tunnel, run};
 use crate::pki::Pki;
 use crate::process::Proc;
 
@@ -47,13 +46,7 @@ const VPNC_SCRIPT: &str = "/usr/share/vpnc-scripts/vpnc-script";
 pub const PORT: u16 = 443;
 
 /// A running OpenConnect tunnel.
-pub struct OpenConnect {
-    /// The client's openconnect.
-    pub client: Proc,
-    /// The server's ocserv.
-    pub server: Proc,
-    net: ClientNet,
-}
+pub struct OpenConnect;
 
 /// ocserv's configuration lines for what an OpenVPN server would push.
 pub fn ocserv_pushes(push: &[String]) -> Vec<String> {
@@ -107,7 +100,7 @@ impl OpenConnect {
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
-    ) -> Result<OpenConnect> {
+    ) -> Result<Tunnel> {
         OpenConnect::between(&Ends::in_network(net), push, dns, out, within)
     }
 
@@ -118,7 +111,7 @@ impl OpenConnect {
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
-    ) -> Result<OpenConnect> {
+    ) -> Result<Tunnel> {
         let dir = out.join("openconnect");
         std::fs::create_dir_all(&dir)?;
         let pki = Pki::generate(&dir.join("pki"))?;
@@ -200,22 +193,11 @@ impl OpenConnect {
         cmd.args(["-m", "--propagation", "private", "sh"])
             .arg(&start);
         let client = Proc::spawn("openconnect", cmd, &out.join("client.log"))?;
-        let mut oc = OpenConnect {
-            client,
-            server,
-            net: ClientNet::none(),
-        };
+        let mut oc = Tunnel::new(client, server);
         let deadline = Instant::now() + within;
-        while !oc.client.log().contains("Configured as") {
-            if Instant::now() > deadline || !oc.client.is_running() {
-                bail!(
-                    "openconnect did not connect within {} s:\n{}",
-                    within.as_secs(),
-                    crate::process::tail(&oc.client.log(), 10)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        oc.wait_until(deadline, "openconnect did not connect", |c| {
+            c.log().contains("Configured as")
+        })?;
         // vpnc-script has run when tun0 holds its address.
         while !run(ends.client, "ip", &["-4", "addr", "show", "dev", "tun0"])
             .is_ok_and(|o| o.contains("inet "))
@@ -233,19 +215,6 @@ impl OpenConnect {
         let gateway = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
         crate::p2p::wait_for_ping(ends.client, gateway, within)?;
         Ok(oc)
-    }
-
-    /// Takes the client down: the DNS hook's `down`, then openconnect stopped (it runs
-    /// vpnc-script's disconnect, which restores routes and resolv.conf).
-    pub fn stop_client(&mut self, ns: &Netns) {
-        self.net.before_stop(ns);
-        self.client.stop(Duration::from_secs(5));
-        self.net.after_stop(ns);
-    }
-
-    /// Stops ocserv.
-    pub fn stop_server(&mut self) {
-        self.server.stop(Duration::from_secs(5));
     }
 }
 

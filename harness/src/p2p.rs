@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
+use crate::process::Proc;
 
 /// What the client's routes and AllowedIPs are made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +84,63 @@ pub struct DnsHook<'a> {
     pub backend: &'a str,
     /// Its state file.
     pub state: PathBuf,
+}
+
+/// A running tunnel of one of these VPNs: both ends' processes and what the harness set up
+/// on the client, undone when the client stops.
+pub struct Tunnel {
+    /// The client's process.
+    pub client: Proc,
+    /// The server's.
+    pub server: Proc,
+    /// Routes and DNS set up on the client.
+    pub net: ClientNet,
+}
+
+impl Tunnel {
+    /// Both ends running, nothing set up on the client yet (dropping it stops both).
+    pub fn new(client: Proc, server: Proc) -> Tunnel {
+        Tunnel {
+            client,
+            server,
+            net: ClientNet::none(),
+        }
+    }
+
+    /// Takes the client down as its user would: the DNS hook's `down`, the client stopped
+    /// (its device and the routes on it go too), then the host route to the server.
+    pub fn stop_client(&mut self, ns: &Netns) {
+        self.net.before_stop(ns);
+        self.client.stop(Duration::from_secs(5));
+        self.net.after_stop(ns);
+    }
+
+    /// Stops the server.
+    pub fn stop_server(&mut self) {
+        self.server.stop(Duration::from_secs(5));
+    }
+
+    /// Waits (polling every 20 ms) until `ready` holds for the client's process; fails with
+    /// "`what` within N s" and the client's log tail at `deadline` or when the client exits.
+    pub fn wait_until(
+        &mut self,
+        deadline: Instant,
+        what: &str,
+        mut ready: impl FnMut(&Proc) -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        while !ready(&self.client) {
+            if Instant::now() > deadline || !self.client.is_running() {
+                bail!(
+                    "{what} within {} s:\n{}",
+                    deadline.saturating_duration_since(started).as_secs(),
+                    crate::process::tail(&self.client.log(), 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 /// What was set up on the client, to be undone.

@@ -22,7 +22,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 use crate::network::{Network, addr};
-use crate::p2p::{ClientNet, DnsHook, Ends, routes_from_push, run, up_as_tun0, wait_for_ping};
+use crate::p2p::{
+    ClientNet, DnsHook, Ends, Tunnel, routes_from_push, run, up_as_tun0, wait_for_ping,
+};
 use crate::process::Proc;
 
 /// Where `cargo xtask deps` unpacks openssh-server (`TUNSCOPE_SSHD_ROOT` overrides).
@@ -53,13 +55,7 @@ fn keygen(path: &Path) -> Result<()> {
 }
 
 /// A running `ssh -w` tunnel.
-pub struct Ssh {
-    /// The client's ssh.
-    pub client: Proc,
-    /// The server's sshd.
-    pub server: Proc,
-    net: ClientNet,
-}
+pub struct Ssh;
 
 impl Ssh {
     /// Sets up both ends in a scenario's network and waits until a ping crosses.
@@ -70,7 +66,7 @@ impl Ssh {
         out: &Path,
         within: Duration,
         ethernet: bool,
-    ) -> Result<Ssh> {
+    ) -> Result<Tunnel> {
         let ends = Ends::in_network(net);
         Ssh::between(&ends, push, dns, out, within, ethernet)
     }
@@ -83,7 +79,7 @@ impl Ssh {
         out: &Path,
         within: Duration,
         ethernet: bool,
-    ) -> Result<Ssh> {
+    ) -> Result<Tunnel> {
         let (mode, dev) = if ethernet {
             ("ethernet", "tap0")
         } else {
@@ -159,11 +155,7 @@ impl Ssh {
             .arg(format!("root@{}", ends.endpoint));
         let client = Proc::spawn("ssh -w", cmd, &out.join("client.log"))?;
         // Owned from here, so an error below stops both processes.
-        let mut ssh = Ssh {
-            client,
-            server,
-            net: ClientNet::none(),
-        };
+        let mut ssh = Tunnel::new(client, server);
         // ssh creates the devices on both ends once the channel is open (a persistent tap0
         // on the server exists already: wait for sshd to have opened it instead).
         let deadline = Instant::now() + within;
@@ -176,16 +168,7 @@ impl Ssh {
             }
         };
         for ns in [ends.client, ends.server] {
-            while !opened(ns) {
-                if Instant::now() > deadline || !ssh.client.is_running() {
-                    bail!(
-                        "ssh -w made no {dev} within {} s:\n{}",
-                        within.as_secs(),
-                        crate::process::tail(&ssh.client.log(), 10)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            ssh.wait_until(deadline, &format!("ssh -w made no {dev}"), |_| opened(ns))?;
         }
         if ethernet {
             // A LAN station: the address comes from the LAN's DHCP server over the tunnel.
@@ -200,18 +183,5 @@ impl Ssh {
         ssh.net = ClientNet::apply(ends, &routes_from_push(push), push, dns)?;
         wait_for_ping(ends.client, server_ip, within)?;
         Ok(ssh)
-    }
-
-    /// Takes the client down as its user would: DNS hook `down`, ssh stopped (both tun0
-    /// devices go with the channel), the host route removed.
-    pub fn stop_client(&mut self, ns: &Netns) {
-        self.net.before_stop(ns);
-        self.client.stop(Duration::from_secs(5));
-        self.net.after_stop(ns);
-    }
-
-    /// Stops sshd.
-    pub fn stop_server(&mut self) {
-        self.server.stop(Duration::from_secs(5));
     }
 }

@@ -23,7 +23,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 use crate::network::{Network, addr};
-use crate::p2p::{ClientNet, DnsHook, Ends, routes_from_push, run, up_as_tun0, wait_for_ping};
+use crate::p2p::{
+    ClientNet, DnsHook, Ends, Tunnel, routes_from_push, run, up_as_tun0, wait_for_ping,
+};
 use crate::process::Proc;
 
 /// The server's UDP port.
@@ -99,13 +101,7 @@ fn start_device(ns: &Netns, dev: &str, log: &Path) -> Result<Proc> {
 }
 
 /// A running WireGuard tunnel between the scenario's client and server.
-pub struct WireGuard {
-    /// The client's wireguard-go.
-    pub client: Proc,
-    /// The server's.
-    pub server: Proc,
-    net: ClientNet,
-}
+pub struct WireGuard;
 
 impl WireGuard {
     /// Sets up both ends in a scenario's network and waits until the tunnel carries a ping
@@ -116,7 +112,7 @@ impl WireGuard {
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
-    ) -> Result<WireGuard> {
+    ) -> Result<Tunnel> {
         let ends = Ends::in_network(net);
         WireGuard::between(&ends, push, dns, out, within)
     }
@@ -128,7 +124,7 @@ impl WireGuard {
         dns: Option<DnsHook<'_>>,
         out: &Path,
         within: Duration,
-    ) -> Result<WireGuard> {
+    ) -> Result<Tunnel> {
         let server_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
         let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);
         let (skey, spub) = keypair(out, "server")?;
@@ -176,29 +172,12 @@ impl WireGuard {
             ],
         )?;
         up_as_tun0(ends.client, &cdev, client_ip)?;
-        let net = ClientNet::apply(ends, &routes, push, dns)?;
-        let wg = WireGuard {
-            client,
-            server,
-            net,
-        };
+        let mut wg = Tunnel::new(client, server);
+        wg.net = ClientNet::apply(ends, &routes, push, dns)?;
         // Lazy handshake: the first packet starts it.
         wait_for_ping(ends.client, server_ip, within)
             .with_context(|| run(ends.client, "wg", &["show", &cdev]).unwrap_or_default())?;
         Ok(wg)
-    }
-
-    /// Takes the client down as its user would: DNS hook `down`, wireguard-go stopped (its
-    /// device and routes go with it), the host route to the server removed.
-    pub fn stop_client(&mut self, ns: &Netns) {
-        self.net.before_stop(ns);
-        self.client.stop(Duration::from_secs(5));
-        self.net.after_stop(ns);
-    }
-
-    /// Stops the server.
-    pub fn stop_server(&mut self) {
-        self.server.stop(Duration::from_secs(5));
     }
 }
 
