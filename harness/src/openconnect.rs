@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::network::{Network, addr};
+use crate::network::addr;
 use crate::p2p::{ClientNet, DnsHook, Ends, Routes, Tunnel, run};
 use crate::pki::Pki;
 use crate::process::Proc;
@@ -92,18 +92,6 @@ fn key_pin(cert: &Path) -> Result<String> {
 }
 
 impl OpenConnect {
-    /// ocserv and openconnect in a scenario's network; up once vpnc-script has run and a
-    /// ping to the server's tunnel address crosses.
-    pub fn start(
-        net: &Network,
-        push: &[String],
-        dns: Option<DnsHook<'_>>,
-        out: &Path,
-        within: Duration,
-    ) -> Result<Tunnel> {
-        OpenConnect::between(&Ends::in_network(net), push, dns, out, within)
-    }
-
     /// Both ends anywhere.
     pub fn between(
         ends: &Ends<'_>,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
-use crate::network::{Network, addr};
+use crate::network::addr;
 use crate::p2p::{
     ClientNet, DnsHook, Ends, Tunnel, routes_from_push, run, up_as_tun0, wait_for_ping,
 };
@@ -58,19 +58,6 @@ fn keygen(path: &Path) -> Result<()> {
 pub struct Ssh;
 
 impl Ssh {
-    /// Sets up both ends in a scenario's network and waits until a ping crosses.
-    pub fn start(
-        net: &Network,
-        push: &[String],
-        dns: Option<DnsHook<'_>>,
-        out: &Path,
-        within: Duration,
-        ethernet: bool,
-    ) -> Result<Tunnel> {
-        let ends = Ends::in_network(net);
-        Ssh::between(&ends, push, dns, out, within, ethernet)
-    }
-
     /// Sets up both ends anywhere (`ethernet`: `tap0` devices, see the module text).
     pub fn between(
         ends: &Ends<'_>,

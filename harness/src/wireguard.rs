@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
-use crate::network::{Network, addr};
+use crate::network::addr;
 use crate::p2p::{
     ClientNet, DnsHook, Ends, Tunnel, routes_from_push, run, up_as_tun0, wait_for_ping,
 };
@@ -104,19 +104,6 @@ fn start_device(ns: &Netns, dev: &str, log: &Path) -> Result<Proc> {
 pub struct WireGuard;
 
 impl WireGuard {
-    /// Sets up both ends in a scenario's network and waits until the tunnel carries a ping
-    /// (at most `within`).
-    pub fn start(
-        net: &Network,
-        push: &[String],
-        dns: Option<DnsHook<'_>>,
-        out: &Path,
-        within: Duration,
-    ) -> Result<Tunnel> {
-        let ends = Ends::in_network(net);
-        WireGuard::between(&ends, push, dns, out, within)
-    }
-
     /// Sets up both ends anywhere (the bench's two hosts, a scenario's network).
     pub fn between(
         ends: &Ends<'_>,

@@ -93,6 +93,11 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
         .chain(t.server_options.iter().cloned())
         .collect();
     spec.client_extra = t.client_options.clone();
+    if s.topology.servers == Some(2) {
+        // Failover: the second server as the next `remote` (OpenVPN tries them in file order).
+        spec.client_extra
+            .push(format!("remote {} {}", addr::SERVER2_WAN, spec.port));
+    }
     if s.topology.client_lan {
         // Site-to-site: the kernel route to the LAN behind the client, and (in the client's
         // client-config-dir file, written with the PKI) the iroute naming that client.
@@ -109,16 +114,6 @@ fn tunnel_spec(s: &Scenario) -> TunnelSpec {
         );
     }
     spec
-}
-
-/// A client config with a second `remote` line, the failover server's, after the first.
-fn with_second_remote(text: &str, first: std::net::IpAddr, port: u16) -> String {
-    let line = format!("remote {first} {port}\n");
-    text.replacen(
-        &line,
-        &format!("{line}remote {} {port}\n", addr::SERVER2_WAN),
-        1,
-    )
 }
 
 fn log_tail(p: &Path, n: usize) -> String {
@@ -424,10 +419,6 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             "script-security 2\nup \"{hook}\"\ndown \"{hook}\"\n"
         ));
     }
-    if net.server2.is_some() {
-        // Failover: the second server as the next `remote`, tried when the first fails.
-        client_text = with_second_remote(&client_text, server_at, spec.port);
-    }
     let client_conf = out.join("client.conf");
     std::fs::write(&client_conf, client_text)?;
 
@@ -454,9 +445,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             state: out.join("client-dns.state"),
         });
         let push = &s.tunnel.push;
+        let ends = crate::p2p::Ends::in_network(&net);
         other = Some(match opts.pairing.client {
-            Subject::Ssh => crate::ssh::Ssh::start(
-                &net,
+            Subject::Ssh => crate::ssh::Ssh::between(
+                &ends,
                 push,
                 dns,
                 &out,
@@ -465,10 +457,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
             )
             .context("the ssh -w tunnel did not come up")?,
             Subject::Openconnect => {
-                crate::openconnect::OpenConnect::start(&net, push, dns, &out, up_within)
+                crate::openconnect::OpenConnect::between(&ends, push, dns, &out, up_within)
                     .context("the OpenConnect tunnel did not come up")?
             }
-            _ => crate::wireguard::WireGuard::start(&net, push, dns, &out, up_within)
+            _ => crate::wireguard::WireGuard::between(&ends, push, dns, &out, up_within)
                 .context("the WireGuard tunnel did not come up")?,
         });
     } else {
@@ -558,9 +550,6 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         let Some(imp) = client_impl else { break };
         let (cert, key) = pki.client(host)?;
         let mut text = spec.client_config(&pki, &cert, &key, server_at, &out)?;
-        if net.server2.is_some() {
-            text = with_second_remote(&text, server_at, spec.port);
-        }
         let conf = out.join(format!("{host}.conf"));
         let log = out.join(format!("{host}.log"));
         let state = out.join(format!("{host}.state"));
