@@ -186,6 +186,14 @@ impl OpenConnect {
         oc.wait_until(deadline, "openconnect did not connect", |c| {
             c.log().contains("Configured as")
         })?;
+        // Traffic moves to DTLS once its handshake is done, which may be after "Configured as"
+        // ("DTLS in progress"): wait for it, so that a run's packets take one path, not
+        // whichever was up when the checks began.
+        oc.wait_until(
+            deadline,
+            "openconnect's DTLS channel did not come up (traffic would stay on TLS over TCP)",
+            |c| c.log().contains("Established DTLS connection"),
+        )?;
         // vpnc-script has run when tun0 holds its address.
         while !run(ends.client, "ip", &["-4", "addr", "show", "dev", "tun0"])
             .is_ok_and(|o| o.contains("inet "))

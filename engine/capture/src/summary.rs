@@ -33,6 +33,16 @@ pub fn summary(n: &Normalized) -> String {
                 continue;
             }
             let _ = write!(s, "  {what}:");
+            if what == "arp" {
+                // Who asks whom depends on whose neighbour entry went stale first (the
+                // kernel re-validates entries in use every 15–45 s with unicast probes), i.e.
+                // on how long a run took: ARP is summarized without direction.
+                let both: std::collections::BTreeSet<&String> =
+                    f.kinds[0].iter().chain(&f.kinds[1]).collect();
+                let both: Vec<&str> = both.into_iter().map(String::as_str).collect();
+                let _ = writeln!(s, " ↔ {}", both.join(", "));
+                continue;
+            }
             let (fw, bw) = (kinds(f, 0), kinds(f, 1));
             if !fw.is_empty() {
                 let _ = write!(s, " → {fw}");
@@ -54,4 +64,54 @@ pub fn summary(n: &Normalized) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::DirCounts;
+
+    fn flow(key: &str, there: &[&str], back: &[&str]) -> Flow {
+        let set = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect();
+        Flow {
+            key: key.into(),
+            iface: "client/eth0".into(),
+            events: vec![],
+            counts: [DirCounts::default(); 2],
+            start_ns: 0,
+            first: 0,
+            kinds: [set(there), set(back)],
+        }
+    }
+
+    #[test]
+    fn arp_is_summarized_without_direction_other_flows_with() {
+        // Two runs: in the second the peer re-validated its entry with a probe of its own.
+        let one = |back_probe: bool| Normalized {
+            flows: vec![
+                flow(
+                    "client/eth0 arp",
+                    &["arp request"],
+                    if back_probe {
+                        &["arp reply", "arp request"]
+                    } else {
+                        &["arp reply"]
+                    },
+                ),
+                flow(
+                    "client/eth0 udp 198.18.1.2:eph1 <-> 198.18.2.2:1194",
+                    &["P_DATA_V2"],
+                    &[],
+                ),
+            ],
+            ..Default::default()
+        };
+        let text = summary(&one(false));
+        assert_eq!(text, summary(&one(true)));
+        assert!(text.contains("  arp: ↔ arp reply, arp request\n"), "{text}");
+        assert!(
+            text.contains("198.18.2.2:1194: → P_DATA_V2\n"),
+            "other flows keep their direction: {text}"
+        );
+    }
 }
