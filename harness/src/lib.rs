@@ -19,6 +19,7 @@ pub mod dhcp;
 pub mod filter;
 pub mod html;
 pub mod impair;
+pub mod ipsec;
 pub mod netns;
 pub mod netstate;
 pub mod network;

@@ -11,14 +11,28 @@ use crate::netns::Netns;
 /// Routes, addresses and resolver configuration of one namespace at one moment.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct NetState {
-    /// `ip -4 route show table main` lines, sorted.
+    /// `ip -4 route show table main` lines and other tables' routes (`… table N …`), sorted.
     pub routes: Vec<String>,
-    /// `ip -6 route show` lines, sorted.
+    /// `ip -6 route show` lines and other tables' routes, sorted.
     pub routes6: Vec<String>,
     /// `<ifname> <address>/<len>` per address, sorted.
     pub addresses: Vec<String>,
     /// resolv.conf as it is inside the namespace.
     pub resolv_conf: String,
+}
+
+/// Routes of tables other than `main` and `local` (e.g. strongSwan's table 220, consulted
+/// by a policy rule ahead of `main`), each line naming its table.
+fn policy_routes(ns: &Netns, family: &str) -> Vec<String> {
+    ns.ip(&[family, "route", "show", "table", "all"])
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| {
+            let table = l.split_whitespace().skip_while(|w| *w != "table").nth(1);
+            table.is_some_and(|t| t != "local" && t != "main")
+        })
+        .collect()
 }
 
 impl NetState {
@@ -29,6 +43,7 @@ impl NetState {
             .lines()
             .map(|l| l.trim().to_owned())
             .filter(|l| !l.is_empty())
+            .chain(policy_routes(ns, "-4"))
             .collect();
         routes.sort();
         let mut routes6: Vec<String> = ns
@@ -37,6 +52,7 @@ impl NetState {
             .lines()
             .map(|l| l.trim().to_owned())
             .filter(|l| !l.is_empty())
+            .chain(policy_routes(ns, "-6"))
             .collect();
         routes6.sort();
         let mut addresses = vec![];

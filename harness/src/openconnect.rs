@@ -207,7 +207,7 @@ impl OpenConnect {
             prefixes: vec![],
             full_tunnel: false,
         };
-        oc.net = ClientNet::apply(ends, &no_routes, push, dns)?;
+        oc.net = ClientNet::apply(ends, "tun0", &no_routes, push, dns)?;
         let gateway = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
         crate::p2p::wait_for_ping(ends.client, gateway, within)?;
         Ok(oc)

@@ -146,7 +146,8 @@ impl Tunnel {
 /// What was set up on the client, to be undone.
 pub struct ClientNet {
     host_route: Option<String>,
-    dns_hook: Option<(PathBuf, Vec<String>)>,
+    /// The hook's command line and the tunnel device it was given.
+    dns_hook: Option<(PathBuf, Vec<String>, String)>,
 }
 
 impl ClientNet {
@@ -158,9 +159,10 @@ impl ClientNet {
         }
     }
 
-    /// Routes into `tun0` (and the host route), then the DNS hook's `up`.
+    /// Routes into the tunnel device `dev` (and the host route), then the DNS hook's `up`.
     pub fn apply(
         ends: &Ends<'_>,
+        dev: &str,
         routes: &Routes,
         push: &[String],
         dns: Option<DnsHook<'_>>,
@@ -184,7 +186,7 @@ impl ClientNet {
             run(
                 ends.client,
                 "ip",
-                &["route", "add", &format!("{n}/{l}"), "dev", "tun0"],
+                &["route", "add", &format!("{n}/{l}"), "dev", dev],
             )?;
         }
         if let Some(h) = dns {
@@ -196,7 +198,7 @@ impl ClientNet {
                 h.state.display().to_string(),
             ];
             let mut cmd = ends.client.command(&h.bin.display().to_string());
-            cmd.args(&args).env("script_type", "up").env("dev", "tun0");
+            cmd.args(&args).env("script_type", "up").env("dev", dev);
             for (i, p) in push.iter().enumerate() {
                 cmd.env(format!("foreign_option_{}", i + 1), p);
             }
@@ -208,19 +210,19 @@ impl ClientNet {
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
             }
-            net.dns_hook = Some((h.bin.to_owned(), args));
+            net.dns_hook = Some((h.bin.to_owned(), args, dev.to_owned()));
         }
         Ok(net)
     }
 
     /// Before the tunnel goes: the DNS hook's `down`.
     pub fn before_stop(&mut self, ns: &Netns) {
-        if let Some((bin, args)) = self.dns_hook.take() {
+        if let Some((bin, args, dev)) = self.dns_hook.take() {
             let _ = ns
                 .command(&bin.display().to_string())
                 .args(&args)
                 .env("script_type", "down")
-                .env("dev", "tun0")
+                .env("dev", dev)
                 .output();
         }
     }

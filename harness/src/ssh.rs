@@ -160,14 +160,14 @@ impl Ssh {
         if ethernet {
             // A LAN station: the address comes from the LAN's DHCP server over the tunnel.
             run(ends.client, "ip", &["link", "set", dev, "up"])?;
-            ssh.net = ClientNet::apply(ends, &routes_from_push(push), push, dns)?;
+            ssh.net = ClientNet::apply(ends, dev, &routes_from_push(push), push, dns)?;
             return Ok(ssh);
         }
         let server_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 1);
         let client_ip = Ipv4Addr::from(u32::from(addr::TUNNEL_NET) + 2);
         up_as_tun0(ends.server, "tun0", server_ip)?;
         up_as_tun0(ends.client, "tun0", client_ip)?;
-        ssh.net = ClientNet::apply(ends, &routes_from_push(push), push, dns)?;
+        ssh.net = ClientNet::apply(ends, "tun0", &routes_from_push(push), push, dns)?;
         wait_for_ping(ends.client, server_ip, within)?;
         Ok(ssh)
     }

@@ -160,7 +160,7 @@ impl WireGuard {
         )?;
         up_as_tun0(ends.client, &cdev, client_ip)?;
         let mut wg = Tunnel::new(client, server);
-        wg.net = ClientNet::apply(ends, &routes, push, dns)?;
+        wg.net = ClientNet::apply(ends, "tun0", &routes, push, dns)?;
         // Lazy handshake: the first packet starts it.
         wait_for_ping(ends.client, server_ip, within)
             .with_context(|| run(ends.client, "wg", &["show", &cdev]).unwrap_or_default())?;

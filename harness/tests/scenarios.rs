@@ -89,6 +89,22 @@ fn every_scenario_file_loads() {
 }
 
 #[test]
+fn checks_naming_tun0_mean_the_subjects_own_tunnel_device() {
+    // strongSwan's kernel-libipsec calls its device ipsec0: the scenario files' tun0 (a
+    // route's device, a connection's or query's interface, a capture interface) means it.
+    let s = Scenario::load(&scenario::find("split-tunnel").unwrap()).unwrap();
+    assert_eq!(Subject::Ipsec.tunnel_dev(), "ipsec0");
+    assert_eq!(Subject::Wireguard.tunnel_dev(), "tun0");
+    let before = serde_json::to_string(&s.checks).unwrap();
+    let after = serde_json::to_string(&s.on_tunnel_dev("ipsec0").checks).unwrap();
+    assert!(before.contains("\"tun0\""), "{before}");
+    assert!(!after.contains("tun0"), "{after}");
+    assert!(after.contains("\"ipsec0\""), "{after}");
+    // Nothing but the device changed (eth0 checks and everything else as written).
+    assert_eq!(after.replace("ipsec0", "tun0"), before);
+}
+
+#[test]
 fn broken_scenario_files_name_file_and_line() {
     let path = Path::new("scenarios/broken.toml");
     let cases = [

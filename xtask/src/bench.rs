@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tunscope_harness::ipsec::Ipsec;
 use tunscope_harness::netns::Netns;
 use tunscope_harness::openconnect::OpenConnect;
 use tunscope_harness::p2p::Ends;
@@ -43,6 +44,8 @@ enum Anchor {
     Ssh,
     /// openconnect ↔ ocserv (the AnyConnect protocol, DTLS data channel).
     OpenConnect,
+    /// strongSwan ↔ strongSwan (IKEv2, userspace ESP in UDP through kernel-libipsec).
+    Ipsec,
 }
 
 impl Anchor {
@@ -56,12 +59,16 @@ impl Anchor {
             Anchor::WireGuard => "wireguard-go ↔ wireguard-go",
             Anchor::Ssh => "ssh -w ↔ sshd",
             Anchor::OpenConnect => "openconnect ↔ ocserv",
+            Anchor::Ipsec => "strongSwan ↔ strongSwan (kernel-libipsec)",
         }
     }
 
     /// Not OpenVPN: one client, set up by the harness's subject module.
     fn is_other_vpn(self) -> bool {
-        matches!(self, Anchor::WireGuard | Anchor::Ssh | Anchor::OpenConnect)
+        matches!(
+            self,
+            Anchor::WireGuard | Anchor::Ssh | Anchor::OpenConnect | Anchor::Ipsec
+        )
     }
 
     fn client(self) -> Implementation {
@@ -172,7 +179,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh,openconnect,ipsec] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -225,6 +232,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
         ("wireguard", Anchor::WireGuard),
         ("ssh", Anchor::Ssh),
         ("openconnect", Anchor::OpenConnect),
+        ("ipsec", Anchor::Ipsec),
     ];
     let chosen: Vec<Anchor> = match flag(args, "--paths") {
         // WireGuard here has one peer: with several clients it sits out unless asked for.
@@ -241,7 +249,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     .map(|(_, a)| *a)
                     .with_context(|| {
                         format!(
-                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard, ssh, openconnect)"
+                            "--paths: unknown path {n} (veth, stock, client, server, both, wireguard, ssh, openconnect, ipsec)"
                         )
                     })
             })
@@ -635,7 +643,9 @@ fn measure(
         SERVER_WAN
     } else if anchor.is_other_vpn() {
         let Topo::Two(two) = &hosts else {
-            bail!("the wireguard, ssh and openconnect paths run with one client (--clients 1)");
+            bail!(
+                "the wireguard, ssh, openconnect and ipsec paths run with one client (--clients 1)"
+            );
         };
         let ends = Ends {
             client: &two.client,
@@ -656,6 +666,11 @@ fn measure(
             let oc = OpenConnect::between(&ends, &push, None, &dir, within)?;
             procs.push(oc.client);
             procs.push(oc.server);
+        } else if anchor == Anchor::Ipsec {
+            // The server's inner address (198.19.0.1) is always in the selectors.
+            let t = Ipsec::between(&ends, &[], None, &dir, within)?;
+            procs.push(t.client);
+            procs.push(t.server);
         } else {
             let wg = WireGuard::between(&ends, &[], None, &dir, within)?;
             procs.push(wg.client);

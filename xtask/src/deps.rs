@@ -39,11 +39,19 @@ const NEEDED: &[(&str, &str)] = &[
     // OpenConnect as a scenario subject: the client (vpnc-scripts comes with it); ocserv is
     // unpacked, see ensure_unpacked.
     ("openconnect", "openconnect"),
+    // IPsec as a scenario subject: swanctl (VICI, no service); charon is unpacked, see
+    // ensure_unpacked.
+    ("swanctl", "strongswan-swanctl"),
+    ("nsenter", "util-linux"),
 ];
 
-/// Libraries an unpacked daemon links against (ocserv's), installed as packages: plain
-/// libraries, no services.
+/// Libraries an unpacked daemon links against (ocserv's; charon's libraries and the
+/// plugins it loads), installed as packages: plain libraries, no services.
 const LIBRARIES: &[&str] = &[
+    "libstrongswan",
+    "libstrongswan-standard-plugins",
+    "strongswan-libcharon",
+    "libcharon-extra-plugins",
     "libev4",
     "libgnutls30",
     "libgssapi-krb5-2",
@@ -91,8 +99,9 @@ pub fn ensure() -> Result<()> {
 /// into `target/` instead: systemd-resolved (installing it points the host's
 /// `/etc/resolv.conf` at its stub; `libsystemd-shared` of the same version comes along, so
 /// the daemon does not depend on the host's systemd), openssh-server (installing it
-/// starts an sshd on the host) and ocserv (its package ships an init script and a socket
-/// unit listening on the host's port 443).
+/// starts an sshd on the host), ocserv (its package ships an init script and a socket
+/// unit listening on the host's port 443) and strongSwan's charon (its package depends on
+/// strongswan-starter, the host's IPsec service).
 fn ensure_unpacked() -> Result<()> {
     let resolved = tunscope_harness::resolved::root();
     unpack(
@@ -111,6 +120,12 @@ fn ensure_unpacked() -> Result<()> {
         &ocserv,
         &tunscope_harness::openconnect::ocserv(&ocserv),
         &["ocserv"],
+    )?;
+    let strongswan = tunscope_harness::ipsec::root();
+    unpack(
+        &strongswan,
+        &tunscope_harness::ipsec::charon(&strongswan),
+        &["strongswan-charon"],
     )
 }
 

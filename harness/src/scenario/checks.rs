@@ -331,6 +331,39 @@ pub struct Check {
     pub expected_failure: Option<String>,
 }
 
+impl Check {
+    /// This check for a subject whose client tunnel device is `dev`: wherever the file names
+    /// the canonical `tun0` (a route's device, a connection's or query's interface, a capture
+    /// interface, a link), `dev` is meant.
+    pub fn on_tunnel_dev(&self, dev: &str) -> Check {
+        let mut c = self.clone();
+        let swap = |s: &mut String| {
+            if s == "tun0" {
+                dev.clone_into(s);
+            } else if s == "client/tun0" {
+                *s = format!("client/{dev}");
+            }
+        };
+        match &mut c.spec {
+            CheckSpec::Route(r) => r.dev.iter_mut().for_each(swap),
+            CheckSpec::Resolve(r) => r.via.iter_mut().for_each(swap),
+            CheckSpec::Http(h) => h.via.iter_mut().chain(&mut h.interface).for_each(swap),
+            CheckSpec::Transfer(t) => t.via.iter_mut().for_each(swap),
+            CheckSpec::Leak(l) => swap(&mut l.on),
+            CheckSpec::TcpMss(t) => swap(&mut t.on),
+            CheckSpec::Link(l) => swap(&mut l.dev),
+            CheckSpec::Resolvectl(r) => swap(&mut r.link),
+            CheckSpec::Ping(_)
+            | CheckSpec::Mtu(_)
+            | CheckSpec::Reconnect(_)
+            | CheckSpec::Counter(_)
+            | CheckSpec::Teardown(_)
+            | CheckSpec::Failover(_) => {}
+        }
+        c
+    }
+}
+
 fn check_iface(on: &str) -> Result<(), String> {
     let (host, ifname) = on
         .split_once('/')

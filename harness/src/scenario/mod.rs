@@ -58,6 +58,9 @@ pub enum Subject {
     /// openconnect (AnyConnect protocol, vpnc-script) to ocserv, both roles
     /// ([`crate::openconnect`]).
     Openconnect,
+    /// strongSwan's charon (IKEv2, userspace ESP through kernel-libipsec), both roles
+    /// ([`crate::ipsec`]).
+    Ipsec,
 }
 
 impl Subject {
@@ -66,7 +69,7 @@ impl Subject {
         match self {
             Subject::Ours => Some(Implementation::Ours),
             Subject::Openvpn => Some(Implementation::OpenVpn),
-            Subject::Wireguard | Subject::Ssh | Subject::Openconnect => None,
+            Subject::Wireguard | Subject::Ssh | Subject::Openconnect | Subject::Ipsec => None,
         }
     }
 
@@ -78,6 +81,16 @@ impl Subject {
             Subject::Wireguard => "wireguard",
             Subject::Ssh => "ssh",
             Subject::Openconnect => "openconnect",
+            Subject::Ipsec => "ipsec",
+        }
+    }
+
+    /// The client's tunnel device: `tun0` (the name scenario files use), but for strongSwan,
+    /// whose kernel-libipsec plugin names its device `ipsec0` and routes by that name.
+    pub fn tunnel_dev(self) -> &'static str {
+        match self {
+            Subject::Ipsec => crate::ipsec::DEVICE,
+            _ => "tun0",
         }
     }
 }
@@ -91,8 +104,9 @@ impl std::str::FromStr for Subject {
             "wireguard" | "wg" => Ok(Subject::Wireguard),
             "ssh" => Ok(Subject::Ssh),
             "openconnect" | "anyconnect" => Ok(Subject::Openconnect),
+            "ipsec" | "strongswan" => Ok(Subject::Ipsec),
             o => Err(format!(
-                "unknown subject '{o}' (ours, openvpn, wireguard, ssh, openconnect)"
+                "unknown subject '{o}' (ours, openvpn, wireguard, ssh, openconnect, ipsec)"
             )),
         }
     }
@@ -295,6 +309,13 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Scenario {
+    /// The scenario for a client whose tunnel device is `dev` ([`Check::on_tunnel_dev`]).
+    pub fn on_tunnel_dev(&self, dev: &str) -> Scenario {
+        let mut s = self.clone();
+        s.checks = self.checks.iter().map(|c| c.on_tunnel_dev(dev)).collect();
+        s
+    }
+
     /// Loads and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario> {
         let text = std::fs::read_to_string(path)

@@ -262,12 +262,27 @@ fn not_applicable(c: &checks::Check, p: Pairing) -> Option<&'static str> {
         (Subject::Openconnect, checks::CheckSpec::Reconnect(_)) => Some(
             "the check reads OpenVPN's \"Initialization Sequence Completed\"; openconnect's own reconnection is not followed yet",
         ),
+        (Subject::Ipsec, checks::CheckSpec::Counter(_)) => {
+            Some("strongSwan's charon has no stage probes; its packets are in the capture")
+        }
+        (Subject::Ipsec, checks::CheckSpec::Reconnect(_)) => Some(
+            "the check reads OpenVPN's \"Initialization Sequence Completed\"; charon's own re-establishment (DPD, close_action) is not followed yet",
+        ),
         _ => None,
     }
 }
 
 /// Runs a scenario once with one pairing.
 pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
+    // Checks name the canonical tunnel device; a subject may call its own otherwise.
+    let renamed;
+    let s = match opts.pairing.client.tunnel_dev() {
+        "tun0" => s,
+        dev => {
+            renamed = s.on_tunnel_dev(dev);
+            &renamed
+        }
+    };
     let progress = Progress {
         start: Instant::now(),
         verbose: opts.verbose,
@@ -434,7 +449,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let mut server: Option<Proc> = None;
     let mut server2: Option<Proc> = None;
     let mut client: Option<Proc> = None;
-    // A VPN other than OpenVPN (WireGuard, ssh, OpenConnect): both ends in one.
+    // A VPN other than OpenVPN (WireGuard, ssh, OpenConnect, IPsec): both ends in one.
     let mut other: Option<crate::p2p::Tunnel> = None;
     let client_started;
     if opts.pairing.client.implementation().is_none() {
@@ -460,6 +475,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 crate::openconnect::OpenConnect::between(&ends, push, dns, &out, up_within)
                     .context("the OpenConnect tunnel did not come up")?
             }
+            Subject::Ipsec => crate::ipsec::Ipsec::between(&ends, push, dns, &out, up_within)
+                .context("the IPsec tunnel did not come up")?,
             _ => crate::wireguard::WireGuard::between(&ends, push, dns, &out, up_within)
                 .context("the WireGuard tunnel did not come up")?,
         });
@@ -613,7 +630,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
     let tun_addr = during
         .addresses
         .iter()
-        .find(|l| l.starts_with("tun") || l.starts_with("tap"))
+        .find(|l| l.starts_with("tun") || l.starts_with("tap") || l.starts_with("ipsec"))
         .cloned()
         .unwrap_or_else(|| "no tunnel address".into());
     progress.line(&format!("tunnel up in {tunnel_up_s:.2} s: {tun_addr}"));
