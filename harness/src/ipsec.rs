@@ -295,7 +295,27 @@ impl Ipsec {
             &out.join("client.log"),
         )?;
         load(&mut client, &csw, deadline).context("the IPsec client's configuration")?;
+        let pid = client.pid().context("charon (client) has exited")?;
         let mut t = Tunnel::new(client, server);
+        // A user disconnects with swanctl; stopping charon at once would leave the server's
+        // answer to its DELETE arriving at a closed port (an ICMP error, depending on timing).
+        t.disconnect = Some(
+            [
+                "nsenter",
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "-n",
+                "swanctl",
+                "--terminate",
+                "--ike",
+                "vpn",
+                "--timeout",
+                "5",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        );
         t.wait_until(deadline, "the IPsec child SA was not established", |c| {
             c.log().contains("CHILD_SA tunnel{1} established")
         })?;

@@ -95,6 +95,10 @@ pub struct Tunnel {
     pub server: Proc,
     /// Routes and DNS set up on the client.
     pub net: ClientNet,
+    /// How the client's user disconnects before the client stops (a command line run in the
+    /// host's namespaces), when stopping the process is not how it is done: strongSwan's
+    /// `swanctl --terminate` completes the IKE DELETE exchange while both ends still listen.
+    pub disconnect: Option<Vec<String>>,
 }
 
 impl Tunnel {
@@ -104,12 +108,22 @@ impl Tunnel {
             client,
             server,
             net: ClientNet::none(),
+            disconnect: None,
         }
     }
 
     /// Takes the client down as its user would: the DNS hook's `down`, the client stopped
     /// (its device and the routes on it go too), then the host route to the server.
     pub fn stop_client(&mut self, ns: &Netns) {
+        if let Some((prog, args)) = self
+            .disconnect
+            .take()
+            .as_ref()
+            .and_then(|c| c.split_first())
+        {
+            // Bounded by the command's own timeout; a failure leaves the stop to do it.
+            let _ = std::process::Command::new(prog).args(args).output();
+        }
         self.net.before_stop(ns);
         self.client.stop(Duration::from_secs(5));
         self.net.after_stop(ns);

@@ -1067,6 +1067,14 @@ pub fn variable_stream(key: &str) -> bool {
             .any(|e| e.ends_with(":22") || e.ends_with(":443"))
 }
 
+/// A flow key of DTLS on 443 (AnyConnect's data channel beside its TLS on TCP 443): whether
+/// a run's packets took it or the TLS channel follows how its handshake raced the server's
+/// set-up (openconnect retries a failed one only after a minute), so summaries name the flow
+/// without its record kinds.
+pub fn variable_datagram_path(key: &str) -> bool {
+    key.contains(" udp ") && key.split(' ').any(|e| e.ends_with(":443"))
+}
+
 fn esp_fields(e: &crate::vpn::Esp, f: &mut Fields, bulk: &mut bool) {
     // SPIs are chosen anew by every negotiation and sequence numbers count traffic: both
     // masked by default; the packets are counted per flow.

@@ -43,6 +43,11 @@ pub fn summary(n: &Normalized) -> String {
                 let _ = writeln!(s, " ↔ {}", both.join(", "));
                 continue;
             }
+            let dtls = f.kinds.iter().flatten().any(|k| k.starts_with("tls "));
+            if dtls && crate::normalize::variable_datagram_path(&f.key) {
+                let _ = writeln!(s, " ↔ dtls");
+                continue;
+            }
             let (fw, bw) = (kinds(f, 0), kinds(f, 1));
             if !fw.is_empty() {
                 let _ = write!(s, " → {fw}");
@@ -85,7 +90,7 @@ mod tests {
     }
 
     #[test]
-    fn arp_is_summarized_without_direction_other_flows_with() {
+    fn arp_and_dtls_on_443_are_summarized_by_presence_other_flows_in_full() {
         // Two runs: in the second the peer re-validated its entry with a probe of its own.
         let one = |back_probe: bool| Normalized {
             flows: vec![
@@ -103,12 +108,24 @@ mod tests {
                     &["P_DATA_V2"],
                     &[],
                 ),
+                // AnyConnect's DTLS: carrying the traffic in one run, only its handshake in
+                // the other (the traffic took TLS on TCP 443).
+                flow(
+                    "client/eth0 udp 198.18.1.2:eph2 <-> 198.18.2.2:443",
+                    if back_probe {
+                        &["tls handshake client_hello"]
+                    } else {
+                        &["tls handshake client_hello", "tls application_data"]
+                    },
+                    &["tls handshake server_hello"],
+                ),
             ],
             ..Default::default()
         };
         let text = summary(&one(false));
         assert_eq!(text, summary(&one(true)));
         assert!(text.contains("  arp: ↔ arp reply, arp request\n"), "{text}");
+        assert!(text.contains("198.18.2.2:443: ↔ dtls\n"), "{text}");
         assert!(
             text.contains("198.18.2.2:1194: → P_DATA_V2\n"),
             "other flows keep their direction: {text}"
