@@ -509,7 +509,7 @@ impl Run<'_> {
                 .spawn_scoped(s, move || datapath::rx_loop(sh, 0))?;
             let tx_thread = std::thread::Builder::new()
                 .name("tx".into())
-                .spawn_scoped(s, move || datapath::tx_loop(sh))?;
+                .spawn_scoped(s, move || datapath::tx_loop(sh, 0))?;
             let session = Session {
                 shared: sh,
                 ctl: &ctl_rx,

@@ -23,6 +23,9 @@ const SUPER_PACKET: usize = VIRTIO_NET_HDR_LEN + 65535;
 /// A tun device.
 pub struct Tun {
     dev: Device,
+    /// Further queues of a multi-queue device (queue 1, 2, …), each read by a send thread
+    /// of its own; the kernel picks a packet's queue by its flow.
+    queues: Vec<SyncDevice>,
     offload: bool,
     name: String,
     /// The MTU last applied (readers size their buffers by it).
@@ -68,9 +71,26 @@ impl Tun {
     /// port of a bridge) is opened. `tap` makes a layer-2 device (Ethernet frames), without
     /// offload: the segmentation offload splits IP packets only.
     pub fn create(name: Option<&str>, mtu: u16, offload: bool, tap: bool) -> io::Result<Tun> {
+        Tun::create_queues(name, mtu, offload, tap, 1)
+    }
+
+    /// Like [`Tun::create`], with `queues` queues (`IFF_MULTI_QUEUE`) when more than one is
+    /// asked for and the device allows it (a persistent device made without multi-queue
+    /// does not: one queue then).
+    pub fn create_queues(
+        name: Option<&str>,
+        mtu: u16,
+        offload: bool,
+        tap: bool,
+        queues: usize,
+    ) -> io::Result<Tun> {
         let offload = offload && !tap;
-        let build = |offload: bool| {
-            let mut b = DeviceBuilder::new().mtu(mtu).offload(offload);
+        let multi = queues > 1;
+        let build = |offload: bool, multi: bool| {
+            let mut b = DeviceBuilder::new()
+                .mtu(mtu)
+                .offload(offload)
+                .multi_queue(multi);
             if tap {
                 b = b.layer(tun_rs::Layer::L2);
             }
@@ -79,17 +99,39 @@ impl Tun {
             }
             b.build_sync()
         };
-        let (dev, offload) = match build(offload) {
+        let (dev, multi) = match build(offload, multi) {
+            Ok(d) => (Ok(d), multi),
+            Err(e) if multi => {
+                tracing::warn!("multi-queue tun unavailable ({e}); one queue");
+                (build(offload, false), false)
+            }
+            Err(e) => (Err(e), multi),
+        };
+        let (dev, offload) = match dev {
             Ok(d) => (d, offload),
             Err(e) if offload => {
                 tracing::warn!("tun offload unavailable ({e}); using plain tun");
-                (build(false)?, false)
+                (build(false, multi)?, false)
             }
             Err(e) => return Err(e),
         };
+        let mut more = vec![];
+        for _ in 1..queues.max(1) {
+            if !multi {
+                break;
+            }
+            match dev.try_clone() {
+                Ok(q) => more.push(q),
+                Err(e) => {
+                    tracing::warn!("tun queue {} not opened ({e})", more.len() + 1);
+                    break;
+                }
+            }
+        }
         let name = dev.name()?;
         Ok(Tun {
             dev: Device::Kernel(dev),
+            queues: more,
             offload,
             name,
             mtu: std::sync::atomic::AtomicU16::new(mtu),
@@ -105,6 +147,7 @@ impl Tun {
                 inbound: Mutex::new(inbound),
                 outbound,
             }),
+            queues: vec![],
             offload: false,
             name: name.to_owned(),
             mtu: std::sync::atomic::AtomicU16::new(mtu),
@@ -131,6 +174,20 @@ impl Tun {
     /// The MTU last applied.
     pub fn mtu(&self) -> u16 {
         self.mtu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many queues the device was opened with (one send thread each).
+    pub fn queues(&self) -> usize {
+        1 + self.queues.len()
+    }
+
+    /// The kernel device of queue `q` (queue 0 is the one everything else uses).
+    fn queue(&self, q: usize) -> Option<&SyncDevice> {
+        match (&self.dev, q) {
+            (Device::Kernel(dev), 0) => Some(dev),
+            (Device::Kernel(_), q) => self.queues.get(q - 1),
+            (Device::Memory(_), _) => None,
+        }
     }
 
     /// True when TSO/GRO offload is active.
@@ -161,6 +218,9 @@ impl Tun {
 
     /// Switches the fd to non-blocking mode (reads return `WouldBlock` instead of waiting).
     pub fn set_nonblocking(&self) -> io::Result<()> {
+        for q in &self.queues {
+            q.set_nonblocking(true)?;
+        }
         match &self.dev {
             Device::Kernel(dev) => dev.set_nonblocking(true),
             Device::Memory(_) => Ok(()),
@@ -169,10 +229,13 @@ impl Tun {
 
     /// Waits up to `idle` until the device has a packet to read; an in-memory device hands
     /// over the packet it waited for (kept for the next read).
-    fn wait_readable(&self, idle: Duration) -> Option<Vec<u8>> {
+    fn wait_readable(&self, queue: usize, idle: Duration) -> Option<Vec<u8>> {
         match &self.dev {
-            Device::Kernel(dev) => {
-                let _ = crate::poll::wait_readable(std::os::fd::AsRawFd::as_raw_fd(dev), idle);
+            Device::Kernel(_) => {
+                if let Some(dev) = self.queue(queue) {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(dev);
+                    let _ = crate::poll::wait_readable(fd, idle);
+                }
                 None
             }
             Device::Memory(m) => {
@@ -192,11 +255,18 @@ pub struct TunReader {
     len: usize,
     /// A packet an in-memory device handed over while we waited for it.
     pending: Option<Vec<u8>>,
+    /// The device queue it reads.
+    queue: usize,
 }
 
 impl TunReader {
     /// A reader for packets of up to `mtu` bytes.
     pub fn new(mtu: u16) -> TunReader {
+        TunReader::on_queue(mtu, 0)
+    }
+
+    /// A reader of queue `queue` of a multi-queue device.
+    pub fn on_queue(mtu: u16, queue: usize) -> TunReader {
         TunReader {
             raw: vec![0; SUPER_PACKET],
             bufs: (0..IDEAL_BATCH_SIZE)
@@ -205,6 +275,7 @@ impl TunReader {
             sizes: vec![0; IDEAL_BATCH_SIZE],
             len: 0,
             pending: None,
+            queue,
         }
     }
 
@@ -220,7 +291,7 @@ impl TunReader {
         match self.read_batch(tun, max) {
             Ok(n) => Some(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.pending = tun.wait_readable(idle);
+                self.pending = tun.wait_readable(self.queue, idle);
                 None
             }
             Err(e) => {
@@ -237,7 +308,9 @@ impl TunReader {
         self.len = 0;
         let max = max.min(IDEAL_BATCH_SIZE);
         let dev = match &tun.dev {
-            Device::Kernel(dev) => dev,
+            Device::Kernel(_) => tun
+                .queue(self.queue)
+                .ok_or_else(|| io::Error::other(format!("no tun queue {}", self.queue)))?,
             Device::Memory(m) => return self.read_memory(m, max),
         };
         // A super-packet splits into at most 64 KiB / MSS segments; keep room for one more
@@ -299,6 +372,8 @@ impl TunReader {
 
 /// Collects packets and writes them to the tun device in one go, coalescing TCP segments.
 pub struct TunWriter {
+    /// The device queue it writes to.
+    queue: usize,
     gro: GROTable,
     bufs: Vec<Vec<u8>>,
     len: usize,
@@ -308,7 +383,13 @@ pub struct TunWriter {
 impl TunWriter {
     /// A writer for `tun`.
     pub fn new(tun: &Tun) -> TunWriter {
+        TunWriter::on_queue(tun, 0)
+    }
+
+    /// A writer to queue `queue` of a multi-queue device.
+    pub fn on_queue(tun: &Tun, queue: usize) -> TunWriter {
         TunWriter {
+            queue,
             gro: GROTable::new(),
             // Room for a whole coalesced super-packet in every buffer: GRO refuses to merge
             // into a buffer that would have to grow, so small buffers meant one write per
@@ -348,7 +429,9 @@ impl TunWriter {
             return Ok(0);
         }
         match &tun.dev {
-            Device::Kernel(dev) => dev
+            Device::Kernel(_) => tun
+                .queue(self.queue)
+                .ok_or_else(|| io::Error::other(format!("no tun queue {}", self.queue)))?
                 .send_multiple(&mut self.gro, &mut self.bufs[..n], self.offset)
                 .map(|_| n),
             Device::Memory(m) => {

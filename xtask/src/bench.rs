@@ -179,7 +179,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh,openconnect,ipsec] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--reverse] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh,openconnect,ipsec] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -208,6 +208,8 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let clients: usize = flag(args, "--clients")
         .map_or(Ok(1), str::parse)
         .context("--clients")?;
+    // Downloads (iperf3 -R): the server sends, the clients receive.
+    let reverse = args.contains(&"--reverse");
     // Our server's receive threads (the stock server has one thread).
     let threads: usize = flag(args, "--threads")
         .map_or(Ok(1), str::parse)
@@ -292,7 +294,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     crate::scenario::progress(done, total, started.elapsed())
                 );
                 done += 1;
-                let s = measure(anchor, &spec, secs, streams, clients, threads)
+                let s = measure(anchor, &spec, secs, streams, clients, threads, reverse)
                     .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
                 eprintln!(
                     "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
@@ -309,7 +311,8 @@ fn tunnel(args: &[&str]) -> Result<()> {
             rows.push((anchor, samples));
         }
         println!(
-            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s), our server with {threads} receive thread(s), {secs} s × {reps}{} (median; clients summed)\n",
+            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s) ({}), our server with {threads} receive and send thread(s), {secs} s × {reps}{} (median; clients summed)\n",
+            if reverse { "downloads" } else { "uploads" },
             if scaling {
                 format!(", confined to {cores} of {ncpu} CPUs")
             } else {
@@ -342,6 +345,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
         seconds: secs,
         streams,
         clients,
+        direction: if reverse { "download" } else { "upload" }.into(),
         paths: results,
     };
     let scaling_rows = run.scaling();
@@ -518,7 +522,7 @@ fn probes(args: &[&str]) -> Result<()> {
         for (i, (label, bin)) in bins.iter().enumerate() {
             // SAFETY: single-threaded here; read by the harness when it starts processes.
             unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
-            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1, 1)
+            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1, 1, false)
                 .with_context(|| format!("{label} rep {}", rep + 1))?;
             eprintln!(
                 "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
@@ -627,7 +631,7 @@ impl Topo {
 }
 
 /// One repetition of one path: `clients` clients, each running iperf3 with `streams`
-/// streams to the server at once; throughput summed.
+/// streams to the server at once (from it with `reverse`); throughput summed.
 fn measure(
     anchor: Anchor,
     spec: &TunnelSpec,
@@ -635,6 +639,7 @@ fn measure(
     streams: u32,
     clients: usize,
     threads: usize,
+    reverse: bool,
 ) -> Result<Sample> {
     let hosts = Topo::new(clients)?;
     let dir = hosts.dir().to_owned();
@@ -782,6 +787,7 @@ fn measure(
                     &streams.to_string(),
                     "-J",
                 ])
+                .args(reverse.then_some("-R"))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

@@ -158,6 +158,9 @@ pub struct BenchRun {
     pub streams: u32,
     /// Clients at once.
     pub clients: usize,
+    /// `upload` (clients → server, the default) or `download` (`--reverse`: iperf3 -R,
+    /// the server's send side at work).
+    pub direction: String,
     /// Every path at every core count, in the order measured.
     pub paths: Vec<PathResult>,
 }
@@ -272,7 +275,7 @@ impl BenchRun {
         let mut b = format!(
             "<h1>tunscope bench: TCP through the tunnel</h1>\
              <p class=\"machine\">{} · {} CPUs · {:.1} GiB · Linux {} · {} · {} · commit {}</p>\
-             <p>{} tunnel, {}, {} client(s) × iperf3 {} stream(s), {} s per repetition; bars at the median, a dot per repetition, the tick at the median.</p>",
+             <p>{} tunnel, {}, {} client(s) × iperf3 {} stream(s) ({}), {} s per repetition; bars at the median, a dot per repetition, the tick at the median.</p>",
             esc(&m.cpu),
             m.cpus,
             m.memory_gib,
@@ -284,6 +287,7 @@ impl BenchRun {
             esc(&self.cipher),
             self.clients,
             self.streams,
+            esc(&self.direction),
             self.seconds
         );
         let many_cores = self.core_counts().len() > 1;
@@ -565,6 +569,7 @@ mod tests {
             seconds: 10,
             streams: 1,
             clients: 1,
+            direction: "upload".into(),
             paths: vec![
                 path("veth", "veth (no tunnel)", 1, &[20.0, 21.0, 19.0], false),
                 path("stock", "openvpn ↔ openvpn", 1, &[0.3, 0.31, 0.29], false),

@@ -66,6 +66,10 @@ pub struct PeerRuntime {
     /// shared by every rx thread: a packet replayed towards another thread (another socket
     /// of a multi-threaded server) meets the same window.
     pub receiver: Mutex<Receiver>,
+    /// Held by a send thread from sealing this peer's packets of a batch until they are
+    /// handed to the socket: with several send threads (the queues of a multi-queue tun) a
+    /// peer's packet-ids still leave in the order they were given.
+    pub send_order: Mutex<()>,
 }
 
 impl PeerRuntime {
@@ -77,6 +81,7 @@ impl PeerRuntime {
             last_tx_ns: AtomicU64::new(0),
             local: OnceLock::new(),
             receiver: Mutex::new(Receiver::with_replay_window(replay_window)),
+            send_order: Mutex::new(()),
         }
     }
 

@@ -37,16 +37,23 @@ struct RxSample {
     plain: Vec<u8>,
 }
 
+/// Packets waiting for one queue of the tun device.
+struct QueueWriter {
+    writer: TunWriter,
+    /// Peer and size of each packet queued in `writer`: write_tun counts them when the
+    /// write succeeds or fails, not before.
+    queued: Vec<(PeerId, usize)>,
+}
+
 /// What the rx thread carries from packet to packet.
 struct Rx<'a> {
     shared: &'a Shared,
     table: Arc<PeerTable>,
     generation: u64,
-    /// Created once the tun device exists (a client's comes with the server's push).
-    writer: Option<TunWriter>,
-    /// Peer and size of each packet queued in `writer`: write_tun counts them when the
-    /// write succeeds or fails, not before.
-    queued: Vec<(PeerId, usize)>,
+    /// One per queue of the tun device, created once it exists (a client's comes with the
+    /// server's push). A peer's packets are written through queue `peer % queues`: the
+    /// kernel then returns that peer's flows on the same queue, to the same send thread.
+    writers: Vec<QueueWriter>,
     tun_failed: bool,
     counts: StageBatch,
     floated: HashSet<PeerId>,
@@ -69,8 +76,7 @@ impl<'a> Rx<'a> {
             shared,
             table: Arc::new(PeerTable::default()),
             generation: u64::MAX,
-            writer: None,
-            queued: Vec::new(),
+            writers: Vec::new(),
             tun_failed: false,
             counts: StageBatch::default(),
             floated: HashSet::new(),
@@ -87,10 +93,15 @@ impl<'a> Rx<'a> {
     /// Picks up a new peer table: keys that stay keep their replay windows, new ones start
     /// fresh, peers that left lose theirs.
     fn refresh(&mut self) {
-        if self.writer.is_none()
+        if self.writers.is_empty()
             && let Some(tun) = self.shared.tun.get()
         {
-            self.writer = Some(TunWriter::new(tun));
+            self.writers = (0..tun.queues())
+                .map(|q| QueueWriter {
+                    writer: TunWriter::on_queue(tun, q),
+                    queued: Vec::new(),
+                })
+                .collect();
         }
         let Some(table) = self.shared.changed(&mut self.generation) else {
             return;
@@ -278,7 +289,7 @@ impl<'a> Rx<'a> {
         } else if self.table.check_sources && !packet_src(p).is_some_and(|s| dp.view.owns_source(s))
         {
             Some(DropReason::BadSource)
-        } else if self.writer.is_none() {
+        } else if self.writers.is_empty() {
             Some(DropReason::TunWriteError)
         } else {
             None
@@ -327,13 +338,16 @@ impl<'a> Rx<'a> {
         if self.table.ethernet {
             self.shared.stats.count_frame(false, p);
         }
-        if self.writer.as_ref().is_some_and(TunWriter::is_full) {
-            self.flush_tun();
+        if self.writers.is_empty() {
+            return;
         }
-        if let Some(w) = self.writer.as_mut() {
-            w.push(p);
-            self.queued.push((id, p.len()));
+        let q = id as usize % self.writers.len();
+        if self.writers[q].writer.is_full() {
+            self.flush_queue(q);
         }
+        let w = &mut self.writers[q];
+        w.writer.push(p);
+        w.queued.push((id, p.len()));
     }
 
     /// Whether a tap peer's decrypted frame may be delivered: a server learns its source
@@ -351,7 +365,7 @@ impl<'a> Rx<'a> {
                 return Some(DropReason::MacLimit);
             }
         }
-        self.writer.is_none().then_some(DropReason::TunWriteError)
+        self.writers.is_empty().then_some(DropReason::TunWriteError)
     }
 
     /// client-to-client for a tap server's frame from `id`: the client owning the unicast
@@ -414,15 +428,23 @@ impl<'a> Rx<'a> {
         }
     }
 
-    /// Writes the queued packets and counts them at write_tun, all passed or all failed.
+    /// Writes the packets queued for every queue of the device.
     fn flush_tun(&mut self) {
-        let (Some(writer), Some(tun)) = (self.writer.as_mut(), self.shared.tun.get()) else {
+        for q in 0..self.writers.len() {
+            self.flush_queue(q);
+        }
+    }
+
+    /// Writes the packets queued for queue `q` and counts them at write_tun, all passed or
+    /// all failed.
+    fn flush_queue(&mut self, q: usize) {
+        let (Some(w), Some(tun)) = (self.writers.get_mut(q), self.shared.tun.get()) else {
             return;
         };
-        if writer.pending() == 0 {
+        if w.writer.pending() == 0 {
             return;
         }
-        let ok = match writer.flush(tun) {
+        let ok = match w.writer.flush(tun) {
             Ok(_) => true,
             Err(e) => {
                 tracing::debug!("tun write: {e}");
@@ -430,7 +452,7 @@ impl<'a> Rx<'a> {
                 false
             }
         };
-        for (id, len) in self.queued.drain(..) {
+        for (id, len) in w.queued.drain(..) {
             if ok {
                 self.counts.pass(Stage::WriteTun, Some(id), len);
             } else {

@@ -2,7 +2,7 @@
 //! batch per peer. A tap server's broadcast frame is one packet at read_tun and one per
 //! client from encrypt on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,9 +27,15 @@ struct TxSample {
     sealed: Vec<u8>,
 }
 
-/// tun → peers: `read_tun → encrypt → socket_tx`, until `stop`. Waits for the tun device
-/// when it does not exist yet (a client before the server's push).
-pub fn tx_loop(shared: &Shared) {
+/// tun → peers: `read_tun → encrypt → socket_tx`, until `stop`, reading the tun device's
+/// queue `queue` (one send thread per queue of a multi-queue device). Waits for the tun
+/// device when it does not exist yet (a client before the server's push).
+///
+/// A batch is read and routed first; then, peer by peer, its packets are sealed and handed
+/// to the socket while that peer's `send_order` lock is held, so that with several send
+/// threads a peer's packet-ids still leave in order (a receiver's replay window would
+/// otherwise see a whole batch arrive "too old").
+pub fn tx_loop(shared: &Shared, queue: usize) {
     let tun = loop {
         if shared.stopped() {
             return;
@@ -39,8 +45,8 @@ pub fn tx_loop(shared: &Shared) {
             None => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     };
-    let mut reader = TunReader::new(tun.mtu());
-    let mut batches: HashMap<PeerId, TxBatch> = HashMap::new();
+    let mut reader = TunReader::on_queue(tun.mtu(), queue);
+    let mut batch = TxBatch::default();
     let mut frames = Vec::with_capacity(256 * 1024);
     let mut table = Arc::new(PeerTable::default());
     let mut generation = u64::MAX;
@@ -50,6 +56,8 @@ pub fn tx_loop(shared: &Shared) {
     // The peers a packet goes to (several for a tap server's broadcast frames; `None`: no
     // route, counted as such at encrypt).
     let mut fanout: Vec<Option<PeerId>> = Vec::new();
+    // (peer, packet index) of this batch, grouped by peer in read order.
+    let mut plan: Vec<(Option<PeerId>, usize)> = Vec::new();
     // ICMPv6 answers (block-ipv6) written back into the tun device after each batch.
     let mut icmp: Vec<Vec<u8>> = Vec::new();
     let mut icmp_writer: Option<crate::tun::TunWriter> = None;
@@ -64,8 +72,8 @@ pub fn tx_loop(shared: &Shared) {
         if let Some(t) = shared.changed(&mut generation) {
             table = t;
             counts.configure(&table);
-            batches.retain(|id, _| table.peers.contains_key(id));
         }
+        plan.clear();
         for i in 0..n {
             let len = reader.packet(i).len();
             if table.ethernet {
@@ -128,19 +136,44 @@ pub fn tx_loop(shared: &Shared) {
             if fanout.is_empty() {
                 fanout.push(target);
             }
-            let p = reader.packet(i);
-            for &peer in &fanout {
-                let Some(dp) = peer.and_then(|t| table.peers.get(&t)) else {
+            plan.extend(fanout.iter().map(|&peer| (peer, i)));
+        }
+        if !icmp.is_empty() {
+            let w = icmp_writer.get_or_insert_with(|| crate::tun::TunWriter::new(tun));
+            for r in icmp.drain(..) {
+                w.push(&r);
+            }
+            if let Err(e) = w.flush(tun) {
+                tracing::debug!("ICMPv6 answer not written: {e}");
+            }
+        }
+        // Peer by peer (a stable sort keeps each peer's packets in read order).
+        plan.sort_by_key(|&(peer, _)| peer);
+        let (mut encrypt_ns, mut send_ns) = (0u64, 0u64);
+        let mut failed_peers: HashSet<PeerId> = HashSet::new();
+        for group in plan.chunk_by(|a, b| a.0 == b.0) {
+            let peer = group[0].0;
+            let Some(dp) = peer.and_then(|t| table.peers.get(&t)) else {
+                for &(_, i) in group {
+                    let len = reader.packet(i).len();
                     counts.drop(Stage::Encrypt, peer, len, DropReason::NoRoute);
-                    continue;
-                };
-                let Some(keys) = dp.view.plane.send.as_ref() else {
+                }
+                continue;
+            };
+            let Some(keys) = dp.view.plane.send.as_ref() else {
+                for &(_, i) in group {
+                    let len = reader.packet(i).len();
                     counts.drop(Stage::Encrypt, peer, len, DropReason::NoKey);
-                    continue;
-                };
-                let batch = batches.entry(dp.view.id).or_default();
+                }
+                continue;
+            };
+            let in_order = dp.rt.send_order.lock().unwrap_or_else(|e| e.into_inner());
+            let e0 = clock.mark(t1);
+            for &(_, i) in group {
+                let p = reader.packet(i);
+                let len = p.len();
                 let before = batch.mark();
-                match seal_packet(keys, &dp.view.plane, p, &mut scratch, batch) {
+                match seal_packet(keys, &dp.view.plane, p, &mut scratch, &mut batch) {
                     Ok(_) => {
                         // A sampled packet's journey follows its first data packet.
                         if let Some(tap) = tap
@@ -160,37 +193,26 @@ pub fn tx_loop(shared: &Shared) {
                     Err(r) => counts.drop(Stage::Encrypt, peer, len, r),
                 }
             }
-        }
-        if !icmp.is_empty() {
-            let w = icmp_writer.get_or_insert_with(|| crate::tun::TunWriter::new(tun));
-            for r in icmp.drain(..) {
-                w.push(&r);
+            let e1 = clock.mark(t1);
+            if !batch.is_empty() {
+                let (f, why) = shared
+                    .transport
+                    .flush(&mut batch, dp.view.addr, &mut frames);
+                counts.pass_n(Stage::SocketTx, peer, f.sent, f.sent_bytes);
+                counts.drop_n(Stage::SocketTx, peer, f.failed, f.failed_bytes, why);
+                if f.sent == 0 {
+                    failed_peers.insert(dp.view.id);
+                } else {
+                    shared.stamp(&dp.rt.last_tx_ns, t0);
+                }
             }
-            if let Err(e) = w.flush(tun) {
-                tracing::debug!("ICMPv6 answer not written: {e}");
-            }
+            drop(in_order);
+            encrypt_ns += ns(e0, e1);
+            send_ns += ns(e1, clock.mark(t1));
         }
-        let t2 = clock.mark(t0);
-        let mut failed_peers: HashSet<PeerId> = HashSet::new();
-        for (id, batch) in batches.iter_mut().filter(|(_, b)| !b.is_empty()) {
-            let peer = Some(*id);
-            let Some(dp) = table.peers.get(id) else {
-                let (n, bytes) = (batch.len() as u64, batch.bytes());
-                frames.clear();
-                batch.take_frames(&mut frames);
-                counts.drop_n(Stage::SocketTx, peer, n, bytes, DropReason::UnknownPeer);
-                continue;
-            };
-            let (f, why) = shared.transport.flush(batch, dp.view.addr, &mut frames);
-            counts.pass_n(Stage::SocketTx, peer, f.sent, f.sent_bytes);
-            counts.drop_n(Stage::SocketTx, peer, f.failed, f.failed_bytes, why);
-            if f.sent == 0 {
-                failed_peers.insert(*id);
-            } else {
-                shared.stamp(&dp.rt.last_tx_ns, t0);
-            }
-        }
-        let t3 = clock.mark(t0);
+        // Stage boundaries of the batch as a whole: its sealing, then its sending.
+        let t2 = t1 + std::time::Duration::from_nanos(encrypt_ns);
+        let t3 = t2 + std::time::Duration::from_nanos(send_ns);
         if let Some(tap) = tap {
             for s in samples.drain(..) {
                 let Some(dp) = table.peers.get(&s.peer) else {

@@ -132,7 +132,18 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     let (ip, mask) = server.tunnel_address();
     let prefix = u32::from(mask).leading_ones() as u8;
     let tap = cfg.dev_type == DevType::Tap;
-    let tun = Tun::create(Some(&cfg.dev), cfg.tun_mtu, !opts.no_offload, tap)
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // A UDP server sends from as many threads as it receives with: one per queue of a
+    // multi-queue tun (the kernel spreads flows over the queues).
+    let queues = if matches!(cfg.transport, ServerTransport::Udp) && !tap {
+        threads
+    } else {
+        1
+    };
+    let tun = Tun::create_queues(Some(&cfg.dev), cfg.tun_mtu, !opts.no_offload, tap, queues)
         .context("cannot create tun device")?;
     tun.set_nonblocking()?;
     // server-bridge: the device is a port of the LAN's bridge, which holds the address.
@@ -203,10 +214,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     };
     let transport = match cfg.transport {
         ServerTransport::Udp => {
-            let n = match opts.threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
+            let n = threads;
             let mut sockets = Vec::with_capacity(n);
             for _ in 0..n {
                 sockets.push(
@@ -461,7 +469,7 @@ pub fn serve(
     let ctl_tx = shared.control.clone();
     std::thread::scope(|s| -> Result<()> {
         // One receive thread per socket of the transport (several UDP sockets with
-        // SO_REUSEPORT), one send thread.
+        // SO_REUSEPORT), one send thread per queue of the tun device.
         let mut rx = vec![];
         for worker in 0..shared.transport.receivers() {
             rx.push(
@@ -470,15 +478,20 @@ pub fn serve(
                     .spawn_scoped(s, move || datapath::rx_loop(shared, worker))?,
             );
         }
-        let tx = std::thread::Builder::new()
-            .name("tx".into())
-            .spawn_scoped(s, move || datapath::tx_loop(shared))?;
+        let mut tx = vec![];
+        let queues = shared.tun.get().map_or(1, |t| t.queues());
+        for queue in 0..queues {
+            tx.push(
+                std::thread::Builder::new()
+                    .name(format!("tx{queue}"))
+                    .spawn_scoped(s, move || datapath::tx_loop(shared, queue))?,
+            );
+        }
         let r = control_loop(server, shared, inputs, &ctl_tx, term, dev, observer, mss);
         shared.stop();
-        for t in rx {
+        for t in rx.into_iter().chain(tx) {
             let _ = t.join();
         }
-        let _ = tx.join();
         r
     })
 }
