@@ -182,12 +182,13 @@ impl Tun {
     }
 
     /// The kernel device of queue `q` (queue 0 is the one everything else uses).
-    fn queue(&self, q: usize) -> Option<&SyncDevice> {
+    fn queue(&self, q: usize) -> io::Result<&SyncDevice> {
         match (&self.dev, q) {
             (Device::Kernel(dev), 0) => Some(dev),
             (Device::Kernel(_), q) => self.queues.get(q - 1),
             (Device::Memory(_), _) => None,
         }
+        .ok_or_else(|| io::Error::other(format!("no tun queue {q}")))
     }
 
     /// True when TSO/GRO offload is active.
@@ -232,7 +233,7 @@ impl Tun {
     fn wait_readable(&self, queue: usize, idle: Duration) -> Option<Vec<u8>> {
         match &self.dev {
             Device::Kernel(_) => {
-                if let Some(dev) = self.queue(queue) {
+                if let Ok(dev) = self.queue(queue) {
                     let fd = std::os::fd::AsRawFd::as_raw_fd(dev);
                     let _ = crate::poll::wait_readable(fd, idle);
                 }
@@ -308,9 +309,7 @@ impl TunReader {
         self.len = 0;
         let max = max.min(IDEAL_BATCH_SIZE);
         let dev = match &tun.dev {
-            Device::Kernel(_) => tun
-                .queue(self.queue)
-                .ok_or_else(|| io::Error::other(format!("no tun queue {}", self.queue)))?,
+            Device::Kernel(_) => tun.queue(self.queue)?,
             Device::Memory(m) => return self.read_memory(m, max),
         };
         // A super-packet splits into at most 64 KiB / MSS segments; keep room for one more
@@ -430,8 +429,7 @@ impl TunWriter {
         }
         match &tun.dev {
             Device::Kernel(_) => tun
-                .queue(self.queue)
-                .ok_or_else(|| io::Error::other(format!("no tun queue {}", self.queue)))?
+                .queue(self.queue)?
                 .send_multiple(&mut self.gro, &mut self.bufs[..n], self.offset)
                 .map(|_| n),
             Device::Memory(m) => {

@@ -31,12 +31,26 @@ fn start(spec: TunnelSpec, clients: &[Implementation]) -> Result<Net> {
 /// Like [`start`], with `namespaces` client namespaces of which the first `clients.len()`
 /// get a client now.
 fn start_n(spec: TunnelSpec, namespaces: usize, clients: &[Implementation]) -> Result<Net> {
+    start_n_with(spec, namespaces, clients, &[])
+}
+
+/// Like [`start_n`], our server started with `server_args` too.
+fn start_n_with(
+    spec: TunnelSpec,
+    namespaces: usize,
+    clients: &[Implementation],
+    server_args: &[&str],
+) -> Result<Net> {
     let star = Star::new(namespaces)?;
     let pki = Pki::generate(&star.dir.join("pki"))?;
     let conf = star.dir.join("server.conf");
     std::fs::write(&conf, spec.server_config(&pki, &star.dir)?)?;
-    let mut server =
-        subjects::start_server(Ours, &star.server, &conf, &star.dir.join("server.log"))?;
+    let mut server = subjects::start_tunscope_server_with(
+        &star.server,
+        &conf,
+        &star.dir.join("server.log"),
+        server_args,
+    )?;
     subjects::wait_ready(&mut server, Duration::from_secs(15)).context("tunscope server")?;
     let mut net = Net {
         star,
@@ -1305,34 +1319,13 @@ fn thread_ticks(pid: u32, name: &str) -> Result<u64> {
 /// A server with two threads opens its tun device with two queues, one send thread each,
 /// and writes a client's packets through queue `peer % 2`, so that the kernel hands that
 /// client's flows back on the same queue: two clients downloading at once (four flows
-/// each) keep both send threads busy, every packet reaches its client in packet-id order
-/// (no replay drop), and the server conserves packets.
+/// each) keep both send threads busy and every packet reaches its client in packet-id order
+/// (no replay drop).
 #[test]
 fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
     let spec = base(Proto::Udp, "AES-256-GCM", Wrap::None, false);
-    let star = Star::new(2)?;
-    let pki = Pki::generate(&star.dir.join("pki"))?;
-    let conf = star.dir.join("server.conf");
-    std::fs::write(&conf, spec.server_config(&pki, &star.dir)?)?;
-    let mut server = subjects::start_tunscope_server_with(
-        &star.server,
-        &conf,
-        &star.dir.join("server.log"),
-        &["--threads", "2"],
-    )?;
-    subjects::wait_ready(&mut server, Duration::from_secs(15))?;
-    let pid = server.pid().context("server pid")?;
-    let mut net = Net {
-        star,
-        pki,
-        server,
-        clients: vec![],
-        spec,
-    };
-    for i in 0..2 {
-        let p = net.start_client(i, Ours, &format!("client{i}"))?;
-        net.clients.push(p);
-    }
+    let mut net = start_n_with(spec, 2, &[Ours, Ours], &["--threads", "2"])?;
+    let pid = net.server.pid().context("server pid")?;
     net.wait_all()?;
     let mut iperf = vec![];
     for i in 0..2 {
