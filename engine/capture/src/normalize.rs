@@ -44,7 +44,10 @@
 //!
 //! Ports below 1024 and the configured service ports (1194, 4500) are kept; any other port is
 //! ephemeral and becomes `ephN`, numbered in order of first appearance among connections
-//! between the same host and service. Session ids become `S1`, `S2` … in order of first
+//! between the same host and service. A DNS exchange over UDP is a connection of its own
+//! (ephemeral port *and* query id): a resolver closes its socket once answered and the kernel
+//! may hand the same port to a later query, which would otherwise merge two lookups into one
+//! flow in one run and not in the next. Session ids become `S1`, `S2` … in order of first
 //! appearance. Masks are adjustable ([`Rules::mask`], [`Rules::unmask`]; `tunscope diff
 //! --mask F --unmask F`).
 //!
@@ -338,8 +341,9 @@ type OvpnFlow = (u8, (IpAddr, u16), (IpAddr, u16));
 /// Stable names for run-specific values.
 #[derive(Default)]
 struct Placeholders {
-    /// (ephemeral ip, service ip, service port, proto) → ephemeral ports in order.
-    eph: HashMap<(IpAddr, IpAddr, u16, u8), Vec<u16>>,
+    /// (ephemeral ip, service ip, service port, proto) → ephemeral ports in order, each with
+    /// the DNS query id of its exchange when it carries DNS over UDP.
+    eph: HashMap<(IpAddr, IpAddr, u16, u8), Vec<EphemeralEnd>>,
     /// Ports of flows with two ephemeral ends, per host pair.
     eph_pair: HashMap<(IpAddr, IpAddr, u8), Vec<u16>>,
     sessions: Vec<[u8; 8]>,
@@ -361,8 +365,11 @@ struct Placeholders {
     endpoints: HashMap<EndpointKey, (String, String)>,
 }
 
-/// A packet's addresses, ports and IP protocol.
-type EndpointKey = (IpAddr, Option<u16>, IpAddr, Option<u16>, u8);
+/// An ephemeral port and, for DNS over UDP, the query id of its exchange.
+type EphemeralEnd = (u16, Option<u16>);
+
+/// A packet's addresses, ports, IP protocol and DNS query id (DNS over UDP).
+type EndpointKey = (IpAddr, Option<u16>, IpAddr, Option<u16>, u8, Option<u16>);
 
 impl Placeholders {
     /// Whether a UDP/TCP packet belongs to OpenVPN, and the session's wrap when known
@@ -417,7 +424,7 @@ impl Placeholders {
         format!("S{n}")
     }
 
-    fn numbered(list: &mut Vec<u16>, port: u16) -> usize {
+    fn numbered<T: PartialEq>(list: &mut Vec<T>, port: T) -> usize {
         match list.iter().position(|p| *p == port) {
             Some(i) => i + 1,
             None => {
@@ -936,6 +943,7 @@ fn describe_l3(
                     let tcp = matches!(pkt.l4, L4::Tcp { .. });
                     ph.openvpn_flow(rules, (h.src, s), (h.dst, d), proto_num, tcp, pkt.payload)
                 });
+            let dns = pkt.dns();
             // Endpoint names are fixed at a tuple's first packet (ports numbered in order of
             // appearance): formatted once per tuple, not per packet.
             let tuple = (
@@ -944,13 +952,18 @@ fn describe_l3(
                 h.dst,
                 ports.map(|p| p.1),
                 proto_num,
+                dns.as_ref().map(|d| d.id),
             );
             let (src, dst) = match ph.endpoints.get(&tuple) {
                 Some(e) => e.clone(),
                 None => {
                     let (sp, dp) = match ports {
                         Some((s, d)) => {
-                            let (a, b) = port_names(ph, rules, h.src, s, h.dst, d, proto_num);
+                            let conv = Conversation {
+                                proto: proto_num,
+                                dns_id: dns.as_ref().map(|d| d.id),
+                            };
+                            let (a, b) = port_names(ph, rules, (h.src, s), (h.dst, d), conv);
                             (Some(a), Some(b))
                         }
                         None => (None, None),
@@ -1032,7 +1045,7 @@ fn describe_l3(
                     }
                 }
                 L4::Udp { .. } => {
-                    if let Some(d) = pkt.dns() {
+                    if let Some(d) = dns {
                         layers.push("dns".into());
                         f.insert("dns.id", d.id);
                         f.insert("dns.msg", d.describe());
@@ -1202,16 +1215,23 @@ fn ovpn_fields(
     }
 }
 
+/// What, beside its addresses and ports, tells one connection from another.
+#[derive(Clone, Copy)]
+struct Conversation {
+    proto: u8,
+    /// The query id of a DNS exchange over UDP: a reused port is a new exchange.
+    dns_id: Option<u16>,
+}
+
 /// Names both ports: well-known and service ports literally, others `ephN`.
 fn port_names(
     ph: &mut Placeholders,
     rules: &Rules,
-    src: IpAddr,
-    sp: u16,
-    dst: IpAddr,
-    dp: u16,
-    proto: u8,
+    (src, sp): (IpAddr, u16),
+    (dst, dp): (IpAddr, u16),
+    conv: Conversation,
 ) -> (String, String) {
+    let proto = conv.proto;
     let service =
         |p: u16| p < 1024 || rules.service_ports.contains(&p) || ph.ovpn_ports.contains(&p);
     match (service(sp), service(dp)) {
@@ -1219,7 +1239,7 @@ fn port_names(
         (false, true) => {
             let list = ph.eph.entry((src, dst, dp, proto)).or_default();
             (
-                format!("eph{}", Placeholders::numbered(list, sp)),
+                format!("eph{}", Placeholders::numbered(list, (sp, conv.dns_id))),
                 dp.to_string(),
             )
         }
@@ -1227,7 +1247,7 @@ fn port_names(
             let list = ph.eph.entry((dst, src, sp, proto)).or_default();
             (
                 sp.to_string(),
-                format!("eph{}", Placeholders::numbered(list, dp)),
+                format!("eph{}", Placeholders::numbered(list, (dp, conv.dns_id))),
             )
         }
         (false, false) => {
@@ -1354,6 +1374,66 @@ mod tests {
             &rules,
         );
         assert_eq!(n3.events[0].get("ip.id"), Some("4660"));
+    }
+
+    /// A DNS message: one question for `name` of type `qtype` (1 = A, 28 = AAAA).
+    fn dns(id: u16, response: bool, qtype: u16) -> Vec<u8> {
+        let flags: u16 = if response { 0x8180 } else { 0x0100 };
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in ["intranet", "corp", "example"] {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1]);
+        m
+    }
+
+    #[test]
+    fn a_dns_exchange_on_a_reused_port_is_a_flow_of_its_own() {
+        let (client, server) = ([198, 19, 0, 2], [198, 19, 10, 53]);
+        // A lookup of A, then A and AAAA from fresh sockets; in the second run the kernel
+        // handed the first socket's port to the AAAA query.
+        let run = |aaaa_port: u16| {
+            let mut pkts = vec![];
+            for (port, id, qtype) in [(40001, 7, 1), (40002, 8, 1), (aaaa_port, 9, 28)] {
+                pkts.push(udp(client, server, port, 53, &dns(id, false, qtype)));
+                pkts.push(udp(server, client, 53, port, &dns(id, true, qtype)));
+            }
+            normalize(&cap(pkts), &Rules::default())
+        };
+        let (fresh, reused) = (run(40003), run(40001));
+        let keys = |n: &Normalized| n.flows.iter().map(|f| f.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&fresh), keys(&reused));
+        assert_eq!(
+            keys(&fresh),
+            [1, 2, 3].map(|n| format!("client/eth0 udp 198.19.0.2:eph{n} <-> 198.19.10.53:53"))
+        );
+        assert_eq!(
+            crate::summary::summary(&fresh),
+            crate::summary::summary(&reused)
+        );
+        // One socket asking A and AAAA (glibc's resolver): two exchanges, two flows, as when
+        // each had its own socket.
+        let one_socket = normalize(
+            &cap(vec![
+                udp(client, server, 40001, 53, &dns(7, false, 1)),
+                udp(client, server, 40005, 53, &dns(8, false, 1)),
+                udp(client, server, 40005, 53, &dns(9, false, 28)),
+                udp(server, client, 53, 40005, &dns(9, true, 28)),
+                udp(server, client, 53, 40005, &dns(8, true, 1)),
+                udp(server, client, 53, 40001, &dns(7, true, 1)),
+            ]),
+            &Rules::default(),
+        );
+        assert_eq!(keys(&one_socket), keys(&fresh));
+        assert_eq!(
+            crate::summary::summary(&one_socket),
+            crate::summary::summary(&fresh)
+        );
     }
 
     #[test]
