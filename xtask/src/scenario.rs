@@ -21,6 +21,9 @@ struct Args {
     list: bool,
     /// `suite --partition K/N`: only shard K of N.
     partition: Option<(u32, u32)>,
+    /// `--release`: our engine built optimized (stage latencies in journeys as a user's
+    /// build has them; the tests and the suite share the debug build).
+    release: bool,
 }
 
 fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
@@ -32,6 +35,7 @@ fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
         out: None,
         list: false,
         partition: None,
+        release: false,
     };
     let mut it = args.iter();
     while let Some(&arg) = it.next() {
@@ -53,6 +57,7 @@ fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
                 );
             }
             "--keep" => a.keep = true,
+            "--release" => a.release = true,
             "--list" if !want_name => a.list = true,
             "--partition" if !want_name => {
                 a.partition = Some(scenario::parse_partition(
@@ -71,17 +76,23 @@ fn parse_args(args: &[&str], want_name: bool) -> Result<Args> {
             .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .collect();
         bail!(
-            "usage: cargo xtask scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--out DIR]\nscenarios: {}",
+            "usage: cargo xtask scenario NAME [--client ours|openvpn] [--server ours|openvpn] [--keep] [--release] [--out DIR]\nscenarios: {}",
             names.join(", ")
         );
     }
     Ok(a)
 }
 
-/// Builds `tunscope` (debug, shared with the tests) and points the harness at it.
-fn build_engine() -> Result<()> {
-    crate::run(cargo().args(["build", "-p", "tunscope-engine", "--bin", "tunscope"]))?;
-    let bin = project_root().join("target/debug/tunscope");
+/// Builds `tunscope` (debug, shared with the tests; optimized with `release`) and points the
+/// harness at it.
+fn build_engine(release: bool) -> Result<()> {
+    crate::run(
+        cargo()
+            .args(["build", "-p", "tunscope-engine", "--bin", "tunscope"])
+            .args(release.then_some("--release")),
+    )?;
+    let profile = if release { "release" } else { "debug" };
+    let bin = project_root().join("target").join(profile).join("tunscope");
     // SAFETY: set before any thread of ours exists.
     unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
     Ok(())
@@ -201,7 +212,7 @@ pub fn scenario(args: &[&str]) -> Result<()> {
     let a = parse_args(args, true)?;
     tunscope_harness::netns::require_root()?;
     deps::ensure()?;
-    build_engine()?;
+    build_engine(a.release)?;
     let s = Scenario::load(&scenario::find(a.name.as_deref().unwrap_or_default())?)?;
     let ps = pairings(&s, &a);
     let mut failed = 0;
@@ -268,7 +279,7 @@ pub fn suite(args: &[&str]) -> Result<()> {
     }
     tunscope_harness::netns::require_root()?;
     deps::ensure()?;
-    build_engine()?;
+    build_engine(a.release)?;
     let out = a
         .out
         .clone()
@@ -345,6 +356,19 @@ pub fn suite(args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_picks_the_optimized_engine_and_unknown_options_are_refused() {
+        let a = parse_args(&["split-tunnel", "--release", "--client", "openvpn"], true)
+            .expect("parsed");
+        assert!(a.release);
+        assert_eq!(a.name.as_deref(), Some("split-tunnel"));
+        assert!(!parse_args(&["split-tunnel"], true).expect("parsed").release);
+        let e = parse_args(&["split-tunnel", "--relase"], true)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("--relase"), "{e}");
+    }
 
     #[test]
     fn progress_counts_runs_and_estimates_from_the_pace() {
