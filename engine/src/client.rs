@@ -61,6 +61,9 @@ pub struct ClientOptions {
     /// While the tunnel is up, let nothing but the tunnel and its transport leave
     /// ([`crate::killswitch`]).
     pub kill_switch: bool,
+    /// Send threads, one per queue of a multi-queue tun device (0 = one per core); the
+    /// kernel spreads flows over the queues, so several flows are sealed on several cores.
+    pub threads: usize,
 }
 
 /// How one connection attempt ended.
@@ -263,6 +266,14 @@ impl Drop for Run<'_> {
 }
 
 impl Run<'_> {
+    /// Send threads (and tun queues) asked for: `--threads`, 0 meaning one per core.
+    fn send_threads(&self) -> usize {
+        match self.opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     fn mgmt_state(&self, s: crate::management::State, detail: &str, peer: Option<SocketAddr>) {
         if let Some(m) = &self.mgmt {
             m.state(s, detail, "", peer);
@@ -507,9 +518,15 @@ impl Run<'_> {
             let rx_thread = std::thread::Builder::new()
                 .name("rx".into())
                 .spawn_scoped(s, move || datapath::rx_loop(sh, 0))?;
-            let tx_thread = std::thread::Builder::new()
-                .name("tx".into())
-                .spawn_scoped(s, move || datapath::tx_loop(sh, 0))?;
+            // One send thread per queue the device is asked for (the device is made once
+            // the push arrives; a queue it refuses ends its thread).
+            let tx_threads = (0..self.send_threads())
+                .map(|q| {
+                    std::thread::Builder::new()
+                        .name(format!("tx{q}"))
+                        .spawn_scoped(s, move || datapath::tx_loop(sh, q))
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
             let session = Session {
                 shared: sh,
                 ctl: &ctl_rx,
@@ -520,7 +537,9 @@ impl Run<'_> {
             let r = self.session(&session, remote, setup);
             shared.stop();
             let _ = rx_thread.join();
-            let _ = tx_thread.join();
+            for t in tx_threads {
+                let _ = t.join();
+            }
             r
         });
         self.tun = shared.tun.into_inner();
@@ -562,7 +581,9 @@ impl Run<'_> {
         let tap = cfg.dev_type == DevType::Tap;
         let addrs = tun_addresses(&connected.pushed, tap)?;
         if shared.tun.get().is_none() {
-            let t = Tun::create(Some(&cfg.dev), mtu, !self.opts.no_offload, tap)
+            // tap keeps one queue (frames of a bridge, not flows to spread).
+            let queues = if tap { 1 } else { self.send_threads() };
+            let t = Tun::create_queues(Some(&cfg.dev), mtu, !self.opts.no_offload, tap, queues)
                 .context("cannot create tun device")?;
             t.set_nonblocking()?;
             let _ = shared.tun.set(t);
@@ -1065,6 +1086,7 @@ pub fn run_in_memory(
         dns: DnsBackend::None,
         state_file: None,
         kill_switch: false,
+        threads: 1,
     };
     let remote = cfg
         .remotes

@@ -145,6 +145,11 @@ enum Command {
         /// Do not use tun TSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        /// Send threads: the tun device gets as many queues, the kernel spreads flows over
+        /// them and each thread seals its own (several flows on several cores); 0 = one
+        /// per core. The receive side stays one thread (one socket, packets in order).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), stub
         /// (split-DNS forwarder on 127.0.0.1:53), resolved (systemd-resolved over D-Bus:
         /// the tunnel's link gets the pushed servers and domains), or dnsmasq (a dnsmasq on
@@ -406,6 +411,7 @@ fn as_openvpn(args: Vec<String>) -> anyhow::Result<()> {
             dns: Default::default(),
             state_file: None,
             kill_switch: false,
+            threads: 1,
         }),
     }
 }
@@ -483,6 +489,7 @@ fn main() -> ExitCode {
         Command::Client {
             config,
             no_offload,
+            threads,
             dns_backend,
             kill_switch,
             state_file,
@@ -496,6 +503,7 @@ fn main() -> ExitCode {
             dns: dns_backend,
             state_file,
             kill_switch,
+            threads,
         }),
         Command::KillSwitch { openvpn_args: _ } => tunscope_engine::killswitch::run_hook(),
         Command::Dns {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::pki::Pki;
-use tunscope_harness::process::{Proc, stage_counter, tail};
+use tunscope_harness::process::{Proc, stage_counter, tail, thread_cpu_ticks};
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, Star};
 use tunscope_harness::traffic::{self, EchoServer};
@@ -1292,30 +1292,6 @@ fn proc_counts(pid: u32) -> Result<ProcCounts> {
     })
 }
 
-/// CPU time (user + system ticks) of the threads of `pid` named `name`.
-fn thread_ticks(pid: u32, name: &str) -> Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let dir = task?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat"))?;
-        // After the parenthesised name come the fields from 3 (state) on: utime is field
-        // 14, stime 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        total += field(14) + field(15);
-    }
-    Ok(total)
-}
-
 /// A server with two threads opens its tun device with two queues, one send thread each,
 /// and writes a client's packets through queue `peer % 2`, so that the kernel hands that
 /// client's flows back on the same queue: two clients downloading at once (four flows
@@ -1345,7 +1321,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
         )?);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = (thread_ticks(pid, "tx0")?, thread_ticks(pid, "tx1")?);
+    let before = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
     let downloads: Vec<std::process::Child> = (0..2)
         .map(|i| {
             net.star.clients[i]
@@ -1366,7 +1342,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let after = (thread_ticks(pid, "tx0")?, thread_ticks(pid, "tx1")?);
+    let after = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
     ensure!(
         after.0 > before.0 && after.1 > before.1,
         "both send threads work: tx0 {}→{} ticks, tx1 {}→{}",

@@ -185,3 +185,28 @@ pub fn stage_counter(log: &str, stage: &str, reason: Option<&str>) -> Option<(u6
     };
     Some((n, line.trim().to_owned()))
 }
+
+/// CPU time (user + system clock ticks) of the threads of process `pid` named `name`
+/// (`/proc/PID/task/*/comm`): which of an engine's threads did the work.
+pub fn thread_cpu_ticks(pid: u32, name: &str) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        // After the parenthesised name come the fields from 3 (state) on: utime is field
+        // 14, stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += field(14) + field(15);
+    }
+    Ok(total)
+}

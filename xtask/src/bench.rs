@@ -210,7 +210,8 @@ fn tunnel(args: &[&str]) -> Result<()> {
         .context("--clients")?;
     // Downloads (iperf3 -R): the server sends, the clients receive.
     let reverse = args.contains(&"--reverse");
-    // Our server's receive threads (the stock server has one thread).
+    // Our server's receive and send threads and our clients' send threads (stock openvpn has
+    // one thread).
     let threads: usize = flag(args, "--threads")
         .map_or(Ok(1), str::parse)
         .context("--threads")?;
@@ -311,7 +312,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
             rows.push((anchor, samples));
         }
         println!(
-            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s) ({}), our server with {threads} receive and send thread(s), {secs} s × {reps}{} (median; clients summed)\n",
+            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s) ({}), our server with {threads} receive and send thread(s), our clients with {threads} send thread(s), {secs} s × {reps}{} (median; clients summed)\n",
             if reverse { "downloads" } else { "uploads" },
             if scaling {
                 format!(", confined to {cores} of {ncpu} CPUs")
@@ -724,7 +725,12 @@ fn measure(
                     ns,
                     &cconf,
                     &clog,
-                    &["--control", csock.to_str().context("utf-8 path")?],
+                    &[
+                        "--control",
+                        csock.to_str().context("utf-8 path")?,
+                        "--threads",
+                        &threads.to_string(),
+                    ],
                 )?,
                 Implementation::OpenVpn => {
                     subjects::start_client(Implementation::OpenVpn, ns, &cconf, &clog)?

@@ -51,8 +51,10 @@ struct Rx<'a> {
     table: Arc<PeerTable>,
     generation: u64,
     /// One per queue of the tun device, created once it exists (a client's comes with the
-    /// server's push). A peer's packets are written through queue `peer % queues`: the
-    /// kernel then returns that peer's flows on the same queue, to the same send thread.
+    /// server's push). A server writes a peer's packets through queue `peer % queues`, a
+    /// client (one peer) each flow's through `flow hash % queues`: the kernel then returns
+    /// those flows on the same queue, to the same send thread (it steers by the queue a
+    /// flow last arrived on).
     writers: Vec<QueueWriter>,
     tun_failed: bool,
     counts: StageBatch,
@@ -341,7 +343,12 @@ impl<'a> Rx<'a> {
         if self.writers.is_empty() {
             return;
         }
-        let q = id as usize % self.writers.len();
+        let n = self.writers.len();
+        let q = if n > 1 && self.table.default_peer.is_some() {
+            flow_hash(p) as usize % n
+        } else {
+            id as usize % n
+        };
         if self.writers[q].writer.is_full() {
             self.flush_queue(q);
         }
@@ -678,6 +685,64 @@ fn rx_memory(rx: &mut Rx<'_>, port: &MemPort, clock: &Clock) {
             framers.remove(&addr);
             let why = "TCP framing error".to_owned();
             shared.control.event(ControlInput::Closed { addr, why });
+        }
+    }
+}
+
+/// A hash of an IP packet's flow (addresses, protocol and, for TCP and UDP, ports): the
+/// same for every packet of a flow, so a client writes a flow through one tun queue. Other
+/// packets (fragments, unknown versions) hash by what they have.
+fn flow_hash(p: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let (addrs, proto, l4) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let first_fragment = u16::from_be_bytes([p[6], p[7]]) & 0x1fff == 0;
+            (&p[12..20], p[9], first_fragment.then_some(ihl))
+        }
+        Some(6) if p.len() >= 40 => (&p[8..40], p[6], Some(40)),
+        _ => (p.get(..p.len().min(20)).unwrap_or_default(), 0, None),
+    };
+    addrs.hash(&mut h);
+    proto.hash(&mut h);
+    if matches!(proto, 6 | 17)
+        && let Some(ports) = l4.and_then(|o| p.get(o..o + 4))
+    {
+        ports.hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod flow_hash_tests {
+    use super::flow_hash;
+
+    fn v4(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16, payload: u8) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&[0, 8, 0, 0, payload]);
+        p
+    }
+
+    #[test]
+    fn a_flow_hashes_alike_whatever_its_payload_and_flows_spread() {
+        let (a, b) = ([198, 19, 0, 2], [198, 19, 10, 80]);
+        assert_eq!(
+            flow_hash(&v4(a, b, 6, 40000, 80, 1)),
+            flow_hash(&v4(a, b, 6, 40000, 80, 2))
+        );
+        // Sixteen flows over two queues: both queues get some.
+        let on_one = (0..16u16)
+            .filter(|i| flow_hash(&v4(a, b, 6, 40000 + i, 80, 0)).is_multiple_of(2))
+            .count();
+        assert!((1..16).contains(&on_one), "{on_one} of 16 on queue 0");
+        // Truncated or foreign packets hash without panicking.
+        for p in [&[][..], &[0x45][..], &[0x60; 39][..], &[0xff; 64][..]] {
+            let _ = flow_hash(p);
         }
     }
 }

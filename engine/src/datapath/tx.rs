@@ -45,6 +45,11 @@ pub fn tx_loop(shared: &Shared, queue: usize) {
             None => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     };
+    // A client asks for its queues before the device exists; one it did not get (the
+    // device refused multi-queue) has no thread.
+    if queue >= tun.queues() {
+        return;
+    }
     let mut reader = TunReader::on_queue(tun.mtu(), queue);
     let mut batch = TxBatch::default();
     let mut frames = Vec::with_capacity(256 * 1024);
