@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
-use tunscope_harness::process::{Proc, stage_counter, tail, thread_cpu_ticks};
+use tunscope_harness::process::{
+    Proc, ensure_both_send_threads_worked, send_thread_ticks, stage_counter, tail,
+};
 use tunscope_harness::subjects::{self, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
 use tunscope_harness::traffic::{self, EchoServer};
@@ -1419,7 +1421,7 @@ fn two_send_threads_upload_in_order_to_a_stock_server() -> Result<()> {
     cmd.args(["-s", "-1", "-B", &dst]);
     let _iperf = Proc::spawn("iperf3 -s", cmd, &pair.hosts.dir.join("iperf3.log"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let before = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
+    let before = send_thread_ticks(pid)?;
     let out = pair
         .hosts
         .client
@@ -1432,15 +1434,7 @@ fn two_send_threads_upload_in_order_to_a_stock_server() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
-    ensure!(
-        after.0 > before.0 && after.1 > before.1,
-        "both send threads work: tx0 {}→{} ticks, tx1 {}→{}",
-        before.0,
-        after.0,
-        before.1,
-        after.1
-    );
+    ensure_both_send_threads_worked(before, send_thread_ticks(pid)?)?;
     pair.client.signal(Signal::SIGTERM)?;
     pair.client.wait_exit(Duration::from_secs(10))?;
     let log = pair.client.log();

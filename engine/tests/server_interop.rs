@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::pki::Pki;
-use tunscope_harness::process::{Proc, stage_counter, tail, thread_cpu_ticks};
+use tunscope_harness::process::{
+    Proc, ensure_both_send_threads_worked, send_thread_ticks, stage_counter, tail,
+};
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, Star};
 use tunscope_harness::traffic::{self, EchoServer};
@@ -1321,7 +1323,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
         )?);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
+    let before = send_thread_ticks(pid)?;
     let downloads: Vec<std::process::Child> = (0..2)
         .map(|i| {
             net.star.clients[i]
@@ -1342,15 +1344,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let after = (thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?);
-    ensure!(
-        after.0 > before.0 && after.1 > before.1,
-        "both send threads work: tx0 {}→{} ticks, tx1 {}→{}",
-        before.0,
-        after.0,
-        before.1,
-        after.1
-    );
+    ensure_both_send_threads_worked(before, send_thread_ticks(pid)?)?;
     for (i, c) in net.clients.iter_mut().enumerate() {
         c.signal(Signal::SIGTERM)?;
         c.wait_exit(Duration::from_secs(10))?;

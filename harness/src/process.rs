@@ -210,3 +210,23 @@ pub fn thread_cpu_ticks(pid: u32, name: &str) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// CPU ticks of an engine's first two send threads (`tx0`, `tx1`), for
+/// [`ensure_both_send_threads_worked`].
+pub fn send_thread_ticks(pid: u32) -> Result<[u64; 2]> {
+    Ok([thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?])
+}
+
+/// Fails unless both send threads gained CPU time from `before` to `after`.
+pub fn ensure_both_send_threads_worked(before: [u64; 2], after: [u64; 2]) -> Result<()> {
+    if after[0] > before[0] && after[1] > before[1] {
+        return Ok(());
+    }
+    bail!(
+        "both send threads work: tx0 {}→{} ticks, tx1 {}→{}",
+        before[0],
+        after[0],
+        before[1],
+        after[1]
+    )
+}
