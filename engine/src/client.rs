@@ -268,10 +268,7 @@ impl Drop for Run<'_> {
 impl Run<'_> {
     /// Send threads (and tun queues) asked for: `--threads`, 0 meaning one per core.
     fn send_threads(&self) -> usize {
-        match self.opts.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        datapath::threads_or_cores(self.opts.threads)
     }
 
     fn mgmt_state(&self, s: crate::management::State, detail: &str, peer: Option<SocketAddr>) {

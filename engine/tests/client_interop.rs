@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::process::{
-    Proc, ensure_both_send_threads_worked, send_thread_ticks, stage_counter, tail,
+    Proc, ensure_both_send_threads_worked, ensure_success, send_thread_ticks, stage_counter, tail,
 };
 use tunscope_harness::subjects::{self, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, TwoHosts};
@@ -1428,12 +1428,7 @@ fn two_send_threads_upload_in_order_to_a_stock_server() -> Result<()> {
         .command("iperf3")
         .args(["-c", &dst, "-P", "8", "-t", "3"])
         .output()?;
-    ensure!(
-        out.status.success(),
-        "iperf3: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ensure_success("iperf3", &out)?;
     ensure_both_send_threads_worked(before, send_thread_ticks(pid)?)?;
     pair.client.signal(Signal::SIGTERM)?;
     pair.client.wait_exit(Duration::from_secs(10))?;

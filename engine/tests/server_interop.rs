@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::{
-    Proc, ensure_both_send_threads_worked, send_thread_ticks, stage_counter, tail,
+    Proc, ensure_both_send_threads_worked, ensure_success, send_thread_ticks, stage_counter, tail,
 };
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, Star};
@@ -1337,12 +1337,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
         .collect::<std::io::Result<_>>()?;
     for d in downloads {
         let out = d.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "iperf3: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure_success("iperf3", &out)?;
     }
     ensure_both_send_threads_worked(before, send_thread_ticks(pid)?)?;
     for (i, c) in net.clients.iter_mut().enumerate() {

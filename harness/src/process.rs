@@ -211,6 +211,19 @@ pub fn thread_cpu_ticks(pid: u32, name: &str) -> Result<u64> {
     Ok(total)
 }
 
+/// Fails unless a finished command (`what`, e.g. `iperf3`) exited successfully; its
+/// output is the error.
+pub fn ensure_success(what: &str, out: &std::process::Output) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// CPU ticks of an engine's first two send threads (`tx0`, `tx1`), for
 /// [`ensure_both_send_threads_worked`].
 pub fn send_thread_ticks(pid: u32) -> Result<[u64; 2]> {

@@ -49,6 +49,14 @@ pub use rx::rx_loop;
 pub use transport::Transport;
 pub use tx::tx_loop;
 
+/// Data threads asked for with `--threads N`: N, or one per core for 0.
+pub fn threads_or_cores(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// How long a blocked thread waits before checking for shutdown.
 pub const IDLE_WAIT: Duration = Duration::from_millis(200);
 

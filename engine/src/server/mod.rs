@@ -132,10 +132,7 @@ pub fn run(opts: &ServerOptions) -> Result<()> {
     let (ip, mask) = server.tunnel_address();
     let prefix = u32::from(mask).leading_ones() as u8;
     let tap = cfg.dev_type == DevType::Tap;
-    let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let threads = datapath::threads_or_cores(opts.threads);
     // A UDP server sends from as many threads as it receives with: one per queue of a
     // multi-queue tun (the kernel spreads flows over the queues).
     let queues = if matches!(cfg.transport, ServerTransport::Udp) && !tap {
