@@ -396,7 +396,9 @@ fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<Received> {
     })
 }
 
-fn packet_drops(fd: &OwnedFd) -> u32 {
+/// Frames the kernel dropped on an AF_PACKET socket since the last call (the socket's
+/// buffer was full: its reader fell behind).
+pub(crate) fn packet_drops(fd: &OwnedFd) -> u32 {
     // SAFETY: tpacket_stats is plain data; the kernel fills it.
     let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tpacket_stats>() as u32;

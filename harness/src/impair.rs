@@ -240,6 +240,13 @@ pub struct DirectionCounts {
     /// Dropped for exceeding the MTU cap.
     #[serde(default)]
     pub too_big: u64,
+    /// Dropped by the kernel before the element read them: its socket buffer was full (the
+    /// element fell behind — a loss the scenario did not ask for, so it is shown).
+    #[serde(default)]
+    pub overrun: u64,
+    /// Refused by the outgoing interface when the element sent them on.
+    #[serde(default)]
+    pub send_failed: u64,
 }
 
 /// The rate limiter: frames leave one after another, each taking `len × 8 / rate` on the
@@ -433,13 +440,23 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     }
     // Our own transmissions on this interface are not read back.
     let one: libc::c_int = 1;
-    // SAFETY: an int option.
+    // Room for a burst while the element's thread waits for a core (2 cores run both
+    // engines, the load and the element): 8 MiB, beyond rmem_max as root may.
+    let rcvbuf: libc::c_int = 8 << 20;
+    // SAFETY: int options on a socket owned here.
     unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_PACKET,
             libc::PACKET_IGNORE_OUTGOING,
             (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as u32,
         );
     }
@@ -625,9 +642,12 @@ fn forward(
                     unsafe { libc::send(tx.as_raw_fd(), x.data.as_ptr().cast(), x.data.len(), 0) };
                 if r >= 0 {
                     c.sent += 1;
+                } else {
+                    c.send_failed += 1;
                 }
             }
         }
+        c.overrun += u64::from(crate::capture::packet_drops(&rx));
     }
     Ok((c, kept))
 }

@@ -10,6 +10,7 @@
 //! * [`pki`] — a per-run test PKI and static key.
 //! * [`subjects`] — tunnel variants and OpenVPN-syntax configs for both implementations.
 //! * [`traffic`] — ping and verified TCP transfers.
+//! * [`kernel_drops`] — where the namespaces' kernels dropped packets during a run.
 //! * [`topo`] — small fixed topologies for engine tests.
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -20,6 +21,7 @@ pub mod filter;
 pub mod html;
 pub mod impair;
 pub mod ipsec;
+pub mod kernel_drops;
 pub mod netns;
 pub mod netstate;
 pub mod network;

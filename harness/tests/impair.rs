@@ -133,6 +133,13 @@ fn loss_is_within_its_binomial_bound_and_every_datagram_is_accounted_for() -> Re
         c.lost
     );
     ensure!(
+        c.overrun == 0 && c.send_failed == 0 && c.sent == u64::from(got),
+        "the element's own account: {} overrun, {} unsent, {} sent for {got} received",
+        c.overrun,
+        c.send_failed,
+        c.sent
+    );
+    ensure!(
         within(c.lost, SENT, 0.1, 4.0),
         "{} of {SENT} lost at p = 0.1 (expected 200 ± 54)",
         c.lost

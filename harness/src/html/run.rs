@@ -61,6 +61,8 @@ pub fn render(r: &RunReport) -> String {
                 td_num(&c.corrupted.to_string()),
                 td_num(&c.rate_dropped.to_string()),
                 td_num(&c.too_big.to_string()),
+                td_num(&c.overrun.to_string()),
+                td_num(&c.send_failed.to_string()),
             ]
         };
         b.push_str(&table(
@@ -77,11 +79,34 @@ pub fn render(r: &RunReport) -> String {
                 "corrupted",
                 "over the rate",
                 "too big",
+                "overrun",
+                "unsent",
             ],
             &[
                 row("to the server", &i.to_server),
                 row("to the client", &i.to_client),
             ],
+        ));
+    }
+    if !r.kernel_drops.is_empty() {
+        b.push_str("<h2>Dropped in the kernels</h2>");
+        let rows: Vec<Vec<String>> = r
+            .kernel_drops
+            .iter()
+            .map(|d| {
+                vec![
+                    td(&d.host),
+                    td(&d.place),
+                    td(&d.counter),
+                    td_num(&d.count.to_string()),
+                    td(&d.meaning),
+                ]
+            })
+            .collect();
+        b.push_str(&table(
+            "kernel-drops",
+            &["host", "where", "counter", "count", "meaning"],
+            &rows,
         ));
     }
     let _ = write!(

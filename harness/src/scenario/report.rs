@@ -90,6 +90,10 @@ pub struct RunReport {
     pub capture: PcapngSummary,
     /// Packets the kernel dropped before the capture sockets read them.
     pub capture_drops: u64,
+    /// Where the namespaces' kernels dropped packets (non-zero counters, read while the
+    /// tunnel was still up): full socket buffers, overflowing tun queues, missing routes.
+    #[serde(default)]
+    pub kernel_drops: Vec<crate::kernel_drops::KernelDrop>,
     /// What the link impairment did (scenarios with `[topology.impair]`).
     #[serde(default)]
     pub impairment: Option<crate::impair::ImpairReport>,

@@ -689,6 +689,16 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         client: engine_report(&bin, &client_sock),
         server: engine_report(&bin, &server_sock),
     };
+    // Before any device goes: the tun queues' drops vanish with their devices.
+    let mut hosts = net.hosts();
+    hosts.extend(net.wire.iter().map(|ns| ("wire", ns)));
+    let kernel_drops = crate::kernel_drops::read_all(&hosts);
+    if !kernel_drops.is_empty() {
+        progress.line(&format!(
+            "dropped in the kernels: {}",
+            crate::kernel_drops::describe(&kernel_drops)
+        ));
+    }
     // Teardown: the client first, so "after" is what it leaves behind.
     let client_stop_ns = checks::now_ns();
     if let Some(c) = client.as_mut() {
@@ -715,7 +725,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         Some(i) => {
             let (r, f) = i.finish()?;
             progress.line(&format!(
-                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big; to the client {} frames, {} lost, {} in outages, {} over the rate, {} too big",
+                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big, {} overrun, {} unsent; to the client {} frames, {} lost, {} in outages, {} over the rate, {} too big, {} overrun, {} unsent",
                 r.to_server.frames,
                 r.to_server.lost,
                 r.to_server.outage,
@@ -724,11 +734,15 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 r.to_server.corrupted,
                 r.to_server.rate_dropped,
                 r.to_server.too_big,
+                r.to_server.overrun,
+                r.to_server.send_failed,
                 r.to_client.frames,
                 r.to_client.lost,
                 r.to_client.outage,
                 r.to_client.rate_dropped,
-                r.to_client.too_big
+                r.to_client.too_big,
+                r.to_client.overrun,
+                r.to_client.send_failed
             ));
             frames.extend(f);
             Some(r)
@@ -816,6 +830,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         web,
         capture: summary,
         capture_drops,
+        kernel_drops,
         impairment: impair_report,
         topology,
         resolvectl: resolvectl_states,
