@@ -64,6 +64,9 @@ pub struct ClientOptions {
     /// Send threads, one per queue of a multi-queue tun device (0 = one per core); the
     /// kernel spreads flows over the queues, so several flows are sealed on several cores.
     pub threads: usize,
+    /// Receive threads on a UDP link (0 = one per core): batches decrypted side by side,
+    /// delivered in turn ([`datapath::turns`]).
+    pub rx_threads: usize,
 }
 
 /// How one connection attempt ended.
@@ -495,7 +498,15 @@ impl Run<'_> {
             }
         );
         let (ctl_tx, ctl_rx) = datapath::control_channel();
-        let shared = Shared::new(
+        // Receive threads on a UDP link share its one socket (batches decrypted side by
+        // side, delivered in turn); a TCP stream is read by one.
+        let receive_threads = match &transport {
+            datapath::Transport::Link(l) if l.kind() == crate::link::LinkKind::Udp => {
+                datapath::threads_or_cores(self.opts.rx_threads)
+            }
+            _ => 1,
+        };
+        let mut shared = Shared::new(
             transport,
             ctl_tx,
             Arc::clone(&self.stats),
@@ -504,6 +515,9 @@ impl Run<'_> {
                 .unwrap_or(tunscope_proto::consts::REPLAY_WINDOW_DEFAULT),
             self.tun.take(),
         );
+        if receive_threads > 1 {
+            shared.rx_turns = Some(datapath::turns::Turns::new());
+        }
         // The server is our only peer; until the handshake is done it has no keys, so data
         // packets that arrive early are dropped at decrypt (`no_key`), counted.
         let rt = Arc::new(PeerRuntime::new(shared.replay_window));
@@ -512,9 +526,18 @@ impl Run<'_> {
         // thread; tx waits for the tun device, which the server's push shapes.
         let outcome = std::thread::scope(|s| -> Result<Outcome> {
             let sh = &shared;
-            let rx_thread = std::thread::Builder::new()
-                .name("rx".into())
-                .spawn_scoped(s, move || datapath::rx_loop(sh, 0))?;
+            let rx_threads = (0..receive_threads)
+                .map(|i| {
+                    let name = if receive_threads == 1 {
+                        "rx".to_owned()
+                    } else {
+                        format!("rx{i}")
+                    };
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn_scoped(s, move || datapath::rx_loop(sh, 0))
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
             // One send thread per queue the device is asked for (the device is made once
             // the push arrives; a queue it refuses ends its thread).
             let tx_threads = (0..self.send_threads())
@@ -533,7 +556,9 @@ impl Run<'_> {
             };
             let r = self.session(&session, remote, setup);
             shared.stop();
-            let _ = rx_thread.join();
+            for t in rx_threads {
+                let _ = t.join();
+            }
             for t in tx_threads {
                 let _ = t.join();
             }
@@ -1084,6 +1109,7 @@ pub fn run_in_memory(
         state_file: None,
         kill_switch: false,
         threads: 1,
+        rx_threads: 1,
     };
     let remote = cfg
         .remotes

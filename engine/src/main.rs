@@ -147,9 +147,15 @@ enum Command {
         no_offload: bool,
         /// Send threads: the tun device gets as many queues, the kernel spreads flows over
         /// them and each thread seals its own (several flows on several cores); 0 = one
-        /// per core. The receive side stays one thread (one socket, packets in order).
+        /// per core.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Receive threads over UDP: they share the one socket, decrypt batches side by
+        /// side and deliver them in arrival order (for machines with cores to spare: on
+        /// two cores shared with the load it was no faster); 0 = one per core. A TCP
+        /// link keeps one.
+        #[arg(long, default_value_t = 1)]
+        rx_threads: usize,
         /// How pushed DNS is applied: none, resolv-conf (rewrite /etc/resolv.conf), stub
         /// (split-DNS forwarder on 127.0.0.1:53), resolved (systemd-resolved over D-Bus:
         /// the tunnel's link gets the pushed servers and domains), or dnsmasq (a dnsmasq on
@@ -412,6 +418,7 @@ fn as_openvpn(args: Vec<String>) -> anyhow::Result<()> {
             state_file: None,
             kill_switch: false,
             threads: 1,
+            rx_threads: 1,
         }),
     }
 }
@@ -490,6 +497,7 @@ fn main() -> ExitCode {
             config,
             no_offload,
             threads,
+            rx_threads,
             dns_backend,
             kill_switch,
             state_file,
@@ -504,6 +512,7 @@ fn main() -> ExitCode {
             state_file,
             kill_switch,
             threads,
+            rx_threads,
         }),
         Command::KillSwitch { openvpn_args: _ } => tunscope_engine::killswitch::run_hook(),
         Command::Dns {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use tunscope_harness::pki::Pki;
 use tunscope_harness::process::{
-    Proc, ensure_both_send_threads_worked, ensure_success, send_thread_ticks, stage_counter, tail,
+    Proc, ensure_both_threads_worked, ensure_success, stage_counter, tail, thread_pair_ticks,
 };
 use tunscope_harness::subjects::{self, Implementation, Proto, TunnelSpec, Wrap};
 use tunscope_harness::topo::{SERVER_WAN, Star};
@@ -1323,7 +1323,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
         )?);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = send_thread_ticks(pid)?;
+    let before = thread_pair_ticks(pid, "tx")?;
     let downloads: Vec<std::process::Child> = (0..2)
         .map(|i| {
             net.star.clients[i]
@@ -1339,7 +1339,7 @@ fn a_two_queue_server_sends_to_each_client_from_its_own_queue() -> Result<()> {
         let out = d.wait_with_output()?;
         ensure_success("iperf3", &out)?;
     }
-    ensure_both_send_threads_worked(before, send_thread_ticks(pid)?)?;
+    ensure_both_threads_worked("tx", before, thread_pair_ticks(pid, "tx")?)?;
     for (i, c) in net.clients.iter_mut().enumerate() {
         c.signal(Signal::SIGTERM)?;
         c.wait_exit(Duration::from_secs(10))?;

@@ -224,19 +224,23 @@ pub fn ensure_success(what: &str, out: &std::process::Output) -> Result<()> {
     )
 }
 
-/// CPU ticks of an engine's first two send threads (`tx0`, `tx1`), for
-/// [`ensure_both_send_threads_worked`].
-pub fn send_thread_ticks(pid: u32) -> Result<[u64; 2]> {
-    Ok([thread_cpu_ticks(pid, "tx0")?, thread_cpu_ticks(pid, "tx1")?])
+/// CPU ticks of an engine's first two data threads of a kind — `tx` (send: `tx0`, `tx1`)
+/// or `rx` (receive: `rx0`, `rx1`) — for [`ensure_both_threads_worked`].
+pub fn thread_pair_ticks(pid: u32, kind: &str) -> Result<[u64; 2]> {
+    Ok([
+        thread_cpu_ticks(pid, &format!("{kind}0"))?,
+        thread_cpu_ticks(pid, &format!("{kind}1"))?,
+    ])
 }
 
-/// Fails unless both send threads gained CPU time from `before` to `after`.
-pub fn ensure_both_send_threads_worked(before: [u64; 2], after: [u64; 2]) -> Result<()> {
+/// Fails unless both data threads of a kind (`tx`, `rx`) gained CPU time from `before` to
+/// `after`.
+pub fn ensure_both_threads_worked(kind: &str, before: [u64; 2], after: [u64; 2]) -> Result<()> {
     if after[0] > before[0] && after[1] > before[1] {
         return Ok(());
     }
     bail!(
-        "both send threads work: tx0 {}→{} ticks, tx1 {}→{}",
+        "both {kind} threads work: {kind}0 {}→{} ticks, {kind}1 {}→{}",
         before[0],
         after[0],
         before[1],

@@ -179,7 +179,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         Some("capture") => capture(&args[1..]),
         Some("mtu") => crate::bench_mtu::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--reverse] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh,openconnect,ipsec] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
+            "usage: cargo xtask bench tunnel [--seconds N] [--reps N] [--proto udp|tcp] [--cipher NAME] [--streams N] [--clients N] [--threads N] [--rx-threads N] [--reverse] [--scaling] [--paths veth,stock,client,server,both,wireguard,ssh,openconnect,ipsec] [--out DIR]\n       cargo xtask bench mtu [--seconds N] [--mtus 1280,1400,1500,9000] [--ciphers A,B] [--transit BYTES]\n       cargo xtask bench probes [--seconds N] [--reps N]\n       cargo xtask bench capture FILE [--reps N]"
         ),
     }
 }
@@ -215,6 +215,10 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let threads: usize = flag(args, "--threads")
         .map_or(Ok(1), str::parse)
         .context("--threads")?;
+    // Our clients' receive threads (`tunscope client --rx-threads N`), for downloads.
+    let client_rx: usize = flag(args, "--rx-threads")
+        .map_or(Ok(1), str::parse)
+        .context("--rx-threads")?;
     build_release()?;
 
     // Both sides offer only the cipher under test (a CBC cipher is in no default list).
@@ -275,7 +279,10 @@ fn tunnel(args: &[&str]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut done = 0;
     for &cores in &core_counts {
-        let threads = if scaling { cores } else { threads };
+        let threads = Threads {
+            engine: if scaling { cores } else { threads },
+            client_rx,
+        };
         if scaling {
             confine_to(cores)?;
         }
@@ -312,8 +319,11 @@ fn tunnel(args: &[&str]) -> Result<()> {
             rows.push((anchor, samples));
         }
         println!(
-            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s) ({}), our server with {threads} receive and send thread(s), our clients with {threads} send thread(s), {secs} s × {reps}{} (median; clients summed)\n",
+            "\nTCP throughput, {proto:?} tunnel, {cipher}, {clients} client(s) × iperf3 {streams} stream(s) ({}), our server with {} receive and send thread(s), our clients with {} send and {} receive thread(s), {secs} s × {reps}{} (median; clients summed)\n",
             if reverse { "downloads" } else { "uploads" },
+            threads.engine,
+            threads.engine,
+            threads.client_rx,
             if scaling {
                 format!(", confined to {cores} of {ncpu} CPUs")
             } else {
@@ -330,7 +340,8 @@ fn tunnel(args: &[&str]) -> Result<()> {
                     .to_owned(),
                 label: anchor.label().to_owned(),
                 cores,
-                threads,
+                threads: threads.engine,
+                client_rx_threads: threads.client_rx,
                 reps: samples.iter().map(Sample::rep).collect(),
             });
         }
@@ -523,7 +534,7 @@ fn probes(args: &[&str]) -> Result<()> {
         for (i, (label, bin)) in bins.iter().enumerate() {
             // SAFETY: single-threaded here; read by the harness when it starts processes.
             unsafe { std::env::set_var("TUNSCOPE_BIN", bin) };
-            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1, 1, false)
+            let s = measure(Anchor::OursBoth, &spec, secs, 1, 1, Threads::ONE, false)
                 .with_context(|| format!("{label} rep {}", rep + 1))?;
             eprintln!(
                 "{label:<11} rep {}: {:.3} Gbit/s, cpu {:.0}%/{:.0}%",
@@ -633,13 +644,29 @@ impl Topo {
 
 /// One repetition of one path: `clients` clients, each running iperf3 with `streams`
 /// streams to the server at once (from it with `reverse`); throughput summed.
+/// Data threads of our engines in a measurement.
+#[derive(Clone, Copy)]
+struct Threads {
+    /// `--threads` of our server (receive and send) and our clients (send).
+    engine: usize,
+    /// `--rx-threads` of our clients.
+    client_rx: usize,
+}
+
+impl Threads {
+    const ONE: Threads = Threads {
+        engine: 1,
+        client_rx: 1,
+    };
+}
+
 fn measure(
     anchor: Anchor,
     spec: &TunnelSpec,
     secs: u64,
     streams: u32,
     clients: usize,
-    threads: usize,
+    threads: Threads,
     reverse: bool,
 ) -> Result<Sample> {
     let hosts = Topo::new(clients)?;
@@ -698,7 +725,7 @@ fn measure(
                     "--control",
                     ssock.to_str().context("utf-8 path")?,
                     "--threads",
-                    &threads.to_string(),
+                    &threads.engine.to_string(),
                 ],
             )?,
             Implementation::OpenVpn => {
@@ -729,7 +756,9 @@ fn measure(
                         "--control",
                         csock.to_str().context("utf-8 path")?,
                         "--threads",
-                        &threads.to_string(),
+                        &threads.engine.to_string(),
+                        "--rx-threads",
+                        &threads.client_rx.to_string(),
                     ],
                 )?,
                 Implementation::OpenVpn => {

@@ -42,6 +42,8 @@ pub struct PathResult {
     pub cores: usize,
     /// Our server's receive threads.
     pub threads: usize,
+    /// Our clients' receive threads (`--rx-threads`).
+    pub client_rx_threads: usize,
     /// Every repetition.
     pub reps: Vec<Rep>,
 }
@@ -527,6 +529,7 @@ mod tests {
             label: label.into(),
             cores,
             threads: cores,
+            client_rx_threads: 1,
             reps: gbps
                 .iter()
                 .map(|g| Rep {

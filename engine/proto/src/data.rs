@@ -867,11 +867,46 @@ impl Receiver {
         fragmented: bool,
         now: Instant,
     ) -> Result<Opened, DropReason> {
+        let (header, keys) = self.keys_for(packet)?;
+        let decrypted = keys.open_in_place(header, packet)?;
+        self.accept(&keys, header, decrypted, packet, framing, fragmented, now)
+    }
+
+    /// The first half of [`Receiver::open`], for decrypting without holding the receiver
+    /// (several threads opening one peer's packets at once): the header and the keys its
+    /// key-id names. Decrypt with [`DataKeys::open_in_place`], then hand the result to
+    /// [`Receiver::accept`] in the order the packets arrived.
+    pub fn keys_for(
+        &self,
+        packet: &[u8],
+    ) -> Result<(DataHeader, std::sync::Arc<DataKeys>), DropReason> {
         let header = DataHeader::parse(packet)?;
-        let (keys, window) = self.slots[usize::from(header.key_id)]
-            .as_mut()
+        let (keys, _) = self.slots[usize::from(header.key_id)]
+            .as_ref()
             .ok_or(DropReason::NoKey)?;
-        let (pid, mut range) = keys.open_in_place(header, packet)?;
+        Ok((header, keys.clone()))
+    }
+
+    /// The second half of [`Receiver::open`] for a packet `keys` decrypted in place
+    /// (`decrypted`: its packet-id and plaintext range): the replay check — refused as
+    /// `NoKey` if a renegotiation replaced the keys of that key-id meanwhile, so a packet is
+    /// never counted against another key's window — then fragments and framing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept(
+        &mut self,
+        keys: &std::sync::Arc<DataKeys>,
+        header: DataHeader,
+        decrypted: (u32, Range<usize>),
+        packet: &mut [u8],
+        framing: Framing,
+        fragmented: bool,
+        now: Instant,
+    ) -> Result<Opened, DropReason> {
+        let (pid, mut range) = decrypted;
+        let window = match self.slots[usize::from(header.key_id)].as_mut() {
+            Some((k, w)) if std::sync::Arc::ptr_eq(k, keys) => w,
+            _ => return Err(DropReason::NoKey),
+        };
         window.check(pid, now)?;
         window.update(pid, now);
         let opened = |payload| Opened {
@@ -1060,6 +1095,60 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Decrypting apart from the receiver (keys_for, open_in_place, accept) is `open`:
+    /// packets decrypted out of order but accepted in arrival order pass, a replay is still
+    /// refused, and a packet whose keys were replaced while it was being decrypted is
+    /// refused rather than checked against the new key's window.
+    #[test]
+    fn open_in_two_halves_keeps_the_replay_check_and_refuses_replaced_keys() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let sealed: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| {
+                let mut buf = vec![0u8; 128];
+                let n = client
+                    .seal(V2, Framing::None, &[0x45, i], &mut buf)
+                    .unwrap();
+                buf.truncate(n);
+                buf
+            })
+            .collect();
+        // Two "threads": both packets decrypted first (in reverse), then accepted in order.
+        let mut a = sealed[0].clone();
+        let mut b = sealed[1].clone();
+        let (ha, ka) = rx.keys_for(&a).unwrap();
+        let (hb, kb) = rx.keys_for(&b).unwrap();
+        let db = kb.open_in_place(hb, &mut b).unwrap();
+        let da = ka.open_in_place(ha, &mut a).unwrap();
+        for (h, k, d, p, want) in [(ha, &ka, da, &mut a, 0u8), (hb, &kb, db, &mut b, 1)] {
+            let o = rx.accept(k, h, d, p, Framing::None, false, now).unwrap();
+            assert_eq!(p[o_range(&o)], [0x45, want]);
+        }
+        // The same packet again is a replay, whichever half sees it.
+        let mut again = sealed[1].clone();
+        let (h, k) = rx.keys_for(&again).unwrap();
+        let d = k.open_in_place(h, &mut again).unwrap();
+        let r = rx.accept(&k, h, d, &mut again, Framing::None, false, now);
+        assert!(matches!(r, Err(DropReason::Replay)), "{r:?}");
+        // Keys replaced (renegotiated with the same key-id) between decrypt and accept.
+        let mut c = sealed[2].clone();
+        let (h, k) = rx.keys_for(&c).unwrap();
+        let d = k.open_in_place(h, &mut c).unwrap();
+        let (_, newer) = pair(Cipher::Aes256Gcm);
+        rx.install(&newer);
+        let r = rx.accept(&k, h, d, &mut c, Framing::None, false, now);
+        assert_eq!(r, Err(DropReason::NoKey));
+    }
+
+    fn o_range(o: &Opened) -> Range<usize> {
+        match &o.payload {
+            Payload::Packet(r) => r.clone(),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -8,6 +8,9 @@
 //! tx thread:  read_tun ─▶ (peer by inner destination) ─▶ encrypt ─▶ socket_tx
 //! ```
 //!
+//! A client with several receive threads on its UDP link ([`turns`]) receives a batch at a
+//! time with a ticket, decrypts batches side by side, and delivers them in ticket order.
+//!
 //! A server publishes a [`PeerTable`] with one entry per connected client; a client publishes
 //! a table with one peer, the server, reached by default routes (as a wireguard-go device
 //! with a single peer). The [`Transport`] hides whether packets travel over a connected link
@@ -28,6 +31,7 @@ pub mod memory;
 mod rx;
 mod seal;
 pub mod transport;
+pub mod turns;
 mod tx;
 
 use std::collections::HashMap;
@@ -253,6 +257,9 @@ pub struct Shared {
     pub tun: OnceLock<Tun>,
     /// A tap server's learned MAC addresses (written by rx threads, read by the tx thread).
     pub macs: ethernet::MacTable,
+    /// Set when several receive threads share one connected UDP link (a client's
+    /// `--rx-threads N`): the order they deliver in.
+    pub rx_turns: Option<turns::Turns>,
 }
 
 impl Shared {
@@ -281,6 +288,7 @@ impl Shared {
             tap,
             tun: cell,
             macs: ethernet::MacTable::default(),
+            rx_turns: None,
         }
     }
 

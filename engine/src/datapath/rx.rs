@@ -6,8 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::ops::Range;
 use tunscope_proto::consts::OCC_EXIT;
-use tunscope_proto::data::Payload;
+use tunscope_proto::data::{DataKeys, Payload};
 use tunscope_proto::server::routes::packet_src;
 use tunscope_proto::server::{PeerAddr, PeerId};
 use tunscope_proto::stage::{DropReason, Stage};
@@ -36,6 +37,21 @@ struct RxSample {
     ids: (Option<u32>, u8, u32),
     plain: Vec<u8>,
 }
+
+/// A data packet decrypted ahead of its turn by a receive thread sharing the link with
+/// others: its peer, header, the keys that opened it (an index into the batch's
+/// [`AheadKeys`]) and the outcome, for [`Receiver::accept`](tunscope_proto::data::Receiver::accept)
+/// when the batch's turn comes.
+struct Ahead {
+    id: PeerId,
+    header: DataHeader,
+    key: usize,
+    decrypted: Result<(u32, Range<usize>), DropReason>,
+}
+
+/// The keys a batch's packets were decrypted with (by peer and key-id): looked up once per
+/// batch, so threads decrypting side by side do not share a reference count per packet.
+type AheadKeys = Vec<(PeerId, u8, Arc<DataKeys>)>;
 
 /// Packets waiting for one queue of the tun device.
 struct QueueWriter {
@@ -130,6 +146,55 @@ impl<'a> Rx<'a> {
     }
 
     fn packet(&mut self, pkt: &mut [u8], from: PeerAddr) {
+        self.packet_ahead(pkt, from, None);
+    }
+
+    /// Decrypts a data packet of a known peer in place without holding its receiver, for a
+    /// thread that delivers its batch later, in turn. None for everything else — control
+    /// packets, unknown peers, missing keys, and sampled packets (their socket_rx record
+    /// must show the sealed bytes) — which [`Rx::packet_ahead`] then handles as usual.
+    fn decrypt_ahead(&self, pkt: &mut [u8], from: PeerAddr, keys: &mut AheadKeys) -> Option<Ahead> {
+        let (op, _) = peek_opcode(pkt).ok()?;
+        if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+            return None;
+        }
+        let header = DataHeader::parse(pkt).ok()?;
+        let peer_id = header
+            .peer_id
+            .filter(|p| *p != tunscope_proto::consts::PEER_ID_UNDEF);
+        let (id, dp) = self.table.lookup(peer_id, &from)?;
+        if let Some(tap) = self.tap()
+            && data_ids(pkt).is_some_and(|ids| tap.sampled(ids.2))
+        {
+            return None;
+        }
+        let key = match keys
+            .iter()
+            .position(|(p, k, _)| *p == id && *k == header.key_id)
+        {
+            Some(i) => i,
+            None => {
+                let (_, k) = dp.rt.receiver().keys_for(pkt).ok()?;
+                keys.push((id, header.key_id, k));
+                keys.len() - 1
+            }
+        };
+        let decrypted = keys[key].2.open_in_place(header, pkt);
+        Some(Ahead {
+            id,
+            header,
+            key,
+            decrypted,
+        })
+    }
+
+    /// [`Rx::packet`], for a packet [`Rx::decrypt_ahead`] may have decrypted already.
+    fn packet_ahead(
+        &mut self,
+        pkt: &mut [u8],
+        from: PeerAddr,
+        ahead: Option<(Ahead, &Arc<DataKeys>)>,
+    ) {
         let now = self.t0;
         let op = match peek_opcode(pkt) {
             Ok((op, _)) => op,
@@ -203,7 +268,14 @@ impl<'a> Rx<'a> {
         };
         let mut rx = dp.rt.receiver();
         let plane = &dp.view.plane;
-        let opened = match rx.open(pkt, plane.framing, plane.fragment.is_some(), now) {
+        let fragmented = plane.fragment.is_some();
+        let opened = match ahead.filter(|(a, _)| a.id == id) {
+            Some((a, keys)) => a
+                .decrypted
+                .and_then(|d| rx.accept(keys, a.header, d, pkt, plane.framing, fragmented, now)),
+            None => rx.open(pkt, plane.framing, fragmented, now),
+        };
+        let opened = match opened {
             Ok(o) => o,
             Err(r) => {
                 drop(rx);
@@ -532,18 +604,34 @@ pub fn rx_loop(shared: &Shared, worker: usize) {
     rx.exit();
 }
 
-/// A client's link: datagrams of the connected socket, or records of the TCP stream.
+/// A client's link: datagrams of the connected socket, or records of the TCP stream. With
+/// several receive threads on a UDP link (`shared.rx_turns`), each batch is received with a
+/// ticket, decrypted while other threads work on theirs, and delivered in ticket order.
 fn rx_link(rx: &mut Rx<'_>, link: &Link, clock: &Clock) {
     let shared = rx.shared;
     let mut batch = RxBatch::new();
     let addr = Transport::link_addr(link);
     let peer = link.peer();
+    // Turns only on UDP: a TCP stream's records are cut from one byte stream in order.
+    let turns = shared
+        .rx_turns
+        .as_ref()
+        .filter(|_| link.kind() == crate::link::LinkKind::Udp);
+    let mut aheads: Vec<Option<Ahead>> = Vec::new();
+    let mut ahead_keys: AheadKeys = Vec::new();
     while !shared.stopped() {
         if !batch.wait(link, IDLE_WAIT) {
             continue;
         }
         rx.t0 = Instant::now();
-        match batch.recv(link, Duration::ZERO) {
+        let (received, ticket) = match turns {
+            Some(t) => t.receive(
+                || batch.recv(link, Duration::ZERO),
+                |r| matches!(r, Received::Packets),
+            ),
+            None => (batch.recv(link, Duration::ZERO), None),
+        };
+        match received {
             Received::Packets => {}
             Received::Idle => continue,
             Received::Closed(why) => {
@@ -555,6 +643,37 @@ fn rx_link(rx: &mut Rx<'_>, link: &Link, clock: &Clock) {
         }
         rx.t1 = clock.mark(rx.t0);
         rx.refresh();
+        if let (Some(turns), Some(ticket)) = (turns, ticket) {
+            // Decrypt now, beside the thread delivering the batch before this one.
+            aheads.clear();
+            ahead_keys.clear();
+            batch.for_each_datagram(|pkt, from| {
+                let a = (from == peer)
+                    .then(|| rx.decrypt_ahead(pkt, addr, &mut ahead_keys))
+                    .flatten();
+                aheads.push(a);
+            });
+            if !turns.wait(ticket, &shared.stop) {
+                return;
+            }
+            let mut next = aheads.drain(..);
+            batch.for_each_datagram(|pkt, from| {
+                let a = next.next().flatten();
+                if from == peer {
+                    let a = a.map(|a| {
+                        let k = &ahead_keys[a.key].2;
+                        (a, k)
+                    });
+                    rx.packet_ahead(pkt, addr, a);
+                } else {
+                    rx.refuse(pkt.len(), DropReason::UnknownPeer);
+                }
+            });
+            drop(next);
+            rx.finish(clock);
+            turns.done(ticket);
+            continue;
+        }
         let r = batch.for_each(link, |pkt, from| {
             if from == peer {
                 rx.packet(pkt, addr);
