@@ -215,20 +215,20 @@ pub fn read_all(hosts: &[(&str, &Netns)]) -> Vec<KernelDrop> {
 /// `netstat` and `dev` of one namespace.
 pub fn parse(host: &str, text: &str) -> Vec<KernelDrop> {
     let mut found: Vec<KernelDrop> = vec![];
-    let mut add = |place: String, counter: &str, count: u64, meaning: String| {
+    let mut add = |place: &str, counter: &str, count: u64, meaning: &str| {
         if count > 0 {
             found.push(KernelDrop {
                 host: host.to_owned(),
-                place,
+                place: place.to_owned(),
                 counter: counter.to_owned(),
                 count,
-                meaning,
+                meaning: meaning.to_owned(),
             });
         }
     };
-    // snmp and netstat: a line of names, then a line of values, both prefixed "Section:".
     let lines: Vec<&str> = text.lines().collect();
     for pair in lines.windows(2) {
+        // snmp and netstat: a line of names, then a line of values, both "Section: …".
         let (Some((s1, names)), Some((s2, values))) =
             (pair[0].split_once(": "), pair[1].split_once(": "))
         else {
@@ -242,35 +242,23 @@ pub fn parse(host: &str, text: &str) -> Vec<KernelDrop> {
                 .iter()
                 .find(|(sec, n, _, _)| *sec == s1 && *n == name)
             {
-                add(
-                    (*place).to_owned(),
-                    name,
-                    value.parse().unwrap_or(0),
-                    (*meaning).to_owned(),
-                );
+                add(place, name, value.parse().unwrap_or(0), meaning);
             }
         }
     }
-    // snmp6: "Udp6RcvbufErrors   12" per line.
     for line in &lines {
         let mut f = line.split_whitespace();
-        let (Some(key), Some(value), None) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        for (sec, name, place, meaning) in PROTOCOL_COUNTERS {
-            if sec.ends_with('6') && key.strip_prefix(sec) == Some(name) {
-                add(
-                    (*place).to_owned(),
-                    name,
-                    value.parse().unwrap_or(0),
-                    (*meaning).to_owned(),
-                );
+        // snmp6: "Udp6RcvbufErrors   12" per line.
+        if let (Some(key), Some(value), None) = (f.next(), f.next(), f.next()) {
+            for (sec, name, place, meaning) in PROTOCOL_COUNTERS {
+                if sec.ends_with('6') && key.strip_prefix(sec) == Some(name) {
+                    add(place, name, value.parse().unwrap_or(0), meaning);
+                }
             }
+            continue;
         }
-    }
-    // dev: "  tun0: rx bytes packets errs drop fifo frame compressed multicast tx bytes
-    // packets errs drop fifo colls carrier compressed".
-    for line in &lines {
+        // dev: "  tun0: rx bytes packets errs drop fifo frame compressed multicast tx bytes
+        // packets errs drop fifo colls carrier compressed".
         let Some((iface, rest)) = line.split_once(':') else {
             continue;
         };
@@ -282,8 +270,7 @@ pub fn parse(host: &str, text: &str) -> Vec<KernelDrop> {
         if v.len() != 16 || iface.is_empty() || iface.contains(' ') {
             continue;
         }
-        let tun =
-            iface.starts_with("tun") || iface.starts_with("tap") || iface.starts_with("ipsec");
+        let tun = ["tun", "tap", "ipsec"].iter().any(|p| iface.starts_with(p));
         let (rx_meaning, tx_meaning) = if tun {
             (
                 "packets the VPN program wrote that the kernel dropped",
@@ -292,20 +279,11 @@ pub fn parse(host: &str, text: &str) -> Vec<KernelDrop> {
         } else {
             ("frames dropped on receive", "frames dropped on send")
         };
-        add(format!("{iface} rx"), "drop", v[3], rx_meaning.to_owned());
-        add(
-            format!("{iface} rx"),
-            "errs",
-            v[2],
-            "frames received in error".to_owned(),
-        );
-        add(format!("{iface} tx"), "drop", v[11], tx_meaning.to_owned());
-        add(
-            format!("{iface} tx"),
-            "errs",
-            v[10],
-            "frames that failed to send".to_owned(),
-        );
+        let (rx, tx) = (format!("{iface} rx"), format!("{iface} tx"));
+        add(&rx, "drop", v[3], rx_meaning);
+        add(&rx, "errs", v[2], "frames received in error");
+        add(&tx, "drop", v[11], tx_meaning);
+        add(&tx, "errs", v[10], "frames that failed to send");
     }
     found
 }
