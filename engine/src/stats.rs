@@ -275,6 +275,8 @@ pub struct EngineStats {
     control: Mutex<ControlMetrics>,
     /// Packets the peer compressed that decrypt inflated: packets, bytes before, after.
     decompressed: [AtomicU64; 3],
+    /// Data packets accepted behind a higher packet-id (reordered on the way).
+    late: AtomicU64,
     /// A tap engine's frames by kind: read from the device (into the tunnel), written to it.
     frames: [FrameCounts; 2],
 }
@@ -293,6 +295,7 @@ impl EngineStats {
             hist: Mutex::new(LocalHist::new(sigfig)),
             control: Mutex::new(ControlMetrics::default()),
             decompressed: Default::default(),
+            late: AtomicU64::new(0),
             frames: Default::default(),
         }
     }
@@ -327,6 +330,13 @@ impl EngineStats {
         }
         for (c, v) in self.decompressed.iter().zip([packets, bytes_in, bytes_out]) {
             c.fetch_add(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts data packets accepted behind a higher packet-id in a batch.
+    pub fn add_late(&self, packets: u64) {
+        if packets > 0 {
+            self.late.fetch_add(packets, Ordering::Relaxed);
         }
     }
 
@@ -381,6 +391,7 @@ impl EngineStats {
                 compressed_bytes: self.decompressed[1].load(Ordering::Relaxed),
                 inflated_bytes: self.decompressed[2].load(Ordering::Relaxed),
             },
+            late_packets: self.late.load(Ordering::Relaxed),
             ethernet: {
                 let (to, from) = (self.frames[0].report(), self.frames[1].report());
                 (to.total() + from.total() > 0).then_some(EthernetReport {
@@ -543,6 +554,10 @@ pub struct ScopeReport {
     /// Decompression at the decrypt stage.
     #[serde(default)]
     pub compression: CompressionReport,
+    /// Data packets decrypt accepted behind a higher packet-id: reordered on the way,
+    /// inside the replay window (a duplicate is a `replay` drop instead).
+    #[serde(default)]
+    pub late_packets: u64,
     /// A tap engine's Ethernet frames by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ethernet: Option<EthernetReport>,
@@ -616,6 +631,12 @@ impl ScopeReport {
             "control: {} handshake(s) p50 {:.1} ms, {} renegotiation(s) p50 {:.1} ms, push p50 {:.1} ms, {} failure(s)\n",
             c.handshakes, c.handshake_ms.p50, c.renegotiations, c.renegotiation_ms.p50, c.push_ms.p50, c.failures
         ));
+        if self.late_packets > 0 {
+            s.push_str(&format!(
+                "reordering: {} packet(s) accepted late (behind a higher packet-id, inside the replay window)\n",
+                self.late_packets
+            ));
+        }
         let z = &self.compression;
         if z.decompressed_packets > 0 {
             s.push_str(&format!(

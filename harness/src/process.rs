@@ -172,7 +172,21 @@ pub fn thread_identities(pid: u32) -> Result<Vec<(u32, u64)>> {
 /// From the stage table our engines log when they stop (`stage in out bytes … drops`): the
 /// packets out of `stage`, or its drops for `reason` (0 when none was counted), with the line
 /// it came from. `None` when the log has no such stage line (not our engine, or no table).
+/// `reordering` is the table's line of packets accepted late (`reordering: N packet(s) …`,
+/// printed only when there were some: 0 when the table is there without it).
 pub fn stage_counter(log: &str, stage: &str, reason: Option<&str>) -> Option<(u64, String)> {
+    if stage == "reordering" && reason.is_none() {
+        return match log
+            .lines()
+            .rfind(|l| l.split_whitespace().next() == Some("reordering:"))
+        {
+            Some(l) => Some((
+                l.split_whitespace().nth(1)?.parse().ok()?,
+                l.trim().to_owned(),
+            )),
+            None => stage_counter(log, "decrypt", None).map(|(_, l)| (0, l)),
+        };
+    }
     let line = log
         .lines()
         .rfind(|l| l.split_whitespace().next() == Some(stage))?;
@@ -246,4 +260,53 @@ pub fn ensure_both_threads_worked(kind: &str, before: [u64; 2], after: [u64; 2])
         before[1],
         after[1]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_counter;
+
+    const TABLE: &str = "\
+INFO tunscope: stopped
+stage              in        out        bytes  batch50    p50 ns    p99 ns  drops
+socket_rx        1200       1200      1700000        4      2000      9000
+decrypt          1200       1180      1690000        4      3000     12000  replay=20
+write_tun        1180       1180      1600000        4      5000     20000
+reordering: 37 packet(s) accepted late (behind a higher packet-id, inside the replay window)
+";
+
+    #[test]
+    fn counters_come_from_the_exit_table() {
+        assert_eq!(
+            stage_counter(TABLE, "decrypt", None).map(|c| c.0),
+            Some(1180)
+        );
+        assert_eq!(
+            stage_counter(TABLE, "decrypt", Some("replay")).map(|c| c.0),
+            Some(20)
+        );
+        assert_eq!(
+            stage_counter(TABLE, "decrypt", Some("bad_tag")).map(|c| c.0),
+            Some(0)
+        );
+        assert_eq!(
+            stage_counter(TABLE, "reordering", None).map(|c| c.0),
+            Some(37)
+        );
+        // No reordering line: none were late, as long as there is a table at all.
+        let quiet: String = TABLE
+            .lines()
+            .filter(|l| !l.starts_with("reordering"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            stage_counter(&quiet, "reordering", None).map(|c| c.0),
+            Some(0)
+        );
+        assert_eq!(
+            stage_counter("openvpn says hello\n", "reordering", None),
+            None
+        );
+        assert_eq!(stage_counter("openvpn says hello\n", "decrypt", None), None);
+    }
 }

@@ -908,10 +908,13 @@ impl Receiver {
             _ => return Err(DropReason::NoKey),
         };
         window.check(pid, now)?;
+        // Behind one already accepted: the link reordered it (inside the window's width).
+        let late = pid < window.highest();
         window.update(pid, now);
         let opened = |payload| Opened {
             key_id: header.key_id,
             packet_id: pid,
+            late,
             payload,
         };
         if fragmented {
@@ -1008,6 +1011,9 @@ pub struct Opened {
     pub key_id: u8,
     /// Its packet-id.
     pub packet_id: u32,
+    /// Accepted behind a higher packet-id: reordered on the way, still inside the replay
+    /// window.
+    pub late: bool,
     /// What it carried.
     pub payload: Payload,
 }
@@ -1128,6 +1134,7 @@ mod tests {
         for (h, k, d, p, want) in [(ha, &ka, da, &mut a, 0u8), (hb, &kb, db, &mut b, 1)] {
             let o = rx.accept(k, h, d, p, Framing::None, false, now).unwrap();
             assert_eq!(p[o_range(&o)], [0x45, want]);
+            assert!(!o.late, "accepted in arrival order: {o:?}");
         }
         // The same packet again is a replay, whichever half sees it.
         let mut again = sealed[1].clone();
@@ -1143,6 +1150,37 @@ mod tests {
         rx.install(&newer);
         let r = rx.accept(&k, h, d, &mut c, Framing::None, false, now);
         assert_eq!(r, Err(DropReason::NoKey));
+    }
+
+    /// A packet the link reordered (accepted behind a higher packet-id, inside the window)
+    /// is marked late; the in-order ones are not; a duplicate is still a replay.
+    #[test]
+    fn packets_behind_a_later_one_are_marked_late() {
+        let now = Instant::now();
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let sealed: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| {
+                let mut buf = vec![0u8; 128];
+                let n = client
+                    .seal(V2, Framing::None, &[0x45, i], &mut buf)
+                    .unwrap();
+                buf.truncate(n);
+                buf
+            })
+            .collect();
+        let mut late = vec![];
+        for i in [0usize, 2, 1, 3] {
+            let mut p = sealed[i].clone();
+            late.push(rx.open(&mut p, Framing::None, false, now).unwrap().late);
+        }
+        assert_eq!(late, [false, false, true, false]);
+        let mut dup = sealed[1].clone();
+        assert_eq!(
+            rx.open(&mut dup, Framing::None, false, now),
+            Err(DropReason::Replay)
+        );
     }
 
     fn o_range(o: &Opened) -> Range<usize> {

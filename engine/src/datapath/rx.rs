@@ -283,6 +283,10 @@ impl<'a> Rx<'a> {
                 return tap_drop(r, pkt);
             }
         };
+        if opened.late {
+            self.shared.stats.add_late(1);
+            dp.rt.stats.add_late(1);
+        }
         self.active.insert(id);
         if from != dp.view.addr && self.floated.insert(id) {
             self.shared.control.hint(ControlInput::Float {

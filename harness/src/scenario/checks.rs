@@ -1476,10 +1476,13 @@ fn judge_check(check: &Check, live: &Live, data: &RunData) -> Verdict {
             match crate::process::stage_counter(log, &c.stage, c.drop.as_deref()) {
                 Some((n, line)) => {
                     evidence.push(line);
-                    let what = c.drop.as_deref().map_or_else(
-                        || format!("{} {} out", c.who, c.stage),
-                        |d| format!("{} {} drops '{d}'", c.who, c.stage),
-                    );
+                    let what = match c.drop.as_deref() {
+                        Some(d) => format!("{} {} drops '{d}'", c.who, c.stage),
+                        None if c.stage == "reordering" => {
+                            format!("{} packets accepted late", c.who)
+                        }
+                        None => format!("{} {} out", c.who, c.stage),
+                    };
                     if n < c.min || c.max.is_some_and(|m| n > m) {
                         failures.push(format!(
                             "{what}: {n}, expected {}{}",

@@ -725,7 +725,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         Some(i) => {
             let (r, f) = i.finish()?;
             progress.line(&format!(
-                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big, {} overrun, {} unsent; to the client {} frames, {} lost, {} in outages, {} over the rate, {} too big, {} overrun, {} unsent",
+                "impairment: to the server {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big, {} overrun, {} unsent; to the client {} frames, {} lost, {} in outages, {} reordered, {} duplicated, {} corrupted, {} over the rate, {} too big, {} overrun, {} unsent",
                 r.to_server.frames,
                 r.to_server.lost,
                 r.to_server.outage,
@@ -739,6 +739,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
                 r.to_client.frames,
                 r.to_client.lost,
                 r.to_client.outage,
+                r.to_client.reordered,
+                r.to_client.duplicated,
+                r.to_client.corrupted,
                 r.to_client.rate_dropped,
                 r.to_client.too_big,
                 r.to_client.overrun,
