@@ -519,6 +519,13 @@ fn engine(side: &str, report: Option<&Value>, implementation: &str) -> String {
         ],
         &rows,
     ));
+    let late = num(&r["totals"]["late_packets"]);
+    if late > 0 {
+        let _ = write!(
+            s,
+            "<p class=\"late\" data-side=\"{side}\">{late} packet(s) accepted late: reordered on the way, inside the replay window.</p>"
+        );
+    }
     s.push_str("<div class=\"hists\">");
     for st in &stages {
         let name = st["stage"].as_str().unwrap_or("?");
@@ -629,4 +636,31 @@ fn journeys(js: &[Value]) -> String {
     }
     s.push_str("</svg>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::engine;
+
+    /// An engine's section shows its stages and, when the replay window accepted packets
+    /// late, how many; stock openvpn's says why it has none.
+    #[test]
+    fn an_engine_section_shows_stages_and_late_packets() {
+        let report = |late: u64| {
+            serde_json::json!({ "totals": {
+                "stages": [{ "stage": "decrypt", "packets_in": 10, "packets_out": 9,
+                    "bytes_out": 900, "drops": { "replay": 1 }, "conserved": true,
+                    "latency_ns": { "p50": 1000.0, "p99": 2000.0 }, "latency_histogram": [] }],
+                "late_packets": late,
+            }})
+        };
+        let with = engine("server", Some(&report(17)), "ours");
+        assert!(with.contains("<td>decrypt</td>"), "{with}");
+        assert!(with.contains("replay 1"), "{with}");
+        assert!(with.contains("17 packet(s) accepted late"), "{with}");
+        let without = engine("server", Some(&report(0)), "ours");
+        assert!(!without.contains("accepted late"), "{without}");
+        let stock = engine("client", None, "openvpn");
+        assert!(stock.contains("not applicable"), "{stock}");
+    }
 }
