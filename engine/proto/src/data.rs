@@ -1111,19 +1111,7 @@ mod tests {
     #[test]
     fn open_in_two_halves_keeps_the_replay_check_and_refuses_replaced_keys() {
         let now = Instant::now();
-        let (client, server) = pair(Cipher::Aes256Gcm);
-        let mut rx = Receiver::new();
-        rx.install(&server);
-        let sealed: Vec<Vec<u8>> = (0..4u8)
-            .map(|i| {
-                let mut buf = vec![0u8; 128];
-                let n = client
-                    .seal(V2, Framing::None, &[0x45, i], &mut buf)
-                    .unwrap();
-                buf.truncate(n);
-                buf
-            })
-            .collect();
+        let (mut rx, sealed) = four_sealed_packets();
         // Two "threads": both packets decrypted first (in reverse), then accepted in order.
         let mut a = sealed[0].clone();
         let mut b = sealed[1].clone();
@@ -1157,19 +1145,7 @@ mod tests {
     #[test]
     fn packets_behind_a_later_one_are_marked_late() {
         let now = Instant::now();
-        let (client, server) = pair(Cipher::Aes256Gcm);
-        let mut rx = Receiver::new();
-        rx.install(&server);
-        let sealed: Vec<Vec<u8>> = (0..4u8)
-            .map(|i| {
-                let mut buf = vec![0u8; 128];
-                let n = client
-                    .seal(V2, Framing::None, &[0x45, i], &mut buf)
-                    .unwrap();
-                buf.truncate(n);
-                buf
-            })
-            .collect();
+        let (mut rx, sealed) = four_sealed_packets();
         let mut late = vec![];
         for i in [0usize, 2, 1, 3] {
             let mut p = sealed[i].clone();
@@ -1181,6 +1157,25 @@ mod tests {
             rx.open(&mut dup, Framing::None, false, now),
             Err(DropReason::Replay)
         );
+    }
+
+    /// A receiver with keys installed and four packets sealed for it (packet-ids 1–4,
+    /// payloads `45 00` … `45 03`).
+    fn four_sealed_packets() -> (Receiver, Vec<Vec<u8>>) {
+        let (client, server) = pair(Cipher::Aes256Gcm);
+        let mut rx = Receiver::new();
+        rx.install(&server);
+        let sealed = (0..4u8)
+            .map(|i| {
+                let mut buf = vec![0u8; 128];
+                let n = client
+                    .seal(V2, Framing::None, &[0x45, i], &mut buf)
+                    .unwrap();
+                buf.truncate(n);
+                buf
+            })
+            .collect();
+        (rx, sealed)
     }
 
     fn o_range(o: &Opened) -> Range<usize> {
