@@ -29,6 +29,7 @@ use tunscope_harness::wireguard::WireGuard;
 use tunscope_proto::stage::Stage;
 
 use crate::bench_report::{BenchRun, Machine, PathResult, Rep};
+use crate::bench_rtt;
 use crate::{cargo, project_root, run as run_cmd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +98,9 @@ struct Sample {
     stages: [Option<[u64; 6]>; 2],
     /// Average ping round trip through the path while idle (ms).
     rtt_ms: f64,
+    /// Average ping round trip with the path's processes and ping on one core, 2 ms apart
+    /// (ms; see `bench_rtt`).
+    rtt_one_core_ms: f64,
 }
 
 impl Sample {
@@ -108,14 +112,9 @@ impl Sample {
             cpu: self.split,
             stages: self.stages,
             rtt_ms: self.rtt_ms,
+            rtt_one_core_ms: self.rtt_one_core_ms,
         }
     }
-}
-
-/// Average RTT (ms) from ping's summary line (`rtt min/avg/max/mdev = a/b/c/d ms`).
-fn ping_avg(output: &str) -> Option<f64> {
-    let (_, nums) = output.split_once(" = ")?;
-    nums.split('/').nth(1)?.trim().parse().ok()
 }
 
 /// Busy time per stage from an engine's control socket.
@@ -305,14 +304,15 @@ fn tunnel(args: &[&str]) -> Result<()> {
                 let s = measure(anchor, &spec, secs, streams, clients, threads, reverse)
                     .with_context(|| format!("{} rep {}", anchor.label(), rep + 1))?;
                 eprintln!(
-                    "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms",
+                    "{:<34} rep {}: {:.3} Gbit/s, {} retransmits, cpu {:.0}%/{:.0}%, rtt {:.3} ms idle, {:.3} ms on one core",
                     anchor.label(),
                     rep + 1,
                     s.gbps,
                     s.retransmits,
                     s.cpu_client,
                     s.cpu_server,
-                    s.rtt_ms
+                    s.rtt_ms,
+                    s.rtt_one_core_ms
                 );
                 samples.push(s);
             }
@@ -433,6 +433,7 @@ fn confine_to(n: usize) -> Result<()> {
 fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
     let median = |v: &[Sample]| median_of(v, |s| s.gbps);
     let median_rtt = |v: &[Sample]| median_of(v, |s| s.rtt_ms);
+    let median_rtt1 = |v: &[Sample]| median_of(v, |s| s.rtt_one_core_ms);
     let of_path = |anchor: Anchor, f: &dyn Fn(&[Sample]) -> f64| {
         rows.iter()
             .find(|(a, _)| *a == anchor)
@@ -440,9 +441,9 @@ fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
     };
     let stock = of_path(Anchor::Stock, &median);
     println!(
-        "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms |"
+        "| path | median Gbit/s | reps | vs stock | tunnel CPU client / server (% core) | ping RTT ms idle | ping RTT ms one core |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (anchor, s) in rows {
         let m = median(s);
         let reps: Vec<String> = s.iter().map(|x| format!("{:.3}", x.gbps)).collect();
@@ -456,23 +457,36 @@ fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
             )
         };
         println!(
-            "| {} | **{m:.3}** | {} | {:.2}× | {cpu} | {:.3} |",
+            "| {} | **{m:.3}** | {} | {:.2}× | {cpu} | {:.3} | {:.3} |",
             anchor.label(),
             reps.join(", "),
             m / stock,
-            median_rtt(s)
+            median_rtt(s),
+            median_rtt1(s)
         );
     }
     let veth = of_path(Anchor::Veth, &median);
     let veth_rtt = of_path(Anchor::Veth, &median_rtt);
+    let veth_rtt1 = of_path(Anchor::Veth, &median_rtt1);
     if let Some((_, s)) = rows.iter().find(|(a, _)| *a == Anchor::OursBoth) {
         println!(
-            "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth, ping RTT +{:.3} ms over veth",
+            "\ntunscope ↔ tunscope: {:.2}× stock, {:.3} of plain veth, ping RTT +{:.3} ms over veth idle, +{:.3} ms on one core",
             median(s) / stock,
             median(s) / veth,
-            median_rtt(s) - veth_rtt
+            median_rtt(s) - veth_rtt,
+            median_rtt1(s) - veth_rtt1
         );
     }
+    if let Some((_, s)) = rows.iter().find(|(a, _)| *a == Anchor::Stock) {
+        println!(
+            "openvpn ↔ openvpn: ping RTT +{:.3} ms over veth idle, +{:.3} ms on one core",
+            median_rtt(s) - veth_rtt,
+            median_rtt1(s) - veth_rtt1
+        );
+    }
+    println!(
+        "(idle: 200 ms apart, where the scheduler puts each thread; one core: the tunnel's processes and ping confined to one CPU, 2 ms apart, so no request waits for a halted core to wake)"
+    );
     println!(
         "\nWhere the time goes (our engines' stage probes over the whole run; CPU user/system % of one core, median rep)\n"
     );
@@ -578,19 +592,10 @@ fn probes(args: &[&str]) -> Result<()> {
 /// utime and stime of a process and its descendants (sshd serves a tunnel from a grandchild
 /// of the listener), in clock ticks.
 fn cpu_ticks(pid: u32) -> (u64, u64) {
-    fn tree(pid: u32, depth: u32) -> (u64, u64) {
-        let own = own_cpu_ticks(pid);
-        if depth == 0 {
-            return own;
-        }
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-            .map(|c| tree(c, depth - 1))
-            .fold(own, |a, b| (a.0 + b.0, a.1 + b.1))
-    }
-    tree(pid, 3)
+    crate::bench_rtt::process_tree(pid, 3)
+        .into_iter()
+        .map(own_cpu_ticks)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// utime and stime of one process in clock ticks.
@@ -794,10 +799,19 @@ fn measure(
         srv.wait_for_log("Server listening", Duration::from_secs(10))?;
         iperf_servers.push(srv);
     }
-    // Latency first, on the idle path: 20 echo requests of 56 bytes.
+    // Latency first, on the idle path: 20 echo requests of 56 bytes 200 ms apart.
     let first = hosts.clients()[0];
-    let ping = tunscope_harness::traffic::ping(first, &target.to_string(), 20, 56, false)?;
-    let rtt_ms = ping_avg(&ping.output).unwrap_or(f64::NAN);
+    let target_s = target.to_string();
+    let rtt_ms = bench_rtt::idle(first, &target_s).unwrap_or_else(|e| {
+        eprintln!("idle ping: {e:#}");
+        f64::NAN
+    });
+    // Then on one core, 2 ms apart: the tunnel's own work without the cores' wake-ups.
+    let pids: Vec<u32> = procs.iter().filter_map(Proc::pid).collect();
+    let rtt_one_core_ms = bench_rtt::one_core(first, &target_s, &pids).unwrap_or_else(|e| {
+        eprintln!("one-core ping: {e:#}");
+        f64::NAN
+    });
     let socks = [dir.join("client.sock"), dir.join("server.sock")];
     let busy0: Vec<Option<[u64; 6]>> = socks.iter().map(|s| stage_busy(s)).collect();
     let ticks0: Vec<(u64, u64)> = procs
@@ -885,6 +899,7 @@ fn measure(
         split,
         stages,
         rtt_ms,
+        rtt_one_core_ms,
     })
 }
 

@@ -14,6 +14,7 @@
 mod bench;
 mod bench_mtu;
 mod bench_report;
+mod bench_rtt;
 mod deps;
 mod scenario;
 mod tidy;
