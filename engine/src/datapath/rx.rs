@@ -188,6 +188,28 @@ impl<'a> Rx<'a> {
         })
     }
 
+    /// A control packet: to the control thread (bounded: under a flood it is dropped here,
+    /// counted, not copied).
+    fn control_packet(&mut self, pkt: &[u8], from: PeerAddr) {
+        if let Err(r) = self.shared.control.packet(from, pkt) {
+            return self.refuse(pkt.len(), r);
+        }
+        self.counts.pass(Stage::SocketRx, None, pkt.len());
+        if let Some(tap) = self.tap() {
+            tap.emit(TapRecord {
+                stage: Stage::SocketRx,
+                at: self.t0,
+                data: pkt.to_vec(),
+                wire: self.shared.transport.wire(from, None, false),
+                meta: TapMeta {
+                    trace: tap.trace_id(),
+                    stage_ns: ns(self.t0, self.t1),
+                    ..TapMeta::default()
+                },
+            });
+        }
+    }
+
     /// [`Rx::packet`], for a packet [`Rx::decrypt_ahead`] may have decrypted already.
     fn packet_ahead(
         &mut self,
@@ -196,42 +218,30 @@ impl<'a> Rx<'a> {
         ahead: Option<(Ahead, &Arc<DataKeys>)>,
     ) {
         let now = self.t0;
-        let op = match peek_opcode(pkt) {
-            Ok((op, _)) => op,
-            Err(r) => return self.refuse(pkt.len(), r),
-        };
-        if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
-            // Bounded: under a flood the packet is dropped here, counted, not copied.
-            if let Err(r) = self.shared.control.packet(from, pkt) {
-                return self.refuse(pkt.len(), r);
+        let found = match &ahead {
+            // Decrypted ahead: a data packet whose peer was looked up then, in this same
+            // table (the batch's two passes have no refresh between them).
+            Some((a, _)) => self.table.peers.get(&a.id).map(|dp| (a.id, dp.clone())),
+            None => {
+                let op = match peek_opcode(pkt) {
+                    Ok((op, _)) => op,
+                    Err(r) => return self.refuse(pkt.len(), r),
+                };
+                if !matches!(op, Opcode::DataV1 | Opcode::DataV2) {
+                    return self.control_packet(pkt, from);
+                }
+                let peer_id = match DataHeader::parse(pkt) {
+                    Ok(h) => h
+                        .peer_id
+                        .filter(|p| *p != tunscope_proto::consts::PEER_ID_UNDEF),
+                    Err(r) => return self.refuse(pkt.len(), r),
+                };
+                self.table
+                    .lookup(peer_id, &from)
+                    .map(|(id, dp)| (id, dp.clone()))
             }
-            self.counts.pass(Stage::SocketRx, None, pkt.len());
-            if let Some(tap) = self.tap() {
-                tap.emit(TapRecord {
-                    stage: Stage::SocketRx,
-                    at: self.t0,
-                    data: pkt.to_vec(),
-                    wire: self.shared.transport.wire(from, None, false),
-                    meta: TapMeta {
-                        trace: tap.trace_id(),
-                        stage_ns: ns(self.t0, self.t1),
-                        ..TapMeta::default()
-                    },
-                });
-            }
-            return;
-        }
-        let peer_id = match DataHeader::parse(pkt) {
-            Ok(h) => h
-                .peer_id
-                .filter(|p| *p != tunscope_proto::consts::PEER_ID_UNDEF),
-            Err(r) => return self.refuse(pkt.len(), r),
         };
-        let Some((id, dp)) = self
-            .table
-            .lookup(peer_id, &from)
-            .map(|(id, dp)| (id, dp.clone()))
-        else {
+        let Some((id, dp)) = found else {
             return self.refuse(pkt.len(), DropReason::UnknownPeer);
         };
         // A TCP connection speaks only for its own peer.
