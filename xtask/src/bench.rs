@@ -485,7 +485,7 @@ fn print_tables(rows: &[(Anchor, Vec<Sample>)]) {
         );
     }
     println!(
-        "(idle: 200 ms apart, where the scheduler puts each thread; one core: the tunnel's processes and ping confined to one CPU, 2 ms apart, so no request waits for a halted core to wake)"
+        "(idle: 200 ms apart, where the scheduler puts each thread; one core: the tunnel's processes and ping confined to one CPU, 2 ms apart, where ping yields rather than sleeps: no wake-up crosses cores, the core never idles)"
     );
     println!(
         "\nWhere the time goes (our engines' stage probes over the whole run; CPU user/system % of one core, median rep)\n"

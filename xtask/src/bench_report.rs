@@ -372,7 +372,7 @@ impl BenchRun {
             ],
             &rows,
         ));
-        b.push_str("<p class=\"muted\">Ping RTT idle: 20 echo requests 200 ms apart, each thread where the scheduler puts it (on a small virtual machine mostly the cost of waking halted cores). On one core: the path's processes and ping confined to one CPU, 500 requests 2 ms apart: the tunnel's own work per round trip.</p>");
+        b.push_str("<p class=\"muted\">Ping RTT idle: 20 echo requests 200 ms apart, each thread where the scheduler puts it (on a small virtual machine mostly the cost of waking threads across cores). On one core: the path's processes and ping confined to one CPU, 500 requests 2 ms apart (ping yields rather than sleeps, the core never idles): the tunnel's own work per round trip.</p>");
         b.push_str("<h2>Where the time goes</h2><p class=\"muted\">Each of our engines' data-path time split over its stages (its own probes, the median repetition). Stock openvpn has no probes.</p>");
         b.push_str(&self.shares());
         let scaling = self.scaling();

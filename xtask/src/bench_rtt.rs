@@ -2,17 +2,17 @@
 //! the idle figure measures the machine more than the tunnel:
 //!
 //! * **idle**: 20 echo requests 200 ms apart, every process where the scheduler puts it, as
-//!   a user's interactive traffic meets the tunnel. Between two requests every core halts;
-//!   each thread a request has to wake on another core then pays for waking that core (on
-//!   the 2-vCPU machines this project measures on, ~23 µs per cross-core wake-up when busy
-//!   — `perf bench sched pipe`: 45.6 µs per round trip across cores, 5.2 µs on one — and
-//!   several times that after 200 ms of halt). A user-space tunnel has at least three such
-//!   wake-ups per round trip (client engine, server engine, client engine), veth none.
-//! * **one core**: 500 echo requests 2 ms apart with the tunnel's processes (every thread)
-//!   and ping confined to one core, so no request waits for another core to wake: what is
-//!   left over plain veth is the tunnel's own work per packet (both engines, both
-//!   directions: tun reads and writes, sealing and opening, the extra trips through the
-//!   kernel's stack).
+//!   a user's interactive traffic meets the tunnel. Every request crosses threads of the
+//!   tunnel's processes (at least three wake-ups per round trip for a user-space tunnel,
+//!   none for plain veth), and on the 2-vCPU machines this project measures on a wake-up
+//!   across cores is dear: `perf bench sched pipe` takes 45.6 µs per round trip across
+//!   cores, 5.2 µs with both ends on one core. Between requests the cores go idle too.
+//! * **one core**: the tunnel's processes (every thread) and ping confined to one core, 500
+//!   echo requests 2 ms apart. At that interval ping waits by yielding the CPU instead of
+//!   sleeping (iputils does below ~5 ms), so the core never goes idle and no wake-up
+//!   crosses cores: what is left over plain veth is the tunnel's own work per round trip
+//!   (both engines, both directions: tun reads and writes, sealing and opening, the extra
+//!   trips through the kernel's stack, the switches between them).
 
 use anyhow::{Context, Result, bail};
 use tunscope_harness::netns::Netns;
