@@ -31,6 +31,17 @@ fn line_diff(a: &str, b: &str) -> String {
     out
 }
 
+/// Why a run's capture cannot match the others through no fault of the run: a stock subject
+/// took a path of its own. openconnect's DTLS handshake can race ocserv's set-up of the
+/// session; openconnect then stays on TLS over TCP for a minute (see
+/// `harness/src/openconnect.rs`), and the capture holds the tunnel's traffic in another flow.
+/// The checks still hold; such a run is played again (at most twice), and says so.
+fn external_detour(dir: &std::path::Path) -> Option<&'static str> {
+    let log = std::fs::read_to_string(dir.join("client.log")).unwrap_or_default();
+    log.contains("DTLS handshake failed")
+        .then_some("openconnect's DTLS handshake failed (it raced ocserv), traffic stayed on TLS")
+}
+
 fn golden(name: &str) {
     let runs: usize = std::env::var("TUNSCOPE_GOLDEN_RUNS")
         .ok()
@@ -43,27 +54,38 @@ fn golden(name: &str) {
         let mut captures = vec![];
         let mut dirs = vec![];
         for k in 0..runs {
-            let out = std::env::temp_dir().join("tunscope-tests").join(format!(
-                "golden-{name}-{}-{k}-{}",
-                p.label(),
-                std::process::id()
-            ));
-            let r = run(
-                &s,
-                &RunOptions {
-                    pairing: *p,
-                    keep: false,
-                    out,
-                    verbose: false,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{name} [{}] run {k}: {e:#}", p.label()));
-            assert!(
-                r.passed,
-                "{name} [{}] run {k}:\n{}",
-                p.label(),
-                r.verdict_lines()
-            );
+            let mut attempt = 0;
+            let r = loop {
+                let out = std::env::temp_dir().join("tunscope-tests").join(format!(
+                    "golden-{name}-{}-{k}-{attempt}-{}",
+                    p.label(),
+                    std::process::id()
+                ));
+                let r = run(
+                    &s,
+                    &RunOptions {
+                        pairing: *p,
+                        keep: false,
+                        out,
+                        verbose: false,
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{name} [{}] run {k}: {e:#}", p.label()));
+                assert!(
+                    r.passed,
+                    "{name} [{}] run {k}:\n{}",
+                    p.label(),
+                    r.verdict_lines()
+                );
+                match external_detour(&r.files.dir) {
+                    Some(why) if attempt < 2 => {
+                        eprintln!("{name} [{}] run {k}: {why}; played again", p.label());
+                        let _ = std::fs::remove_dir_all(&r.files.dir);
+                        attempt += 1;
+                    }
+                    _ => break r,
+                }
+            };
             texts.push(std::fs::read_to_string(&r.files.summary).unwrap());
             captures.push(r.files.pcapng.clone());
             dirs.push(r.files.dir.clone());
@@ -127,4 +149,24 @@ fn golden_interop() {
 #[test]
 fn golden_bridged() {
     golden("bridged");
+}
+
+#[test]
+fn a_run_whose_openconnect_fell_back_to_tls_is_told_apart() {
+    let dir = std::env::temp_dir().join(format!("tunscope-detour-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(external_detour(&dir), None, "no client log: nothing to say");
+    std::fs::write(
+        dir.join("client.log"),
+        "CSTP connected. DPD 90, Keepalive 32400\nEstablished DTLS connection (using GnuTLS).\n",
+    )
+    .unwrap();
+    assert_eq!(external_detour(&dir), None);
+    std::fs::write(
+        dir.join("client.log"),
+        "CSTP connected. DPD 90, Keepalive 32400\nDTLS handshake failed: Resource temporarily unavailable, try again.\n",
+    )
+    .unwrap();
+    assert!(external_detour(&dir).is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
