@@ -194,7 +194,6 @@ pub struct LocalHist {
     pending: Vec<(usize, u64, u64)>,
     /// Whether `latency`/`batch` hold records not yet merged.
     folded: bool,
-    dirty: bool,
     published: Instant,
 }
 
@@ -212,7 +211,6 @@ impl LocalHist {
             batch: std::array::from_fn(|_| new_hist(1)),
             pending: Vec::with_capacity(PENDING_MAX),
             folded: false,
-            dirty: false,
             published: Instant::now(),
         }
     }
@@ -227,7 +225,11 @@ impl LocalHist {
             self.fold();
         }
         self.pending.push((stage.index(), ns.max(1), packets));
-        self.dirty = true;
+    }
+
+    /// Whether there are records not yet published.
+    fn dirty(&self) -> bool {
+        self.folded || !self.pending.is_empty()
     }
 
     /// Moves the pending records into this thread's histograms.
@@ -253,7 +255,6 @@ impl LocalHist {
             }
             self.folded = false;
         }
-        self.dirty = false;
     }
 }
 
@@ -346,7 +347,7 @@ impl EngineStats {
 
     /// Merges a thread's histograms if they are due (or `force`).
     pub fn publish_hist(&self, local: &mut LocalHist, now: Instant, force: bool) {
-        if !local.dirty
+        if !local.dirty()
             || (!force && now.saturating_duration_since(local.published) < PUBLISH_EVERY)
         {
             return;

@@ -412,15 +412,7 @@ fn tunnel(args: &[&str]) -> Result<()> {
 
 /// Confines this process, and so every process it starts from now on, to the first `n` CPUs.
 fn confine_to(n: usize) -> Result<()> {
-    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for cpu in 0..n {
-        // SAFETY: cpu < n ≤ the CPUs this machine has, well inside CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: pid 0 is this thread; the set is valid for its size.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r != 0 {
+    if !bench_rtt::set_affinity(0, &bench_rtt::cpu_set(0..n)) {
         bail!(
             "sched_setaffinity to {n} CPUs: {}",
             std::io::Error::last_os_error()

@@ -50,7 +50,7 @@ fn threads(pid: u32) -> Vec<libc::pid_t> {
         .unwrap_or_default()
 }
 
-fn get_affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
+pub fn get_affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
     // SAFETY: an all-zero cpu_set_t is the empty set; the kernel fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the set is valid for its size.
@@ -59,16 +59,19 @@ fn get_affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
     (r == 0).then_some(set)
 }
 
-fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> bool {
+pub fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> bool {
     // SAFETY: the set is valid for its size; tid 0 is the calling thread.
     unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
 }
 
-fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+/// The set of `cpus` (each below the machine's CPU count, inside CPU_SETSIZE).
+pub fn cpu_set(cpus: impl IntoIterator<Item = usize>) -> libc::cpu_set_t {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: cpu comes from a set the kernel returned, inside CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for cpu in cpus {
+        // SAFETY: cpu is a CPU of this machine, inside CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     set
 }
 
@@ -79,7 +82,7 @@ struct Pinned(Vec<(libc::pid_t, libc::cpu_set_t)>);
 impl Pinned {
     /// Confines every thread of `pids` (and of this thread, tid 0) to `cpu`.
     fn new(pids: &[u32], cpu: usize) -> Result<Pinned> {
-        let set = one_cpu(cpu);
+        let set = cpu_set([cpu]);
         let mut saved = Pinned(Vec::new());
         let tids = std::iter::once(0).chain(pids.iter().flat_map(|&p| threads(p)));
         for tid in tids {
