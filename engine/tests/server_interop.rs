@@ -1200,7 +1200,7 @@ fn fifty_concurrent_clients() -> Result<()> {
         subjects::start_server(Ours, &star.server, &conf, &star.dir.join("server.log"))?;
     subjects::wait_ready(&mut server, Duration::from_secs(15))?;
     let pid = server.pid().context("server pid")?;
-    let before = proc_counts(pid)?;
+    let before = settled_counts(pid)?;
     let mut net = Net {
         star,
         pki,
@@ -1275,6 +1275,22 @@ struct ProcCounts {
     rss_kib: u64,
     threads: usize,
     fds: usize,
+}
+
+/// The process's counts once its thread count holds still: the server logs that it is
+/// ready before it starts its data threads, so a count taken at once can miss one (CI saw
+/// "leaked threads: 2 → 3" that way).
+fn settled_counts(pid: u32) -> Result<ProcCounts> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut last = proc_counts(pid)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = proc_counts(pid)?;
+        if now.threads == last.threads || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 fn proc_counts(pid: u32) -> Result<ProcCounts> {
